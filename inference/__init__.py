@@ -1,0 +1,22 @@
+"""Reading films, the intended-use gate, ONNX Runtime scoring and the triage decision.
+
+Imports neither torch nor MONAI (tests/test_no_torch.py proves it in a fresh interpreter).
+"""
+
+from cxr_triage.inference.result import (
+    Decision,
+    FilmResult,
+    NotAssessable,
+    NotAssessableReason,
+    StudyResult,
+    aggregate_study,
+)
+
+__all__ = [
+    "Decision",
+    "FilmResult",
+    "NotAssessable",
+    "NotAssessableReason",
+    "StudyResult",
+    "aggregate_study",
+]

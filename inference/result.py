@@ -1,0 +1,111 @@
+"""What triage says about a film and a study: the types every later stage consumes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+
+class Decision(str, Enum):
+    """Per film and per study. Values are stable: they are stored and coded in the SR."""
+
+    LIKELY_NORMAL = "likely_normal"
+    SUSPICIOUS = "suspicious"
+    NOT_ASSESSABLE = "not_assessable"
+
+
+class NotAssessableReason(str, Enum):
+    """Why the intended-use gate (or decoding) refused a film. Stable codes, documented in
+    the SR code mapping (README, 'Result codes')."""
+
+    NON_IMAGE = "non_image"                  # SOP class without pixel data (SR, PR, ...)
+    UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"  # image class outside CR/DX/SC
+    MULTI_FRAME = "multi_frame"
+    COLOR = "color"                          # not a grayscale radiograph
+    LATERAL_VIEW = "lateral_view"
+    NON_CHEST = "non_chest"                  # Body Part Examined not chest
+    PAEDIATRIC = "paediatric"                # age known and under the minimum
+    NON_HUMAN = "non_human"                  # Patient Species Description/Code present, not human
+    TOO_SMALL = "too_small"                  # shorter side below the readable minimum
+    UNDECODABLE = "undecodable"              # pixel data missing, corrupt or unsupported codec
+
+
+class NotAssessable(Exception):
+    """Raised by the reader or gate; carries the coded reason and a human sentence."""
+
+    def __init__(self, reason: NotAssessableReason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class FilmResult:
+    """Triage of one film. ``heatmap`` is (h, w) in [0, 1], not serialised to JSON."""
+
+    decision: Decision
+    source: str = ""                          # file path or spool path
+    sop_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    score: float | None = None                # calibrated P(abnormal)
+    threshold: float | None = None
+    operating_point: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    reason: NotAssessableReason | None = None
+    reason_detail: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("heatmap")
+        data["decision"] = self.decision.value
+        data["reason"] = self.reason.value if self.reason else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FilmResult":
+        data = dict(data)
+        data.pop("heatmap", None)
+        data["decision"] = Decision(data["decision"])
+        data["reason"] = NotAssessableReason(data["reason"]) if data.get("reason") else None
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class StudyResult:
+    """One result per study: the most severe decision over its assessable films."""
+
+    study_instance_uid: str
+    decision: Decision
+    score: float | None
+    films: list[FilmResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "decision": self.decision.value,
+            "score": self.score,
+            "films": [f.to_dict() for f in self.films],
+        }
+
+
+def aggregate_study(study_instance_uid: str, films: list[FilmResult]) -> StudyResult:
+    """Suspicious if any assessable film is; likely normal if all assessable films are;
+    not assessable when no film could be assessed. The study score is the maximum."""
+    assessed = [f for f in films if f.decision is not Decision.NOT_ASSESSABLE]
+    if not assessed:
+        return StudyResult(study_instance_uid, Decision.NOT_ASSESSABLE, None, films)
+    top = max(assessed, key=lambda f: f.score if f.score is not None else -1.0)
+    decision = (
+        Decision.SUSPICIOUS
+        if any(f.decision is Decision.SUSPICIOUS for f in assessed)
+        else Decision.LIKELY_NORMAL
+    )
+    return StudyResult(study_instance_uid, decision, top.score, films)
