@@ -155,6 +155,13 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("delivery", "retry_max_s"): _positive,
     ("delivery", "dead_letter_after_s"): _positive,
     ("web", "port"): _port,
+    ("monitoring", "psi_max"): _positive,
+    ("monitoring", "ks_alpha"): lambda v: None if 0 < v < 1 else "must be in (0, 1)",
+    ("monitoring", "psi_min_with_ks"): _non_negative,
+    ("monitoring", "decision_share_delta"): _positive,
+    ("monitoring", "not_assessable_delta"): _positive,
+    ("monitoring", "min_films"): _positive,
+    ("monitoring", "psi_bins"): lambda v: None if v >= 2 else "must be >= 2",
     ("logging", "level"): _one_of("DEBUG", "INFO", "WARNING", "ERROR"),
     ("logging", "format"): _one_of("json", "text"),
 }
