@@ -89,7 +89,8 @@ def build_result_sr(
         name=meta.name,
         version=meta.version,
         manufacturer=meta.manufacturer or None,
-        parameters=[f"operating_point={op_name}", f"threshold={threshold!r}"],
+        parameters=[f"operating_point={op_name}"]
+        + ([f"threshold={threshold!r}"] if threshold is not None else []),
     )
     groups = [
         _group(
@@ -165,14 +166,14 @@ def _group(
     images: Sequence[Dataset],
     algorithm: hd.sr.AlgorithmIdentification,
     op_name: str,
-    threshold: float,
+    threshold: float | None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """One TID 1501 group: the decision, score and threshold for the referenced images."""
     measurements = []
     if score is not None:
         measurements.append(hd.sr.Measurement(name=C.ABNORMALITY_SCORE, value=float(score),
                                               unit=C.NO_UNITS))
-    if decision is not Decision.NOT_ASSESSABLE:
+    if threshold is not None:
         measurements.append(hd.sr.Measurement(name=C.OPERATING_POINT_THRESHOLD,
                                               value=float(threshold), unit=C.NO_UNITS))
     evaluations = [hd.sr.QualitativeEvaluation(C.TRIAGE_DECISION, C.DECISION_CODES[decision])]
@@ -200,9 +201,7 @@ def _group(
             for img in images
         ],
     )
-    texts = []
-    if decision is not Decision.NOT_ASSESSABLE:
-        texts.append((C.OPERATING_POINT, op_name))
+    texts = [(C.OPERATING_POINT, op_name)]
     if decision is Decision.NOT_ASSESSABLE and reason_detail:
         texts.append((C.NOT_ASSESSABLE_DETAIL, reason_detail))
     for name, value in texts:
@@ -214,7 +213,7 @@ def _group(
     return group
 
 
-def _operating_point(study: StudyResult, meta: ModelMetadata) -> tuple[str, float]:
+def _operating_point(study: StudyResult, meta: ModelMetadata) -> tuple[str, float | None]:
     """The operating point the films were decided at (the model's default if none says)."""
     for film in study.films:
         if film.operating_point and film.threshold is not None:
@@ -222,7 +221,7 @@ def _operating_point(study: StudyResult, meta: ModelMetadata) -> tuple[str, floa
     try:
         return meta.threshold(None)
     except KeyError:
-        return meta.default_operating_point, float("nan")
+        return meta.default_operating_point, None
 
 
 def _procedures(headers: Sequence[Dataset]) -> list[Code | hd.sr.CodedConcept]:
