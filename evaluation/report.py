@@ -1,0 +1,155 @@
+"""Write an evaluation as JSON and as one self-contained HTML page (plots embedded as PNG).
+
+Rendered from the report dict alone (analysis.evaluate), so the HTML never disagrees with the
+JSON it sits beside.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_triage.evaluation.analysis import nan_to_none
+
+_OP_COLOURS = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf")
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _assessed(report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [f for f in report["films"] if f["score"] is not None and f["decision"] != "not_assessable"]
+    return (np.array([f["label"] for f in rows], dtype=int), np.array([f["score"] for f in rows], dtype=float))
+
+
+def plots(report: dict[str, Any]) -> dict[str, str]:
+    """Base64 PNGs: ROC with operating points, score distributions by class, reliability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    y, s = _assessed(report)
+    out: dict[str, str] = {}
+    ops = report["operating_points"]
+    if len(y) and 0 < y.sum() < len(y):
+        fpr, tpr, _ = roc_curve(y, s)
+        fig, ax = plt.subplots(figsize=(4.6, 4.3))
+        auc = report["auroc"]["delong"] if report.get("auroc") else None
+        label = f"AUROC {auc['value']:.3f} ({auc['low']:.3f}-{auc['high']:.3f})" if auc else "ROC"
+        ax.plot(fpr, tpr, color="#1f77b4", lw=1.8, label=label)
+        ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
+        for op, colour in zip(ops, _OP_COLOURS):
+            sens, spec = op["sensitivity"], op["specificity"]
+            if sens["value"] is None or spec["value"] is None:
+                continue
+            x = 1 - spec["value"]
+            ax.errorbar(x, sens["value"],
+                        yerr=[[sens["value"] - sens["low"]], [sens["high"] - sens["value"]]],
+                        xerr=[[spec["high"] - spec["value"]], [spec["value"] - spec["low"]]],
+                        fmt="o", color=colour, ms=5, capsize=2,
+                        label=f"{op['name']} (t={op['threshold']:.3g})" + (" *" if op.get("primary") else ""))
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.legend(loc="lower right", fontsize=7)
+        ax.set_title("ROC and operating points (95% CI)", fontsize=9)
+        out["roc"] = _png(fig)
+    if len(y):
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        bins = np.linspace(0, 1, 41)
+        for cls, name, colour in ((0, "normal", "#2ca02c"), (1, "abnormal", "#d62728")):
+            if np.any(y == cls):
+                ax.hist(s[y == cls], bins=bins, alpha=0.55, color=colour, label=f"{name} (n={int(np.sum(y == cls))})")
+        for op, colour in zip(ops, _OP_COLOURS):
+            ax.axvline(op["threshold"], color=colour, lw=1, ls="--")
+        ax.set_xlabel("score (calibrated P(abnormal))")
+        ax.set_ylabel("films")
+        ax.legend(fontsize=7)
+        ax.set_title("Score distribution by class (dashed: thresholds)", fontsize=9)
+        out["distributions"] = _png(fig)
+    cal = report.get("calibration")
+    if cal:
+        fig, ax = plt.subplots(figsize=(4.2, 4.0))
+        ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
+        pts = [b for b in cal["bins"] if b["n"]]
+        xs = [b["mean_score"] for b in pts]
+        ys = [b["observed"]["value"] for b in pts]
+        err = [[v - b["observed"]["low"] for v, b in zip(ys, pts)], [b["observed"]["high"] - v for v, b in zip(ys, pts)]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", color="#1f77b4", ms=4, capsize=2)
+        for x, v, b in zip(xs, ys, pts):
+            ax.annotate(str(b["n"]), (x, v), fontsize=6, xytext=(3, -8), textcoords="offset points")
+        ax.set_xlabel("mean score in bin")
+        ax.set_ylabel("observed abnormal rate")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Reliability (ECE {cal['ece']:.3f}; n per bin)", fontsize=9)
+        out["reliability"] = _png(fig)
+    return out
+
+
+def _pct(p: dict[str, Any] | None) -> str:
+    if not p or p.get("value") is None:
+        return "n/a"
+    return f"{100 * p['value']:.1f}% ({100 * p['low']:.1f}-{100 * p['high']:.1f}) [{p['k']}/{p['n']}]"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one HTML string with no external resources."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("cxr_triage.evaluation", "templates"),
+                      autoescape=select_autoescape(["html"]))
+    env.filters["pct"] = _pct
+    env.filters["num"] = _num
+    return env.get_template("report.html").render(r=report, img=plots(report))
+
+
+def write_report(report: dict[str, Any], out_dir: Path, stem: str = "report") -> dict[str, Path]:
+    """``<stem>.json`` and ``<stem>.html`` in out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = nan_to_none(report)
+    json_path = out_dir / f"{stem}.json"
+    json_path.write_text(json.dumps(clean, indent=1))
+    html_path = out_dir / f"{stem}.html"
+    html_path.write_text(render_html(clean))
+    return {"json": json_path, "html": html_path}
+
+
+def screenshot(html_path: Path, png_path: Path, width: int = 1200, height: int = 1500, timeout_s: float = 90) -> Path:
+    """An image of the report's first page with headless chromium (for notes and tickets)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    if exe is None:
+        raise FileNotFoundError("no chromium found for the screenshot")
+    png_path = Path(png_path).resolve()
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
+             f"--window-size={width},{height}", f"--screenshot={png_path}", Path(html_path).resolve().as_uri()],
+            check=True, capture_output=True, timeout=timeout_s,
+        )
+    return png_path

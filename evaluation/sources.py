@@ -1,0 +1,361 @@
+"""Inputs of an evaluation: the ground-truth manifest and the scores to judge.
+
+Scores come from one of three places, all reduced to one :class:`Scored` per manifest film:
+running a model (the same ``Triager`` the node uses), a scores CSV, or a folder of result SRs
+the node produced. A film without a score is an error, never silently dropped: a harness that
+loses films loses exactly the hard ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cxr_triage.inference.result import Decision
+
+MANIFEST_COLUMNS = ("file", "label", "patient_id", "site", "age", "sex", "view", "findings", "nodule_or_mass")
+_POSITIVE = {"abnormal", "1", "true", "yes", "positive", "suspicious"}
+_NEGATIVE = {"normal", "0", "false", "no", "negative"}
+
+
+class SourceError(ValueError):
+    """A manifest or score source that cannot be evaluated as given (with the reason)."""
+
+
+@dataclass
+class Film:
+    """One manifest row: the film and its ground truth."""
+
+    file: str                  # as written in the manifest
+    path: Path                 # resolved against the manifest's folder
+    label: int                 # 1 abnormal, 0 normal
+    patient_id: str
+    key: str                   # identity used to detect threshold/evaluation overlap
+    site: str = ""
+    age: float | None = None
+    sex: str = ""
+    view: str = ""
+    findings: str = ""
+    nodule_or_mass: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finding_list(self) -> list[str]:
+        return [f.strip() for f in self.findings.split("|") if f.strip() and f.strip() != "No Finding"]
+
+
+@dataclass
+class Scored:
+    """What the system said about one film (score None when it was not assessable)."""
+
+    score: float | None
+    decision: Decision | None = None
+    reason: str | None = None
+    threshold: float | None = None
+    operating_point: str | None = None
+
+    @property
+    def assessable(self) -> bool:
+        return self.decision is not Decision.NOT_ASSESSABLE and self.score is not None
+
+
+def film_key(path: Path, fallback: str) -> str:
+    """SHA-256 of the file's bytes (the same film under two names is one film); the manifest
+    name when the file is not readable here (e.g. a scores CSV evaluated elsewhere)."""
+    try:
+        return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "name:" + fallback
+
+
+def _label(value: str, where: str) -> int:
+    v = value.strip().lower()
+    if v in _POSITIVE:
+        return 1
+    if v in _NEGATIVE:
+        return 0
+    raise SourceError(f"{where}: label {value!r} is neither normal nor abnormal")
+
+
+def _age(value: str) -> float | None:
+    v = (value or "").strip().upper()
+    if not v:
+        return None
+    if v[-1:] in "YMWD" and v[:-1].isdigit():   # DICOM AS, e.g. 045Y
+        scale = {"Y": 1, "M": 1 / 12, "W": 1 / 52, "D": 1 / 365}[v[-1]]
+        return int(v[:-1]) * scale
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def read_manifest(path: Path, base: Path | None = None, hash_files: bool = True) -> list[Film]:
+    """Read ``file,label[,patient_id,site,age,sex,view,findings,nodule_or_mass,...]``.
+
+    ``file`` is relative to ``base`` (default: the manifest's folder). Without ``patient_id``
+    each film is its own patient (the bootstrap then resamples films)."""
+    path = Path(path)
+    base = Path(base) if base else path.parent
+    films: list[Film] = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"file", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise SourceError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}")
+        seen: set[str] = set()
+        for line, row in enumerate(reader, start=2):
+            name = (row.get("file") or "").strip()
+            if not name:
+                raise SourceError(f"{path}:{line}: empty file name")
+            if name in seen:
+                raise SourceError(f"{path}:{line}: film {name!r} listed twice")
+            seen.add(name)
+            resolved = (base / name).resolve()
+            nm = (row.get("nodule_or_mass") or "").strip().lower()
+            films.append(Film(
+                file=name, path=resolved, label=_label(row["label"], f"{path}:{line}"),
+                patient_id=(row.get("patient_id") or "").strip() or f"film:{name}",
+                key=film_key(resolved, name) if hash_files else "name:" + name,
+                site=(row.get("site") or "").strip(), age=_age(row.get("age") or ""),
+                sex=(row.get("sex") or "").strip().upper(), view=(row.get("view") or "").strip().upper(),
+                findings=(row.get("findings") or "").strip(),
+                nodule_or_mass=nm in {"1", "true", "yes"},
+                extra={k: (v or "") for k, v in row.items() if k and k not in MANIFEST_COLUMNS},
+            ))
+    if not films:
+        raise SourceError(f"{path}: manifest has no films")
+    return films
+
+
+def write_manifest(films: Iterable[Film], path: Path) -> Path:
+    """Write films back as a manifest whose ``file`` column is an absolute path."""
+    films = list(films)
+    extra_cols = sorted({k for f in films for k in f.extra})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*MANIFEST_COLUMNS, *extra_cols])
+        for f in films:
+            w.writerow([str(f.path), "abnormal" if f.label else "normal", f.patient_id, f.site,
+                        "" if f.age is None else f"{f.age:g}", f.sex, f.view, f.findings,
+                        int(f.nodule_or_mass), *(f.extra.get(c, "") for c in extra_cols)])
+    return path
+
+
+# --------------------------------------------------------------------------- scores CSV
+
+def read_scores_csv(path: Path, films: Sequence[Film]) -> list[Scored]:
+    """``file,score[,decision,reason,threshold,operating_point]`` matched to the manifest by
+    ``file`` (as written, or as resolved path, or by file name when unambiguous). An empty
+    score needs decision ``not_assessable``."""
+    path = Path(path)
+    rows: dict[str, dict[str, str]] = {}
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"file", "score"} <= set(reader.fieldnames or []):
+            raise SourceError(f"{path}: scores CSV needs columns file and score")
+        for row in reader:
+            rows[row["file"].strip()] = row
+    by_name: dict[str, list[str]] = {}
+    for k in rows:
+        by_name.setdefault(Path(k).name, []).append(k)
+    out: list[Scored] = []
+    missing: list[str] = []
+    for film in films:
+        row = rows.get(film.file) or rows.get(str(film.path))
+        if row is None and len(by_name.get(film.path.name, [])) == 1:
+            row = rows[by_name[film.path.name][0]]
+        if row is None:
+            missing.append(film.file)
+            continue
+        out.append(_scored_from_row(row, f"{path}: {film.file}"))
+    if missing:
+        raise SourceError(f"{path}: no score for {len(missing)} manifest film(s), e.g. {', '.join(missing[:3])}")
+    return out
+
+
+def _scored_from_row(row: dict[str, str], where: str) -> Scored:
+    raw_score = (row.get("score") or "").strip()
+    decision_txt = (row.get("decision") or "").strip()
+    decision = Decision(decision_txt) if decision_txt else None
+    score = float(raw_score) if raw_score else None
+    if score is not None and not math.isfinite(score):
+        raise SourceError(f"{where}: score {raw_score!r} is not finite")
+    if score is None and decision is not Decision.NOT_ASSESSABLE:
+        raise SourceError(f"{where}: empty score but decision is not 'not_assessable'")
+    thr = (row.get("threshold") or "").strip()
+    return Scored(score=score, decision=decision, reason=(row.get("reason") or "").strip() or None,
+                  threshold=float(thr) if thr else None, operating_point=(row.get("operating_point") or None))
+
+
+def write_scores_csv(films: Sequence[Film], scored: Sequence[Scored], path: Path) -> Path:
+    """The scores an evaluation used, re-readable by :func:`read_scores_csv`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "score", "decision", "reason", "threshold", "operating_point"])
+        for f, s in zip(films, scored):
+            w.writerow([f.file, "" if s.score is None else repr(float(s.score)),
+                        s.decision.value if s.decision else "", s.reason or "",
+                        "" if s.threshold is None else repr(float(s.threshold)), s.operating_point or ""])
+    return path
+
+
+# --------------------------------------------------------------------------- model
+
+def scored_from_film_result(result: Any) -> Scored:
+    """A cxr_triage.inference FilmResult (or anything with the same fields) as a Scored."""
+    decision = result.decision if isinstance(result.decision, Decision) else Decision(result.decision)
+    reason = getattr(result, "reason", None)
+    return Scored(
+        score=None if decision is Decision.NOT_ASSESSABLE else result.score,
+        decision=decision,
+        reason=reason.value if hasattr(reason, "value") else reason,
+        threshold=getattr(result, "threshold", None),
+        operating_point=getattr(result, "operating_point", None),
+    )
+
+
+def model_info(model_path: Path) -> dict[str, Any]:
+    """Name, version, SHA-256 and stored thresholds of an ONNX model (no session created)."""
+    import onnxruntime as ort
+
+    from cxr_triage.model.metadata import METADATA_KEY, ModelMetadata
+
+    model_path = Path(model_path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    props = sess.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise SourceError(f"{model_path}: no {METADATA_KEY!r} metadata: not a cxr-triage model")
+    meta = ModelMetadata.from_json(props[METADATA_KEY])
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    return {"path": str(model_path), "sha256": digest, "name": meta.name, "version": meta.version,
+            "metadata": meta}
+
+
+def scores_from_model(films: Sequence[Film], model_path: Path, cfg: Any = None,
+                      operating_point: str | None = None) -> list[Scored]:
+    """Triage every manifest film with the same pipeline the node runs (reader, gate, scorer,
+    decision). PNG films have no DICOM header, so the manifest's age is not gated here."""
+    from cxr_triage.inference.pipeline import Triager
+
+    triager = _make_triager(Triager, Path(model_path), cfg, operating_point)
+    results = triager.triage_paths([f.path for f in films])
+    if len(results) != len(films):
+        raise SourceError(f"model returned {len(results)} results for {len(films)} films")
+    return [scored_from_film_result(r) for r in results]
+
+
+def _make_triager(triager_cls: Any, model_path: Path, cfg: Any, operating_point: str | None) -> Any:
+    from cxr_triage.config import load_config
+
+    cfg = cfg if cfg is not None else load_config(None)
+    inference = {"model_path": str(model_path)}
+    if operating_point:
+        inference["operating_point"] = operating_point
+    return triager_cls(cfg.replace(inference=inference))
+
+
+# --------------------------------------------------------------------------- result SRs
+
+def read_sr_folder(folder: Path) -> list[Any]:
+    """Parse every result SR under ``folder`` (recursively) with the node's own SR reader."""
+    import pydicom
+
+    from cxr_triage.dicom_node.sr_reader import read_result_sr
+
+    parsed = []
+    for p in sorted(Path(folder).rglob("*")):
+        if not p.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(p)
+        except Exception:  # noqa: BLE001 - not a DICOM file: skip it
+            continue
+        if getattr(ds, "Modality", "") != "SR":
+            continue
+        parsed.append(read_result_sr(ds))
+    return parsed
+
+
+def _attr(obj: Any, *names: str) -> Any:
+    for n in names:
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return None
+
+
+def _film_entries(sr: Any) -> list[tuple[str | None, float | None, Any]]:
+    """(referenced SOP Instance UID, score, decision) per film the SR reports, or the study's
+    one result for each referenced image when the SR has no per-film entries."""
+    films = _attr(sr, "films") or []
+    out = []
+    for f in films:
+        out.append((_attr(f, "sop_instance_uid", "referenced_sop_instance_uid"), _attr(f, "score"), _attr(f, "decision")))
+    if out:
+        return out
+    refs = _attr(sr, "referenced_sop_instance_uids", "sop_instance_uids", "references") or []
+    refs = [r if isinstance(r, str) else _attr(r, "sop_instance_uid", "referenced_sop_instance_uid") for r in refs]
+    return [(r, _attr(sr, "score"), _attr(sr, "decision")) for r in refs]
+
+
+def _as_decision(value: Any) -> Decision | None:
+    if value is None:
+        return None
+    if isinstance(value, Decision):
+        return value
+    return Decision(getattr(value, "value", value))
+
+
+def scores_from_srs(films: Sequence[Film], parsed_srs: Sequence[Any], uid_column: str | None = None) -> list[Scored]:
+    """Match parsed SRs to manifest films by the manifest's ``sop_instance_uid`` column
+    (per film) or ``study_instance_uid`` column (one film per study)."""
+    if uid_column is None:
+        cols = set(films[0].extra) if films else set()
+        uid_column = next((c for c in ("sop_instance_uid", "study_instance_uid") if c in cols), None)
+        if uid_column is None:
+            raise SourceError("to evaluate SRs the manifest needs a sop_instance_uid or study_instance_uid column")
+    by_uid: dict[str, Scored] = {}
+    for sr in parsed_srs:
+        study_uid = _attr(sr, "study_instance_uid")
+        entries = _film_entries(sr)
+        if uid_column == "study_instance_uid":
+            dec = _as_decision(_attr(sr, "decision"))
+            score = _attr(sr, "score")
+            by_uid[str(study_uid)] = _scored_from_sr(score, dec, sr)
+        else:
+            for uid, score, dec in entries:
+                if uid:
+                    by_uid[str(uid)] = _scored_from_sr(score, _as_decision(dec), sr)
+    out, missing = [], []
+    for f in films:
+        uid = f.extra.get(uid_column, "").strip()
+        if uid not in by_uid:
+            missing.append(f.file)
+            continue
+        out.append(by_uid[uid])
+    if missing:
+        raise SourceError(f"no result SR for {len(missing)} manifest film(s), e.g. {', '.join(missing[:3])}")
+    return out
+
+
+def _scored_from_sr(score: Any, decision: Decision | None, sr: Any) -> Scored:
+    reason = _attr(sr, "reason")
+    return Scored(
+        score=None if decision is Decision.NOT_ASSESSABLE or score is None else float(score),
+        decision=decision,
+        reason=getattr(reason, "value", reason),
+        threshold=_attr(sr, "threshold"),
+        operating_point=_attr(sr, "operating_point"),
+    )
