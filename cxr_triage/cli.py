@@ -19,8 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cxr_triage.training.cli", "export a checkpoint to ONNX with metadata, checked"),
     "manifest": ("cxr_triage.training.cli", "build a manifest CSV from a public dataset layout"),
     "evaluate": ("cxr_triage.evaluation.cli", "measure sensitivity, specificity, workload saved"),
-    "commission": ("cxr_triage.evaluation.cli", "choose a site operating point bound to a model"),
-    "reconcile": ("cxr_triage.evaluation.cli", "compare live results with radiologist outcomes"),
+    "commission": ("cxr_triage.evaluation.commission_cli", "choose a site operating point bound to a model"),
+    "reconcile": ("cxr_triage.evaluation.commission_cli", "compare live results with radiologist outcomes"),
 }
 
 

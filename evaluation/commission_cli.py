@@ -1,0 +1,151 @@
+"""``cxr-triage commission`` and ``cxr-triage reconcile``: a site's own operating point, and
+live results checked against its radiologists."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_INSUFFICIENT = 3
+
+
+def register(subparsers: Any, name: str, help_text: str) -> None:
+    if name == "commission":
+        p = subparsers.add_parser(
+            name, help=help_text,
+            description="Choose the highest threshold whose sensitivity lower 95% confidence bound "
+                        "meets the target on this site's labelled films, and write a site threshold "
+                        "file bound to the model file's SHA-256 (set it as [inference] site_threshold_file).")
+        p.add_argument("--manifest", required=True, type=Path,
+                       help="labelled films: CSV file,label[,patient_id,...]; with --srs it needs a "
+                            "sop_instance_uid or study_instance_uid column")
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--scores", type=Path, help="precomputed scores CSV (file,score[,decision,reason])")
+        src.add_argument("--srs", type=Path, help="folder of result SRs the node produced for these films")
+        p.add_argument("--model", type=Path, help="ONNX model (default: [inference] model_path or the bundled "
+                                                  "model); the file is bound by SHA-256")
+        p.add_argument("--site", required=True, help="site name recorded in the file")
+        p.add_argument("--target", type=float, default=0.98, help="sensitivity target for the lower bound (0.98)")
+        p.add_argument("--confidence", type=float, default=0.95, help="two-sided confidence level (0.95)")
+        p.add_argument("--interval", choices=("exact", "wilson"), default="exact",
+                       help="exact = Clopper-Pearson (default, conservative) or Wilson")
+        p.add_argument("--out", required=True, type=Path, help="site threshold file to write (JSON)")
+        p.set_defaults(func=run_commission)
+    elif name == "reconcile":
+        p = subparsers.add_parser(
+            name, help=help_text,
+            description="Join radiologist outcomes (CSV keyed by study_instance_uid or sop_instance_uid, "
+                        "with label) with the node's results; report live sensitivity, specificity and "
+                        "workload saved with Wilson CIs, daily drift, and export the discordant films.")
+        p.add_argument("--outcomes", required=True, type=Path, help="CSV: study_instance_uid or sop_instance_uid, label")
+        p.add_argument("--srs", type=Path, help="folder of result SRs (default: the node's job store)")
+        p.add_argument("--store", type=Path, help="the node's queue.sqlite3 (default: <[node] state_dir>/queue.sqlite3)")
+        p.add_argument("--since", help="first UTC day (YYYY-MM-DD), store only")
+        p.add_argument("--until", help="last UTC day (YYYY-MM-DD, inclusive), store only")
+        p.add_argument("--out", type=Path, help="write the full report as JSON")
+        p.add_argument("--discordant", type=Path, help="write discordant films as a retraining manifest CSV")
+        p.set_defaults(func=run_reconcile)
+    else:  # pragma: no cover - cli.SUBCOMMANDS maps only the two names here
+        raise ValueError(name)
+
+
+def _model_path(args: argparse.Namespace, cfg: Any) -> Path:
+    from cxr_triage.config import resolve_path
+    from cxr_triage.paths import bundled_model_path
+
+    if args.model:
+        return args.model
+    return resolve_path(cfg, cfg.inference.model_path) if cfg.inference.model_path else bundled_model_path()
+
+
+def run_commission(args: argparse.Namespace, cfg: Any) -> int:
+    from cxr_triage.evaluation import sources
+    from cxr_triage.evaluation.commission import InsufficientEvidence, commission
+    from cxr_triage.evaluation.site_threshold import write_site_threshold
+
+    model = _model_path(args, cfg)
+    if not model.is_file():
+        print(f"cxr-triage commission: model file not found: {model}", file=sys.stderr)
+        return 2
+    try:
+        films = sources.read_manifest(args.manifest)
+        if args.scores:
+            scored = sources.read_scores_csv(args.scores, films)
+            inputs = [args.manifest, args.scores]
+        elif args.srs:
+            scored = sources.scores_from_srs(films, sources.read_sr_folder(args.srs))
+            inputs = [args.manifest]
+        else:
+            # raw scores from the worker's own pipeline; no site threshold (it may be the old one)
+            scored = sources.scores_from_model(films, model, cfg.replace(inference={"site_threshold_file": ""}))
+            inputs = [args.manifest]
+        site = commission(films, scored, model, args.site, args.target, args.confidence, args.interval,
+                          source_files=inputs)
+    except InsufficientEvidence as exc:
+        print(f"cxr-triage commission: {exc}", file=sys.stderr)
+        return EXIT_INSUFFICIENT
+    except (sources.SourceError, ValueError, FileNotFoundError) as exc:
+        print(f"cxr-triage commission: {exc}", file=sys.stderr)
+        return 2
+    write_site_threshold(site, args.out)
+    at = site.evidence["at_threshold"]
+    print(f"site {site.site}: threshold {site.threshold:.6f} for model {site.model_name} {site.model_version} "
+          f"(sha256 {site.model_sha256[:16]}...)")
+    print(f"  sensitivity {at['sensitivity']['value']:.4f} ({at['tp']}/{at['tp'] + at['fn']}), lower "
+          f"{site.confidence:.0%} bound ({site.ci_method}) {at['sensitivity_lower_bound']:.4f} >= {site.target_sensitivity:g}")
+    sp, wl = at["specificity"], at["workload_all"]
+    print(f"  specificity {sp['value']:.4f} (Wilson {sp['low']:.4f}-{sp['high']:.4f}); workload saved "
+          f"{wl['value']:.1%} of films ({wl['k']}/{wl['n']})")
+    print(f"wrote {args.out}: set [inference] site_threshold_file to use it")
+    return 0
+
+
+def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
+    from cxr_triage.config import resolve_path
+    from cxr_triage.evaluation import drift, reconcile as rc
+
+    try:
+        key, outcomes = rc.read_outcomes(args.outcomes)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cxr-triage reconcile: {exc}", file=sys.stderr)
+        return 2
+    reports = []
+    if args.srs:
+        live = rc.live_from_srs(args.srs)
+    else:
+        from cxr_triage.dicom_node.queue import JobStore
+
+        path = args.store or resolve_path(cfg, cfg.node.state_dir) / "queue.sqlite3"
+        if not Path(path).is_file():
+            print(f"cxr-triage reconcile: no job store at {path} (give --store or --srs)", file=sys.stderr)
+            return 2
+        since = rc.utc_day_bounds(args.since)[0] if args.since else None
+        until = rc.utc_day_bounds(args.until)[1] if args.until else None
+        store = JobStore(Path(path))
+        live = rc.live_from_store(store, since, until)
+        try:
+            baseline = drift.load_baseline(cfg)
+        except Exception as exc:  # noqa: BLE001 - drift is an extra; the reconciliation still stands
+            print(f"cxr-triage reconcile: no drift report ({exc})", file=sys.stderr)
+            baseline = None
+        if baseline:
+            rows = drift.film_rows_from_store(store, since, until)
+            reports = drift.daily_reports(baseline, rows, drift.DriftBounds.from_config(cfg))
+    rec = rc.reconcile(key, outcomes, live)
+    for line in rc.summary_lines(rec):
+        print(line)
+    for r in reports:
+        flag = "DRIFT: " + "; ".join(r.reasons) if r.drifted else "ok"
+        psi = "n/a" if r.psi is None else f"{r.psi:.3f}"
+        print(f"drift {r.period}: {r.n_films} films, PSI {psi}, {flag}")
+    if args.discordant:
+        rc.write_discordant_manifest(rec.discordant, args.discordant)
+        print(f"wrote {len(rec.discordant)} discordant films to {args.discordant}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**rec.to_dict(), "drift": [r.to_dict() for r in reports]}, indent=2))
+        print(f"wrote {args.out}")
+    return 0

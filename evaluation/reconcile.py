@@ -1,0 +1,271 @@
+"""Live results against the radiologists' final reads: is the node doing on this site's stream
+what commissioning promised, and which films did it get wrong?
+
+Inputs: an outcomes CSV keyed by ``study_instance_uid`` (the unit the node reports and a
+radiologist reads) or ``sop_instance_uid`` (per film), with ``label`` normal/abnormal; and the
+node's results, either from its job store (``JobStore`` query API) or from the result SRs it
+produced (read with the node's own SR reader). Figures use the evaluation harness (Wilson
+intervals, DeLong AUROC) on the decisions the node actually delivered. The discordant films
+(abnormal called likely normal, normal called suspicious) are exported as a manifest CSV that
+``cxr-triage train`` reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cxr_triage.evaluation import metrics
+
+KEYS = ("study_instance_uid", "sop_instance_uid")
+
+
+@dataclass
+class LiveResult:
+    """One delivered result: a study (sop_instance_uid None) or one of its films."""
+
+    study_instance_uid: str
+    decision: str                          # Decision value
+    score: float | None
+    sop_instance_uid: str | None = None
+    reason: str | None = None
+    received_at: float | None = None       # Unix seconds, UTC
+    file: str = ""                         # the received file (node spool), when known
+    operating_point: str | None = None
+    model_version: str | None = None
+
+
+@dataclass
+class Outcome:
+    """The radiologist's final read of a study or film."""
+
+    key: str
+    label: int                             # 1 abnormal, 0 normal
+    row: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- inputs
+
+def read_outcomes(path: str | Path) -> tuple[str, dict[str, Outcome]]:
+    """(key column, outcomes by UID). The key is ``sop_instance_uid`` when the CSV has it
+    filled, else ``study_instance_uid``."""
+    from cxr_triage.evaluation.sources import _label  # the harness's label parsing
+
+    path = Path(path)
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        rows = list(reader)
+    if "label" not in cols or not cols & set(KEYS):
+        raise ValueError(f"{path}: outcomes need a label column and study_instance_uid or sop_instance_uid")
+    key = "sop_instance_uid" if "sop_instance_uid" in cols and all(
+        (r.get("sop_instance_uid") or "").strip() for r in rows) else "study_instance_uid"
+    if key not in cols:
+        raise ValueError(f"{path}: every row needs a {key}")
+    out: dict[str, Outcome] = {}
+    for line, row in enumerate(rows, start=2):
+        uid = (row.get(key) or "").strip()
+        if not uid:
+            raise ValueError(f"{path}:{line}: empty {key}")
+        if uid in out:
+            raise ValueError(f"{path}:{line}: {key} {uid} listed twice")
+        out[uid] = Outcome(uid, _label(row["label"], f"{path}:{line}"), {k: v or "" for k, v in row.items() if k})
+    return key, out
+
+
+def live_from_srs(folder: str | Path) -> list[LiveResult]:
+    """Study and film results from the result SRs under ``folder`` (the node's outbox, or what
+    the PACS received), parsed with the node's SR reader."""
+    from cxr_triage.evaluation.sources import read_sr_folder
+
+    out: list[LiveResult] = []
+    for sr in read_sr_folder(Path(folder)):
+        study = sr.study_instance_uid
+        out.append(LiveResult(study, _val(sr.decision), sr.score, None, _val(sr.study.reason),
+                              operating_point=sr.operating_point, model_version=sr.model_version))
+        for g in sr.films:
+            out.append(LiveResult(study, _val(g.decision), g.score, g.sop_instance_uid, _val(g.reason),
+                                  operating_point=g.operating_point, model_version=sr.model_version))
+    return out
+
+
+def live_from_store(store: Any, since: float | None = None, until: float | None = None,
+                    limit: int = 1_000_000) -> list[LiveResult]:
+    """Study and film results of triaged studies in the node's job store
+    (``cxr_triage.dicom_node.queue.JobStore``: ``list_studies`` / ``get_study``)."""
+    out: list[LiveResult] = []
+    for summary in store.list_studies(state="triaged", since=since, until=until, limit=limit):
+        detail = store.get_study(summary["study_uid"]) or {}
+        result = detail.get("result") or {}
+        received = summary.get("first_received_at")
+        paths = {i["sop_instance_uid"]: i.get("path", "") for i in detail.get("instances", [])}
+        out.append(LiveResult(summary["study_uid"], summary["decision"], summary.get("score"),
+                              received_at=received))
+        for f in result.get("films", []):
+            uid = f.get("sop_instance_uid")
+            out.append(LiveResult(summary["study_uid"], f["decision"], f.get("score"), uid, f.get("reason"),
+                                  received_at=received, file=paths.get(uid, "") or f.get("source", ""),
+                                  operating_point=f.get("operating_point"),
+                                  model_version=f.get("model_version")))
+    return out
+
+
+def _val(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+# ---------------------------------------------------------------- the reconciliation
+
+@dataclass
+class Reconciliation:
+    """Live figures against the final reads, and the films to learn from."""
+
+    level: str                              # "study" or "film"
+    n_outcomes: int
+    n_matched: int
+    n_outcomes_without_result: int
+    n_results_without_outcome: int
+    figures: dict[str, Any]
+    discordant: list[dict[str, Any]]
+    operating_points: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reconcile(key: str, outcomes: dict[str, Outcome], live: Sequence[LiveResult],
+              confidence: float = 0.95) -> Reconciliation:
+    """Join outcomes with live results on ``key`` and measure with the harness."""
+    level = "film" if key == "sop_instance_uid" else "study"
+    by_uid = {}
+    for r in live:
+        if level == "film" and r.sop_instance_uid:
+            by_uid[r.sop_instance_uid] = r
+        elif level == "study" and r.sop_instance_uid is None:
+            by_uid[r.study_instance_uid] = r
+    films_by_study: dict[str, list[LiveResult]] = {}
+    for r in live:
+        if r.sop_instance_uid:
+            films_by_study.setdefault(r.study_instance_uid, []).append(r)
+    matched = [(outcomes[u], by_uid[u]) for u in outcomes if u in by_uid]
+
+    tp = fn = tn = fp = na_norm = na_abn = 0
+    y_scored, s_scored = [], []
+    discordant: list[dict[str, Any]] = []
+    for o, r in matched:
+        if r.decision == "not_assessable":
+            na_abn += o.label
+            na_norm += 1 - o.label
+            continue
+        flagged = r.decision == "suspicious"
+        if r.score is not None and math.isfinite(r.score):
+            y_scored.append(o.label)
+            s_scored.append(float(r.score))
+        if o.label == 1 and flagged:
+            tp += 1
+        elif o.label == 1:
+            fn += 1
+            discordant.extend(_discordant_rows(o, r, "missed_abnormal", level, films_by_study))
+        elif flagged:
+            fp += 1
+            discordant.extend(_discordant_rows(o, r, "false_suspicious", level, films_by_study))
+        else:
+            tn += 1
+    total = tp + fn + tn + fp + na_norm + na_abn
+    figures: dict[str, Any] = {
+        "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+        "not_assessable": {"normal": na_norm, "abnormal": na_abn},
+        "sensitivity": metrics.proportion(tp, tp + fn, confidence).to_dict(),
+        "specificity": metrics.proportion(tn, tn + fp, confidence).to_dict(),
+        "ppv": metrics.proportion(tp, tp + fp, confidence).to_dict(),
+        "npv": metrics.proportion(tn, tn + fn, confidence).to_dict(),
+        "workload_all": metrics.proportion(tn + fn, total, confidence).to_dict(),
+        "workload_normals": metrics.proportion(tn, tn + fp + na_norm, confidence).to_dict(),
+        "not_assessable_share": metrics.proportion(na_norm + na_abn, total, confidence).to_dict(),
+        "interval": "wilson",
+    }
+    if 0 < sum(y_scored) < len(y_scored):
+        figures["auroc"] = metrics.auroc_delong(y_scored, s_scored, confidence).to_dict()
+    ops = sorted({r.operating_point for _, r in matched if r.operating_point})
+    return Reconciliation(
+        level=level, n_outcomes=len(outcomes), n_matched=len(matched),
+        n_outcomes_without_result=len(outcomes) - len(matched),
+        n_results_without_outcome=len(set(by_uid) - set(outcomes)),
+        figures=figures, discordant=discordant, operating_points=ops,
+    )
+
+
+def _discordant_rows(o: Outcome, r: LiveResult, kind: str, level: str,
+                     films_by_study: dict[str, list[LiveResult]]) -> list[dict[str, Any]]:
+    """One manifest row per film behind a discordant result (a study contributes its
+    assessable films: the label is the study's read)."""
+    films = [r] if level == "film" else [f for f in films_by_study.get(r.study_instance_uid, [])
+                                          if f.decision != "not_assessable"] or [r]
+    rows = []
+    for f in films:
+        rows.append({
+            "file": o.row.get("file") or f.file,
+            "label": "abnormal" if o.label else "normal",
+            "patient_id": o.row.get("patient_id", ""),
+            "findings": o.row.get("findings", ""),
+            "study_instance_uid": f.study_instance_uid,
+            "sop_instance_uid": f.sop_instance_uid or "",
+            "decision": f.decision,
+            "score": "" if f.score is None else f"{f.score:.6f}",
+            "study_decision": r.decision,
+            "discordance": kind,
+        })
+    return rows
+
+
+MANIFEST_COLUMNS = ("file", "label", "patient_id", "findings", "study_instance_uid", "sop_instance_uid",
+                    "decision", "score", "study_decision", "discordance")
+
+
+def write_discordant_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Manifest CSV (``file,label,...``) of the discordant films, ready for retraining; files
+    are the node's spool copies (or the outcome CSV's ``file``), blank when unknown."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS))
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: row.get(k, "") for k in MANIFEST_COLUMNS})
+    return path
+
+
+def summary_lines(rec: Reconciliation) -> list[str]:
+    """Human summary for the terminal."""
+    f = rec.figures
+
+    def pct(p: dict[str, Any]) -> str:
+        if p["value"] is None:
+            return "n/a"
+        return f"{p['value']:.1%} (95% CI {p['low']:.1%}-{p['high']:.1%}, {p['k']}/{p['n']})"
+
+    lines = [
+        f"reconciled {rec.n_matched} of {rec.n_outcomes} {rec.level} outcomes "
+        f"({rec.n_outcomes_without_result} without a result, {rec.n_results_without_outcome} results without an outcome)",
+        f"sensitivity       {pct(f['sensitivity'])}",
+        f"specificity       {pct(f['specificity'])}",
+        f"workload saved    {pct(f['workload_all'])} of all, {pct(f['workload_normals'])} of normals",
+        f"not assessable    {pct(f['not_assessable_share'])}",
+        f"discordant films  {len(rec.discordant)} "
+        f"({sum(d['discordance'] == 'missed_abnormal' for d in rec.discordant)} from missed abnormal results)",
+    ]
+    if "auroc" in f:
+        a = f["auroc"]
+        lines.insert(3, f"AUROC             {a['value']:.3f} (95% CI {a['low']:.3f}-{a['high']:.3f})")
+    return lines
+
+
+def utc_day_bounds(day: str) -> tuple[float, float]:
+    """'2026-11-25' -> (start, end) Unix seconds of that UTC day."""
+    d = _dt.date.fromisoformat(day)
+    start = _dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp()
+    return start, start + 86400.0
