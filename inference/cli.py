@@ -1,0 +1,78 @@
+"""``cxr-triage predict PATH...``: triage files or folders and print one result per film.
+
+``--json`` prints one JSON object per line (machine-readable, stable keys from
+``FilmResult.to_dict``); without it, a table for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cxr_triage.config import Config
+
+
+def register(subparsers: Any, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description="Triage chest films (DICOM CR/DX/SC, PNG, JPEG; files or folders searched "
+        "recursively) with the configured ONNX model and print likely normal / suspicious / "
+        "not assessable (with the reason) for each film.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM/PNG/JPEG files or folders")
+    p.add_argument("--json", action="store_true", help="one JSON object per film (JSON lines)")
+    p.add_argument("--model", help="ONNX model file (default: [inference] model_path, else bundled)")
+    p.add_argument("--operating-point", dest="operating_point",
+                   help="a threshold name stored in the model, e.g. sens_0.98 (default: config)")
+    p.add_argument("--threshold", type=float,
+                   help="explicit probability threshold (overrides --operating-point)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: config)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from cxr_triage.evaluation.site_threshold import SiteThresholdError
+    from cxr_triage.inference.pipeline import Triager
+    from cxr_triage.inference.scorer import ModelError
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"cxr-triage predict: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        triager = Triager(cfg, model_path=args.model, operating_point=args.operating_point,
+                      threshold=args.threshold, threads=args.threads)
+    except (ModelError, SiteThresholdError, ValueError) as exc:
+        print(f"cxr-triage predict: {exc}", file=sys.stderr)
+        return 2
+    results = triager.triage_paths(args.paths)
+    if not results:
+        print("cxr-triage predict: no DICOM, PNG or JPEG files found", file=sys.stderr)
+        return 1
+    if args.json:
+        for r in results:
+            print(json.dumps(r.to_dict(), sort_keys=True))
+    else:
+        print(format_table(results, triager))
+    return 0
+
+
+def format_table(results: list[Any], triager: Any) -> str:
+    """Fixed-width table: file, decision, score vs threshold, reason."""
+    rows = [("FILE", "DECISION", "SCORE", "REASON")]
+    for r in results:
+        score = f"{r.score:.3f}" if r.score is not None else "-"
+        reason = f"{r.reason.value}: {r.reason_detail}" if r.reason else ""
+        rows.append((Path(r.source).name or r.source, r.decision.value, score, reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows]
+    meta = triager.meta
+    lines.append(
+        f"\nmodel {meta.name} {meta.version}; operating point {triager.operating_point} "
+        f"(suspicious when score >= {triager.threshold:.4f})"
+    )
+    return "\n".join(line.rstrip() for line in lines)

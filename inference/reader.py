@@ -1,0 +1,275 @@
+"""Read a film (DICOM or PNG/JPEG) into float32 [0, 1], MONOCHROME2 (bone bright).
+
+One reader for the worker and for training on DICOM manifests, so the model sees films
+decoded the same way in both. DICOM decoding goes through pydicom's pixel handlers and their
+plugins (pylibjpeg-libjpeg, -openjpeg, -rle, pyjpegls); the display pipeline follows PS3.3
+C.11: stored values -> Modality LUT (rescale or LUT) -> VOI (VOI LUT Sequence preferred, else
+window) -> [0, 1] -> inverted for MONOCHROME1 / Presentation LUT Shape INVERSE. Pixel padding
+is masked out of the intensity range and set to 0 (black).
+
+Every failure to produce a film raises :class:`NotAssessable` with a coded reason, so a bad
+file becomes a "not assessable" result instead of an exception in the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+from cxr_triage.inference.result import NotAssessable, NotAssessableReason
+
+#: default ceiling on Rows x Columns x Frames x Samples before anything is decoded
+DEFAULT_MAX_PIXELS = 40_000_000
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass
+class Film:
+    """A decoded film. ``dataset`` is the DICOM header (None for PNG/JPEG)."""
+
+    pixels: np.ndarray                    # float32 (H, W) in [0, 1], MONOCHROME2
+    source: str = ""
+    dataset: Dataset | None = None
+    padding_mask: np.ndarray | None = None  # True where Pixel Padding Value marked a pixel
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pixels.shape  # type: ignore[return-value]
+
+
+def _undecodable(detail: str) -> NotAssessable:
+    return NotAssessable(NotAssessableReason.UNDECODABLE, detail)
+
+
+def sniff_kind(path: str | Path) -> str:
+    """"dicom", "image" (PNG/JPEG) or "unknown", from the file's first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return "unknown"
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return "image"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return "unknown"
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Read a DICOM file (Part 10, or a bare dataset without preamble) without decoding pixels."""
+    path = Path(path)
+    try:
+        if sniff_kind(path) == "dicom":
+            return dcmread(path)
+        ds = dcmread(path, force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise _undecodable(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    # force=True accepts any bytes: insist on the attributes every image or object has
+    if "SOPClassUID" not in ds and "PixelData" not in ds:
+        raise _undecodable("not a DICOM file (no SOP Class UID, no Pixel Data)")
+    if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+        # a bare dataset without meta header is implicit VR little endian by default (PS3.5 A.1)
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ImplicitVRLittleEndian
+
+        ds.file_meta = ds.get("file_meta") or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
+
+
+def read_film(source: str | Path | Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Film:
+    """Decode a DICOM file or dataset, or a PNG/JPEG file, into a :class:`Film`."""
+    if isinstance(source, Dataset):
+        name = str(getattr(source, "filename", "") or "")
+        pixels, mask = decode_dicom(source, max_pixels=max_pixels)
+        return Film(pixels, name, source, mask)
+    path = Path(source)
+    kind = sniff_kind(path)
+    if kind == "image" or (kind == "unknown" and path.suffix.lower() in IMAGE_SUFFIXES):
+        return Film(read_image_file(path, max_pixels=max_pixels), str(path), None, None)
+    ds = load_dataset(path)
+    pixels, mask = decode_dicom(ds, max_pixels=max_pixels)
+    return Film(pixels, str(path), ds, mask)
+
+
+# ----------------------------------------------------------------------------- PNG / JPEG
+
+def read_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """PNG/JPEG film -> float32 [0, 1]. 8-bit / 255, 16-bit / 65535; grey-as-RGB accepted."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise _undecodable(f"image declares {w}x{h} pixels, above the {max_pixels} limit")
+            img = ImageOps.exif_transpose(img)
+            mode = img.mode
+            if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                scale = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
+                return np.clip(arr / scale, 0.0, 1.0).astype(np.float32)
+            if mode in ("L", "1"):
+                return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    except NotAssessable:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise _undecodable(f"unreadable image file ({type(exc).__name__}: {exc})") from exc
+    spread = np.abs(rgb - rgb.mean(axis=2, keepdims=True)).max()
+    if spread > 8:  # beyond JPEG chroma noise: a colour picture, not a radiograph
+        raise NotAssessable(NotAssessableReason.COLOR, "colour image (RGB channels differ)")
+    return (rgb.mean(axis=2) / 255.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+def _declared_pixels(ds: Dataset) -> int:
+    rows = int(ds.get("Rows", 0) or 0)
+    cols = int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    return rows * cols * max(frames, 1) * max(samples, 1)
+
+
+def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
+    """(rows, cols) the first compressed frame declares, when it can be read cheaply.
+
+    Decoders size their output from the codestream, not from the header: a small header with a
+    huge codestream is a decompression bomb, so both must agree before decoding.
+    """
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    if not tsyntax.is_encapsulated:
+        return None
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:  # noqa: BLE001 - any framing error means undecodable
+        raise _undecodable(f"encapsulated pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+    if tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes:
+        from pydicom.pixels.utils import _get_jpg_parameters
+
+        info = _get_jpg_parameters(frame)
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"])
+        return None
+    if tsyntax in JPEG2000TransferSyntaxes:
+        # SIZ marker segment (ISO 15444-1 A.5.1) follows SOC: Xsiz at +8, Ysiz at +12
+        start = frame.find(b"\xff\x4f\xff\x51")
+        if start >= 0 and len(frame) >= start + 24:
+            xsiz = int.from_bytes(frame[start + 8:start + 12], "big")
+            ysiz = int.from_bytes(frame[start + 12:start + 16], "big")
+            xo = int.from_bytes(frame[start + 16:start + 20], "big")
+            yo = int.from_bytes(frame[start + 20:start + 24], "big")
+            return ysiz - yo, xsiz - xo
+    return None
+
+
+def check_decodable_size(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse before decoding what would be too large or what misstates its size."""
+    if "PixelData" not in ds:
+        raise NotAssessable(NotAssessableReason.NON_IMAGE, "no Pixel Data")
+    declared = _declared_pixels(ds)
+    if declared <= 0:
+        raise _undecodable("Rows/Columns missing or zero")
+    if declared > max_pixels:
+        raise _undecodable(f"declares {declared} pixel samples, above the {max_pixels} limit")
+    size = _codestream_size(ds)
+    if size is not None and size != (int(ds.Rows), int(ds.Columns)):
+        raise _undecodable(
+            f"compressed frame is {size[0]}x{size[1]} but the header says {ds.Rows}x{ds.Columns}"
+        )
+
+
+def padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """Pixels marked by Pixel Padding Value (and Pixel Padding Range Limit), or None."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    value = int(_as_int(ds.PixelPaddingValue, ds))
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        mask = stored == value
+    else:
+        lo, hi = sorted((value, int(_as_int(limit, ds))))
+        mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+def _as_int(value: Any, ds: Dataset) -> int:
+    """US/SS-ambiguous values may arrive as raw bytes; read them with the pixel sign."""
+    if isinstance(value, (bytes, bytearray)):
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        return int.from_bytes(bytes(value[:2]), "little", signed=signed)
+    return int(value)
+
+
+def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """DICOM dataset -> (film float32 [0, 1] MONOCHROME2, padding mask or None)."""
+    check_decodable_size(ds, max_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise NotAssessable(NotAssessableReason.MULTI_FRAME, f"{frames} frames")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise NotAssessable(NotAssessableReason.COLOR,
+                            f"photometric interpretation {photometric or 'missing'}")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - every decoder failure means the same to triage
+        raise _undecodable(f"pixel data could not be decoded ({type(exc).__name__}: {exc})") from exc
+    if stored.ndim != 2:
+        raise _undecodable(f"decoded pixel array has shape {stored.shape}")
+    try:
+        unit, mask = _display_values(stored, ds)
+    except (ValueError, NotImplementedError, AttributeError, IndexError, KeyError, TypeError) as exc:
+        raise _undecodable(f"Modality/VOI LUT not applicable ({type(exc).__name__}: {exc})") from exc
+    if not np.isfinite(unit).all():
+        raise _undecodable("non-finite values after the Modality/VOI LUT")
+    inverted = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    if inverted:
+        unit = 1.0 - unit
+    if mask is not None:
+        unit[mask] = 0.0
+    return unit.astype(np.float32), mask
+
+
+def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
+    """Modality LUT then VOI, rescaled to [0, 1] over the VOI's output range.
+
+    Without any VOI (e.g. DX For Processing), the range of the non-padding pixels is used, as
+    viewers do; the model's preprocessing is invariant to that affine choice anyway.
+    """
+    mask = padding_mask(stored, ds)
+    modality = apply_modality_lut(stored, ds)
+    voi_seq = ds.get("VOILUTSequence")
+    has_voi_lut = bool(voi_seq) and "LUTDescriptor" in voi_seq[0] and "LUTData" in voi_seq[0]
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if has_voi_lut:
+        values = modality if np.issubdtype(modality.dtype, np.integer) else np.rint(modality).astype(np.int64)
+        out = apply_voi(values, ds, index=0).astype(np.float64)
+        n_entries, first = int(voi_seq[0].LUTDescriptor[0]) or 65536, int(voi_seq[0].LUTDescriptor[1])
+        lut = apply_voi(np.arange(first, first + n_entries, dtype=np.int64), ds, index=0)
+        lo, hi = float(lut.min()), float(lut.max())
+    elif has_window:
+        out = apply_windowing(modality.astype(np.float64), ds, index=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ends = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
+        lo, hi = float(ends[0]), float(ends[1])
+    else:
+        out = modality.astype(np.float64)
+        body = out[~mask] if mask is not None and not mask.all() else out
+        lo, hi = float(body.min()), float(body.max())
+    if hi <= lo:
+        return np.zeros(out.shape, dtype=np.float64), mask
+    return np.clip((out - lo) / (hi - lo), 0.0, 1.0), mask
