@@ -71,7 +71,7 @@ def build_result_sr(
     SOP Instance UID. Pass ``series_uid``/``sop_instance_uid`` to rebuild a kept SR
     identically (retries must resend the same instance); new UIDs otherwise.
     """
-    headers = _headers(sources)
+    headers = source_headers(sources)
     if not headers:
         raise ValueError("build_result_sr needs at least one source dataset")
     foreign = {h.StudyInstanceUID for h in headers} - {study.study_instance_uid}
@@ -237,7 +237,7 @@ def _procedures(headers: Sequence[Dataset]) -> list[Code | hd.sr.CodedConcept]:
     return list(seen.values()) or [C.PROCEDURE_XR_UNSPECIFIED]
 
 
-def _headers(sources: Sequence[Dataset]) -> list[Dataset]:
+def source_headers(sources: Sequence[Dataset]) -> list[Dataset]:
     """Pixel-free copies of the sources (deduplicated by SOP Instance UID) with the Type 2
     patient/study attributes highdicom copies made present."""
     out: dict[str, Dataset] = {}
