@@ -75,3 +75,40 @@ def sr_lines(source: str | Path | Dataset, limit: int = 400) -> list[SRLine]:
             out.append(SRLine(1, label, str(ds.get(kw))))
     _walk(ds.get("ContentSequence"), 1, out, limit)
     return out
+
+
+def _fmt(x: float | None) -> str:
+    return "no score" if x is None else f"{x:.3f}"
+
+
+def sr_summary(source: str | Path | Dataset) -> list[str]:
+    """A few sentences saying what a cxr-triage result SR states (empty if it is not one).
+
+    Read back with ``sr_reader`` from the coded content, so the page tells what the PACS got.
+    """
+    from cxr_triage.dicom_node.sr_reader import read_result_sr
+    from cxr_triage.dicom_node.worklist import PLAIN_DECISION, PLAIN_REASON
+
+    ds = source if isinstance(source, Dataset) else pydicom.dcmread(str(source))
+    try:
+        r = read_result_sr(ds)
+    except (ValueError, KeyError, AttributeError):
+        return []
+    out = [
+        f"The AI triage report sent to PACS calls this study {PLAIN_DECISION[r.decision.value].lower()}"
+        + (f", abnormality score {_fmt(r.score)} against threshold {_fmt(r.threshold)}"
+           f" (operating point {r.operating_point})" if r.score is not None else "")
+        + (f"; model {r.model_name} {r.model_version}." if r.model_name else ".")
+    ]
+    for i, g in enumerate(r.films, 1):
+        text = f"Image {i}: {PLAIN_DECISION[g.decision.value].lower()}"
+        if g.score is not None:
+            text += f", score {_fmt(g.score)}"
+        if g.reason is not None:
+            text += f" ({PLAIN_REASON.get(g.reason.value, g.reason.value)}"
+            text += f": {g.reason_detail})" if g.reason_detail else ")"
+        out.append(text + ".")
+    flags = ", ".join(str(ds.get(k, "")).lower() for k in ("PreliminaryFlag", "VerificationFlag") if k in ds)
+    out.append(f"The report references {len(r.evidence_sop_instance_uids)} source image(s)"
+               + (f" and is marked {flags}." if flags else "."))
+    return out
