@@ -1,0 +1,542 @@
+"""The node's job store: an embedded SQLite database (WAL, synchronous=FULL).
+
+It is the single source of truth for what was received and what is owed to whom, so a
+restart (or ``kill -9``) resumes every unfinished job: see :meth:`JobStore.recover`.
+
+State machines::
+
+    study:    receiving --(quiet period)--> processing --> triaged
+                  ^   new instance (generation+1)  |         |
+                  +--------------------------------+---------+      processing --(errors)--> failed
+    delivery: pending --> sending --> delivered
+                 ^           |  failure: back-off, attempts+1
+                 +-----------+--> dead (older than dead_letter_after_s)      pending --> cancelled
+                                                                      (result superseded)
+
+One *result* per study (and per generation); a newer result supersedes the older one and
+cancels its undelivered deliveries. Deliveries of the same result always send the same files,
+so retries reuse the same SOP Instance UIDs.
+
+The query methods at the bottom (counts, oldest pending, list/get studies, failures) are the
+API for ``cxr-triage status``, the web worklist and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid          TEXT PRIMARY KEY,
+    state              TEXT NOT NULL,
+    generation         INTEGER NOT NULL DEFAULT 1,
+    first_received_at  REAL NOT NULL,
+    last_received_at   REAL NOT NULL,
+    calling_ae         TEXT,
+    n_instances        INTEGER NOT NULL DEFAULT 0,
+    decision           TEXT,
+    score              REAL,
+    result_id          INTEGER,
+    triaged_at         REAL,
+    errors             INTEGER NOT NULL DEFAULT 0,
+    retry_at           REAL NOT NULL DEFAULT 0,
+    last_error         TEXT
+);
+CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received_at);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid   TEXT PRIMARY KEY,
+    study_uid          TEXT NOT NULL,
+    series_uid         TEXT,
+    sop_class_uid      TEXT,
+    transfer_syntax    TEXT,
+    path               TEXT NOT NULL,
+    size               INTEGER,
+    calling_ae         TEXT,
+    received_at        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS results (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid          TEXT NOT NULL,
+    generation         INTEGER NOT NULL,
+    decision           TEXT NOT NULL,
+    score              REAL,
+    result_json        TEXT NOT NULL,
+    created_at         REAL NOT NULL,
+    superseded         INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS results_study ON results(study_uid);
+CREATE TABLE IF NOT EXISTS result_objects (
+    sop_instance_uid   TEXT PRIMARY KEY,
+    result_id          INTEGER NOT NULL REFERENCES results(id),
+    series_uid         TEXT NOT NULL,
+    sop_class_uid      TEXT NOT NULL,
+    path               TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS result_objects_series ON result_objects(series_uid);
+CREATE INDEX IF NOT EXISTS result_objects_result ON result_objects(result_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    result_id          INTEGER NOT NULL REFERENCES results(id),
+    destination        TEXT NOT NULL,
+    state              TEXT NOT NULL,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at    REAL NOT NULL,
+    created_at         REAL NOT NULL,
+    delivered_at       REAL,
+    last_error         TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_result ON deliveries(result_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id        INTEGER NOT NULL REFERENCES deliveries(id),
+    at                 REAL NOT NULL,
+    ok                 INTEGER NOT NULL,
+    detail             TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
+"""
+
+# study states
+RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "failed"
+# delivery states
+PENDING, SENDING, DELIVERED, DEAD, CANCELLED = "pending", "sending", "delivered", "dead", "cancelled"
+OUTBOX = "outbox"  # the destination name of the local outbox folder
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str | None
+    sop_class_uid: str | None
+    transfer_syntax: str | None
+    path: str
+    size: int | None
+    calling_ae: str | None
+    received_at: float
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One DICOM file a result consists of (the SR, optionally a summary image)."""
+
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    id: int
+    result_id: int
+    study_uid: str
+    destination: str
+    attempts: int
+    created_at: float
+    objects: tuple[ResultObject, ...]
+
+
+class JobStore:
+    """Thread-safe access to ``queue.sqlite3``: one connection per thread."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy = busy_timeout_s
+        self._local = threading.local()
+        con = self._con()
+        con.executescript(_SCHEMA)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- connections -------------------------------------------------------------------
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None,
+                                  check_same_thread=True)
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")   # an acknowledged instance survives power loss
+            con.execute(f"PRAGMA busy_timeout={int(self._busy * 1000)}")
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken with BEGIN IMMEDIATE (no lock upgrades, no deadlocks)."""
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # -- receiving ---------------------------------------------------------------------
+    def add_instance(self, rec: InstanceRecord) -> bool:
+        """Record a durably spooled instance; returns True when it (re)opens the study.
+
+        A re-sent instance (same SOP Instance UID in the same study) does not reopen a
+        study that was already triaged: senders retry after crashes, and that must not
+        produce a second result.
+        """
+        with self._tx() as con:
+            old = con.execute("SELECT study_uid FROM instances WHERE sop_instance_uid=?",
+                              (rec.sop_instance_uid,)).fetchone()
+            con.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?)",
+                (rec.sop_instance_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid,
+                 rec.transfer_syntax, rec.path, rec.size, rec.calling_ae, rec.received_at),
+            )
+            duplicate = old is not None and old["study_uid"] == rec.study_uid
+            if old is not None and not duplicate:
+                self._count_instances(con, old["study_uid"])
+            study = con.execute("SELECT state FROM studies WHERE study_uid=?",
+                                (rec.study_uid,)).fetchone()
+            if study is None:
+                con.execute(
+                    "INSERT INTO studies (study_uid, state, first_received_at, last_received_at,"
+                    " calling_ae, n_instances) VALUES (?,?,?,?,?,1)",
+                    (rec.study_uid, RECEIVING, rec.received_at, rec.received_at, rec.calling_ae),
+                )
+                return True
+            if duplicate and study["state"] in (TRIAGED, FAILED):
+                return False
+            # New (or re-sent before triage) instance: push the quiet period out; a study in
+            # processing stays there and is re-triaged because its generation moved on.
+            con.execute(
+                "UPDATE studies SET generation=generation+1, last_received_at=?, errors=0,"
+                " retry_at=0, state=CASE WHEN state=? THEN ? ELSE ? END WHERE study_uid=?",
+                (rec.received_at, PROCESSING, PROCESSING, RECEIVING, rec.study_uid),
+            )
+            self._count_instances(con, rec.study_uid)
+            return True
+
+    @staticmethod
+    def _count_instances(con: sqlite3.Connection, study_uid: str) -> None:
+        con.execute("UPDATE studies SET n_instances=(SELECT COUNT(*) FROM instances WHERE"
+                    " study_uid=?) WHERE study_uid=?", (study_uid, study_uid))
+
+    def known_instance_paths(self) -> set[str]:
+        return {r[0] for r in self._con().execute("SELECT path FROM instances")}
+
+    def is_own_output(self, sop_instance_uid: str, series_uid: str | None) -> bool:
+        """True for an object this node produced (a PACS sending our results back)."""
+        row = self._con().execute(
+            "SELECT 1 FROM result_objects WHERE sop_instance_uid=? OR series_uid=? LIMIT 1",
+            (sop_instance_uid, series_uid or ""),
+        ).fetchone()
+        return row is not None
+
+    # -- triage ------------------------------------------------------------------------
+    def claim_due_study(self, quiet_period_s: float, now: float | None = None) -> tuple[str, int] | None:
+        """Take the oldest study that has been quiet long enough: (study_uid, generation)."""
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            row = con.execute(
+                "SELECT study_uid, generation FROM studies WHERE state=? AND last_received_at<=?"
+                " AND retry_at<=? ORDER BY last_received_at LIMIT 1",
+                (RECEIVING, now - quiet_period_s, now),
+            ).fetchone()
+            if row is None:
+                return None
+            con.execute("UPDATE studies SET state=? WHERE study_uid=?", (PROCESSING, row["study_uid"]))
+            return row["study_uid"], row["generation"]
+
+    def study_instances(self, study_uid: str) -> list[InstanceRecord]:
+        rows = self._con().execute(
+            "SELECT * FROM instances WHERE study_uid=? ORDER BY series_uid, received_at",
+            (study_uid,)).fetchall()
+        return [InstanceRecord(**dict(r)) for r in rows]
+
+    def complete_study(
+        self,
+        study_uid: str,
+        generation: int,
+        decision: str,
+        score: float | None,
+        result: dict[str, Any],
+        objects: list[ResultObject],
+        destinations: list[str],
+        now: float | None = None,
+    ) -> int:
+        """Store a result and its deliveries atomically; returns the result id.
+
+        If new instances arrived while triaging (generation moved on), the result is kept
+        for the record but superseded at once and not delivered: the study is triaged again.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            cur = con.execute("SELECT generation FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+            current = cur is not None and cur["generation"] == generation
+            rid = con.execute(
+                "INSERT INTO results (study_uid, generation, decision, score, result_json, created_at,"
+                " superseded) VALUES (?,?,?,?,?,?,?)",
+                (study_uid, generation, decision, score, json.dumps(result), now, 0 if current else 1),
+            ).lastrowid
+            for o in objects:
+                con.execute("INSERT OR REPLACE INTO result_objects VALUES (?,?,?,?,?)",
+                            (o.sop_instance_uid, rid, o.series_uid, o.sop_class_uid, o.path))
+            if not current:
+                con.execute("UPDATE studies SET state=? WHERE study_uid=?", (RECEIVING, study_uid))
+                return int(rid)
+            # supersede older results and cancel what they still owed
+            old = [r[0] for r in con.execute(
+                "SELECT id FROM results WHERE study_uid=? AND id<>? AND superseded=0", (study_uid, rid))]
+            for oid in old:
+                con.execute("UPDATE results SET superseded=1 WHERE id=?", (oid,))
+                con.execute("UPDATE deliveries SET state=? WHERE result_id=? AND state IN (?,?)",
+                            (CANCELLED, oid, PENDING, SENDING))
+            for dest in destinations:
+                con.execute(
+                    "INSERT INTO deliveries (result_id, destination, state, next_attempt_at, created_at)"
+                    " VALUES (?,?,?,?,?)", (rid, dest, PENDING, now, now))
+            con.execute(
+                "UPDATE studies SET state=?, decision=?, score=?, result_id=?, triaged_at=?, errors=0,"
+                " last_error=NULL WHERE study_uid=?",
+                (TRIAGED, decision, score, rid, now, study_uid))
+            return int(rid)
+
+    def fail_study(self, study_uid: str, generation: int, error: str, max_errors: int = 3,
+                   retry_after_s: float = 5.0, now: float | None = None) -> str:
+        """An unexpected error while triaging: retry later, or give up (state ``failed``)."""
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            row = con.execute("SELECT errors, generation FROM studies WHERE study_uid=?",
+                              (study_uid,)).fetchone()
+            errors = (row["errors"] if row else 0) + 1
+            state = FAILED if errors >= max_errors and row["generation"] == generation else RECEIVING
+            con.execute("UPDATE studies SET state=?, errors=?, last_error=?, retry_at=? WHERE study_uid=?",
+                        (state, errors, error[:500], now + retry_after_s * errors, study_uid))
+            return state
+
+    # -- delivery ----------------------------------------------------------------------
+    def due_deliveries(self, now: float | None = None, limit: int = 100) -> list[DueDelivery]:
+        """Pending deliveries whose back-off has expired, oldest first, marked ``sending``."""
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            rows = con.execute(
+                "SELECT d.id, d.result_id, r.study_uid, d.destination, d.attempts, d.created_at"
+                " FROM deliveries d JOIN results r ON r.id=d.result_id"
+                " WHERE d.state=? AND d.next_attempt_at<=? ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                (PENDING, now, limit)).fetchall()
+            out = []
+            for r in rows:
+                objs = con.execute(
+                    "SELECT sop_instance_uid, series_uid, sop_class_uid, path FROM result_objects"
+                    " WHERE result_id=? ORDER BY sop_class_uid DESC", (r["result_id"],)).fetchall()
+                con.execute("UPDATE deliveries SET state=? WHERE id=?", (SENDING, r["id"]))
+                out.append(DueDelivery(r["id"], r["result_id"], r["study_uid"], r["destination"],
+                                       r["attempts"], r["created_at"],
+                                       tuple(ResultObject(**dict(o)) for o in objs)))
+            return out
+
+    def delivery_succeeded(self, delivery_id: int, detail: str = "", now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            con.execute("UPDATE deliveries SET state=?, attempts=attempts+1, delivered_at=?,"
+                        " last_error=NULL WHERE id=?", (DELIVERED, now, delivery_id))
+            con.execute("INSERT INTO attempts (delivery_id, at, ok, detail) VALUES (?,?,1,?)",
+                        (delivery_id, now, detail))
+
+    def delivery_failed(self, delivery_id: int, error: str, retry_initial_s: float,
+                        retry_max_s: float, dead_letter_after_s: float,
+                        now: float | None = None) -> str:
+        """Exponential back-off (initial * 2^(n-1), capped); ``dead`` once too old."""
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            row = con.execute("SELECT attempts, created_at, state FROM deliveries WHERE id=?",
+                              (delivery_id,)).fetchone()
+            attempts = row["attempts"] + 1
+            delay = min(retry_max_s, retry_initial_s * 2 ** (attempts - 1))
+            if row["state"] == CANCELLED:
+                state = CANCELLED
+            elif now - row["created_at"] >= dead_letter_after_s:
+                state = DEAD
+            else:
+                state = PENDING
+            con.execute("UPDATE deliveries SET state=?, attempts=?, next_attempt_at=?, last_error=?"
+                        " WHERE id=?", (state, attempts, now + delay, error[:500], delivery_id))
+            con.execute("INSERT INTO attempts (delivery_id, at, ok, detail) VALUES (?,?,0,?)",
+                        (delivery_id, now, error[:500]))
+            return state
+
+    def next_delivery_time(self) -> float | None:
+        row = self._con().execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state=?",
+                                  (PENDING,)).fetchone()
+        return row[0]
+
+    def retry_dead(self, now: float | None = None) -> int:
+        """Operator action: put dead deliveries back in the queue (fresh age)."""
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            return con.execute("UPDATE deliveries SET state=?, next_attempt_at=?, created_at=?"
+                               " WHERE state=?", (PENDING, now, now, DEAD)).rowcount
+
+    # -- restart -----------------------------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """After a crash or restart: interrupted triage and sends go back in the queue."""
+        with self._tx() as con:
+            studies = con.execute("UPDATE studies SET state=? WHERE state=?",
+                                  (RECEIVING, PROCESSING)).rowcount
+            sends = con.execute("UPDATE deliveries SET state=? WHERE state=?",
+                                (PENDING, SENDING)).rowcount
+        return {"studies_resumed": studies, "deliveries_resumed": sends}
+
+    # -- queries (status command, web worklist, metrics) -------------------------------
+    def counts(self) -> dict[str, Any]:
+        """Studies by state and by decision, deliveries by state, instances received."""
+        con = self._con()
+        studies = {r[0]: r[1] for r in con.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")}
+        decisions = {r[0]: r[1] for r in con.execute(
+            "SELECT decision, COUNT(*) FROM studies WHERE decision IS NOT NULL GROUP BY decision")}
+        deliveries = {r[0]: r[1] for r in con.execute(
+            "SELECT state, COUNT(*) FROM deliveries GROUP BY state")}
+        instances = con.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+        results = con.execute("SELECT COUNT(*) FROM results WHERE superseded=0").fetchone()[0]
+        return {"instances": instances, "studies": studies, "decisions": decisions,
+                "results": results, "deliveries": deliveries}
+
+    def oldest_pending(self, now: float | None = None) -> dict[str, Any] | None:
+        """The oldest piece of unfinished work: a study not yet triaged or a result not
+        yet delivered; with its age in seconds."""
+        now = time.time() if now is None else now
+        con = self._con()
+        s = con.execute("SELECT study_uid, state, first_received_at FROM studies WHERE state IN (?,?)"
+                        " ORDER BY first_received_at LIMIT 1", (RECEIVING, PROCESSING)).fetchone()
+        d = con.execute(
+            "SELECT d.id, r.study_uid, d.destination, d.state, d.created_at, d.attempts, d.last_error"
+            " FROM deliveries d JOIN results r ON r.id=d.result_id WHERE d.state IN (?,?)"
+            " ORDER BY d.created_at LIMIT 1", (PENDING, SENDING)).fetchone()
+        items = []
+        if s:
+            items.append({"kind": "study", "study_uid": s["study_uid"], "state": s["state"],
+                          "since": s["first_received_at"]})
+        if d:
+            items.append({"kind": "delivery", "delivery_id": d["id"], "study_uid": d["study_uid"],
+                          "destination": d["destination"], "state": d["state"], "since": d["created_at"],
+                          "attempts": d["attempts"], "last_error": d["last_error"]})
+        if not items:
+            return None
+        oldest = min(items, key=lambda i: i["since"])
+        oldest["age_s"] = max(0.0, now - oldest["since"])
+        return oldest
+
+    def delivery_failures(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Deliveries that failed at least once and are not delivered (dead ones first)."""
+        rows = self._con().execute(
+            "SELECT d.id, r.study_uid, d.destination, d.state, d.attempts, d.created_at,"
+            " d.next_attempt_at, d.last_error FROM deliveries d JOIN results r ON r.id=d.result_id"
+            " WHERE d.state IN (?,?,?) AND d.attempts>0 ORDER BY d.state=? DESC, d.created_at LIMIT ?",
+            (PENDING, SENDING, DEAD, DEAD, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def list_studies(self, decision: str | None = None, state: str | None = None,
+                     since: float | None = None, until: float | None = None,
+                     limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+        """Studies, newest first: decision, score, times, instance count, delivery status.
+
+        ``delivery_status`` is ``delivered`` (all destinations), ``pending``, ``failing``
+        (retrying after an error), ``dead``, ``none`` (nothing to deliver, e.g. shadow
+        mode) or null before triage.
+        """
+        where, args = [], []
+        if decision:
+            where.append("s.decision=?"); args.append(decision)
+        if state:
+            where.append("s.state=?"); args.append(state)
+        if since is not None:
+            where.append("s.first_received_at>=?"); args.append(since)
+        if until is not None:
+            where.append("s.first_received_at<?"); args.append(until)
+        clause = ("WHERE " + " AND ".join(where) if where else "")
+        return self._summaries(clause + " ORDER BY s.first_received_at DESC LIMIT ? OFFSET ?",
+                               [*args, limit, offset])
+
+    def get_study(self, study_uid: str) -> dict[str, Any] | None:
+        """Everything about one study: summary, instances, current result (with per-image
+        detail), its objects, deliveries and their attempts."""
+        con = self._con()
+        row = con.execute("SELECT study_uid FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        if row is None:
+            return None
+        summary = self._summaries("WHERE s.study_uid=?", [study_uid])[0]
+        summary["instances"] = [dict(r) for r in con.execute(
+            "SELECT * FROM instances WHERE study_uid=? ORDER BY received_at", (study_uid,))]
+        summary["result"] = None
+        summary["objects"] = []
+        summary["deliveries"] = []
+        if summary["result_id"] is not None:
+            res = con.execute("SELECT * FROM results WHERE id=?", (summary["result_id"],)).fetchone()
+            summary["result"] = json.loads(res["result_json"])
+            summary["objects"] = [dict(r) for r in con.execute(
+                "SELECT * FROM result_objects WHERE result_id=?", (summary["result_id"],))]
+            for d in con.execute("SELECT * FROM deliveries WHERE result_id=? ORDER BY id",
+                                 (summary["result_id"],)):
+                dd = dict(d)
+                dd["attempt_log"] = [dict(a) for a in con.execute(
+                    "SELECT at, ok, detail FROM attempts WHERE delivery_id=? ORDER BY id", (d["id"],))]
+                summary["deliveries"].append(dd)
+        return summary
+
+    def _summaries(self, clause: str, args: list[Any]) -> list[dict[str, Any]]:
+        rows = self._con().execute(_SUMMARY_SQL + " " + clause, args).fetchall()
+        return [_study_summary(dict(r)) for r in rows]
+
+    def current_result_objects(self, study_uid: str) -> list[ResultObject]:
+        rows = self._con().execute(
+            "SELECT o.sop_instance_uid, o.series_uid, o.sop_class_uid, o.path FROM result_objects o"
+            " JOIN studies s ON s.result_id=o.result_id WHERE s.study_uid=?", (study_uid,)).fetchall()
+        return [ResultObject(**dict(r)) for r in rows]
+
+
+_SUMMARY_SQL = (
+    "SELECT s.study_uid, s.state, s.decision, s.score, s.first_received_at, s.last_received_at,"
+    " s.triaged_at, s.n_instances, s.calling_ae, s.result_id, s.last_error,"
+    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id) AS n_deliveries,"
+    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='delivered') AS n_delivered,"
+    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='dead') AS n_dead,"
+    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state IN ('pending','sending')"
+    "   AND d.attempts>0) AS n_failing,"
+    " (SELECT MAX(delivered_at) FROM deliveries d WHERE d.result_id=s.result_id) AS delivered_at"
+    " FROM studies s"
+)
+
+
+def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
+    n, done, dead, failing = r.pop("n_deliveries"), r.pop("n_delivered"), r.pop("n_dead"), r.pop("n_failing")
+    if r["result_id"] is None:
+        status = None
+    elif n == 0:
+        status = "none"
+    elif done == n:
+        status = "delivered"
+    elif dead:
+        status = "dead"
+    elif failing:
+        status = "failing"
+    else:
+        status = "pending"
+    r["delivery_status"] = status
+    return r

@@ -1,0 +1,237 @@
+"""Background triage, off the association threads: studies complete after a quiet period.
+
+:func:`triage_study` is one study's path (decode -> gate -> score -> report);
+:class:`TriageWorker` is the thread that claims due studies from the job store and runs it.
+Inference is done by ``cxr_triage.inference.pipeline.Triager`` and the report by
+``cxr_triage.dicom_node.sr.build_result_sr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
+from cxr_triage.config import Config, resolve_path
+from cxr_triage.dicom_node import audit as A
+from cxr_triage.dicom_node.queue import InstanceRecord, JobStore, ResultObject
+from cxr_triage.dicom_node.scp import TRIAGE_SOP_CLASSES
+from cxr_triage.dicom_node.sr import build_result_sr  # imported here, not in the thread
+from cxr_triage.dicom_node.spool import Quarantine, StateDirs, safe_name, write_atomic
+from cxr_triage.inference.result import (
+    Decision,
+    FilmResult,
+    NotAssessableReason,
+    StudyResult,
+    aggregate_study,
+)
+from cxr_triage.model.metadata import METADATA_KEY, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+_TRIAGE_CLASSES = {str(u) for u in TRIAGE_SOP_CLASSES}
+
+
+class FilmTriager(Protocol):
+    """What the node needs from the inference pipeline."""
+
+    def triage_dataset(self, ds: Dataset, source: str) -> FilmResult: ...
+
+
+# -- inference ------------------------------------------------------------------------------
+def load_triager(cfg: Config) -> FilmTriager:
+    """The inference pipeline configured from ``[inference]`` (one ONNX session per process)."""
+    from cxr_triage.inference.pipeline import Triager
+
+    return Triager(cfg)
+
+
+def model_metadata(triager: Any, cfg: Config) -> ModelMetadata:
+    """The scoring model's own metadata (for the SR's algorithm identification)."""
+    for attr in ("metadata", "meta", "model_metadata"):
+        meta = getattr(triager, attr, None)
+        if isinstance(meta, ModelMetadata):
+            return meta
+        scorer = getattr(triager, "scorer", None)
+        meta = getattr(scorer, attr, None) if scorer is not None else None
+        if isinstance(meta, ModelMetadata):
+            return meta
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(_model_path(cfg)), providers=["CPUExecutionProvider"])
+    return ModelMetadata.from_json(sess.get_modelmeta().custom_metadata_map[METADATA_KEY])
+
+
+def _model_path(cfg: Config) -> Path:
+    from cxr_triage.paths import bundled_model_path
+
+    return resolve_path(cfg, cfg.inference.model_path) if cfg.inference.model_path else bundled_model_path()
+
+
+def triage_instance(triager: FilmTriager, inst: InstanceRecord) -> tuple[FilmResult, Dataset | None]:
+    """One received instance -> (film result, its header for the SR evidence).
+
+    Instances outside the triage classes are recorded as not assessable without decoding.
+    Any error of the pipeline becomes a not-assessable film (undecodable), never a crash.
+    """
+    base = dict(source=inst.path, sop_instance_uid=inst.sop_instance_uid,
+                series_instance_uid=inst.series_uid, study_instance_uid=inst.study_uid,
+                sop_class_uid=inst.sop_class_uid)
+    try:
+        ds = dcmread(inst.path)
+    except Exception as exc:  # noqa: BLE001 - the spooled bytes are exactly what the peer sent
+        return FilmResult(Decision.NOT_ASSESSABLE, reason=NotAssessableReason.UNDECODABLE,
+                          reason_detail=f"cannot parse: {type(exc).__name__}", **base), None
+    header = _header_only(ds)
+    if inst.sop_class_uid not in _TRIAGE_CLASSES:
+        reason = (NotAssessableReason.UNSUPPORTED_SOP_CLASS if "PixelData" in ds
+                  else NotAssessableReason.NON_IMAGE)
+        return FilmResult(Decision.NOT_ASSESSABLE, reason=reason,
+                          reason_detail=f"SOP class {inst.sop_class_uid} is not triaged", **base), header
+    try:
+        film = triager.triage_dataset(ds, inst.path)
+    except Exception as exc:  # noqa: BLE001 - a bad film must not stop the study
+        log.warning("triage failed for an instance", extra={
+            "sop_instance_uid": inst.sop_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
+        return FilmResult(Decision.NOT_ASSESSABLE, reason=NotAssessableReason.UNDECODABLE,
+                          reason_detail=f"{type(exc).__name__}: {exc}"[:200], **base), header
+    for key, val in base.items():
+        if getattr(film, key, None) in (None, ""):
+            setattr(film, key, val)
+    return film, header
+
+
+def _header_only(ds: Dataset) -> Dataset:
+    hdr = Dataset()
+    hdr.update({e.tag: e for e in ds if e.tag < 0x7FE00010})
+    if hasattr(ds, "file_meta"):
+        hdr.file_meta = ds.file_meta
+    return hdr
+
+
+# -- report ---------------------------------------------------------------------------------
+def build_report(study: StudyResult, sources: list[Dataset], meta: ModelMetadata) -> list[Dataset]:
+    """The result objects for a study (the SR; more when the SR module adds some)."""
+    # Films that have no parseable header cannot be referenced as evidence.
+    have = {str(s.SOPInstanceUID) for s in sources}
+    referenced = StudyResult(study.study_instance_uid, study.decision, study.score,
+                             [f for f in study.films if f.sop_instance_uid in have])
+    sr = build_result_sr(referenced, sources, meta)
+    return [sr]
+
+
+def save_result_objects(objects: list[Dataset], results_dir: Path, study_uid: str) -> list[ResultObject]:
+    """Write each object once (fsync + rename) under ``results/<study>/``: retries resend
+    these very files, so the SOP Instance UIDs never change."""
+    saved = []
+    for ds in objects:
+        if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
+            from pydicom.dataset import FileMetaDataset
+
+            ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        buf = BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        path = write_atomic(results_dir / safe_name(study_uid) / f"{safe_name(str(ds.SOPInstanceUID))}.dcm",
+                            buf.getvalue())
+        saved.append(ResultObject(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
+                                  str(ds.SOPClassUID), str(path)))
+    return saved
+
+
+def triage_study(
+    store: JobStore,
+    study_uid: str,
+    triager: FilmTriager,
+    meta: ModelMetadata,
+    dirs: StateDirs,
+    quarantine: Quarantine,
+) -> tuple[StudyResult, list[ResultObject]]:
+    """decode -> gate -> score each instance, aggregate, build and save the report."""
+    films: list[FilmResult] = []
+    headers: list[Dataset] = []
+    for inst in store.study_instances(study_uid):
+        film, header = triage_instance(triager, inst)                # decode -> gate -> score
+        films.append(film)
+        if header is not None:
+            headers.append(header)
+        if film.reason is NotAssessableReason.UNDECODABLE and inst.sop_class_uid in _TRIAGE_CLASSES:
+            _quarantine_copy(quarantine, inst, film)
+    result = aggregate_study(study_uid, films)                       # one result per study
+    objects = save_result_objects(build_report(result, headers, meta), dirs.results, study_uid)
+    return result, objects
+
+
+def _quarantine_copy(quarantine: Quarantine, inst: InstanceRecord, film: FilmResult) -> None:
+    try:
+        data = Path(inst.path).read_bytes()
+    except OSError:
+        data = None
+    quarantine.put(data, f"undecodable: {film.reason_detail}", study_uid=inst.study_uid,
+                   sop_instance_uid=inst.sop_instance_uid, calling_ae=inst.calling_ae)
+
+
+# -- the thread -----------------------------------------------------------------------------
+class TriageWorker(threading.Thread):
+    """Claims quiet studies, triages them, stores result + deliveries in one transaction."""
+
+    def __init__(self, cfg: Config, store: JobStore, dirs: StateDirs, quarantine: Quarantine,
+                 audit: A.AuditLog, triager: FilmTriager, meta: ModelMetadata,
+                 destinations: Callable[[], list[str]], poll_s: float = 0.2):
+        super().__init__(name="triage-worker", daemon=True)
+        self.cfg = cfg
+        self.store = store
+        self.dirs = dirs
+        self.quarantine = quarantine
+        self.audit = audit
+        self.triager = triager
+        self.meta = meta
+        self.destinations = destinations
+        self.poll_s = poll_s
+        self._halt = threading.Event()
+        self.idle = threading.Event()
+
+    def stop(self) -> None:
+        """Finish the study in hand, then exit (call ``join``)."""
+        self._halt.set()
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                if not self.run_once():
+                    self.idle.set()
+                    self._halt.wait(self.poll_s)
+                else:
+                    self.idle.clear()
+        finally:
+            self.store.close()
+
+    def run_once(self) -> bool:
+        """Triage one due study; False when none was due."""
+        claimed = self.store.claim_due_study(self.cfg.node.quiet_period_s)
+        if claimed is None:
+            return False
+        study_uid, generation = claimed
+        t0 = time.perf_counter()
+        try:
+            result, objects = triage_study(self.store, study_uid, self.triager, self.meta,
+                                           self.dirs, self.quarantine)
+            rid = self.store.complete_study(
+                study_uid, generation, result.decision.value, result.score, result.to_dict(),
+                objects, self.destinations())
+        except Exception as exc:  # noqa: BLE001 - retried, then the study is marked failed
+            state = self.store.fail_study(study_uid, generation, f"{type(exc).__name__}: {exc}")
+            log.exception("study triage failed", extra={"study_uid": study_uid, "state": state})
+            return True
+        log.info("study triaged", extra={
+            "study_uid": study_uid, "result_id": rid, "decision": result.decision.value,
+            "score": result.score, "films": len(result.films),
+            "ms": round((time.perf_counter() - t0) * 1000, 1),
+            "sr_sop_instance_uid": objects[0].sop_instance_uid if objects else None})
+        return True
