@@ -29,21 +29,23 @@ _EPS = 1e-4  # floor for empty bins in the PSI (a bin seen on one side only)
 
 @dataclass(frozen=True)
 class DriftBounds:
-    """When a day counts as drifted; defaults documented in ``[monitoring]``."""
+    """When a day counts as drifted; defaults documented in ``[monitoring]``.
 
-    psi_max: float = 0.25                 # >0.25: "major shift" by the usual PSI reading
-    ks_alpha: float = 0.001               # KS p-value below this (and PSI above psi_min_with_ks)
-    psi_min_with_ks: float = 0.10         # KS alone flags trivial shifts on big days
-    decision_share_delta: float = 0.15    # absolute change in a decision's share
+    Every check pairs a size (worth acting on) with a test (not sampling noise): PSI is noisy
+    on a few dozen films (about (bins - 1) * (1/n + 1/m) under no drift), and on a busy day
+    a test alone flags shifts too small to matter."""
+
+    psi_max: float = 0.25                 # >0.25: "major shift" by the usual PSI reading ...
+    alpha: float = 0.01                   # ... and KS / Fisher exact p-value below this
+    decision_share_delta: float = 0.15    # absolute change in the share suspicious / likely normal
     not_assessable_delta: float = 0.10    # absolute rise in the share not assessable
-    min_films: int = 50                   # fewer scored films: report, never flag
+    min_films: int = 50                   # fewer films: report, never flag
     psi_bins: int = 10
 
     @classmethod
     def from_config(cls, cfg: Any) -> "DriftBounds":
         m = cfg.monitoring
-        return cls(psi_max=m.psi_max, ks_alpha=m.ks_alpha, psi_min_with_ks=m.psi_min_with_ks,
-                   decision_share_delta=m.decision_share_delta,
+        return cls(psi_max=m.psi_max, alpha=m.alpha, decision_share_delta=m.decision_share_delta,
                    not_assessable_delta=m.not_assessable_delta, min_films=m.min_films,
                    psi_bins=m.psi_bins)
 
@@ -128,16 +130,29 @@ class DriftReport:
         return out
 
 
+def _share_test(k: int, n: int, k_ref: int, n_ref: int) -> float:
+    """Fisher exact p-value: is a share today different from the baseline's?"""
+    from scipy.stats import fisher_exact
+
+    if n == 0 or n_ref == 0:
+        return 1.0
+    return float(fisher_exact([[k, n - k], [k_ref, n_ref - k_ref]]).pvalue)
+
+
 def compare_to_baseline(baseline: Mapping[str, Any], scores: Sequence[float | None],
                         decisions: Sequence[str], bounds: DriftBounds = DriftBounds(),
                         period: str = "") -> DriftReport:
-    """Compare one period's films (score None when not assessable) with the baseline."""
+    """Compare one period's films (score None when not assessable) with the baseline.
+
+    Flags: score PSI > psi_max with KS p < alpha; a decision share moved by more than its
+    bound with Fisher exact p < alpha. Nothing is flagged below ``min_films`` films."""
     from scipy.stats import ks_2samp
 
     dec = [str(getattr(d, "value", d)) for d in decisions]
     live = np.array([s for s in scores if s is not None], dtype=np.float64)
     ref = np.asarray(baseline.get("scores", []), dtype=np.float64)
     n = len(dec)
+    n_ref = int(baseline.get("n_films", len(ref)))
     shares = {d: (dec.count(d) / n if n else 0.0) for d in DECISIONS}
     base_shares = {d: float(baseline.get("decision_shares", {}).get(d, 0.0)) for d in DECISIONS}
     psi = ks = p = None
@@ -145,21 +160,23 @@ def compare_to_baseline(baseline: Mapping[str, Any], scores: Sequence[float | No
         psi = population_stability_index(ref, live, bounds.psi_bins)
         res = ks_2samp(ref, live)
         ks, p = float(res.statistic), float(res.pvalue)
-    enough = len(live) >= bounds.min_films
+    enough = n >= bounds.min_films
     reasons: list[str] = []
-    if enough and psi is not None:
-        if psi > bounds.psi_max:
-            reasons.append(f"score PSI {psi:.3f} > {bounds.psi_max:g}")
-        elif p is not None and p < bounds.ks_alpha and psi > bounds.psi_min_with_ks:
-            reasons.append(f"score KS p={p:.2g} < {bounds.ks_alpha:g} with PSI {psi:.3f}")
-    if n >= bounds.min_films:
-        na_rise = shares["not_assessable"] - base_shares["not_assessable"]
-        if na_rise > bounds.not_assessable_delta:
-            reasons.append(f"not assessable share up {na_rise:+.1%} (> {bounds.not_assessable_delta:.0%})")
-        for d in ("suspicious", "likely_normal"):
+    if enough and psi is not None and len(live) >= bounds.min_films:
+        if psi > bounds.psi_max and p is not None and p < bounds.alpha:
+            reasons.append(f"score distribution shifted: PSI {psi:.3f} > {bounds.psi_max:g}, KS p={p:.2g}")
+    if enough:
+        checks = [("not_assessable", bounds.not_assessable_delta, True),
+                  ("suspicious", bounds.decision_share_delta, False),
+                  ("likely_normal", bounds.decision_share_delta, False)]
+        for d, bound, rise_only in checks:
             delta = shares[d] - base_shares[d]
-            if abs(delta) > bounds.decision_share_delta:
-                reasons.append(f"{d} share changed {delta:+.1%} (> {bounds.decision_share_delta:.0%})")
+            big = delta > bound if rise_only else abs(delta) > bound
+            if big:
+                pv = _share_test(dec.count(d), n, round(base_shares[d] * n_ref), n_ref)
+                if pv < bounds.alpha:
+                    reasons.append(f"{d} share {shares[d]:.1%} vs baseline {base_shares[d]:.1%} "
+                                   f"(change {delta:+.1%} > {bound:.0%}, Fisher p={pv:.2g})")
     return DriftReport(period=period, n_films=n, n_scored=len(live),
                        psi=psi, ks_statistic=ks, ks_pvalue=p, decision_shares=shares,
                        baseline_decision_shares=base_shares, reasons=reasons, enough_data=enough)
