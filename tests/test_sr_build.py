@@ -214,5 +214,6 @@ def test_code_mapping_is_complete_and_unambiguous():
 def test_validator_helper_reports_errors(tmp_path):
     """Guard against a vacuous check: dciodvfy must flag a value its VR forbids."""
     bad = make_film(generate_uid(), generate_uid(), 1)
-    bad.PatientAge = "62"
+    with pytest.warns(UserWarning):
+        bad.PatientAge = "62"
     assert dciodvfy_errors(save(bad, tmp_path / "bad.dcm"))
