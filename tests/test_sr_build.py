@@ -217,3 +217,11 @@ def test_validator_helper_reports_errors(tmp_path):
     with pytest.warns(UserWarning):
         bad.PatientAge = "62"
     assert dciodvfy_errors(save(bad, tmp_path / "bad.dcm"))
+
+
+def test_readme_result_codes_table_matches_the_mapping():
+    from cxr_triage.paths import repo_root
+
+    readme = (repo_root() / "README.md").read_text()
+    for what, value, scheme, meaning in sr_codes.mapping_table():
+        assert f"| {what} | `{value}` | {scheme} | {meaning} |" in readme
