@@ -66,7 +66,7 @@ PYDICOM_ENCODED = (RLELossless, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Loss
 DCMCJPEG_FLAGS: dict[str, list[str]] = {
     JPEGLosslessSV1: ["+e1"],
     JPEGLossless: ["+el", "+sv", "6"],
-    JPEGExtended12Bit: ["+ee", "+q", "95"],
+    JPEGExtended12Bit: ["+ee", "+q", "95", "+sr"],  # +sr: keep the stored range (no stretch)
 }
 LOSSLESS_SYNTAXES = (*NATIVE_SYNTAXES, RLELossless, JPEGLSLossless, JPEG2000Lossless,
                      JPEGLosslessSV1, JPEGLossless)
@@ -219,10 +219,10 @@ def png_to_dicom(
     if window == "auto":
         window = "full" if sop_class == "DX_PRES" and not voi_lut_sequence else None
     if window == "full":
-        ds.WindowCenter = f"{(m_lo + m_hi + 1) / 2:.6g}"
-        ds.WindowWidth = f"{m_hi - m_lo + 1:.6g}"
+        ds.WindowCenter = f"{(m_lo + m_hi + 1) / 2:.10g}"
+        ds.WindowWidth = f"{m_hi - m_lo + 1:.10g}"
     elif window is not None:
-        ds.WindowCenter, ds.WindowWidth = f"{window[0]:.6g}", f"{window[1]:.6g}"
+        ds.WindowCenter, ds.WindowWidth = f"{window[0]:.10g}", f"{window[1]:.10g}"
     if voi_lut_sequence:
         first, n = int(np.floor(m_lo)), int(np.ceil(m_hi)) - int(np.floor(m_lo)) + 1
         if n > 65536:
