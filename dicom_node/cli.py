@@ -57,7 +57,13 @@ def run_serve(args: argparse.Namespace, cfg: Config) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    return serve(cfg, stop)
+    from cxr_triage.evaluation.site_threshold import SiteThresholdError
+
+    try:
+        return serve(cfg, stop)
+    except SiteThresholdError as exc:  # e.g. made for another model: never serve with it
+        print(f"cxr-triage serve: refusing to start: {exc}", file=sys.stderr)
+        return 2
 
 
 def status_report(cfg: Config, studies: int = 10) -> dict[str, Any]:

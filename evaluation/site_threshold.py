@@ -156,11 +156,15 @@ def write_site_threshold(site: SiteThreshold, path: str | Path) -> Path:
     return p
 
 
-def check_matches_model(file: str | Path | SiteThreshold, model_path: str | Path) -> SiteThreshold:
+def check_matches_model(file: str | Path | SiteThreshold, model_path: str | Path,
+                        model_sha256: str | None = None) -> SiteThreshold:
     """Load (if needed) and return the site threshold, or raise :class:`SiteThresholdMismatch`
-    when it was commissioned for a different model file than ``model_path``."""
+    when it was commissioned for a different model file than ``model_path``.
+
+    model_sha256: the digest of the model as loaded (the scorer has it), so the check is about
+    the bytes in use even if the file on disk changed since; hashed from disk when None."""
     site = file if isinstance(file, SiteThreshold) else load_site_threshold(file)
-    actual = sha256_file(model_path)
+    actual = (model_sha256 or sha256_file(model_path)).lower()
     if actual != site.model_sha256:
         made_for = " ".join(x for x in (site.model_name, site.model_version) if x) or "another model"
         where = f" ({file})" if not isinstance(file, SiteThreshold) else ""
@@ -173,7 +177,8 @@ def check_matches_model(file: str | Path | SiteThreshold, model_path: str | Path
     return site
 
 
-def site_threshold_from_config(cfg: Any, model_path: str | Path) -> SiteThreshold | None:
+def site_threshold_from_config(cfg: Any, model_path: str | Path,
+                               model_sha256: str | None = None) -> SiteThreshold | None:
     """The checked site threshold named by ``[inference] site_threshold_file``, or None when the
     key is empty. Raises :class:`SiteThresholdError` (or its Mismatch subclass) otherwise: the
     worker and ``predict`` call this at start and refuse to run on an error."""
@@ -182,4 +187,4 @@ def site_threshold_from_config(cfg: Any, model_path: str | Path) -> SiteThreshol
         return None
     from cxr_triage.config import resolve_path
 
-    return check_matches_model(resolve_path(cfg, value), model_path)
+    return check_matches_model(resolve_path(cfg, value), model_path, model_sha256)
