@@ -243,32 +243,31 @@ def model_info(model_path: Path) -> dict[str, Any]:
 
 
 def scores_from_model(films: Sequence[Film], model_path: Path, cfg: Any = None,
-                      operating_point: str | None = None) -> list[Scored]:
+                      operating_point: str | None = None, keep_site_threshold: bool = False) -> list[Scored]:
     """Triage every manifest film with the same pipeline the node runs (reader, gate, scorer,
-    decision). PNG films have no DICOM header, so the manifest's age is not gated here."""
+    decision). PNG films have no DICOM header, so the manifest's age is not gated here.
+
+    The decision uses the model's stored operating point (``operating_point`` or its default);
+    a configured site threshold file applies only with ``keep_site_threshold`` (it is bound to
+    one model file, and the evaluation's thresholds come from its own ThresholdSet anyway)."""
+    from cxr_triage.config import load_config
     from cxr_triage.inference.pipeline import Triager
 
-    triager = _make_triager(Triager, Path(model_path), cfg, operating_point)
+    cfg = cfg if cfg is not None else load_config(None)
+    if not keep_site_threshold:
+        cfg = cfg.replace(inference={"site_threshold_file": ""})
+    triager = Triager(cfg, model_path=Path(model_path), operating_point=operating_point)
     results = triager.triage_paths([f.path for f in films])
     if len(results) != len(films):
         raise SourceError(f"model returned {len(results)} results for {len(films)} films")
     return [scored_from_film_result(r) for r in results]
 
 
-def _make_triager(triager_cls: Any, model_path: Path, cfg: Any, operating_point: str | None) -> Any:
-    from cxr_triage.config import load_config
-
-    cfg = cfg if cfg is not None else load_config(None)
-    inference = {"model_path": str(model_path)}
-    if operating_point:
-        inference["operating_point"] = operating_point
-    return triager_cls(cfg.replace(inference=inference))
-
-
 # --------------------------------------------------------------------------- result SRs
 
 def read_sr_folder(folder: Path) -> list[Any]:
-    """Parse every result SR under ``folder`` (recursively) with the node's own SR reader."""
+    """Parse every cxr-triage result SR under ``folder`` (recursively) with the node's own
+    SR reader (``ParsedResult``); other files and other SRs are skipped."""
     import pydicom
 
     from cxr_triage.dicom_node.sr_reader import read_result_sr
@@ -283,79 +282,57 @@ def read_sr_folder(folder: Path) -> list[Any]:
             continue
         if getattr(ds, "Modality", "") != "SR":
             continue
-        parsed.append(read_result_sr(ds))
+        try:
+            parsed.append(read_result_sr(ds))
+        except ValueError:
+            continue  # an SR, but not one of ours
     return parsed
 
 
-def _attr(obj: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return None
+def _scored_from_group(group: Any) -> Scored:
+    """One ParsedGroup (study or film measurement group of a result SR) as a Scored."""
+    decision = group.decision
+    reason = group.reason
+    return Scored(
+        score=None if decision is Decision.NOT_ASSESSABLE or group.score is None else float(group.score),
+        decision=decision,
+        reason=getattr(reason, "value", reason),
+        threshold=group.threshold,
+        operating_point=group.operating_point,
+    )
 
 
-def _film_entries(sr: Any) -> list[tuple[str | None, float | None, Any]]:
-    """(referenced SOP Instance UID, score, decision) per film the SR reports, or the study's
-    one result for each referenced image when the SR has no per-film entries."""
-    films = _attr(sr, "films") or []
-    out = []
-    for f in films:
-        out.append((_attr(f, "sop_instance_uid", "referenced_sop_instance_uid"), _attr(f, "score"), _attr(f, "decision")))
-    if out:
-        return out
-    refs = _attr(sr, "referenced_sop_instance_uids", "sop_instance_uids", "references") or []
-    refs = [r if isinstance(r, str) else _attr(r, "sop_instance_uid", "referenced_sop_instance_uid") for r in refs]
-    return [(r, _attr(sr, "score"), _attr(sr, "decision")) for r in refs]
-
-
-def _as_decision(value: Any) -> Decision | None:
-    if value is None:
-        return None
-    if isinstance(value, Decision):
-        return value
-    return Decision(getattr(value, "value", value))
+def sr_results_by_uid(parsed_srs: Sequence[Any]) -> tuple[dict[str, Scored], dict[str, Scored]]:
+    """(per film SOP Instance UID, per Study Instance UID) results of parsed SRs. A later SR
+    for the same study replaces an earlier one (a re-sent study is re-triaged)."""
+    by_sop: dict[str, Scored] = {}
+    by_study: dict[str, Scored] = {}
+    for sr in parsed_srs:
+        by_study[str(sr.study_instance_uid)] = _scored_from_group(sr.study)
+        for group in sr.films:
+            if group.sop_instance_uid:
+                by_sop[str(group.sop_instance_uid)] = _scored_from_group(group)
+    return by_sop, by_study
 
 
 def scores_from_srs(films: Sequence[Film], parsed_srs: Sequence[Any], uid_column: str | None = None) -> list[Scored]:
     """Match parsed SRs to manifest films by the manifest's ``sop_instance_uid`` column
-    (per film) or ``study_instance_uid`` column (one film per study)."""
+    (film-level result) or ``study_instance_uid`` column (the study's result; one film per
+    study)."""
     if uid_column is None:
         cols = set(films[0].extra) if films else set()
         uid_column = next((c for c in ("sop_instance_uid", "study_instance_uid") if c in cols), None)
         if uid_column is None:
             raise SourceError("to evaluate SRs the manifest needs a sop_instance_uid or study_instance_uid column")
-    by_uid: dict[str, Scored] = {}
-    for sr in parsed_srs:
-        study_uid = _attr(sr, "study_instance_uid")
-        entries = _film_entries(sr)
-        if uid_column == "study_instance_uid":
-            dec = _as_decision(_attr(sr, "decision"))
-            score = _attr(sr, "score")
-            by_uid[str(study_uid)] = _scored_from_sr(score, dec, sr)
-        else:
-            for uid, score, dec in entries:
-                if uid:
-                    by_uid[str(uid)] = _scored_from_sr(score, _as_decision(dec), sr)
+    by_sop, by_study = sr_results_by_uid(parsed_srs)
+    table = by_sop if uid_column == "sop_instance_uid" else by_study
     out, missing = [], []
     for f in films:
         uid = f.extra.get(uid_column, "").strip()
-        if uid not in by_uid:
+        if uid not in table:
             missing.append(f.file)
             continue
-        out.append(by_uid[uid])
+        out.append(table[uid])
     if missing:
         raise SourceError(f"no result SR for {len(missing)} manifest film(s), e.g. {', '.join(missing[:3])}")
     return out
-
-
-def _scored_from_sr(score: Any, decision: Decision | None, sr: Any) -> Scored:
-    reason = _attr(sr, "reason")
-    return Scored(
-        score=None if decision is Decision.NOT_ASSESSABLE or score is None else float(score),
-        decision=decision,
-        reason=getattr(reason, "value", reason),
-        threshold=_attr(sr, "threshold"),
-        operating_point=_attr(sr, "operating_point"),
-    )
