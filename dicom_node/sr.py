@@ -18,6 +18,7 @@ the sources so the PACS files the SR into the source study, in its own cautionar
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -68,8 +69,9 @@ def build_result_sr(
 
     ``sources`` are the received instances (headers suffice; pixel data is not copied);
     every one is referenced as evidence, and each film in ``study.films`` must match one by
-    SOP Instance UID. Pass ``series_uid``/``sop_instance_uid`` to rebuild a kept SR
-    identically (retries must resend the same instance); new UIDs otherwise.
+    SOP Instance UID (ValueError otherwise, or when a source is from another study).
+    New series/SOP Instance UIDs unless given: build once and keep the file, so that
+    retries resend the same instance (the PACS then keeps one copy).
     """
     headers = source_headers(sources)
     if not headers:
@@ -170,7 +172,7 @@ def _group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """One TID 1501 group: the decision, score and threshold for the referenced images."""
     measurements = []
-    if score is not None:
+    if score is not None and math.isfinite(score):
         measurements.append(hd.sr.Measurement(name=C.ABNORMALITY_SCORE, value=float(score),
                                               unit=C.NO_UNITS))
     if threshold is not None:
