@@ -66,7 +66,15 @@ class ParsedResult:
 
 
 def read_result_sr(ds: Dataset) -> ParsedResult:
-    """Parse a cxr-triage result SR; ValueError when ``ds`` is not one."""
+    """Parse a cxr-triage result SR; ValueError when ``ds`` is not one (or is malformed)."""
+    try:
+        return _read(ds)
+    except (KeyError, AttributeError, IndexError, TypeError) as exc:
+        raise ValueError(f"not a readable cxr-triage result SR: {type(exc).__name__}: {exc}") \
+            from exc
+
+
+def _read(ds: Dataset) -> ParsedResult:
     if str(ds.get("SOPClassUID", "")) != COMPREHENSIVE_3D_SR or "ContentSequence" not in ds:
         raise ValueError("not a Comprehensive 3D SR document")
     templates = ds.get("ContentTemplateSequence", [])

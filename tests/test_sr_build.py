@@ -225,3 +225,20 @@ def test_readme_result_codes_table_matches_the_mapping():
     readme = (repo_root() / "README.md").read_text()
     for what, value, scheme, meaning in sr_codes.mapping_table():
         assert f"| {what} | `{value}` | {scheme} | {meaning} |" in readme
+
+
+def test_reader_turns_unknown_codes_into_value_error(meta):
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    sr = build_result_sr(
+        aggregate_study(study_uid, [film_result(source, D.SUSPICIOUS, 0.9, None, meta)]),
+        [source], meta)
+    decision = sr_codes.DECISION_CODES[D.SUSPICIOUS]
+    for item in sr.ContentSequence:  # rewrite the decision code to one the mapping lacks
+        for group in item.get("ContentSequence", []):
+            for sub in group.get("ContentSequence", []):
+                concept = sub.get("ConceptCodeSequence")
+                if concept and concept[0].CodeValue == decision.value:
+                    concept[0].CodeValue = "CXRT999"
+    with pytest.raises(ValueError, match="not a readable"):
+        read_result_sr(sr)
