@@ -177,6 +177,11 @@ class Triager:
         except NotAssessable as exc:
             timings["gate"] = _ms(start)
             return self._refused(result, exc, timings)
+        except Exception as exc:  # noqa: BLE001 - malformed values (e.g. IS "abc") in the header
+            timings["gate"] = _ms(start)
+            return self._refused(result, NotAssessable(
+                NotAssessableReason.UNDECODABLE, f"malformed header ({type(exc).__name__}: {exc})"
+            ), timings)
         timings["gate"] = _ms(start)
         start = time.perf_counter()
         try:

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
 from cxr_triage.inference.result import NotAssessable, NotAssessableReason
@@ -70,12 +69,10 @@ def load_dataset(path: str | Path) -> Dataset:
     """Read a DICOM file (Part 10, or a bare dataset without preamble) without decoding pixels."""
     path = Path(path)
     try:
-        if sniff_kind(path) == "dicom":
-            return dcmread(path)
-        ds = dcmread(path, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        ds = dcmread(path, force=sniff_kind(path) != "dicom")
+    except Exception as exc:  # noqa: BLE001 - any parser failure (struct, EOF, VR...) is the same
         raise _undecodable(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    # force=True accepts any bytes: insist on the attributes every image or object has
+    # force=True (and a bare preamble) accept any bytes: insist on what every object has
     if "SOPClassUID" not in ds and "PixelData" not in ds:
         raise _undecodable("not a DICOM file (no SOP Class UID, no Pixel Data)")
     if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
@@ -83,7 +80,7 @@ def load_dataset(path: str | Path) -> Dataset:
         from pydicom.dataset import FileMetaDataset
         from pydicom.uid import ImplicitVRLittleEndian
 
-        ds.file_meta = ds.get("file_meta") or FileMetaDataset()
+        ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     return ds
 
