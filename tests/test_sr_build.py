@@ -242,3 +242,22 @@ def test_reader_turns_unknown_codes_into_value_error(meta):
                     concept[0].CodeValue = "CXRT999"
     with pytest.raises(ValueError, match="not a readable"):
         read_result_sr(sr)
+
+
+def test_non_image_instance_in_study_is_still_referenced(meta, tmp_path):
+    """A refused non-image instance (here an earlier SR of the study) stays in the evidence
+    and in its film group, and the SR stays valid."""
+    study_uid = generate_uid()
+    film = make_film(study_uid, generate_uid(), 1)
+    first = build_result_sr(
+        aggregate_study(study_uid, [film_result(film, D.LIKELY_NORMAL, 0.1, None, meta)]),
+        [film], meta)
+    refused = film_result(first, D.NOT_ASSESSABLE, None, R.NON_IMAGE, meta)
+    study = aggregate_study(
+        study_uid, [film_result(film, D.LIKELY_NORMAL, 0.1, None, meta), refused])
+    path = save(build_result_sr(study, [film, first], meta), tmp_path / "sr.dcm")
+    assert_valid(path)
+    parsed = read_result_sr(reread(path))
+    assert parsed.decision is D.LIKELY_NORMAL
+    assert parsed.film(str(first.SOPInstanceUID)).reason is R.NON_IMAGE
+    assert str(first.SOPInstanceUID) in parsed.evidence_sop_instance_uids
