@@ -251,14 +251,14 @@ def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.nda
     modality = apply_modality_lut(stored, ds)
     voi_seq = ds.get("VOILUTSequence")
     has_voi_lut = bool(voi_seq) and "LUTDescriptor" in voi_seq[0] and "LUTData" in voi_seq[0]
-    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    has_window = all(ds.get(k) not in (None, "") for k in ("WindowCenter", "WindowWidth"))
     if has_voi_lut:
         values = modality if np.issubdtype(modality.dtype, np.integer) else np.rint(modality).astype(np.int64)
         out = apply_voi(values, ds, index=0).astype(np.float64)
         n_entries, first = int(voi_seq[0].LUTDescriptor[0]) or 65536, int(voi_seq[0].LUTDescriptor[1])
         lut = apply_voi(np.arange(first, first + n_entries, dtype=np.int64), ds, index=0)
         lo, hi = float(lut.min()), float(lut.max())
-    elif has_window:
+    elif has_window and _window_is_valid(ds):
         out = apply_windowing(modality.astype(np.float64), ds, index=0)
         with np.errstate(over="ignore", invalid="ignore"):
             ends = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
@@ -270,3 +270,15 @@ def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.nda
     if hi <= lo:
         return np.zeros(out.shape, dtype=np.float64), mask
     return np.clip((out - lo) / (hi - lo), 0.0, 1.0), mask
+
+
+def _window_is_valid(ds: Dataset) -> bool:
+    """A window a viewer could apply; otherwise (e.g. width 0) the film is shown min-max."""
+    elem = ds["WindowWidth"]
+    width = elem.value[0] if elem.VM > 1 else elem.value
+    try:
+        return float(width) >= 1.0 or (
+            str(ds.get("VOILUTFunction", "LINEAR")).upper() != "LINEAR" and float(width) > 0
+        )
+    except (TypeError, ValueError):
+        return False

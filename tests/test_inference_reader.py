@@ -267,3 +267,10 @@ def test_missing_pixel_data_and_colour_dicom(png):
     ds = png_to_dicom(png, sop_class="CR")
     ds.PhotometricInterpretation = "PALETTE COLOR"
     assert _reason(lambda: read_film(ds)) is NotAssessableReason.COLOR
+
+
+def test_unusable_window_falls_back_to_min_max(png, film, tmp_path):
+    ds = png_to_dicom(png, sop_class="CR", bits_stored=8, window=(100.0, 50.0))
+    ds.WindowWidth = "0"
+    got = read_film(write_dicom(ds, tmp_path / "w0.dcm")).pixels
+    np.testing.assert_allclose(got, (film - film.min()) / (film.max() - film.min()), atol=1e-6)
