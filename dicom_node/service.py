@@ -51,6 +51,7 @@ class Node:
         self.handler: StoreHandler | None = None
         self.worker: TriageWorker | None = None
         self.deliverer: Deliverer | None = None
+        self.web: Any = None
 
     @property
     def port(self) -> int:
@@ -71,6 +72,7 @@ class Node:
         self.handler = StoreHandler(self.store, self.spool, self.quarantine, self.audit,
                                     cfg.node.ae_title, list(cfg.node.allowed_hosts))
         self.ae, self.server = start_scp(cfg, self.handler)              # receive
+        self.web = self._start_web(meta, triager)
         self.audit.record(A.APPLICATION_ACTIVITY, A.SUCCESS, A.APPLICATION_START,
                           called_ae=cfg.node.ae_title, port=self.port,
                           model=f"{meta.name} {meta.version}", detail=str(resumed))
@@ -80,6 +82,20 @@ class Node:
                                           "destinations": ",".join(destinations_for(cfg)) or "none",
                                           "shadow_mode": cfg.node.shadow_mode, **resumed})
         return self
+
+    def _start_web(self, meta: Any, triager: Any) -> Any:
+        """The worklist (``[web] enabled``); a web problem is logged, the DICOM node runs on."""
+        if not self.cfg.web.enabled:
+            return None
+        try:
+            from cxr_triage.dicom_node.web import start_web
+
+            info = {"name": meta.name, "version": meta.version,
+                    "operating_point": str(getattr(triager, "operating_point", "") or "")}
+            return start_web(self.cfg, self.store, model_info=info)
+        except Exception as exc:  # noqa: BLE001 - port busy, no token on a public host...
+            log.error("worklist not started", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return None
 
     def recover(self) -> dict[str, int]:
         """Crash leftovers: partial files removed, interrupted jobs re-queued, complete
@@ -118,6 +134,8 @@ class Node:
             self.handler.accepting = False
         if self.server:
             self.server.shutdown()                      # closes the listening socket
+        if self.web:
+            self.web.stop()
         deadline = time.monotonic() + timeout_s
         while self.ae and self.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -20,9 +20,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_triage.config import Config, resolve_path
 from cxr_triage.dicom_node import audit as A
+from cxr_triage.dicom_node.heatmaps import save_study_heatmaps
 from cxr_triage.dicom_node.queue import InstanceRecord, JobStore, ResultObject
 from cxr_triage.dicom_node.scp import TRIAGE_SOP_CLASSES
 from cxr_triage.dicom_node.sr import build_result_sr  # imported here, not in the thread
+from cxr_triage.dicom_node.summary_image import summary_images_if_enabled
 from cxr_triage.dicom_node.spool import Quarantine, StateDirs, safe_name, write_atomic
 from cxr_triage.inference.result import (
     Decision,
@@ -75,7 +77,7 @@ def _model_path(cfg: Config) -> Path:
 
 
 def triage_instance(triager: FilmTriager, inst: InstanceRecord) -> tuple[FilmResult, Dataset | None]:
-    """One received instance -> (film result, its header for the SR evidence).
+    """One received instance -> (film result, its dataset for the report's evidence).
 
     Instances outside the triage classes are recorded as not assessable without decoding.
     Any error of the pipeline becomes a not-assessable film (undecodable), never a crash.
@@ -88,42 +90,39 @@ def triage_instance(triager: FilmTriager, inst: InstanceRecord) -> tuple[FilmRes
     except Exception as exc:  # noqa: BLE001 - the spooled bytes are exactly what the peer sent
         return FilmResult(Decision.NOT_ASSESSABLE, reason=NotAssessableReason.UNDECODABLE,
                           reason_detail=f"cannot parse: {type(exc).__name__}", **base), None
-    header = _header_only(ds)
     if inst.sop_class_uid not in _TRIAGE_CLASSES:
         reason = (NotAssessableReason.UNSUPPORTED_SOP_CLASS if "PixelData" in ds
                   else NotAssessableReason.NON_IMAGE)
         return FilmResult(Decision.NOT_ASSESSABLE, reason=reason,
-                          reason_detail=f"SOP class {inst.sop_class_uid} is not triaged", **base), header
+                          reason_detail=f"SOP class {inst.sop_class_uid} is not triaged", **base), ds
     try:
         film = triager.triage_dataset(ds, inst.path)
     except Exception as exc:  # noqa: BLE001 - a bad film must not stop the study
         log.warning("triage failed for an instance", extra={
             "sop_instance_uid": inst.sop_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
         return FilmResult(Decision.NOT_ASSESSABLE, reason=NotAssessableReason.UNDECODABLE,
-                          reason_detail=f"{type(exc).__name__}: {exc}"[:200], **base), header
+                          reason_detail=f"{type(exc).__name__}: {exc}"[:200], **base), ds
     for key, val in base.items():
         if getattr(film, key, None) in (None, ""):
             setattr(film, key, val)
-    return film, header
-
-
-def _header_only(ds: Dataset) -> Dataset:
-    hdr = Dataset()
-    hdr.update({e.tag: e for e in ds if e.tag < 0x7FE00010})
-    if hasattr(ds, "file_meta"):
-        hdr.file_meta = ds.file_meta
-    return hdr
+    return film, ds
 
 
 # -- report ---------------------------------------------------------------------------------
-def build_report(study: StudyResult, sources: list[Dataset], meta: ModelMetadata) -> list[Dataset]:
-    """The result objects for a study (the SR; more when the SR module adds some)."""
-    # Films that have no parseable header cannot be referenced as evidence.
+def build_report(cfg: Config, study: StudyResult, sources: list[Dataset],
+                 meta: ModelMetadata) -> list[Dataset]:
+    """The result objects for a study: the SR, then (``[delivery] summary_image``) one
+    Secondary Capture per film of the triage classes."""
+    # Films whose file could not be parsed cannot be referenced as evidence.
     have = {str(s.SOPInstanceUID) for s in sources}
     referenced = StudyResult(study.study_instance_uid, study.decision, study.score,
                              [f for f in study.films if f.sop_instance_uid in have])
-    sr = build_result_sr(referenced, sources, meta)
-    return [sr]
+    objects: list[Dataset] = [build_result_sr(referenced, sources, meta)]
+    films = [f for f in referenced.films if f.sop_class_uid in _TRIAGE_CLASSES]
+    if films:
+        pictured = StudyResult(study.study_instance_uid, study.decision, study.score, films)
+        objects.extend(summary_images_if_enabled(cfg, pictured, sources, meta))
+    return objects
 
 
 def save_result_objects(objects: list[Dataset], results_dir: Path, study_uid: str) -> list[ResultObject]:
@@ -146,6 +145,7 @@ def save_result_objects(objects: list[Dataset], results_dir: Path, study_uid: st
 
 
 def triage_study(
+    cfg: Config,
     store: JobStore,
     study_uid: str,
     triager: FilmTriager,
@@ -155,16 +155,21 @@ def triage_study(
 ) -> tuple[StudyResult, list[ResultObject]]:
     """decode -> gate -> score each instance, aggregate, build and save the report."""
     films: list[FilmResult] = []
-    headers: list[Dataset] = []
+    sources: list[Dataset] = []
     for inst in store.study_instances(study_uid):
-        film, header = triage_instance(triager, inst)                # decode -> gate -> score
+        film, ds = triage_instance(triager, inst)                    # decode -> gate -> score
         films.append(film)
-        if header is not None:
-            headers.append(header)
+        if ds is not None:
+            sources.append(ds)
         if film.reason is NotAssessableReason.UNDECODABLE and inst.sop_class_uid in _TRIAGE_CLASSES:
             _quarantine_copy(quarantine, inst, film)
     result = aggregate_study(study_uid, films)                       # one result per study
-    objects = save_result_objects(build_report(result, headers, meta), dirs.results, study_uid)
+    try:  # [web] hook: heatmaps for the worklist page (heatmaps.py); never fails triage
+        save_study_heatmaps(dirs.root, result)
+    except OSError as exc:
+        log.warning("heatmaps not kept", extra={"study_uid": study_uid, "error": str(exc)})
+    report = build_report(cfg, result, sources, meta)                 # SR (+ summary images)
+    objects = save_result_objects(report, dirs.results, study_uid)
     return result, objects
 
 
@@ -220,7 +225,7 @@ class TriageWorker(threading.Thread):
         study_uid, generation = claimed
         t0 = time.perf_counter()
         try:
-            result, objects = triage_study(self.store, study_uid, self.triager, self.meta,
+            result, objects = triage_study(self.cfg, self.store, study_uid, self.triager, self.meta,
                                            self.dirs, self.quarantine)
             rid = self.store.complete_study(
                 study_uid, generation, result.decision.value, result.score, result.to_dict(),
