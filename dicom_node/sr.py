@@ -194,15 +194,19 @@ def _group(
         measurements=measurements,
         qualitative_evaluations=evaluations,
         source_images=[
-            # The constructor, not from_source_image: a refused non-image instance
-            # (reason non_image) is still referenced.
-            hd.sr.SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=img.SOPClassUID,
-                referenced_sop_instance_uid=img.SOPInstanceUID,
-            )
-            for img in images
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(img)
+            for img in images if _is_image(img)
         ],
     )
+    # A refused non-image instance (reason non_image) may not be an IMAGE item (dcmtk
+    # rejects the document); it is named by UID here and listed in the evidence.
+    for other in (img for img in images if not _is_image(img)):
+        group[0].ContentSequence.append(
+            hd.sr.UIDRefContentItem(
+                name=C.NON_IMAGE_SOURCE, value=str(other.SOPInstanceUID),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     texts = [(C.OPERATING_POINT, op_name)]
     if decision is Decision.NOT_ASSESSABLE and reason_detail:
         texts.append((C.NOT_ASSESSABLE_DETAIL, reason_detail))
@@ -213,6 +217,11 @@ def _group(
             )
         )
     return group
+
+
+def _is_image(ds: Dataset) -> bool:
+    """Pixel-describing attributes present: the test highdicom applies to source images."""
+    return "Rows" in ds and "Columns" in ds
 
 
 def _operating_point(study: StudyResult, meta: ModelMetadata) -> tuple[str, float | None]:

@@ -34,6 +34,8 @@ OPERATING_POINT_THRESHOLD = _cxrt("CXRT003", "Operating point threshold")
 OPERATING_POINT = _cxrt("CXRT004", "Operating point")
 NOT_ASSESSABLE_REASON = _cxrt("CXRT005", "Not assessable reason")
 NOT_ASSESSABLE_DETAIL = _cxrt("CXRT006", "Not assessable reason detail")
+# UIDREF to a refused instance that is not an image (an SR IMAGE item may not point at it).
+NON_IMAGE_SOURCE = _cxrt("CXRT007", "Non-image source instance")
 
 # --- Triage decisions (values of TRIAGE_DECISION) ---------------------------------------
 DECISION_CODES: dict[Decision, Code] = {
@@ -115,6 +117,7 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("concept: operating point name (TEXT)", *_row(OPERATING_POINT)),
         ("concept: not assessable reason", *_row(NOT_ASSESSABLE_REASON)),
         ("concept: not assessable detail (TEXT)", *_row(NOT_ASSESSABLE_DETAIL)),
+        ("concept: refused non-image instance (UIDREF)", *_row(NON_IMAGE_SOURCE)),
     ]
     rows += [(f"decision {d.value}", *_row(c)) for d, c in DECISION_CODES.items()]
     rows += [(f"reason {r.value}", *_row(c)) for r, c in REASON_CODES.items()]

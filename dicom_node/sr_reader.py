@@ -30,8 +30,7 @@ class ParsedGroup:
     operating_point: str | None
     reason: NotAssessableReason | None
     reason_detail: str | None
-    referenced_sop_instance_uids: list[str]
-    referenced_sop_class_uids: list[str]
+    referenced_sop_instance_uids: list[str]  # images, then refused non-image instances
 
     @property
     def sop_instance_uid(self) -> str | None:
@@ -129,6 +128,8 @@ def _group(item: Dataset) -> ParsedGroup:
         raise ValueError("measurement group without a triage decision")
     reason_code = _code(item, C.NOT_ASSESSABLE_REASON)
     images = find_content_items(item, value_type="IMAGE")
+    others = [str(i.UID) for i in find_content_items(item, name=C.NON_IMAGE_SOURCE,
+                                                        value_type="UIDREF")]
     return ParsedGroup(
         decision=C.decision_from_code(decision_code),
         score=_num(item, C.ABNORMALITY_SCORE),
@@ -138,10 +139,7 @@ def _group(item: Dataset) -> ParsedGroup:
         reason_detail=_text(item, C.NOT_ASSESSABLE_DETAIL),
         referenced_sop_instance_uids=[
             str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in images
-        ],
-        referenced_sop_class_uids=[
-            str(i.ReferencedSOPSequence[0].ReferencedSOPClassUID) for i in images
-        ],
+        ] + others,
     )
 
 
