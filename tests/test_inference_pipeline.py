@@ -196,3 +196,11 @@ def test_predict_console_script(tiny_model, sample_dicoms):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["sop_instance_uid"]
+
+
+@pytest.mark.parametrize("sop_class", ["CR", "DX_PRES", "DX_PROC", "SC"])
+def test_every_supported_sop_class_is_assessed(triager, pngs, sop_class):
+    ds = png_to_dicom(pngs[0], sop_class=sop_class, bits_stored=10)
+    result = triager.triage_dataset(ds, source=f"{sop_class}.dcm")
+    assert result.decision is not Decision.NOT_ASSESSABLE, result.reason_detail
+    assert result.sop_class_uid == str(ds.SOPClassUID)
