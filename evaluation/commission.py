@@ -74,7 +74,7 @@ def _model_identity(model_path: Path) -> dict[str, Any]:
 def commission(
     films: Sequence[Film], scored: Sequence[Scored], model_path: str | Path, site: str,
     target: float = 0.98, confidence: float = 0.95, method: str = "exact",
-    source_files: Sequence[str | Path] = (), also_targets: Sequence[float] = (0.95, 0.98, 0.99),
+    source_files: Sequence[str | Path] = (), also_targets: Sequence[float] = (0.95, 0.99),
     now: _dt.datetime | None = None,
 ) -> SiteThreshold:
     """Choose the site operating point on ``films`` (labels) and ``scored`` (the model's output
@@ -130,7 +130,7 @@ def commission(
         "min_abnormal_needed": thresholds.min_abnormal_for_lower_bound(target, confidence, method),
         "alternatives": {
             thresholds.op_name(a): thresholds.select_operating_point(y, s, a, "lower_bound", confidence, method).to_dict()
-            for a in also_targets
+            for a in also_targets if a != target
         },
         # The model's own thresholds (chosen at training) measured on this site's films: what the
         # site would have run without commissioning.

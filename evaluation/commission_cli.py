@@ -32,6 +32,8 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         p.add_argument("--confidence", type=float, default=0.95, help="two-sided confidence level (0.95)")
         p.add_argument("--interval", choices=("exact", "wilson"), default="exact",
                        help="exact = Clopper-Pearson (default, conservative) or Wilson")
+        p.add_argument("--also-targets", default="0.95,0.99", metavar="LIST",
+                       help="comma-separated further targets recorded as evidence (default 0.95,0.99; '' for none)")
         p.add_argument("--out", required=True, type=Path, help="site threshold file to write (JSON)")
         p.set_defaults(func=run_commission)
     elif name == "reconcile":
@@ -71,6 +73,7 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
         print(f"cxr-triage commission: model file not found: {model}", file=sys.stderr)
         return 2
     try:
+        also = [float(x) for x in args.also_targets.split(",") if x.strip()]
         films = sources.read_manifest(args.manifest)
         if args.scores:
             scored = sources.read_scores_csv(args.scores, films)
@@ -83,7 +86,7 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
             scored = sources.scores_from_model(films, model, cfg.replace(inference={"site_threshold_file": ""}))
             inputs = [args.manifest]
         site = commission(films, scored, model, args.site, args.target, args.confidence, args.interval,
-                          source_files=inputs)
+                          source_files=inputs, also_targets=also)
     except InsufficientEvidence as exc:
         print(f"cxr-triage commission: {exc}", file=sys.stderr)
         return EXIT_INSUFFICIENT
