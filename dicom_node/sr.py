@@ -44,6 +44,8 @@ _TYPE2_COPIED = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
     "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
 )
+_NON_IMAGE_MODALITIES = {"SEG", "SR", "DOC", "KO", "PR", "PLAN", "RWV", "REG", "FID",
+                         "RTDOSE", "RTPLAN", "RTRECORD", "RTSTRUCT"}
 _AGE = re.compile(r"\d{3}[DWMY]")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -194,7 +196,10 @@ def _group(
         measurements=measurements,
         qualitative_evaluations=evaluations,
         source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(img)
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=img.SOPClassUID,
+                referenced_sop_instance_uid=img.SOPInstanceUID,
+            )
             for img in images if _is_image(img)
         ],
     )
@@ -220,8 +225,10 @@ def _group(
 
 
 def _is_image(ds: Dataset) -> bool:
-    """Pixel-describing attributes present: the test highdicom applies to source images."""
-    return "Rows" in ds and "Columns" in ds
+    """highdicom's test for a source image (pixel description, not an SR/PR/SEG/... object),
+    written so that a header missing Modality does not raise."""
+    return ("Rows" in ds and "Columns" in ds
+            and str(ds.get("Modality", "")) not in _NON_IMAGE_MODALITIES)
 
 
 def _operating_point(study: StudyResult, meta: ModelMetadata) -> tuple[str, float | None]:

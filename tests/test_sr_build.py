@@ -261,3 +261,22 @@ def test_non_image_instance_in_study_is_still_referenced(meta, tmp_path):
     assert parsed.decision is D.LIKELY_NORMAL
     assert parsed.film(str(first.SOPInstanceUID)).reason is R.NON_IMAGE
     assert str(first.SOPInstanceUID) in parsed.evidence_sop_instance_uids
+
+
+def test_odd_real_world_headers_still_give_a_valid_sr(meta, tmp_path):
+    """Missing Modality and Type 2 attributes, a malformed age and sex: the SR is still
+    built, valid, and carries no invalid copied value."""
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    for keyword in ("Modality", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+                    "ReferringPhysicianName", "PatientBirthDate"):
+        delattr(source, keyword)
+    with pytest.warns(UserWarning):
+        source.PatientAge = "62"
+    source.PatientSex = "MALE"
+    study = aggregate_study(study_uid, [film_result(source, D.SUSPICIOUS, 0.9, None, meta)])
+    path = save(build_result_sr(study, [source], meta), tmp_path / "sr.dcm")
+    assert_valid(path)
+    back = reread(path)
+    assert "PatientAge" not in back and back.PatientSex == ""
+    assert read_result_sr(back).film(str(source.SOPInstanceUID)).decision is D.SUSPICIOUS
