@@ -23,13 +23,14 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from cxr_triage.dicom_node import film_render, heatmaps, metrics
@@ -142,6 +143,15 @@ def check_web_config(host: str, token: str) -> None:
         )
 
 
+def _wait_text(minutes: float) -> str:
+    """Waiting time the way a reading room says it."""
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    return f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
+
+
 def _utc(ts: float | None) -> dt.datetime | None:
     return None if ts is None else dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
 
@@ -199,11 +209,13 @@ class WebSettings:
 # ------------------------------------------------------------------------------------------ app
 def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = None,
                model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
+               collectors: Iterable[Collector] = (),
                clock: Callable[[], float] = time.time) -> FastAPI:
     """The worklist app over ``store`` (a WorklistSource, or the node's job store).
 
     ``cfg`` (the validated Config) supplies ``[web]`` and the state dir unless ``settings``
-    is given. ``model_info`` (name, version, operating point) labels ``cxr_triage_model_info``.
+    is given. ``model_info`` (name, version, operating point) labels ``cxr_triage_model_info``;
+    ``collectors`` are further Prometheus collectors for ``/metrics`` (e.g. drift monitoring).
     """
     if settings is None:
         settings = WebSettings.from_config(cfg) if cfg is not None else WebSettings()
@@ -211,7 +223,7 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
     source: WorklistSource = _as_source(store, settings)
     if model_info is None and callable(getattr(source, "model_info", None)):
         model_info = source.model_info
-    registry = metrics.build_registry(source, model_info)
+    registry = metrics.build_registry(source, model_info, extra=collectors)
     session = _session_value(settings.token) if settings.token else ""
 
     app = FastAPI(
@@ -225,7 +237,8 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
     app.state.registry = registry
     pkg = resources.files("cxr_triage.dicom_node")
     templates = Jinja2Templates(directory=str(pkg / "templates"))
-    templates.env.globals.update(plain_decision=PLAIN_DECISION, plain_reason=PLAIN_REASON, local_time=_local)
+    templates.env.globals.update(plain_decision=PLAIN_DECISION, plain_reason=PLAIN_REASON, local_time=_local,
+                                 wait_text=_wait_text)
     app.mount("/static", StaticFiles(directory=str(pkg / "static")), name="static")
 
     def authorised(request: Request) -> bool:
@@ -357,8 +370,9 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
 
     # --------------------------------------------------------------------------- pages
     @app.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=guard)
-    def page_worklist(request: Request, date_from: dt.date | None = None, date_to: dt.date | None = None):
+    def page_worklist(request: Request, date_from: str = "", date_to: str = ""):
         decision = [d for d in request.query_params.getlist("decision") if d in DECISION_FILTERS]
+        date_from, date_to = _form_date(date_from), _form_date(date_to)  # the form sends "" for none
         now, rows = worklist(decision, date_from, date_to, None)
         return templates.TemplateResponse(request, "worklist.html", {
             "rows": rows, "now": now, "decision": decision, "filters": DECISION_FILTERS,
@@ -425,6 +439,13 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     return app
+
+
+def _form_date(text: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def _safe_next(target: str) -> str:
@@ -495,7 +516,7 @@ class WebServer:
 
 
 def start_web(cfg: Any, store: Any, *, model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
-              settings: WebSettings | None = None) -> WebServer | None:
+              collectors: Iterable[Collector] = (), settings: WebSettings | None = None) -> WebServer | None:
     """Start the worklist for a node when ``[web] enabled``; None when disabled.
 
     Raises WebConfigError (exposed without a token) or OSError (port busy) so the node can
@@ -504,7 +525,7 @@ def start_web(cfg: Any, store: Any, *, model_info: Callable[[], dict[str, str]] 
     if cfg is not None and not cfg.web.enabled and settings is None:
         return None
     settings = settings or WebSettings.from_config(cfg)
-    app = create_app(store, cfg, settings=settings, model_info=model_info)
+    app = create_app(store, cfg, settings=settings, model_info=model_info, collectors=collectors)
     return WebServer(app, settings.host, settings.port).start()
 
 
