@@ -52,12 +52,14 @@ def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.2, wha
         time.sleep(interval)
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_port(port: int, timeout: float = 30.0) -> None:
-    def ok() -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", port)) == 0
-    wait_for(ok, timeout, 0.1, f"port {port}")
+    wait_for(lambda: _listening(port), timeout, 0.1, f"port {port}")
 
 
 def _toml(value: Any) -> str:
@@ -99,7 +101,7 @@ class NodeProcess:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.tail()}")
-            if echo(self.port, "PROBE", NODE_AET):
+            if _listening(self.port):                      # the SCP listens last, once ready
                 return self
             if time.monotonic() > deadline:
                 raise TimeoutError(f"node did not answer C-ECHO:\n{self.tail()}")
