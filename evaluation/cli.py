@@ -61,6 +61,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     e2e.add_argument("--results-aet", default="EVALRESULTS", help="AE title of the local SR receiver")
     e2e.add_argument("--results-port", type=int, default=11119,
                      help="port of the local SR receiver: the node must deliver to AE@this-host:port")
+    e2e.add_argument("--results-host", default="127.0.0.1", help="address the SR receiver listens on")
+    e2e.add_argument("--e2e-model", type=Path,
+                     help="the model the node runs, for the offline comparison (default: [inference] model_path or the bundled model)")
     e2e.add_argument("--calling-aet", default="EVALSCU")
     e2e.add_argument("--e2e-timeout", type=float, default=600.0, help="seconds to wait for all SRs")
     e2e.add_argument("--no-offline", action="store_true", help="end-to-end: skip the offline comparison run")
@@ -92,10 +95,13 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
             from cxr_triage.evaluation import e2e
 
             inputs["source"] = {"kind": "end-to-end through a running node", "node": args.e2e}
+            print(f"end-to-end: the node must deliver to {args.results_aet}@<this host>:{args.results_port}",
+                  file=sys.stderr)
             run_e2e = e2e.run_end_to_end(
                 films, args.e2e, results_aet=args.results_aet, results_port=args.results_port,
-                calling_aet=args.calling_aet, timeout_s=args.e2e_timeout, work_dir=args.out / "e2e",
-                cfg=cfg, offline_model=None if args.no_offline else (args.thresholds_model or _cfg_model(cfg)),
+                results_host=args.results_host, calling_aet=args.calling_aet, timeout_s=args.e2e_timeout,
+                work_dir=args.out / "e2e", cfg=cfg,
+                offline_model=None if args.no_offline else (args.e2e_model or _cfg_model(cfg)),
             )
             scored = run_e2e.scored
             extra["end_to_end"] = run_e2e.summary()
