@@ -233,7 +233,10 @@ def _film_panel(pixels: np.ndarray | None) -> np.ndarray:
 
 
 def _overlay(panel: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
-    """Blend a jet-coloured heatmap where it is high; the film stays visible elsewhere."""
+    """Blend a jet-coloured heatmap where it is high; the film stays visible elsewhere.
+
+    The heatmap spans the whole film (preprocessing squashes, it does not crop or pad), so
+    resizing it to the panel aligns it."""
     from matplotlib import colormaps
 
     h, w = panel.shape[:2]
