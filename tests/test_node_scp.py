@@ -182,3 +182,24 @@ def test_no_phi_in_audit(node: Node) -> None:
     text = node.dirs.audit_log.read_text()
     assert "Secret" not in text and "PHI-123" not in text
     wait_for(lambda: node.store.list_studies(), 5)
+
+
+def test_shadow_mode_triages_but_delivers_nothing(tmp_path: Path, tiny_model: Path,
+                                                  sample_dicoms: dict[str, Path]) -> None:
+    cfg = load_config(environ={}).replace(
+        node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "s"), "quiet_period_s": 0.2,
+              "shadow_mode": True},
+        delivery={"destinations": ["PACS@127.0.0.1:9"], "summary_image": False},
+        inference={"model_path": str(tiny_model)}, web={"enabled": False})
+    n = Node(cfg).start()
+    try:
+        assoc = _assoc(n.port, contexts=[SecondaryCaptureImageStorage])
+        assert assoc.send_c_store(dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])).Status == 0
+        assoc.release()
+        assert n.wait_idle(60)
+        (s,) = n.store.list_studies()
+        assert s["state"] == "triaged" and s["delivery_status"] == "none"
+        assert n.store.counts()["deliveries"] == {} and not any(n.dirs.outbox.iterdir())
+        assert len(n.store.current_result_objects(s["study_uid"])) == 1   # the SR is kept
+    finally:
+        n.stop(timeout_s=5)
