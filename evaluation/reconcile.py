@@ -103,9 +103,12 @@ def live_from_store(store: Any, since: float | None = None, until: float | None 
         result = detail.get("result") or {}
         received = summary.get("first_received_at")
         paths = {i["sop_instance_uid"]: i.get("path", "") for i in detail.get("instances", [])}
+        films = result.get("films", [])
+        scored = next((f for f in films if f.get("operating_point")), {})
         out.append(LiveResult(summary["study_uid"], summary["decision"], summary.get("score"),
-                              received_at=received))
-        for f in result.get("films", []):
+                              received_at=received, operating_point=scored.get("operating_point"),
+                              model_version=scored.get("model_version")))
+        for f in films:
             uid = f.get("sop_instance_uid")
             out.append(LiveResult(summary["study_uid"], f["decision"], f.get("score"), uid, f.get("reason"),
                                   received_at=received, file=paths.get(uid, "") or f.get("source", ""),
