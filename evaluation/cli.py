@@ -33,7 +33,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     src.add_argument("--sr-dir", type=Path, help="folder of result SRs the node produced (manifest needs sop_instance_uid or study_instance_uid)")
     src.add_argument("--e2e", metavar="AE@HOST:PORT", help="send every film through a running node and evaluate the SRs it returns")
     thr = p.add_mutually_exclusive_group()
-    thr.add_argument("--thresholds", type=Path, help="threshold file (JSON from --save-thresholds)")
+    thr.add_argument("--thresholds", type=Path, help="threshold file (JSON from --save-thresholds, or a `cxr-triage commission` site file)")
     thr.add_argument("--thresholds-model", type=Path, help="use the thresholds stored in this model")
     thr.add_argument("--choose-on", type=Path, metavar="MANIFEST", help="fit thresholds on this other labelled set")
     thr.add_argument("--choose-on-eval", action="store_true",
@@ -154,7 +154,7 @@ def _resolve_thresholds(args: argparse.Namespace, cfg: Any, films: Sequence[Any]
     from cxr_triage.evaluation import sources, thresholds
 
     if args.thresholds:
-        return thresholds.ThresholdSet.load(args.thresholds)
+        return thresholds.load_threshold_file(args.thresholds)
     if args.choose_on or args.choose_on_eval:
         if args.choose_on:
             tune = sources.read_manifest(args.choose_on)

@@ -229,3 +229,23 @@ def provenance(ts: ThresholdSet, reported_keys: Sequence[str], reported_name: st
     else:
         out["note"] = "thresholds were chosen on films disjoint from the reported films"
     return out
+
+
+def load_threshold_file(path: Path) -> ThresholdSet:
+    """A threshold file from ``evaluate --save-thresholds`` or a site threshold file from
+    ``cxr-triage commission`` (one operating point; the films it was chosen on are known only
+    by the data hash it records, so overlap cannot be checked film by film)."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict) and data.get("schema") == SCHEMA:
+        return ThresholdSet.load(path)
+    from cxr_triage.evaluation.site_threshold import load_site_threshold
+
+    site = load_site_threshold(path)
+    return ThresholdSet(
+        thresholds={site.operating_point: site.threshold}, default=site.operating_point,
+        source=(f"site threshold file {Path(path).name} (site {site.site}, model {site.model_name} "
+                f"{site.model_version}, sha256 {site.model_sha256[:12]})"),
+        rule=f"lower_bound ({site.ci_method}, {site.confidence:g})",
+        chosen_on=f"the site's commissioning films ({site.created or 'date unknown'})",
+        evidence=[site.evidence] if site.evidence else [], created=site.created,
+    )

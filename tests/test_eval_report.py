@@ -172,3 +172,30 @@ def test_manifest_reading(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("file,label\na.png,maybe\n")
     with pytest.raises(sources.SourceError, match="neither normal nor abnormal"):
         sources.read_manifest(tmp_path / "bad.csv")
+
+
+def test_cli_paired_comparison_and_site_threshold_file(tmp_path: Path) -> None:
+    from cxr_triage.evaluation.site_threshold import SiteThreshold, write_site_threshold
+
+    films, scored, other = _synthetic(n=160, seed=6)
+    _write_manifest(tmp_path / "m.csv", films, tmp_path)
+    sources.write_scores_csv(films, scored, tmp_path / "a.csv")
+    sources.write_scores_csv(films, other, tmp_path / "b.csv")
+    site = SiteThreshold(site="demo", threshold=0.33, target_sensitivity=0.98, confidence=0.95,
+                         ci_method="wilson", model_sha256="0" * 64, model_name="m", model_version="1")
+    write_site_threshold(site, tmp_path / "site.json")
+    out = tmp_path / "out"
+    assert main(["evaluate", str(tmp_path / "m.csv"), "--scores", str(tmp_path / "a.csv"),
+                 "--thresholds", str(tmp_path / "site.json"), "--compare-scores", str(tmp_path / "b.csv"),
+                 "--compare-name", "B", "--n-boot", "200", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["thresholds"]["values"] == {site.operating_point: 0.33}
+    assert rep["thresholds"]["provenance"]["source"].startswith("site threshold file site.json")
+    cmp_ = rep["comparison"]
+    both = [x.assessable and z.assessable for x, z in zip(scored, other)]
+    y = np.array([f.label for f, k in zip(films, both) if k])
+    sa = np.array([x.score for x, k in zip(scored, both) if k])
+    sb = np.array([z.score for z, k in zip(other, both) if k])
+    assert cmp_["n_films"] == int(sum(both)) and cmp_["model_b"] == "B"
+    assert cmp_["auroc_delong"]["difference"] == pytest.approx(roc_auc_score(y, sa) - roc_auc_score(y, sb))
+    assert "Paired comparison with B" in (out / "report.html").read_text()
