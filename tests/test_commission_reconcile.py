@@ -93,6 +93,9 @@ def test_reconcile_from_the_node_store_via_cli(live: dict, tmp_path: Path) -> No
     by_path = {str(f.path): f for f in live["films"]}
     for f in films:
         assert f.path.is_file() and by_path[str(f.path)].label == f.label
+    from cxr_triage.training.manifest import read_manifest as read_training_manifest
+
+    assert [e.label for e in read_training_manifest(disc)] == [f.label for f in films]
     kinds = [row["discordance"] for row in csv.DictReader(disc.open())]
     assert kinds.count("missed_abnormal") == expect["fn"] and kinds.count("false_suspicious") == expect["fp"]
 
