@@ -34,16 +34,27 @@ def _read_pixels(path: str) -> np.ndarray:
     return 1.0 - arr if ds.get("PhotometricInterpretation") == "MONOCHROME1" else arr
 
 
-@lru_cache(maxsize=64)
-def _film_thumbnail(path: str, mtime_ns: int, max_side: int) -> Image.Image:
+#: Decoded films are kept at most this large, so a thumbnail and a page view decode once.
+BASE_SIDE = 1024
+
+
+@lru_cache(maxsize=24)
+def _film_base(path: str, mtime_ns: int) -> Image.Image:
     pixels = _read_pixels(path)
     img = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    img.thumbnail((BASE_SIDE, BASE_SIDE), Image.Resampling.LANCZOS)
+    return img
+
+
+@lru_cache(maxsize=256)
+def _film_thumbnail(path: str, mtime_ns: int, max_side: int) -> Image.Image:
+    img = _film_base(path, mtime_ns).copy()
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return img
 
 
 def film_image(path: str | Path, max_side: int = 512) -> Image.Image:
-    """The film as an 8-bit grayscale picture no larger than ``max_side``."""
+    """The film as an 8-bit grayscale picture no larger than ``max_side`` (decoded once)."""
     p = Path(path)
     return _film_thumbnail(str(p), p.stat().st_mtime_ns, int(max_side)).copy()
 

@@ -396,12 +396,12 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
         return png(film_render.composite(film_render.film_image(f.spool_path, size), heat))
 
     @app.get("/studies/{study_uid}/films/{sop_uid}/film.png", include_in_schema=False, dependencies=guard)
-    def film_png(study_uid: str, sop_uid: str, size: int = Query(768, ge=32, le=2048)):
+    def film_png(study_uid: str, sop_uid: str, size: int = Query(768, ge=32, le=1024)):
         f = film_of(study_uid, sop_uid)
         return png(film_render.film_image(f.spool_path, size))
 
     @app.get("/studies/{study_uid}/films/{sop_uid}/heatmap.png", include_in_schema=False, dependencies=guard)
-    def heatmap_png(study_uid: str, sop_uid: str, size: int = Query(768, ge=32, le=2048)):
+    def heatmap_png(study_uid: str, sop_uid: str, size: int = Query(768, ge=32, le=1024)):
         f = film_of(study_uid, sop_uid)
         heat = heatmaps.load_heatmap(settings.state_dir, study_uid, sop_uid) if settings.state_dir else None
         if heat is None:
@@ -463,11 +463,14 @@ def _package_version() -> str:
 
 
 def _as_source(store: Any, settings: WebSettings) -> WorklistSource:
-    if all(hasattr(store, m) for m in ("list_studies", "get_study", "stats")):
-        return store
+    """The node's JobStore (it has ``counts``/``oldest_pending``) is adapted; anything else
+    is taken as a WorklistSource already."""
+    from cxr_triage.dicom_node.queue import JobStore
     from cxr_triage.dicom_node.store_adapter import StoreWorklist
 
-    return StoreWorklist(store, state_dir=settings.state_dir)
+    if isinstance(store, JobStore):
+        return StoreWorklist(store, state_dir=settings.state_dir)
+    return store
 
 
 # --------------------------------------------------------------------------------- server
