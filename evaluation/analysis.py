@@ -172,14 +172,14 @@ def _as_decided(y_all: np.ndarray, scored: Sequence[Scored], na_normal: int, na_
 
 def _subgroups(films: Sequence[Film], y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, values in (
-        ("sex", [f.sex or "unknown" for f in films]),
-        ("age_band", [metrics.age_band(f.age) for f in films]),
-        ("view", [f.view or "unknown" for f in films]),
-        ("site", [f.site or "unknown" for f in films]),
+    for name, values, order in (
+        ("sex", [f.sex or "unknown" for f in films], ()),
+        ("age_band", [metrics.age_band(f.age) for f in films], metrics.AGE_BANDS),
+        ("view", [f.view or "unknown" for f in films], ()),
+        ("site", [f.site or "unknown" for f in films], ()),
     ):
         if len(set(values)) > 1 or values[0] != "unknown":
-            out[name] = metrics.subgroup_metrics(y, s, values, threshold)
+            out[name] = metrics.subgroup_metrics(y, s, values, threshold, order=order)
     # Findings: a film with several findings counts for each; sensitivity only (all abnormal).
     by_finding: dict[str, list[int]] = {}
     for i, f in enumerate(films):

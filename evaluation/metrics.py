@@ -366,7 +366,7 @@ def compare_models(
 
 def subgroup_metrics(
     y: Sequence[int], s: Sequence[float], group_values: Sequence[str], threshold: float,
-    confidence: float = 0.95, min_auc_class: int = 2,
+    confidence: float = 0.95, min_auc_class: int = 2, order: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Per subgroup value: counts, AUROC (DeLong CI, when each class has >= ``min_auc_class``
     films), sensitivity and specificity at ``threshold`` with Wilson CIs. Small groups get
@@ -376,7 +376,8 @@ def subgroup_metrics(
     if len(vals) != len(y_arr):
         raise ValueError("one group value per film is needed")
     rows = []
-    for value in sorted(set(vals.tolist())):
+    rank = {v: i for i, v in enumerate(order)}
+    for value in sorted(set(vals.tolist()), key=lambda v: (rank.get(v, len(rank)), v)):
         sel = vals == value
         yg, sg = y_arr[sel], s_arr[sel]
         n_abn, n_norm = int(yg.sum()), int(len(yg) - yg.sum())
@@ -388,6 +389,9 @@ def subgroup_metrics(
             "specificity": proportion(tn, tn + fp, confidence).to_dict(),
         })
     return rows
+
+
+AGE_BANDS = ("<16", "16-39", "40-59", "60-79", "80+", "unknown")
 
 
 def age_band(age: float | None) -> str:
