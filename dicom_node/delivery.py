@@ -109,7 +109,17 @@ class Deliverer(threading.Thread):
     def run(self) -> None:
         try:
             while not self._halt.is_set():
-                if not self.run_once():
+                try:
+                    busy = self.run_once()
+                except Exception:  # noqa: BLE001 - e.g. database unavailable: keep the thread alive
+                    log.exception("deliverer error; retrying")
+                    self._halt.wait(2.0)
+                    try:  # this thread alone moves that state: put its work back in the queue
+                        self.store.recover(studies=False, deliveries=True)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    continue
+                if not busy:
                     self.kick.wait(self.poll_s)
                     self.kick.clear()
         finally:

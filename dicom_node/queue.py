@@ -253,12 +253,13 @@ class JobStore:
     def claim_due_study(self, quiet_period_s: float, now: float | None = None) -> tuple[str, int] | None:
         """Take the oldest study that has been quiet long enough: (study_uid, generation)."""
         now = time.time() if now is None else now
+        sql = ("SELECT study_uid, generation FROM studies WHERE state=? AND last_received_at<=?"
+               " AND retry_at<=? ORDER BY last_received_at LIMIT 1")
+        args = (RECEIVING, now - quiet_period_s, now)
+        if self._con().execute(sql, args).fetchone() is None:   # cheap poll without the write lock
+            return None
         with self._tx() as con:
-            row = con.execute(
-                "SELECT study_uid, generation FROM studies WHERE state=? AND last_received_at<=?"
-                " AND retry_at<=? ORDER BY last_received_at LIMIT 1",
-                (RECEIVING, now - quiet_period_s, now),
-            ).fetchone()
+            row = con.execute(sql, args).fetchone()
             if row is None:
                 return None
             con.execute("UPDATE studies SET state=? WHERE study_uid=?", (PROCESSING, row["study_uid"]))
@@ -319,22 +320,30 @@ class JobStore:
             return int(rid)
 
     def fail_study(self, study_uid: str, generation: int, error: str, max_errors: int = 3,
-                   retry_after_s: float = 5.0, now: float | None = None) -> str:
-        """An unexpected error while triaging: retry later, or give up (state ``failed``)."""
+                   retry_after_s: float = 5.0, transient: bool = False,
+                   now: float | None = None) -> str:
+        """An error while triaging: retry later, or give up (state ``failed``) after
+        ``max_errors``. A ``transient`` error (disk full, database busy) never gives up: the
+        study waits, backing off up to a minute, until storage works again."""
         now = time.time() if now is None else now
         with self._tx() as con:
             row = con.execute("SELECT errors, generation FROM studies WHERE study_uid=?",
                               (study_uid,)).fetchone()
             errors = (row["errors"] if row else 0) + 1
-            state = FAILED if errors >= max_errors and row["generation"] == generation else RECEIVING
+            give_up = not transient and errors >= max_errors and row["generation"] == generation
+            state = FAILED if give_up else RECEIVING
+            delay = min(60.0, retry_after_s * errors)
             con.execute("UPDATE studies SET state=?, errors=?, last_error=?, retry_at=? WHERE study_uid=?",
-                        (state, errors, error[:500], now + retry_after_s * errors, study_uid))
+                        (state, errors, error[:500], now + delay, study_uid))
             return state
 
     # -- delivery ----------------------------------------------------------------------
     def due_deliveries(self, now: float | None = None, limit: int = 100) -> list[DueDelivery]:
         """Pending deliveries whose back-off has expired, oldest first, marked ``sending``."""
         now = time.time() if now is None else now
+        if self._con().execute("SELECT 1 FROM deliveries WHERE state=? AND next_attempt_at<=? LIMIT 1",
+                               (PENDING, now)).fetchone() is None:
+            return []
         with self._tx() as con:
             rows = con.execute(
                 "SELECT d.id, d.result_id, r.study_uid, d.destination, d.attempts, d.created_at"
@@ -395,14 +404,15 @@ class JobStore:
                                " WHERE state=?", (PENDING, now, now, DEAD)).rowcount
 
     # -- restart -----------------------------------------------------------------------
-    def recover(self) -> dict[str, int]:
-        """After a crash or restart: interrupted triage and sends go back in the queue."""
+    def recover(self, studies: bool = True, deliveries: bool = True) -> dict[str, int]:
+        """After a crash or restart (or an error in the one thread that owns that state):
+        interrupted triage and sends go back in the queue."""
         with self._tx() as con:
-            studies = con.execute("UPDATE studies SET state=? WHERE state=?",
-                                  (RECEIVING, PROCESSING)).rowcount
-            sends = con.execute("UPDATE deliveries SET state=? WHERE state=?",
-                                (PENDING, SENDING)).rowcount
-        return {"studies_resumed": studies, "deliveries_resumed": sends}
+            n_studies = con.execute("UPDATE studies SET state=? WHERE state=?",
+                                    (RECEIVING, PROCESSING)).rowcount if studies else 0
+            n_sends = con.execute("UPDATE deliveries SET state=? WHERE state=?",
+                                  (PENDING, SENDING)).rowcount if deliveries else 0
+        return {"studies_resumed": n_studies, "deliveries_resumed": n_sends}
 
     # -- queries (status command, web worklist, metrics) -------------------------------
     def counts(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Inference is done by ``cxr_triage.inference.pipeline.Triager`` and the report by
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from io import BytesIO
@@ -209,7 +210,17 @@ class TriageWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self._halt.is_set():
-                if not self.run_once():
+                try:
+                    busy = self.run_once()
+                except Exception:  # noqa: BLE001 - e.g. database unavailable: keep the thread alive
+                    log.exception("triage worker error; retrying")
+                    self._halt.wait(2.0)
+                    try:  # this thread alone moves that state: put its work back in the queue
+                        self.store.recover(studies=True, deliveries=False)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    continue
+                if not busy:
                     self.idle.set()
                     self._halt.wait(self.poll_s)
                 else:
@@ -231,7 +242,12 @@ class TriageWorker(threading.Thread):
                 study_uid, generation, result.decision.value, result.score, result.to_dict(),
                 objects, self.destinations())
         except Exception as exc:  # noqa: BLE001 - retried, then the study is marked failed
-            state = self.store.fail_study(study_uid, generation, f"{type(exc).__name__}: {exc}")
+            transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy
+            try:
+                state = self.store.fail_study(study_uid, generation, f"{type(exc).__name__}: {exc}",
+                                              transient=transient)
+            except sqlite3.Error:  # the store itself is unavailable: recover() re-queues it
+                state = "processing"
             log.exception("study triage failed", extra={"study_uid": study_uid, "state": state})
             return True
         log.info("study triaged", extra={
