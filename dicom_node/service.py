@@ -92,7 +92,11 @@ class Node:
 
             info = {"name": meta.name, "version": meta.version,
                     "operating_point": str(getattr(triager, "operating_point", "") or "")}
-            return start_web(self.cfg, self.store, model_info=info)
+            from cxr_triage.evaluation.drift import DriftCollector
+
+            # drift gauges against the commissioning baseline (none without a baseline)
+            return start_web(self.cfg, self.store, model_info=info,
+                             collectors=[DriftCollector(self.cfg, self.store)])
         except Exception as exc:  # noqa: BLE001 - port busy, no token on a public host...
             log.error("worklist not started", extra={"error": f"{type(exc).__name__}: {exc}"})
             return None

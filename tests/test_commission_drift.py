@@ -161,3 +161,31 @@ def test_daily_store_gauges_flag_only_the_drifted_day(streams: dict, tmp_path: P
     quiet = CollectorRegistry()
     quiet.register(DriftCollector(cfg, store, clock=lambda: utc_noon("2026-11-20")))
     assert "cxr_triage_drift_alert 0.0" in generate_latest(quiet).decode()
+
+
+def test_node_metrics_endpoint_shows_the_drift_gauges(streams: dict, tmp_path: Path) -> None:
+    """The running node's /metrics carries today's drift gauges (baseline from [monitoring])."""
+    import datetime as dt
+    import urllib.request
+
+    from cxr_triage.dicom_node.service import Node
+    from cxr_triage.evaluation.drift import write_baseline
+    from node_peers import free_port
+
+    baseline = write_baseline(make_baseline(*_scores(streams["baseline"])), tmp_path / "baseline.json")
+    web_port = free_port()
+    cfg = load_config(None, environ={}).replace(
+        inference={"model_path": str(streams["model_path"]), "threads": 1},
+        node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "var")},
+        web={"enabled": True, "host": "127.0.0.1", "port": web_port},
+        monitoring={"baseline_file": str(baseline)})
+    node = Node(cfg).start()
+    try:
+        today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+        record_results(node.store, list(streams["exposure"]), today)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+    finally:
+        node.stop(timeout_s=5)
+    assert "cxr_triage_drift_alert 1.0" in text
+    assert 'cxr_triage_drift_decision_share{decision="not_assessable",period="today"}' in text
