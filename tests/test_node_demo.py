@@ -28,3 +28,12 @@ def test_demo_prints_each_study_decision(tmp_path: Path, tiny_model: Path, share
     assert len(rows) == 3                               # three studies among the four samples
     assert sum("not_assessable" in r and "non_human" in r for r in rows) == 1
     assert sum(("suspicious" in r or "likely_normal" in r) and "delivered" in r for r in rows) == 2
+
+    from cxr_triage.cli import main
+
+    assert main(["--config", str(cfg_path), "status", "--studies", "5"]) == 0
+    status = capsys.readouterr().out
+    assert "instances received: 3" in status and "deliveries: delivered 3" in status
+    assert "oldest pending: none" in status and "delivery failures: 0" in status
+    assert "studies:    triaged 3" in status
+    assert sum(" triaged " in line for line in status.split("recent studies:")[1].splitlines()) == 3

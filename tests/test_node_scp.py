@@ -203,3 +203,21 @@ def test_shadow_mode_triages_but_delivers_nothing(tmp_path: Path, tiny_model: Pa
         assert len(n.store.current_result_objects(s["study_uid"])) == 1   # the SR is kept
     finally:
         n.stop(timeout_s=5)
+
+
+def test_association_limit(tmp_path: Path, tiny_model: Path) -> None:
+    cfg = load_config(environ={}).replace(
+        node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "s"), "max_associations": 1},
+        inference={"model_path": str(tiny_model)}, web={"enabled": False})
+    n = Node(cfg).start()
+    try:
+        first = _assoc(n.port, contexts=[Verification])
+        assert first.is_established
+        second = _assoc(n.port, contexts=[Verification])
+        assert second.is_rejected
+        first.release()
+        third = wait_for(lambda: (a := _assoc(n.port, contexts=[Verification])).is_established and a, 10)
+        third.release()
+        assert any("too many associations" in e.get("detail", "") for e in read_audit(n.dirs.audit_log))
+    finally:
+        n.stop(timeout_s=5)
