@@ -48,6 +48,7 @@ class EndToEndRun:
     elapsed_s: float
     n_results: int
     model_names: list[str] = field(default_factory=list)
+    source_offline: list[Scored] | None = None   # offline on the manifest's own files (PNG)
 
     def differences(self) -> list[dict[str, Any]]:
         if self.offline is None:
@@ -68,9 +69,23 @@ class EndToEndRun:
                  if e.score is not None and o.score is not None]
         return max(diffs) if diffs else None
 
+    def vs_source_files(self) -> dict[str, Any] | None:
+        """Delivered vs offline on the manifest's own files (what ``evaluate --model`` scores),
+        over films assessed both ways: PNG films carry no header, so header-gated films (e.g.
+        under 16) are assessed offline but refused by the node, and are left out here."""
+        if self.source_offline is None:
+            return None
+        pairs = [(e, o) for e, o in zip(self.scored, self.source_offline) if e.assessable and o.assessable]
+        diffs = [abs(e.score - o.score) for e, o in pairs]
+        return {"n_compared": len(pairs), "n_differ": sum(e.decision != o.decision for e, o in pairs),
+                "max_score_difference": max(diffs) if diffs else None,
+                "n_gated_by_header": sum(not e.assessable and o.assessable
+                                         for e, o in zip(self.scored, self.source_offline))}
+
     def summary(self) -> dict[str, Any]:
         differ = self.differences()
         return {
+            "vs_source_files": self.vs_source_files(),
             "n_sent": len(self.sent),
             "n_results": self.n_results,
             "n_differ": len(differ) if self.offline is not None else None,
@@ -219,15 +234,18 @@ def send_films(sent: Sequence[SentFilm], node: str, calling_aet: str = "EVALSCU"
 
 
 def offline_results(sent: Sequence[SentFilm], model_path: Path, cfg: Any, threshold: float | None,
-                    operating_point: str | None) -> list[Scored]:
-    """Offline inference on the same DICOM files, at the threshold the node delivered with."""
+                    operating_point: str | None) -> tuple[list[Scored], list[Scored]]:
+    """Offline inference at the threshold the node delivered with: on the same DICOM files
+    (the comparison that isolates the node), and on the manifest's own files."""
     from cxr_triage.config import load_config
     from cxr_triage.inference.pipeline import Triager
 
     cfg = cfg if cfg is not None else load_config(None)
     triager = Triager(cfg.replace(inference={"site_threshold_file": ""}), model_path=model_path,
                       threshold=threshold, operating_point=operating_point)
-    return [scored_from_film_result(r) for r in triager.triage_paths([s.path for s in sent])]
+    same = [scored_from_film_result(r) for r in triager.triage_paths([s.path for s in sent])]
+    source = [scored_from_film_result(r) for r in triager.triage_paths([s.film.path for s in sent])]
+    return same, source
 
 
 def run_end_to_end(
@@ -259,10 +277,10 @@ def run_end_to_end(
     parsed = [p for p in read_sr_folder(rx.folder) if p.study_instance_uid in {s.study_instance_uid for s in sent}]
     by_sop, by_study = sr_results_by_uid(parsed)
     scored = [by_sop.get(s.sop_instance_uid) or by_study[s.study_instance_uid] for s in sent]
-    offline = None
+    offline = source_offline = None
     if offline_model is not None:
         applied = {(x.operating_point, x.threshold) for x in scored if x.threshold is not None}
         op, thr = next(iter(applied)) if len(applied) == 1 else (None, None)
-        offline = offline_results(sent, Path(offline_model), cfg, thr, op)
+        offline, source_offline = offline_results(sent, Path(offline_model), cfg, thr, op)
     models = sorted({f"{p.model_name} {p.model_version}" for p in parsed})
-    return EndToEndRun(sent, scored, offline, elapsed, len(parsed), models)
+    return EndToEndRun(sent, scored, offline, elapsed, len(parsed), models, source_offline)

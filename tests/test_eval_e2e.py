@@ -94,6 +94,9 @@ def test_end_to_end_through_the_node_matches_offline(shared_data: Path, model_pa
     assert e["n_sent"] == 60 and e["n_results"] == 60 and e["offline_compared"]
     assert e["n_differ"] == 0, e["differ"]
     assert e["max_score_difference"] < 1e-5
+    # ... and with `evaluate --model` on the PNG films themselves (children aside: no header)
+    v = e["vs_source_files"]
+    assert v["n_differ"] == 0 and v["n_compared"] + v["n_gated_by_header"] == 60
     decisions = [f["decision"] for f in rep["films"]]
     children = sum(f.age is not None and f.age < 16 for f in sources.read_manifest(manifest))
     assert children >= 2
