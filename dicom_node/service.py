@@ -61,6 +61,8 @@ class Node:
     def start(self) -> "Node":
         """Recover, load the model, start the worker and deliverer, then listen."""
         cfg = self.cfg
+        # highdicom narrates every copied module at INFO: one line per module per result.
+        logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
         resumed = self.recover()
         triager = self._triager or load_triager(cfg)                  # one ONNX session
         meta = model_metadata(triager, cfg)
