@@ -17,6 +17,7 @@ accepting, lets open associations and the study in hand finish, then exits.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from io import BytesIO
@@ -172,7 +173,12 @@ class Node:
 
 def serve(cfg: Config, stop_event: threading.Event) -> int:
     """Run until ``stop_event`` is set (SIGTERM/SIGINT in the CLI); 0 on a clean stop."""
-    node = Node(cfg).start()
+    try:
+        node = Node(cfg).start()
+    except Exception as exc:  # noqa: BLE001 - model missing, port busy, bad TLS files...
+        log.error("node cannot start", extra={"error": f"{type(exc).__name__}: {exc}"})
+        print(f"cxr-triage serve: cannot start: {exc}", file=sys.stderr)
+        return 2
     try:
         stop_event.wait()
     finally:
