@@ -63,6 +63,19 @@ def _model_path(args: argparse.Namespace, cfg: Any) -> Path:
     return resolve_path(cfg, cfg.inference.model_path) if cfg.inference.model_path else bundled_model_path()
 
 
+def _check_sr_model(parsed: list[Any], model: Path) -> None:
+    """The SRs' scores must come from the model the file will be bound to: refuse SRs written
+    by another model name/version (the SR records both)."""
+    from cxr_triage.evaluation.sources import model_info
+
+    meta = model_info(model)["metadata"]
+    other = sorted({f"{p.model_name} {p.model_version}" for p in parsed
+                    if (p.model_name, p.model_version) != (meta.name, meta.version)})
+    if other:
+        raise ValueError(f"the SRs were produced by {', '.join(other)}, not by {meta.name} {meta.version} "
+                         f"({model}): commission with the model that scored them")
+
+
 def run_commission(args: argparse.Namespace, cfg: Any) -> int:
     from cxr_triage.evaluation import sources
     from cxr_triage.evaluation.commission import InsufficientEvidence, commission
@@ -79,7 +92,9 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
             scored = sources.read_scores_csv(args.scores, films)
             inputs = [args.manifest, args.scores]
         elif args.srs:
-            scored = sources.scores_from_srs(films, sources.read_sr_folder(args.srs))
+            parsed = sources.read_sr_folder(args.srs)
+            _check_sr_model(parsed, model)
+            scored = sources.scores_from_srs(films, parsed)
             inputs = [args.manifest]
         else:
             # raw scores from the worker's own pipeline; no site threshold (it may be the old one)

@@ -169,3 +169,49 @@ def test_too_few_abnormal_films_is_refused_with_the_number_needed(scored_site, m
     assert proc.returncode == 3
     assert "at least 183 abnormal films are needed" in proc.stderr
     assert not (scored_site["tmp"] / "no.json").exists()
+
+
+def test_commission_from_srs_refuses_srs_of_another_model(shared_data: Path, tiny_model: Path,
+                                                         tmp_path: Path) -> None:
+    """SRs record the model name and version; commissioning another model on them is refused.
+    With the right model the SR path reaches the rule (here: too few films, exit 3)."""
+    import onnx
+    from pydicom.uid import generate_uid
+
+    from cxr_triage.dicom_node.sr import build_result_sr
+    from cxr_triage.inference.pipeline import Triager
+    from cxr_triage.inference.result import aggregate_study
+    from cxr_triage.model.metadata import METADATA_KEY, ModelMetadata
+    from commission_support import as_dicom, film_pool
+
+    triager = Triager(load_config(None, environ={}).replace(inference={"model_path": str(tiny_model), "threads": 1}))
+    srs, rows = tmp_path / "srs", []
+    srs.mkdir()
+    for f in film_pool(shared_data)[:4]:
+        ds = as_dicom(f)
+        ds.StudyInstanceUID = study = generate_uid()
+        agg = aggregate_study(study, [triager.triage_dataset(ds, str(f.path))])
+        build_result_sr(agg, [ds], triager.meta).save_as(srs / f"{study}.dcm")
+        rows.append([str(f.path), "abnormal" if f.label else "normal", study])
+    manifest = tmp_path / "reads.csv"
+    with manifest.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["file", "label", "study_instance_uid"], *rows])
+
+    newer = onnx.load(str(tiny_model))
+    meta = ModelMetadata.from_json(next(p.value for p in newer.metadata_props if p.key == METADATA_KEY))
+    meta.version = "0.0.2-test"
+    for prop in newer.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = meta.to_json()
+    onnx.save(newer, str(tmp_path / "newer.onnx"))
+
+    def run(model: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, "commission", "--manifest", str(manifest), "--srs", str(srs), "--model",
+                               str(model), "--site", "x", "--also-targets", "", "--out", str(tmp_path / "o.json")],
+                              capture_output=True, text=True, timeout=120)
+
+    wrong = run(tmp_path / "newer.onnx")
+    assert wrong.returncode == 2
+    assert "produced by tiny-test-model 0.0.1-test, not by tiny-test-model 0.0.2-test" in wrong.stderr
+    right = run(tiny_model)
+    assert right.returncode == 3 and "abnormal films are needed" in right.stderr
