@@ -10,6 +10,7 @@ association. Failures back off exponentially (``retry_initial_s`` doubling up to
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from cxr_triage.config import Config, parse_destination
+from cxr_triage.config import Config, parse_destination, resolve_path
 from cxr_triage.dicom_node import audit as A
 from cxr_triage.dicom_node.queue import OUTBOX, DueDelivery, JobStore
 from cxr_triage.dicom_node.spool import safe_name, write_atomic
@@ -50,8 +51,24 @@ def send_to_outbox(batch: list[DueDelivery], outbox: Path) -> dict[int, str | No
     return out
 
 
+def tls_client_context(cfg: Config) -> ssl.SSLContext | None:
+    """Client TLS for deliveries (``[delivery] tls_*``); the destination's certificate is
+    verified against ``tls_ca`` (or the system CAs), its host name is not (DICOM peers are
+    usually addressed by IP)."""
+    d = cfg.delivery
+    if not d.tls_enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=str(resolve_path(cfg, d.tls_ca)) if d.tls_ca else None)
+    ctx.check_hostname = False
+    if d.tls_cert:
+        ctx.load_cert_chain(resolve_path(cfg, d.tls_cert),
+                            resolve_path(cfg, d.tls_key) if d.tls_key else None)
+    return ctx
+
+
 def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
-                 timeout_s: float = 30.0) -> dict[int, str | None]:
+                 timeout_s: float = 30.0, tls: ssl.SSLContext | None = None) -> dict[int, str | None]:
     """One association for the whole batch; {delivery id: error or None}."""
     ae_title, host, port = parse_destination(destination)
     ae = AE(ae_title=calling_ae)
@@ -59,7 +76,7 @@ def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
     ae.connection_timeout = min(timeout_s, 10.0)
     for sop_class in sorted({o.sop_class_uid for item in batch for o in item.objects}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, None) if tls else None)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         return {item.id: f"association {why}" for item in batch}
@@ -100,6 +117,7 @@ class Deliverer(threading.Thread):
         self.poll_s = poll_s
         self._halt = threading.Event()
         self.kick = threading.Event()
+        self.tls = tls_client_context(cfg)
 
     def stop(self) -> None:
         """Finish the batch in hand, then exit (call ``join``)."""
@@ -139,7 +157,7 @@ class Deliverer(threading.Thread):
                     outcome = send_to_outbox(batch, self.outbox)
                 else:
                     outcome = send_c_store(batch, dest, self.cfg.node.ae_title,
-                                           self.cfg.node.network_timeout_s)
+                                           self.cfg.node.network_timeout_s, self.tls)
             except Exception as exc:  # noqa: BLE001 - never lose track of a batch
                 outcome = {item.id: f"{type(exc).__name__}: {exc}" for item in batch}
             for item in batch:

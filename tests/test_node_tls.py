@@ -55,3 +55,42 @@ def test_mutual_tls(tmp_path: Path, tiny_model: Path) -> None:
         assert echo("+tla", "+cf", str(ca[1])).returncode != 0                     # anonymous TLS
     finally:
         node.stop(timeout_s=5)
+
+
+def test_results_delivered_over_tls(tmp_path: Path, tiny_model: Path, sample_dicoms: dict[str, Path]) -> None:
+    from pydicom import dcmread
+    from pynetdicom import AE
+    from pynetdicom.sop_class import SecondaryCaptureImageStorage
+
+    from node_peers import free_port, wait_for, wait_port
+
+    ca = _ca(tmp_path, "ca")
+    dest_cert = _signed(tmp_path, "pacs", ca)
+    node_cert = _signed(tmp_path, "node", ca)
+    out, dport = tmp_path / "received", free_port()
+    out.mkdir()
+    scp = subprocess.Popen([str(DCMTK / "storescp"), "+tls", str(dest_cert[0]), str(dest_cert[1]),
+                            "+cf", str(ca[1]), "--aetitle", "PACS", "--output-directory", str(out), str(dport)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = load_config(environ={}).replace(
+        node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "s"), "quiet_period_s": 0.2},
+        delivery={"destinations": [f"PACS@127.0.0.1:{dport}"], "summary_image": False, "tls_enabled": True,
+                  "tls_ca": str(ca[1]), "tls_cert": str(node_cert[1]), "tls_key": str(node_cert[0])},
+        inference={"model_path": str(tiny_model)}, web={"enabled": False})
+    node = None
+    try:
+        wait_port(dport)
+        node = Node(cfg).start()
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(SecondaryCaptureImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        assert assoc.send_c_store(dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])).Status == 0
+        assoc.release()
+        (sr,) = wait_for(lambda: [p for p in out.iterdir() if p.name.startswith("SR")], 60, 0.3, "SR over TLS")
+        assert dcmread(sr).Modality == "SR"
+        assert node.store.list_studies()[0]["delivery_status"] == "delivered"
+    finally:
+        if node:
+            node.stop(timeout_s=5)
+        scp.terminate()
+        scp.wait(10)
