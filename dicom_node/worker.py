@@ -122,7 +122,11 @@ def build_report(cfg: Config, study: StudyResult, sources: list[Dataset],
     films = [f for f in referenced.films if f.sop_class_uid in _TRIAGE_CLASSES]
     if films:
         pictured = StudyResult(study.study_instance_uid, study.decision, study.score, films)
-        objects.extend(summary_images_if_enabled(cfg, pictured, sources, meta))
+        try:
+            objects.extend(summary_images_if_enabled(cfg, pictured, sources, meta))
+        except Exception as exc:  # noqa: BLE001 - the picture is a courtesy; the SR still goes
+            log.warning("summary images not made", extra={
+                "study_uid": study.study_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
     return objects
 
 
