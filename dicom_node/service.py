@@ -149,12 +149,17 @@ class Node:
         if self.ae:
             for assoc in self.ae.active_associations:
                 assoc.abort()
-        for th in (self.worker, self.deliverer):
-            if th:
-                th.stop()
-        for th in (self.worker, self.deliverer):
-            if th:
-                th.join(max(1.0, deadline - time.monotonic()))
+        if self.worker:                                 # the study in hand is finished...
+            self.worker.stop()
+            self.worker.join(max(1.0, deadline - time.monotonic()))
+        if self.deliverer:                              # ...and its result sent, if it can be now
+            self.deliverer.stop()
+            self.deliverer.join(max(1.0, deadline - time.monotonic()))
+            if not self.deliverer.is_alive() and time.monotonic() < deadline:
+                try:
+                    self.deliverer.run_once()
+                except Exception as exc:  # noqa: BLE001 - it stays queued for the next start
+                    log.warning("last delivery pass failed", extra={"error": str(exc)})
         self.audit.record(A.APPLICATION_ACTIVITY, A.SUCCESS, A.APPLICATION_STOP,
                           called_ae=self.cfg.node.ae_title)
         log.info("node stopped", extra={"ae_title": self.cfg.node.ae_title})

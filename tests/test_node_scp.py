@@ -21,6 +21,7 @@ from pynetdicom.sop_class import (
 
 from cxr_triage.config import load_config
 from cxr_triage.dicom_node.audit import read_audit
+from cxr_triage.dicom_node.queue import JobStore
 from cxr_triage.dicom_node.service import Node
 from node_peers import DCMTK, NODE_AET, wait_for
 
@@ -221,3 +222,38 @@ def test_association_limit(tmp_path: Path, tiny_model: Path) -> None:
         assert any("too many associations" in e.get("detail", "") for e in read_audit(n.dirs.audit_log))
     finally:
         n.stop(timeout_s=5)
+
+
+class _SlowTriager:
+    """The real pipeline, slowed down so that a stop arrives mid-triage."""
+
+    def __init__(self, inner, delay_s: float):
+        self.inner, self.delay_s = inner, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def triage_dataset(self, ds, source=""):
+        import time
+
+        time.sleep(self.delay_s)
+        return self.inner.triage_dataset(ds, source)
+
+
+def test_stop_finishes_the_study_in_hand(tmp_path: Path, tiny_model: Path, sample_dicoms: dict[str, Path]) -> None:
+    from cxr_triage.dicom_node.worker import load_triager
+
+    cfg = load_config(environ={}).replace(
+        node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "s"), "quiet_period_s": 0.1},
+        delivery={"summary_image": False}, inference={"model_path": str(tiny_model)}, web={"enabled": False})
+    n = Node(cfg, triager=_SlowTriager(load_triager(cfg), 2.0)).start()
+    ds = dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])
+    try:
+        assoc = _assoc(n.port, contexts=[SecondaryCaptureImageStorage])
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        wait_for(lambda: n.store.list_studies()[0]["state"] == "processing", 10, 0.05)
+    finally:
+        n.stop(timeout_s=30)
+    after = JobStore(n.dirs.queue_db).get_study(str(ds.StudyInstanceUID))
+    assert after["state"] == "triaged" and after["delivery_status"] == "delivered"
