@@ -1,0 +1,84 @@
+"""Temperature scaling and operating thresholds, both fitted on the validation split only.
+
+Temperature T rescales logits (score = sigmoid(logit / T)) to minimise validation negative
+log-likelihood; it is monotone, so it changes calibration but not the ranking (AUROC).
+A threshold for target sensitivity s is the highest score threshold that still flags at least
+a fraction s of validation abnormal films as suspicious (score >= threshold).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, log_expit
+
+TARGET_SENSITIVITIES = (0.95, 0.98, 0.99)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """T in [0.05, 20] minimising the binary NLL of sigmoid(logits / T)."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+
+    def nll(log_t: float) -> float:
+        s = z / math.exp(log_t)
+        return float(-np.mean(y * log_expit(s) + (1 - y) * log_expit(-s)))
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return expit(np.asarray(logits, dtype=np.float64) / temperature)
+
+
+def threshold_for_sensitivity(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """Largest t with sensitivity(score >= t) >= target on these films.
+
+    With k abnormal films, the film at rank ceil(target * k) (highest scores first) sets t;
+    it is nudged down by a tiny amount (float32 storage) so that film stays suspicious.
+    """
+    pos = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(labels) == 1])[::-1]
+    if pos.size == 0:
+        raise ValueError("no abnormal films to choose a threshold on")
+    need = int(math.ceil(target * pos.size - 1e-9))
+    t = float(pos[max(need, 1) - 1])
+    return float(np.nextafter(np.float32(t), np.float32(0)))
+
+
+def operating_points(scores: np.ndarray, labels: np.ndarray,
+                     targets: tuple[float, ...] = TARGET_SENSITIVITIES) -> dict[str, float]:
+    """{"sens_0.95": t, ...} chosen on (validation) scores."""
+    return {f"sens_{t:.2f}": threshold_for_sensitivity(scores, labels, t) for t in targets}
+
+
+def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity (= share of normals called likely normal) at a threshold."""
+    s = np.asarray(scores)
+    y = np.asarray(labels)
+    flagged = s >= threshold
+    pos, neg = y == 1, y == 0
+    return {
+        "sensitivity": float(flagged[pos].mean()) if pos.any() else float("nan"),
+        "specificity": float((~flagged[neg]).mean()) if neg.any() else float("nan"),
+        "likely_normal_share": float((~flagged).mean()),
+    }
+
+
+def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(s, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(s[m].mean() - y[m].mean())
+    return float(ece)
+
+
+__all__ = ["fit_temperature", "calibrated", "threshold_for_sensitivity", "operating_points",
+           "rates", "expected_calibration_error", "TARGET_SENSITIVITIES", "expit"]

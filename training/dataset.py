@@ -1,0 +1,111 @@
+"""Films -> cached model inputs -> MONAI datasets with augmentation.
+
+Every film goes through the worker's reader and THE shared ``preprocess()`` once; the result
+is cached as a float16 array keyed by the file list and the PreprocessSpec, so epochs cost
+only augmentation and the network (2 CPU cores). Augmentation (MONAI dictionary transforms)
+works on the preprocessed tensor, so train, export check and worker share one preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cxr_triage.model.preprocessing import PreprocessSpec, preprocess
+from cxr_triage.training.manifest import Entry, resolve
+
+log = logging.getLogger(__name__)
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """Decode a film to float32 (H, W) in [0, 1], MONOCHROME2, with the worker's reader."""
+    try:
+        from cxr_triage.inference.reader import read_film
+    except ImportError:  # pragma: no cover - shim until the worker's reader exists
+        read_film = None
+    if read_film is not None:
+        return np.asarray(read_film(path).pixels, dtype=np.float32)
+    from PIL import Image  # pragma: no cover
+
+    with Image.open(path) as im:  # pragma: no cover
+        arr = np.asarray(im.convert("I;16") if im.mode.startswith("I") else im.convert("L"))
+        return (arr.astype(np.float32) / (65535.0 if arr.dtype == np.uint16 else 255.0))
+
+
+def cache_key(entries: Sequence[Entry], root: Path, spec: PreprocessSpec) -> str:
+    h = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    for e in entries:
+        p = resolve(e, root)
+        h.update(str(p).encode())
+        try:
+            h.update(str(p.stat().st_size).encode())
+        except OSError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def load_inputs(entries: Sequence[Entry], root: Path, spec: PreprocessSpec,
+                cache_dir: Path | None = None, progress: bool = True) -> np.ndarray:
+    """(N, 1, S, S) float16 preprocessed films, from the cache when it matches."""
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"inputs_{cache_key(entries, root, spec)}.npy"
+        if cache.exists():
+            arr = np.load(cache, mmap_mode="r")
+            if arr.shape[0] == len(entries):
+                log.info("loaded cached inputs", extra={"path": str(cache)})
+                return np.asarray(arr)
+    out = np.empty((len(entries), 1, spec.size, spec.size), dtype=np.float16)
+    it: Any = enumerate(entries)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=len(entries), desc="preprocess", unit="film", mininterval=5)
+    for i, e in it:
+        out[i] = preprocess(read_pixels(resolve(e, root)), spec)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(cache)
+    return out
+
+
+def train_transforms(strength: float = 1.0):
+    """MONAI augmentation on a preprocessed (1, S, S) film: small pose/scale changes, and
+    blur/noise/contrast jitter that make resolution and pipeline differences less useful."""
+    from monai.transforms import (
+        Compose, EnsureTyped, RandAdjustContrastd, RandAffined, RandGaussianNoised,
+        RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd,
+    )
+
+    s = strength
+    return Compose([
+        EnsureTyped(keys="image", dtype=np.float32, track_meta=False),
+        RandAffined(keys="image", prob=0.8, rotate_range=0.17 * s, scale_range=0.12 * s,
+                    translate_range=(12 * s, 12 * s), padding_mode="border", mode="bilinear"),
+        RandGaussianSmoothd(keys="image", prob=0.3 * s, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
+        RandGaussianNoised(keys="image", prob=0.3 * s, std=0.05),
+        RandScaleIntensityd(keys="image", prob=0.3 * s, factors=0.1),
+        RandShiftIntensityd(keys="image", prob=0.3 * s, offsets=0.1),
+        RandAdjustContrastd(keys="image", prob=0.0 if s == 0 else 0.2, gamma=(0.8, 1.25)),
+    ])
+
+
+def eval_transforms():
+    from monai.transforms import Compose, EnsureTyped
+
+    return Compose([EnsureTyped(keys="image", dtype=np.float32, track_meta=False)])
+
+
+def make_dataset(inputs: np.ndarray, labels: Sequence[int], transform):
+    """A MONAI Dataset of {"image": (1, S, S), "label": float, "index": int} items."""
+    from monai.data import Dataset
+
+    data = [{"image": inputs[i], "label": np.float32(labels[i]), "index": i} for i in range(len(labels))]
+    return Dataset(data=data, transform=transform)

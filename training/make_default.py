@@ -1,0 +1,98 @@
+"""`make train`: reproduce the shipped model from ../shared/data on a 2-core CPU (< 60 min).
+
+Steps: manifest of the shared films with the committed patient-level split
+(``model/default_split.csv``; made afresh with seed 0 when absent) -> train the default recipe
+-> calibrate on validation -> export + ORT check -> test-split report.
+
+The recipe (and why), recorded in the model card:
+- NIH films only for training and validation selection (nih-cxr14 + nih-extra). The 224 px
+  RSNA normals are kept in the split and reported on, but not trained on by default: a model
+  that learns their resizing pipeline calls NIH normals abnormal (shared/data README).
+- Patients under 16 excluded (intended use 16+; the worker's gate refuses them).
+- EfficientNet-Lite0, ImageNet weights, stem + first 6 blocks frozen, 224 px, class-balanced
+  loss, early stopping on NIH validation AUROC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from cxr_triage.paths import repo_root
+
+NIH_SOURCES = ["nih-cxr14", "nih-extra"]
+DEFAULT_SPLIT = repo_root() / "model" / "default_split.csv"
+
+
+def default_recipe(manifest: Path, data: Path, out: Path, **overrides) -> "TrainConfig":  # noqa: F821
+    from cxr_triage.training.train import TrainConfig
+
+    cfg = dict(
+        manifest=str(manifest), out=str(out), data_root=str(data), architecture="effnet_lite0",
+        freeze_blocks=6, epochs=14, batch_size=32, lr=1e-3, patience=4, seed=0,
+        train_sources=list(NIH_SOURCES), select_sources=list(NIH_SOURCES),
+    )
+    cfg.update(overrides)
+    return TrainConfig(**cfg)
+
+
+def build_split(data: Path, path: Path, seed: int = 0) -> Path:
+    """The shared films as a manifest with a patient-level split (children excluded)."""
+    from cxr_triage.training.adapters import shared_data
+    from cxr_triage.training.manifest import write_manifest
+    from cxr_triage.training.split import assign_splits
+
+    return write_manifest(assign_splits(shared_data(data), 0.2, 0.2, seed), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--out", default="runs/default")
+    ap.add_argument("--split", default=str(DEFAULT_SPLIT), help="split CSV (made when missing)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--architecture", default="effnet_lite0")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--no-export", action="store_true")
+    args = ap.parse_args(argv)
+
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    data, out = Path(args.data).resolve(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = Path(args.split)
+    if not split.exists():
+        build_split(data, split)
+    manifest = out / "manifest.csv"
+    if not manifest.exists():
+        shutil.copyfile(split, manifest)
+    overrides = {"architecture": args.architecture, "threads": args.threads}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.architecture != "effnet_lite0":
+        overrides["freeze_blocks"] = 0
+    cfg = default_recipe(manifest, data, out, **overrides)
+
+    from cxr_triage.training.train import train
+
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_auroc", "temperature", "thresholds", "minutes")}, indent=2))
+    if args.no_export:
+        return 0
+    from cxr_triage.model.export import export_checkpoint
+    from cxr_triage.training.report import test_report
+
+    onnx_path = out / "cxr_triage_effnet_lite0.onnx"
+    export_checkpoint(out / "model.pt", onnx_path, data_root=data, check_manifest=manifest)
+    report = test_report(onnx_path, manifest, data, out / "test_report.json")
+    print(json.dumps(report["headline"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

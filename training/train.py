@@ -1,0 +1,468 @@
+"""Train a normal-vs-abnormal classifier from a manifest; calibrate it on validation.
+
+One entry point for a laptop, a 2-core CI box or several machines: under ``torchrun`` it
+uses DistributedDataParallel (gloo on CPU, NCCL on GPU), each rank training on its shard and
+validation predictions gathered from all ranks, so every rank takes the same early-stopping
+decision; only rank 0 writes files.
+
+Run folder (``out``): ``split.csv`` (the manifest with its split, reused on --resume),
+``metrics.csv``/``metrics.jsonl`` (one row per epoch), ``last.pt`` (resume state),
+``best.pt`` (best validation AUROC), ``model.pt`` (best weights + temperature + thresholds +
+validation metrics: what ``export`` reads), ``train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_triage.model.preprocessing import PreprocessSpec
+from cxr_triage.training import calibrate
+from cxr_triage.training.manifest import Entry, file_sha256, read_manifest, write_manifest
+from cxr_triage.training.split import assign_splits, check_no_leakage, summarise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved in the checkpoints and the summary)."""
+
+    manifest: str
+    out: str
+    data_root: str = ""                 # films' root; default: the manifest's folder
+    architecture: str = "effnet_lite0"  # effnet_lite0 | densenet121 | tiny
+    pretrained: bool = True
+    freeze_blocks: int = 6              # EfficientNet: stem + first n MBConv blocks frozen
+    trunk_views: int = 0                # >0 (EfficientNet): cache the frozen trunk's output for
+                                        # this many augmented views per film, train the rest on it
+    image_size: int = 224
+    harmonise_size: int = 224
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    focal_gamma: float = 0.0            # 0: class-balanced BCE (MONAI FocalLoss, gamma 0)
+    patience: int = 4                   # epochs without val AUROC gain before stopping
+    augment: float = 1.0                # augmentation strength (0 disables)
+    seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    train_sources: list[str] = field(default_factory=list)  # empty: all sources
+    select_sources: list[str] = field(default_factory=list)  # val films for AUROC/calibration
+    threads: int = 2
+    max_steps_per_epoch: int = 0        # >0: cap (tests, smoke runs)
+    progress: bool = True
+    cache_dir: str = ""                 # default: <out>/cache
+
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(size=self.image_size, harmonise_size=self.harmonise_size)
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed() -> bool:
+    """Join the torchrun process group when launched by torchrun; False when single."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def _gather(obj: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    rank, world = _dist_info()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+
+
+# ---------------------------------------------------------------- metrics
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """MONAI's ROC AUC; NaN when only one class is present."""
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    y = np.asarray(labels)
+    if y.min() == y.max():
+        return float("nan")
+    return float(compute_roc_auc(torch.as_tensor(np.asarray(scores, dtype=np.float64)), torch.as_tensor(y)))
+
+
+def per_source(scores: np.ndarray, entries: list[Entry]) -> dict[str, dict[str, float]]:
+    """AUROC (both classes present) and mean score by label for each source."""
+    labels = np.array([e.label for e in entries])
+    out: dict[str, dict[str, float]] = {}
+    for src in sorted({e.source for e in entries}):
+        m = np.array([e.source == src for e in entries])
+        row = {"films": int(m.sum()), "abnormal": int(labels[m].sum()), "auroc": auroc(scores[m], labels[m])}
+        for lab, name in ((0, "normal"), (1, "abnormal")):
+            mm = m & (labels == lab)
+            if mm.any():
+                row[f"mean_score_{name}"] = float(np.mean(scores[mm]))
+        out[src] = row
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+def _prepare_split(cfg: TrainConfig, out: Path) -> tuple[list[Entry], Path]:
+    """The manifest with splits; on resume the saved split.csv is reused as-is."""
+    split_csv = out / "split.csv"
+    if split_csv.exists():
+        entries = read_manifest(split_csv)
+    else:
+        entries = assign_splits(read_manifest(cfg.manifest), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    check_no_leakage(entries)
+    return entries, split_csv
+
+
+class _UpperModel:
+    """Trainable part on cached trunk features: ``logit = net.logit_from_trunk(f, k)``."""
+
+    @staticmethod
+    def make(net, k: int):
+        import torch
+
+        class Upper(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, f):
+                return self.net.logit_from_trunk(f, k)
+
+        return Upper()
+
+
+class _ViewDataset:
+    """Cached trunk features (views, N, C, h, w): each epoch draws one view per film."""
+
+    def __init__(self, feats: np.ndarray, labels: np.ndarray):
+        self.feats, self.labels = feats, labels
+        self.view = np.zeros(len(labels), dtype=int)
+
+    def set_epoch(self, seed: int) -> None:
+        self.view = np.random.default_rng(seed).integers(0, self.feats.shape[0], len(self.labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": np.asarray(self.feats[self.view[i], i], dtype=np.float32),
+                "label": np.float32(self.labels[i]), "index": i}
+
+
+def trunk_features(net, inputs: np.ndarray, k: int, views: int, transform, seed: int,
+                   cache: Path | None, progress: bool = False) -> np.ndarray:
+    """(views, N, C, h, w) float16 outputs of the frozen trunk; view 0 is unaugmented."""
+    import torch
+
+    if cache is not None and cache.exists():
+        arr = np.load(cache)
+        if arr.shape[:2] == (views, len(inputs)):
+            return arr
+    net.eval()
+    out = None
+    it: Any = range(views)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="trunk features", unit="view")
+    with torch.no_grad():
+        for v in it:
+            if v:
+                transform.set_random_state(seed=seed * 7919 + v)
+            for i in range(0, len(inputs), 32):
+                chunk = np.asarray(inputs[i:i + 32], dtype=np.float32)
+                if v:
+                    chunk = np.stack([np.asarray(transform({"image": c})["image"]) for c in chunk])
+                f = net.features.trunk(torch.from_numpy(chunk), k).numpy()
+                if out is None:
+                    out = np.empty((views, len(inputs), *f.shape[1:]), dtype=np.float16)
+                out[v, i:i + len(chunk)] = f
+    assert out is not None
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(cache)
+    return out
+
+
+def _predict(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, logits) over a loader, eval mode, no grad."""
+    import torch
+
+    idx, logits = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            logits.append(model(batch["image"].to(device)).float().cpu().numpy())
+            idx.append(np.asarray(batch["index"]))
+    if not idx:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=np.float32)
+    return np.concatenate(idx), np.concatenate(logits)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train, early-stop on validation AUROC, calibrate on validation; returns the summary."""
+    import torch
+    from monai.data import DataLoader
+    from monai.losses import FocalLoss
+    from torch.utils.data.distributed import DistributedSampler
+
+    from cxr_triage.model.network import build_network
+    from cxr_triage.training.dataset import cache_key, eval_transforms, load_inputs, make_dataset, train_transforms
+
+    torch.set_num_threads(max(1, cfg.threads))
+    distributed = _init_distributed()
+    rank, world = _dist_info()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    entries, split_csv = _prepare_split(cfg, out)
+    if rank == 0 and not split_csv.exists():
+        write_manifest(entries, split_csv)
+    root = Path(cfg.data_root) if cfg.data_root else Path(cfg.manifest).resolve().parent
+    train_e = [e for e in entries if e.split == "train" and (not cfg.train_sources or e.source in cfg.train_sources)]
+    val_e = [e for e in entries if e.split == "val" and (not cfg.train_sources or e.source in cfg.train_sources)]
+    if not train_e or not val_e:
+        raise ValueError("the split has no training or no validation films")
+    sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
+    spec = cfg.spec()
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    # Rank 0 fills the cache first; the others then read it.
+    if rank == 0:
+        x_train = load_inputs(train_e, root, spec, cache_dir, cfg.progress)
+        x_val = load_inputs(val_e, root, spec, cache_dir, cfg.progress)
+    if distributed:
+        torch.distributed.barrier()
+    if rank != 0:
+        x_train = load_inputs(train_e, root, spec, cache_dir, False)
+        x_val = load_inputs(val_e, root, spec, cache_dir, False)
+    y_train = np.array([e.label for e in train_e], dtype=np.float32)
+    y_val = np.array([e.label for e in val_e], dtype=np.float32)
+
+    net = build_network(cfg.architecture, pretrained=cfg.pretrained, image_size=cfg.image_size,
+                        freeze_blocks=cfg.freeze_blocks).to(device)
+    tf_train = train_transforms(cfg.augment)
+    use_trunk = cfg.trunk_views > 0 and cfg.architecture == "effnet_lite0" and cfg.freeze_blocks > 0
+    if use_trunk:
+        k, views = cfg.freeze_blocks, cfg.trunk_views
+        tag = f"k{k}_v{views}_s{cfg.seed}_a{cfg.augment:g}_p{int(cfg.pretrained)}"
+        val_tag = f"k{k}_p{int(cfg.pretrained)}"
+        paths = {n: cache_dir / f"trunk_{cache_key(e, root, spec)}_{tag if n == 'train' else val_tag}.npy"
+                 for n, e in (("train", train_e), ("val", val_e))}
+        feats = {}
+        for phase in ((0,) if not distributed else (0, 1)):
+            if (rank == 0) == (phase == 0):
+                feats["train"] = trunk_features(net, x_train, k, views, tf_train, cfg.seed, paths["train"], cfg.progress and rank == 0)
+                feats["val"] = trunk_features(net, x_val, k, 1, None, cfg.seed, paths["val"])
+            if distributed and phase == 0:
+                torch.distributed.barrier()
+        ds_train: Any = _ViewDataset(feats["train"], y_train)
+        ds_val: Any = _ViewDataset(feats["val"], y_val)
+        model_core = _UpperModel.make(net, k)
+    else:
+        ds_train = make_dataset(x_train, y_train, tf_train)
+        ds_val = make_dataset(x_val, y_val, eval_transforms())
+        model_core = net
+    train_sampler = DistributedSampler(ds_train, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
+    val_sampler = DistributedSampler(ds_val, world, rank, shuffle=False) if distributed else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dl_train = DataLoader(ds_train, batch_size=cfg.batch_size, shuffle=train_sampler is None,
+                          sampler=train_sampler, num_workers=0, generator=gen, drop_last=len(ds_train) > cfg.batch_size)
+    dl_val = DataLoader(ds_val, batch_size=64, shuffle=False, sampler=val_sampler, num_workers=0)
+
+    model = torch.nn.parallel.DistributedDataParallel(model_core) if distributed else model_core
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(dl_train) if not cfg.max_steps_per_epoch else min(len(dl_train), cfg.max_steps_per_epoch)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = max(1, steps_per_epoch // 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    pos_share = float(y_train.mean())
+    # alpha weights abnormal films by the normal share: both classes count equally.
+    loss_fn = FocalLoss(gamma=cfg.focal_gamma, alpha=1.0 - pos_share, use_softmax=False)
+
+    state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    last, best = out / "last.pt", out / "best.pt"
+    if resume and last.exists():
+        ck = torch.load(last, map_location=device, weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = ck["state"]
+        if rank == 0:
+            log.info("resumed", extra={"epoch": state["epoch"], "best_auroc": state["best_auroc"]})
+
+    started = time.time()
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        t0 = time.time()
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        gen.manual_seed(cfg.seed * 1000 + epoch)
+        if use_trunk:
+            ds_train.set_epoch(cfg.seed * 1000 + epoch)
+        else:
+            tf_train.set_random_state(seed=cfg.seed * 1000 + epoch * 10 + rank)
+        model.train()
+        losses = []
+        it: Any = dl_train
+        if cfg.progress and rank == 0:
+            from tqdm import tqdm
+
+            it = tqdm(dl_train, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=10)
+        for step, batch in enumerate(it):
+            if step >= steps_per_epoch:
+                break
+            x = batch["image"].to(device)
+            y = batch["label"].to(device).float()
+            loss = loss_fn(model(x)[:, None], y[:, None])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        idx, logits = _predict(model_core, dl_val, device)
+        parts = _gather((idx, logits))
+        val_logits = np.zeros(len(val_e), dtype=np.float64)
+        for pidx, plog in parts:
+            val_logits[pidx] = plog
+        train_loss = float(np.mean(_gather(float(np.mean(losses)) if losses else float("nan"))))
+        val_auc = auroc(val_logits[sel], y_val[sel])
+        row = {
+            "epoch": epoch, "train_loss": round(train_loss, 5),
+            "val_loss": round(float(loss_fn(torch.as_tensor(val_logits[sel, None]), torch.as_tensor(y_val[sel, None]))), 5),
+            "val_auroc": round(val_auc, 5),
+            "val_auroc_by_source": {k: round(v["auroc"], 4) for k, v in per_source(val_logits, val_e).items()},
+            "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1),
+        }
+        state["history"].append(row)
+        improved = not math.isnan(val_auc) and val_auc > state["best_auroc"] + 1e-4
+        if improved:
+            state.update(best_auroc=val_auc, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        if rank == 0:
+            _log_epoch(out, row)
+            if improved:
+                torch.save({"model": net.state_dict(), "epoch": epoch, "val_auroc": val_auc}, best)
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "state": state, "config": asdict(cfg)}, last)
+            print(json.dumps(row), flush=True)
+
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        summary = _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, device, state, started,
+                          use_trunk)
+    if distributed:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _log_epoch(out: Path, row: dict[str, Any]) -> None:
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
+    flat.update({f"val_auroc_{k}": v for k, v in row["val_auroc_by_source"].items()})
+    path = out / "metrics.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(flat))
+        if new:
+            w.writeheader()
+        w.writerow(flat)
+
+
+def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, device, state, started,
+            use_trunk: bool = False) -> dict[str, Any]:
+    """Best weights -> validation logits -> temperature, thresholds, metrics -> model.pt."""
+    import torch
+
+    from cxr_triage.model.network import build_network
+
+    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size).to(device)
+    ck = torch.load(out / "best.pt", map_location=device, weights_only=False)
+    net.load_state_dict(ck["model"])
+    idx, logits = _predict(_UpperModel.make(net, cfg.freeze_blocks) if use_trunk else net, dl_val, device)
+    val_logits = np.zeros(len(val_e))
+    val_logits[idx] = logits
+    z, y = val_logits[sel], y_val[sel]
+    temperature = calibrate.fit_temperature(z, y)
+    scores = calibrate.calibrated(z, temperature)
+    thresholds = calibrate.operating_points(scores, y)
+    all_scores = calibrate.calibrated(val_logits, temperature)
+    metrics = {
+        "split": "val",
+        "films": int(sel.sum()),
+        "abnormal": int(y.sum()),
+        "auroc": auroc(scores, y),
+        "ece_before": calibrate.expected_calibration_error(calibrate.calibrated(z, 1.0), y),
+        "ece_after": calibrate.expected_calibration_error(scores, y),
+        "operating_points": {k: calibrate.rates(scores, y, t) for k, t in thresholds.items()},
+        "by_source": per_source(all_scores, val_e),
+        "best_epoch": state["best_epoch"],
+    }
+    manifest_sha = file_sha256(cfg.manifest)
+    torch.save({
+        "architecture": cfg.architecture, "image_size": cfg.image_size, "model": net.state_dict(),
+        "preprocessing": cfg.spec().to_dict(), "temperature": temperature, "thresholds": thresholds,
+        "validation_metrics": metrics, "training_manifest_sha256": manifest_sha, "config": asdict(cfg),
+        "split_csv": str(split_csv), "films_root": str(root.resolve()),
+    }, out / "model.pt")
+    summary = {
+        "config": asdict(cfg), "split": summarise(entries), "epochs_run": state["epoch"],
+        "world_size": _dist_info()[1],
+        "best_epoch": state["best_epoch"], "best_val_auroc": state["best_auroc"],
+        "temperature": temperature, "thresholds": thresholds, "validation_metrics": metrics,
+        "training_manifest_sha256": manifest_sha, "minutes": round((time.time() - started) / 60, 1),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
