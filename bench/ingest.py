@@ -1,0 +1,116 @@
+"""Ingest: the same instances sent by dcmtk storescu to dcmtk storescp and to the node.
+
+The reference is dcmtk ``storescp`` writing each instance to disk (no fsync: it has no such
+option). The node stores durably before it answers (fsync + atomic rename, SQLite WAL with
+synchronous=FULL). The node's triage worker is kept idle during the measurement with a quiet
+period longer than the run (no study becomes due), so the figure is receiving alone.
+Each sender run is one storescu association carrying every instance of one transfer syntax;
+the order alternates between syntaxes so neither receiver always goes first.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import _common as C
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
+
+SYNTAXES = {"explicit_vr_little_endian": str(ExplicitVRLittleEndian),
+            "jpeg_lossless_sv1": str(JPEGLosslessSV1)}
+
+
+def send(files: list[Path], port: int, ts: str, aec: str) -> float:
+    """Seconds for one storescu run carrying ``files``; raises when it fails."""
+    cmd = C.storescu_cmd(files, port, C.STORESCU_TS[ts], aec=aec)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return seconds
+
+
+def to_storescp(files: list[Path], ts: str, work: Path) -> dict:
+    out, port = work / "storescp_out", C.free_port()
+    proc = C.start_storescp(out, port, aet="SINK", log=work / "storescp.log")
+    try:
+        seconds = send(files, port, ts, "SINK")
+    finally:
+        C.stop_proc(proc)
+    got = sum(1 for p in out.rglob("*") if p.is_file())
+    C.rmtree(out)
+    if got != len(files):
+        raise RuntimeError(f"storescp stored {got} of {len(files)} instances")
+    return {"seconds": round(seconds, 3), "instances_per_s": round(len(files) / seconds, 2)}
+
+
+def to_node(files: list[Path], ts: str, work: Path, model: Path) -> dict:
+    port, state = C.free_port(), work / "node_state"
+    cfg = C.write_node_config(work / "node.toml", port, model, state,
+                              node={"quiet_period_s": 1.0e7})  # worker idle: nothing becomes due
+    node = C.Node(cfg, port, work / "node.log").start()
+    try:
+        seconds = send(files, port, ts, C.NODE_AET)
+    finally:
+        node.stop()
+    with sqlite3.connect(state / "queue.sqlite3") as con:
+        got = con.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+        triaged = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    spooled = sum(1 for p in (state / "spool").rglob("*.dcm"))
+    C.rmtree(state)
+    if got != len(files) or spooled != len(files):
+        raise RuntimeError(f"node recorded {got} and spooled {spooled} of {len(files)} instances")
+    return {"seconds": round(seconds, 3), "instances_per_s": round(len(files) / seconds, 2),
+            "results_during_ingest": triaged}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500, help="instances per transfer syntax")
+    ap.add_argument("--distinct", type=int, default=6, help="distinct encoded films")
+    args = ap.parse_args()
+    model, model_kind = C.model_under_test()
+    work = C.tempdir("cxrt-bench-ingest-")
+    try:
+        C.note(f"ingest: encoding {args.distinct} films x {len(SYNTAXES)} syntaxes")
+        bases = C.base_films(work, list(SYNTAXES.values()), args.distinct)
+        out: dict = {"benchmark": "ingest", "n_per_syntax": args.n,
+                     "film": f"{C.FILM_ROWS}x{C.FILM_COLS} 16-bit DX, {args.distinct} distinct NIH films upscaled, new UIDs per instance",
+                     "sender": "dcmtk storescu, one association per run",
+                     "reference": "dcmtk storescp +xa writing to disk (no fsync)",
+                     "node": "cxr-triage serve: spool fsync+rename, SQLite WAL synchronous=FULL, audit log; worker idle (quiet period longer than the run)",
+                     "model": model_kind, "syntaxes": {}}
+        for k, (name, ts) in enumerate(SYNTAXES.items()):
+            files = C.clone_instances(bases[ts], work / name, args.n)
+            mb = sum(p.stat().st_size for p in files) / 1e6
+            subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)  # warm cache
+            C.note(f"ingest {name}: {args.n} instances, {mb:.0f} MB")
+            order = ["storescp", "node"] if k % 2 == 0 else ["node", "storescp"]
+            res = {}
+            for who in order:
+                res[who] = to_storescp(files, ts, work) if who == "storescp" else to_node(files, ts, work, model)
+                C.note(f"  {who}: {res[who]['instances_per_s']} instances/s")
+            out["syntaxes"][name] = {
+                "transfer_syntax": ts, "mean_instance_mb": round(mb / len(files), 2),
+                "storescp": res["storescp"], "node": res["node"],
+                "ratio_node_vs_storescp": C.ratio(res["node"]["instances_per_s"],
+                                                  res["storescp"]["instances_per_s"])}
+            C.rmtree(work / name)
+        ratios = [v["ratio_node_vs_storescp"] for v in out["syntaxes"].values()]
+        out["ratio_node_vs_storescp_min"] = min(ratios)
+        out["target_ratio"] = 0.5
+        out["target_met"] = min(ratios) >= 0.5
+        out["machine"] = C.machine()
+        C.emit(out)
+    finally:
+        C.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""End-to-end latency: single-film studies sent one by one, C-STORE start to SR at the PACS.
+
+The node runs as ``cxr-triage serve`` (through ``_timed_node.py``: the same entry point with
+stage timers) with quiet period 0 and the shipped defaults otherwise (summary image on). Each
+study is one realistic 2500 x 2048 16-bit DX film, alternately uncompressed and JPEG Lossless,
+sent by dcmtk storescu; the result goes to a pynetdicom SCP in this process that notes when the
+SR has fully arrived. The clock starts just before storescu is launched, so the figure includes
+starting storescu and negotiating its association (an upper bound on the node's share).
+
+Breakdown per study: receive (start -> spooled and recorded), claim wait (worker poll),
+read (spooled file parsed), decode, gate, preprocess, model (pipeline ``timings_ms``),
+SR build, summary image, save + heatmaps, commit, delivery wait (deliverer poll), send
+(association + C-STORE of the result objects; the SR arrives during it).
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import _common as C
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
+
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+class SRSink:
+    """A pynetdicom storage SCP noting when each study's SR has arrived."""
+
+    def __init__(self, port: int, aet: str = "PACS"):
+        from pynetdicom import AE, evt
+        from pynetdicom.presentation import StoragePresentationContexts
+
+        self.port, self.aet = port, aet
+        self.arrived: dict[str, float] = {}
+        self.cond = threading.Condition()
+        ae = AE(ae_title=aet)
+        ae.supported_contexts = StoragePresentationContexts
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+
+    def _on_store(self, event: Any) -> int:
+        now = time.time()  # the whole dataset is in when the handler runs
+        req = event.request
+        if str(req.AffectedSOPClassUID).startswith(SR_PREFIX):
+            ds = event.dataset
+            with self.cond:
+                self.arrived.setdefault(str(ds.StudyInstanceUID), now)
+                self.cond.notify_all()
+        return 0x0000
+
+    def wait(self, study_uid: str, timeout: float) -> float | None:
+        with self.cond:
+            self.cond.wait_for(lambda: study_uid in self.arrived, timeout)
+            return self.arrived.get(study_uid)
+
+    @property
+    def destination(self) -> str:
+        return f"{self.aet}@127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"p50": round(C.pct(values, 50), 1), "p95": round(C.pct(values, 95), 1),
+            "mean": round(sum(values) / len(values), 1)}
+
+
+def breakdown(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-stage times (ms) for every study from the job store and the node's timer lines."""
+    stages: dict[str, dict[str, float]] = {uid: {} for uid in sent}
+    con = sqlite3.connect(state / "queue.sqlite3")
+    received = dict(con.execute("SELECT study_uid, MAX(received_at) FROM instances GROUP BY study_uid"))
+    results = {uid: json.loads(js) for uid, js in con.execute(
+        "SELECT study_uid, result_json FROM results WHERE superseded=0")}
+    con.close()
+    timers: dict[str, dict[str, Any]] = {}
+    for rec in node.log_records("bench stage timings"):
+        timers.setdefault(rec["study_uid"], {}).update(rec)
+    for uid, info in sent.items():
+        s, t, r = stages[uid], timers.get(uid, {}), results.get(uid)
+        if uid not in received or not r or "committed_at" not in t or "send_started_at" not in t:
+            continue
+        film = r["films"][0]["timings_ms"]
+        s["receive"] = (received[uid] - info["t0"]) * 1000
+        s["claim_wait"] = (t["claimed_at"] - received[uid]) * 1000
+        s["read"] = t.get("read_spool_ms", 0.0)
+        for key in ("decode", "gate", "preprocess", "model"):
+            s[key] = film.get(key, 0.0)
+        s["sr_build"] = t.get("sr_build_ms", 0.0)
+        s["summary_image"] = t.get("summary_image_ms", 0.0)
+        s["save"] = t.get("save_ms", 0.0) + t.get("heatmaps_ms", 0.0)
+        s["commit"] = t.get("commit_ms", 0.0)
+        s["delivery_wait"] = (t["send_started_at"] - t["committed_at"]) * 1000
+        s["send"] = t["send_ms"]
+        s["total"] = (info["t_sr"] - info["t0"]) * 1000
+        s["unaccounted"] = s["total"] - sum(v for k, v in s.items() if k not in ("total", "send")) \
+            - (info["t_sr"] - t["send_started_at"]) * 1000
+    return {uid: s for uid, s in stages.items() if s}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100, help="single-film studies")
+    ap.add_argument("--distinct", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=2, help="studies sent first and not counted")
+    args = ap.parse_args()
+    model, model_kind = C.model_under_test()
+    work = C.tempdir("cxrt-bench-latency-")
+    sink = node = None
+    try:
+        syntaxes = [str(ExplicitVRLittleEndian), str(JPEGLosslessSV1)]
+        bases = C.base_films(work, syntaxes, args.distinct)
+        total = args.n + args.warmup
+        files = {ts: C.clone_instances(bases[ts], work / ts, (total + 1) // 2) for ts in syntaxes}
+        order = [files[syntaxes[i % 2]][i // 2] for i in range(total)]
+        sink = SRSink(C.free_port())
+        port, state = C.free_port(), work / "state"
+        cfg = C.write_node_config(work / "node.toml", port, model, state,
+                                  node={"quiet_period_s": 0.0},
+                                  delivery={"destinations": [sink.destination], "summary_image": True})
+        node = C.Node(cfg, port, work / "node.log", timed=True).start()
+        C.note(f"latency: {total} studies one by one")
+        sent: dict[str, dict[str, Any]] = {}
+        failures = 0
+        for i, path in enumerate(order):
+            from pydicom import dcmread
+
+            hdr = dcmread(path, stop_before_pixels=True)
+            uid, ts = str(hdr.StudyInstanceUID), str(hdr.file_meta.TransferSyntaxUID)
+            cmd = C.storescu_cmd([path], port, C.STORESCU_TS[ts])
+            t0 = time.time()
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            t_sent = time.time()
+            t_sr = sink.wait(uid, 60.0) if proc.returncode == 0 else None
+            if t_sr is None:
+                failures += 1
+                C.note(f"  study {i}: no SR (storescu rc {proc.returncode}) {proc.stderr[-300:]}")
+                continue
+            if i >= args.warmup:
+                sent[uid] = {"t0": t0, "t_sent": t_sent, "t_sr": t_sr, "syntax": ts}
+        rss = node.rss_kb()
+        node.stop(graceful=False)
+        per_study = breakdown(node, state, sent)
+        totals = [(v["t_sr"] - v["t0"]) * 1000 for v in sent.values()]
+        by_ts = {name: _stats([(v["t_sr"] - v["t0"]) * 1000 for v in sent.values() if v["syntax"] == ts])
+                 for name, ts in zip(("explicit_vr_little_endian", "jpeg_lossless_sv1"), syntaxes)}
+        keys = ["receive", "claim_wait", "read", "decode", "gate", "preprocess", "model", "sr_build",
+                "summary_image", "save", "commit", "delivery_wait", "send", "unaccounted"]
+        stage_stats = {k: _stats([s[k] for s in per_study.values() if k in s]) for k in keys}
+        mean_total = sum(totals) / len(totals) if totals else None
+        model_mean = stage_stats["model"].get("mean")
+        out = {
+            "benchmark": "latency",
+            "studies": len(sent), "failures": failures, "warmup": args.warmup,
+            "film": f"{C.FILM_ROWS}x{C.FILM_COLS} 16-bit DX, alternately uncompressed and JPEG Lossless SV1",
+            "path": "dcmtk storescu -> cxr-triage serve (quiet_period_s 0, summary_image on, ORT threads 2) -> pynetdicom SCP",
+            "clock": "from just before storescu starts to the SR fully received at the destination",
+            "model": model_kind,
+            "latency_ms": _stats(totals), "latency_ms_by_syntax": by_ts,
+            "breakdown_ms": stage_stats,
+            "model_share_of_mean_total": C.ratio(model_mean, mean_total),
+            "pipeline_share_of_mean_total": C.ratio(sum(stage_stats[k].get("mean", 0.0) for k in (
+                "read", "decode", "gate", "preprocess", "sr_build", "summary_image", "save", "commit")),
+                mean_total),
+            "polling_share_of_mean_total": C.ratio(sum(stage_stats[k].get("mean", 0.0) for k in (
+                "claim_wait", "delivery_wait")), mean_total),
+            "serving_process_rss_mb": round(rss.get("VmRSS", 0) / 1024, 1),
+            "serving_process_peak_rss_mb": round(rss.get("VmHWM", 0) / 1024, 1),
+            "targets": {"p95_ms_below": 1500, "model_share_at_least": 0.5},
+        }
+        p95 = out["latency_ms"].get("p95")
+        out["target_p95_met"] = p95 is not None and p95 < 1500 and failures == 0
+        out["target_model_share_met"] = (out["model_share_of_mean_total"] or 0) >= 0.5
+        out["machine"] = C.machine()
+        C.emit(out)
+    finally:
+        if node:
+            node.stop(graceful=False)
+        if sink:
+            sink.stop()
+        C.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Model runtime: the ONNX model in ONNX Runtime (the worker's Scorer) vs the same network in
+PyTorch eager, batch 1 and 8, the same preprocessed real films, the same thread count.
+
+The PyTorch side is the training checkpoint the ONNX file was exported from when one is found
+(``--checkpoint``, ``$CXR_TRIAGE_BENCH_CHECKPOINT`` or the newest ``runs/*/model.pt`` of the same
+architecture) and its outputs are checked against ONNX Runtime; otherwise the same architecture
+built from model/network.py (ImageNet weights) — the JSON says which. Calls alternate between
+the two runtimes so both see the same machine load; films/s come from the median call time.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import _common as C
+import numpy as np
+
+
+def real_inputs(spec, n: int) -> np.ndarray:
+    from cxr_triage.inference.reader import read_film
+    from cxr_triage.model.preprocessing import preprocess
+
+    return np.stack([preprocess(read_film(p).pixels, spec) for p in C.shared_pngs(n)])
+
+
+def checkpoints(arg: str | None, architecture: str) -> list[Path]:
+    """Training checkpoints of this architecture: explicit, environment, then newest runs/*."""
+    import torch
+
+    candidates = [Path(arg)] if arg else []
+    if os.environ.get("CXR_TRIAGE_BENCH_CHECKPOINT"):
+        candidates.append(Path(os.environ["CXR_TRIAGE_BENCH_CHECKPOINT"]))
+    candidates += sorted((C.ROOT / "runs").glob("*/model.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = []
+    for path in candidates:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - missing, unreadable or half-written: try the next
+            continue
+        if ck.get("architecture") == architecture and "model" in ck:
+            found.append(path)
+    return found
+
+
+def torch_models(meta, arg: str | None):
+    """(ExportWrapper in eval mode, description) candidates, checkpoints first."""
+    import torch
+
+    from cxr_triage.model.export import load_checkpoint
+    from cxr_triage.model.network import ExportWrapper, build_network
+
+    arch = meta.architecture or "effnet_lite0"
+    for path in checkpoints(arg, arch):
+        wrapper, _ = load_checkpoint(path)
+        shown = path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path
+        yield wrapper, f"training checkpoint {shown}"
+    torch.manual_seed(0)  # the dev export's recipe (bench/_common.py): the same weights
+    net = build_network(arch, pretrained=True, image_size=meta.preprocessing.size)
+    yield ExportWrapper(net, meta.temperature).eval(), \
+        "same architecture from model/network.py (ImageNet weights, seed 0; no matching checkpoint)"
+
+
+def pick_torch_model(meta, arg: str | None, model_path: Path, inputs: np.ndarray):
+    """The first candidate whose outputs match ONNX Runtime's; else the first candidate."""
+    import torch
+
+    from cxr_triage.inference.scorer import Scorer
+
+    torch.set_num_threads(1)
+    got = Scorer(model_path, threads=1).score(inputs)
+    first = None
+    for wrapper, kind in torch_models(meta, arg):
+        with torch.inference_mode():
+            ref = [t.numpy() for t in wrapper(torch.from_numpy(inputs))]
+        diff = {"score": round(float(np.max(np.abs(got[0] - ref[0]))), 7),
+                "heatmap": round(float(np.max(np.abs(got[1] - ref[1]))), 7) if got[1] is not None else None}
+        verified = diff["score"] < 1e-3 and (diff["heatmap"] or 0.0) < 1e-3
+        if verified:
+            return wrapper, kind, diff, True
+        first = first or (wrapper, kind, diff, False)
+    return first
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                    help="intra-op thread counts, each used by both runtimes (2: the worker's default)")
+    ap.add_argument("--reps-b1", type=int, default=20)
+    ap.add_argument("--reps-b8", type=int, default=6)
+    ap.add_argument("--checkpoint", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from cxr_triage.inference.scorer import Scorer
+
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    model_path, model_kind = C.model_under_test()
+    meta = Scorer(model_path, threads=1).metadata
+    inputs = real_inputs(meta.preprocessing, 8)
+    wrapper, torch_kind, diff, verified = pick_torch_model(meta, args.checkpoint, model_path, inputs)
+
+    out = {"benchmark": "model_runtime", "onnx_model": model_kind, "pytorch_model": torch_kind,
+           "onnx_runtime_side": "cxr_triage.inference.scorer.Scorer (the worker's session options)",
+           "pytorch_side": "ExportWrapper eager, torch.inference_mode(), interop threads 1",
+           "input": f"{len(inputs)} real NIH films through the reader and preprocess(), "
+                    f"(N, 1, {meta.preprocessing.size}, {meta.preprocessing.size})",
+           "max_abs_diff_ort_vs_torch": diff, "same_weights_verified": verified,
+           "threads": {}}
+    for threads in args.threads:
+        out["threads"][str(threads)] = bench_threads(threads, model_path, wrapper, inputs, args)
+    ratios = [b["ratio_onnx_vs_pytorch"] for t in out["threads"].values() for b in t.values()]
+    out["ratio_onnx_vs_pytorch_min"] = min(ratios)
+    out["ratio_onnx_vs_pytorch_at_worker_threads"] = min(
+        b["ratio_onnx_vs_pytorch"] for b in out["threads"][str(args.threads[0])].values())
+    out["target_ratio"] = 1.5
+    out["target_met"] = min(ratios) >= 1.5
+    out["versions"] = {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__}
+    out["machine"] = C.machine()
+    C.emit(out)
+    return 0
+
+
+def bench_threads(threads: int, model_path: Path, wrapper, inputs: np.ndarray, args) -> dict:
+    """Both runtimes at one thread count, batch 1 and 8, calls interleaved."""
+    import torch
+
+    from cxr_triage.inference.scorer import Scorer
+
+    torch.set_num_threads(threads)
+    scorer = Scorer(model_path, threads=threads, batch_size=8)
+
+    def run_ort(x: np.ndarray) -> None:
+        scorer.score(x)
+
+    def run_torch(x: np.ndarray) -> None:
+        with torch.inference_mode():
+            wrapper(torch.from_numpy(x))
+
+    out = {}
+    for batch, reps in ((1, args.reps_b1), (8, args.reps_b8)):
+        times: dict[str, list[float]] = {"onnxruntime": [], "pytorch": []}
+        for warm in range(3):
+            run_ort(inputs[:batch])
+            run_torch(inputs[:batch])
+        for i in range(reps):
+            x = inputs[i % len(inputs):i % len(inputs) + 1] if batch == 1 else inputs[:batch]
+            for name, fn in (("onnxruntime", run_ort), ("pytorch", run_torch)) if i % 2 == 0 else \
+                    (("pytorch", run_torch), ("onnxruntime", run_ort)):
+                start = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - start)
+        res = {}
+        for name, ts in times.items():
+            med = float(np.median(ts))
+            res[name] = {"median_ms_per_call": round(med * 1000, 2), "films_per_s": round(batch / med, 2),
+                         "p90_ms_per_call": round(C.pct(ts, 90) * 1000, 2), "calls": len(ts)}
+        res["ratio_onnx_vs_pytorch"] = C.ratio(res["onnxruntime"]["films_per_s"], res["pytorch"]["films_per_s"])
+        out[f"batch_{batch}"] = res
+        C.note(f"model threads {threads} batch {batch}: ORT {res['onnxruntime']['films_per_s']} films/s, "
+               f"torch {res['pytorch']['films_per_s']} films/s")
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
