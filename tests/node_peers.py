@@ -104,7 +104,8 @@ class NodeProcess:
             if _listening(self.port):                      # the SCP listens last, once ready
                 return self
             if time.monotonic() > deadline:
-                raise TimeoutError(f"node did not answer C-ECHO:\n{self.tail()}")
+                self.kill()
+                raise TimeoutError(f"node did not start listening:\n{self.tail()}")
             time.sleep(0.2)
 
     def stop(self, timeout: float = 30.0) -> int | None:

@@ -59,8 +59,9 @@ def test_storescu_to_node_to_storescp(tmp_path: Path, model_path: Path, sample_d
     cfg = write_node_config(tmp_path / "node.toml", port, model_path,
                             node={"allowed_calling_aets": ["STORESCU"]},
                             delivery={"destinations": [dest.destination], "summary_image": True})
-    node = NodeProcess(cfg, port).start()
+    node = NodeProcess(cfg, port)
     try:
+        node.start()
         files = list(sample_dicoms.values()) + [f for study in generated_studies for f in study]
         sent = storescu(files, port)
         assert sent.returncode == 0, sent.stderr
@@ -106,8 +107,9 @@ def test_destination_down_then_up_across_a_crash(tmp_path: Path, model_path: Pat
                             delivery={"destinations": [dest.destination]})
     files = generated_studies[0] + generated_studies[2]
     studies = {_study_uid(f) for f in files}
-    node = NodeProcess(cfg, port).start()
+    node = NodeProcess(cfg, port)
     try:
+        node.start()
         assert storescu(files, port).returncode == 0
         node.kill()                                       # crash inside the quiet period
         node = NodeProcess(cfg, port).start()             # restart resumes the unfinished jobs
