@@ -80,6 +80,8 @@ def make_reports(data: Path, out: Path, model: Path, split_csv: Path = DEFAULT_S
     if screenshot:
         try:
             paths["first_page"] = report.screenshot(paths["report_html"], out / "report_first_page.png")
+            if "report_nih_html" in paths:
+                paths["nih_first_page"] = report.screenshot(paths["report_nih_html"], out / "report_nih_first_page.png")
         except (OSError, FileNotFoundError, RuntimeError) as exc:
             print(f"screenshot skipped: {exc}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - chromium failing must not lose the report

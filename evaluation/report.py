@@ -70,12 +70,16 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         out["roc"] = _png(fig)
     if len(y):
         fig, ax = plt.subplots(figsize=(4.6, 3.2))
-        bins = np.linspace(0, 1, 41)
+        # bins over the scores' own range: calibrated scores can crowd a narrow band
+        lo, hi = float(min(s.min(), *(op["threshold"] for op in ops))), float(max(s.max(), *(op["threshold"] for op in ops)))
+        pad = max((hi - lo) * 0.05, 0.005)
+        bins = np.linspace(max(0.0, lo - pad), min(1.0, hi + pad), 41)
         for cls, name, colour in ((0, "normal", "#2ca02c"), (1, "abnormal", "#d62728")):
             if np.any(y == cls):
                 ax.hist(s[y == cls], bins=bins, alpha=0.55, color=colour, label=f"{name} (n={int(np.sum(y == cls))})")
         for op, colour in zip(ops, _OP_COLOURS):
             ax.axvline(op["threshold"], color=colour, lw=1, ls="--")
+        ax.set_xlim(bins[0], bins[-1])
         ax.set_xlabel("score (calibrated P(abnormal))")
         ax.set_ylabel("films")
         ax.legend(fontsize=7)
