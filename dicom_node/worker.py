@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, DT, TM
 
 from cxr_triage.config import Config, resolve_path
 from cxr_triage.dicom_node import audit as A
@@ -114,6 +115,8 @@ def build_report(cfg: Config, study: StudyResult, sources: list[Dataset],
                  meta: ModelMetadata) -> list[Dataset]:
     """The result objects for a study: the SR, then (``[delivery] summary_image``) one
     Secondary Capture per film of the triage classes."""
+    for ds in sources:
+        conform_for_report(ds)
     # Films whose file could not be parsed cannot be referenced as evidence.
     have = {str(s.SOPInstanceUID) for s in sources}
     referenced = StudyResult(study.study_instance_uid, study.decision, study.score,
@@ -128,6 +131,46 @@ def build_report(cfg: Config, study: StudyResult, sources: list[Dataset],
             log.warning("summary images not made", extra={
                 "study_uid": study.study_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
     return objects
+
+
+_TEMPORAL = {"DA": DA, "DT": DT, "TM": TM}
+
+
+def conform_for_report(ds: Dataset) -> list[str]:
+    """Make a received header copyable into the result objects (in place).
+
+    highdicom refuses what real modalities write — a date as ``17.08.1923``, a character
+    set it does not list (``\\ISO 2022 IR 87``, a misspelt one) — and such a study would never
+    get a result. Text is decoded with the declared set (pydicom falls back to its default
+    for an unknown one) and re-declared as UTF-8; unreadable dates and times are blanked.
+    Returns the keywords changed; never log their values (PHI).
+    """
+    from highdicom.enum import SpecificCharacterSetValues
+
+    changed: list[str] = []
+    charset = ds.get("SpecificCharacterSet")
+    if charset is not None:
+        values = [charset] if isinstance(charset, str) else list(charset)
+        try:
+            ok = len(values) == 1 and all(SpecificCharacterSetValues(v) for v in values)
+        except ValueError:
+            ok = False
+        if not ok:
+            ds.decode()
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            changed.append("SpecificCharacterSet")
+    for elem in ds.iterall():
+        parse = _TEMPORAL.get(elem.VR)
+        if parse is None or elem.value in (None, ""):
+            continue
+        try:
+            for value in (elem.value if elem.VM > 1 else [elem.value]):
+                if value not in (None, ""):
+                    parse(str(value))
+        except ValueError:
+            elem.value = ""
+            changed.append(elem.keyword or str(elem.tag))
+    return changed
 
 
 def save_result_objects(objects: list[Dataset], results_dir: Path, study_uid: str) -> list[ResultObject]:
