@@ -41,7 +41,9 @@ def test_orthanc_forwards_and_receives_the_result(tmp_path: Path, model_path: Pa
         assert orthanc.get("/statistics")["CountStudies"] == studies_before   # same study
         tags = orthanc.get(f"/instances/{sr['ID']}/simplified-tags")
         assert tags["StudyInstanceUID"] == study_uid and tags["CompletionFlag"] == "COMPLETE"
-        rep = node.status()
-        (summary,) = [s for s in rep["studies"] if s["study_uid"] == study_uid]
-        assert summary["delivery_status"] == "delivered" and summary["n_instances"] == len(files)
+        def summary():
+            (row,) = [s for s in node.status()["studies"] if s["study_uid"] == study_uid]
+            return row if row["delivery_status"] == "delivered" else None
+        summary = wait_for(summary, 30, 0.5, "delivery recorded")   # the summary images follow the SR
+        assert summary["n_instances"] == len(files)
         assert summary["decision"] in ("suspicious", "likely_normal")
