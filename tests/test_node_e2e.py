@@ -75,7 +75,8 @@ def test_storescu_to_node_to_storescp(tmp_path: Path, model_path: Path, sample_d
         # summary images (one per triaged film) also land in the source study
         scs = [ds for ds in dest.received() if ds.get("SeriesDescription", "").startswith("AI triage summary")]
         assert {str(ds.StudyInstanceUID) for ds in scs} <= studies and scs
-        rep = node.status()
+        rep = wait_for(lambda: (r := node.status())["counts"]["deliveries"].get("delivered") == len(studies)
+                       and r, 30, 0.5, "deliveries recorded")       # summary images follow each SR
         decisions = {s["study_uid"]: s["decision"] for s in rep["studies"]}
         assert set(decisions) == studies
         canine = _study_uid(sample_dicoms["highdicom_dx_canine_thorax_mono1"])
@@ -122,9 +123,9 @@ def test_destination_down_then_up_across_a_crash(tmp_path: Path, model_path: Pat
         node = NodeProcess(cfg, port).start()
         dest.start()
         wait_for(lambda: set(_results_by_study(dest)) >= studies, 60, 0.5, "results after the outage")
-        time.sleep(1.0)
+        rep = wait_for(lambda: (r := node.status())["counts"]["deliveries"].get("delivered") == len(studies)
+                       and r, 30, 0.5, "deliveries recorded")
         assert set(_results_by_study(dest).values()) == {1}
-        rep = node.status()
         assert rep["counts"]["deliveries"] == {"delivered": len(studies)}
         assert rep["delivery_failures"] == []
     finally:
