@@ -14,7 +14,7 @@ import re
 import ssl
 import time
 from io import BytesIO
-from typing import Any
+from typing import Any, Callable
 
 from pydicom import dcmread
 from pydicom import uid as dcm_uid
@@ -95,6 +95,7 @@ class StoreHandler:
         self.ae_title = ae_title
         self.allowed_hosts = set(allowed_hosts or [])
         self.accepting = True
+        self.on_stored: Callable[[], None] | None = None  # e.g. wake the triage worker
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -184,6 +185,8 @@ class StoreHandler:
                 sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid or None,
                 sop_class_uid=sop_class, transfer_syntax=ts, path=str(path), size=len(raw),
                 calling_ae=calling, received_at=time.time()))
+            if self.on_stored is not None:
+                self.on_stored()
         except Exception as exc:  # noqa: BLE001 - disk full, read-only, locked database...
             log.error("cannot store instance: answering Out of Resources",
                       extra={**ctx, "error": f"{type(exc).__name__}: {exc}"})

@@ -70,10 +70,12 @@ class Node:
         self.deliverer = Deliverer(cfg, self.store, self.dirs.outbox, self.audit)
         self.worker = TriageWorker(cfg, self.store, self.dirs, self.quarantine, self.audit,
                                    triager, meta, destinations=lambda: destinations_for(cfg))
+        self.worker.on_result = self.deliverer.kick.set             # send without waiting a poll
         self.deliverer.start()
         self.worker.start()
         self.handler = StoreHandler(self.store, self.spool, self.quarantine, self.audit,
                                     cfg.node.ae_title, list(cfg.node.allowed_hosts))
+        self.handler.on_stored = self.worker.wake.set                  # triage without waiting a poll
         self.ae, self.server = start_scp(cfg, self.handler)              # receive
         self.web = self._start_web(meta, triager)
         self.audit.record(A.APPLICATION_ACTIVITY, A.SUCCESS, A.APPLICATION_START,

@@ -249,10 +249,15 @@ class TriageWorker(threading.Thread):
         self.poll_s = poll_s
         self._halt = threading.Event()
         self.idle = threading.Event()
+        # set by the SCP when an instance is stored: look for due studies now, not at the next poll
+        self.wake = threading.Event()
+        # called after each result is committed (the node kicks the deliverer with it)
+        self.on_result: Callable[[], None] | None = None
 
     def stop(self) -> None:
         """Finish the study in hand, then exit (call ``join``)."""
         self._halt.set()
+        self.wake.set()
 
     def run(self) -> None:
         try:
@@ -269,7 +274,8 @@ class TriageWorker(threading.Thread):
                     continue
                 if not busy:
                     self.idle.set()
-                    self._halt.wait(self.poll_s)
+                    self.wake.wait(self.poll_s)
+                    self.wake.clear()
                 else:
                     self.idle.clear()
         finally:
@@ -297,6 +303,8 @@ class TriageWorker(threading.Thread):
                 state = "processing"
             log.exception("study triage failed", extra={"study_uid": study_uid, "state": state})
             return True
+        if self.on_result is not None:
+            self.on_result()
         log.info("study triaged", extra={
             "study_uid": study_uid, "result_id": rid, "decision": result.decision.value,
             "score": result.score, "films": len(result.films),
