@@ -157,6 +157,10 @@ def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
     if tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes:
         from pydicom.pixels.utils import _get_jpg_parameters
 
+        # A cut codestream decodes without error into a partial film (libjpeg fills the
+        # rest): insist on the end-of-image marker (byte stuffing keeps FFD9 out of the data).
+        if b"\xff\xd9" not in frame[-16:]:
+            raise _undecodable("compressed frame is truncated (no end-of-image marker)")
         info = _get_jpg_parameters(frame)
         if "height" in info and "width" in info:
             return int(info["height"]), int(info["width"])
