@@ -127,6 +127,10 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
         targets=args.sweep_targets, n_boot=args.n_boot, seed=args.seed,
     )
     rep.update(extra)
+    scored_model = inputs.get("model", {}).get("sha256")
+    if ts.model_sha256 and scored_model and ts.model_sha256 != scored_model:
+        rep["warnings"].append(f"the thresholds were made for another model file (sha256 {ts.model_sha256[:12]}) "
+                               f"than the one evaluated ({scored_model[:12]})")
     if extra.get("end_to_end", {}).get("n_differ"):
         rep["warnings"].append(f"{extra['end_to_end']['n_differ']} film(s) got a different decision end-to-end than offline")
     paths = report.write_report(rep, args.out)

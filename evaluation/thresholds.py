@@ -142,6 +142,7 @@ class ThresholdSet:
     chosen_on_keys: list[str] | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
+    model_sha256: str | None = None   # set when the thresholds belong to one model file
 
     def threshold(self, name: str | None = None) -> tuple[str, float]:
         key = name or self.default
@@ -248,4 +249,5 @@ def load_threshold_file(path: Path) -> ThresholdSet:
         rule=f"lower_bound ({site.ci_method}, {site.confidence:g})",
         chosen_on=f"the site's commissioning films ({site.created or 'date unknown'})",
         evidence=[site.evidence] if site.evidence else [], created=site.created,
+        model_sha256=site.model_sha256,
     )

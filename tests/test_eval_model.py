@@ -76,3 +76,18 @@ def test_tuning_manifest_overlap_is_caught(small_manifest: Path, shared_data: Pa
     prov = rep["thresholds"]["provenance"]
     assert prov["checked"] and prov["overlap"] == 5 and prov["picked_on_reported_films"]
     assert len(films) == 18 and rep["warnings"]
+
+
+def test_site_threshold_file_for_another_model_is_flagged(small_manifest: Path, shared_data: Path, tiny_model: Path,
+                                                          tmp_path: Path) -> None:
+    from cxr_triage.evaluation.site_threshold import SiteThreshold, write_site_threshold
+
+    site = SiteThreshold(site="elsewhere", threshold=0.5, target_sensitivity=0.98, confidence=0.95,
+                         ci_method="wilson", model_sha256="f" * 64)
+    write_site_threshold(site, tmp_path / "site.json")
+    out = tmp_path / "out"
+    assert main(["evaluate", str(small_manifest), "--data-root", str(shared_data / "nih-cxr14"), "--model",
+                 str(tiny_model), "--thresholds", str(tmp_path / "site.json"), "--n-boot", "100", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert any("made for another model file" in w for w in rep["warnings"])
+    assert rep["thresholds"]["values"] == {site.operating_point: 0.5}
