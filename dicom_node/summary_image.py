@@ -222,14 +222,16 @@ def render_summary(film: FilmResult, pixels: np.ndarray | None,
 def _film_panel(pixels: np.ndarray | None) -> np.ndarray:
     if pixels is None:
         return np.full((MIN_WIDTH, MIN_WIDTH, 3), 40, dtype=np.uint8)
-    film = np.clip(np.nan_to_num(np.asarray(pixels, dtype=np.float32)), 0.0, 1.0)
+    film = np.ascontiguousarray(pixels, dtype=np.float32)
     h, w = film.shape
     scale = min(MAX_SIDE / max(h, w), 1.0)
     scale = max(scale, MIN_WIDTH / w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = Image.fromarray((film * 255.0 + 0.5).astype(np.uint8), mode="L").resize(
-        size, Image.Resampling.BILINEAR)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    # resized first, then clipped and quantised: a detector-sized film is 5-9 Mpixels, the
+    # panel at most 1 Mpixel (bench/latency.py)
+    small = np.asarray(Image.fromarray(film, mode="F").resize(size, Image.Resampling.BILINEAR))
+    grey = (np.clip(np.nan_to_num(small), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def _overlay(panel: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -242,8 +244,8 @@ def _overlay(panel: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     h, w = panel.shape[:2]
     hm = np.clip(np.nan_to_num(heatmap), 0.0, 1.0)
     hm = np.asarray(Image.fromarray(hm, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    colour = colormaps["jet"](hm)[..., :3] * 255.0
-    alpha = (0.55 * np.clip((hm - 0.25) / 0.75, 0.0, 1.0))[..., None]
+    colour = colormaps["jet"](hm, bytes=True)[..., :3].astype(np.float32)
+    alpha = (0.55 * np.clip((hm - 0.25) / 0.75, 0.0, 1.0)).astype(np.float32)[..., None]
     out = panel.astype(np.float32) * (1.0 - alpha) + colour * alpha
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
