@@ -25,6 +25,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+# A benchmark stopped with SIGTERM (run_all's time limit) still runs its ``finally`` blocks:
+# the peers it started are stopped and its scratch folder removed.
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = Path(sys.executable)
 CLI = PY.parent / "cxr-triage"
