@@ -40,6 +40,7 @@ from cxr_triage.model.metadata import METADATA_KEY, ModelMetadata
 log = logging.getLogger(__name__)
 
 _TRIAGE_CLASSES = {str(u) for u in TRIAGE_SOP_CLASSES}
+_BROKEN = (NotAssessableReason.UNDECODABLE, NotAssessableReason.NON_IMAGE)
 
 
 class FilmTriager(Protocol):
@@ -209,7 +210,8 @@ def triage_study(
         films.append(film)
         if ds is not None:
             sources.append(ds)
-        if film.reason is NotAssessableReason.UNDECODABLE and inst.sop_class_uid in _TRIAGE_CLASSES:
+        # broken films of the triage classes (undecodable, or an image class without pixels)
+        if film.reason in _BROKEN and inst.sop_class_uid in _TRIAGE_CLASSES:
             _quarantine_copy(quarantine, inst, film)
     result = aggregate_study(study_uid, films)                       # one result per study
     try:  # [web] hook: heatmaps for the worklist page (heatmaps.py); never fails triage
