@@ -44,7 +44,8 @@ SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 # Distinctive PHI written into every film the suite sends; none of it may reach a log.
 PHI_NAME = "Quokkafield^Wilhelmina"
 PHI_ID = "PHIQ-90210-ZX"
-PHI_MARKERS = ("Quokkafield", "Wilhelmina", PHI_ID, "PHIQ-90210")
+PHI_BIRTH = "17.08.1923"         # a birth date as people write it (not a valid DA)
+PHI_MARKERS = ("Quokkafield", "Wilhelmina", PHI_ID, "PHIQ-90210", PHI_BIRTH)
 
 # Every log-like file the suite produced (node stdout/stderr, audit logs, SCP logs).
 LOG_FILES: list[Path] = []
