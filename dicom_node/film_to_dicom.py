@@ -203,7 +203,7 @@ def png_to_dicom(
         accession_number=accession_number, instance_number=instance_number,
         series_number=series_number, photometric=photometric,
     )
-    ds.set_pixel_data(stored, photometric, bits_stored)
+    ds.set_pixel_data(stored, photometric, bits_stored, generate_instance_uid=False)
     # set_pixel_data sets the syntax to Explicit VR LE for native data; keep the file meta in step
     if rescale_slope is not None or rescale_intercept is not None:
         ds.RescaleSlope = rescale_slope if rescale_slope is not None else 1.0
@@ -326,7 +326,7 @@ def _encode(ds: Dataset, stored: np.ndarray, tsyntax: UID, jpeg_quality: int) ->
             kwargs["j2k_psnr"] = [80]
         elif tsyntax == JPEGLSNearLossless:
             kwargs["jls_error"] = 2
-        ds.compress(tsyntax, stored, **kwargs)
+        ds.compress(tsyntax, stored, generate_instance_uid=False, **kwargs)
     elif tsyntax == JPEGBaseline8Bit:
         buf = io.BytesIO()
         Image.fromarray(stored.astype(np.uint8), mode="L").save(

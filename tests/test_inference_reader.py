@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.uid import (
@@ -274,3 +275,13 @@ def test_unusable_window_falls_back_to_min_max(png, film, tmp_path):
     ds.WindowWidth = "0"
     got = read_film(write_dicom(ds, tmp_path / "w0.dcm")).pixels
     np.testing.assert_allclose(got, (film - film.min()) / (film.max() - film.min()), atol=1e-6)
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.RLELossless, pydicom.uid.JPEGLSLossless])
+def test_png_to_dicom_keeps_the_given_sop_instance_uid(shared_data, syntax):
+    from cxr_triage.dicom_node.film_to_dicom import png_to_dicom
+
+    png = sorted((shared_data / "nih-cxr14" / "images").glob("*.png"))[0]
+    ds = png_to_dicom(png, sop_instance_uid="1.2.826.0.1.3680043.10.511.99.1", transfer_syntax_uid=syntax)
+    assert ds.SOPInstanceUID == "1.2.826.0.1.3680043.10.511.99.1"
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
