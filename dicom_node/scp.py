@@ -72,6 +72,8 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
+ACSE_TIMEOUT_S = 5.0  # longest wait for the A-ASSOCIATE-RQ after a connection opens
+
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -217,7 +219,10 @@ def build_ae(cfg: Config) -> AE:
     ae.maximum_associations = node.max_associations
     ae.maximum_pdu_size = node.max_pdu_size
     ae.network_timeout = node.network_timeout_s
-    ae.acse_timeout = node.network_timeout_s
+    # pynetdicom holds a connection's association slot until the ACSE timeout even when the
+    # peer closes without an A-ASSOCIATE-RQ (a TCP health check, a port scan, random bytes):
+    # ten of them refused every sender for 30 s. A real peer asks at once after connecting.
+    ae.acse_timeout = min(node.network_timeout_s, ACSE_TIMEOUT_S)
     ae.dimse_timeout = node.network_timeout_s
     ae.add_supported_context(Verification)
     triage = {str(u) for u in TRIAGE_SOP_CLASSES}
