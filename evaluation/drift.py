@@ -24,7 +24,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DECISIONS = ("suspicious", "likely_normal", "not_assessable")
-_EPS = 1e-4  # floor for empty bins in the PSI (a bin seen on one side only)
 
 
 @dataclass(frozen=True)
@@ -50,18 +49,24 @@ class DriftBounds:
                    psi_bins=m.psi_bins)
 
 
-def population_stability_index(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
-    """PSI = sum((a - e) * ln(a / e)) over bins cut at the baseline's quantiles."""
+def population_stability_index(expected: Sequence[float], actual: Sequence[float], bins: int = 10,
+                               pseudo_count: float = 0.5) -> float:
+    """PSI = sum((a - e) * ln(a / e)) over bins cut at the baseline's quantiles.
+
+    Each bin's count gets ``pseudo_count`` (Jeffreys smoothing): an empty bin on a small day
+    then weighs what its counts support (a fixed floor such as 1e-4 makes one empty bin of 10%
+    alone worth ~0.7); ``pseudo_count=0`` gives the textbook formula (an empty bin: infinite)."""
     e = np.asarray(expected, dtype=np.float64)
     a = np.asarray(actual, dtype=np.float64)
     if not len(e) or not len(a):
         return float("nan")
     edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1]))
-    e_frac = np.bincount(np.searchsorted(edges, e, side="right"), minlength=len(edges) + 1) / len(e)
-    a_frac = np.bincount(np.searchsorted(edges, a, side="right"), minlength=len(edges) + 1) / len(a)
-    e_frac = np.maximum(e_frac, _EPS)
-    a_frac = np.maximum(a_frac, _EPS)
-    return float(np.sum((a_frac - e_frac) * np.log(a_frac / e_frac)))
+    k = len(edges) + 1
+    e_cnt = np.bincount(np.searchsorted(edges, e, side="right"), minlength=k) + pseudo_count
+    a_cnt = np.bincount(np.searchsorted(edges, a, side="right"), minlength=k) + pseudo_count
+    e_frac, a_frac = e_cnt / e_cnt.sum(), a_cnt / a_cnt.sum()
+    with np.errstate(divide="ignore"):
+        return float(np.sum((a_frac - e_frac) * np.log(a_frac / e_frac)))
 
 
 def make_baseline(scores: Iterable[float | None], decisions: Iterable[str]) -> dict[str, Any]:
