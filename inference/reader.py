@@ -227,7 +227,11 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
                             f"photometric interpretation {photometric or 'missing'}")
     try:
         stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - every decoder failure means the same to triage
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every decoder failure means the same to triage;
+        # Rust decoders (pylibjpeg-rle) panic on some corrupt streams, and pyo3's PanicException
+        # is a BaseException: uncaught it killed the node's triage thread
         raise _undecodable(f"pixel data could not be decoded ({type(exc).__name__}: {exc})") from exc
     if stored.ndim != 2:
         raise _undecodable(f"decoded pixel array has shape {stored.shape}")
