@@ -100,7 +100,10 @@ def triage_instance(triager: FilmTriager, inst: InstanceRecord) -> tuple[FilmRes
                           reason_detail=f"SOP class {inst.sop_class_uid} is not triaged", **base), ds
     try:
         film = triager.triage_dataset(ds, inst.path)
-    except Exception as exc:  # noqa: BLE001 - a bad film must not stop the study
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bad film must not stop the study (nor the
+        # thread: a native decoder's panic arrives as a BaseException)
         log.warning("triage failed for an instance", extra={
             "sop_instance_uid": inst.sop_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
         return FilmResult(Decision.NOT_ASSESSABLE, reason=NotAssessableReason.UNDECODABLE,
