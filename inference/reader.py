@@ -148,6 +148,8 @@ def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
     from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
 
     tsyntax = ds.file_meta.TransferSyntaxUID
+    if not tsyntax.is_transfer_syntax:  # pydicom raises ValueError on its properties
+        raise _undecodable("the file meta names no known transfer syntax")
     if not tsyntax.is_encapsulated:
         return None
     try:
