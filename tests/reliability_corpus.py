@@ -117,11 +117,11 @@ def _first_frame(ds: Dataset) -> bytes:
 
 
 def build_corpus(native: Dataset, jpegls: Dataset, j2k: Dataset, jpeg_lossless: Dataset,
-                 rng: random.Random) -> list[Case]:
+                 rle: Dataset, rng: random.Random) -> list[Case]:
     """Every malformed, odd or out-of-scope input the node must survive.
 
     ``native``: a real film as DX For Presentation, Explicit VR Little Endian, 12 bits;
-    ``jpegls`` / ``j2k`` / ``jpeg_lossless``: the same kind of film compressed.
+    ``jpegls`` / ``j2k`` / ``jpeg_lossless`` / ``rle``: the same kind of film compressed.
     """
     cases: list[Case] = []
     add = cases.append
@@ -169,6 +169,13 @@ def build_corpus(native: Dataset, jpegls: Dataset, j2k: Dataset, jpeg_lossless: 
     # JPEG 2000 tile data is decoded error-resiliently: garbage may come out as a picture;
     # nothing in the file says otherwise. Recorded, either outcome accepted.
     add(_case("corrupt_j2k_tile_data", ds, HANDLED))
+    ds = _fresh(rle)
+    frame = bytearray(_first_frame(ds))
+    (seg1,) = struct.unpack("<I", frame[8:12])
+    frame[64:64] = b"\x81\x00"                                # segment 1 decodes 128 bytes too long
+    frame[8:12] = struct.pack("<I", seg1 + 2)
+    ds.PixelData = encapsulate([bytes(frame)])
+    add(_case("rle_segment_overrun_panics_decoder", ds, UNDECODABLE))   # pylibjpeg-rle panics
     for label, src in (("jpegls", jpegls), ("j2k", j2k), ("jpeg_lossless", jpeg_lossless)):
         ds = _fresh(src)
         ds.PixelData = encapsulate([_first_frame(ds)[: len(_first_frame(ds)) // 3]])

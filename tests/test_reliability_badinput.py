@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import time
 from pathlib import Path
 
 import pytest
 from pynetdicom import AE, _config
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
+from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
+                         RLELossless)
 
+from cxr_triage.dicom_node.scp import ACSE_TIMEOUT_S
 from reliability_corpus import (
     HANDLED,
     IGNORED,
@@ -50,6 +54,7 @@ from reliability_harness import (
 )
 
 CALLING = "RELSCU"
+MAX_ASSOCIATIONS = 4
 
 
 def _film(png: Path, ts: str):
@@ -82,11 +87,12 @@ def test_bad_input_gets_the_right_answer_and_the_node_keeps_serving(
     pngs = film_pngs(shared_data, 2)
     native = _film(pngs[0], ExplicitVRLittleEndian)
     corpus = build_corpus(native, _film(pngs[1], JPEGLSLossless), _film(pngs[1], JPEG2000Lossless),
-                          _film(pngs[1], JPEGLosslessSV1), rng)
+                          _film(pngs[1], JPEGLosslessSV1), _film(pngs[0], RLELossless), rng)
     abuses = raw_abuses(native)
     port = free_port()
     cfg = write_config(tmp_path / "node.toml", port, tiny_model,
-                       node={"allowed_calling_aets": [CALLING], "quiet_period_s": 0.5})
+                       node={"allowed_calling_aets": [CALLING], "quiet_period_s": 0.5,
+                             "max_associations": MAX_ASSOCIATIONS})
     node = NodeProc(cfg, port).start()
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)   # send bytes as they are
     statuses: dict[str, int | None] = {}
@@ -98,6 +104,13 @@ def test_bad_input_gets_the_right_answer_and_the_node_keeps_serving(
                 abuses[abuse_names[i]](port, CALLING, NODE_AET, rng)
                 assert echo(port), f"node stopped answering after {abuse_names[i]}:\n{node.tail()}"
         assert len(corpus) >= len(abuse_names)
+        # connections that never associate (TCP health checks, scans) must not lock senders out
+        for _ in range(MAX_ASSOCIATIONS + 2):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        t0 = time.monotonic()
+        wait_for(lambda: echo(port), 30, 0.2, "an association after a connection flood")
+        flood_lockout_s = time.monotonic() - t0
+        assert flood_lockout_s <= ACSE_TIMEOUT_S + 5, flood_lockout_s
         good = new_instance(native, "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", 1)
         good_case = Case("good_film", b"", str(good.SOPClassUID), str(good.SOPInstanceUID),
                          str(good.StudyInstanceUID), ExplicitVRLittleEndian, TRIAGED)
@@ -161,8 +174,9 @@ def test_bad_input_gets_the_right_answer_and_the_node_keeps_serving(
 
         hits = phi_hits([node.log, node.state_dir / "audit.jsonl", *qdir.glob("*.json")])
         assert hits == [], "\n".join(hits[:20])
-        SUMMARY.record("bad_input", malformed_inputs_tried=len(corpus) + len(abuses),
-                       corpus_objects=len(corpus), socket_abuses=len(abuses),
+        SUMMARY.record("bad_input", malformed_inputs_tried=len(corpus) + len(abuses) + 1,
+                       corpus_objects=len(corpus), socket_abuses=len(abuses) + 1,
+                       lockout_after_connection_flood_s=round(flood_lockout_s, 1),
                        quarantined=len(list(qdir.glob("*.json"))), outcomes=outcomes,
                        instances_sent=len(corpus) + 1,
                        acknowledged=sum(1 for s in statuses.values() if s == 0))
