@@ -39,7 +39,7 @@ def load_checkpoint(path: str | Path):
     ck = torch.load(path, map_location="cpu", weights_only=False)
     net = build_network(ck["architecture"], pretrained=False, image_size=ck["image_size"])
     net.load_state_dict(ck["model"])
-    wrapper = ExportWrapper(net, ck.get("temperature", 1.0)).eval()
+    wrapper = ExportWrapper(net, ck.get("temperature", 1.0), ck.get("logit_shift", 0.0)).eval()
     return wrapper, ck
 
 
@@ -57,7 +57,9 @@ def build_metadata(ck: dict[str, Any], name: str | None = None, version: str | N
         training_manifest_sha256=sha,
         validation_metrics=_jsonable(ck.get("validation_metrics", {})),
         created=now.isoformat(timespec="seconds"),
-        extra={"training_config": _jsonable(ck.get("config", {}))},
+        extra={"training_config": _jsonable(ck.get("config", {})),
+               "logit_shift": float(ck.get("logit_shift", 0.0)),
+               "calibration": "score = sigmoid((logit + logit_shift) / temperature)"},
     )
 
 

@@ -157,19 +157,21 @@ class TriageNet(nn.Module):
 class ExportWrapper(nn.Module):
     """What goes into the ONNX file: calibrated score and a [0, 1] heatmap.
 
-    score = sigmoid(logit / T) with the validation temperature baked in. The heatmap is the
+    score = sigmoid((logit + shift) / T): ``shift`` undoes the class-balanced loss's prior
+    (log of the training abnormal:normal odds), T is the validation temperature; both baked in. The heatmap is the
     CAM shifted so its minimum is 0 and divided by its range (per film), so it shows where
     in the film the evidence is strongest, whatever the score.
     """
 
-    def __init__(self, net: TriageNet, temperature: float = 1.0):
+    def __init__(self, net: TriageNet, temperature: float = 1.0, logit_shift: float = 0.0):
         super().__init__()
         self.net = net
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("logit_shift", torch.tensor(float(logit_shift)))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logit, cam = self.net.logit_and_cam(image)
-        score = torch.sigmoid(logit / self.temperature)
+        score = torch.sigmoid((logit + self.logit_shift) / self.temperature)
         flat = cam.flatten(1)
         lo = flat.min(dim=1).values[:, None, None]
         hi = flat.max(dim=1).values[:, None, None]

@@ -55,7 +55,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default="", help="films' root (default: the manifest's folder)")
     p.add_argument("--architecture", default=d.architecture, choices=["effnet_lite0", "densenet121", "tiny"])
     p.add_argument("--no-pretrained", action="store_true")
-    for key in ("freeze_blocks", "image_size", "harmonise_size", "epochs", "batch_size", "patience",
+    for key in ("freeze_blocks", "trunk_views", "image_size", "harmonise_size", "epochs", "batch_size", "patience",
                 "seed", "threads", "max_steps_per_epoch"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=getattr(d, key))
     for key in ("lr", "weight_decay", "focal_gamma", "augment", "val_fraction", "test_fraction"):

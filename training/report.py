@@ -137,6 +137,37 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
     return report
 
 
+def _ci(d: dict[str, Any], pct: bool = True) -> str:
+    v, (lo, hi) = d["value"], d["ci95"]
+    if v != v:  # NaN
+        return "n/a"
+    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
+    return f"{f(v)} ({f(lo)}–{f(hi)})"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables (for the model card)."""
+    h = report["headline"]
+    lines = [f"Model `{report['model']}`, split `{report['split']}`, headline sources "
+             f"{', '.join(report['headline_sources'])}: {h['films']} films ({h['abnormal']} abnormal, "
+             f"{h['normal']} normal, {h['nodule_or_mass']} with Nodule/Mass).", "",
+             f"AUROC {_ci(h['auroc'], pct=False)}", "",
+             "| operating point | threshold | sensitivity | specificity = normals called likely normal "
+             "| all films likely normal | Nodule/Mass sensitivity |",
+             "|---|---|---|---|---|---|"]
+    for name, op in h["operating_points"].items():
+        lines.append(f"| {name} | {op['threshold']:.4f} | {_ci(op['sensitivity'])} | {_ci(op['specificity'])} | "
+                     f"{_ci(op['all_films_likely_normal'])} | {_ci(op['nodule_or_mass_sensitivity'])} |")
+    lines += ["", "Per source (AUROC where both classes are present; share of normals called likely normal "
+              "at each operating point):", "",
+              "| source | films | abnormal | AUROC | " + " | ".join(f"normals likely normal @{k}" for k in h["operating_points"]) + " |",
+              "|---|---|---|---|" + "---|" * len(h["operating_points"])]
+    for src, f in {**report["by_source"], "NIH normals alone": report["nih_normals_alone"]}.items():
+        spec = " | ".join(_ci(op["specificity"]) for op in f["operating_points"].values())
+        lines.append(f"| {src} | {f['films']} | {f['abnormal']} | {_ci(f['auroc'], pct=False)} | {spec} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="test-split figures of an exported model, with 95% CIs")
     ap.add_argument("--model", default=None, help="ONNX file (default: the bundled model)")
@@ -144,13 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="films' root (default: shared data)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", default=None, help="write the JSON report here")
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables instead of JSON")
     args = ap.parse_args(argv)
     from cxr_triage.paths import bundled_model_path, repo_root, shared_data_dir
 
     report = test_report(args.model or bundled_model_path(),
                          args.manifest or repo_root() / "model" / "default_split.csv",
                          args.data or shared_data_dir(), args.out, args.split)
-    print(json.dumps({k: report[k] for k in ("model", "split", "headline", "by_source", "nih_normals_alone")}, indent=1))
+    if args.markdown:
+        print(markdown(report))
+    else:
+        print(json.dumps({k: report[k] for k in ("model", "split", "headline", "by_source", "nih_normals_alone")}, indent=1))
     return 0
 
 

@@ -434,6 +434,12 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     idx, logits = _predict(_UpperModel.make(net, cfg.freeze_blocks) if use_trunk else net, dl_val, device)
     val_logits = np.zeros(len(val_e))
     val_logits[idx] = logits
+    # The class-balanced loss trains as if both classes were equally common; shifting logits
+    # by the log training odds undoes that before temperature scaling (a fixed, unfitted term).
+    pos_share = float(np.mean([e.label for e in entries if e.split == "train" and
+                               (not cfg.train_sources or e.source in cfg.train_sources)]))
+    logit_shift = float(np.log(pos_share / (1.0 - pos_share))) if 0 < pos_share < 1 else 0.0
+    val_logits = val_logits + logit_shift
     z, y = val_logits[sel], y_val[sel]
     temperature = calibrate.fit_temperature(z, y)
     scores = calibrate.calibrated(z, temperature)
@@ -453,7 +459,8 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     manifest_sha = file_sha256(cfg.manifest)
     torch.save({
         "architecture": cfg.architecture, "image_size": cfg.image_size, "model": net.state_dict(),
-        "preprocessing": cfg.spec().to_dict(), "temperature": temperature, "thresholds": thresholds,
+        "preprocessing": cfg.spec().to_dict(), "temperature": temperature, "logit_shift": logit_shift,
+        "thresholds": thresholds,
         "validation_metrics": metrics, "training_manifest_sha256": manifest_sha, "config": asdict(cfg),
         "split_csv": str(split_csv), "films_root": str(root.resolve()),
     }, out / "model.pt")
@@ -461,7 +468,8 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
         "config": asdict(cfg), "split": summarise(entries), "epochs_run": state["epoch"],
         "world_size": _dist_info()[1],
         "best_epoch": state["best_epoch"], "best_val_auroc": state["best_auroc"],
-        "temperature": temperature, "thresholds": thresholds, "validation_metrics": metrics,
+        "temperature": temperature, "logit_shift": logit_shift, "thresholds": thresholds,
+        "validation_metrics": metrics,
         "training_manifest_sha256": manifest_sha, "minutes": round((time.time() - started) / 60, 1),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
