@@ -219,12 +219,18 @@ def _as_int(value: Any, ds: Dataset) -> int:
 
 def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
     """DICOM dataset -> (film float32 [0, 1] MONOCHROME2, padding mask or None)."""
-    check_decodable_size(ds, max_pixels)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        check_decodable_size(ds, max_pixels)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except NotAssessable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - values convert lazily: a corrupt VR raises anything
+        raise _undecodable(f"malformed image header ({type(exc).__name__}: {exc})") from exc
     if frames > 1:
         raise NotAssessable(NotAssessableReason.MULTI_FRAME, f"{frames} frames")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise NotAssessable(NotAssessableReason.COLOR,
                             f"photometric interpretation {photometric or 'missing'}")
     try:
