@@ -57,7 +57,7 @@ def to_node(files: list[Path], ts: str, work: Path, model: Path) -> dict:
     try:
         seconds = send(files, port, ts, C.NODE_AET)
     finally:
-        node.stop()
+        node.stop(graceful=False)  # acknowledged = durable; a graceful stop waits network_timeout_s
     with sqlite3.connect(state / "queue.sqlite3") as con:
         got = con.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
         triaged = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]

@@ -109,15 +109,55 @@ def breakdown(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dic
     return {uid: s for uid, s in stages.items() if s}
 
 
+def start_profiler(pid: int, out: Path) -> subprocess.Popen | None:
+    """py-spy sampling the serving process (all threads, native frames off), or None."""
+    import shutil
+
+    exe = shutil.which("py-spy") or str(C.PY.parent / "py-spy")
+    if not Path(exe).exists():
+        C.note("latency: --profile needs py-spy (pip install py-spy); running without")
+        return None
+    return subprocess.Popen([exe, "record", "--format", "raw", "--rate", "100", "--nonblocking",
+                             "--output", str(out), "--pid", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(raw: Path, top: int = 30) -> dict[str, Any]:
+    """Share of CPU samples per function (inclusive) and per thread, from py-spy's raw output."""
+    from collections import Counter
+
+    inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        names = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
+                 for f in frames if " (" in f]
+        threads[next((x for x in names if "run" in x and "Thread" not in x), names[0] if names else "?")] += n
+        for name in set(names):
+            inclusive[name] += n
+    return {"samples": total,
+            "by_thread_entry": {k: round(v / total, 3) for k, v in threads.most_common(8)},
+            "inclusive_share": {k: round(v / total, 3) for k, v in inclusive.most_common(top)}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100, help="single-film studies")
     ap.add_argument("--distinct", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2, help="studies sent first and not counted")
+    ap.add_argument("--profile", action="store_true",
+                    help="sample the serving process with py-spy and add the top functions "
+                         "(the profiler costs CPU: latencies of a profiled run are not headline figures)")
     args = ap.parse_args()
     model, model_kind = C.model_under_test()
     work = C.tempdir("cxrt-bench-latency-")
-    sink = node = None
+    sink = node = prof = None
     try:
         syntaxes = [str(ExplicitVRLittleEndian), str(JPEGLosslessSV1)]
         bases = C.base_films(work, syntaxes, args.distinct)
@@ -130,6 +170,9 @@ def main() -> int:
                                   node={"quiet_period_s": 0.0},
                                   delivery={"destinations": [sink.destination], "summary_image": True})
         node = C.Node(cfg, port, work / "node.log", timed=True).start()
+        if args.profile:
+            assert node.proc is not None
+            prof = start_profiler(node.proc.pid, work / "profile.raw")
         C.note(f"latency: {total} studies one by one")
         sent: dict[str, dict[str, Any]] = {}
         failures = 0
@@ -150,6 +193,9 @@ def main() -> int:
             if i >= args.warmup:
                 sent[uid] = {"t0": t0, "t_sent": t_sent, "t_sr": t_sr, "syntax": ts}
         rss = node.rss_kb()
+        if prof is not None:
+            prof.send_signal(2)  # py-spy writes its output on SIGINT
+            prof.wait(60)
         node.stop(graceful=False)
         per_study = breakdown(node, state, sent)
         totals = [(v["t_sr"] - v["t0"]) * 1000 for v in sent.values()]
@@ -182,9 +228,14 @@ def main() -> int:
         p95 = out["latency_ms"].get("p95")
         out["target_p95_met"] = p95 is not None and p95 < 1500 and failures == 0
         out["target_model_share_met"] = (out["model_share_of_mean_total"] or 0) >= 0.5
+        if prof is not None and (work / "profile.raw").exists():
+            out["profile"] = {"tool": "py-spy record --rate 100 --nonblocking (serving process, all threads)",
+                              **summarise_profile(work / "profile.raw")}
         out["machine"] = C.machine()
         C.emit(out)
     finally:
+        if prof is not None and prof.poll() is None:
+            prof.kill()
         if node:
             node.stop(graceful=False)
         if sink:

@@ -21,8 +21,8 @@ import _common as C
 
 # name -> (script, arguments, time limit in seconds)
 BENCHMARKS: dict[str, tuple[str, list[str], int]] = {
-    "model_runtime": ("model_runtime.py", [], 120),
-    "decode": ("decode.py", ["--reps", "3"], 120),
+    "model_runtime": ("model_runtime.py", ["--reps-b1", "12", "--reps-b8", "4"], 120),
+    "decode": ("decode.py", ["--reps", "2"], 120),
     "ingest": ("ingest.py", ["--n", "250"], 240),
     "latency": ("latency.py", ["--n", "100"], 240),
     "memory": ("memory.py", ["--studies", "1000"], 400),
