@@ -234,14 +234,27 @@ def build_ae(cfg: Config) -> AE:
     return ae
 
 
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """pynetdicom wraps each accepted socket in its accept loop, and the default handshake on
+    wrap made one connection that never spoke TLS freeze every later connection. Here the
+    handshake happens on the association's first read, in its own thread, under its timeouts."""
+
+    def wrap_socket(self, sock: Any, server_side: bool = False, do_handshake_on_connect: bool = True,
+                    **kwargs: Any) -> ssl.SSLSocket:
+        return super().wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False,
+                                   **kwargs)
+
+
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
-    """Server TLS from config; with ``tls_ca`` set, client certificates are required."""
+    """Server TLS from config (TLS 1.2+); with ``tls_ca`` set, client certificates are
+    required and only that CA is trusted for them (never the operating system's store)."""
     node = cfg.node
     if not node.tls_enabled:
         return None
     from cxr_triage.config import resolve_path
 
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(resolve_path(cfg, node.tls_cert), resolve_path(cfg, node.tls_key))
     if node.tls_ca:
         ctx.load_verify_locations(cafile=str(resolve_path(cfg, node.tls_ca)))
