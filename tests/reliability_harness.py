@@ -230,12 +230,13 @@ class NodeProc:
         self.proc: subprocess.Popen | None = None
         self.probe = probe or (lambda: echo(port))
         self.kills = 0
+        self.env: dict[str, str] = {}      # extra environment for the node process
         for p in (self.log, self.state_dir / "audit.jsonl"):
             if p not in LOG_FILES:
                 LOG_FILES.append(p)
 
     def start(self, timeout: float = 120.0) -> "NodeProc":
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default", **self.env)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
                                          stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -254,7 +255,7 @@ class NodeProc:
 
     def spawn(self) -> None:
         """Start without waiting (the sender's retries find it when it listens)."""
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default", **self.env)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
                                          stdout=out, stderr=subprocess.STDOUT, env=env)
