@@ -72,3 +72,11 @@ def test_threshold_meets_target_sensitivity_on_its_data(target: float) -> None:
         assert calibrate.rates(s, y, float(np.nextafter(np.float32(higher), np.float32(2))))["sensitivity"] < target
     ops = calibrate.operating_points(s, y)
     assert ops["sens_0.95"] >= ops["sens_0.98"] >= ops["sens_0.99"]
+
+
+def test_temperature_and_shift_fix_a_prior_shift() -> None:
+    rng = np.random.default_rng(2)
+    true_logit = rng.normal(0.7, 2, 20000)
+    y = (rng.random(true_logit.size) < calibrate.expit(true_logit)).astype(int)
+    t, shift = calibrate.fit_temperature_and_shift(2.0 * (true_logit - 0.7), y)  # scaled and centred
+    assert t == pytest.approx(2.0, rel=0.1) and shift / t == pytest.approx(0.7, abs=0.1)

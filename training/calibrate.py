@@ -1,7 +1,9 @@
 """Temperature scaling and operating thresholds, both fitted on the validation split only.
 
 Temperature T rescales logits (score = sigmoid(logit / T)) to minimise validation negative
-log-likelihood; it is monotone, so it changes calibration but not the ranking (AUROC).
+log-likelihood; with a shift (score = sigmoid((logit + shift) / T), Platt scaling) it also
+absorbs the prior difference between the class-balanced training loss and the validation
+mix. Both are monotone: calibration changes, the ranking (AUROC) does not.
 A threshold for target sensitivity s is the highest score threshold that still flags at least
 a fraction s of validation abnormal films as suspicious (score >= threshold).
 """
@@ -30,8 +32,27 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
-def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return expit(np.asarray(logits, dtype=np.float64) / temperature)
+def fit_temperature_and_shift(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(T, shift) minimising the NLL of sigmoid((logit + shift) / T): temperature scaling with
+    a bias (Platt scaling), for when the training class balance differs from validation's."""
+    from scipy.optimize import minimize
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+
+    def nll(p: np.ndarray) -> float:
+        s = z / math.exp(p[0]) + p[1]
+        return float(-np.mean(y * log_expit(s) + (1 - y) * log_expit(-s)))
+
+    t0 = math.log(fit_temperature(z, y))
+    res = minimize(nll, x0=np.array([t0, 0.0]), method="L-BFGS-B",
+                   bounds=[(math.log(0.05), math.log(100.0)), (-20.0, 20.0)])
+    t = float(math.exp(res.x[0]))
+    return t, float(res.x[1] * t)
+
+
+def calibrated(logits: np.ndarray, temperature: float, shift: float = 0.0) -> np.ndarray:
+    return expit((np.asarray(logits, dtype=np.float64) + shift) / temperature)
 
 
 def threshold_for_sensitivity(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
@@ -80,5 +101,5 @@ def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int
     return float(ece)
 
 
-__all__ = ["fit_temperature", "calibrated", "threshold_for_sensitivity", "operating_points",
+__all__ = ["fit_temperature", "fit_temperature_and_shift", "calibrated", "threshold_for_sensitivity", "operating_points",
            "rates", "expected_calibration_error", "TARGET_SENSITIVITIES", "expit"]

@@ -48,6 +48,18 @@ def build_split(data: Path, path: Path, seed: int = 0) -> Path:
     return write_manifest(assign_splits(shared_data(data), 0.2, 0.2, seed), path)
 
 
+def write_rsna_subsample(split: Path, out: Path, n: int, seed: int = 0) -> Path:
+    """The split without all but ``n`` (seeded) of the training-split RSNA normals."""
+    import numpy as np
+
+    from cxr_triage.training.manifest import read_manifest, write_manifest
+
+    rows = read_manifest(split)
+    pool = [i for i, e in enumerate(rows) if e.source == "rsna-normals" and e.split == "train"]
+    keep = set(np.random.default_rng(seed).choice(pool, size=min(n, len(pool)), replace=False).tolist())
+    return write_manifest([e for i, e in enumerate(rows) if i not in pool or i in keep], out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data")
@@ -56,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--architecture", default="effnet_lite0")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
+    ap.add_argument("--rsna-train-normals", type=int, default=0,
+                    help="also train on this many RSNA normals of the training split (seeded sample)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args(argv)
@@ -70,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         build_split(data, split)
     manifest = out / "manifest.csv"
     if not manifest.exists():
-        shutil.copyfile(split, manifest)
+        if args.rsna_train_normals:
+            write_rsna_subsample(split, manifest, args.rsna_train_normals)
+        else:
+            shutil.copyfile(split, manifest)
     overrides = {"architecture": args.architecture, "threads": args.threads}
     if args.epochs:
         overrides["epochs"] = args.epochs
+    if args.rsna_train_normals:
+        overrides["train_sources"] = [*NIH_SOURCES, "rsna-normals"]
     if args.architecture != "effnet_lite0":
         overrides["freeze_blocks"] = 0
     cfg = default_recipe(manifest, data, out, **overrides)

@@ -434,14 +434,13 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     idx, logits = _predict(_UpperModel.make(net, cfg.freeze_blocks) if use_trunk else net, dl_val, device)
     val_logits = np.zeros(len(val_e))
     val_logits[idx] = logits
-    # The class-balanced loss trains as if both classes were equally common; shifting logits
-    # by the log training odds undoes that before temperature scaling (a fixed, unfitted term).
-    pos_share = float(np.mean([e.label for e in entries if e.split == "train" and
-                               (not cfg.train_sources or e.source in cfg.train_sources)]))
-    logit_shift = float(np.log(pos_share / (1.0 - pos_share))) if 0 < pos_share < 1 else 0.0
-    val_logits = val_logits + logit_shift
+    # The class-balanced loss trains as if both classes were equally common, so temperature
+    # scaling gets a shift (Platt scaling) to match the validation mix; fitted on validation.
     z, y = val_logits[sel], y_val[sel]
-    temperature = calibrate.fit_temperature(z, y)
+    temperature, logit_shift = calibrate.fit_temperature_and_shift(z, y)
+    ece_raw = calibrate.expected_calibration_error(calibrate.calibrated(z, 1.0), y)
+    val_logits = val_logits + logit_shift
+    z = val_logits[sel]
     scores = calibrate.calibrated(z, temperature)
     thresholds = calibrate.operating_points(scores, y)
     all_scores = calibrate.calibrated(val_logits, temperature)
@@ -450,7 +449,7 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
         "films": int(sel.sum()),
         "abnormal": int(y.sum()),
         "auroc": auroc(scores, y),
-        "ece_before": calibrate.expected_calibration_error(calibrate.calibrated(z, 1.0), y),
+        "ece_before": ece_raw,
         "ece_after": calibrate.expected_calibration_error(scores, y),
         "operating_points": {k: calibrate.rates(scores, y, t) for k, t in thresholds.items()},
         "by_source": per_source(all_scores, val_e),
