@@ -74,7 +74,7 @@ class Summary:
     """Scenario figures, rewritten to test-artifacts/reliability-summary.json on every update
     (so a partial run still leaves its figures), with suite totals."""
 
-    TOTALS = ("instances_sent", "acknowledged", "delivered", "lost", "duplicates",
+    TOTALS = ("instances_sent", "acknowledged", "delivered", "ignored_by_design", "lost", "duplicates",
               "malformed_inputs_tried", "crashes_survived")
 
     def __init__(self, path: Path):
@@ -296,6 +296,19 @@ class NodeProc:
             return [dict(r) for r in con.execute(sql, args)]
         finally:
             con.close()
+
+    def delivered_instances(self) -> set[str]:
+        """Instances named in their study's current result, where every delivery of that
+        result succeeded (for scenarios that deliver to the outbox)."""
+        out: set[str] = set()
+        rows = self.db(
+            "SELECT r.result_json, (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=r.id) AS n,"
+            " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=r.id AND d.state='delivered') AS ok"
+            " FROM studies s JOIN results r ON r.id=s.result_id")
+        for r in rows:
+            if r["n"] and r["n"] == r["ok"]:
+                out.update(f["sop_instance_uid"] for f in json.loads(r["result_json"])["films"])
+        return out
 
     def audit(self) -> list[dict[str, Any]]:
         from cxr_triage.dicom_node.audit import read_audit

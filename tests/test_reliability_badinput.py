@@ -172,13 +172,20 @@ def test_bad_input_gets_the_right_answer_and_the_node_keeps_serving(
         assert failures == [], "\n".join(failures)
         assert films[good_case.sop_instance_uid]["decision"] in ("suspicious", "likely_normal")
 
+        # every acknowledged instance is accounted for in a delivered result (SRs are skipped
+        # by design: a PACS echoing results back must not loop)
+        acked = {c.sop_instance_uid for c in [*corpus, good_case] if statuses[c.name] == 0}
+        ignored = {c.sop_instance_uid for c in corpus if c.expect == IGNORED}
+        delivered = node.delivered_instances() & acked
+        lost = acked - ignored - delivered
+        assert lost == set(), lost
         hits = phi_hits([node.log, node.state_dir / "audit.jsonl", *qdir.glob("*.json")])
         assert hits == [], "\n".join(hits[:20])
         SUMMARY.record("bad_input", malformed_inputs_tried=len(corpus) + len(abuses) + 1,
                        corpus_objects=len(corpus), socket_abuses=len(abuses) + 1,
                        lockout_after_connection_flood_s=round(flood_lockout_s, 1),
                        quarantined=len(list(qdir.glob("*.json"))), outcomes=outcomes,
-                       instances_sent=len(corpus) + 1,
-                       acknowledged=sum(1 for s in statuses.values() if s == 0))
+                       instances_sent=len(corpus) + 1, acknowledged=len(acked), delivered=len(delivered),
+                       ignored_by_design=len(ignored & acked), lost=len(lost))
     finally:
         node.kill()

@@ -88,7 +88,7 @@ def test_results_wait_for_the_destination_with_bounded_back_off(tmp_path: Path, 
         assert acc.problems == [] and acc.lost == [] and acc.duplicates == 0, acc
         assert {s: sum(c.values()) for s, c in dest.sr_uids_by_study().items()} == {
             str(s[0].StudyInstanceUID): 1 for s in studies}
-        assert arrival_s <= MAX_S + SLACK_S, f"results took {arrival_s:.1f} s after the destination returned"
+        assert arrival_s <= MAX_S + 2 * SLACK_S, f"results took {arrival_s:.1f} s after the destination returned"
 
         # the back-off schedule, from the attempt log
         gaps, max_gap = 0, 0.0

@@ -171,11 +171,11 @@ def test_mutual_tls_with_dcmtk(tmp_path: Path, tiny_model: Path, shared_data: Pa
 
         stored = {r["sop_instance_uid"] for r in node.db("SELECT sop_instance_uid FROM instances")}
         assert stored == {str(study[0].SOPInstanceUID), str(study[1].SOPInstanceUID)}
-        wait_for(lambda: node.db("SELECT state FROM studies")[0]["state"] == "triaged", 60, 0.3,
-                 "the TLS-received study triaged")
+        wait_for(lambda: node.delivered_instances() >= stored, 60, 0.3, "the TLS-received study's result")
         assert node.stop() == 0, node.tail()
         assert phi_hits([node.log, node.state_dir / "audit.jsonl"]) == []
-        SUMMARY.record("security_tls", accepted_with_site_certificate=2, refused=sorted(refused) + [
+        SUMMARY.record("security_tls", instances_sent=4, acknowledged=len(stored), delivered=len(stored),
+                       lost=0, accepted_with_site_certificate=2, refused=sorted(refused) + [
             "rogue_certificate_pynetdicom"], stored_instances=len(stored),
             idle_handshake_other_client_s=round(blocked_s, 1))
     finally:
@@ -225,8 +225,11 @@ def test_no_phi_in_any_log_of_the_suite_and_audit_is_json_lines(tmp_path: Path, 
                     if e.get("direction") == "received" and e.get("outcome") == 0
                     and e.get("calling_ae") == "RELSCU"}
         assert received == set(sender.acked())
+        delivered = node.delivered_instances() & set(sender.acked())
+        assert delivered == set(sender.acked())
         SUMMARY.record("phi_and_audit", log_files_scanned=len(logs), phi_markers=list(PHI_MARKERS),
                        phi_hits=len(hits), audit_lines_checked=lines, instances_sent=6,
-                       acknowledged=len(sender.acked()))
+                       acknowledged=len(sender.acked()), delivered=len(delivered),
+                       lost=len(set(sender.acked()) - delivered))
     finally:
         node.kill()
