@@ -135,6 +135,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, films: Sequence[P
                       version: str | None = None) -> dict[str, Any]:
     """Export and check; films come from ``films`` or the validation rows of a manifest."""
     wrapper, ck = load_checkpoint(checkpoint)
+    if version is None:  # date, training manifest and the weights themselves
+        import hashlib
+
+        digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:6]
+        sha = ck.get("training_manifest_sha256", "")[:8] or "nomanifest"
+        version = f"{build_metadata(ck).created[:10].replace('-', '.')}-{sha}-{digest}"
     meta = build_metadata(ck, name, version)
     paths = list(films or [])
     if not paths and check_manifest is not None:

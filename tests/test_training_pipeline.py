@@ -161,3 +161,34 @@ def test_cached_trunk_training_with_effnet(synthetic_manifest: Path, tmp_path: P
     assert len(list((tmp_path / "t" / "cache").glob("trunk_*.npy"))) == 2
     again = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "t2"), "cache_dir": str(tmp_path / "t" / "cache")}))
     assert again["best_val_auroc"] == summary["best_val_auroc"]  # same seed, cached trunk: same run
+
+
+def test_source_label_balance_and_source_mean_selection(synthetic_manifest: Path, tmp_path: Path) -> None:
+    from cxr_triage.training.train import TrainConfig, train
+
+    cfg = TrainConfig(manifest=str(synthetic_manifest), out=str(tmp_path / "b"), architecture="tiny",
+                      pretrained=False, image_size=SIZE, harmonise_size=SIZE, epochs=1, batch_size=8,
+                      threads=1, progress=False, balance="source_label", select_metric="source_mean_auroc")
+    summary = train(cfg)
+    row = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
+    by_source = [v for v in row["val_auroc_by_source"].values() if v == v]
+    assert row["val_select"] == pytest.approx(sum(by_source) / len(by_source), abs=1e-3)
+    assert summary["best_val_auroc"] == pytest.approx(row["val_select"], abs=1e-4)
+
+
+def test_test_report_figures_with_cis(synthetic_manifest: Path, trained_run: Path, tmp_path: Path) -> None:
+    from cxr_triage.training.report import markdown, test_report
+
+    model = tmp_path / "r.onnx"
+    assert cli_main(["export", "--checkpoint", str(trained_run / "model.pt"), "--out", str(model)]) == 0
+    report = test_report(model, trained_run / "split.csv", synthetic_manifest.parent, tmp_path / "rep.json")
+    head = report["headline"]
+    n_test = sum(1 for r in csv.DictReader((trained_run / "split.csv").open()) if r["split"] == "test")
+    assert head["films"] == n_test
+    lo, hi = head["auroc"]["ci95"]
+    assert lo <= head["auroc"]["value"] <= hi
+    for op in head["operating_points"].values():
+        s = op["sensitivity"]
+        assert s["ci95"][0] <= s["value"] <= s["ci95"][1]
+    assert (tmp_path / "rep.scores.csv").read_text().count("\n") == n_test + 1
+    assert "AUROC" in markdown(report)

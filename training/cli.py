@@ -62,6 +62,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + key.replace("_", "-"), type=float, default=getattr(d, key))
     p.add_argument("--train-sources", nargs="*", default=[], help="train/validate on these sources only")
     p.add_argument("--select-sources", nargs="*", default=[], help="val sources for AUROC and calibration")
+    p.add_argument("--balance", default=d.balance, choices=["label", "source_label"])
+    p.add_argument("--select-metric", default=d.select_metric, choices=["auroc", "source_mean_auroc"])
     p.add_argument("--cache-dir", default="")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--no-progress", action="store_true")

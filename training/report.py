@@ -124,6 +124,17 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
     for src in sorted({e.source for e in entries}):
         idx = [i for i, e in enumerate(entries) if e.source == src]
         report["by_source"][src] = figures(scores[idx], [entries[i] for i in idx], meta.thresholds)
+    # Each source's normals against all headline abnormal films: equal values mean the model
+    # tells normal from abnormal whatever pipeline made the normal film; a low value for one
+    # source means its normals look "abnormal" to the model (the source was learned).
+    y = np.array([e.label for e in entries])
+    abn = [i for i in head if y[i] == 1]
+    report["normals_by_source_vs_nih_abnormal_auroc"] = {}
+    for src in sorted({e.source for e in entries}):
+        norm = [i for i, e in enumerate(entries) if e.source == src and e.label == 0]
+        if norm and abn:
+            idx = abn + norm
+            report["normals_by_source_vs_nih_abnormal_auroc"][src] = _fmt(auroc_ci(scores[idx], y[idx]))
     nih_norm = [i for i in head if entries[i].label == 0]
     report["nih_normals_alone"] = figures(scores[nih_norm], [entries[i] for i in nih_norm], meta.thresholds)
     if out:
@@ -165,6 +176,10 @@ def markdown(report: dict[str, Any]) -> str:
     for src, f in {**report["by_source"], "NIH normals alone": report["nih_normals_alone"]}.items():
         spec = " | ".join(_ci(op["specificity"]) for op in f["operating_points"].values())
         lines.append(f"| {src} | {f['films']} | {f['abnormal']} | {_ci(f['auroc'], pct=False)} | {spec} |")
+    lines += ["", "Normals of each source against all NIH abnormal test films (AUROC; equal values would "
+              "mean the source of a normal film does not matter to the model):", ""]
+    for src, v in report.get("normals_by_source_vs_nih_abnormal_auroc", {}).items():
+        lines.append(f"- {src}: {_ci(v, pct=False)}")
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(markdown(report))
     else:
-        print(json.dumps({k: report[k] for k in ("model", "split", "headline", "by_source", "nih_normals_alone")}, indent=1))
+        keys = ("model", "split", "headline", "by_source", "nih_normals_alone", "normals_by_source_vs_nih_abnormal_auroc")
+        print(json.dumps({k: report[k] for k in keys}, indent=1))
     return 0
 
 

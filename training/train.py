@@ -53,6 +53,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     focal_gamma: float = 0.0            # 0: class-balanced BCE (MONAI FocalLoss, gamma 0)
+    balance: str = "label"              # label: classes weigh equally; source_label: every
+                                        # (source, label) group weighs equally, so a source's
+                                        # look cannot stand in for the label
+    select_metric: str = "auroc"        # auroc | source_mean_auroc (mean of per-source AUROCs)
     patience: int = 4                   # epochs without val AUROC gain before stopping
     augment: float = 1.0                # augmentation strength (0 disables)
     seed: int = 0
@@ -324,8 +328,24 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     pos_share = float(y_train.mean())
-    # alpha weights abnormal films by the normal share: both classes count equally.
-    loss_fn = FocalLoss(gamma=cfg.focal_gamma, alpha=1.0 - pos_share, use_softmax=False)
+    if cfg.balance == "source_label":
+        groups = [(e.source, e.label) for e in train_e]
+        counts = {g: groups.count(g) for g in set(groups)}
+        w = np.array([len(groups) / (len(counts) * counts[g]) for g in groups], dtype=np.float32)
+        sample_w = torch.as_tensor(w)
+        unweighted = FocalLoss(gamma=cfg.focal_gamma, use_softmax=False, reduction="none")
+
+        def loss_fn(logit, y, idx=None):
+            per = unweighted(logit, y).reshape(-1)
+            return (per * sample_w[idx]).mean() if idx is not None else per.mean()
+    elif cfg.balance == "label":
+        # alpha weights abnormal films by the normal share: both classes count equally.
+        balanced = FocalLoss(gamma=cfg.focal_gamma, alpha=1.0 - pos_share, use_softmax=False)
+
+        def loss_fn(logit, y, idx=None):
+            return balanced(logit, y)
+    else:
+        raise ValueError(f"balance must be label or source_label, not {cfg.balance!r}")
 
     state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     last, best = out / "last.pt", out / "best.pt"
@@ -362,7 +382,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 break
             x = batch["image"].to(device)
             y = batch["label"].to(device).float()
-            loss = loss_fn(model(x)[:, None], y[:, None])
+            loss = loss_fn(model(x)[:, None], y[:, None], torch.as_tensor(np.asarray(batch["index"])))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -374,11 +394,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         for pidx, plog in parts:
             val_logits[pidx] = plog
         train_loss = float(np.mean(_gather(float(np.mean(losses)) if losses else float("nan"))))
-        val_auc = auroc(val_logits[sel], y_val[sel])
+        by_src = per_source(val_logits[sel], [e for e, m in zip(val_e, sel) if m])
+        if cfg.select_metric == "source_mean_auroc":
+            vals = [v["auroc"] for v in by_src.values() if not math.isnan(v["auroc"])]
+            val_auc = float(np.mean(vals)) if vals else float("nan")
+        else:
+            val_auc = auroc(val_logits[sel], y_val[sel])
         row = {
             "epoch": epoch, "train_loss": round(train_loss, 5),
             "val_loss": round(float(loss_fn(torch.as_tensor(val_logits[sel, None]), torch.as_tensor(y_val[sel, None]))), 5),
-            "val_auroc": round(val_auc, 5),
+            "val_auroc": round(auroc(val_logits[sel], y_val[sel]), 5), "val_select": round(val_auc, 5),
             "val_auroc_by_source": {k: round(v["auroc"], 4) for k, v in per_source(val_logits, val_e).items()},
             "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1),
         }
