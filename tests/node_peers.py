@@ -85,45 +85,74 @@ def write_node_config(path: Path, port: int, model: Path, **sections: dict[str, 
 
 
 class NodeProcess:
-    """``cxr-triage --config CFG serve`` as a subprocess; logs to ``<dir>/node.log``."""
+    """``cxr-triage --config CFG serve`` as a subprocess; logs to ``<dir>/node.log``.
+
+    Subclasses (the reliability suite's ``NodeProc``) change what "ready" means
+    (:meth:`ready`), the environment and the default timeouts.
+    """
+
+    START_TIMEOUT_S = 60.0
+    STOP_TIMEOUT_S = 30.0
 
     def __init__(self, config: Path, port: int):
         self.config = config
         self.port = port
         self.log = config.parent / "node.log"
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}      # extra environment for the node process
 
-    def start(self, timeout: float = 60.0) -> "NodeProcess":
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
+    def _environ(self) -> dict[str, str]:
+        return dict(os.environ, OMP_NUM_THREADS="1", **self.env)
+
+    def spawn(self) -> None:
+        """Start without waiting for it to be ready."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
+                                         stdout=out, stderr=subprocess.STDOUT, env=self._environ())
+
+    def ready(self) -> bool:
+        """The SCP listens last, once everything else is up."""
+        return _listening(self.port)
+
+    def start(self, timeout: float | None = None) -> "NodeProcess":
+        self.spawn()
+        assert self.proc is not None
+        deadline = time.monotonic() + (self.START_TIMEOUT_S if timeout is None else timeout)
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.tail()}")
-            if _listening(self.port):                      # the SCP listens last, once ready
+            if self.ready():
                 return self
             if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"node did not start listening:\n{self.tail()}")
+                self._sigkill()
+                raise TimeoutError(f"node did not become ready:\n{self.tail()}")
             time.sleep(0.2)
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, then wait (the node finishes in-flight work)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(self.STOP_TIMEOUT_S if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode if self.proc else None
 
-    def kill(self) -> None:
-        """SIGKILL: a crash."""
+    def _sigkill(self) -> bool:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+            return True
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        self._sigkill()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.proc and self.proc.poll() is None)
 
     def tail(self, n: int = 40) -> str:
         try:

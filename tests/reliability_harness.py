@@ -16,11 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -28,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
@@ -36,8 +32,9 @@ from pynetdicom.sop_class import Verification
 
 from cxr_triage.paths import repo_root
 
-CLI = Path(sys.executable).parent / "cxr-triage"
-NODE_AET = "CXRTRIAGE"
+# the suite's process and port helpers are node_peers' (re-exported for the test modules)
+from node_peers import NODE_AET, NodeProcess, free_port, wait_for, write_node_config  # noqa: F401
+
 PROBE_AET = "RELPROBE"          # the harness's own C-ECHO probe (allowed in every config)
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
@@ -49,23 +46,6 @@ PHI_MARKERS = ("Quokkafield", "Wilhelmina", PHI_ID, "PHIQ-90210", PHI_BIRTH)
 
 # Every log-like file the suite produced (node stdout/stderr, audit logs, SCP logs).
 LOG_FILES: list[Path] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        val = pred()
-        if val:
-            return val
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or pred}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------- summary
@@ -183,25 +163,14 @@ def contexts_for(datasets: Iterable[Dataset]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------- node
 
 def write_config(path: Path, port: int, model: Path, **sections: dict[str, Any]) -> Path:
-    """Loopback node config for the suite: short quiet period, fast retries, web off."""
-    cfg: dict[str, dict[str, Any]] = {
-        "inference": {"model_path": str(model), "threads": 1},
-        "node": {"host": "127.0.0.1", "port": port, "quiet_period_s": 1.0,
-                 "state_dir": str(path.parent / "state"), "network_timeout_s": 10.0},
-        "delivery": {"retry_initial_s": 0.5, "retry_max_s": 2.0, "summary_image": False},
-        "web": {"enabled": False},
-        "logging": {"format": "json", "level": "INFO"},
-    }
-    for sec, vals in sections.items():
-        cfg.setdefault(sec, {}).update(vals)
-    allowed = cfg["node"].get("allowed_calling_aets")
-    if allowed:
-        cfg["node"]["allowed_calling_aets"] = [*allowed, PROBE_AET]
-    text = "".join(f"[{sec}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vals.items()) + "\n"
-                   for sec, vals in cfg.items())
+    """Loopback node config for the suite (node_peers' defaults); an AE allow-list also
+    admits the harness's own C-ECHO probe."""
+    node = dict(sections.get("node", {}))
+    if node.get("allowed_calling_aets"):
+        node["allowed_calling_aets"] = [*node["allowed_calling_aets"], PROBE_AET]
+        sections = {**sections, "node": node}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_node_config(path, port, model, **sections)
 
 
 def echo(port: int, aet: str = PROBE_AET, timeout: float = 5.0, tls_args: Any = None) -> bool:
@@ -219,74 +188,35 @@ def echo(port: int, aet: str = PROBE_AET, timeout: float = 5.0, tls_args: Any = 
         assoc.release()
 
 
-class NodeProc:
-    """``cxr-triage --config CFG serve`` as a subprocess; stdout+stderr appended to node.log."""
+class NodeProc(NodeProcess):
+    """The node under test: ready when it answers C-ECHO, counts its crashes, and reads its
+    job store; stdout+stderr appended to node.log."""
+
+    START_TIMEOUT_S = 120.0
+    STOP_TIMEOUT_S = 60.0
 
     def __init__(self, config: Path, port: int, probe: Callable[[], bool] | None = None):
-        self.config = config
-        self.port = port
-        self.log = config.parent / "node.log"
+        super().__init__(config, port)
         self.state_dir = config.parent / "state"
-        self.proc: subprocess.Popen | None = None
         self.probe = probe or (lambda: echo(port))
         self.kills = 0
-        self.env: dict[str, str] = {}      # extra environment for the node process
         for p in (self.log, self.state_dir / "audit.jsonl"):
             if p not in LOG_FILES:
                 LOG_FILES.append(p)
 
-    def start(self, timeout: float = 120.0) -> "NodeProc":
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default", **self.env)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
-                                         stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self.probe():
-                    return self
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node did not answer C-ECHO:\n{self.tail()}")
-            time.sleep(0.2)
+    def _environ(self) -> dict[str, str]:
+        return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default", **self.env)
 
-    def spawn(self) -> None:
-        """Start without waiting (the sender's retries find it when it listens)."""
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default", **self.env)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
-                                         stdout=out, stderr=subprocess.STDOUT, env=env)
+    def ready(self) -> bool:
+        try:
+            return bool(self.probe())
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
 
     def kill(self) -> None:
         """``kill -9``: a crash."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self._sigkill():
             self.kills += 1
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM and wait (the node finishes in-flight work)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-    @property
-    def alive(self) -> bool:
-        return bool(self.proc and self.proc.poll() is None)
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
     def db(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         """Rows from the node's job store (read while it runs: WAL readers never block)."""
