@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pynetdicom import AE
 
 from cxr_triage.config import Config, parse_destination, resolve_path
 from cxr_triage.dicom_node import audit as A
+from cxr_triage.dicom_node.poller import PollingThread
 from cxr_triage.dicom_node.queue import OUTBOX, DueDelivery, JobStore
 from cxr_triage.dicom_node.spool import safe_name, write_atomic
 
@@ -104,44 +104,21 @@ def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
     return out
 
 
-class Deliverer(threading.Thread):
+class Deliverer(PollingThread):
     """Sends due deliveries, grouped per destination; records every attempt."""
+
+    error_msg = "deliverer error; retrying"
 
     def __init__(self, cfg: Config, store: JobStore, outbox: Path, audit: A.AuditLog,
                  poll_s: float = 0.25):
-        super().__init__(name="deliverer", daemon=True)
+        super().__init__("deliverer", store, poll_s)
         self.cfg = cfg
-        self.store = store
         self.outbox = outbox
         self.audit = audit
-        self.poll_s = poll_s
-        self._halt = threading.Event()
-        self.kick = threading.Event()
         self.tls = tls_client_context(cfg)
 
-    def stop(self) -> None:
-        """Finish the batch in hand, then exit (call ``join``)."""
-        self._halt.set()
-        self.kick.set()
-
-    def run(self) -> None:
-        try:
-            while not self._halt.is_set():
-                try:
-                    busy = self.run_once()
-                except Exception:  # noqa: BLE001 - e.g. database unavailable: keep the thread alive
-                    log.exception("deliverer error; retrying")
-                    self._halt.wait(2.0)
-                    try:  # this thread alone moves that state: put its work back in the queue
-                        self.store.recover(studies=False, deliveries=True)
-                    except Exception:  # noqa: BLE001
-                        pass
-                    continue
-                if not busy:
-                    self.kick.wait(self.poll_s)
-                    self.kick.clear()
-        finally:
-            self.store.close()
+    def recover(self) -> None:
+        self.store.recover(studies=False, deliveries=True)
 
     def run_once(self) -> bool:
         """Send everything due now; False when nothing was due."""

@@ -70,7 +70,7 @@ class Node:
         self.deliverer = Deliverer(cfg, self.store, self.dirs.outbox, self.audit)
         self.worker = TriageWorker(cfg, self.store, self.dirs, self.quarantine, self.audit,
                                    triager, meta, destinations=lambda: destinations_for(cfg))
-        self.worker.on_result = self.deliverer.kick.set             # send without waiting a poll
+        self.worker.on_result = self.deliverer.wake.set            # send without waiting a poll
         self.deliverer.start()
         self.worker.start()
         self.handler = StoreHandler(self.store, self.spool, self.quarantine, self.audit,

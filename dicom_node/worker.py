@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from io import BytesIO
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydicom.valuerep import DA, DT, TM
 from cxr_triage.config import Config, resolve_path
 from cxr_triage.dicom_node import audit as A
 from cxr_triage.dicom_node.heatmaps import save_study_heatmaps
+from cxr_triage.dicom_node.poller import PollingThread
 from cxr_triage.dicom_node.queue import InstanceRecord, JobStore, ResultObject
 from cxr_triage.dicom_node.scp import TRIAGE_SOP_CLASSES
 from cxr_triage.dicom_node.sr import build_result_sr  # imported here, not in the thread
@@ -236,55 +236,28 @@ def _quarantine_copy(quarantine: Quarantine, inst: InstanceRecord, film: FilmRes
 
 
 # -- the thread -----------------------------------------------------------------------------
-class TriageWorker(threading.Thread):
+class TriageWorker(PollingThread):
     """Claims quiet studies, triages them, stores result + deliveries in one transaction."""
+
+    error_msg = "triage worker error; retrying"
 
     def __init__(self, cfg: Config, store: JobStore, dirs: StateDirs, quarantine: Quarantine,
                  audit: A.AuditLog, triager: FilmTriager, meta: ModelMetadata,
                  destinations: Callable[[], list[str]], poll_s: float = 0.2):
-        super().__init__(name="triage-worker", daemon=True)
+        super().__init__("triage-worker", store, poll_s)
         self.cfg = cfg
-        self.store = store
         self.dirs = dirs
         self.quarantine = quarantine
         self.audit = audit
         self.triager = triager
         self.meta = meta
         self.destinations = destinations
-        self.poll_s = poll_s
-        self._halt = threading.Event()
-        self.idle = threading.Event()
-        # set by the SCP when an instance is stored: look for due studies now, not at the next poll
-        self.wake = threading.Event()
+        # self.wake: set by the SCP when an instance is stored (look for due studies now)
         # called after each result is committed (the node kicks the deliverer with it)
         self.on_result: Callable[[], None] | None = None
 
-    def stop(self) -> None:
-        """Finish the study in hand, then exit (call ``join``)."""
-        self._halt.set()
-        self.wake.set()
-
-    def run(self) -> None:
-        try:
-            while not self._halt.is_set():
-                try:
-                    busy = self.run_once()
-                except Exception:  # noqa: BLE001 - e.g. database unavailable: keep the thread alive
-                    log.exception("triage worker error; retrying")
-                    self._halt.wait(2.0)
-                    try:  # this thread alone moves that state: put its work back in the queue
-                        self.store.recover(studies=True, deliveries=False)
-                    except Exception:  # noqa: BLE001
-                        pass
-                    continue
-                if not busy:
-                    self.idle.set()
-                    self.wake.wait(self.poll_s)
-                    self.wake.clear()
-                else:
-                    self.idle.clear()
-        finally:
-            self.store.close()
+    def recover(self) -> None:
+        self.store.recover(studies=True, deliveries=False)
 
     def run_once(self) -> bool:
         """Triage one due study; False when none was due."""
