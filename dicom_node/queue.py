@@ -453,6 +453,21 @@ class JobStore:
         oldest["age_s"] = max(0.0, now - oldest["since"])
         return oldest
 
+    def failed_attempts(self) -> int:
+        """Delivery attempts that failed, ever (the metrics counter)."""
+        return int(self._con().execute("SELECT COUNT(*) FROM attempts WHERE ok=0").fetchone()[0])
+
+    def study_latencies(self) -> list[float]:
+        """Seconds from a study's first instance to its current result, per triaged study."""
+        rows = self._con().execute(
+            "SELECT r.created_at - s.first_received_at FROM studies s JOIN results r ON r.id=s.result_id")
+        return [float(r[0]) for r in rows if r[0] is not None]
+
+    def latest_result_json(self) -> str | None:
+        """The JSON of the newest result (the worklist names the model behind it)."""
+        row = self._con().execute("SELECT result_json FROM results ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
     def delivery_failures(self, limit: int = 20) -> list[dict[str, Any]]:
         """Deliveries that failed at least once and are not delivered (dead ones first)."""
         rows = self._con().execute(

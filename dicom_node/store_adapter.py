@@ -1,16 +1,13 @@
 """The node's :class:`~cxr_triage.dicom_node.queue.JobStore` seen as a worklist source.
 
 Maps the store's query API (``list_studies``, ``get_study``, ``counts``, ``oldest_pending``)
-to :class:`~cxr_triage.dicom_node.worklist.StudyEntry` / ``QueueStats``. Two aggregates the
-store has no method for (failed delivery attempts, latencies) are read with a separate
-read-only SQLite connection, which WAL allows beside the node's writers.
+to :class:`~cxr_triage.dicom_node.worklist.StudyEntry` / ``QueueStats``; the adapter never
+reads the store's tables itself.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,6 @@ class StoreWorklist:
     def __init__(self, store: Any, state_dir: str | Path | None = None):
         self._store = store
         self.state_dir = Path(state_dir) if state_dir else None
-        self._local = threading.local()
 
     # ------------------------------------------------------------------ worklist
     def list_studies(self, since: float | None = None, until: float | None = None) -> list[StudyEntry]:
@@ -64,10 +60,8 @@ class StoreWorklist:
         studies = counts.get("studies", {})
         deliveries = counts.get("deliveries", {})
         oldest = self._store.oldest_pending()
-        con = self._ro()
-        failures = con.execute("SELECT COUNT(*) FROM attempts WHERE ok=0").fetchone()[0]
-        latencies = [r[0] for r in con.execute(
-            "SELECT r.created_at - s.first_received_at FROM studies s JOIN results r ON r.id=s.result_id")]
+        failures = self._store.failed_attempts()
+        latencies = self._store.study_latencies()
         return QueueStats(
             instances_received=int(counts.get("instances", 0)),
             studies_by_decision={k: int(v) for k, v in counts.get("decisions", {}).items()},
@@ -76,16 +70,16 @@ class StoreWorklist:
             oldest_pending_received_at=oldest["since"] if oldest else None,
             delivery_failures=int(failures),
             dead_letters=int(deliveries.get("dead", 0)),
-            latencies_s=[max(0.0, float(v)) for v in latencies if v is not None],
+            latencies_s=[max(0.0, v) for v in latencies],
         )
 
     def model_info(self) -> dict[str, str]:
         """Name and version of the model behind the latest result (when the node gives none)."""
-        row = self._ro().execute("SELECT result_json FROM results ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
+        text = self._store.latest_result_json()
+        if text is None:
             return {}
         try:
-            films = json.loads(row[0]).get("films", [])
+            films = json.loads(text).get("films", [])
         except (ValueError, AttributeError):
             return {}
         scored = [f for f in films if isinstance(f, dict) and f.get("model_version")]
@@ -96,14 +90,6 @@ class StoreWorklist:
                 "operating_point": str(f.get("operating_point") or "")}
 
     # ------------------------------------------------------------------- helpers
-    def _ro(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            uri = Path(self._store.path).resolve().as_uri() + "?mode=ro"
-            con = sqlite3.connect(uri, uri=True, timeout=10.0)
-            self._local.con = con
-        return con
-
     @staticmethod
     def _entry(r: dict[str, Any]) -> StudyEntry:
         status = r.get("delivery_status")
