@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from cxr_triage.evaluation import metrics
+from cxr_triage.evaluation.sources import parse_label  # the harness's label spellings
 
 KEYS = ("study_instance_uid", "sop_instance_uid")
 
@@ -53,8 +54,6 @@ class Outcome:
 def read_outcomes(path: str | Path) -> tuple[str, dict[str, Outcome]]:
     """(key column, outcomes by UID). The key is ``sop_instance_uid`` when the CSV has it
     filled, else ``study_instance_uid``."""
-    from cxr_triage.evaluation.sources import _label  # the harness's label parsing
-
     path = Path(path)
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -73,7 +72,7 @@ def read_outcomes(path: str | Path) -> tuple[str, dict[str, Outcome]]:
             raise ValueError(f"{path}:{line}: empty {key}")
         if uid in out:
             raise ValueError(f"{path}:{line}: {key} {uid} listed twice")
-        out[uid] = Outcome(uid, _label(row["label"], f"{path}:{line}"), {k: v or "" for k, v in row.items() if k})
+        out[uid] = Outcome(uid, parse_label(row["label"], f"{path}:{line}"), {k: v or "" for k, v in row.items() if k})
     return key, out
 
 

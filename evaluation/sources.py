@@ -72,7 +72,9 @@ def film_key(path: Path, fallback: str) -> str:
         return "name:" + fallback
 
 
-def _label(value: str, where: str) -> int:
+def parse_label(value: str, where: str) -> int:
+    """1 for an abnormal label, 0 for a normal one (the spellings the harness accepts);
+    SourceError naming ``where`` otherwise. Shared with reconcile's outcome files."""
     v = value.strip().lower()
     if v in _POSITIVE:
         return 1
@@ -118,7 +120,7 @@ def read_manifest(path: Path, base: Path | None = None, hash_files: bool = True)
             resolved = (base / name).resolve()
             nm = (row.get("nodule_or_mass") or "").strip().lower()
             films.append(Film(
-                file=name, path=resolved, label=_label(row["label"], f"{path}:{line}"),
+                file=name, path=resolved, label=parse_label(row["label"], f"{path}:{line}"),
                 patient_id=(row.get("patient_id") or "").strip() or f"film:{name}",
                 key=film_key(resolved, name) if hash_files else "name:" + name,
                 site=(row.get("site") or "").strip(), age=_age(row.get("age") or ""),
