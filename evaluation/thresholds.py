@@ -52,6 +52,23 @@ def min_abnormal_for_lower_bound(target: float, confidence: float = 0.95, method
     return hi
 
 
+def _fewest_found_meeting(m: int, target: float, confidence: float, method: str) -> int:
+    """Smallest k in 1..m whose lower bound (k of m found) is >= target, 0 if none.
+
+    Binary search: the lower bound rises monotonically with k (Wilson and exact), so this is
+    the k a scan from 1 upwards would stop at, in O(log m) interval evaluations."""
+    if metrics.lower_bound(m, m, confidence, method) < target:
+        return 0
+    lo, hi = 0, m              # lo: known to fail (0 as a sentinel); hi: known to meet it
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        if metrics.lower_bound(mid, m, confidence, method) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 @dataclass
 class OperatingPointChoice:
     """One chosen operating point and the evidence for it (counts, interval, rule)."""
@@ -106,7 +123,7 @@ def select_operating_point(
     if rule == "point":
         k = max(1, math.ceil(target * m - 1e-9))
     else:
-        k = next((k for k in range(1, m + 1) if metrics.lower_bound(k, m, confidence, method) >= target), 0)
+        k = _fewest_found_meeting(m, target, confidence, method)
         if k == 0:
             need = min_abnormal_for_lower_bound(target, confidence, method)
             low = metrics.lower_bound(m, m, confidence, method)
