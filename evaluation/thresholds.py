@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -42,10 +42,15 @@ def min_abnormal_for_lower_bound(target: float, confidence: float = 0.95, method
         n = n * 2 if n < 4096 else n + 4096
         if n > 10_000_000:
             raise ValueError(f"target {target} is unreachable")
-    lo, hi = n // 2, n
+    return _first_meeting(lambda k: metrics.lower_bound(k, k, confidence, method) >= target, n // 2, n)
+
+
+def _first_meeting(meets: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Bisection for the smallest k in (lo, hi] with ``meets(k)``, where ``meets`` is monotone
+    (False up to some k, True from there on), ``meets(hi)`` holds and ``meets(lo)`` does not."""
     while lo + 1 < hi:
         mid = (lo + hi) // 2
-        if metrics.lower_bound(mid, mid, confidence, method) >= target:
+        if meets(mid):
             hi = mid
         else:
             lo = mid
@@ -59,14 +64,7 @@ def _fewest_found_meeting(m: int, target: float, confidence: float, method: str)
     the k a scan from 1 upwards would stop at, in O(log m) interval evaluations."""
     if metrics.lower_bound(m, m, confidence, method) < target:
         return 0
-    lo, hi = 0, m              # lo: known to fail (0 as a sentinel); hi: known to meet it
-    while lo + 1 < hi:
-        mid = (lo + hi) // 2
-        if metrics.lower_bound(mid, m, confidence, method) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _first_meeting(lambda k: metrics.lower_bound(k, m, confidence, method) >= target, 0, m)
 
 
 @dataclass
