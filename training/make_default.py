@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     ap.add_argument("--rsna-train-normals", type=int, default=0,
                     help="also train on this many RSNA normals of the training split (seeded sample)")
+    ap.add_argument("--harmonise-size", type=int, default=224, help="PreprocessSpec.harmonise_size")
     ap.add_argument("--balance", default="label", choices=["label", "source_label"])
     ap.add_argument("--select-metric", default="auroc", choices=["auroc", "source_mean_auroc"])
     ap.add_argument("--resume", action="store_true")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.copyfile(split, manifest)
     overrides = {"architecture": args.architecture, "threads": args.threads, "balance": args.balance,
-                 "select_metric": args.select_metric}
+                 "select_metric": args.select_metric, "harmonise_size": args.harmonise_size}
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.rsna_train_normals:
