@@ -176,7 +176,7 @@ def markdown(report: dict[str, Any]) -> str:
     for src, f in {**report["by_source"], "NIH normals alone": report["nih_normals_alone"]}.items():
         spec = " | ".join(_ci(op["specificity"]) for op in f["operating_points"].values())
         lines.append(f"| {src} | {f['films']} | {f['abnormal']} | {_ci(f['auroc'], pct=False)} | {spec} |")
-    lines += ["", "Normals of each source against all NIH abnormal test films (AUROC; equal values would "
+    lines += ["", f"Normals of each source against all NIH abnormal {report['split']} films (AUROC; equal values would "
               "mean the source of a normal film does not matter to the model):", ""]
     for src, v in report.get("normals_by_source_vs_nih_abnormal_auroc", {}).items():
         lines.append(f"- {src}: {_ci(v, pct=False)}")
