@@ -47,7 +47,10 @@ def test_sixteen_concurrent_associations(tmp_path: Path, tiny_model: Path, share
     port = free_port()
     cfg = write_config(tmp_path / "node.toml", port, tiny_model,
                        node={"allowed_calling_aets": [f"LOAD{a:02d}" for a in range(ASSOCIATIONS)],
-                             "max_associations": ASSOCIATIONS + 4, "quiet_period_s": 5.0},
+                             "max_associations": ASSOCIATIONS + 4, "quiet_period_s": 5.0,
+                             # as patient as the senders (60 s): on a loaded 2-core CI machine 16
+                             # busy-polling pynetdicom senders can starve one lane past 10 s
+                             "network_timeout_s": 60.0},
                        delivery={"destinations": [dest.destination]})
     node = NodeProc(cfg, port).start()
     statuses: dict[str, int | None] = {}
