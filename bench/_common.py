@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from cxr_triage.config import write_config_file
+
 # A benchmark stopped with SIGTERM (run_all's time limit) still runs its ``finally`` blocks:
 # the peers it started are stopped and its scratch folder removed.
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -268,12 +270,7 @@ def write_node_config(path: Path, port: int, model: Path, state_dir: Path,
         "web": {"enabled": False},
         "logging": {"format": "json", "level": "INFO"},
     }
-    for sec, vals in sections.items():
-        cfg.setdefault(sec, {}).update(vals)
-    text = "".join(f"[{sec}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vals.items()) + "\n"
-                   for sec, vals in cfg.items())
-    path.write_text(text)
-    return path
+    return write_config_file(path, cfg, sections)
 
 
 class Node:

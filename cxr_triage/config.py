@@ -254,3 +254,24 @@ def resolve_path(cfg: Config, value: str) -> Path:
         return p
     base = cfg.source.parent if cfg.source else Path.cwd()
     return (base / p).resolve()
+
+
+def write_config_file(path: str | Path, defaults: dict[str, dict[str, Any]],
+                      overrides: Mapping[str, dict[str, Any]] | None = None) -> Path:
+    """Write ``defaults`` updated per section by ``overrides`` as a TOML config file.
+
+    For tests, benchmarks and tools that start a node with a generated configuration. Values
+    are strings, numbers, booleans or lists of those (their JSON spelling is valid TOML).
+    """
+    import json
+
+    sections = {sec: dict(vals) for sec, vals in defaults.items()}
+    for sec, vals in (overrides or {}).items():
+        sections.setdefault(sec, {}).update(vals)
+    text = "".join(
+        f"[{sec}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vals.items()) + "\n"
+        for sec, vals in sections.items()
+    )
+    path = Path(path)
+    path.write_text(text)
+    return path

@@ -21,6 +21,8 @@ from typing import Any, Callable
 from pydicom import dcmread
 from pydicom import uid as U
 
+from cxr_triage.config import write_config_file
+
 DCMTK = Path("/usr/bin")
 ORTHANC = Path("/usr/sbin/Orthanc")
 CLI = Path(sys.executable).parent / "cxr-triage"
@@ -62,10 +64,6 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     wait_for(lambda: _listening(port), timeout, 0.1, f"port {port}")
 
 
-def _toml(value: Any) -> str:
-    return json.dumps(value)  # strings, numbers, booleans and lists of strings are valid TOML
-
-
 def write_node_config(path: Path, port: int, model: Path, **sections: dict[str, Any]) -> Path:
     """A temp config: loopback, quiet period 1 s, web off, fast retries; overrides per section."""
     cfg: dict[str, dict[str, Any]] = {
@@ -76,12 +74,7 @@ def write_node_config(path: Path, port: int, model: Path, **sections: dict[str, 
         "web": {"enabled": False},
         "logging": {"format": "json", "level": "INFO"},
     }
-    for sec, vals in sections.items():
-        cfg.setdefault(sec, {}).update(vals)
-    text = "".join(f"[{sec}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in vals.items()) + "\n"
-                   for sec, vals in cfg.items())
-    path.write_text(text)
-    return path
+    return write_config_file(path, cfg, sections)
 
 
 class NodeProcess:
