@@ -112,6 +112,15 @@ def _case(name: str, ds: Dataset, expect: str, data: bytes | None = None, *, rea
                 ts or str(ds.file_meta.TransferSyntaxUID), expect, frozenset(reasons), quarantine)
 
 
+def _scramble_scan(ds: Dataset, rng: random.Random) -> Dataset:
+    """Random bytes over the first frame's coded data after its headers (end marker kept)."""
+    frame = bytearray(_first_frame(ds))
+    for i in range(len(frame) // 4, len(frame) - 2):
+        frame[i] = rng.getrandbits(8)
+    ds.PixelData = encapsulate([bytes(frame)])
+    return ds
+
+
 def _first_frame(ds: Dataset) -> bytes:
     return next(generate_frames(ds.PixelData, number_of_frames=1))
 
@@ -149,23 +158,14 @@ def build_corpus(native: Dataset, jpegls: Dataset, j2k: Dataset, jpeg_lossless: 
     ds = _fresh(native)
     ds.Rows, ds.Columns = ds.Rows * 2, ds.Columns * 2          # pixel data too short for this
     add(_case("pixel_data_shorter_than_declared", ds, UNDECODABLE))
-    ds = _fresh(jpegls)
-    frame = bytearray(_first_frame(ds))
-    for i in range(len(frame) // 4, len(frame) - 2):
-        frame[i] = rng.getrandbits(8)
-    ds.PixelData = encapsulate([bytes(frame)])
-    add(_case("corrupt_jpegls_scan_data", ds, UNDECODABLE))
+    add(_case("corrupt_jpegls_scan_data", _scramble_scan(_fresh(jpegls), rng), UNDECODABLE))
     ds = _fresh(j2k)
     frame = bytearray(_first_frame(ds))
     cod = frame.index(b"\xff\x52")                            # COD marker segment
     frame[cod + 4:cod + 14] = b"\xff" * 10
     ds.PixelData = encapsulate([bytes(frame)])
     add(_case("corrupt_j2k_coding_style", ds, UNDECODABLE))
-    ds = _fresh(j2k)
-    frame = bytearray(_first_frame(ds))
-    for i in range(len(frame) // 4, len(frame) - 2):
-        frame[i] = rng.getrandbits(8)
-    ds.PixelData = encapsulate([bytes(frame)])
+    ds = _scramble_scan(_fresh(j2k), rng)
     # JPEG 2000 tile data is decoded error-resiliently: garbage may come out as a picture;
     # nothing in the file says otherwise. Recorded, either outcome accepted.
     add(_case("corrupt_j2k_tile_data", ds, HANDLED))
