@@ -42,7 +42,7 @@ predict-samples: $(VENV)/.worker
 
 ## Send the sample films to a running node (make run) and print each study's decision.
 demo: $(VENV)/.worker
-	$(BIN)/python -m cxr_triage.dicom_node.demo $(DATA)/dicom
+	$(BIN)/python -m cxr_triage.dicom_node.tools.demo $(DATA)/dicom
 
 ## Reproduce the bundled model (CPU, under 60 minutes on 2 cores).
 train: $(VENV)/.dev

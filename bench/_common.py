@@ -116,10 +116,10 @@ def export_dev_model(out: Path) -> Path:
     """Same architecture and contract as the shipped model, without training (needs torch)."""
     import torch
 
-    from cxr_triage.model.export import export_onnx
-    from cxr_triage.model.metadata import ModelMetadata
-    from cxr_triage.model.network import ExportWrapper, build_network
-    from cxr_triage.model.preprocessing import PreprocessSpec
+    from cxr_triage.training.export import export_onnx
+    from cxr_triage.contract.model_file import ModelMetadata
+    from cxr_triage.training.network import ExportWrapper, build_network
+    from cxr_triage.contract.preprocessing import PreprocessSpec
 
     torch.manual_seed(0)
     net = build_network("effnet_lite0", pretrained=True, image_size=224)
@@ -159,7 +159,7 @@ def detector_film(png: Path, rows: int = FILM_ROWS, cols: int = FILM_COLS, seed:
 def base_films(work: Path, syntaxes: list[str], n_distinct: int, rows: int = FILM_ROWS,
                cols: int = FILM_COLS) -> dict[str, list[Path]]:
     """``n_distinct`` DX films per transfer syntax, encoded once each."""
-    from cxr_triage.dicom_node.film_to_dicom import png_to_dicom, write_dicom
+    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
 
     out: dict[str, list[Path]] = {ts: [] for ts in syntaxes}
     for i, png in enumerate(shared_pngs(n_distinct)):

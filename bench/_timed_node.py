@@ -41,8 +41,9 @@ def _timed(fn: Callable[..., Any], key: str, study_of: Callable[..., str]) -> Ca
 
 
 def install() -> None:
-    from cxr_triage.dicom_node import delivery, worker
-    from cxr_triage.dicom_node.queue import JobStore
+    from cxr_triage.dicom_node.delivery import deliverer as delivery
+    from cxr_triage.dicom_node.worker import triage as worker
+    from cxr_triage.dicom_node.store.jobs import JobStore
 
     current = threading.local()  # the study the worker thread is on (for dcmread)
 

@@ -40,7 +40,7 @@ SYNTAXES = {
 
 
 def encode_all(work: Path, film16: np.ndarray) -> dict[str, Path]:
-    from cxr_triage.dicom_node.film_to_dicom import png_to_dicom, write_dicom
+    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
 
     out = {}
     for name, (ts, bits, _) in SYNTAXES.items():

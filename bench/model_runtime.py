@@ -22,7 +22,7 @@ import numpy as np
 
 def real_inputs(spec, n: int) -> np.ndarray:
     from cxr_triage.inference.reader import read_film
-    from cxr_triage.model.preprocessing import preprocess
+    from cxr_triage.contract.preprocessing import preprocess
 
     return np.stack([preprocess(read_film(p).pixels, spec) for p in C.shared_pngs(n)])
 
@@ -50,8 +50,8 @@ def torch_models(meta, arg: str | None):
     """(ExportWrapper in eval mode, description) candidates, checkpoints first."""
     import torch
 
-    from cxr_triage.model.export import load_checkpoint
-    from cxr_triage.model.network import ExportWrapper, build_network
+    from cxr_triage.training.export import load_checkpoint
+    from cxr_triage.training.network import ExportWrapper, build_network
 
     arch = meta.architecture or "effnet_lite0"
     for path in checkpoints(arg, arch):

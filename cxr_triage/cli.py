@@ -12,8 +12,8 @@ import sys
 
 # subcommand -> (module with ``register(subparsers)``, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("cxr_triage.dicom_node.cli", "run the DICOM node (receive, triage, return results)"),
-    "status": ("cxr_triage.dicom_node.cli", "show queue counts, oldest pending item, delivery failures"),
+    "serve": ("cxr_triage.dicom_node.service.cli", "run the DICOM node (receive, triage, return results)"),
+    "status": ("cxr_triage.dicom_node.service.cli", "show queue counts, oldest pending item, delivery failures"),
     "predict": ("cxr_triage.inference.cli", "triage DICOM/PNG files or folders and print results"),
     "train": ("cxr_triage.training.cli", "train a classifier from a manifest CSV"),
     "export": ("cxr_triage.training.cli", "export a checkpoint to ONNX with metadata, checked"),

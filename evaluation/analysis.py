@@ -15,7 +15,7 @@ import numpy as np
 from cxr_triage.evaluation import metrics
 from cxr_triage.evaluation.sources import Film, Scored
 from cxr_triage.evaluation.thresholds import ThresholdSet, provenance
-from cxr_triage.inference.result import Decision
+from cxr_triage.contract.result import Decision
 
 REPORT_SCHEMA = "cxr-triage-evaluation/1"
 SIZE_COLUMNS = ("nodule_size_mm", "lesion_size_mm", "size_mm")

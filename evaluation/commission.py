@@ -26,7 +26,7 @@ import numpy as np
 
 from cxr_triage.evaluation import metrics, thresholds
 from cxr_triage.evaluation.drift import make_baseline
-from cxr_triage.evaluation.site_threshold import SiteThreshold, sha256_file
+from cxr_triage.inference.site_threshold import SiteThreshold, sha256_file
 from cxr_triage.evaluation.sources import Film, Scored
 
 log = logging.getLogger(__name__)

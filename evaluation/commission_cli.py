@@ -79,7 +79,7 @@ def _check_sr_model(parsed: list[Any], model: Path) -> None:
 def run_commission(args: argparse.Namespace, cfg: Any) -> int:
     from cxr_triage.evaluation import sources
     from cxr_triage.evaluation.commission import InsufficientEvidence, commission
-    from cxr_triage.evaluation.site_threshold import write_site_threshold
+    from cxr_triage.inference.site_threshold import write_site_threshold
 
     model = _model_path(args, cfg)
     if not model.is_file():
@@ -134,7 +134,7 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
     if args.srs:
         live = rc.live_from_srs(args.srs)
     else:
-        from cxr_triage.dicom_node.queue import JobStore
+        from cxr_triage.dicom_node.store.jobs import JobStore
 
         path = args.store or resolve_path(cfg, cfg.node.state_dir) / "queue.sqlite3"
         if not Path(path).is_file():

@@ -88,7 +88,7 @@ def load_baseline(cfg: Any) -> dict[str, Any] | None:
     if cfg.monitoring.baseline_file:
         return json.loads(resolve_path(cfg, cfg.monitoring.baseline_file).read_text())
     if cfg.inference.site_threshold_file:
-        from cxr_triage.evaluation.site_threshold import load_site_threshold
+        from cxr_triage.inference.site_threshold import load_site_threshold
 
         base = load_site_threshold(resolve_path(cfg, cfg.inference.site_threshold_file)).baseline
         return base or None

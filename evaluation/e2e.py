@@ -181,7 +181,7 @@ def wrap_films(films: Sequence[Film], out_dir: Path, transfer_syntax_uid: str | 
     pseudonymous (``EVAL-<n>``)."""
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from cxr_triage.dicom_node.film_to_dicom import png_to_dicom, write_dicom
+    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
 
     out_dir = Path(out_dir)
     sent = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from cxr_triage.inference.result import Decision
+from cxr_triage.contract.result import Decision
 
 MANIFEST_COLUMNS = ("file", "label", "patient_id", "site", "age", "sex", "view", "findings", "nodule_or_mass")
 _POSITIVE = {"abnormal", "1", "true", "yes", "positive", "suspicious"}
@@ -229,7 +229,7 @@ def model_info(model_path: Path) -> dict[str, Any]:
     """Name, version, SHA-256 and stored thresholds of an ONNX model (no session created)."""
     import onnxruntime as ort
 
-    from cxr_triage.model.metadata import METADATA_KEY, ModelMetadata
+    from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
 
     model_path = Path(model_path)
     opts = ort.SessionOptions()
@@ -272,7 +272,7 @@ def read_sr_folder(folder: Path) -> list[Any]:
     SR reader (``ParsedResult``); other files and other SRs are skipped."""
     import pydicom
 
-    from cxr_triage.dicom_node.sr_reader import read_result_sr
+    from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 
     parsed = []
     for p in sorted(Path(folder).rglob("*")):

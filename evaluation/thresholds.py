@@ -254,7 +254,7 @@ def load_threshold_file(path: Path) -> ThresholdSet:
     data = json.loads(Path(path).read_text())
     if isinstance(data, dict) and data.get("schema") == SCHEMA:
         return ThresholdSet.load(path)
-    from cxr_triage.evaluation.site_threshold import load_site_threshold
+    from cxr_triage.inference.site_threshold import load_site_threshold
 
     site = load_site_threshold(path)
     return ThresholdSet(

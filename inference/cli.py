@@ -35,7 +35,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from cxr_triage.evaluation.site_threshold import SiteThresholdError
+    from cxr_triage.inference.site_threshold import SiteThresholdError
     from cxr_triage.inference.pipeline import Triager
     from cxr_triage.inference.scorer import ModelError
 

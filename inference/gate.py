@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydicom import Dataset
 
 from cxr_triage.inference.reader import Film
-from cxr_triage.inference.result import NotAssessable, NotAssessableReason as R
+from cxr_triage.contract.result import NotAssessable, NotAssessableReason as R
 
 #: CR, DX For Presentation, DX For Processing, Secondary Capture
 SUPPORTED_SOP_CLASSES = {

@@ -19,7 +19,7 @@ from pydicom import Dataset
 
 from cxr_triage.config import Config, load_config, resolve_path
 from cxr_triage.inference import gate
-from cxr_triage.inference.decision import decide
+from cxr_triage.contract.decision import decide
 from cxr_triage.inference.reader import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -28,9 +28,9 @@ from cxr_triage.inference.reader import (
     read_film,
     sniff_kind,
 )
-from cxr_triage.inference.result import Decision, FilmResult, NotAssessable, NotAssessableReason
+from cxr_triage.contract.result import Decision, FilmResult, NotAssessable, NotAssessableReason
 from cxr_triage.inference.scorer import ModelError, get_scorer
-from cxr_triage.model.preprocessing import preprocess
+from cxr_triage.contract.preprocessing import preprocess
 from cxr_triage.paths import bundled_model_path
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Triager:
             self.operating_point, self.threshold = operating_point or "explicit", float(threshold)
         elif inf.site_threshold_file and not operating_point:
             # a commissioned site threshold, refused when it was made for another model file
-            from cxr_triage.evaluation.site_threshold import site_threshold_from_config
+            from cxr_triage.inference.site_threshold import site_threshold_from_config
 
             site = site_threshold_from_config(cfg, path)
             if site is None:  # pragma: no cover - the key was checked just above

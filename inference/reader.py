@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import Dataset, dcmread
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
-from cxr_triage.inference.result import NotAssessable, NotAssessableReason
+from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 
 #: default ceiling on Rows x Columns x Frames x Samples before anything is decoded
 DEFAULT_MAX_PIXELS = 40_000_000

@@ -1,10 +1,5 @@
-"""The model's contract: preprocessing, metadata stored in the ONNX file, and the network.
-
-``preprocessing`` and ``metadata`` are numpy-only and shared by training, export and the
-worker. ``network`` and ``export`` need torch (the ``train`` extra) and are imported only there.
+"""The bundled model: the ONNX file the worker serves, its model card and the split it was
+trained on. No code that needs torch lives here: the network and the ONNX export are under
+``cxr_triage.training``; what a model file must say about itself is
+``cxr_triage.contract.model_file``.
 """
-
-from cxr_triage.model.metadata import METADATA_KEY, ModelMetadata
-from cxr_triage.model.preprocessing import PreprocessSpec, preprocess
-
-__all__ = ["METADATA_KEY", "ModelMetadata", "PreprocessSpec", "preprocess"]

@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace, cfg: Any = None) -> int:
 
 
 def run_export(args: argparse.Namespace, cfg: Any = None) -> int:
-    from cxr_triage.model.export import ExportCheckError, export_checkpoint
+    from cxr_triage.training.export import ExportCheckError, export_checkpoint
 
     manifest = args.check_manifest
     if not args.films and not manifest:

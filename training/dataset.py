@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cxr_triage.model.preprocessing import PreprocessSpec, preprocess
+from cxr_triage.contract.preprocessing import PreprocessSpec, preprocess
 from cxr_triage.training.manifest import Entry, resolve
 
 log = logging.getLogger(__name__)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_auroc", "temperature", "thresholds", "minutes")}, indent=2))
     if args.no_export:
         return 0
-    from cxr_triage.model.export import export_checkpoint
+    from cxr_triage.training.export import export_checkpoint
     from cxr_triage.training.report import test_report
 
     onnx_path = out / "cxr_triage_effnet_lite0.onnx"

@@ -58,8 +58,8 @@ def score_films(model_path: str | Path, paths: Sequence[Path], batch: int = 32, 
     """Calibrated scores from the ONNX file (ONNX Runtime), preprocessing from its metadata."""
     import onnxruntime as ort
 
-    from cxr_triage.model.metadata import INPUT_NAME, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
-    from cxr_triage.model.preprocessing import preprocess
+    from cxr_triage.contract.model_file import INPUT_NAME, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
+    from cxr_triage.contract.preprocessing import preprocess
     from cxr_triage.training.dataset import read_pixels
 
     opts = ort.SessionOptions()
@@ -103,7 +103,7 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
     """Figures on one split of the manifest: headline (NIH), per source, all together."""
     import onnxruntime as ort
 
-    from cxr_triage.model.metadata import METADATA_KEY, ModelMetadata
+    from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
 
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     meta = ModelMetadata.from_json(sess.get_modelmeta().custom_metadata_map[METADATA_KEY])

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_triage.model.preprocessing import PreprocessSpec
+from cxr_triage.contract.preprocessing import PreprocessSpec
 from cxr_triage.training import calibrate
 from cxr_triage.training.manifest import Entry, file_sha256, read_manifest, write_manifest
 from cxr_triage.training.split import assign_splits, check_no_leakage, summarise
@@ -254,7 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from monai.losses import FocalLoss
     from torch.utils.data.distributed import DistributedSampler
 
-    from cxr_triage.model.network import build_network
+    from cxr_triage.training.network import build_network
     from cxr_triage.training.dataset import cache_key, eval_transforms, load_inputs, make_dataset, train_transforms
 
     torch.set_num_threads(max(1, cfg.threads))
@@ -451,7 +451,7 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     """Best weights -> validation logits -> temperature, thresholds, metrics -> model.pt."""
     import torch
 
-    from cxr_triage.model.network import build_network
+    from cxr_triage.training.network import build_network
 
     net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size).to(device)
     ck = torch.load(out / "best.pt", map_location=device, weights_only=False)

@@ -1,0 +1,138 @@
+"""The coded concepts of the result SR: one stable, documented mapping (README, "Result codes").
+
+Standard codes (DCM, SCT, UCUM, LN) are used wherever DICOM or SNOMED CT has the concept.
+Where none exists (a triage decision that is not a diagnosis, "not assessable" and its
+reasons, an uncalibrated-vs-calibrated model score, the operating point) the concepts come
+from the private coding scheme ``99CXRT`` ("99" prefix: a local scheme, DICOM PS3.16 §8.2),
+identified in every SR by a Coding Scheme Identification Sequence item.
+
+Code values in 99CXRT are never reused or renumbered: a consumer (worklist, evaluation
+harness, audit) may rely on them across releases. Add new codes at the end.
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.coding import Code
+from pydicom.sr.codedict import codes
+
+from cxr_triage.contract.result import Decision, NotAssessableReason
+
+SCHEME = "99CXRT"
+SCHEME_NAME = "cxr-triage result codes"
+SCHEME_VERSION = "1"
+SCHEME_ORGANIZATION = "cxr-triage project"
+
+
+def _cxrt(value: str, meaning: str) -> Code:
+    return Code(value=value, scheme_designator=SCHEME, meaning=meaning)
+
+
+# --- Concept names (the "question" of an SR content item) ------------------------------
+TRIAGE_DECISION = _cxrt("CXRT001", "AI triage decision")
+ABNORMALITY_SCORE = _cxrt("CXRT002", "AI abnormality score")
+OPERATING_POINT_THRESHOLD = _cxrt("CXRT003", "Operating point threshold")
+OPERATING_POINT = _cxrt("CXRT004", "Operating point")
+NOT_ASSESSABLE_REASON = _cxrt("CXRT005", "Not assessable reason")
+NOT_ASSESSABLE_DETAIL = _cxrt("CXRT006", "Not assessable reason detail")
+# UIDREF to a refused instance that is not an image (an SR IMAGE item may not point at it).
+NON_IMAGE_SOURCE = _cxrt("CXRT007", "Non-image source instance")
+
+# --- Triage decisions (values of TRIAGE_DECISION) ---------------------------------------
+DECISION_CODES: dict[Decision, Code] = {
+    Decision.LIKELY_NORMAL: _cxrt("CXRT010", "Likely normal"),
+    Decision.SUSPICIOUS: _cxrt("CXRT011", "Suspicious"),
+    Decision.NOT_ASSESSABLE: _cxrt("CXRT012", "Not assessable"),
+}
+
+# --- Not-assessable reasons (values of NOT_ASSESSABLE_REASON) ---------------------------
+REASON_CODES: dict[NotAssessableReason, Code] = {
+    NotAssessableReason.NON_IMAGE: _cxrt("CXRT101", "Not an image"),
+    NotAssessableReason.UNSUPPORTED_SOP_CLASS: _cxrt("CXRT102", "Unsupported SOP class"),
+    NotAssessableReason.MULTI_FRAME: _cxrt("CXRT103", "Multi-frame image"),
+    NotAssessableReason.COLOR: _cxrt("CXRT104", "Not a grayscale radiograph"),
+    NotAssessableReason.LATERAL_VIEW: _cxrt("CXRT105", "Lateral view"),
+    NotAssessableReason.NON_CHEST: _cxrt("CXRT106", "Not a chest image"),
+    NotAssessableReason.PAEDIATRIC: _cxrt("CXRT107", "Patient below minimum age"),
+    NotAssessableReason.NON_HUMAN: _cxrt("CXRT108", "Not a human patient"),
+    NotAssessableReason.TOO_SMALL: _cxrt("CXRT109", "Image too small"),
+    NotAssessableReason.UNDECODABLE: _cxrt("CXRT110", "Pixel data not decodable"),
+}
+
+# --- Standard codes -----------------------------------------------------------------------
+# TID 1501 Finding (121071): the standard reading of an assessable result.
+FINDING = codes.DCM.Finding
+FINDING_ABNORMAL = codes.SCT.Abnormal            # 263654008
+FINDING_NORMAL = codes.SCT.Normal                # 17621005
+# Qualitative evaluation "Abnormal" = Present / Absent (assessable films only).
+PRESENT = codes.SCT.Present                      # 52101004
+ABSENT = codes.SCT.Absent                        # 272519000
+FINDING_SITE_CHEST = codes.SCT.Chest             # 816094009
+NO_UNITS = codes.UCUM.NoUnits                    # (1, UCUM, "no units")
+# Procedure reported when the source carries no Procedure Code Sequence.
+PROCEDURE_XR_UNSPECIFIED = Code("43468-8", "LN", "XR unspecified body region")
+# IHE AI Results: Purpose of Reference of the algorithm's Contributing Equipment item.
+IHE_PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
+
+# Tracking identifiers (TID 4108) of the measurement groups; the reader keys on them.
+STUDY_GROUP_ID = "cxr-triage study result"
+FILM_GROUP_PREFIX = "cxr-triage film result "
+
+# Standard Finding for each decision; not assessable has no finding.
+FINDING_FOR_DECISION: dict[Decision, Code | None] = {
+    Decision.LIKELY_NORMAL: FINDING_NORMAL,
+    Decision.SUSPICIOUS: FINDING_ABNORMAL,
+    Decision.NOT_ASSESSABLE: None,
+}
+
+
+def _key(code: Code) -> tuple[str, str]:
+    return (str(code.value), str(code.scheme_designator))
+
+
+_DECISION_BY_KEY = {_key(c): d for d, c in DECISION_CODES.items()}
+_REASON_BY_KEY = {_key(c): r for r, c in REASON_CODES.items()}
+
+
+def decision_from_code(code: Code) -> Decision:
+    """The Decision a coded value stands for; KeyError for codes not in this mapping."""
+    return _DECISION_BY_KEY[_key(code)]
+
+
+def reason_from_code(code: Code) -> NotAssessableReason:
+    """The NotAssessableReason a coded value stands for; KeyError when unknown."""
+    return _REASON_BY_KEY[_key(code)]
+
+
+def same_code(a: Code, b: Code) -> bool:
+    """Codes are equal by value and scheme; meanings are display text and may differ."""
+    return _key(a) == _key(b)
+
+
+def mapping_table() -> list[tuple[str, str, str, str]]:
+    """(what, code value, scheme, meaning) rows: the README table is generated from this."""
+    rows = [
+        ("concept: triage decision", *_row(TRIAGE_DECISION)),
+        ("concept: abnormality score (calibrated P(abnormal), unit 1)", *_row(ABNORMALITY_SCORE)),
+        ("concept: operating point threshold (unit 1)", *_row(OPERATING_POINT_THRESHOLD)),
+        ("concept: operating point name (TEXT)", *_row(OPERATING_POINT)),
+        ("concept: not assessable reason", *_row(NOT_ASSESSABLE_REASON)),
+        ("concept: not assessable detail (TEXT)", *_row(NOT_ASSESSABLE_DETAIL)),
+        ("concept: refused non-image instance (UIDREF)", *_row(NON_IMAGE_SOURCE)),
+    ]
+    rows += [(f"decision {d.value}", *_row(c)) for d, c in DECISION_CODES.items()]
+    rows += [(f"reason {r.value}", *_row(c)) for r, c in REASON_CODES.items()]
+    rows += [
+        ("Finding (121071) when suspicious", *_row(FINDING_ABNORMAL)),
+        ("Finding (121071) when likely normal", *_row(FINDING_NORMAL)),
+        ("Abnormal = Present (suspicious)", *_row(PRESENT)),
+        ("Abnormal = Absent (likely normal)", *_row(ABSENT)),
+        ("Finding Site", *_row(FINDING_SITE_CHEST)),
+        ("score and threshold unit", *_row(NO_UNITS)),
+        ("procedure reported (no Procedure Code Sequence)", *_row(PROCEDURE_XR_UNSPECIFIED)),
+        ("Contributing Equipment purpose (IHE AIR)", *_row(IHE_PROCESSING_ALGORITHM)),
+    ]
+    return rows
+
+
+def _row(code: Code) -> tuple[str, str, str]:
+    return (str(code.value), str(code.scheme_designator), str(code.meaning))

@@ -1,0 +1,295 @@
+"""A picture of the result that any PACS viewer shows: one Secondary Capture per film.
+
+Why Secondary Capture and not a GSPS: every viewer displays an SC image, while presentation
+states are applied inconsistently (often not at all, or only on request), and a colour heatmap
+would need a Blending/Colour Softcopy PS that few viewers support. The cost, accepted: the
+film's pixels are duplicated (downscaled to at most 1024 px) and the text is burned in, so
+the image carries Burned In Annotation YES and its own series, "AI triage summary", whose
+description says it is not for diagnosis. Enabled by ``[delivery] summary_image``.
+
+Each image shows the film (as the model read it: MONOCHROME2, VOI applied), a banner
+"AI TRIAGE OUTPUT - NOT FOR DIAGNOSIS", the decision, score, threshold and operating point (or
+the not-assessable reason), the model name and version, and for suspicious films the heatmap.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    HTJ2K,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+)
+
+from cxr_triage.dicom_node.results.sr import SOFTWARE_NAME, source_headers
+from cxr_triage.contract.result import Decision, FilmResult, StudyResult
+from cxr_triage.contract.model_file import ModelMetadata
+
+if TYPE_CHECKING:
+    from cxr_triage.config import Config
+
+log = logging.getLogger(__name__)
+
+SERIES_DESCRIPTION = "AI triage summary - not for diagnosis"
+DEFAULT_SERIES_NUMBER = 991
+WARNING_TEXT = "AI TRIAGE OUTPUT - NOT FOR DIAGNOSIS"
+MAX_SIDE = 1024       # film panel: longest side at most this (keeps the SC a few MB)
+MIN_WIDTH = 640       # and at least this wide, so the text stays legible
+_LABELS = {
+    Decision.SUSPICIOUS: ("SUSPICIOUS", (255, 80, 60)),
+    Decision.LIKELY_NORMAL: ("LIKELY NORMAL", (90, 220, 110)),
+    Decision.NOT_ASSESSABLE: ("NOT ASSESSABLE", (200, 200, 200)),
+}
+_LOSSY_METHOD = {
+    JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
+    JPEG2000: "ISO_15444_1", HTJ2K: "ISO_15444_15", JPEGLSNearLossless: "ISO_14495_1",
+}
+
+
+def build_summary_images(
+    study: StudyResult,
+    sources: Sequence[Dataset],
+    meta: ModelMetadata,
+    *,
+    series_uid: str | None = None,
+    series_number: int = DEFAULT_SERIES_NUMBER,
+) -> list[hd.sc.SCImage]:
+    """One summary image per film of the study, all in one new series."""
+    by_uid = {str(s.SOPInstanceUID): s for s in sources}
+    series_uid = series_uid or hd.UID()
+    images = []
+    for number, film in enumerate(study.films, start=1):
+        source = by_uid.get(str(film.sop_instance_uid))
+        if source is None:
+            raise ValueError(f"film without a matching source dataset: {film.sop_instance_uid}")
+        images.append(
+            build_summary_image(film, source, meta, series_uid=series_uid,
+                                series_number=series_number, instance_number=number)
+        )
+    return images
+
+
+def summary_images_if_enabled(
+    cfg: Config,
+    study: StudyResult,
+    sources: Sequence[Dataset],
+    meta: ModelMetadata,
+    **kwargs: Any,
+) -> list[hd.sc.SCImage]:
+    """``build_summary_images`` when ``[delivery] summary_image`` is on, else nothing."""
+    if not cfg.delivery.summary_image:
+        return []
+    return build_summary_images(study, sources, meta, **kwargs)
+
+
+def build_summary_image(
+    film: FilmResult,
+    source: Dataset,
+    meta: ModelMetadata,
+    *,
+    series_uid: str,
+    instance_number: int = 1,
+    series_number: int = DEFAULT_SERIES_NUMBER,
+    sop_instance_uid: str | None = None,
+    pixels: np.ndarray | None = None,
+) -> hd.sc.SCImage:
+    """The Secondary Capture for one film. ``pixels`` (float32 [0, 1] MONOCHROME2) skips
+    decoding the source again when the caller still has them."""
+    if pixels is None:
+        pixels = film_pixels(source)
+    rgb = render_summary(film, pixels, meta)
+    header = source_headers([source])[0]
+    orientation = _orientation(source)
+    with warnings.catch_warnings():
+        # highdicom's person-name warnings quote the patient's name: keep PHI out of logs.
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        image = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=header,
+            pixel_array=rgb,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid or hd.UID(),
+            instance_number=instance_number,
+            manufacturer=meta.manufacturer or SOFTWARE_NAME,
+            patient_orientation=orientation or ("L", "F"),
+            series_description=SERIES_DESCRIPTION,
+            manufacturer_model_name=SOFTWARE_NAME,
+            software_versions=f"{meta.name} {meta.version}",
+        )
+    if orientation is None:
+        image.PatientOrientation = ""  # Type 2: unknown, rather than a guess
+    # Laterality (Type 2C) is absent for an unpaired body part such as the chest, and empty
+    # ("unknown") when the source does not say what it shows.
+    body_part = str(source.get("BodyPartExamined", "") or "")
+    if body_part:
+        image.BodyPartExamined = body_part
+    if body_part.upper() != "CHEST":
+        image.Laterality = ""
+    image.BurnedInAnnotation = "YES"
+    image.DerivationDescription = (
+        f"AI triage summary of the referenced film by {meta.name} {meta.version}; "
+        "resampled, text and heatmap burned in"
+    )
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    image.SourceImageSequence = [ref]
+    _copy_lossy_history(source, image)
+    return image
+
+
+def film_pixels(source: Dataset) -> np.ndarray | None:
+    """The film as the model saw it, or None when it cannot be decoded (the summary then
+    shows the result without the film)."""
+    if "PixelData" not in source:
+        return None
+    try:
+        from cxr_triage.inference.reader import read_film
+    except ImportError:  # reader not installed: plain pydicom display pipeline
+        return _pydicom_pixels(source)
+    try:
+        return np.asarray(read_film(source).pixels, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - any decode failure: summary without the film
+        log.warning("summary image without film: %s", type(exc).__name__,
+                    extra={"sop_instance_uid": str(source.get("SOPInstanceUID", ""))})
+        return None
+
+
+def render_summary(film: FilmResult, pixels: np.ndarray | None,
+                   meta: ModelMetadata) -> np.ndarray:
+    """(H, W, 3) uint8: banner with the result over the film (plus heatmap if suspicious)."""
+    panel = _film_panel(pixels)
+    heatmap_shown = False
+    if film.decision is Decision.SUSPICIOUS and film.heatmap is not None and pixels is not None:
+        panel = _overlay(panel, np.asarray(film.heatmap, dtype=np.float32))
+        heatmap_shown = True
+    width = panel.shape[1]
+    size = max(14, width // 34)
+    font = ImageFont.load_default(size=size)
+    small = ImageFont.load_default(size=max(12, int(size * 0.8)))
+
+    label, colour = _LABELS[film.decision]
+    lines: list[tuple[str, tuple[int, int, int], ImageFont.FreeTypeFont]] = [
+        (WARNING_TEXT, (255, 210, 0), font),
+        (f"Decision: {label}", colour, font),
+    ]
+    if film.decision is Decision.NOT_ASSESSABLE:
+        reason = film.reason.value.replace("_", " ") if film.reason else "unknown"
+        detail = f"Reason: {reason}" + (f" - {film.reason_detail}" if film.reason_detail else "")
+        lines += [(t, (230, 230, 230), small) for t in _wrap(detail, small, width)]
+    else:
+        score = f"{film.score:.3f}" if film.score is not None else "n/a"
+        threshold = f"{film.threshold:.3f}" if film.threshold is not None else "n/a"
+        lines.append((f"Score {score} (suspicious if >= {threshold}, operating point "
+                      f"{film.operating_point or 'n/a'})", (230, 230, 230), small))
+    lines.append((f"Model {meta.name} {meta.version}", (230, 230, 230), small))
+    footer = ("Heatmap: regions that most raised the score - not a lesion outline. "
+              if heatmap_shown else "") + "Every film still needs a radiologist's read."
+    footer_lines = _wrap(footer, small, width)
+
+    pad = size // 2
+    line_h = int(size * 1.35)
+    banner_h = pad * 2 + line_h * len(lines)
+    footer_h = pad * 2 + line_h * len(footer_lines)
+    canvas = Image.new("RGB", (width, banner_h + panel.shape[0] + footer_h), (0, 0, 0))
+    canvas.paste(Image.fromarray(panel), (0, banner_h))
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for text, fill, f in lines:
+        draw.text((pad, y), text, fill=fill, font=f)
+        y += line_h
+    y = banner_h + panel.shape[0] + pad
+    for text in footer_lines:
+        draw.text((pad, y), text, fill=(255, 210, 0), font=small)
+        y += line_h
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _film_panel(pixels: np.ndarray | None) -> np.ndarray:
+    if pixels is None:
+        return np.full((MIN_WIDTH, MIN_WIDTH, 3), 40, dtype=np.uint8)
+    film = np.ascontiguousarray(pixels, dtype=np.float32)
+    h, w = film.shape
+    scale = min(MAX_SIDE / max(h, w), 1.0)
+    scale = max(scale, MIN_WIDTH / w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # resized first, then clipped and quantised: a detector-sized film is 5-9 Mpixels, the
+    # panel at most 1 Mpixel (bench/latency.py)
+    small = np.asarray(Image.fromarray(film, mode="F").resize(size, Image.Resampling.BILINEAR))
+    grey = (np.clip(np.nan_to_num(small), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _overlay(panel: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """Blend a jet-coloured heatmap where it is high; the film stays visible elsewhere.
+
+    The heatmap spans the whole film (preprocessing squashes, it does not crop or pad), so
+    resizing it to the panel aligns it."""
+    from matplotlib import colormaps
+
+    h, w = panel.shape[:2]
+    hm = np.clip(np.nan_to_num(heatmap), 0.0, 1.0)
+    hm = np.asarray(Image.fromarray(hm, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+    colour = colormaps["jet"](hm, bytes=True)[..., :3].astype(np.float32)
+    alpha = (0.55 * np.clip((hm - 0.25) / 0.75, 0.0, 1.0)).astype(np.float32)[..., None]
+    out = panel.astype(np.float32) * (1.0 - alpha) + colour * alpha
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """Wrap to the canvas width (measured with the font, not guessed)."""
+    avg = max(1.0, font.getlength("abcdefghijklmnopqrstuvwxyz") / 26)
+    chars = max(10, int((width - font.size) / avg))
+    return textwrap.wrap(text, chars) or [""]
+
+
+def _orientation(source: Dataset) -> tuple[str, str] | None:
+    value = source.get("PatientOrientation")
+    if value is not None and not isinstance(value, str) and len(value) == 2:
+        return str(value[0]), str(value[1])
+    return None
+
+
+def _copy_lossy_history(source: Dataset, image: Dataset) -> None:
+    """A derived image of a lossy film is lossy too (PS3.3 C.7.6.1.1.5)."""
+    file_meta = getattr(source, "file_meta", None)
+    ts = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if str(source.get("LossyImageCompression", "")) == "01":
+        image.LossyImageCompression = "01"
+        if "LossyImageCompressionMethod" in source:
+            image.LossyImageCompressionMethod = source.LossyImageCompressionMethod
+    elif ts in _LOSSY_METHOD:
+        image.LossyImageCompression = "01"
+        image.LossyImageCompressionMethod = _LOSSY_METHOD[ts]
+
+
+def _pydicom_pixels(source: Dataset) -> np.ndarray | None:
+    """Fallback display pipeline (modality LUT, VOI, MONOCHROME1 inverted)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        arr = source.pixel_array
+        if arr.ndim != 2:
+            return None
+        arr = apply_voi_lut(apply_modality_lut(arr, source), source).astype(np.float32)
+    except Exception:  # noqa: BLE001
+        return None
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if source.get("PhotometricInterpretation") == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr

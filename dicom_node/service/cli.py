@@ -1,0 +1,136 @@
+"""``cxr-triage serve`` and ``cxr-triage status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from cxr_triage.config import Config, resolve_path
+
+
+def register(subparsers: Any, name: str, help_text: str) -> None:
+    if name == "serve":
+        p = subparsers.add_parser(name, help=help_text, description=(
+            "Run the DICOM node: receive (C-STORE), triage each study after its quiet period, "
+            "return the result SR to the configured destinations (or <state_dir>/outbox). "
+            "SIGTERM stops accepting, finishes in-flight work and exits; a restart resumes."))
+        p.add_argument("--port", type=int, help="override [node] port")
+        p.add_argument("--state-dir", help="override [node] state_dir")
+        p.set_defaults(func=run_serve)
+    elif name == "status":
+        p = subparsers.add_parser(name, help=help_text, description=(
+            "Queue counts, the oldest pending item and delivery failures, read from the node's "
+            "job store (works while the node runs)."))
+        p.add_argument("--state-dir", help="override [node] state_dir")
+        p.add_argument("--json", action="store_true", help="one JSON object")
+        p.add_argument("--studies", type=int, default=10, metavar="N",
+                       help="also list the N most recent studies (default 10, 0 for none)")
+        p.add_argument("--retry-dead", action="store_true",
+                       help="put dead-lettered deliveries back in the queue")
+        p.set_defaults(func=run_status)
+    else:  # pragma: no cover
+        raise ValueError(name)
+
+
+def _override(cfg: Config, args: argparse.Namespace) -> Config:
+    node: dict[str, Any] = {}
+    if getattr(args, "port", None) is not None:
+        node["port"] = args.port
+    if getattr(args, "state_dir", None):
+        node["state_dir"] = args.state_dir
+    return cfg.replace(node=node) if node else cfg
+
+
+def run_serve(args: argparse.Namespace, cfg: Config) -> int:
+    from cxr_triage.dicom_node.service.node import serve
+
+    cfg = _override(cfg, args)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    from cxr_triage.inference.site_threshold import SiteThresholdError
+
+    try:
+        return serve(cfg, stop)
+    except SiteThresholdError as exc:  # e.g. made for another model: never serve with it
+        print(f"cxr-triage serve: refusing to start: {exc}", file=sys.stderr)
+        return 2
+
+
+def status_report(cfg: Config, studies: int = 10) -> dict[str, Any]:
+    """What ``status`` prints, as data (also handy for the demo and tests)."""
+    from cxr_triage.dicom_node.store.jobs import JobStore
+    from cxr_triage.dicom_node.store.spool import StateDirs
+
+    dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir))
+    if not dirs.queue_db.exists():
+        return {"state_dir": str(dirs.root), "error": "no job store yet (the node has not run here)"}
+    store = JobStore(dirs.queue_db)
+    try:
+        return {
+            "state_dir": str(dirs.root),
+            "counts": store.counts(),
+            "oldest_pending": store.oldest_pending(),
+            "delivery_failures": store.delivery_failures(),
+            "quarantined": len(list(dirs.quarantine.glob("*.json"))),
+            "studies": store.list_studies(limit=studies) if studies else [],
+        }
+    finally:
+        store.close()
+
+
+def _ts(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def run_status(args: argparse.Namespace, cfg: Config) -> int:
+    cfg = _override(cfg, args)
+    if args.retry_dead:
+        from cxr_triage.dicom_node.store.jobs import JobStore
+        from cxr_triage.dicom_node.store.spool import StateDirs
+
+        n = JobStore(StateDirs(resolve_path(cfg, cfg.node.state_dir)).queue_db).retry_dead()
+        print(f"{n} dead deliveries re-queued")
+    rep = status_report(cfg, args.studies)
+    if args.json:
+        print(json.dumps(rep, indent=2, default=str))
+        return 0 if "error" not in rep else 1
+    out = sys.stdout.write
+    out(f"state dir: {rep['state_dir']}\n")
+    if "error" in rep:
+        out(f"{rep['error']}\n")
+        return 1
+    c = rep["counts"]
+    out(f"instances received: {c['instances']}   quarantined: {rep['quarantined']}\n")
+    out("studies:    " + (", ".join(f"{k} {v}" for k, v in sorted(c["studies"].items())) or "none") + "\n")
+    out("decisions:  " + (", ".join(f"{k} {v}" for k, v in sorted(c["decisions"].items())) or "none") + "\n")
+    out("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(c["deliveries"].items())) or "none") + "\n")
+    old = rep["oldest_pending"]
+    if old:
+        out(f"oldest pending: {old['kind']} {old['study_uid']} ({old['state']}) "
+            f"for {old['age_s']:.0f} s" + (f", {old.get('attempts')} attempt(s), last error: "
+                                           f"{old.get('last_error')}" if old["kind"] == "delivery" else "") + "\n")
+    else:
+        out("oldest pending: none\n")
+    fails = rep["delivery_failures"]
+    out(f"delivery failures: {len(fails)}\n")
+    for f in fails:
+        out(f"  [{f['state']}] {f['destination']} study {f['study_uid']} attempts {f['attempts']}"
+            f" next {_ts(f['next_attempt_at'])}: {f['last_error']}\n")
+    if rep["studies"]:
+        out("recent studies:\n")
+        for s in rep["studies"]:
+            score = f"{s['score']:.3f}" if s["score"] is not None else "-"
+            out(f"  {_ts(s['first_received_at'])}  {s['state']:<10} {str(s['decision'] or '-'):<15}"
+                f" {score:>6}  {s['n_instances']:>3} inst  delivery {s['delivery_status'] or '-':<9}"
+                f" {s['study_uid']}\n")
+    return 0

@@ -1,0 +1,194 @@
+"""The node assembled: the whole path of a film in one place.
+
+    receive (scp.StoreHandler, association thread)
+      -> spool   (spool.Spool: fsync + atomic rename)          } before Success is answered
+      -> queue   (queue.JobStore: SQLite WAL, synchronous=FULL) }
+    quiet period per study, then (worker.TriageWorker thread)
+      -> decode -> gate -> score   (inference.pipeline.Triager, per instance)
+      -> aggregate                 (inference.result.aggregate_study: one result per study)
+      -> report                    (sr.build_result_sr, written once to results/)
+    -> deliver (delivery.Deliverer thread: C-STORE or outbox, back-off, dead letter)
+
+Every arrow is a row or a file on disk, so a restart resumes where the node stopped
+(:meth:`Node.start` runs :meth:`JobStore.recover`). SIGTERM (``cxr-triage serve``) stops
+accepting, lets open associations and the study in hand finish, then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+
+from cxr_triage.config import Config, resolve_path
+from cxr_triage.dicom_node.store import audit as A
+from cxr_triage.dicom_node.delivery.deliverer import Deliverer, destinations_for
+from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
+from cxr_triage.dicom_node.receive.scp import StoreHandler, is_sr_class, start_scp
+from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs
+from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager, model_metadata
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One running node: SCP + triage worker + deliverer over one state dir."""
+
+    def __init__(self, cfg: Config, triager: Any = None):
+        self.cfg = cfg
+        self.dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir)).create()
+        self.store = JobStore(self.dirs.queue_db)
+        self.spool = Spool(self.dirs.spool)
+        self.quarantine = Quarantine(self.dirs.quarantine)
+        self.audit = A.AuditLog(self.dirs.audit_log)
+        self._triager = triager
+        self.ae: Any = None
+        self.server: Any = None
+        self.handler: StoreHandler | None = None
+        self.worker: TriageWorker | None = None
+        self.deliverer: Deliverer | None = None
+        self.web: Any = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port = 0``)."""
+        return int(self.server.server_address[1]) if self.server else int(self.cfg.node.port)
+
+    def start(self) -> "Node":
+        """Recover, load the model, start the worker and deliverer, then listen."""
+        cfg = self.cfg
+        # highdicom narrates every copied module at INFO: one line per module per result.
+        logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+        resumed = self.recover()
+        triager = self._triager or load_triager(cfg)                  # one ONNX session
+        meta = model_metadata(triager, cfg)
+        self.deliverer = Deliverer(cfg, self.store, self.dirs.outbox, self.audit)
+        self.worker = TriageWorker(cfg, self.store, self.dirs, self.quarantine, self.audit,
+                                   triager, meta, destinations=lambda: destinations_for(cfg))
+        self.worker.on_result = self.deliverer.wake.set            # send without waiting a poll
+        self.deliverer.start()
+        self.worker.start()
+        self.handler = StoreHandler(self.store, self.spool, self.quarantine, self.audit,
+                                    cfg.node.ae_title, list(cfg.node.allowed_hosts))
+        self.handler.on_stored = self.worker.wake.set                  # triage without waiting a poll
+        self.ae, self.server = start_scp(cfg, self.handler)              # receive
+        self.web = self._start_web(meta, triager)
+        self.audit.record(A.APPLICATION_ACTIVITY, A.SUCCESS, A.APPLICATION_START,
+                          called_ae=cfg.node.ae_title, port=self.port,
+                          model=f"{meta.name} {meta.version}", detail=str(resumed))
+        log.info("node listening", extra={"ae_title": cfg.node.ae_title, "port": self.port,
+                                          "model": meta.name, "model_version": meta.version,
+                                          "state_dir": str(self.dirs.root),
+                                          "destinations": ",".join(destinations_for(cfg)) or "none",
+                                          "shadow_mode": cfg.node.shadow_mode, **resumed})
+        return self
+
+    def _start_web(self, meta: Any, triager: Any) -> Any:
+        """The worklist (``[web] enabled``); a web problem is logged, the DICOM node runs on."""
+        if not self.cfg.web.enabled:
+            return None
+        try:
+            from cxr_triage.dicom_node.web.app import start_web
+
+            info = {"name": meta.name, "version": meta.version,
+                    "operating_point": str(getattr(triager, "operating_point", "") or "")}
+            from cxr_triage.evaluation.drift import DriftCollector
+
+            # drift gauges against the commissioning baseline (none without a baseline)
+            return start_web(self.cfg, self.store, model_info=info,
+                             collectors=[DriftCollector(self.cfg, self.store)])
+        except Exception as exc:  # noqa: BLE001 - port busy, no token on a public host...
+            log.error("worklist not started", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return None
+
+    def recover(self) -> dict[str, int]:
+        """Crash leftovers: partial files removed, interrupted jobs re-queued, complete
+        spool files that never reached the database imported (never acknowledged, but
+        durable; the duplicate check makes a re-send harmless)."""
+        partials = self.spool.sweep_partials()
+        out = self.store.recover()
+        out["partials_removed"] = partials
+        out["orphans_imported"] = self._import_orphans()
+        return out
+
+    def _import_orphans(self) -> int:
+        known = self.store.known_instance_paths()
+        n = 0
+        for path in self.spool.files():
+            if str(path) in known:
+                continue
+            try:
+                raw = path.read_bytes()
+                hdr = dcmread(BytesIO(raw), stop_before_pixels=True)
+                if is_sr_class(str(hdr.SOPClassUID)):
+                    continue
+                self.store.add_instance(InstanceRecord(
+                    str(hdr.SOPInstanceUID), str(hdr.StudyInstanceUID),
+                    str(hdr.get("SeriesInstanceUID", "")) or None, str(hdr.SOPClassUID),
+                    str(hdr.file_meta.get("TransferSyntaxUID", "")), str(path), len(raw),
+                    None, path.stat().st_mtime))
+                n += 1
+            except Exception as exc:  # noqa: BLE001 - leave it for an operator
+                log.warning("orphan spool file not imported", extra={"file": path.name, "error": str(exc)})
+        return n
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop accepting; let open associations, the study and the batch in hand finish."""
+        if self.handler:
+            self.handler.accepting = False
+        if self.server:
+            self.server.shutdown()                      # closes the listening socket
+        if self.web:
+            self.web.stop()
+        deadline = time.monotonic() + timeout_s
+        while self.ae and self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.ae:
+            for assoc in self.ae.active_associations:
+                assoc.abort()
+        if self.worker:                                 # the study in hand is finished...
+            self.worker.stop()
+            self.worker.join(max(1.0, deadline - time.monotonic()))
+        if self.deliverer:                              # ...and its result sent, if it can be now
+            self.deliverer.stop()
+            self.deliverer.join(max(1.0, deadline - time.monotonic()))
+            if not self.deliverer.is_alive() and time.monotonic() < deadline:
+                try:
+                    self.deliverer.run_once()
+                except Exception as exc:  # noqa: BLE001 - it stays queued for the next start
+                    log.warning("last delivery pass failed", extra={"error": str(exc)})
+        self.audit.record(A.APPLICATION_ACTIVITY, A.SUCCESS, A.APPLICATION_STOP,
+                          called_ae=self.cfg.node.ae_title)
+        log.info("node stopped", extra={"ae_title": self.cfg.node.ae_title})
+        self.audit.close()
+        self.store.close()
+
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """For tests and the demo: True once nothing is waiting to be triaged or sent."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.store.oldest_pending() is None:
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def serve(cfg: Config, stop_event: threading.Event) -> int:
+    """Run until ``stop_event`` is set (SIGTERM/SIGINT in the CLI); 0 on a clean stop."""
+    try:
+        node = Node(cfg).start()
+    except Exception as exc:  # noqa: BLE001 - model missing, port busy, bad TLS files...
+        log.error("node cannot start", extra={"error": f"{type(exc).__name__}: {exc}"})
+        print(f"cxr-triage serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        stop_event.wait()
+    finally:
+        log.info("stopping: no new associations, finishing in-flight work")
+        node.stop()
+    return 0

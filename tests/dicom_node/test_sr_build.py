@@ -1,0 +1,282 @@
+"""The result SR: conformant (dciodvfy, dsrdump), filed into the source study, and read back
+to the same decision, score and references (the evaluation harness relies on that)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from support.sr_checks import dciodvfy_errors, dsrdump_tree, make_film, reread, save
+
+from cxr_triage.dicom_node.results import sr_codes
+from cxr_triage.dicom_node.results.sr import SERIES_DESCRIPTION, build_result_sr, device_uid
+from cxr_triage.dicom_node.results.sr_reader import read_result_sr
+from cxr_triage.contract.result import (
+    Decision,
+    FilmResult,
+    NotAssessableReason,
+    aggregate_study,
+)
+from cxr_triage.contract.model_file import ModelMetadata
+
+PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+)
+
+D, R = Decision, NotAssessableReason
+SCENARIOS = {
+    "suspicious": [(D.SUSPICIOUS, 0.8123456789, None), (D.LIKELY_NORMAL, 0.0731, None),
+                   (D.NOT_ASSESSABLE, None, R.LATERAL_VIEW)],
+    "likely_normal": [(D.LIKELY_NORMAL, 0.2104, None), (D.LIKELY_NORMAL, 0.0519, None)],
+    "not_assessable": [(D.NOT_ASSESSABLE, None, R.TOO_SMALL),
+                       (D.NOT_ASSESSABLE, None, R.UNDECODABLE)],
+}
+
+
+@pytest.fixture(scope="module")
+def meta() -> ModelMetadata:
+    return ModelMetadata(name="cxr_triage_test_model", version="0.3.1",
+                         thresholds={"sens_0.95": 0.41, "sens_0.98": 0.2875, "sens_0.99": 0.19})
+
+
+def film_result(ds: pydicom.Dataset, decision: Decision, score: float | None,
+                reason: NotAssessableReason | None, meta: ModelMetadata) -> FilmResult:
+    op, thr = meta.threshold()
+    return FilmResult(
+        decision=decision, sop_instance_uid=str(ds.SOPInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        study_instance_uid=str(ds.StudyInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+        score=score, threshold=None if reason else thr, operating_point=None if reason else op,
+        model_name=meta.name, model_version=meta.version, reason=reason,
+        reason_detail=f"gate refused: {reason.value}" if reason else None,
+    )
+
+
+def assert_valid(path: Path) -> str:
+    assert dciodvfy_errors(path) == []
+    tree = dsrdump_tree(path)
+    assert "TID 1500" in tree
+    return tree
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_generated_study_round_trip(scenario, meta, tmp_path):
+    study_uid = generate_uid()
+    series_uid = generate_uid()
+    specs = SCENARIOS[scenario]
+    sources = [make_film(study_uid, series_uid, i + 1) for i in range(len(specs))]
+    films = [film_result(ds, *spec, meta) for ds, spec in zip(sources, specs)]
+    study = aggregate_study(study_uid, films)
+    assert study.decision.value == scenario
+
+    sr = build_result_sr(study, sources, meta)
+    path = save(sr, tmp_path / "sr.dcm")
+    tree = assert_valid(path)
+    assert "Source of Measurement" in tree
+
+    back = reread(path)
+    for keyword in PATIENT_STUDY:
+        assert str(back.get(keyword)) == str(sources[0].get(keyword)), keyword
+    assert back.Modality == "SR"
+    assert back.SeriesInstanceUID not in {series_uid} and back.SeriesDescription == SERIES_DESCRIPTION
+    assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == (
+        "COMPLETE", "UNVERIFIED", "PRELIMINARY")
+
+    parsed = read_result_sr(back)
+    assert parsed.decision is study.decision
+    assert parsed.score == (pytest.approx(study.score, rel=1e-12) if study.score is not None
+                            else None)
+    assert parsed.operating_point == meta.default_operating_point
+    assert parsed.threshold == pytest.approx(meta.thresholds[meta.default_operating_point])
+    assert (parsed.model_name, parsed.model_version) == (meta.name, meta.version)
+    source_uids = [str(ds.SOPInstanceUID) for ds in sources]
+    assert sorted(parsed.evidence_sop_instance_uids) == sorted(source_uids)
+    assert sorted(parsed.study.referenced_sop_instance_uids) == sorted(source_uids)
+    assert [g.sop_instance_uid for g in parsed.films] == source_uids
+    for film, group in zip(films, parsed.films):
+        assert group.decision is film.decision
+        assert group.reason is film.reason
+        assert group.reason_detail == film.reason_detail
+        if film.score is None:
+            assert group.score is None
+        else:
+            assert group.score == pytest.approx(film.score, rel=1e-12)
+        assert parsed.film(film.sop_instance_uid) is group
+
+
+@pytest.mark.parametrize(
+    "name, decision, reason",
+    [
+        ("siim_cr_chest_pa", D.SUSPICIOUS, None),
+        ("nih_gcp_dx_chest_nofinding", D.LIKELY_NORMAL, None),
+        ("highdicom_dx_canine_thorax_mono1", D.NOT_ASSESSABLE, R.NON_HUMAN),
+    ],
+)
+def test_real_sample_sr_is_valid_and_filed_in_source_study(name, decision, reason,
+                                                           sample_dicoms, meta, tmp_path):
+    source = pydicom.dcmread(sample_dicoms[name])
+    score = {D.SUSPICIOUS: 0.66, D.LIKELY_NORMAL: 0.04}.get(decision)
+    film = film_result(source, decision, score, reason, meta)
+    study = aggregate_study(str(source.StudyInstanceUID), [film])
+
+    path = save(build_result_sr(study, [source], meta), tmp_path / "sr.dcm")
+    assert_valid(path)
+    back = reread(path)
+    assert back.StudyInstanceUID == source.StudyInstanceUID
+    assert back.PatientID == source.PatientID
+    assert str(back.PatientName) == str(source.PatientName)
+    parsed = read_result_sr(back)
+    assert parsed.decision is decision
+    assert parsed.films[0].sop_instance_uid == source.SOPInstanceUID
+    assert parsed.films[0].reason is reason
+
+
+def test_header_identity_and_private_scheme(meta, tmp_path):
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1,
+                       procedure_code=("24648-8", "LN", "XR Chest PA upright"))
+    study = aggregate_study(study_uid, [film_result(source, D.LIKELY_NORMAL, 0.1, None, meta)])
+    series_uid, sop_uid = generate_uid(), generate_uid()
+    sr = build_result_sr(study, [source], meta, series_uid=series_uid, sop_instance_uid=sop_uid,
+                         institution_name="Test Hospital")
+    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == (series_uid, sop_uid)
+    assert sr.InstitutionName == "Test Hospital"
+    # The image's own procedure code is the procedure reported.
+    assert "(24648-8,LN," in dsrdump_tree(save(sr, tmp_path / "sr.dcm"))
+    schemes = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
+    assert sr_codes.SCHEME in schemes
+    ihe = [item for item in sr.ContributingEquipmentSequence
+           if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"]
+    assert len(ihe) == 1
+    assert ihe[0].SoftwareVersions == meta.version
+    assert ihe[0].DeviceUID == device_uid(meta)
+    newer = ModelMetadata(name=meta.name, version="0.3.2", thresholds=meta.thresholds)
+    assert device_uid(newer) != device_uid(meta)
+    assert device_uid(meta) == device_uid(ModelMetadata(name=meta.name, version=meta.version))
+
+
+def test_procedure_defaults_to_xr_unspecified(meta, tmp_path):
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    study = aggregate_study(study_uid, [film_result(source, D.LIKELY_NORMAL, 0.1, None, meta)])
+    tree = dsrdump_tree(save(build_result_sr(study, [source], meta), tmp_path / "sr.dcm"))
+    assert '(43468-8,LN,"XR unspecified body region")' in tree
+
+
+def test_patient_name_never_reaches_warnings(meta):
+    """highdicom warns about single-component names quoting them: PHI must not leak."""
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    source.PatientName = "Singlename"
+    study = aggregate_study(study_uid, [film_result(source, D.LIKELY_NORMAL, 0.1, None, meta)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_result_sr(study, [source], meta)
+    assert not [w for w in caught if "Singlename" in str(w.message)]
+
+
+def test_rejects_foreign_sources_and_unmatched_films(meta):
+    study_uid = generate_uid()
+    own = make_film(study_uid, generate_uid(), 1)
+    other = make_film(generate_uid(), generate_uid(), 2)
+    film = film_result(own, D.LIKELY_NORMAL, 0.1, None, meta)
+    with pytest.raises(ValueError, match="other studies"):
+        build_result_sr(aggregate_study(study_uid, [film]), [own, other], meta)
+    stray = film_result(make_film(study_uid, generate_uid(), 3), D.SUSPICIOUS, 0.9, None, meta)
+    with pytest.raises(ValueError, match="without a matching source"):
+        build_result_sr(aggregate_study(study_uid, [film, stray]), [own], meta)
+    with pytest.raises(ValueError):
+        build_result_sr(aggregate_study(study_uid, [film]), [], meta)
+
+
+def test_reader_refuses_other_objects(sample_dicoms):
+    with pytest.raises(ValueError):
+        read_result_sr(pydicom.dcmread(sample_dicoms["siim_cr_chest_pa"]))
+
+
+def test_code_mapping_is_complete_and_unambiguous():
+    assert set(sr_codes.DECISION_CODES) == set(Decision)
+    assert set(sr_codes.REASON_CODES) == set(NotAssessableReason)
+    private = [row for row in sr_codes.mapping_table() if row[2] == sr_codes.SCHEME]
+    values = [row[1] for row in private]
+    assert len(values) == len(set(values))
+    assert all(len(v) <= 16 for v in values)  # Code Value is SH
+    for decision, code in sr_codes.DECISION_CODES.items():
+        assert sr_codes.decision_from_code(code) is decision
+    for reason, code in sr_codes.REASON_CODES.items():
+        assert sr_codes.reason_from_code(code) is reason
+
+
+def test_validator_helper_reports_errors(tmp_path):
+    """Guard against a vacuous check: dciodvfy must flag a value its VR forbids."""
+    bad = make_film(generate_uid(), generate_uid(), 1)
+    with pytest.warns(UserWarning):
+        bad.PatientAge = "62"
+    assert dciodvfy_errors(save(bad, tmp_path / "bad.dcm"))
+
+
+def test_readme_result_codes_table_matches_the_mapping():
+    from cxr_triage.paths import repo_root
+
+    readme = (repo_root() / "README.md").read_text()
+    for what, value, scheme, meaning in sr_codes.mapping_table():
+        assert f"| {what} | `{value}` | {scheme} | {meaning} |" in readme
+
+
+def test_reader_turns_unknown_codes_into_value_error(meta):
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    sr = build_result_sr(
+        aggregate_study(study_uid, [film_result(source, D.SUSPICIOUS, 0.9, None, meta)]),
+        [source], meta)
+    decision = sr_codes.DECISION_CODES[D.SUSPICIOUS]
+    for item in sr.ContentSequence:  # rewrite the decision code to one the mapping lacks
+        for group in item.get("ContentSequence", []):
+            for sub in group.get("ContentSequence", []):
+                concept = sub.get("ConceptCodeSequence")
+                if concept and concept[0].CodeValue == decision.value:
+                    concept[0].CodeValue = "CXRT999"
+    with pytest.raises(ValueError, match="not a readable"):
+        read_result_sr(sr)
+
+
+def test_non_image_instance_in_study_is_still_referenced(meta, tmp_path):
+    """A refused non-image instance (here an earlier SR of the study) stays in the evidence
+    and in its film group, and the SR stays valid."""
+    study_uid = generate_uid()
+    film = make_film(study_uid, generate_uid(), 1)
+    first = build_result_sr(
+        aggregate_study(study_uid, [film_result(film, D.LIKELY_NORMAL, 0.1, None, meta)]),
+        [film], meta)
+    refused = film_result(first, D.NOT_ASSESSABLE, None, R.NON_IMAGE, meta)
+    study = aggregate_study(
+        study_uid, [film_result(film, D.LIKELY_NORMAL, 0.1, None, meta), refused])
+    path = save(build_result_sr(study, [film, first], meta), tmp_path / "sr.dcm")
+    assert_valid(path)
+    parsed = read_result_sr(reread(path))
+    assert parsed.decision is D.LIKELY_NORMAL
+    assert parsed.film(str(first.SOPInstanceUID)).reason is R.NON_IMAGE
+    assert str(first.SOPInstanceUID) in parsed.evidence_sop_instance_uids
+
+
+def test_odd_real_world_headers_still_give_a_valid_sr(meta, tmp_path):
+    """Missing Modality and Type 2 attributes, a malformed age and sex: the SR is still
+    built, valid, and carries no invalid copied value."""
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    for keyword in ("Modality", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+                    "ReferringPhysicianName", "PatientBirthDate"):
+        delattr(source, keyword)
+    with pytest.warns(UserWarning):
+        source.PatientAge = "62"
+    source.PatientSex = "MALE"
+    study = aggregate_study(study_uid, [film_result(source, D.SUSPICIOUS, 0.9, None, meta)])
+    path = save(build_result_sr(study, [source], meta), tmp_path / "sr.dcm")
+    assert_valid(path)
+    back = reread(path)
+    assert "PatientAge" not in back and back.PatientSex == ""
+    assert read_result_sr(back).film(str(source.SOPInstanceUID)).decision is D.SUSPICIOUS

@@ -1,0 +1,121 @@
+"""The summary Secondary Capture: valid (dciodvfy), in the source study, visibly marked, and
+with the heatmap only where the film was called suspicious."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from support.sr_checks import dciodvfy_errors, make_film, reread, save
+
+from cxr_triage.config import load_config
+from cxr_triage.dicom_node.results.summary_image import (
+    SERIES_DESCRIPTION,
+    build_summary_image,
+    build_summary_images,
+    render_summary,
+    summary_images_if_enabled,
+)
+from cxr_triage.contract.result import Decision, FilmResult, NotAssessableReason, aggregate_study
+from cxr_triage.contract.model_file import ModelMetadata
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                 "StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyTime")
+
+
+@pytest.fixture(scope="module")
+def meta() -> ModelMetadata:
+    return ModelMetadata(name="cxr_triage_test_model", version="0.3.1",
+                         thresholds={"sens_0.98": 0.2875})
+
+
+def blob(size: int = 16) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = (size - 1) / 2
+    return np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (size * 2.0)).astype(np.float32)
+
+
+def result(ds, decision, meta, score=None, reason=None, heatmap=None) -> FilmResult:
+    return FilmResult(decision=decision, sop_instance_uid=str(ds.SOPInstanceUID), score=score,
+                      threshold=meta.thresholds["sens_0.98"], operating_point="sens_0.98",
+                      reason=reason, reason_detail="gate said so" if reason else None,
+                      heatmap=heatmap)
+
+
+def colourfulness(rgb: np.ndarray) -> int:
+    rgb = rgb.astype(np.int16)
+    return int(np.abs(rgb[..., 0] - rgb[..., 1]).max() + np.abs(rgb[..., 1] - rgb[..., 2]).max())
+
+
+@pytest.mark.parametrize(
+    "name, decision, reason",
+    [
+        ("siim_cr_chest_pa", Decision.SUSPICIOUS, None),
+        ("siim_cr_chest_pa_MONOCHROME1_variant", Decision.LIKELY_NORMAL, None),
+        ("nih_gcp_dx_chest_nofinding", Decision.LIKELY_NORMAL, None),
+        ("highdicom_dx_canine_thorax_mono1", Decision.NOT_ASSESSABLE,
+         NotAssessableReason.NON_HUMAN),
+    ],
+)
+def test_real_samples_valid_and_in_source_study(name, decision, reason, sample_dicoms, meta,
+                                                tmp_path):
+    source = pydicom.dcmread(sample_dicoms[name])
+    film = result(source, decision, meta, score=None if reason else 0.5, reason=reason,
+                  heatmap=blob())
+    image = build_summary_image(film, source, meta, series_uid=generate_uid())
+    path = save(image, tmp_path / "sc.dcm")
+    assert dciodvfy_errors(path) == []
+    back = reread(path)
+    assert back.SOPClassUID == SECONDARY_CAPTURE
+    for keyword in PATIENT_STUDY:
+        assert str(back.get(keyword, "")) == str(source.get(keyword, "")), keyword
+    assert back.BurnedInAnnotation == "YES"
+    assert "not for diagnosis" in back.SeriesDescription == SERIES_DESCRIPTION
+    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert back.PhotometricInterpretation == "RGB" and back.pixel_array.ndim == 3
+    if source.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50":
+        assert back.LossyImageCompression == "01"
+
+
+def test_heatmap_only_on_suspicious_films(meta):
+    source = make_film(generate_uid(), generate_uid(), 1, size=128)
+    pixels = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (128, 1))
+    flat = np.ones((8, 8), dtype=np.float32)
+    suspicious = render_summary(result(source, Decision.SUSPICIOUS, meta, 0.9, heatmap=flat),
+                                pixels, meta)
+    normal = render_summary(result(source, Decision.LIKELY_NORMAL, meta, 0.1, heatmap=flat),
+                            pixels, meta)
+    middle = suspicious.shape[0] // 2  # inside the film panel, between banner and footer
+    assert colourfulness(suspicious[middle]) > 30
+    assert colourfulness(normal[middle]) == 0
+    # The banner (decision text, warning) is there in both: coloured text on black.
+    assert colourfulness(normal[: normal.shape[0] // 10]) > 100
+
+
+def test_film_that_cannot_be_decoded_still_gets_a_summary(meta, tmp_path):
+    source = make_film(generate_uid(), generate_uid(), 1)
+    source.PixelData = b"\x00" * 10  # truncated
+    film = result(source, Decision.NOT_ASSESSABLE, meta,
+                  reason=NotAssessableReason.UNDECODABLE)
+    image = build_summary_image(film, source, meta, series_uid=generate_uid())
+    assert dciodvfy_errors(save(image, tmp_path / "sc.dcm")) == []
+
+
+def test_study_series_and_config_switch(meta):
+    study_uid = generate_uid()
+    sources = [make_film(study_uid, generate_uid(), i) for i in (1, 2)]
+    films = [result(sources[0], Decision.SUSPICIOUS, meta, 0.8, heatmap=blob()),
+             result(sources[1], Decision.LIKELY_NORMAL, meta, 0.1)]
+    study = aggregate_study(study_uid, films)
+    images = build_summary_images(study, sources, meta)
+    assert [im.InstanceNumber for im in images] == [1, 2]
+    assert len({im.SeriesInstanceUID for im in images}) == 1
+    assert images[0].SeriesInstanceUID not in {s.SeriesInstanceUID for s in sources}
+    assert {im.StudyInstanceUID for im in images} == {study_uid}
+
+    cfg = load_config(environ={})
+    assert len(summary_images_if_enabled(cfg, study, sources, meta)) == 2
+    off = cfg.replace(delivery={"summary_image": False})
+    assert summary_images_if_enabled(off, study, sources, meta) == []

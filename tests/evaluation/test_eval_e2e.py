@@ -1,0 +1,106 @@
+"""Evaluation from result SRs: a folder of SRs (fast), and end-to-end through a running node
+(`cxr-triage serve` as a subprocess; slow) whose delivered decisions must equal offline ones."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cxr_triage.cli import main
+from cxr_triage.evaluation import e2e, sources
+from cxr_triage.inference.pipeline import Triager
+from cxr_triage.contract.result import Decision, aggregate_study
+from support.node_peers import NODE_AET, NodeProcess, free_port, write_node_config
+
+
+def _manifest(shared_data: Path, out: Path, n_normal: int, n_abnormal: int, n_extra: int = 0) -> Path:
+    """NIH films with absolute paths; ``n_extra`` from nih-extra (several under 16: gated)."""
+    rows = []
+    base = shared_data / "nih-cxr14"
+    nih = list(csv.DictReader((base / "labels.csv").open()))
+    pick = [r for r in nih if r["label"] == "normal"][:n_normal] + [r for r in nih if r["label"] == "abnormal"][:n_abnormal]
+    rows += [{**r, "file": str(base / r["file"])} for r in pick]
+    if n_extra:
+        extra_base = shared_data / "nih-extra"
+        extra = list(csv.DictReader((extra_base / "labels.csv").open()))
+        children = [r for r in extra if float(r["age"]) < 16][:2]
+        adults = [r for r in extra if float(r["age"]) >= 16][: n_extra - len(children)]
+        rows += [{**r, "file": str(extra_base / r["file"]), "nodule_or_mass": "0"} for r in children + adults]
+    cols = ["file", "label", "patient_id", "age", "sex", "view", "findings", "nodule_or_mass"]
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+def test_sr_folder_source(shared_data: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """SRs built by the node's own builder, read back by its reader, matched by SOP Instance UID."""
+    from pydicom import dcmread
+
+    from cxr_triage.dicom_node.results.sr import build_result_sr
+
+    manifest = _manifest(shared_data, tmp_path / "m.csv", 3, 4, n_extra=3)
+    films = sources.read_manifest(manifest)
+    sent = e2e.wrap_films(films, tmp_path / "dicom")
+    triager = Triager(model_path=tiny_model)
+    srs = tmp_path / "srs"
+    srs.mkdir()
+    direct = []
+    for s in sent:
+        ds = dcmread(s.path)
+        result = triager.triage_dataset(ds, str(s.path))
+        direct.append(result)
+        sr = build_result_sr(aggregate_study(s.study_instance_uid, [result]), [ds], triager.meta)
+        sr.save_as(srs / f"{s.sop_instance_uid}.dcm", enforce_file_format=True)
+    (srs / "not_dicom.txt").write_text("ignored")
+    with_uids = tmp_path / "m_uids.csv"
+    lines = manifest.read_text().splitlines()
+    with_uids.write_text("\n".join([lines[0] + ",sop_instance_uid"]
+                                   + [f"{line},{s.sop_instance_uid}" for line, s in zip(lines[1:], sent)]) + "\n")
+    out = tmp_path / "out"
+    assert main(["evaluate", str(with_uids), "--sr-dir", str(srs), "--n-boot", "100", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert [f["decision"] for f in rep["films"]] == [r.decision.value for r in direct]
+    assert [f["score"] for f in rep["films"]] == pytest.approx([r.score for r in direct])
+    assert rep["counts"]["not_assessable"]["by_reason"] == {"paediatric": 2}
+    # thresholds as applied by the node (recorded in each SR)
+    assert rep["thresholds"]["values"] == {"sens_0.98": 0.40}
+    assert rep["as_decided"] is not None
+    # without a UID column the SRs cannot be matched: a clear error
+    assert main(["evaluate", str(manifest), "--sr-dir", str(srs), "--out", str(tmp_path / "o2")]) == 2
+
+
+@pytest.mark.slow
+def test_end_to_end_through_the_node_matches_offline(shared_data: Path, model_path: Path, tmp_path: Path) -> None:
+    """>= 50 films wrapped into DICOM, sent to `cxr-triage serve`, SRs collected by the
+    harness's receiver: every delivered decision equals offline inference on the same file."""
+    manifest = _manifest(shared_data, tmp_path / "m.csv", 20, 30, n_extra=10)
+    node_port, results_port = free_port(), free_port()
+    (tmp_path / "node").mkdir()
+    cfg = write_node_config(tmp_path / "node" / "cfg.toml", node_port, model_path,
+                            delivery={"destinations": [f"EVALRESULTS@127.0.0.1:{results_port}"], "summary_image": True})
+    out = tmp_path / "out"
+    with NodeProcess(cfg, node_port) as node:
+        rc = main(["evaluate", str(manifest), "--e2e", f"{NODE_AET}@127.0.0.1:{node_port}",
+                   "--results-port", str(results_port), "--e2e-model", str(model_path),
+                   "--e2e-timeout", "300", "--n-boot", "200", "--out", str(out)])
+        assert rc == 0, node.tail()
+    rep = json.loads((out / "report.json").read_text())
+    e = rep["end_to_end"]
+    assert e["n_sent"] == 60 and e["n_results"] == 60 and e["offline_compared"]
+    assert e["n_differ"] == 0, e["differ"]
+    assert e["max_score_difference"] < 1e-5
+    # ... and with `evaluate --model` on the PNG films themselves (children aside: no header)
+    v = e["vs_source_files"]
+    assert v["n_differ"] == 0 and v["n_compared"] + v["n_gated_by_header"] == 60
+    decisions = [f["decision"] for f in rep["films"]]
+    children = sum(f.age is not None and f.age < 16 for f in sources.read_manifest(manifest))
+    assert children >= 2
+    assert rep["counts"]["not_assessable"]["by_reason"] == {"paediatric": children}   # the gate ran in the node
+    assert decisions.count(Decision.NOT_ASSESSABLE.value) == children
+    assert rep["counts"]["films"] == 60 and rep["auroc"] is not None
+    assert "End-to-end through the node" in (out / "report.html").read_text()

@@ -1,0 +1,168 @@
+"""Checkpoint (``model.pt`` from training) -> ONNX file the worker runs unchanged.
+
+The ONNX graph takes ``image`` (N, 1, S, S) = preprocess() output and gives ``score``
+(calibrated P(abnormal), temperature baked in) and ``heatmap`` (N, h, w) in [0, 1]. The
+:class:`ModelMetadata` JSON (preprocessing, thresholds, temperature, manifest SHA-256,
+validation metrics, date) goes into ``metadata_props``. The export is then checked: ONNX
+Runtime and PyTorch must agree within ``tolerance`` on real films, or the file is removed and
+:class:`ExportCheckError` raised, so a bad export can never be shipped by accident.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cxr_triage.contract.model_file import (
+    HEATMAP_OUTPUT, INPUT_NAME, METADATA_KEY, SCORE_OUTPUT, ModelMetadata,
+)
+from cxr_triage.contract.preprocessing import PreprocessSpec, preprocess
+
+log = logging.getLogger(__name__)
+MAX_BYTES = 25 * 1024 * 1024
+
+
+class ExportCheckError(RuntimeError):
+    """ONNX Runtime and PyTorch disagree (or the file is unusable): nothing was exported."""
+
+
+def load_checkpoint(path: str | Path):
+    """(ExportWrapper in eval mode, checkpoint dict) from a training ``model.pt``."""
+    import torch
+
+    from cxr_triage.training.network import ExportWrapper, build_network
+
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    net = build_network(ck["architecture"], pretrained=False, image_size=ck["image_size"])
+    net.load_state_dict(ck["model"])
+    wrapper = ExportWrapper(net, ck.get("temperature", 1.0), ck.get("logit_shift", 0.0)).eval()
+    return wrapper, ck
+
+
+def build_metadata(ck: dict[str, Any], name: str | None = None, version: str | None = None) -> ModelMetadata:
+    now = _dt.datetime.now(_dt.timezone.utc)
+    sha = ck.get("training_manifest_sha256", "")
+    return ModelMetadata(
+        name=name or f"cxr-triage-{ck['architecture'].replace('_', '-')}",
+        version=version or f"{now:%Y.%m.%d}-{sha[:8] or 'nomanifest'}",
+        preprocessing=PreprocessSpec.from_dict(ck["preprocessing"]),
+        thresholds={k: float(v) for k, v in ck.get("thresholds", {}).items()},
+        default_operating_point="sens_0.98",
+        temperature=float(ck.get("temperature", 1.0)),
+        architecture=ck["architecture"],
+        training_manifest_sha256=sha,
+        validation_metrics=_jsonable(ck.get("validation_metrics", {})),
+        created=now.isoformat(timespec="seconds"),
+        extra={"training_config": _jsonable(ck.get("config", {})),
+               "logit_shift": float(ck.get("logit_shift", 0.0)),
+               "calibration": "score = sigmoid((logit + logit_shift) / temperature)"},
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def export_onnx(wrapper, meta: ModelMetadata, out: str | Path, opset: int = 17) -> Path:
+    """Write the ONNX graph with dynamic batch and the metadata JSON."""
+    import onnx
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size = meta.preprocessing.size
+    dummy = torch.zeros(2, 1, size, size)
+    tmp = out.with_suffix(".tmp.onnx")
+    torch.onnx.export(
+        wrapper, (dummy,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
+        output_names=[SCORE_OUTPUT, HEATMAP_OUTPUT], opset_version=opset,
+        dynamic_axes={INPUT_NAME: {0: "N"}, SCORE_OUTPUT: {0: "N"}, HEATMAP_OUTPUT: {0: "N"}},
+    )
+    model = onnx.load(str(tmp))
+    onnx.helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def check_export(wrapper, onnx_path: str | Path, inputs: np.ndarray, tolerance: float = 1e-4) -> dict[str, float]:
+    """Max |ORT - torch| over score and heatmap on ``inputs`` (N, 1, S, S); raises when above."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run([SCORE_OUTPUT, HEATMAP_OUTPUT], {INPUT_NAME: inputs.astype(np.float32)})
+    with torch.no_grad():
+        ref = [t.numpy() for t in wrapper(torch.from_numpy(inputs.astype(np.float32)))]
+    diffs = {
+        "score_max_abs_diff": float(np.max(np.abs(got[0] - ref[0]))),
+        "heatmap_max_abs_diff": float(np.max(np.abs(got[1] - ref[1]))),
+        "films": int(inputs.shape[0]),
+    }
+    if got[0].shape != (inputs.shape[0],) or got[1].ndim != 3:
+        raise ExportCheckError(f"unexpected output shapes {got[0].shape}, {got[1].shape}")
+    if not (0.0 <= got[1].min() and got[1].max() <= 1.0):
+        raise ExportCheckError("heatmap outside [0, 1]")
+    worst = max(diffs["score_max_abs_diff"], diffs["heatmap_max_abs_diff"])
+    if not worst <= tolerance:
+        raise ExportCheckError(f"ONNX Runtime vs PyTorch max abs difference {worst:.3g} > {tolerance:g} ({diffs})")
+    return diffs
+
+
+def check_films(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
+    """Real films through the worker's reader and the shared preprocess()."""
+    from cxr_triage.training.dataset import read_pixels
+
+    return np.stack([preprocess(read_pixels(Path(p)), spec) for p in paths])
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, films: Sequence[Path] | None = None,
+                      data_root: str | Path | None = None, check_manifest: str | Path | None = None,
+                      n_check: int = 16, tolerance: float = 1e-4, name: str | None = None,
+                      version: str | None = None) -> dict[str, Any]:
+    """Export and check; films come from ``films`` or the validation rows of a manifest."""
+    wrapper, ck = load_checkpoint(checkpoint)
+    if version is None:  # date, training manifest and the weights themselves
+        import hashlib
+
+        digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:6]
+        sha = ck.get("training_manifest_sha256", "")[:8] or "nomanifest"
+        version = f"{build_metadata(ck).created[:10].replace('-', '.')}-{sha}-{digest}"
+    meta = build_metadata(ck, name, version)
+    paths = list(films or [])
+    if not paths and check_manifest is not None:
+        from cxr_triage.training.manifest import read_manifest, resolve
+
+        root = Path(data_root) if data_root else Path(check_manifest).resolve().parent
+        rows = read_manifest(check_manifest)
+        pick = [e for e in rows if e.split == "val"] or rows
+        step = max(1, len(pick) // n_check)
+        paths = [resolve(e, root) for e in pick[::step][:n_check]]
+    if not paths:
+        raise ExportCheckError("no real films to check the export on (give films or a manifest)")
+    out = Path(out)
+    export_onnx(wrapper, meta, out)
+    try:
+        diffs = check_export(wrapper, out, check_films(paths, meta.preprocessing), tolerance)
+        size = out.stat().st_size
+        if size > MAX_BYTES:
+            raise ExportCheckError(f"{out} is {size / 2**20:.1f} MiB, over the 25 MiB limit")
+    except Exception:
+        out.unlink(missing_ok=True)
+        raise
+    report = {"path": str(out), "bytes": size, "metadata": meta.name + " " + meta.version, **diffs}
+    log.info("exported", extra=report)
+    return report

