@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data
 
-.PHONY: run test test-reliability demo bench train evaluate predict-samples clean-state setup setup-dev
+.PHONY: run test lint test-reliability demo bench train evaluate predict-samples clean-state setup setup-dev
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,14 @@ setup-dev: $(VENV)/.dev
 run: $(VENV)/.worker
 	$(BIN)/cxr-triage serve
 
-## The whole test suite (real dcmtk, Orthanc, dicom3tools peers; see .ci/run for the Debian packages).
-test: $(VENV)/.dev
+## Style and types: ruff over the tree, mypy (strict on the worker's packages), the import rules.
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_architecture.py
+
+## The whole test suite (real dcmtk, Orthanc, dicom3tools peers; see .ci/run for the Debian packages), after lint.
+test: lint
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-reliability: $(VENV)/.dev

@@ -1,4 +1,4 @@
-"""The worker (inference/ and dicom_node/) never loads torch or MONAI.
+"""The worker (cxr_triage.contract, inference/ and dicom_node/, every sub-package) never loads torch or MONAI.
 
 Checked in a fresh interpreter: a test process has usually imported torch already (training
 tests), so ``sys.modules`` there proves nothing.
@@ -11,6 +11,7 @@ import pkgutil
 import subprocess
 import sys
 
+import cxr_triage.contract
 import cxr_triage.dicom_node
 import cxr_triage.inference
 
@@ -19,8 +20,8 @@ HEAVY = ("torch", "torchvision", "monai")
 
 def _worker_modules() -> list[str]:
     names = ["cxr_triage.cli", "cxr_triage.inference.pipeline", "cxr_triage.inference.cli"]
-    for pkg in (cxr_triage.inference, cxr_triage.dicom_node):
-        names += [f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
+    for pkg in (cxr_triage.contract, cxr_triage.inference, cxr_triage.dicom_node):
+        names += [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}.")]
     return sorted(set(names))
 
 
