@@ -1,0 +1,76 @@
+"""Response models of the worklist's JSON API (``/api/studies``, ``/api/studies/{uid}``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class FilmOut(BaseModel):
+    """One image of the study and its own triage result."""
+
+    sop_instance_uid: str
+    series_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    decision: str | None = Field(None, description="likely_normal | suspicious | not_assessable; null while pending")
+    decision_text: str
+    score: float | None = Field(None, description="calibrated probability that the film is abnormal")
+    threshold: float | None = None
+    operating_point: str | None = None
+    reason: str | None = Field(None, description="coded not-assessable reason")
+    reason_text: str | None = None
+    heatmap_available: bool = False
+    image_url: str | None = None
+    heatmap_url: str | None = None
+
+
+class DeliveryOut(BaseModel):
+    """One delivery attempt of the result, or its current state."""
+
+    time: dt.datetime
+    destination: str
+    outcome: str
+    detail: str = ""
+
+
+class StudySummaryOut(BaseModel):
+    """A worklist row."""
+
+    rank: int = Field(description="1-based position in the reading order")
+    band: str = Field(description="overdue | suspicious | not_assessable | pending | likely_normal")
+    study_instance_uid: str
+    decision: str = Field(description="likely_normal | suspicious | not_assessable | pending")
+    decision_text: str
+    score: float | None = None
+    received_at: dt.datetime
+    triaged_at: dt.datetime | None = None
+    wait_minutes: float = Field(description="minutes since the first instance was received")
+    overdue: bool = Field(description="past the maximum wait: moved to the top whatever the decision")
+    delivery_status: str
+    n_instances: int
+    url: str
+    api_url: str
+    thumbnail_url: str | None = None
+
+
+class WorklistOut(BaseModel):
+    generated_at: dt.datetime
+    max_wait_minutes: float
+    count: int
+    studies: list[StudySummaryOut]
+
+
+class StudyDetailOut(StudySummaryOut):
+    """A study with per-image detail, the result SR in plain words and its delivery history."""
+
+    model_name: str | None = None
+    model_version: str | None = None
+    reason: str | None = None
+    films: list[FilmOut]
+    deliveries: list[DeliveryOut]
+    result_summary: list[str] = Field(
+        default_factory=list, description="what the result SR states, in plain sentences (read back from the SR)")
+    result_sr: list[dict[str, Any]] | None = Field(
+        None, description="the result SR's whole content tree as {depth, concept, value} lines")

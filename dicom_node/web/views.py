@@ -1,0 +1,153 @@
+"""The view-model shared by the JSON API and the HTML pages: worklist rows and study detail."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, overload
+
+from fastapi import HTTPException
+
+from cxr_triage.dicom_node.store import heatmaps
+from cxr_triage.dicom_node.web.schemas import DeliveryOut, FilmOut, StudyDetailOut, StudySummaryOut
+from cxr_triage.dicom_node.web.settings import WebSettings
+from cxr_triage.dicom_node.web.worklist import (
+    PLAIN_DECISION,
+    PLAIN_REASON,
+    FilmEntry,
+    StudyEntry,
+    WorklistSource,
+    band,
+    filter_studies,
+    order_worklist,
+)
+
+log = logging.getLogger(__name__)
+
+DECISION_FILTERS = ("suspicious", "not_assessable", "likely_normal", "pending")
+
+
+def wait_text(minutes: float) -> str:
+    """Waiting time the way a reading room says it."""
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    return f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
+
+
+@overload
+def utc(ts: float) -> dt.datetime: ...
+@overload
+def utc(ts: None) -> None: ...
+@overload
+def utc(ts: float | None) -> dt.datetime | None: ...
+def utc(ts: float | None) -> dt.datetime | None:
+    return None if ts is None else dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
+
+
+def local_time(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def day_bounds(date_from: dt.date | None, date_to: dt.date | None) -> tuple[float | None, float | None]:
+    """Inclusive local-calendar days -> [since, until) Unix seconds."""
+    since = time.mktime(date_from.timetuple()) if date_from else None
+    until = time.mktime((date_to + dt.timedelta(days=1)).timetuple()) if date_to else None
+    return since, until
+
+
+def form_date(text: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def display_film(entry: StudyEntry) -> FilmEntry | None:
+    """The film that represents the study: the highest-scoring assessed one, else the first."""
+    films = [f for f in entry.films if f.spool_path]
+    scored = [f for f in films if f.score is not None]
+    if scored:
+        return max(scored, key=lambda f: f.score if f.score is not None else 0.0)
+    return films[0] if films else None
+
+
+class StudyViews:
+    """Worklist rows and study detail over one source, settings and clock."""
+
+    def __init__(self, source: WorklistSource, settings: WebSettings, clock: Callable[[], float]) -> None:
+        self.source = source
+        self.settings = settings
+        self.clock = clock
+
+    def summary(self, rank: int, band_name: str, e: StudyEntry, now: float) -> StudySummaryOut:
+        uid = e.study_instance_uid
+        has_image = bool(e.films) or e.n_instances > 0  # list rows carry no films: checked on request
+        return StudySummaryOut(
+            rank=rank, band=band_name, study_instance_uid=uid, decision=e.status,
+            decision_text=PLAIN_DECISION.get(e.status, e.status), score=e.score,
+            received_at=utc(e.received_at), triaged_at=utc(e.triaged_at),
+            wait_minutes=round(e.wait_s(now) / 60.0, 1), overdue=band_name == "overdue",
+            delivery_status=e.delivery_status, n_instances=e.n_instances or len(e.films),
+            url=f"/studies/{uid}", api_url=f"/api/studies/{uid}",
+            thumbnail_url=f"/studies/{uid}/thumbnail.png" if has_image else None,
+        )
+
+    def worklist(self, decision: list[str] | None, date_from: dt.date | None, date_to: dt.date | None,
+                 limit: int | None) -> tuple[float, list[StudySummaryOut]]:
+        settings = self.settings
+        now = self.clock()
+        since, until = day_bounds(date_from, date_to)
+        entries = filter_studies(self.source.list_studies(since, until), decision)
+        ordered = order_worklist(entries, now, settings.max_wait_s)
+        cap = min(limit or settings.max_rows, settings.max_rows)
+        return now, [self.summary(i + 1, b, e, now) for i, (b, e) in enumerate(ordered[:cap])]
+
+    def film_out(self, e: StudyEntry, f: FilmEntry) -> FilmOut:
+        uid, sop = e.study_instance_uid, f.sop_instance_uid
+        state_dir = self.settings.state_dir
+        has_heat = state_dir is not None and heatmaps.load_heatmap(state_dir, uid, sop) is not None
+        return FilmOut(
+            sop_instance_uid=sop, series_instance_uid=f.series_instance_uid, sop_class_uid=f.sop_class_uid,
+            decision=f.decision, decision_text=PLAIN_DECISION.get(f.decision or "pending", f.decision or ""),
+            score=f.score, threshold=f.threshold, operating_point=f.operating_point, reason=f.reason,
+            reason_text=(PLAIN_REASON.get(f.reason, f.reason) + (f" ({f.reason_detail})" if f.reason_detail else ""))
+            if f.reason else None,
+            heatmap_available=has_heat,
+            image_url=f"/studies/{uid}/films/{sop}/film.png" if f.spool_path else None,
+            heatmap_url=f"/studies/{uid}/films/{sop}/heatmap.png" if has_heat and f.spool_path else None,
+        )
+
+    def detail(self, uid: str) -> StudyDetailOut:
+        settings = self.settings
+        e = self.source.get_study(uid)
+        if e is None:
+            raise HTTPException(status_code=404, detail=f"no study {uid}")
+        now = self.clock()
+        # Rank within the whole worklist, so the page says where the study stands.
+        ordered = order_worklist(self.source.list_studies(None, None), now, settings.max_wait_s)
+        rank = next((i + 1 for i, (_, x) in enumerate(ordered) if x.study_instance_uid == uid), 0)
+        base = self.summary(rank, band(e, now, settings.max_wait_s), e, now)
+        sr: list[dict[str, Any]] | None = None
+        said: list[str] = []
+        if e.result_path and Path(e.result_path).is_file():
+            try:
+                import pydicom
+
+                from cxr_triage.dicom_node.results.sr_plain import sr_lines, sr_summary
+
+                ds = pydicom.dcmread(e.result_path)
+                sr = [vars(line) for line in sr_lines(ds)]
+                said = sr_summary(ds)
+            except Exception:  # an unreadable SR must not hide the rest of the page
+                log.warning("study page: result SR unreadable", extra={"study_uid": uid}, exc_info=True)
+        return StudyDetailOut(
+            **base.model_dump(), model_name=e.model_name, model_version=e.model_version,
+            reason=e.reason, films=[self.film_out(e, f) for f in e.films],
+            deliveries=[DeliveryOut(time=utc(d.time), destination=d.destination, outcome=d.outcome,
+                                    detail=d.detail) for d in e.deliveries],
+            result_sr=sr, result_summary=said,
+        )
