@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
             try:
                 mod = importlib.import_module(module)
             except ModuleNotFoundError as exc:
-                raise SystemExit(f"cxr-triage {name}: missing dependency {exc.name!r} ({exc})")
+                raise SystemExit(f"cxr-triage {name}: missing dependency {exc.name!r} ({exc})") from exc
             mod.register(sub, name, help_text)
         else:
             sub.add_parser(name, help=help_text, add_help=False)

@@ -8,11 +8,12 @@ reported at start, all at once, with the key it belongs to.
 from __future__ import annotations
 
 import os
-import tomllib
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+import tomllib
 
 ENV_PREFIX = "CXR_TRIAGE__"
 CONFIG_ENV = "CXR_TRIAGE_CONFIG"
@@ -38,7 +39,7 @@ class Section(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
     def __len__(self) -> int:
@@ -64,7 +65,7 @@ class Config(Mapping[str, Section]):
     def __getitem__(self, name: str) -> Section:
         return self._sections[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._sections)
 
     def __len__(self) -> int:

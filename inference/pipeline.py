@@ -18,8 +18,10 @@ import numpy as np
 from pydicom import Dataset
 
 from cxr_triage.config import Config, load_config, resolve_path
-from cxr_triage.inference import gate
 from cxr_triage.contract.decision import decide
+from cxr_triage.contract.preprocessing import preprocess
+from cxr_triage.contract.result import Decision, FilmResult, NotAssessable, NotAssessableReason
+from cxr_triage.inference import gate
 from cxr_triage.inference.reader import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -28,9 +30,7 @@ from cxr_triage.inference.reader import (
     read_film,
     sniff_kind,
 )
-from cxr_triage.contract.result import Decision, FilmResult, NotAssessable, NotAssessableReason
 from cxr_triage.inference.scorer import ModelError, get_scorer
-from cxr_triage.contract.preprocessing import preprocess
 from cxr_triage.paths import bundled_model_path
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class Triager:
         except NotAssessable as exc:
             return self._refused(FilmResult(Decision.NOT_ASSESSABLE, source=str(path)), exc,
                                  {"decode": _ms(start)})
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
+        except Exception as exc:  # one bad file must not stop a batch
             log.exception("unexpected error reading a file")
             return self._refused(FilmResult(Decision.NOT_ASSESSABLE, source=str(path)),
                                  NotAssessable(NotAssessableReason.UNDECODABLE,
@@ -219,7 +219,7 @@ class Triager:
         ready = [p for p in pending if p.tensor is not None]
         if ready:
             start = time.perf_counter()
-            scores, heatmaps = self.scorer.score(np.stack([p.tensor for p in ready]))
+            scores, heatmaps = self.scorer.score(np.stack([p.tensor for p in ready if p.tensor is not None]))
             per_film = _ms(start) / len(ready)  # the batch's time, shared equally
             for i, p in enumerate(ready):
                 score = float(scores[i])

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import Dataset, dcmread
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windowing
 
 from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 
@@ -44,7 +45,7 @@ class Film:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.pixels.shape  # type: ignore[return-value]
+        return self.pixels.shape
 
 
 def _undecodable(detail: str) -> NotAssessable:
@@ -70,7 +71,7 @@ def load_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     try:
         ds = dcmread(path, force=sniff_kind(path) != "dicom")
-    except Exception as exc:  # noqa: BLE001 - any parser failure (struct, EOF, VR...) is the same
+    except Exception as exc:  # any parser failure (struct, EOF, VR...) is the same
         raise _undecodable(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     # force=True (and a bare preamble) accept any bytes: insist on what every object has
     if "SOPClassUID" not in ds and "PixelData" not in ds:
@@ -102,14 +103,14 @@ def read_film(source: str | Path | Dataset, *, max_pixels: int = DEFAULT_MAX_PIX
 
 # ----------------------------------------------------------------------------- PNG / JPEG
 
-def read_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[np.float32]:
     """PNG/JPEG film -> float32 [0, 1]. 8-bit / 255, 16-bit / 65535; grey-as-RGB accepted."""
     try:
-        with Image.open(path) as img:
-            w, h = img.size
+        with Image.open(path) as opened:
+            w, h = opened.size
             if w * h > max_pixels:
                 raise _undecodable(f"image declares {w}x{h} pixels, above the {max_pixels} limit")
-            img = ImageOps.exif_transpose(img)
+            img = ImageOps.exif_transpose(opened)
             mode = img.mode
             if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
                 arr = np.asarray(img, dtype=np.float64)
@@ -125,7 +126,8 @@ def read_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     spread = np.abs(rgb - rgb.mean(axis=2, keepdims=True)).max()
     if spread > 8:  # beyond JPEG chroma noise: a colour picture, not a radiograph
         raise NotAssessable(NotAssessableReason.COLOR, "colour image (RGB channels differ)")
-    return (rgb.mean(axis=2) / 255.0).astype(np.float32)
+    grey: npt.NDArray[np.float64] = rgb.mean(axis=2)
+    return (grey / 255.0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -154,7 +156,7 @@ def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
         return None
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except Exception as exc:  # noqa: BLE001 - any framing error means undecodable
+    except Exception as exc:  # any framing error means undecodable
         raise _undecodable(f"encapsulated pixel data unreadable ({type(exc).__name__}: {exc})") from exc
     if tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes:
         from pydicom.pixels.utils import _get_jpg_parameters
@@ -226,7 +228,7 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
     except NotAssessable:
         raise
-    except Exception as exc:  # noqa: BLE001 - values convert lazily: a corrupt VR raises anything
+    except Exception as exc:  # values convert lazily: a corrupt VR raises anything
         raise _undecodable(f"malformed image header ({type(exc).__name__}: {exc})") from exc
     if frames > 1:
         raise NotAssessable(NotAssessableReason.MULTI_FRAME, f"{frames} frames")
@@ -237,7 +239,7 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         stored = ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:  # noqa: BLE001 - every decoder failure means the same to triage;
+    except BaseException as exc:  # every decoder failure means the same to triage;
         # Rust decoders (pylibjpeg-rle) panic on some corrupt streams, and pyo3's PanicException
         # is a BaseException: uncaught it killed the node's triage thread
         raise _undecodable(f"pixel data could not be decoded ({type(exc).__name__}: {exc})") from exc

@@ -30,9 +30,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from cxr_triage.dicom_node.results import sr_codes as C
-from cxr_triage.contract.result import Decision, NotAssessableReason, StudyResult
 from cxr_triage.contract.model_file import ModelMetadata
+from cxr_triage.contract.result import Decision, NotAssessableReason, StudyResult
+from cxr_triage.dicom_node.results import sr_codes as C
 
 SERIES_DESCRIPTION = "AI triage - research output, not for diagnosis"
 DEFAULT_SERIES_NUMBER = 990

@@ -12,8 +12,8 @@ harness, audit) may rely on them across releases. Add new codes at the end.
 
 from __future__ import annotations
 
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from cxr_triage.contract.result import Decision, NotAssessableReason
 

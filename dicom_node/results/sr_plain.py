@@ -6,6 +6,7 @@ PACS received, whatever template version built it. Header patient attributes are
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def _value(item: Dataset) -> str:
     return ""
 
 
-def _walk(items, depth: int, out: list[SRLine], limit: int) -> None:
+def _walk(items: Iterable[Dataset] | None, depth: int, out: list[SRLine], limit: int) -> None:
     for item in items or []:
         if len(out) >= limit:
             return

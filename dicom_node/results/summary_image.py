@@ -22,19 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.uid import (
-    JPEG2000,
     HTJ2K,
+    JPEG2000,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLSNearLossless,
 )
 
-from cxr_triage.dicom_node.results.sr import SOFTWARE_NAME, source_headers
-from cxr_triage.contract.result import Decision, FilmResult, StudyResult
 from cxr_triage.contract.model_file import ModelMetadata
+from cxr_triage.contract.result import Decision, FilmResult, StudyResult
+from cxr_triage.dicom_node.results.sr import SOFTWARE_NAME, source_headers
 
 if TYPE_CHECKING:
     from cxr_triage.config import Config
@@ -131,7 +132,8 @@ def build_summary_image(
             software_versions=f"{meta.name} {meta.version}",
         )
     if orientation is None:
-        image.PatientOrientation = ""  # Type 2: unknown, rather than a guess
+        # Type 2: unknown, rather than a guess (highdicom set it, typed as a list of values)
+        image["PatientOrientation"].value = ""
     # Laterality (Type 2C) is absent for an unpaired body part such as the chest, and empty
     # ("unknown") when the source does not say what it shows.
     body_part = str(source.get("BodyPartExamined", "") or "")
@@ -179,8 +181,8 @@ def render_summary(film: FilmResult, pixels: np.ndarray | None,
         heatmap_shown = True
     width = panel.shape[1]
     size = max(14, width // 34)
-    font = ImageFont.load_default(size=size)
-    small = ImageFont.load_default(size=max(12, int(size * 0.8)))
+    font = _font(size)
+    small = _font(max(12, int(size * 0.8)))
 
     label, colour = _LABELS[film.decision]
     lines: list[tuple[str, tuple[int, int, int], ImageFont.FreeTypeFont]] = [
@@ -234,7 +236,7 @@ def _film_panel(pixels: np.ndarray | None) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def _overlay(panel: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+def _overlay(panel: npt.NDArray[np.uint8], heatmap: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
     """Blend a jet-coloured heatmap where it is high; the film stays visible elsewhere.
 
     The heatmap spans the whole film (preprocessing squashes, it does not crop or pad), so
@@ -244,10 +246,18 @@ def _overlay(panel: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     h, w = panel.shape[:2]
     hm = np.clip(np.nan_to_num(heatmap), 0.0, 1.0)
     hm = np.asarray(Image.fromarray(hm, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    colour = colormaps["jet"](hm, bytes=True)[..., :3].astype(np.float32)
-    alpha = (0.55 * np.clip((hm - 0.25) / 0.75, 0.0, 1.0)).astype(np.float32)[..., None]
-    out = panel.astype(np.float32) * (1.0 - alpha) + colour * alpha
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    colour: npt.NDArray[np.float32] = colormaps["jet"](hm, bytes=True)[..., :3].astype(np.float32)
+    alpha: npt.NDArray[np.float32] = (0.55 * np.clip((hm - 0.25) / 0.75, 0.0, 1.0)).astype(np.float32)[..., None]
+    out: npt.NDArray[np.float32] = np.clip(panel.astype(np.float32) * (1.0 - alpha) + colour * alpha + 0.5, 0, 255)
+    return out.astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled Aileron at ``size`` (a FreeType font whenever a size is given)."""
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):  # only the sizeless bitmap fallback is not
+        raise RuntimeError("Pillow returned a bitmap font for a sized default font")
+    return font
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
@@ -279,7 +289,7 @@ def _copy_lossy_history(source: Dataset, image: Dataset) -> None:
 
 def _pydicom_pixels(source: Dataset) -> np.ndarray | None:
     """Fallback display pipeline (modality LUT, VOI, MONOCHROME1 inverted)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
     try:
         arr = source.pixel_array

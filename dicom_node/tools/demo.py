@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     store = JobStore(dirs.queue_db)
     print(f"waiting for {len(stored)} studies (quiet period {cfg.node.quiet_period_s:.0f} s) ...")
     deadline = time.monotonic() + timeout
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any] | None] = {}
     while time.monotonic() < deadline:
         rows = {uid: store.get_study(uid) for uid in stored}
         if all(r and r["state"] in ("triaged", "failed") and r["delivery_status"] in ("delivered", "none", "dead")

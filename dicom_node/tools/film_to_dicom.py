@@ -17,19 +17,21 @@ import io
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from pydicom import Dataset, FileMetaDataset, dcmread
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    JPEG2000,
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -37,7 +39,6 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     generate_uid,
 )
@@ -115,6 +116,7 @@ def film_to_stored(film: np.ndarray, bits_stored: int, signed: bool, photometric
     lo, hi = stored_range(bits_stored, signed)
     level = film if photometric == "MONOCHROME2" else 1.0 - film
     stored = lo + np.rint(level * (hi - lo)).astype(np.int64)
+    dtype: type[np.integer[Any]]
     if bits_stored <= 8:
         dtype = np.int8 if signed else np.uint8
     else:
@@ -122,10 +124,10 @@ def film_to_stored(film: np.ndarray, bits_stored: int, signed: bool, photometric
     return stored.astype(dtype)
 
 
-def _sigmoid_voi_lut(first_mapped: int, n_entries: int, bits: int = 16) -> np.ndarray:
+def _sigmoid_voi_lut(first_mapped: int, n_entries: int, bits: int = 16) -> npt.NDArray[np.uint16]:
     """A smooth, strictly increasing VOI LUT (what many CR/DX vendors ship instead of a window)."""
     x = np.linspace(-3.0, 3.0, n_entries)
-    y = 1.0 / (1.0 + np.exp(-x))
+    y: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-x))
     y = (y - y[0]) / (y[-1] - y[0])
     return np.rint(y * ((1 << bits) - 1)).astype(np.uint16)
 
@@ -321,12 +323,13 @@ def _encode(ds: Dataset, stored: np.ndarray, tsyntax: UID, jpeg_quality: int) ->
     if tsyntax in NATIVE_SYNTAXES:
         ds.file_meta.TransferSyntaxUID = tsyntax
     elif tsyntax in PYDICOM_ENCODED:
-        kwargs: dict[str, object] = {}
+        j2k_psnr: list[float] | None = None  # None: pydicom's default (lossless)
+        jls_error: int | None = None
         if tsyntax == JPEG2000:
-            kwargs["j2k_psnr"] = [80]
+            j2k_psnr = [80]
         elif tsyntax == JPEGLSNearLossless:
-            kwargs["jls_error"] = 2
-        ds.compress(tsyntax, stored, generate_instance_uid=False, **kwargs)
+            jls_error = 2
+        ds.compress(tsyntax, stored, generate_instance_uid=False, jls_error=jls_error, j2k_psnr=j2k_psnr)
     elif tsyntax == JPEGBaseline8Bit:
         buf = io.BytesIO()
         Image.fromarray(stored.astype(np.uint8), mode="L").save(

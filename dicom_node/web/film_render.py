@@ -12,24 +12,25 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 
-def _read_pixels(path: str) -> np.ndarray:
+def _read_pixels(path: str) -> npt.NDArray[np.float32]:
     """(H, W) float32 in [0, 1], MONOCHROME2."""
     try:
         from cxr_triage.inference.reader import read_film
     except ImportError:  # pragma: no cover - reader not installed: plain pydicom/Pillow shim
-        read_film = None
-    if read_film is not None:
+        pass
+    else:
         return np.asarray(read_film(path).pixels, dtype=np.float32)
     if path.lower().endswith((".png", ".jpg", ".jpeg")):  # pragma: no cover
         return np.asarray(Image.open(path).convert("F"), dtype=np.float32) / 255.0
     import pydicom  # pragma: no cover
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pragma: no cover
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut  # pragma: no cover
 
     ds = pydicom.dcmread(path)  # pragma: no cover
-    arr = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float32)
+    arr: npt.NDArray[np.float32] = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float32)
     arr = (arr - arr.min()) / max(float(np.ptp(arr)), 1e-6)
     return 1.0 - arr if ds.get("PhotometricInterpretation") == "MONOCHROME1" else arr
 
@@ -63,8 +64,8 @@ def heat_overlay(heatmap: np.ndarray, size: tuple[int, int], max_alpha: float = 
     """RGBA overlay of ``size`` (w, h): colour from the 'jet' map, transparent where heat is low."""
     from matplotlib import colormaps
 
-    heat = Image.fromarray(np.clip(np.asarray(heatmap, dtype=np.float32), 0, 1), mode="F")
-    heat = np.asarray(heat.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    heat_img = Image.fromarray(np.clip(np.asarray(heatmap, dtype=np.float32), 0, 1), mode="F")
+    heat = np.asarray(heat_img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
     rgba = colormaps["jet"](heat)  # (h, w, 4) floats
     rgba[..., 3] = max_alpha * np.clip((heat - 0.2) / 0.8, 0.0, 1.0)
     return Image.fromarray((rgba * 255.0 + 0.5).astype(np.uint8), mode="RGBA")

@@ -22,8 +22,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from cxr_triage.dicom_node.web.worklist import QueueStats, WorklistSource
 from cxr_triage.contract.result import Decision
+from cxr_triage.dicom_node.web.worklist import QueueStats, WorklistSource
 
 log = logging.getLogger(__name__)
 
