@@ -6,16 +6,16 @@ JSON report can be re-rendered or compared later without the films.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import numpy as np
 
+from cxr_triage.contract.decision import decide_many
+from cxr_triage.contract.result import Decision
 from cxr_triage.evaluation import metrics
 from cxr_triage.evaluation.sources import Film, Scored
 from cxr_triage.evaluation.thresholds import ThresholdSet, provenance
-from cxr_triage.contract.result import Decision
 
 REPORT_SCHEMA = "cxr-triage-evaluation/1"
 SIZE_COLUMNS = ("nodule_size_mm", "lesion_size_mm", "size_mm")
@@ -45,7 +45,7 @@ def _sens_by(films: Sequence[Film], s: np.ndarray, values: Sequence[str], thresh
         sel = vals == value
         row: dict[str, Any] = {"value": value, "n": int(sel.sum())}
         for name, t in thresholds.items():
-            k = int(np.sum(s[sel] >= t))
+            k = int(np.sum(decide_many(s[sel], t)))
             row[name] = metrics.proportion(k, int(sel.sum())).to_dict()
         rows.append(row)
     return rows
@@ -188,7 +188,7 @@ def _subgroups(films: Sequence[Film], y: np.ndarray, s: np.ndarray, threshold: f
     if by_finding:
         rows = []
         for finding, idx in sorted(by_finding.items()):
-            k = int(np.sum(s[idx] >= threshold))
+            k = int(np.sum(decide_many(s[idx], threshold)))
             rows.append({"value": finding, "n": len(idx), "sensitivity": metrics.proportion(k, len(idx)).to_dict()})
         out["finding"] = rows
     return out
@@ -203,7 +203,7 @@ def _nodule_mass(films: Sequence[Film], s: np.ndarray, thresholds: dict[str, flo
     ss = s[idx]
     out: dict[str, Any] = {"n": len(idx), "operating_points": {}}
     for name, t in thresholds.items():
-        out["operating_points"][name] = metrics.proportion(int(np.sum(ss >= t)), len(idx)).to_dict()
+        out["operating_points"][name] = metrics.proportion(int(np.sum(decide_many(ss, t))), len(idx)).to_dict()
     cols = set(sub[0].extra)
     size_col = next((c for c in SIZE_COLUMNS if c in cols), None)
     subtle_col = next((c for c in SUBTLETY_COLUMNS if c in cols), None)
@@ -230,15 +230,3 @@ def _comparison(films: Sequence[Film], a: Sequence[Scored], b: Sequence[Scored],
                      "normal) at equal sensitivity sets each model's threshold on these films"))
     return out
 
-
-def nan_to_none(obj: Any) -> Any:
-    """JSON has no NaN: replace it (recursively) by null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [nan_to_none(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return nan_to_none(obj.item())
-    return obj

@@ -18,16 +18,18 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from cxr_triage.contract.decision import decide
+from cxr_triage.contract.files import file_sha256, json_safe
+from cxr_triage.contract.operating_points import operating_point_name
 from cxr_triage.evaluation import metrics, thresholds
 from cxr_triage.evaluation.drift import make_baseline
-from cxr_triage.inference.site_threshold import SiteThreshold, sha256_file
 from cxr_triage.evaluation.sources import Film, Scored
+from cxr_triage.inference.site_threshold import SiteThreshold
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class InsufficientEvidence(ValueError):
 def _decision_at(sc: Scored, threshold: float) -> str:
     if not sc.assessable:
         return "not_assessable"
-    return "suspicious" if float(sc.score) >= threshold else "likely_normal"
+    return decide(float(sc.score), threshold).value
 
 
 def table_sha256(films: Sequence[Film], scored: Sequence[Scored]) -> str:
@@ -129,7 +131,7 @@ def commission(
                          "sensitivity_lower_bound_method": method},
         "min_abnormal_needed": thresholds.min_abnormal_for_lower_bound(target, confidence, method),
         "alternatives": {
-            thresholds.op_name(a): thresholds.select_operating_point(y, s, a, "lower_bound", confidence, method).to_dict()
+            operating_point_name(a): thresholds.select_operating_point(y, s, a, "lower_bound", confidence, method).to_dict()
             for a in also_targets if a != target
         },
         # The model's own thresholds (chosen at training) measured on this site's films: what the
@@ -146,10 +148,10 @@ def commission(
     site_thr = SiteThreshold(
         site=site, threshold=t, target_sensitivity=float(target), confidence=float(confidence),
         ci_method="clopper-pearson" if method == "exact" else "wilson",
-        model_sha256=sha256_file(model_path), model_name=model["name"], model_version=model["version"],
+        model_sha256=file_sha256(model_path), model_name=model["name"], model_version=model["version"],
         model_file=model_path.name, created=now.isoformat(timespec="seconds"),
-        created_by=f"cxr-triage {__version__}", evidence=_jsonable(evidence),
-        source={"files": {str(p): sha256_file(p) for p in source_files},
+        created_by=f"cxr-triage {__version__}", evidence=json_safe(evidence),
+        source={"files": {str(p): file_sha256(p) for p in source_files},
                 "table_sha256": table_sha256(films, scored)},
         baseline=baseline,
     )
@@ -157,16 +159,3 @@ def commission(
         "site": site, "threshold": t, "sensitivity_lower_bound": choice.sensitivity_low,
         "specificity": at.specificity.value, "n_abnormal": int(np.sum(y == 1))})
     return site_thr
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN -> None, tuples -> lists, numpy scalars -> Python: strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return None if math.isnan(float(obj)) else float(obj)
-    if isinstance(obj, (np.integer, np.bool_)):
-        return obj.item()
-    return obj

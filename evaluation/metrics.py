@@ -20,6 +20,9 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from cxr_triage.contract.decision import decide_many
+from cxr_triage.contract.operating_points import threshold_for_sensitivity
+
 SENSITIVITY_TARGETS: tuple[float, ...] = (0.90, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 
 
@@ -216,7 +219,7 @@ class OperatingPoint:
 def confusion_at(y: Sequence[int], s: Sequence[float], threshold: float) -> tuple[int, int, int, int]:
     """(tp, fn, tn, fp) with suspicious = score >= threshold."""
     y_arr, s_arr = _arrays(y, s)
-    flagged = s_arr >= threshold
+    flagged = decide_many(s_arr, threshold)
     tp = int(np.sum(flagged & (y_arr == 1)))
     fn = int(np.sum(~flagged & (y_arr == 1)))
     tn = int(np.sum(~flagged & (y_arr == 0)))
@@ -245,23 +248,13 @@ def operating_point(
     )
 
 
-def threshold_for_sensitivity(y: Sequence[int], s: Sequence[float], target: float) -> float:
-    """The highest threshold whose sensitivity on these films is >= target: the score of the
-    k-th highest-scoring abnormal film, k = ceil(target * abnormal)."""
-    y_arr, s_arr = _arrays(y, s)
-    pos = np.sort(s_arr[y_arr == 1])[::-1]
-    if len(pos) == 0:
-        raise ValueError("no abnormal films: cannot choose a threshold for a sensitivity")
-    k = max(1, math.ceil(target * len(pos) - 1e-9))
-    return float(pos[k - 1])
-
-
 def threshold_sweep(
     y: Sequence[int], s: Sequence[float], targets: Sequence[float] = SENSITIVITY_TARGETS,
     not_assessable: tuple[int, int] = (0, 0), confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
     """For each sensitivity target, the threshold that reaches it on these films and what it
     costs in specificity. Descriptive: thresholds picked here are fitted to these films."""
+    _arrays(y, s)
     rows = []
     for target in targets:
         t = threshold_for_sensitivity(y, s, target)
@@ -322,7 +315,7 @@ def workload_at_sensitivity(y: np.ndarray, s: np.ndarray, target: float, n_unass
     """Share of films called likely normal when the threshold is set to reach ``target``
     sensitivity on these films."""
     t = threshold_for_sensitivity(y, s, target)
-    return float(np.sum(s < t) / (len(s) + n_unassessed))
+    return float(np.sum(~decide_many(s, t)) / (len(s) + n_unassessed))
 
 
 def compare_models(

@@ -13,31 +13,18 @@ intervals, DeLong AUROC) on the decisions the node actually delivered. The disco
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cxr_triage.dicom_node.service.drift import LiveResult as LiveResult
+from cxr_triage.dicom_node.service.drift import live_from_store as live_from_store
+from cxr_triage.dicom_node.service.drift import utc_day_bounds as utc_day_bounds
 from cxr_triage.evaluation import metrics
 from cxr_triage.evaluation.sources import parse_label  # the harness's label spellings
 
 KEYS = ("study_instance_uid", "sop_instance_uid")
-
-
-@dataclass
-class LiveResult:
-    """One delivered result: a study (sop_instance_uid None) or one of its films."""
-
-    study_instance_uid: str
-    decision: str                          # Decision value
-    score: float | None
-    sop_instance_uid: str | None = None
-    reason: str | None = None
-    received_at: float | None = None       # Unix seconds, UTC
-    file: str = ""                         # the received file (node spool), when known
-    operating_point: str | None = None
-    model_version: str | None = None
 
 
 @dataclass
@@ -89,30 +76,6 @@ def live_from_srs(folder: str | Path) -> list[LiveResult]:
         for g in sr.films:
             out.append(LiveResult(study, _val(g.decision), g.score, g.sop_instance_uid, _val(g.reason),
                                   operating_point=g.operating_point, model_version=sr.model_version))
-    return out
-
-
-def live_from_store(store: Any, since: float | None = None, until: float | None = None,
-                    limit: int = 1_000_000) -> list[LiveResult]:
-    """Study and film results of triaged studies in the node's job store
-    (``cxr_triage.dicom_node.store.jobs.JobStore``: ``list_studies`` / ``get_study``)."""
-    out: list[LiveResult] = []
-    for summary in store.list_studies(state="triaged", since=since, until=until, limit=limit):
-        detail = store.get_study(summary["study_uid"]) or {}
-        result = detail.get("result") or {}
-        received = summary.get("first_received_at")
-        paths = {i["sop_instance_uid"]: i.get("path", "") for i in detail.get("instances", [])}
-        films = result.get("films", [])
-        scored = next((f for f in films if f.get("operating_point")), {})
-        out.append(LiveResult(summary["study_uid"], summary["decision"], summary.get("score"),
-                              received_at=received, operating_point=scored.get("operating_point"),
-                              model_version=scored.get("model_version")))
-        for f in films:
-            uid = f.get("sop_instance_uid")
-            out.append(LiveResult(summary["study_uid"], f["decision"], f.get("score"), uid, f.get("reason"),
-                                  received_at=received, file=paths.get(uid, "") or f.get("source", ""),
-                                  operating_point=f.get("operating_point"),
-                                  model_version=f.get("model_version")))
     return out
 
 
@@ -264,10 +227,3 @@ def summary_lines(rec: Reconciliation) -> list[str]:
         a = f["auroc"]
         lines.insert(3, f"AUROC             {a['value']:.3f} (95% CI {a['low']:.3f}-{a['high']:.3f})")
     return lines
-
-
-def utc_day_bounds(day: str) -> tuple[float, float]:
-    """'2026-11-25' -> (start, end) Unix seconds of that UTC day."""
-    d = _dt.date.fromisoformat(day)
-    start = _dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp()
-    return start, start + 86400.0

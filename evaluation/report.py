@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_triage.evaluation.analysis import nan_to_none
+from cxr_triage.contract.files import json_safe
 
 _OP_COLOURS = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf")
 
@@ -132,7 +132,7 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = "report") ->
     """``<stem>.json`` and ``<stem>.html`` in out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean = nan_to_none(report)
+    clean = json_safe(report)
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(clean, indent=1))
     html_path = out_dir / f"{stem}.html"

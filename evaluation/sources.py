@@ -9,17 +9,19 @@ loses films loses exactly the hard ones.
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cxr_triage.contract import manifest as _manifest
+from cxr_triage.contract.files import file_sha256
+from cxr_triage.contract.manifest import ManifestError, ManifestRow
 from cxr_triage.contract.result import Decision
 
+#: the columns a Film has fields for (the shared format's, :mod:`cxr_triage.contract.manifest`);
+#: every other column (``source``, ``split``, UIDs, sizes...) is kept in ``Film.extra``
 MANIFEST_COLUMNS = ("file", "label", "patient_id", "site", "age", "sex", "view", "findings", "nodule_or_mass")
-_POSITIVE = {"abnormal", "1", "true", "yes", "positive", "suspicious"}
-_NEGATIVE = {"normal", "0", "false", "no", "negative"}
 
 
 class SourceError(ValueError):
@@ -67,33 +69,32 @@ def film_key(path: Path, fallback: str) -> str:
     """SHA-256 of the file's bytes (the same film under two names is one film); the manifest
     name when the file is not readable here (e.g. a scores CSV evaluated elsewhere)."""
     try:
-        return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return "sha256:" + file_sha256(path)
     except OSError:
         return "name:" + fallback
 
 
 def parse_label(value: str, where: str) -> int:
-    """1 for an abnormal label, 0 for a normal one (the spellings the harness accepts);
-    SourceError naming ``where`` otherwise. Shared with reconcile's outcome files."""
-    v = value.strip().lower()
-    if v in _POSITIVE:
-        return 1
-    if v in _NEGATIVE:
-        return 0
-    raise SourceError(f"{where}: label {value!r} is neither normal nor abnormal")
-
-
-def _age(value: str) -> float | None:
-    v = (value or "").strip().upper()
-    if not v:
-        return None
-    if v[-1:] in "YMWD" and v[:-1].isdigit():   # DICOM AS, e.g. 045Y
-        scale = {"Y": 1, "M": 1 / 12, "W": 1 / 52, "D": 1 / 365}[v[-1]]
-        return int(v[:-1]) * scale
+    """1 for an abnormal label, 0 for a normal one (the shared spellings,
+    :mod:`cxr_triage.contract.manifest`); SourceError naming ``where`` otherwise. Shared with
+    reconcile's outcome files."""
     try:
-        return float(v)
-    except ValueError:
-        return None
+        return _manifest.parse_label(value, where)
+    except ManifestError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def film_from_row(row: ManifestRow, base: Path, hash_files: bool = True) -> Film:
+    """The evaluation's view of one parsed manifest row (``file`` resolved against ``base``)."""
+    resolved = (base / row.file).resolve()
+    return Film(
+        file=row.file, path=resolved, label=row.label,
+        patient_id=row.patient_id or f"film:{row.file}",
+        key=film_key(resolved, row.file) if hash_files else "name:" + row.file,
+        site=row.site, age=row.age, sex=row.sex.upper(), view=row.view.upper(), findings=row.findings,
+        nodule_or_mass=row.nodule_or_mass,
+        extra={k: v for k, v in row.raw.items() if k not in MANIFEST_COLUMNS},
+    )
 
 
 def read_manifest(path: Path, base: Path | None = None, hash_files: bool = True) -> list[Film]:
@@ -103,35 +104,16 @@ def read_manifest(path: Path, base: Path | None = None, hash_files: bool = True)
     each film is its own patient (the bootstrap then resamples films)."""
     path = Path(path)
     base = Path(base) if base else path.parent
-    films: list[Film] = []
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"file", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise SourceError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}")
-        seen: set[str] = set()
-        for line, row in enumerate(reader, start=2):
-            name = (row.get("file") or "").strip()
-            if not name:
-                raise SourceError(f"{path}:{line}: empty file name")
-            if name in seen:
-                raise SourceError(f"{path}:{line}: film {name!r} listed twice")
-            seen.add(name)
-            resolved = (base / name).resolve()
-            nm = (row.get("nodule_or_mass") or "").strip().lower()
-            films.append(Film(
-                file=name, path=resolved, label=parse_label(row["label"], f"{path}:{line}"),
-                patient_id=(row.get("patient_id") or "").strip() or f"film:{name}",
-                key=film_key(resolved, name) if hash_files else "name:" + name,
-                site=(row.get("site") or "").strip(), age=_age(row.get("age") or ""),
-                sex=(row.get("sex") or "").strip().upper(), view=(row.get("view") or "").strip().upper(),
-                findings=(row.get("findings") or "").strip(),
-                nodule_or_mass=nm in {"1", "true", "yes"},
-                extra={k: (v or "") for k, v in row.items() if k and k not in MANIFEST_COLUMNS},
-            ))
-    if not films:
-        raise SourceError(f"{path}: manifest has no films")
-    return films
+    try:
+        rows = _manifest.read_manifest_rows(path)
+    except ManifestError as exc:
+        raise SourceError(str(exc)) from None
+    seen: set[str] = set()
+    for row in rows:
+        if row.file in seen:
+            raise SourceError(f"{path}:{row.line}: film {row.file!r} listed twice")
+        seen.add(row.file)
+    return [film_from_row(row, base, hash_files) for row in rows]
 
 
 def write_manifest(films: Iterable[Film], path: Path) -> Path:
@@ -144,8 +126,8 @@ def write_manifest(films: Iterable[Film], path: Path) -> Path:
         w = csv.writer(fh)
         w.writerow([*MANIFEST_COLUMNS, *extra_cols])
         for f in films:
-            w.writerow([str(f.path), "abnormal" if f.label else "normal", f.patient_id, f.site,
-                        "" if f.age is None else f"{f.age:g}", f.sex, f.view, f.findings,
+            w.writerow([str(f.path), _manifest.label_text(f.label), f.patient_id, f.site,
+                        _manifest.age_text(f.age), f.sex, f.view, f.findings,
                         int(f.nodule_or_mass), *(f.extra.get(c, "") for c in extra_cols)])
     return path
 
@@ -239,7 +221,7 @@ def model_info(model_path: Path) -> dict[str, Any]:
     if METADATA_KEY not in props:
         raise SourceError(f"{model_path}: no {METADATA_KEY!r} metadata: not a cxr-triage model")
     meta = ModelMetadata.from_json(props[METADATA_KEY])
-    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    digest = file_sha256(model_path)
     return {"path": str(model_path), "sha256": digest, "name": meta.name, "version": meta.version,
             "metadata": meta}
 

@@ -13,7 +13,6 @@ threshold whose sensitivity, or the lower confidence bound of it, meets a target
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,15 +20,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from cxr_triage.contract.operating_points import operating_point_name, threshold_for_sensitivity
 from cxr_triage.evaluation import metrics
 
 SCHEMA = "cxr-triage-thresholds/1"
 RULES = ("point", "lower_bound")
 
 
-def op_name(target: float) -> str:
-    """``0.98 -> "sens_0.98"``: the naming used in model metadata."""
-    return f"sens_{target:g}"
+#: ``0.98 -> "sens_0.98"``: the naming used in model metadata (the contract's one rule).
+op_name = operating_point_name
 
 
 def min_abnormal_for_lower_bound(target: float, confidence: float = 0.95, method: str = "wilson") -> int:
@@ -119,7 +118,7 @@ def select_operating_point(
                                     sensitivity_low=None, sensitivity_high=None, specificity=None,
                                     note="no abnormal films")
     if rule == "point":
-        k = max(1, math.ceil(target * m - 1e-9))
+        threshold = threshold_for_sensitivity(y_arr, s_arr, target)
     else:
         k = _fewest_found_meeting(m, target, confidence, method)
         if k == 0:
@@ -131,7 +130,7 @@ def select_operating_point(
                 note=(f"even finding all {m} abnormal films gives a lower bound of {low:.4f} < {target}; "
                       f"at least {need} abnormal films are needed"),
             )
-    threshold = float(pos[k - 1])
+        threshold = float(pos[k - 1])
     tp, _, tn, _ = metrics.confusion_at(y_arr, s_arr, threshold)
     sens = metrics.proportion(tp, m, confidence)
     low = metrics.lower_bound(tp, m, confidence, method)

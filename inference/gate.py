@@ -14,21 +14,12 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 
+from cxr_triage.contract.patient import parse_age_years
+from cxr_triage.contract.result import NotAssessable
+from cxr_triage.contract.result import NotAssessableReason as R
+from cxr_triage.contract.sop_classes import MULTI_FRAME_SOP_CLASSES, TRIAGE_SOP_CLASSES
 from cxr_triage.inference.reader import Film
-from cxr_triage.contract.result import NotAssessable, NotAssessableReason as R
 
-#: CR, DX For Presentation, DX For Processing, Secondary Capture
-SUPPORTED_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1": "CR",
-    "1.2.840.10008.5.1.4.1.1.1.1": "DX For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX For Processing",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
-}
-#: multi-frame image classes: refused as multi-frame rather than as unsupported
-MULTI_FRAME_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
-    "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",
-}
 HUMAN_SPECIES_CODES = {("337915000", "SCT"), ("L-85B00", "SRT")}  # Homo sapiens
 HUMAN_SPECIES_WORDS = {"HUMAN", "HOMO SAPIENS", "HOMO SAPIENS SAPIENS"}
 #: words that, in procedure / protocol descriptions, mark a veterinary study
@@ -41,7 +32,6 @@ CHEST_REGION_CODES = {"43799004", "51185008", "39607008", "T-D3000", "T-28000", 
 NON_FRONTAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "RLO", "LLO", "OBL", "OBLIQUE"}
 LATERAL_VIEW_CODES = {"399173006", "399198007", "399067008", "R-10236", "R-10232", "R-10206"}
 _LATERAL_TEXT = re.compile(r"\b(LAT|LATERAL|LATERALE|SEITLICH|SEITL)\b")
-_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -62,15 +52,6 @@ def _code_meanings(ds: Dataset, sequences: tuple[str, ...]) -> str:
         for item in ds.get(seq, None) or []:
             parts.append(str(item.get("CodeMeaning", "")))
     return " ".join(parts).upper()
-
-
-def parse_age_years(value: str) -> float | None:
-    """Patient's Age (AS, "045Y", "006M", "003W", "010D"; bare numbers read as years) -> years."""
-    m = _AGE.match(str(value or ""))
-    if not m:
-        return None
-    number, unit = int(m.group(1)), m.group(2) or "Y"
-    return {"D": number / 365.25, "W": number * 7 / 365.25, "M": number / 12.0, "Y": float(number)}[unit]
 
 
 def patient_age_years(ds: Dataset) -> float | None:
@@ -124,7 +105,7 @@ def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 or sop in MULTI_FRAME_SOP_CLASSES:
         raise NotAssessable(R.MULTI_FRAME, f"{frames} frames (SOP class {sop})")
-    if sop not in SUPPORTED_SOP_CLASSES:
+    if sop not in TRIAGE_SOP_CLASSES:
         raise NotAssessable(R.UNSUPPORTED_SOP_CLASS,
                             f"SOP class {sop or 'missing'} is not CR, DX or Secondary Capture")
     why = _species_refusal(ds)

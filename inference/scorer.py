@@ -8,26 +8,18 @@ process keeps one per (model file, thread count) via :func:`get_scorer`.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from cxr_triage.contract.files import file_sha256
 from cxr_triage.contract.model_file import HEATMAP_OUTPUT, INPUT_NAME, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
 
 
 class ModelError(RuntimeError):
     """The model file is missing, unreadable or does not follow the cxr-triage contract."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Scorer:
@@ -47,7 +39,7 @@ class Scorer:
             self.session = ort.InferenceSession(
                 str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
             )
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        except Exception as exc:
             raise ModelError(f"cannot load model {self.model_path}: {exc}") from exc
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:

@@ -10,13 +10,13 @@ imported by the worker at start: it must stay light (no numpy/scipy, no torch).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cxr_triage.contract.files import file_sha256, write_json_atomic
+from cxr_triage.contract.operating_points import operating_point_name
 
 FORMAT = "cxr-triage-site-threshold"
 FORMAT_VERSION = 1
@@ -30,13 +30,8 @@ class SiteThresholdMismatch(SiteThresholdError):
     """The file was commissioned for another model file (SHA-256 differs)."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (streamed: model files are tens of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+#: the old name of :func:`cxr_triage.contract.files.file_sha256` (tests/inference still import it)
+sha256_file = file_sha256
 
 
 @dataclass
@@ -71,7 +66,7 @@ class SiteThreshold:
     def operating_point(self) -> str:
         """Name recorded with each result (FilmResult.operating_point, SR, logs)."""
         lb = int(round(self.confidence * 100))
-        return f"site:{self.site}:sens_{self.target_sensitivity:g}_lb{lb}"
+        return f"site:{self.site}:{operating_point_name(self.target_sensitivity)}_lb{lb}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,20 +135,7 @@ def load_site_threshold(path: str | Path) -> SiteThreshold:
 def write_site_threshold(site: SiteThreshold, path: str | Path) -> Path:
     """Write atomically (temp file + rename): a node must never read half a file."""
     _validate(site.to_dict(), "site threshold to write")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(site.to_dict(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_json_atomic(path, site.to_dict(), indent=2)
 
 
 def check_matches_model(file: str | Path | SiteThreshold, model_path: str | Path,
@@ -164,7 +146,7 @@ def check_matches_model(file: str | Path | SiteThreshold, model_path: str | Path
     model_sha256: the digest of the model as loaded (the scorer has it), so the check is about
     the bytes in use even if the file on disk changed since; hashed from disk when None."""
     site = file if isinstance(file, SiteThreshold) else load_site_threshold(file)
-    actual = (model_sha256 or sha256_file(model_path)).lower()
+    actual = (model_sha256 or file_sha256(model_path)).lower()
     if actual != site.model_sha256:
         made_for = " ".join(x for x in (site.model_name, site.model_version) if x) or "another model"
         where = f" ({file})" if not isinstance(file, SiteThreshold) else ""

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
+from cxr_triage.contract.manifest import parse_age
 from cxr_triage.training.manifest import Entry, parse_label
 
 # The 13 findings of the CheXpert labeller (also MIMIC-CXR-JPG), "No Finding" excluded.
@@ -59,7 +60,7 @@ def nih_chestxray14(root: Path) -> list[Entry]:
         entries.append(Entry(
             file=str(index[name]), label=int(findings != "No Finding"),
             patient_id=f"nih-{int(row['Patient ID'])}", source="nih-cxr14",
-            age=float(row["Patient Age"]), sex=row.get("Patient Gender", ""),
+            age=parse_age(row["Patient Age"]), sex=row.get("Patient Gender", ""),
             view=row.get("View Position", ""), findings=findings,
             nodule_or_mass=int(any(f in ("Nodule", "Mass") for f in findings.split("|"))),
         ))
@@ -103,7 +104,7 @@ def chexpert(root: Path, uncertain: str = "abnormal") -> list[Entry]:
             findings = _findings(row)
             entries.append(Entry(
                 file=str(rel), label=label, patient_id=f"chexpert-{pid}", source="chexpert",
-                age=float(row["Age"]) if row.get("Age") else None, sex=row.get("Sex", ""),
+                age=parse_age(row.get("Age")), sex=row.get("Sex", ""),
                 view=row.get("AP/PA", ""), findings=findings, nodule_or_mass=_nodule(findings),
             ))
     if not entries:
@@ -252,7 +253,7 @@ def shared_data(root: Path, min_age: float = 16.0) -> list[Entry]:
             entries.append(Entry(
                 file=f"{folder}/{row['file']}", label=parse_label(row["label"]),
                 patient_id=f"nih-{int(row['patient_id'])}", source=folder,
-                age=float(row["age"]) if row.get("age") else None, sex=row.get("sex", ""),
+                age=parse_age(row.get("age")), sex=row.get("sex", ""),
                 view=row.get("view", ""), findings=findings,
                 nodule_or_mass=int(row.get("nodule_or_mass") or
                                    any(f in ("Nodule", "Mass") for f in findings.split("|"))),

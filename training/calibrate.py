@@ -16,6 +16,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 
+from cxr_triage.contract.decision import decide_many
+from cxr_triage.contract.operating_points import operating_point_name, threshold_for_sensitivity
+
 TARGET_SENSITIVITIES = (0.95, 0.98, 0.99)
 
 
@@ -55,31 +58,25 @@ def calibrated(logits: np.ndarray, temperature: float, shift: float = 0.0) -> np
     return expit((np.asarray(logits, dtype=np.float64) + shift) / temperature)
 
 
-def threshold_for_sensitivity(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """Largest t with sensitivity(score >= t) >= target on these films.
-
-    With k abnormal films, the film at rank ceil(target * k) (highest scores first) sets t;
-    it is nudged down by a tiny amount (float32 storage) so that film stays suspicious.
-    """
-    pos = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(labels) == 1])[::-1]
-    if pos.size == 0:
-        raise ValueError("no abnormal films to choose a threshold on")
-    need = int(math.ceil(target * pos.size - 1e-9))
-    t = float(pos[max(need, 1) - 1])
-    return float(np.nextafter(np.float32(t), np.float32(0)))
+def stored_threshold(threshold: float) -> float:
+    """A threshold as it is stored in a model file (float32): nudged down to the next float32
+    below it, so the film whose score set it stays suspicious after the float32 round trip."""
+    return float(np.nextafter(np.float32(threshold), np.float32(0)))
 
 
 def operating_points(scores: np.ndarray, labels: np.ndarray,
                      targets: tuple[float, ...] = TARGET_SENSITIVITIES) -> dict[str, float]:
-    """{"sens_0.95": t, ...} chosen on (validation) scores."""
-    return {f"sens_{t:.2f}": threshold_for_sensitivity(scores, labels, t) for t in targets}
+    """{"sens_0.95": t, ...} chosen on (validation) scores, ready to store in the model file:
+    the shared rule (:func:`cxr_triage.contract.operating_points.threshold_for_sensitivity`),
+    then :func:`stored_threshold`."""
+    return {operating_point_name(t): stored_threshold(threshold_for_sensitivity(labels, scores, t))
+            for t in targets}
 
 
 def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Sensitivity, specificity (= share of normals called likely normal) at a threshold."""
-    s = np.asarray(scores)
     y = np.asarray(labels)
-    flagged = s >= threshold
+    flagged = decide_many(scores, threshold)
     pos, neg = y == 1, y == 0
     return {
         "sensitivity": float(flagged[pos].mean()) if pos.any() else float("nan"),
@@ -88,18 +85,5 @@ def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
     }
 
 
-def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(s, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            ece += m.mean() * abs(s[m].mean() - y[m].mean())
-    return float(ece)
-
-
-__all__ = ["fit_temperature", "fit_temperature_and_shift", "calibrated", "threshold_for_sensitivity", "operating_points",
-           "rates", "expected_calibration_error", "TARGET_SENSITIVITIES", "expit"]
+__all__ = ["fit_temperature", "fit_temperature_and_shift", "calibrated", "stored_threshold", "operating_points",
+           "rates", "TARGET_SENSITIVITIES", "expit"]

@@ -17,9 +17,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cxr_triage.contract.files import file_sha256, json_safe
 from cxr_triage.contract.model_file import (
-    HEATMAP_OUTPUT, INPUT_NAME, METADATA_KEY, SCORE_OUTPUT, ModelMetadata,
+    HEATMAP_OUTPUT,
+    INPUT_NAME,
+    METADATA_KEY,
+    SCORE_OUTPUT,
+    ModelMetadata,
 )
+from cxr_triage.contract.operating_points import operating_point_name
 from cxr_triage.contract.preprocessing import PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
@@ -51,28 +57,16 @@ def build_metadata(ck: dict[str, Any], name: str | None = None, version: str | N
         version=version or f"{now:%Y.%m.%d}-{sha[:8] or 'nomanifest'}",
         preprocessing=PreprocessSpec.from_dict(ck["preprocessing"]),
         thresholds={k: float(v) for k, v in ck.get("thresholds", {}).items()},
-        default_operating_point="sens_0.98",
+        default_operating_point=operating_point_name(0.98),
         temperature=float(ck.get("temperature", 1.0)),
         architecture=ck["architecture"],
         training_manifest_sha256=sha,
-        validation_metrics=_jsonable(ck.get("validation_metrics", {})),
+        validation_metrics=json_safe(ck.get("validation_metrics", {})),
         created=now.isoformat(timespec="seconds"),
-        extra={"training_config": _jsonable(ck.get("config", {})),
+        extra={"training_config": json_safe(ck.get("config", {})),
                "logit_shift": float(ck.get("logit_shift", 0.0)),
                "calibration": "score = sigmoid((logit + logit_shift) / temperature)"},
     )
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if np.isnan(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def export_onnx(wrapper, meta: ModelMetadata, out: str | Path, opset: int = 17) -> Path:
@@ -136,9 +130,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, films: Sequence[P
     """Export and check; films come from ``films`` or the validation rows of a manifest."""
     wrapper, ck = load_checkpoint(checkpoint)
     if version is None:  # date, training manifest and the weights themselves
-        import hashlib
-
-        digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:6]
+        digest = file_sha256(checkpoint)[:6]
         sha = ck.get("training_manifest_sha256", "")[:8] or "nomanifest"
         version = f"{build_metadata(ck).created[:10].replace('-', '.')}-{sha}-{digest}"
     meta = build_metadata(ck, name, version)

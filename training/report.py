@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cxr_triage.contract.decision import decide_many
 from cxr_triage.training.manifest import Entry, read_manifest, resolve
 
 HEADLINE_SOURCES = ("nih-cxr14", "nih-extra")
@@ -85,7 +86,7 @@ def figures(scores: np.ndarray, entries: list[Entry], thresholds: dict[str, floa
                            "nodule_or_mass": int(nodule.sum()), "auroc": _fmt(auroc_ci(scores, y))}
     ops = {}
     for name, t in sorted(thresholds.items()):
-        flagged = scores >= t
+        flagged = decide_many(scores, t)
         ops[name] = {
             "threshold": t,
             "sensitivity": _fmt(wilson(int(flagged[y == 1].sum()), int((y == 1).sum()))),

@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from cxr_triage.contract.files import file_sha256
 from cxr_triage.contract.preprocessing import PreprocessSpec
+from cxr_triage.evaluation.metrics import expected_calibration_error
 from cxr_triage.training import calibrate
-from cxr_triage.training.manifest import Entry, file_sha256, read_manifest, write_manifest
+from cxr_triage.training.manifest import Entry, read_manifest, write_manifest
 from cxr_triage.training.split import assign_splits, check_no_leakage, summarise
 
 log = logging.getLogger(__name__)
@@ -254,8 +256,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from monai.losses import FocalLoss
     from torch.utils.data.distributed import DistributedSampler
 
-    from cxr_triage.training.network import build_network
     from cxr_triage.training.dataset import cache_key, eval_transforms, load_inputs, make_dataset, train_transforms
+    from cxr_triage.training.network import build_network
 
     torch.set_num_threads(max(1, cfg.threads))
     distributed = _init_distributed()
@@ -463,7 +465,7 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     # scaling gets a shift (Platt scaling) to match the validation mix; fitted on validation.
     z, y = val_logits[sel], y_val[sel]
     temperature, logit_shift = calibrate.fit_temperature_and_shift(z, y)
-    ece_raw = calibrate.expected_calibration_error(calibrate.calibrated(z, 1.0), y)
+    ece_raw = expected_calibration_error(y, calibrate.calibrated(z, 1.0))
     val_logits = val_logits + logit_shift
     z = val_logits[sel]
     scores = calibrate.calibrated(z, temperature)
@@ -475,7 +477,7 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
         "abnormal": int(y.sum()),
         "auroc": auroc(scores, y),
         "ece_before": ece_raw,
-        "ece_after": calibrate.expected_calibration_error(scores, y),
+        "ece_after": expected_calibration_error(y, scores),
         "operating_points": {k: calibrate.rates(scores, y, t) for k, t in thresholds.items()},
         "by_source": per_source(all_scores, val_e),
         "best_epoch": state["best_epoch"],

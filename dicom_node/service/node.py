@@ -97,7 +97,7 @@ class Node:
 
             info = {"name": meta.name, "version": meta.version,
                     "operating_point": str(getattr(triager, "operating_point", "") or "")}
-            from cxr_triage.evaluation.drift import DriftCollector
+            from cxr_triage.dicom_node.service.drift import DriftCollector
 
             # drift gauges against the commissioning baseline (none without a baseline)
             return start_web(self.cfg, self.store, model_info=info,

@@ -13,10 +13,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxr_triage.cli import main
+from cxr_triage.contract.files import json_safe
+from cxr_triage.contract.result import Decision
 from cxr_triage.evaluation import analysis, report, sources
 from cxr_triage.evaluation import thresholds as T
 from cxr_triage.evaluation.sources import Film, Scored
-from cxr_triage.contract.result import Decision
 
 PICKED = "THRESHOLDS WERE PICKED ON THE REPORTED FILMS"
 
@@ -83,7 +84,7 @@ def test_thresholds_fitted_on_reported_films_are_flagged(tmp_path: Path) -> None
     rep = analysis.evaluate(films, scored, ts, n_boot=100)
     assert rep["thresholds"]["provenance"]["picked_on_reported_films"]
     assert any(PICKED in w for w in rep["warnings"])
-    html = report.render_html(analysis.nan_to_none(rep))
+    html = report.render_html(json_safe(rep))
     assert f'class="banner">&#9888; {PICKED}' in html
     # fitted here, so the primary operating point meets its target on these films by construction
     primary = next(op for op in rep["operating_points"] if op["primary"])

@@ -9,10 +9,12 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence
 
+from cxr_triage.contract.patient import parse_age_years
+from cxr_triage.contract.result import NotAssessable
+from cxr_triage.contract.result import NotAssessableReason as R
 from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom
-from cxr_triage.inference.gate import GateSettings, check_film, check_header, parse_age_years, patient_age_years
+from cxr_triage.inference.gate import GateSettings, check_film, check_header, patient_age_years
 from cxr_triage.inference.reader import Film
-from cxr_triage.contract.result import NotAssessable, NotAssessableReason as R
 
 
 @pytest.fixture(scope="module")

@@ -101,10 +101,10 @@ def test_seed_makes_training_deterministic(synthetic_manifest: Path, trained_run
 
 
 def test_export_metadata_check_and_worker_scorer(synthetic_manifest: Path, trained_run: Path, tmp_path: Path) -> None:
-    from cxr_triage.inference.scorer import Scorer
+    from cxr_triage.contract.files import file_sha256
     from cxr_triage.contract.preprocessing import preprocess
+    from cxr_triage.inference.scorer import Scorer
     from cxr_triage.training.dataset import read_pixels
-    from cxr_triage.training.manifest import file_sha256
 
     out = tmp_path / "m.onnx"
     assert cli_main(["export", "--checkpoint", str(trained_run / "model.pt"), "--out", str(out)]) == 0
@@ -132,9 +132,9 @@ def test_effnet_lite0_export_matches_torch_on_real_films(shared_data: Path, tmp_
     """The shipped architecture (ImageNet trunk, random head) through the real export check."""
     import torch
 
-    from cxr_triage.training.export import check_export, check_films, export_onnx, build_metadata
-    from cxr_triage.training.network import ExportWrapper, build_network
     from cxr_triage.contract.preprocessing import PreprocessSpec
+    from cxr_triage.training.export import build_metadata, check_export, check_films, export_onnx
+    from cxr_triage.training.network import ExportWrapper, build_network
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

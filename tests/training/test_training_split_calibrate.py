@@ -7,6 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from cxr_triage.contract.operating_points import threshold_for_sensitivity
+from cxr_triage.evaluation.metrics import expected_calibration_error
 from cxr_triage.training import calibrate
 from cxr_triage.training.manifest import Entry
 from cxr_triage.training.split import assign_splits, check_no_leakage
@@ -54,8 +56,8 @@ def test_temperature_recovers_known_scale() -> None:
     t = calibrate.fit_temperature(true_logit * 3.0, y)  # over-confident by 3x
     assert t == pytest.approx(3.0, rel=0.08)
     s = calibrate.calibrated(true_logit * 3.0, t)
-    assert calibrate.expected_calibration_error(s, y) < calibrate.expected_calibration_error(
-        calibrate.calibrated(true_logit * 3.0, 1.0), y)
+    assert expected_calibration_error(y, s) < expected_calibration_error(
+        y, calibrate.calibrated(true_logit * 3.0, 1.0))
 
 
 @pytest.mark.parametrize("target", calibrate.TARGET_SENSITIVITIES)
@@ -63,7 +65,7 @@ def test_threshold_meets_target_sensitivity_on_its_data(target: float) -> None:
     rng = np.random.default_rng(1)
     y = np.r_[np.ones(137, int), np.zeros(70, int)]
     s = np.r_[rng.beta(5, 2, 137), rng.beta(2, 5, 70)].astype(np.float32)
-    t = calibrate.threshold_for_sensitivity(s, y, target)
+    t = calibrate.stored_threshold(threshold_for_sensitivity(y, s, target))
     r = calibrate.rates(s, y, t)
     assert r["sensitivity"] >= target
     # the highest such threshold: one step up would miss the target
