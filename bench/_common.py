@@ -116,10 +116,10 @@ def export_dev_model(out: Path) -> Path:
     """Same architecture and contract as the shipped model, without training (needs torch)."""
     import torch
 
-    from cxr_triage.training.export import export_onnx
     from cxr_triage.contract.model_file import ModelMetadata
-    from cxr_triage.training.network import ExportWrapper, build_network
     from cxr_triage.contract.preprocessing import PreprocessSpec
+    from cxr_triage.training.export import export_onnx
+    from cxr_triage.training.network import ExportWrapper, build_network
 
     torch.manual_seed(0)
     net = build_network("effnet_lite0", pretrained=True, image_size=224)

@@ -42,8 +42,8 @@ def _timed(fn: Callable[..., Any], key: str, study_of: Callable[..., str]) -> Ca
 
 def install() -> None:
     from cxr_triage.dicom_node.delivery import deliverer as delivery
-    from cxr_triage.dicom_node.worker import triage as worker
     from cxr_triage.dicom_node.store.jobs import JobStore
+    from cxr_triage.dicom_node.worker import triage as worker
 
     current = threading.local()  # the study the worker thread is on (for dcmread)
 

@@ -66,7 +66,8 @@ def main() -> int:
         for i in range(0, len(files), args.chunk):
             chunk = files[i:i + args.chunk]
             send(chunk, port, "-x=")
-            C.wait_for(lambda: done_count(state / "queue.sqlite3") >= i + len(chunk), 600, 0.2,
+            target = i + len(chunk)
+            C.wait_for(lambda target=target: done_count(state / "queue.sqlite3") >= target, 600, 0.2,
                        f"{i + len(chunk)} studies triaged and delivered")
             rss = node.rss_kb()
             series.append({"studies": i + len(chunk), "rss_mb": round(rss["VmRSS"] / 1024, 1)})
@@ -80,7 +81,7 @@ def main() -> int:
             large = C.clone_instances(paths, work / f"large_{ts}", len(paths))
             send(large, port, C.STORESCU_TS[ts])
             n_done += len(large)
-            C.wait_for(lambda: done_count(state / "queue.sqlite3") >= n_done, 600, 0.2, "large films")
+            C.wait_for(lambda n_done=n_done: done_count(state / "queue.sqlite3") >= n_done, 600, 0.2, "large films")
         final = node.rss_kb()
         at = {s["studies"]: s["rss_mb"] for s in series}
         first, last = series[0], series[-1]

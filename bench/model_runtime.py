@@ -21,8 +21,8 @@ import numpy as np
 
 
 def real_inputs(spec, n: int) -> np.ndarray:
-    from cxr_triage.inference.reader import read_film
     from cxr_triage.contract.preprocessing import preprocess
+    from cxr_triage.inference.reader import read_film
 
     return np.stack([preprocess(read_film(p).pixels, spec) for p in C.shared_pngs(n)])
 
@@ -147,7 +147,7 @@ def bench_threads(threads: int, model_path: Path, wrapper, inputs: np.ndarray, a
     out = {}
     for batch, reps in ((1, args.reps_b1), (8, args.reps_b8)):
         times: dict[str, list[float]] = {"onnxruntime": [], "pytorch": []}
-        for warm in range(3):
+        for _ in range(3):
             run_ort(inputs[:batch])
             run_torch(inputs[:batch])
         for i in range(reps):

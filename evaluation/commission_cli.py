@@ -123,7 +123,8 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
 
 def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
     from cxr_triage.config import resolve_path
-    from cxr_triage.evaluation import drift, reconcile as rc
+    from cxr_triage.evaluation import drift
+    from cxr_triage.evaluation import reconcile as rc
 
     try:
         key, outcomes = rc.read_outcomes(args.outcomes)

@@ -35,9 +35,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from cxr_triage.inference.site_threshold import SiteThresholdError
     from cxr_triage.inference.pipeline import Triager
     from cxr_triage.inference.scorer import ModelError
+    from cxr_triage.inference.site_threshold import SiteThresholdError
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:

@@ -10,8 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cxr_triage.paths import bundled_model_path, shared_data_dir  # noqa: E402
-from support.tiny_model import build_tiny_model  # noqa: E402
+from support.tiny_model import build_tiny_model
+
+from cxr_triage.paths import bundled_model_path, shared_data_dir
 
 # dcmtk's tools, not pynetdicom's same-named console scripts in .venv/bin.
 DCMTK_BIN = Path("/usr/bin")

@@ -80,8 +80,14 @@ def train_transforms(strength: float = 1.0):
     """MONAI augmentation on a preprocessed (1, S, S) film: small pose/scale changes, and
     blur/noise/contrast jitter that make resolution and pipeline differences less useful."""
     from monai.transforms import (
-        Compose, EnsureTyped, RandAdjustContrastd, RandAffined, RandGaussianNoised,
-        RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd,
+        Compose,
+        EnsureTyped,
+        RandAdjustContrastd,
+        RandAffined,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
     )
 
     s = strength

@@ -20,8 +20,8 @@ from pynetdicom import AE
 
 from cxr_triage.config import Config, parse_destination, resolve_path
 from cxr_triage.dicom_node.store import audit as A
-from cxr_triage.dicom_node.store.polling import PollingThread
 from cxr_triage.dicom_node.store.jobs import OUTBOX, DueDelivery, JobStore
+from cxr_triage.dicom_node.store.polling import PollingThread
 from cxr_triage.dicom_node.store.spool import safe_name, write_atomic
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from typing import Any
 from pydicom import dcmread
 
 from cxr_triage.config import Config, resolve_path
-from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.delivery.deliverer import Deliverer, destinations_for
-from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.receive.scp import StoreHandler, is_sr_class, start_scp
+from cxr_triage.dicom_node.store import audit as A
+from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs
 from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager, model_metadata
 

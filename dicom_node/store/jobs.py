@@ -488,13 +488,17 @@ class JobStore:
         """
         where, args = [], []
         if decision:
-            where.append("s.decision=?"); args.append(decision)
+            where.append("s.decision=?")
+            args.append(decision)
         if state:
-            where.append("s.state=?"); args.append(state)
+            where.append("s.state=?")
+            args.append(state)
         if since is not None:
-            where.append("s.first_received_at>=?"); args.append(since)
+            where.append("s.first_received_at>=?")
+            args.append(since)
         if until is not None:
-            where.append("s.first_received_at<?"); args.append(until)
+            where.append("s.first_received_at<?")
+            args.append(until)
         clause = ("WHERE " + " AND ".join(where) if where else "")
         return self._summaries(clause + " ORDER BY s.first_received_at DESC LIMIT ? OFFSET ?",
                                [*args, limit, offset])

@@ -51,7 +51,7 @@ class PollingThread(threading.Thread):
             while not self._halt.is_set():
                 try:
                     busy = self.run_once()
-                except Exception:  # noqa: BLE001 - e.g. database unavailable: keep the thread alive
+                except Exception:
                     # logged under the subclass's module, as before the loop was shared
                     logging.getLogger(type(self).__module__).exception(self.error_msg)
                     self._halt.wait(ERROR_BACKOFF_S)

@@ -90,11 +90,11 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
 
 
 def _package_version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("cxr-triage")
-    except Exception:  # pragma: no cover
+    except PackageNotFoundError:  # pragma: no cover
         return "0"
 
 

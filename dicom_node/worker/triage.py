@@ -20,14 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
 from cxr_triage.config import Config, resolve_path
-from cxr_triage.dicom_node.store import audit as A
-from cxr_triage.dicom_node.store.heatmaps import save_study_heatmaps
-from cxr_triage.dicom_node.store.polling import PollingThread
-from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore, ResultObject
-from cxr_triage.dicom_node.receive.scp import TRIAGE_SOP_CLASSES
-from cxr_triage.dicom_node.results.sr import build_result_sr  # imported here, not in the thread
-from cxr_triage.dicom_node.results.summary_image import summary_images_if_enabled
-from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs, safe_name, write_atomic
+from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
 from cxr_triage.contract.result import (
     Decision,
     FilmResult,
@@ -35,7 +28,14 @@ from cxr_triage.contract.result import (
     StudyResult,
     aggregate_study,
 )
-from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
+from cxr_triage.dicom_node.receive.scp import TRIAGE_SOP_CLASSES
+from cxr_triage.dicom_node.results.sr import build_result_sr  # imported here, not in the thread
+from cxr_triage.dicom_node.results.summary_image import summary_images_if_enabled
+from cxr_triage.dicom_node.store import audit as A
+from cxr_triage.dicom_node.store.heatmaps import save_study_heatmaps
+from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore, ResultObject
+from cxr_triage.dicom_node.store.polling import PollingThread
+from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs, safe_name, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class TriageWorker(PollingThread):
             rid = self.store.complete_study(
                 study_uid, generation, result.decision.value, result.score, result.to_dict(),
                 objects, self.destinations())
-        except Exception as exc:  # noqa: BLE001 - retried, then the study is marked failed
+        except Exception as exc:
             transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy
             try:
                 state = self.store.fail_study(study_uid, generation, f"{type(exc).__name__}: {exc}",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.node_peers import free_port, write_node_config
 
 from cxr_triage.config import load_config
-from cxr_triage.dicom_node.tools import demo
 from cxr_triage.dicom_node.service.node import Node
-from support.node_peers import free_port, write_node_config
+from cxr_triage.dicom_node.tools import demo
 
 
 def test_demo_prints_each_study_decision(tmp_path: Path, tiny_model: Path, shared_data: Path,

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom import uid as U
+from support.node_peers import NodeProcess, StoreSCP, free_port, storescu, wait_for, write_node_config
 
 from cxr_triage.dicom_node.store.audit import read_audit
 from cxr_triage.dicom_node.tools.film_to_dicom import films_to_study
-from support.node_peers import NodeProcess, StoreSCP, free_port, storescu, wait_for, write_node_config
 
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 

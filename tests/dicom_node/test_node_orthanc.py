@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom import uid as U
+from support.node_peers import ORTHANC, NodeProcess, Orthanc, free_port, wait_for, write_node_config
 
 from cxr_triage.dicom_node.tools.film_to_dicom import films_to_study
-from support.node_peers import ORTHANC, NodeProcess, Orthanc, free_port, wait_for, write_node_config
 
 pytestmark = pytest.mark.skipif(not ORTHANC.exists(), reason="Orthanc is not installed (apt install orthanc)")
 

@@ -167,6 +167,6 @@ def test_atomic_write_leaves_no_partial_and_sweep(tmp_path: Path) -> None:
 def test_storage_errors_in_triage_never_give_up(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "q.sqlite3")
     store.add_instance(_inst("1.1"))
-    for i in range(6):
+    for _ in range(6):
         study, gen = store.claim_due_study(0.0, now=1e12)
         assert store.fail_study(study, gen, "disk full", max_errors=3, transient=True, now=150.0) == "receiving"

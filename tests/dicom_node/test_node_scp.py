@@ -18,12 +18,12 @@ from pynetdicom.sop_class import (
     SecondaryCaptureImageStorage,
     Verification,
 )
+from support.node_peers import DCMTK, NODE_AET, wait_for
 
 from cxr_triage.config import load_config
+from cxr_triage.dicom_node.service.node import Node
 from cxr_triage.dicom_node.store.audit import read_audit
 from cxr_triage.dicom_node.store.jobs import JobStore
-from cxr_triage.dicom_node.service.node import Node
-from support.node_peers import DCMTK, NODE_AET, wait_for
 
 
 @pytest.fixture

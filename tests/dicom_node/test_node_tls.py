@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.node_peers import DCMTK, NODE_AET
 
 from cxr_triage.config import load_config
 from cxr_triage.dicom_node.service.node import Node
-from support.node_peers import DCMTK, NODE_AET
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI needed to make certificates")
 
@@ -61,7 +61,6 @@ def test_results_delivered_over_tls(tmp_path: Path, tiny_model: Path, sample_dic
     from pydicom import dcmread
     from pynetdicom import AE
     from pynetdicom.sop_class import SecondaryCaptureImageStorage
-
     from support.node_peers import free_port, wait_for, wait_port
 
     ca = _ca(tmp_path, "ca")

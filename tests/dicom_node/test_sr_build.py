@@ -11,16 +11,16 @@ import pytest
 from pydicom.uid import generate_uid
 from support.sr_checks import dciodvfy_errors, dsrdump_tree, make_film, reread, save
 
-from cxr_triage.dicom_node.results import sr_codes
-from cxr_triage.dicom_node.results.sr import SERIES_DESCRIPTION, build_result_sr, device_uid
-from cxr_triage.dicom_node.results.sr_reader import read_result_sr
+from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import (
     Decision,
     FilmResult,
     NotAssessableReason,
     aggregate_study,
 )
-from cxr_triage.contract.model_file import ModelMetadata
+from cxr_triage.dicom_node.results import sr_codes
+from cxr_triage.dicom_node.results.sr import SERIES_DESCRIPTION, build_result_sr, device_uid
+from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 
 PATIENT_STUDY = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEGLSLossless, RLELossless, generate_uid, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 from support.sr_checks import dciodvfy_errors, dsrdump_tree, save
 
+from cxr_triage.contract.model_file import ModelMetadata
+from cxr_triage.contract.result import Decision, FilmResult, aggregate_study
 from cxr_triage.dicom_node.results.sr import build_result_sr
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 from cxr_triage.dicom_node.results.summary_image import build_summary_images
-from cxr_triage.contract.result import Decision, FilmResult, aggregate_study
-from cxr_triage.contract.model_file import ModelMetadata
 
 film_to_dicom = pytest.importorskip("cxr_triage.dicom_node.tools.film_to_dicom")
 

@@ -10,6 +10,8 @@ from pydicom.uid import generate_uid
 from support.sr_checks import dciodvfy_errors, make_film, reread, save
 
 from cxr_triage.config import load_config
+from cxr_triage.contract.model_file import ModelMetadata
+from cxr_triage.contract.result import Decision, FilmResult, NotAssessableReason, aggregate_study
 from cxr_triage.dicom_node.results.summary_image import (
     SERIES_DESCRIPTION,
     build_summary_image,
@@ -17,8 +19,6 @@ from cxr_triage.dicom_node.results.summary_image import (
     render_summary,
     summary_images_if_enabled,
 )
-from cxr_triage.contract.result import Decision, FilmResult, NotAssessableReason, aggregate_study
-from cxr_triage.contract.model_file import ModelMetadata
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydicom.uid import generate_uid
-
 from conftest import DCMTK_BIN, free_port
+from pydicom.uid import generate_uid
+from support.web_node import CANINE, screen_films
+
 from cxr_triage.config import load_config
 from cxr_triage.dicom_node.web.worklist import StudyEntry, order_worklist
 from cxr_triage.paths import repo_root
-from support.web_node import CANINE, screen_films
 
 pytestmark = pytest.mark.browser
 
@@ -38,8 +38,8 @@ def _storescu(port: int, files: list[Path]) -> None:
 def running_node(tmp_path_factory, tiny_model, shared_data, sample_dicoms):
     """A node with the worklist, fed by storescu: one likely-normal study first, then (after
     the maximum wait) suspicious, not assessable and likely-normal studies."""
-    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
     from cxr_triage.dicom_node.service.node import Node
+    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
     from cxr_triage.inference.pipeline import Triager
 
     root = tmp_path_factory.mktemp("browsernode")

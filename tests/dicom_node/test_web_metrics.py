@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from conftest import free_port
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from support.web_node import build_triaged_node
 
-from conftest import free_port
-from cxr_triage.dicom_node.web.metrics import histogram_buckets
 from cxr_triage.dicom_node.store.jobs import JobStore
 from cxr_triage.dicom_node.web.app import WebSettings, create_app
-from support.web_node import build_triaged_node
+from cxr_triage.dicom_node.web.metrics import histogram_buckets
 
 
 @pytest.fixture(scope="module")

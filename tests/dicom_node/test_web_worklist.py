@@ -11,15 +11,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-from hypothesis import given, settings as hsettings, strategies as st
-from PIL import Image
-
 from conftest import free_port
+from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from PIL import Image
+from support.web_node import build_triaged_node
+
 from cxr_triage.dicom_node.store.heatmaps import heatmap_path
 from cxr_triage.dicom_node.web.app import WebSettings, create_app
 from cxr_triage.dicom_node.web.worklist import BANDS, StudyEntry, band, order_worklist
-from support.web_node import build_triaged_node
 
 RANK = {b: i for i, b in enumerate(BANDS)}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from support.commission_support import as_dicom, film_pool, gamma_copy, record_results
 
 from cxr_triage.config import load_config
 from cxr_triage.evaluation.drift import (
@@ -22,7 +23,6 @@ from cxr_triage.evaluation.drift import (
     make_baseline,
     population_stability_index,
 )
-from support.commission_support import as_dicom, film_pool, gamma_copy, record_results
 
 N_BASE, N_STREAM = 250, 120
 GAMMA = 0.5
@@ -149,9 +149,10 @@ def test_daily_store_gauges_flag_only_the_drifted_day(streams: dict, tmp_path: P
     from a site threshold file (the configured path), gauges through Prometheus."""
     import hashlib
 
+    from support.commission_support import utc_noon
+
     from cxr_triage.dicom_node.store.jobs import JobStore
     from cxr_triage.inference.site_threshold import SiteThreshold, write_site_threshold
-    from support.commission_support import utc_noon
 
     model = streams["model_path"]
     site = SiteThreshold(site="drift-test", threshold=0.5, target_sensitivity=0.98, confidence=0.95,
@@ -187,9 +188,10 @@ def test_node_metrics_endpoint_shows_the_drift_gauges(streams: dict, tmp_path: P
     import datetime as dt
     import urllib.request
 
+    from support.node_peers import free_port
+
     from cxr_triage.dicom_node.service.node import Node
     from cxr_triage.evaluation.drift import write_baseline
-    from support.node_peers import free_port
 
     baseline = write_baseline(make_baseline(*_scores(streams["baseline"])), tmp_path / "baseline.json")
     web_port = free_port()

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.commission_support import as_dicom, film_pool, record_results
 
 from cxr_triage.config import load_config
-from cxr_triage.evaluation import metrics, reconcile as rc
+from cxr_triage.evaluation import metrics
+from cxr_triage.evaluation import reconcile as rc
 from cxr_triage.evaluation.drift import make_baseline, write_baseline
 from cxr_triage.evaluation.sources import read_manifest
-from support.commission_support import as_dicom, film_pool, record_results
 
 CLI = [sys.executable, "-m", "cxr_triage.cli"]
 DAY = "2026-11-22"
@@ -105,8 +106,8 @@ def test_reconcile_from_result_srs_by_study_and_by_film(live: dict, tmp_path: Pa
     outcomes by study and by film are reconciled from the SR files alone."""
     from pydicom.uid import generate_uid
 
-    from cxr_triage.dicom_node.results.sr import build_result_sr
     from cxr_triage.contract.result import aggregate_study
+    from cxr_triage.dicom_node.results.sr import build_result_sr
 
     triager = live["triager"]
     films = live["films"][:24]

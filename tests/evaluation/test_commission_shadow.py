@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from support.commission_support import as_dicom, film_pool
+from support.node_peers import StoreSCP, free_port, storescu, wait_for
 
 from cxr_triage.config import load_config
 from cxr_triage.evaluation import reconcile as rc
-from support.commission_support import as_dicom, film_pool
-from support.node_peers import StoreSCP, free_port, storescu, wait_for
 
 
 @pytest.fixture

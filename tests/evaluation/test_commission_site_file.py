@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.tiny_model import build_tiny_model
 
 from cxr_triage.config import load_config
 from cxr_triage.inference.site_threshold import (
@@ -21,7 +22,6 @@ from cxr_triage.inference.site_threshold import (
     load_site_threshold,
     write_site_threshold,
 )
-from support.tiny_model import build_tiny_model
 
 CLI = [sys.executable, "-m", "cxr_triage.cli"]
 

@@ -179,12 +179,12 @@ def test_commission_from_srs_refuses_srs_of_another_model(shared_data: Path, tin
     With the right model the SR path reaches the rule (here: too few films, exit 3)."""
     import onnx
     from pydicom.uid import generate_uid
+    from support.commission_support import as_dicom, film_pool
 
+    from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
+    from cxr_triage.contract.result import aggregate_study
     from cxr_triage.dicom_node.results.sr import build_result_sr
     from cxr_triage.inference.pipeline import Triager
-    from cxr_triage.contract.result import aggregate_study
-    from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
-    from support.commission_support import as_dicom, film_pool
 
     triager = Triager(load_config(None, environ={}).replace(inference={"model_path": str(tiny_model), "threads": 1}))
     srs, rows = tmp_path / "srs", []

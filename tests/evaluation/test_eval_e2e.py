@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from support.node_peers import NODE_AET, NodeProcess, free_port, write_node_config
 
 from cxr_triage.cli import main
+from cxr_triage.contract.result import Decision, aggregate_study
 from cxr_triage.evaluation import e2e, sources
 from cxr_triage.inference.pipeline import Triager
-from cxr_triage.contract.result import Decision, aggregate_study
-from support.node_peers import NODE_AET, NodeProcess, free_port, write_node_config
 
 
 def _manifest(shared_data: Path, out: Path, n_normal: int, n_abnormal: int, n_extra: int = 0) -> Path:

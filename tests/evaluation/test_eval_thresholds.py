@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.evaluation import metrics as M
 from cxr_triage.evaluation import thresholds as T
-from cxr_triage.contract.model_file import ModelMetadata
 
 
 def _data(n_pos: int, n_neg: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

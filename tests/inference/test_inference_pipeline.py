@@ -14,12 +14,12 @@ import pytest
 
 from cxr_triage.cli import main
 from cxr_triage.config import load_config
-from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
 from cxr_triage.contract.decision import decide
-from cxr_triage.inference.pipeline import Triager
-from cxr_triage.contract.result import Decision, NotAssessableReason
-from cxr_triage.inference.scorer import ModelError, Scorer, get_scorer
 from cxr_triage.contract.preprocessing import preprocess
+from cxr_triage.contract.result import Decision, NotAssessableReason
+from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
+from cxr_triage.inference.pipeline import Triager
+from cxr_triage.inference.scorer import ModelError, Scorer, get_scorer
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_score_equals_model_on_preprocessed_film(triager, pngs):
 
 def test_png_and_its_dicom_wrap_score_alike(triager, pngs, tmp_path):
     """Different containers, same film: same score (preprocessing is affine-invariant)."""
-    for i, png in enumerate(pngs[:3]):
+    for png in pngs[:3]:
         ds = png_to_dicom(png, sop_class="CR", bits_stored=12, photometric="MONOCHROME1")
         from_png = triager.triage_file(png)
         from_dicom = triager.triage_dataset(ds, source="mem")

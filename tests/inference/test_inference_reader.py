@@ -15,10 +15,10 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -29,6 +29,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 from cxr_triage.dicom_node.tools.film_to_dicom import (
     _sigmoid_voi_lut,
     film_to_stored,
@@ -37,7 +38,6 @@ from cxr_triage.dicom_node.tools.film_to_dicom import (
     write_dicom,
 )
 from cxr_triage.inference.reader import read_film
-from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 
 LOSSLESS = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
             RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1, JPEGLossless]

@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 from pynetdicom import AE, _config
-from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
-                         RLELossless)
-
-from cxr_triage.dicom_node.receive.scp import ACSE_TIMEOUT_S
 from support.reliability_corpus import (
     HANDLED,
     IGNORED,
@@ -52,6 +49,8 @@ from support.reliability_harness import (
     wait_for,
     write_config,
 )
+
+from cxr_triage.dicom_node.receive.scp import ACSE_TIMEOUT_S
 
 CALLING = "RELSCU"
 MAX_ASSOCIATIONS = 4

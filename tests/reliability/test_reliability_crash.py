@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.reliability_harness import (
     SUMMARY,
     NodeProc,

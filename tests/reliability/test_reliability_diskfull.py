@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from support.reliability_harness import (
     SUMMARY,
     NodeProc,

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
-
-from cxr_triage.inference.reader import read_film
-from cxr_triage.contract.result import NotAssessable
 from support.reliability_harness import PHI_ID, PHI_NAME, SUMMARY, film_pngs
+
+from cxr_triage.contract.result import NotAssessable
+from cxr_triage.inference.reader import read_film
 
 EXAMPLES = int(os.environ.get("CXRT_FUZZ_EXAMPLES", "300"))   # bounded: ~20 s in CI
 SLOW_S = 10.0          # one read taking longer than this is a denial of service
@@ -149,9 +149,9 @@ _UIDS = st.one_of(
 
 
 def test_store_handler_fuzz(seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> None:
+    from cxr_triage.dicom_node.receive.scp import StoreHandler
     from cxr_triage.dicom_node.store.audit import AuditLog
     from cxr_triage.dicom_node.store.jobs import JobStore
-    from cxr_triage.dicom_node.receive.scp import StoreHandler
     from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs
 
     root = tmp_path_factory.mktemp("fuzz_scp")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from pynetdicom import AE
-
 from support.reliability_harness import (
     NODE_AET,
     SUMMARY,

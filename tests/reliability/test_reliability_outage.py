@@ -14,7 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from support.reliability_harness import (
     SUMMARY,
     NodeProc,

@@ -26,12 +26,10 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-
 from support.reliability_harness import (
     LOG_FILES,
     NODE_AET,
     PHI_MARKERS,
-    PROBE_AET,
     SUMMARY,
     NodeProc,
     base_films,

@@ -20,8 +20,8 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filewriter import write_file_meta_info
-from support.reliability_harness import PHI_BIRTH
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     BasicTextSRStorage,
     CTImageStorage,
@@ -31,11 +31,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLosslessSV1,
-    JPEGLSLossless,
-    PYDICOM_IMPLEMENTATION_UID,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+
+from support.reliability_harness import PHI_BIRTH
 
 # what the node owes a case
 REFUSED = "refused"                        # error status, quarantined, nothing queued

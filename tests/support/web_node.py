@@ -74,8 +74,8 @@ def build_triaged_node(root: Path, model_path: Path, shared_data: Path, sample_d
     """Suspicious and likely-normal NIH films (one study each; the first likely normal was
     received ``old_normal_age_s`` ago), the canine DICOM (not assessable) and a two-film study;
     all triaged by the worker and delivered by the deliverer."""
-    from cxr_triage.dicom_node.store import audit as A
     from cxr_triage.dicom_node.delivery.deliverer import Deliverer
+    from cxr_triage.dicom_node.store import audit as A
     from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
     from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager, model_metadata
 
