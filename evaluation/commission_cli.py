@@ -136,6 +136,7 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
         live = rc.live_from_srs(args.srs)
     else:
         from cxr_triage.dicom_node.store.jobs import JobStore
+        from cxr_triage.dicom_node.store.queries import StudyQueries
 
         path = args.store or resolve_path(cfg, cfg.node.state_dir) / "queue.sqlite3"
         if not Path(path).is_file():
@@ -143,7 +144,7 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
             return 2
         since = rc.utc_day_bounds(args.since)[0] if args.since else None
         until = rc.utc_day_bounds(args.until)[1] if args.until else None
-        store = JobStore(Path(path))
+        store = StudyQueries(JobStore(Path(path)))
         live = rc.live_from_store(store, since, until)
         try:
             baseline = drift.load_baseline(cfg)

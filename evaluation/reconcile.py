@@ -3,7 +3,7 @@ what commissioning promised, and which films did it get wrong?
 
 Inputs: an outcomes CSV keyed by ``study_instance_uid`` (the unit the node reports and a
 radiologist reads) or ``sop_instance_uid`` (per film), with ``label`` normal/abnormal; and the
-node's results, either from its job store (``JobStore`` query API) or from the result SRs it
+node's results, either from its job store (``StudyQueries``) or from the result SRs it
 produced (read with the node's own SR reader). Figures use the evaluation harness (Wilson
 intervals, DeLong AUROC) on the decisions the node actually delivered. The discordant films
 (abnormal called likely normal, normal called suspicious) are exported as a manifest CSV that

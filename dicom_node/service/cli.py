@@ -69,20 +69,22 @@ def run_serve(args: argparse.Namespace, cfg: Config) -> int:
 def status_report(cfg: Config, studies: int = 10) -> dict[str, Any]:
     """What ``status`` prints, as data (also handy for the demo and tests)."""
     from cxr_triage.dicom_node.store.jobs import JobStore
+    from cxr_triage.dicom_node.store.queries import StudyQueries
     from cxr_triage.dicom_node.store.spool import StateDirs
 
     dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir))
     if not dirs.queue_db.exists():
         return {"state_dir": str(dirs.root), "error": "no job store yet (the node has not run here)"}
     store = JobStore(dirs.queue_db)
+    queries = StudyQueries(store)
     try:
         return {
             "state_dir": str(dirs.root),
-            "counts": store.counts(),
-            "oldest_pending": store.oldest_pending(),
-            "delivery_failures": store.delivery_failures(),
+            "counts": queries.counts(),
+            "oldest_pending": queries.oldest_pending(),
+            "delivery_failures": queries.delivery_failures(),
             "quarantined": len(list(dirs.quarantine.glob("*.json"))),
-            "studies": store.list_studies(limit=studies) if studies else [],
+            "studies": queries.list_studies(limit=studies) if studies else [],
         }
     finally:
         store.close()

@@ -209,7 +209,7 @@ class LiveResult:
 def live_from_store(store: Any, since: float | None = None, until: float | None = None,
                     limit: int = 1_000_000) -> list[LiveResult]:
     """Study and film results of triaged studies in the node's job store
-    (``cxr_triage.dicom_node.store.jobs.JobStore``: ``list_studies`` / ``get_study``)."""
+    (``cxr_triage.dicom_node.store.queries.StudyQueries``: ``list_studies`` / ``get_study``)."""
     out: list[LiveResult] = []
     for summary in store.list_studies(state="triaged", since=since, until=until, limit=limit):
         detail = store.get_study(summary["study_uid"]) or {}

@@ -30,6 +30,7 @@ from cxr_triage.dicom_node.delivery.deliverer import Deliverer, destinations_for
 from cxr_triage.dicom_node.receive.scp import StoreHandler, is_sr_class, start_scp
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
+from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs
 from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager, model_metadata
 
@@ -43,6 +44,7 @@ class Node:
         self.cfg = cfg
         self.dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir)).create()
         self.store = JobStore(self.dirs.queue_db)
+        self.queries = StudyQueries(self.store)
         self.spool = Spool(self.dirs.spool)
         self.quarantine = Quarantine(self.dirs.quarantine)
         self.audit = A.AuditLog(self.dirs.audit_log)
@@ -100,8 +102,8 @@ class Node:
             from cxr_triage.dicom_node.service.drift import DriftCollector
 
             # drift gauges against the commissioning baseline (none without a baseline)
-            return start_web(self.cfg, self.store, model_info=info,
-                             collectors=[DriftCollector(self.cfg, self.store)])
+            return start_web(self.cfg, self.queries, model_info=info,
+                             collectors=[DriftCollector(self.cfg, self.queries)])
         except Exception as exc:  # noqa: BLE001 - port busy, no token on a public host...
             log.error("worklist not started", extra={"error": f"{type(exc).__name__}: {exc}"})
             return None
@@ -172,7 +174,7 @@ class Node:
         """For tests and the demo: True once nothing is waiting to be triaged or sent."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.store.oldest_pending() is None:
+            if self.queries.oldest_pending() is None:
                 return True
             time.sleep(0.1)
         return False

@@ -17,8 +17,9 @@ One *result* per study (and per generation); a newer result supersedes the older
 cancels its undelivered deliveries. Deliveries of the same result always send the same files,
 so retries reuse the same SOP Instance UIDs.
 
-The query methods at the bottom (counts, oldest pending, list/get studies, failures) are the
-API for ``cxr-triage status``, the web worklist and metrics.
+This module is the write side. The read side (counts, oldest pending, list/get studies,
+failures: the API of ``cxr-triage status``, the web worklist and metrics) is
+:class:`~cxr_triage.dicom_node.store.queries.StudyQueries`.
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ class JobStore:
             con.execute(f"PRAGMA busy_timeout={int(self._busy * 1000)}")
             self._local.con = con
         return con
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for read queries (:mod:`.queries`); writes go through
+        the methods of this class."""
+        return self._con()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -413,159 +419,3 @@ class JobStore:
             n_sends = con.execute("UPDATE deliveries SET state=? WHERE state=?",
                                   (PENDING, SENDING)).rowcount if deliveries else 0
         return {"studies_resumed": n_studies, "deliveries_resumed": n_sends}
-
-    # -- queries (status command, web worklist, metrics) -------------------------------
-    def counts(self) -> dict[str, Any]:
-        """Studies by state and by decision, deliveries by state, instances received."""
-        con = self._con()
-        studies = {r[0]: r[1] for r in con.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")}
-        decisions = {r[0]: r[1] for r in con.execute(
-            "SELECT decision, COUNT(*) FROM studies WHERE decision IS NOT NULL GROUP BY decision")}
-        deliveries = {r[0]: r[1] for r in con.execute(
-            "SELECT state, COUNT(*) FROM deliveries GROUP BY state")}
-        instances = con.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
-        results = con.execute("SELECT COUNT(*) FROM results WHERE superseded=0").fetchone()[0]
-        return {"instances": instances, "studies": studies, "decisions": decisions,
-                "results": results, "deliveries": deliveries}
-
-    def oldest_pending(self, now: float | None = None) -> dict[str, Any] | None:
-        """The oldest piece of unfinished work: a study not yet triaged or a result not
-        yet delivered; with its age in seconds."""
-        now = time.time() if now is None else now
-        con = self._con()
-        s = con.execute("SELECT study_uid, state, first_received_at FROM studies WHERE state IN (?,?)"
-                        " ORDER BY first_received_at LIMIT 1", (RECEIVING, PROCESSING)).fetchone()
-        d = con.execute(
-            "SELECT d.id, r.study_uid, d.destination, d.state, d.created_at, d.attempts, d.last_error"
-            " FROM deliveries d JOIN results r ON r.id=d.result_id WHERE d.state IN (?,?)"
-            " ORDER BY d.created_at LIMIT 1", (PENDING, SENDING)).fetchone()
-        items = []
-        if s:
-            items.append({"kind": "study", "study_uid": s["study_uid"], "state": s["state"],
-                          "since": s["first_received_at"]})
-        if d:
-            items.append({"kind": "delivery", "delivery_id": d["id"], "study_uid": d["study_uid"],
-                          "destination": d["destination"], "state": d["state"], "since": d["created_at"],
-                          "attempts": d["attempts"], "last_error": d["last_error"]})
-        if not items:
-            return None
-        oldest = min(items, key=lambda i: i["since"])
-        oldest["age_s"] = max(0.0, now - oldest["since"])
-        return oldest
-
-    def failed_attempts(self) -> int:
-        """Delivery attempts that failed, ever (the metrics counter)."""
-        return int(self._con().execute("SELECT COUNT(*) FROM attempts WHERE ok=0").fetchone()[0])
-
-    def study_latencies(self) -> list[float]:
-        """Seconds from a study's first instance to its current result, per triaged study."""
-        rows = self._con().execute(
-            "SELECT r.created_at - s.first_received_at FROM studies s JOIN results r ON r.id=s.result_id")
-        return [float(r[0]) for r in rows if r[0] is not None]
-
-    def latest_result_json(self) -> str | None:
-        """The JSON of the newest result (the worklist names the model behind it)."""
-        row = self._con().execute("SELECT result_json FROM results ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else row[0]
-
-    def delivery_failures(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Deliveries that failed at least once and are not delivered (dead ones first)."""
-        rows = self._con().execute(
-            "SELECT d.id, r.study_uid, d.destination, d.state, d.attempts, d.created_at,"
-            " d.next_attempt_at, d.last_error FROM deliveries d JOIN results r ON r.id=d.result_id"
-            " WHERE d.state IN (?,?,?) AND d.attempts>0 ORDER BY d.state=? DESC, d.created_at LIMIT ?",
-            (PENDING, SENDING, DEAD, DEAD, limit)).fetchall()
-        return [dict(r) for r in rows]
-
-    def list_studies(self, decision: str | None = None, state: str | None = None,
-                     since: float | None = None, until: float | None = None,
-                     limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
-        """Studies, newest first: decision, score, times, instance count, delivery status.
-
-        ``delivery_status`` is ``delivered`` (all destinations), ``pending``, ``failing``
-        (retrying after an error), ``dead``, ``none`` (nothing to deliver, e.g. shadow
-        mode) or null before triage.
-        """
-        where, args = [], []
-        if decision:
-            where.append("s.decision=?")
-            args.append(decision)
-        if state:
-            where.append("s.state=?")
-            args.append(state)
-        if since is not None:
-            where.append("s.first_received_at>=?")
-            args.append(since)
-        if until is not None:
-            where.append("s.first_received_at<?")
-            args.append(until)
-        clause = ("WHERE " + " AND ".join(where) if where else "")
-        return self._summaries(clause + " ORDER BY s.first_received_at DESC LIMIT ? OFFSET ?",
-                               [*args, limit, offset])
-
-    def get_study(self, study_uid: str) -> dict[str, Any] | None:
-        """Everything about one study: summary, instances, current result (with per-image
-        detail), its objects, deliveries and their attempts."""
-        con = self._con()
-        row = con.execute("SELECT study_uid FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
-        if row is None:
-            return None
-        summary = self._summaries("WHERE s.study_uid=?", [study_uid])[0]
-        summary["instances"] = [dict(r) for r in con.execute(
-            "SELECT * FROM instances WHERE study_uid=? ORDER BY received_at", (study_uid,))]
-        summary["result"] = None
-        summary["objects"] = []
-        summary["deliveries"] = []
-        if summary["result_id"] is not None:
-            res = con.execute("SELECT * FROM results WHERE id=?", (summary["result_id"],)).fetchone()
-            summary["result"] = json.loads(res["result_json"])
-            summary["objects"] = [dict(r) for r in con.execute(
-                "SELECT * FROM result_objects WHERE result_id=?", (summary["result_id"],))]
-            for d in con.execute("SELECT * FROM deliveries WHERE result_id=? ORDER BY id",
-                                 (summary["result_id"],)):
-                dd = dict(d)
-                dd["attempt_log"] = [dict(a) for a in con.execute(
-                    "SELECT at, ok, detail FROM attempts WHERE delivery_id=? ORDER BY id", (d["id"],))]
-                summary["deliveries"].append(dd)
-        return summary
-
-    def _summaries(self, clause: str, args: list[Any]) -> list[dict[str, Any]]:
-        rows = self._con().execute(_SUMMARY_SQL + " " + clause, args).fetchall()
-        return [_study_summary(dict(r)) for r in rows]
-
-    def current_result_objects(self, study_uid: str) -> list[ResultObject]:
-        rows = self._con().execute(
-            "SELECT o.sop_instance_uid, o.series_uid, o.sop_class_uid, o.path FROM result_objects o"
-            " JOIN studies s ON s.result_id=o.result_id WHERE s.study_uid=?", (study_uid,)).fetchall()
-        return [ResultObject(**dict(r)) for r in rows]
-
-
-_SUMMARY_SQL = (
-    "SELECT s.study_uid, s.state, s.decision, s.score, s.first_received_at, s.last_received_at,"
-    " s.triaged_at, s.n_instances, s.calling_ae, s.result_id, s.last_error,"
-    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id) AS n_deliveries,"
-    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='delivered') AS n_delivered,"
-    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='dead') AS n_dead,"
-    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state IN ('pending','sending')"
-    "   AND d.attempts>0) AS n_failing,"
-    " (SELECT MAX(delivered_at) FROM deliveries d WHERE d.result_id=s.result_id) AS delivered_at"
-    " FROM studies s"
-)
-
-
-def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
-    n, done, dead, failing = r.pop("n_deliveries"), r.pop("n_delivered"), r.pop("n_dead"), r.pop("n_failing")
-    if r["result_id"] is None:
-        status = None
-    elif n == 0:
-        status = "none"
-    elif done == n:
-        status = "delivered"
-    elif dead:
-        status = "dead"
-    elif failing:
-        status = "failing"
-    else:
-        status = "pending"
-    r["delivery_status"] = status
-    return r

@@ -75,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.timeout or cfg.node.quiet_period_s + 120.0
 
     from cxr_triage.dicom_node.store.jobs import JobStore
+    from cxr_triage.dicom_node.store.queries import StudyQueries
     from cxr_triage.dicom_node.store.spool import StateDirs
 
     dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir))
     if not dirs.queue_db.exists():
         print(f"demo: sent; no job store at {dirs.queue_db} to follow (node on another host or state dir?)")
         return 0
-    store = JobStore(dirs.queue_db)
+    store = StudyQueries(JobStore(dirs.queue_db))
     print(f"waiting for {len(stored)} studies (quiet period {cfg.node.quiet_period_s:.0f} s) ...")
     deadline = time.monotonic() + timeout
     rows: dict[str, dict[str, Any] | None] = {}

@@ -99,12 +99,12 @@ def _package_version() -> str:
 
 
 def _as_source(store: Any, settings: WebSettings) -> WorklistSource:
-    """The node's JobStore (it has ``counts``/``oldest_pending``) is adapted; anything else
-    is taken as a WorklistSource already."""
-    from cxr_triage.dicom_node.store.jobs import JobStore
+    """The node's job store (its :class:`StudyQueries`) is adapted; anything else is taken
+    as a WorklistSource already."""
+    from cxr_triage.dicom_node.store.queries import StudyQueries
     from cxr_triage.dicom_node.web.store_adapter import StoreWorklist
 
-    if isinstance(store, JobStore):
+    if isinstance(store, StudyQueries):
         return StoreWorklist(store, state_dir=settings.state_dir)
     source: WorklistSource = store
     return source

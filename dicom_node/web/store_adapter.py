@@ -1,4 +1,4 @@
-"""The node's :class:`~cxr_triage.dicom_node.store.jobs.JobStore` seen as a worklist source.
+"""The node's job store (:class:`~cxr_triage.dicom_node.store.queries.StudyQueries`) seen as a worklist source.
 
 Maps the store's query API (``list_studies``, ``get_study``, ``counts``, ``oldest_pending``)
 to :class:`~cxr_triage.dicom_node.web.worklist.StudyEntry` / ``QueueStats``; the adapter never

@@ -9,6 +9,7 @@ import pytest
 
 from cxr_triage.dicom_node.store import jobs as Q
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore, ResultObject
+from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Spool, write_atomic
 
 
@@ -40,24 +41,24 @@ def test_result_delivery_and_queries(tmp_path: Path) -> None:
     store.add_instance(_inst("1.1"))
     study, gen = store.claim_due_study(0.0, now=150.0)
     rid = _complete(store, study, gen, ["A@h:1", Q.OUTBOX])
-    s = store.list_studies()[0]
+    s = StudyQueries(store).list_studies()[0]
     assert (s["state"], s["decision"], s["score"], s["delivery_status"]) == ("triaged", "suspicious", 0.8, "pending")
-    assert store.oldest_pending(now=300.0)["kind"] == "delivery"
+    assert StudyQueries(store).oldest_pending(now=300.0)["kind"] == "delivery"
     due = store.due_deliveries(now=200.0)
     assert {d.destination for d in due} == {"A@h:1", Q.OUTBOX}
     assert all(d.result_id == rid and d.objects[0].sop_instance_uid == "9.9" for d in due)
     assert store.due_deliveries(now=200.0) == []                  # marked sending
     for d in due:
         store.delivery_succeeded(d.id, now=201.0)
-    assert store.list_studies()[0]["delivery_status"] == "delivered"
-    assert store.oldest_pending() is None
-    c = store.counts()
+    assert StudyQueries(store).list_studies()[0]["delivery_status"] == "delivered"
+    assert StudyQueries(store).oldest_pending() is None
+    c = StudyQueries(store).counts()
     assert c["studies"] == {"triaged": 1} and c["deliveries"] == {"delivered": 2}
     assert c["decisions"] == {"suspicious": 1} and c["instances"] == 1
-    detail = store.get_study("1.2.3")
+    detail = StudyQueries(store).get_study("1.2.3")
     assert detail["result"] == {"decision": "suspicious"}
     assert [len(d["attempt_log"]) for d in detail["deliveries"]] == [1, 1]
-    assert store.list_studies(decision="likely_normal") == []
+    assert StudyQueries(store).list_studies(decision="likely_normal") == []
 
 
 def test_backoff_is_exponential_capped_then_dead(tmp_path: Path) -> None:
@@ -75,12 +76,12 @@ def test_backoff_is_exponential_capped_then_dead(tmp_path: Path) -> None:
         assert store.due_deliveries(now=nxt - 0.01) == []          # not before its time
         now = nxt
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    assert store.delivery_failures()[0]["last_error"] == "down"
-    assert store.list_studies()[0]["delivery_status"] == "failing"
+    assert StudyQueries(store).delivery_failures()[0]["last_error"] == "down"
+    assert StudyQueries(store).list_studies()[0]["delivery_status"] == "failing"
     (d,) = store.due_deliveries(now=1200.0)
     assert store.delivery_failed(d.id, "down", 1.0, 8.0, 100.0, now=1200.0) == Q.DEAD
     assert store.due_deliveries(now=5000.0) == []
-    assert store.list_studies()[0]["delivery_status"] == "dead"
+    assert StudyQueries(store).list_studies()[0]["delivery_status"] == "dead"
     assert store.retry_dead(now=5000.0) == 1
     assert len(store.due_deliveries(now=5000.0)) == 1
 
@@ -108,9 +109,9 @@ def test_resent_instance_does_not_reopen_a_triaged_study(tmp_path: Path) -> None
     study, gen = store.claim_due_study(0.0, now=150.0)
     _complete(store, study, gen, ["A@h:1"])
     assert store.add_instance(_inst("1.1", t=300.0)) is False      # sender retry after a crash
-    assert store.list_studies()[0]["state"] == "triaged"
+    assert StudyQueries(store).list_studies()[0]["state"] == "triaged"
     assert store.add_instance(_inst("1.2", t=301.0)) is True       # a genuinely new image
-    assert store.list_studies()[0]["state"] == "receiving"
+    assert StudyQueries(store).list_studies()[0]["state"] == "receiving"
 
 
 def test_new_instance_during_triage_supersedes_and_cancels(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_new_instance_during_triage_supersedes_and_cancels(tmp_path: Path) -> No
     store.add_instance(_inst("1.2", t=160.0))                      # arrives mid-triage
     _complete(store, study, gen, ["A@h:1"], sop="9.1")
     assert store.due_deliveries(now=1000.0) == []                  # stale result not sent
-    assert store.list_studies()[0]["state"] == "receiving"
+    assert StudyQueries(store).list_studies()[0]["state"] == "receiving"
     study, gen2 = store.claim_due_study(0.0, now=170.0)
     assert gen2 > gen
     _complete(store, study, gen2, ["A@h:1"], sop="9.2")
@@ -138,12 +139,12 @@ def test_failed_triage_retries_then_gives_up(tmp_path: Path) -> None:
         study, gen = store.claim_due_study(0.0, now=1e12)
         states.append(store.fail_study(study, gen, "boom", max_errors=3, now=150.0 + i))
     assert states == ["receiving", "receiving", "failed"]
-    assert store.list_studies()[0]["last_error"] == "boom"
+    assert StudyQueries(store).list_studies()[0]["last_error"] == "boom"
 
 
 def test_database_is_wal_with_full_sync(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "q.sqlite3")
-    con = store._con()
+    con = store.connection()
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
     ro = sqlite3.connect(f"file:{tmp_path / 'q.sqlite3'}?mode=ro", uri=True)

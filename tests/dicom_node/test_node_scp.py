@@ -24,6 +24,7 @@ from cxr_triage.config import load_config
 from cxr_triage.dicom_node.service.node import Node
 from cxr_triage.dicom_node.store.audit import read_audit
 from cxr_triage.dicom_node.store.jobs import JobStore
+from cxr_triage.dicom_node.store.queries import StudyQueries
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_store_is_durable_before_success_and_triaged(node: Node, sample_dicoms: 
     assert dcmread(inst[0].path).SOPInstanceUID == ds.SOPInstanceUID
     assoc.release()
     assert node.wait_idle(60)
-    (s,) = node.store.list_studies()
+    (s,) = node.queries.list_studies()
     assert s["state"] == "triaged" and s["decision"] in ("suspicious", "likely_normal")
     assert s["delivery_status"] == "delivered"                      # default: the outbox
     (sr_file,) = (node.dirs.outbox / str(ds.StudyInstanceUID)).glob("*.dcm")
@@ -159,7 +160,7 @@ def test_sr_and_own_output_are_acknowledged_not_triaged(node: Node, sample_dicom
     assoc = _assoc(node.port)
     assert assoc.send_c_store(dcmread(sr_file)).Status == 0x0000    # a PACS echoing our SR back
     assoc.release()
-    studies = node.store.list_studies()
+    studies = node.queries.list_studies()
     assert len(studies) == 1 and studies[0]["n_instances"] == 1
     assert studies[0]["state"] == "triaged"
 
@@ -170,7 +171,7 @@ def test_other_storage_class_is_recorded_not_assessable(node: Node) -> None:
     assert assoc.send_c_store(ds).Status == 0x0000
     assoc.release()
     assert node.wait_idle(60)
-    detail = node.store.get_study(str(ds.StudyInstanceUID))
+    detail = node.queries.get_study(str(ds.StudyInstanceUID))
     assert detail["decision"] == "not_assessable"
     (film,) = detail["result"]["films"]
     assert film["reason"] in ("non_image", "unsupported_sop_class")
@@ -182,7 +183,7 @@ def test_no_phi_in_audit(node: Node) -> None:
     assoc.release()
     text = node.dirs.audit_log.read_text()
     assert "Secret" not in text and "PHI-123" not in text
-    wait_for(lambda: node.store.list_studies(), 5)
+    wait_for(lambda: node.queries.list_studies(), 5)
 
 
 def test_shadow_mode_triages_but_delivers_nothing(tmp_path: Path, tiny_model: Path,
@@ -198,10 +199,10 @@ def test_shadow_mode_triages_but_delivers_nothing(tmp_path: Path, tiny_model: Pa
         assert assoc.send_c_store(dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])).Status == 0
         assoc.release()
         assert n.wait_idle(60)
-        (s,) = n.store.list_studies()
+        (s,) = n.queries.list_studies()
         assert s["state"] == "triaged" and s["delivery_status"] == "none"
-        assert n.store.counts()["deliveries"] == {} and not any(n.dirs.outbox.iterdir())
-        assert len(n.store.current_result_objects(s["study_uid"])) == 1   # the SR is kept
+        assert n.queries.counts()["deliveries"] == {} and not any(n.dirs.outbox.iterdir())
+        assert len(n.queries.current_result_objects(s["study_uid"])) == 1   # the SR is kept
     finally:
         n.stop(timeout_s=5)
 
@@ -252,8 +253,8 @@ def test_stop_finishes_the_study_in_hand(tmp_path: Path, tiny_model: Path, sampl
         assoc = _assoc(n.port, contexts=[SecondaryCaptureImageStorage])
         assert assoc.send_c_store(ds).Status == 0
         assoc.release()
-        wait_for(lambda: n.store.list_studies()[0]["state"] == "processing", 10, 0.05)
+        wait_for(lambda: n.queries.list_studies()[0]["state"] == "processing", 10, 0.05)
     finally:
         n.stop(timeout_s=30)
-    after = JobStore(n.dirs.queue_db).get_study(str(ds.StudyInstanceUID))
+    after = StudyQueries(JobStore(n.dirs.queue_db)).get_study(str(ds.StudyInstanceUID))
     assert after["state"] == "triaged" and after["delivery_status"] == "delivered"

@@ -87,7 +87,7 @@ def test_results_delivered_over_tls(tmp_path: Path, tiny_model: Path, sample_dic
         assoc.release()
         (sr,) = wait_for(lambda: [p for p in out.iterdir() if p.name.startswith("SR")], 60, 0.3, "SR over TLS")
         assert dcmread(sr).Modality == "SR"
-        assert node.store.list_studies()[0]["delivery_status"] == "delivered"
+        assert node.queries.list_studies()[0]["delivery_status"] == "delivered"
     finally:
         if node:
             node.stop(timeout_s=5)

@@ -124,7 +124,7 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     browser.save_screenshot(str(ARTIFACTS / "worklist.png"))
 
     # What the page shows is the reading order of the store's real results at the page's time.
-    stored = node.store.list_studies(limit=100)
+    stored = node.queries.list_studies(limit=100)
     assert len(rows) == len(stored) == 5
     entries = [StudyEntry(s["study_uid"], s["first_received_at"], s["decision"]) for s in stored]
     expected = [(b, e.study_instance_uid) for b, e in order_worklist(entries, now, MAX_WAIT_S)]

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.web_node import build_triaged_node
 
 from cxr_triage.dicom_node.store.jobs import JobStore
+from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.web.app import WebSettings, create_app
 from cxr_triage.dicom_node.web.metrics import histogram_buckets
 
@@ -33,7 +34,7 @@ def scrape(app) -> dict[str, dict[tuple, float]]:
 
 
 def test_metrics_match_the_store(node):
-    app = create_app(node.store, node.cfg, settings=WebSettings(state_dir=node.dirs.root))
+    app = create_app(node.queries, node.cfg, settings=WebSettings(state_dir=node.dirs.root))
     m = scrape(app)
     assert m["cxr_triage_store_up"][()] == 1.0
     assert m["cxr_triage_instances_received_total"][()] == node.instances
@@ -48,12 +49,12 @@ def test_metrics_match_the_store(node):
     # the 3-hour-old study's latency lies beyond the 1-hour bucket
     assert dict(buckets)[3600.0] < len(node.decisions)
     # the delivery to the PACS that is down: one failed attempt, still owed
-    failed = sum(1 for d in node.store.get_study(node.failing_study)["deliveries"]
+    failed = sum(1 for d in node.queries.get_study(node.failing_study)["deliveries"]
                  for a in d["attempt_log"] if not a["ok"])
     assert failed >= 1 and m["cxr_triage_delivery_failures_total"][()] == failed
-    counts = node.store.counts()
+    counts = node.queries.counts()
     assert m["cxr_triage_queue_depth"][()] == counts["deliveries"].get("pending", 0) == 1
-    oldest = node.store.oldest_pending()
+    oldest = node.queries.oldest_pending()
     assert m["cxr_triage_oldest_pending_age_seconds"][()] == pytest.approx(oldest["age_s"], abs=5.0)
     assert m["cxr_triage_dead_letters"][()] == 0
     info = next(iter(m["cxr_triage_model_info"]))
@@ -61,10 +62,10 @@ def test_metrics_match_the_store(node):
 
 
 def test_each_node_has_its_own_registry(node, tmp_path):
-    empty = JobStore(tmp_path / "queue.sqlite3")
+    empty = StudyQueries(JobStore(tmp_path / "queue.sqlite3"))
     model = {"name": "other-model", "version": "9.9"}
     other = create_app(empty, None, settings=WebSettings(state_dir=tmp_path), model_info=model)
-    full = create_app(node.store, node.cfg, settings=WebSettings(state_dir=node.dirs.root))
+    full = create_app(node.queries, node.cfg, settings=WebSettings(state_dir=node.dirs.root))
     m_other, m_full = scrape(other), scrape(full)
     assert m_other["cxr_triage_instances_received_total"][()] == 0
     assert m_other["cxr_triage_oldest_pending_age_seconds"][()] == 0

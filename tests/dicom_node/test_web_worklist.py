@@ -40,7 +40,7 @@ def _settings(node, **kw) -> WebSettings:
 
 @pytest.fixture(scope="module")
 def client(node):
-    return TestClient(create_app(node.store, node.cfg, settings=_settings(node)))
+    return TestClient(create_app(node.queries, node.cfg, settings=_settings(node)))
 
 
 # ----------------------------------------------------------------------- ordering logic
@@ -101,7 +101,7 @@ def test_api_orders_real_results_and_lifts_the_overdue_study(node, client):
 
 
 def test_without_the_cap_the_old_normal_study_waits_behind_the_others(node):
-    app = create_app(node.store, node.cfg, settings=_settings(node, max_wait_s=0.0))
+    app = create_app(node.queries, node.cfg, settings=_settings(node, max_wait_s=0.0))
     rows = TestClient(app).get("/api/studies").json()["studies"]
     assert rows[0]["decision"] == "suspicious"
     normals = [r for r in rows if r["decision"] == "likely_normal"]
@@ -127,7 +127,7 @@ def test_api_filters_by_decision_and_day(node, client):
 
 def test_api_study_has_films_sr_in_words_and_delivery_history(node, client):
     failing = client.get(f"/api/studies/{node.failing_study}").json()
-    stored = node.store.get_study(node.failing_study)
+    stored = node.queries.get_study(node.failing_study)
     assert failing["decision"] == stored["decision"] == "suspicious"
     assert failing["delivery_status"] == "failing"
     outcomes = {(d["destination"], d["outcome"]) for d in failing["deliveries"]}
@@ -141,9 +141,9 @@ def test_api_study_has_films_sr_in_words_and_delivery_history(node, client):
     concepts = {line["concept"] for line in failing["result_sr"]}
     assert {"Imaging Measurement Report", "Finding", "Source of Measurement"} <= concepts
 
-    two = next(u for u in node.decisions if node.store.get_study(u)["n_instances"] == 2)
+    two = next(u for u in node.decisions if node.queries.get_study(u)["n_instances"] == 2)
     detail = client.get(f"/api/studies/{two}").json()
-    result = {f["sop_instance_uid"]: f for f in node.store.get_study(two)["result"]["films"]}
+    result = {f["sop_instance_uid"]: f for f in node.queries.get_study(two)["result"]["films"]}
     assert len(detail["films"]) == 2
     for f in detail["films"]:
         assert f["decision"] == result[f["sop_instance_uid"]]["decision"]
@@ -180,7 +180,7 @@ def _png(client, url) -> Image.Image:
 def test_heatmaps_are_persisted_by_the_worker_and_rendered(node, client):
     suspicious = [u for u, d in node.decisions.items() if d == "suspicious"]
     for uid in suspicious:
-        for f in node.store.get_study(uid)["result"]["films"]:
+        for f in node.queries.get_study(uid)["result"]["films"]:
             assert heatmap_path(node.dirs.root, uid, f["sop_instance_uid"]).is_file()
     uid = suspicious[0]
     detail = client.get(f"/api/studies/{uid}").json()
@@ -209,7 +209,7 @@ def test_worklist_page_shows_rows_in_api_order_and_refreshes(node, client):
 
 
 def test_token_login_guards_pages_api_and_metrics(node):
-    app = create_app(node.store, node.cfg, settings=_settings(node, host="0.0.0.0", token="s3cret-token"))
+    app = create_app(node.queries, node.cfg, settings=_settings(node, host="0.0.0.0", token="s3cret-token"))
     c = TestClient(app, follow_redirects=False)
     assert c.get("/api/studies").status_code == 401
     assert c.get("/metrics").status_code == 401
@@ -230,11 +230,11 @@ def test_exposed_without_token_is_refused(node):
     from cxr_triage.dicom_node.web.app import WebConfigError, start_web
 
     with pytest.raises(WebConfigError, match="token"):
-        create_app(node.store, node.cfg, settings=_settings(node, host="0.0.0.0"))
+        create_app(node.queries, node.cfg, settings=_settings(node, host="0.0.0.0"))
     cfg = node.cfg.replace(web={"host": "10.1.2.3", "port": 0})
     with pytest.raises(WebConfigError):
-        start_web(cfg, node.store)
-    assert start_web(node.cfg.replace(web={"enabled": False}), node.store) is None
+        start_web(cfg, node.queries)
+    assert start_web(node.cfg.replace(web={"enabled": False}), node.queries) is None
 
 
 def test_start_web_serves_on_a_real_socket_and_stops(node):
@@ -242,7 +242,7 @@ def test_start_web_serves_on_a_real_socket_and_stops(node):
 
     from cxr_triage.dicom_node.web.app import start_web
 
-    server = start_web(node.cfg.replace(web={"port": 0}), node.store)
+    server = start_web(node.cfg.replace(web={"port": 0}), node.queries)
     try:
         assert server.url.startswith("http://127.0.0.1:")
         r = httpx.get(server.url + "/api/studies", timeout=10)

@@ -152,6 +152,7 @@ def test_daily_store_gauges_flag_only_the_drifted_day(streams: dict, tmp_path: P
     from support.commission_support import utc_noon
 
     from cxr_triage.dicom_node.store.jobs import JobStore
+    from cxr_triage.dicom_node.store.queries import StudyQueries
     from cxr_triage.inference.site_threshold import SiteThreshold, write_site_threshold
 
     model = streams["model_path"]
@@ -167,19 +168,19 @@ def test_daily_store_gauges_flag_only_the_drifted_day(streams: dict, tmp_path: P
     record_results(store, list(streams["undisturbed"]), "2026-11-20")
     record_results(store, list(streams["exposure"]), "2026-11-21")
 
-    rows = film_rows_from_store(store)
+    rows = film_rows_from_store(StudyQueries(store))
     assert len(rows) == 2 * N_STREAM
     by_day = {r.period: r for r in daily_reports(site.baseline, rows, BOUNDS, warn=False)}
     assert not by_day["2026-11-20"].drifted and by_day["2026-11-21"].drifted
-    assert drift_report_for_day(cfg, store, "2026-11-21").drifted
+    assert drift_report_for_day(cfg, StudyQueries(store), "2026-11-21").drifted
 
     registry = CollectorRegistry()
-    registry.register(DriftCollector(cfg, store, clock=lambda: utc_noon("2026-11-21")))
+    registry.register(DriftCollector(cfg, StudyQueries(store), clock=lambda: utc_noon("2026-11-21")))
     text = generate_latest(registry).decode()
     assert "cxr_triage_drift_alert 1.0" in text
     assert f"cxr_triage_drift_films {float(N_STREAM)}" in text
     quiet = CollectorRegistry()
-    quiet.register(DriftCollector(cfg, store, clock=lambda: utc_noon("2026-11-20")))
+    quiet.register(DriftCollector(cfg, StudyQueries(store), clock=lambda: utc_noon("2026-11-20")))
     assert "cxr_triage_drift_alert 0.0" in generate_latest(quiet).decode()
 
 

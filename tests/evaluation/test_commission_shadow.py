@@ -43,9 +43,9 @@ def _run_node(cfg, files: list[Path]):
     try:
         sent = storescu(files, node.port)
         assert sent.returncode == 0, sent.stderr
-        wait_for(lambda: len(node.store.list_studies(state="triaged")) == len(files) // 2, 60, what="triage")
+        wait_for(lambda: len(node.queries.list_studies(state="triaged")) == len(files) // 2, 60, what="triage")
         assert node.wait_idle(60)
-        return node.store.list_studies(state="triaged")
+        return node.queries.list_studies(state="triaged")
     finally:
         node.stop(timeout_s=10)
 

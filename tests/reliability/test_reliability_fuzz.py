@@ -184,7 +184,7 @@ def test_store_handler_fuzz(seeds: list[bytes], tmp_path_factory: pytest.TempPat
         if status == 0x0000:
             tally["success"] += 1
             if not sop_class.startswith("1.2.840.10008.5.1.4.1.1.88."):
-                rows = store._con().execute("SELECT path FROM instances WHERE sop_instance_uid=?",
+                rows = store.connection().execute("SELECT path FROM instances WHERE sop_instance_uid=?",
                                             (sop_uid,)).fetchall()
                 assert len(rows) == 1 and Path(rows[0][0]).read_bytes() == data
         else:

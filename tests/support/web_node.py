@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 
 from cxr_triage.config import Config, load_config
 from cxr_triage.dicom_node.store.jobs import OUTBOX, InstanceRecord, JobStore
+from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs
 
 CANINE = "highdicom_dx_canine_thorax_mono1"
@@ -37,6 +38,11 @@ class TriagedNode:
     model_version: str = ""
     old_normal: str = ""          # the likely-normal study that waited past the maximum
     failing_study: str = ""       # the study whose second destination is down
+
+    @property
+    def queries(self) -> StudyQueries:
+        """The read side of the node's job store (what the worklist is built on)."""
+        return StudyQueries(self.store)
 
 
 def screen_films(triager, shared_data: Path, want_suspicious: int, want_normal: int,
@@ -105,7 +111,7 @@ def build_triaged_node(root: Path, model_path: Path, shared_data: Path, sample_d
             pass
         while deliverer.run_once():
             pass
-        node.decisions[study] = store.get_study(study)["decision"]
+        node.decisions[study] = StudyQueries(store).get_study(study)["decision"]
         node.received[study] = received_at
         return study
 
