@@ -171,9 +171,10 @@ def _resolve_thresholds(args: argparse.Namespace, cfg: Any, films: Sequence[Any]
             name = str(args.choose_on)
         else:
             tune, tune_scored, name = list(films), list(scored), f"the reported films ({args.manifest})"
-        keep = [s.assessable for s in tune_scored]
+        keep = [s.assessable for s in tune_scored]  # an assessable film always has a score
         return thresholds.choose_thresholds(
-            [f.label for f, k in zip(tune, keep) if k], [s.score for s, k in zip(tune_scored, keep) if k],
+            [f.label for f, k in zip(tune, keep) if k],
+            [s.score for s, k in zip(tune_scored, keep) if k and s.score is not None],
             [f.key for f, k in zip(tune, keep) if k], targets=args.targets, rule=args.rule, chosen_on=name,
         )
     model = args.thresholds_model or args.model

@@ -42,7 +42,7 @@ class InsufficientEvidence(ValueError):
 
 
 def _decision_at(sc: Scored, threshold: float) -> str:
-    if not sc.assessable:
+    if not sc.assessable or sc.score is None:  # an assessable film always has a score
         return "not_assessable"
     return decide(float(sc.score), threshold).value
 
@@ -92,7 +92,8 @@ def commission(
     model_path = Path(model_path)
     pairs = [(f, s) for f, s in zip(films, scored) if s.assessable]
     y = np.array([f.label for f, _ in pairs], dtype=int)
-    s = np.array([float(sc.score) for _, sc in pairs], dtype=float)
+    # every assessable film has a score: the None test only narrows the type
+    s = np.array([float(sc.score) for _, sc in pairs if sc.score is not None], dtype=float)
     na = [(f, sc) for f, sc in zip(films, scored) if not sc.assessable]
     na_counts = (sum(1 for f, _ in na if f.label == 0), sum(1 for f, _ in na if f.label == 1))
     if not np.any(y == 0) or not np.any(y == 1):

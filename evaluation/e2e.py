@@ -76,7 +76,7 @@ class EndToEndRun:
         if self.source_offline is None:
             return None
         pairs = [(e, o) for e, o in zip(self.scored, self.source_offline) if e.assessable and o.assessable]
-        diffs = [abs(e.score - o.score) for e, o in pairs]
+        diffs = [abs(e.score - o.score) for e, o in pairs if e.score is not None and o.score is not None]
         return {"n_compared": len(pairs), "n_differ": sum(e.decision != o.decision for e, o in pairs),
                 "max_score_difference": max(diffs) if diffs else None,
                 "n_gated_by_header": sum(not e.assessable and o.assessable

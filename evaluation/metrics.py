@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeAlias
 
 import numpy as np
 from scipy import stats
@@ -25,8 +25,12 @@ from cxr_triage.contract.operating_points import threshold_for_sensitivity
 
 SENSITIVITY_TARGETS: tuple[float, ...] = (0.90, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 
+#: labels (0/1) and scores: a sequence or a 1-D numpy array (both go through :func:`_arrays`)
+Labels: TypeAlias = Sequence[int] | np.ndarray
+Scores: TypeAlias = Sequence[float] | np.ndarray
 
-def _arrays(y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+
+def _arrays(y: Labels, s: Scores) -> tuple[np.ndarray, np.ndarray]:
     y_arr = np.asarray(y, dtype=int)
     s_arr = np.asarray(s, dtype=float)
     if y_arr.shape != s_arr.shape or y_arr.ndim != 1:
@@ -115,7 +119,7 @@ def _delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
     return auc, v10, v01
 
 
-def delong_covariance(y: Sequence[int], *score_sets: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def delong_covariance(y: Labels, *score_sets: Scores) -> tuple[np.ndarray, np.ndarray]:
     """AUROCs and their DeLong (1988) covariance matrix for scores of several models on the
     same films."""
     y_arr = np.asarray(y, dtype=int)
@@ -127,7 +131,7 @@ def delong_covariance(y: Sequence[int], *score_sets: Sequence[float]) -> tuple[n
     return auc, s10 / m + s01 / n
 
 
-def auroc_delong(y: Sequence[int], s: Sequence[float], confidence: float = 0.95) -> AUC:
+def auroc_delong(y: Labels, s: Scores, confidence: float = 0.95) -> AUC:
     """AUROC with DeLong's standard error; the interval is clipped to [0, 1]."""
     auc, cov = delong_covariance(y, s)
     se = math.sqrt(max(float(cov[0, 0]), 0.0))
@@ -175,7 +179,7 @@ def _fast_auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def auroc_bootstrap(
-    y: Sequence[int], s: Sequence[float], groups: Sequence[Any] | None = None,
+    y: Labels, s: Scores, groups: Sequence[Any] | None = None,
     n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
 ) -> AUC:
     """AUROC with a percentile interval from the patient-level bootstrap."""
@@ -216,7 +220,7 @@ class OperatingPoint:
         return out
 
 
-def confusion_at(y: Sequence[int], s: Sequence[float], threshold: float) -> tuple[int, int, int, int]:
+def confusion_at(y: Labels, s: Scores, threshold: float) -> tuple[int, int, int, int]:
     """(tp, fn, tn, fp) with suspicious = score >= threshold."""
     y_arr, s_arr = _arrays(y, s)
     flagged = decide_many(s_arr, threshold)
@@ -228,7 +232,7 @@ def confusion_at(y: Sequence[int], s: Sequence[float], threshold: float) -> tupl
 
 
 def operating_point(
-    y: Sequence[int], s: Sequence[float], threshold: float,
+    y: Labels, s: Scores, threshold: float,
     not_assessable: tuple[int, int] = (0, 0), confidence: float = 0.95,
 ) -> OperatingPoint:
     """Metrics at one threshold. ``not_assessable`` = (normal, abnormal) films the gate
@@ -249,7 +253,7 @@ def operating_point(
 
 
 def threshold_sweep(
-    y: Sequence[int], s: Sequence[float], targets: Sequence[float] = SENSITIVITY_TARGETS,
+    y: Labels, s: Scores, targets: Sequence[float] = SENSITIVITY_TARGETS,
     not_assessable: tuple[int, int] = (0, 0), confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
     """For each sensitivity target, the threshold that reaches it on these films and what it
@@ -264,7 +268,7 @@ def threshold_sweep(
 
 # --------------------------------------------------------------------------- calibration
 
-def reliability_bins(y: Sequence[int], s: Sequence[float], n_bins: int = 10) -> list[dict[str, Any]]:
+def reliability_bins(y: Labels, s: Scores, n_bins: int = 10) -> list[dict[str, Any]]:
     """Equal-width score bins: count, mean score, observed abnormal rate with Wilson CI."""
     y_arr, s_arr = _arrays(y, s)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -283,7 +287,7 @@ def reliability_bins(y: Sequence[int], s: Sequence[float], n_bins: int = 10) -> 
     return bins
 
 
-def expected_calibration_error(y: Sequence[int], s: Sequence[float], n_bins: int = 10) -> float:
+def expected_calibration_error(y: Labels, s: Scores, n_bins: int = 10) -> float:
     """ECE: film-weighted mean |observed rate - mean score| over equal-width bins."""
     y_arr, _ = _arrays(y, s)
     total = len(y_arr)
@@ -298,7 +302,7 @@ def expected_calibration_error(y: Sequence[int], s: Sequence[float], n_bins: int
 
 # --------------------------------------------------------------------------- paired comparison
 
-def compare_auroc_delong(y: Sequence[int], s_a: Sequence[float], s_b: Sequence[float],
+def compare_auroc_delong(y: Labels, s_a: Scores, s_b: Scores,
                          confidence: float = 0.95) -> dict[str, float]:
     """Paired DeLong test of AUROC(a) - AUROC(b) on the same films."""
     auc, cov = delong_covariance(y, s_a, s_b)
@@ -319,7 +323,7 @@ def workload_at_sensitivity(y: np.ndarray, s: np.ndarray, target: float, n_unass
 
 
 def compare_models(
-    y: Sequence[int], s_a: Sequence[float], s_b: Sequence[float], groups: Sequence[Any] | None = None,
+    y: Labels, s_a: Scores, s_b: Scores, groups: Sequence[Any] | None = None,
     targets: Sequence[float] = (0.95, 0.98, 0.99), n_boot: int = 2000, seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, Any]:
@@ -360,7 +364,7 @@ def compare_models(
 # --------------------------------------------------------------------------- subgroups
 
 def subgroup_metrics(
-    y: Sequence[int], s: Sequence[float], group_values: Sequence[str], threshold: float,
+    y: Labels, s: Scores, group_values: Sequence[str], threshold: float,
     confidence: float = 0.95, min_auc_class: int = 2, order: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Per subgroup value: counts, AUROC (DeLong CI, when each class has >= ``min_auc_class``

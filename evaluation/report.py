@@ -76,7 +76,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         bins = np.linspace(max(0.0, lo - pad), min(1.0, hi + pad), 41)
         for cls, name, colour in ((0, "normal", "#2ca02c"), (1, "abnormal", "#d62728")):
             if np.any(y == cls):
-                ax.hist(s[y == cls], bins=bins, alpha=0.55, color=colour, label=f"{name} (n={int(np.sum(y == cls))})")
+                ax.hist(s[y == cls], bins=bins.tolist(), alpha=0.55, color=colour, label=f"{name} (n={int(np.sum(y == cls))})")
         for op, colour in zip(ops, _OP_COLOURS):
             ax.axvline(op["threshold"], color=colour, lw=1, ls="--")
         ax.set_xlim(bins[0], bins[-1])

@@ -144,8 +144,8 @@ def read_scores_csv(path: Path, films: Sequence[Film]) -> list[Scored]:
         reader = csv.DictReader(fh)
         if not {"file", "score"} <= set(reader.fieldnames or []):
             raise SourceError(f"{path}: scores CSV needs columns file and score")
-        for row in reader:
-            rows[row["file"].strip()] = row
+        for csv_row in reader:
+            rows[csv_row["file"].strip()] = csv_row
     by_name: dict[str, list[str]] = {}
     for k in rows:
         by_name.setdefault(Path(k).name, []).append(k)
@@ -197,7 +197,7 @@ def write_scores_csv(films: Sequence[Film], scored: Sequence[Scored], path: Path
 def scored_from_film_result(result: Any) -> Scored:
     """A cxr_triage.inference FilmResult (or anything with the same fields) as a Scored."""
     decision = result.decision if isinstance(result.decision, Decision) else Decision(result.decision)
-    reason = getattr(result, "reason", None)
+    reason: Any = getattr(result, "reason", None)
     return Scored(
         score=None if decision is Decision.NOT_ASSESSABLE else result.score,
         decision=decision,

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypedDict
 
 import numpy as np
 
@@ -92,8 +92,20 @@ class OperatingPointChoice:
         return asdict(self)
 
 
+class _ChoiceBase(TypedDict):
+    """The :class:`OperatingPointChoice` fields every outcome of one selection shares."""
+
+    name: str
+    target: float
+    rule: str
+    n_abnormal: int
+    n_normal: int
+    confidence: float
+    interval: str
+
+
 def select_operating_point(
-    y: Sequence[int], s: Sequence[float], target: float, rule: str = "point",
+    y: metrics.Labels, s: metrics.Scores, target: float, rule: str = "point",
     confidence: float = 0.95, method: str = "wilson",
 ) -> OperatingPointChoice:
     """The highest threshold (score of the k-th highest-scoring abnormal film) such that
@@ -111,8 +123,8 @@ def select_operating_point(
     neg = s_arr[y_arr == 0]
     m, n = len(pos), len(neg)
     name = op_name(target)
-    base = dict(name=name, target=float(target), rule=rule, n_abnormal=m, n_normal=n,
-                confidence=confidence, interval=method)
+    base = _ChoiceBase(name=name, target=float(target), rule=rule, n_abnormal=m, n_normal=n,
+                       confidence=confidence, interval=method)
     if m == 0:
         return OperatingPointChoice(**base, feasible=False, threshold=None, tp=0, tn=0, sensitivity=None,
                                     sensitivity_low=None, sensitivity_high=None, specificity=None,

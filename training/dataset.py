@@ -27,8 +27,8 @@ def read_pixels(path: Path) -> np.ndarray:
     try:
         from cxr_triage.inference.reader import read_film
     except ImportError:  # pragma: no cover - shim until the worker's reader exists
-        read_film = None
-    if read_film is not None:
+        pass
+    else:
         return np.asarray(read_film(path).pixels, dtype=np.float32)
     from PIL import Image  # pragma: no cover
 
@@ -109,7 +109,7 @@ def eval_transforms():
     return Compose([EnsureTyped(keys="image", dtype=np.float32, track_meta=False)])
 
 
-def make_dataset(inputs: np.ndarray, labels: Sequence[int], transform):
+def make_dataset(inputs: np.ndarray, labels: Sequence[float] | np.ndarray, transform):
     """A MONAI Dataset of {"image": (1, S, S), "label": float, "index": int} items."""
     from monai.data import Dataset
 

@@ -16,27 +16,31 @@ The recipe (and why), recorded in the model card:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cxr_triage.paths import repo_root
+
+if TYPE_CHECKING:
+    from cxr_triage.training.train import TrainConfig
 
 NIH_SOURCES = ["nih-cxr14", "nih-extra"]
 DEFAULT_SPLIT = repo_root() / "model" / "default_split.csv"
 
 
-def default_recipe(manifest: Path, data: Path, out: Path, **overrides) -> "TrainConfig":  # noqa: F821
+def default_recipe(manifest: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:
     from cxr_triage.training.train import TrainConfig
 
-    cfg = dict(
+    cfg = TrainConfig(
         manifest=str(manifest), out=str(out), data_root=str(data), architecture="effnet_lite0",
         freeze_blocks=6, epochs=14, batch_size=32, lr=1e-3, patience=4, seed=0,
         train_sources=list(NIH_SOURCES), select_sources=list(NIH_SOURCES),
     )
-    cfg.update(overrides)
-    return TrainConfig(**cfg)
+    return dataclasses.replace(cfg, **overrides)
 
 
 def build_split(data: Path, path: Path, seed: int = 0) -> Path:

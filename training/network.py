@@ -15,13 +15,24 @@ Architectures:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 ARCHITECTURES = ("effnet_lite0", "densenet121", "tiny")
 
 
-class _EffNetLite0Features(nn.Module):
+class _Features(nn.Module):
+    """What :class:`TriageNet` needs of a feature extractor: (N, 1, S, S) -> (N, C, h, w)."""
+
+    out_channels: int  # C
+
+    def freeze_blocks(self, n: int) -> None:
+        raise NotImplementedError
+
+
+class _EffNetLite0Features(_Features):
     """EfficientNet-Lite0 trunk (stem, MBConv blocks, 1x1 head) for a 1-channel input."""
 
     def __init__(self, pretrained: bool = True, image_size: int = 224):
@@ -85,14 +96,15 @@ class _EffNetLite0Features(nn.Module):
         return self
 
 
-class _DenseNet121Features(nn.Module):
+class _DenseNet121Features(_Features):
     def __init__(self) -> None:
         super().__init__()
         from monai.networks.nets import DenseNet121
 
         net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=1)
         self.features = net.features  # ends with norm5 (BatchNorm), no ReLU
-        self.out_channels = net.class_layers.out.in_features
+        # a submodule looked up by name (torch types it Tensor | Module): DenseNet121's head is a Linear
+        self.out_channels = cast(nn.Linear, net.class_layers.out).in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.features(x))
@@ -101,7 +113,7 @@ class _DenseNet121Features(nn.Module):
         return None
 
 
-class _TinyFeatures(nn.Module):
+class _TinyFeatures(_Features):
     def __init__(self, width: int = 8) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -125,7 +137,7 @@ class TriageNet(nn.Module):
                  image_size: int = 224, dropout: float = 0.2):
         super().__init__()
         if architecture == "effnet_lite0":
-            self.features: nn.Module = _EffNetLite0Features(pretrained, image_size)
+            self.features: _Features = _EffNetLite0Features(pretrained, image_size)
         elif architecture == "densenet121":
             self.features = _DenseNet121Features()
         elif architecture == "tiny":
@@ -143,6 +155,8 @@ class TriageNet(nn.Module):
 
     def logit_from_trunk(self, f: torch.Tensor, k: int) -> torch.Tensor:
         """Raw logit from cached trunk features (EfficientNet blocks [0, k) already applied)."""
+        if not isinstance(self.features, _EffNetLite0Features):
+            raise TypeError(f"{self.architecture} has no cached-trunk path (effnet_lite0 only)")
         g = self.features.upper(f, k)
         return self.fc(self.dropout(g.mean(dim=(2, 3)))).squeeze(1)
 
@@ -162,6 +176,9 @@ class ExportWrapper(nn.Module):
     CAM shifted so its minimum is 0 and divided by its range (per film), so it shows where
     in the film the evidence is strongest, whatever the score.
     """
+
+    temperature: torch.Tensor  # buffers (registered below)
+    logit_shift: torch.Tensor
 
     def __init__(self, net: TriageNet, temperature: float = 1.0, logit_shift: float = 0.0):
         super().__init__()

@@ -74,7 +74,7 @@ def score_films(model_path: str | Path, paths: Sequence[Path], batch: int = 32, 
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def _fmt(t: tuple[float, float, float]) -> dict[str, float]:
+def _fmt(t: tuple[float, float, float]) -> dict[str, float | list[float]]:
     return {"value": round(t[0], 4), "ci95": [round(t[1], 4), round(t[2], 4)]}
 
 

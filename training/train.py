@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -130,7 +130,8 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     y = np.asarray(labels)
     if y.min() == y.max():
         return float("nan")
-    return float(compute_roc_auc(torch.as_tensor(np.asarray(scores, dtype=np.float64)), torch.as_tensor(y)))
+    auc = compute_roc_auc(torch.as_tensor(np.asarray(scores, dtype=np.float64)), torch.as_tensor(y))
+    return float(cast(float, auc))  # a float for 1-D input (MONAI's annotation covers every `average`)
 
 
 def per_source(scores: np.ndarray, entries: list[Entry]) -> dict[str, dict[str, float]]:
@@ -314,8 +315,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         ds_train = make_dataset(x_train, y_train, tf_train)
         ds_val = make_dataset(x_val, y_val, eval_transforms())
         model_core = net
-    train_sampler = DistributedSampler(ds_train, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
-    val_sampler = DistributedSampler(ds_val, world, rank, shuffle=False) if distributed else None
+    train_sampler: DistributedSampler[Any] | None = (
+        DistributedSampler(ds_train, world, rank, shuffle=True, seed=cfg.seed) if distributed else None)
+    val_sampler: DistributedSampler[Any] | None = (
+        DistributedSampler(ds_val, world, rank, shuffle=False) if distributed else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     dl_train = DataLoader(ds_train, batch_size=cfg.batch_size, shuffle=train_sampler is None,
                           sampler=train_sampler, num_workers=0, generator=gen, drop_last=len(ds_train) > cfg.batch_size)
@@ -349,7 +352,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     else:
         raise ValueError(f"balance must be label or source_label, not {cfg.balance!r}")
 
-    state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     last, best = out / "last.pt", out / "best.pt"
     if resume and last.exists():
         ck = torch.load(last, map_location=device, weights_only=False)
