@@ -276,14 +276,12 @@ def write_node_config(path: Path, port: int, model: Path, state_dir: Path,
 class Node:
     """``cxr-triage --config CFG serve`` as a subprocess (the real serving process)."""
 
-    def __init__(self, config: Path, port: int, log: Path, timed: bool = False):
-        self.config, self.port, self.log, self.timed = config, port, log, timed
+    def __init__(self, config: Path, port: int, log: Path):
+        self.config, self.port, self.log = config, port, log
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> "Node":
-        # timed: the same CLI entry point with stage timers around a few node functions
-        head = [str(PY), str(ROOT / "bench" / "_timed_node.py")] if self.timed else [str(CLI)]
-        self.proc = subprocess.Popen([*head, "--config", str(self.config), "serve"],
+        self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
                                      env=dict(os.environ))
         deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """End-to-end latency: single-film studies sent one by one, C-STORE start to SR at the PACS.
 
-The node runs as ``cxr-triage serve`` (through ``_timed_node.py``: the same entry point with
-stage timers) with quiet period 0 and the shipped defaults otherwise (summary image on). Each
+The node runs as plain ``cxr-triage serve`` (its worker and deliverer log each stage's time
+as data) with quiet period 0 and the shipped defaults otherwise (summary image on). Each
 study is one realistic 2500 x 2048 16-bit DX film, alternately uncompressed and JPEG Lossless,
 sent by dcmtk storescu; the result goes to a pynetdicom SCP in this process that notes when the
 SR has fully arrived. The clock starts just before storescu is launched, so the figure includes
@@ -84,9 +84,17 @@ def breakdown(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dic
     results = {uid: json.loads(js) for uid, js in con.execute(
         "SELECT study_uid, result_json FROM results WHERE superseded=0")}
     con.close()
+    # the node's own stage timings: the worker's "study triaged" line (stage_ms, claimed_at,
+    # committed_at) and the deliverer's "result delivered" line (send_started_at, send_ms)
     timers: dict[str, dict[str, Any]] = {}
-    for rec in node.log_records("bench stage timings"):
-        timers.setdefault(rec["study_uid"], {}).update(rec)
+    for rec in node.log_records("study triaged"):
+        timers.setdefault(rec["study_uid"], {}).update(
+            {f"{k}_ms": v for k, v in rec.get("stage_ms", {}).items()},
+            claimed_at=rec["claimed_at"], committed_at=rec["committed_at"])
+    for rec in node.log_records("result delivered"):
+        t = timers.setdefault(rec["study_uid"], {})
+        if "send_started_at" not in t:  # the first delivery of the study's result
+            t.update(send_started_at=rec["send_started_at"], send_ms=rec["send_ms"])
     for uid, info in sent.items():
         s, t, r = stages[uid], timers.get(uid, {}), results.get(uid)
         if uid not in received or not r or "committed_at" not in t or "send_started_at" not in t:
@@ -94,10 +102,10 @@ def breakdown(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dic
         film = r["films"][0]["timings_ms"]
         s["receive"] = (received[uid] - info["t0"]) * 1000
         s["claim_wait"] = (t["claimed_at"] - received[uid]) * 1000
-        s["read"] = t.get("read_spool_ms", 0.0)
+        s["read"] = t.get("read_ms", 0.0)
         for key in ("decode", "gate", "preprocess", "model"):
             s[key] = film.get(key, 0.0)
-        s["sr_build"] = t.get("sr_build_ms", 0.0)
+        s["sr_build"] = t.get("sr_ms", 0.0)
         s["summary_image"] = t.get("summary_image_ms", 0.0)
         s["save"] = t.get("save_ms", 0.0) + t.get("heatmaps_ms", 0.0)
         s["commit"] = t.get("commit_ms", 0.0)
@@ -169,7 +177,7 @@ def main() -> int:
         cfg = C.write_node_config(work / "node.toml", port, model, state,
                                   node={"quiet_period_s": 0.0},
                                   delivery={"destinations": [sink.destination], "summary_image": True})
-        node = C.Node(cfg, port, work / "node.log", timed=True).start()
+        node = C.Node(cfg, port, work / "node.log").start()
         if args.profile:
             assert node.proc is not None
             prof = start_profiler(node.proc.pid, work / "profile.raw")

@@ -33,10 +33,18 @@ class JsonFormatter(logging.Formatter):
         }
         for key, val in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                out[key] = val if isinstance(val, (str, int, float, bool, type(None))) else str(val)
+                out[key] = val if _plain(val) else str(val)
         if record.exc_info:
             out["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(out)
+
+
+def _plain(val: Any) -> bool:
+    """A scalar, or a flat mapping of names to numbers (stage timings), kept as JSON."""
+    if isinstance(val, (str, int, float, bool, type(None))):
+        return True
+    return isinstance(val, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) for k, v in val.items())
 
 
 _QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")

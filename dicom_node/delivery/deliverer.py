@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections import defaultdict
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from cxr_triage.config import Config, parse_destination, resolve_path
 from cxr_triage.dicom_node.store import audit as A
@@ -26,8 +28,15 @@ from cxr_triage.dicom_node.store.spool import safe_name, write_atomic
 
 log = logging.getLogger(__name__)
 
-# Success and the storage warnings (coercion, elements discarded, mismatch) mean "stored".
-_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+def stored(status_code: int | None) -> bool:
+    """A C-STORE response that means "stored": Success or a Warning (coercion of data
+    elements, element discarded, data set does not match SOP class: PS3.4 Annex B.2.3),
+    categorised by pynetdicom's storage status table."""
+    if status_code is None:
+        return False
+    return code_to_category(status_code) in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def destinations_for(cfg: Config) -> list[str]:
@@ -76,7 +85,7 @@ def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
     ae.connection_timeout = min(timeout_s, 10.0)
     for sop_class in sorted({o.sop_class_uid for item in batch for o in item.objects}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, None) if tls else None)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         return {item.id: f"association {why}" for item in batch}
@@ -94,7 +103,7 @@ def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
                     error = f"{type(exc).__name__}: {exc}"
                     break
                 code = getattr(status, "Status", None)
-                if code not in _STORED:
+                if not stored(code):
                     error = "no response" if code is None else f"status 0x{code:04X}"
                     break
             out[item.id] = error
@@ -129,6 +138,7 @@ class Deliverer(PollingThread):
         for item in due:
             by_dest[item.destination].append(item)
         for dest, batch in by_dest.items():
+            started_at, start = time.time(), time.perf_counter()
             try:
                 if dest == OUTBOX:
                     outcome = send_to_outbox(batch, self.outbox)
@@ -137,14 +147,17 @@ class Deliverer(PollingThread):
                                            self.cfg.node.network_timeout_s, self.tls)
             except Exception as exc:  # noqa: BLE001 - never lose track of a batch
                 outcome = {item.id: f"{type(exc).__name__}: {exc}" for item in batch}
+            # the send's timing is data (the latency benchmark reads it from the log)
+            timing = {"send_started_at": started_at, "batch": len(batch),
+                      "send_ms": round((time.perf_counter() - start) * 1000.0, 3)}
             for item in batch:
-                self._record(item, outcome.get(item.id, "not attempted"))
+                self._record(item, outcome.get(item.id, "not attempted"), timing)
         return True
 
-    def _record(self, item: DueDelivery, error: str | None) -> None:
+    def _record(self, item: DueDelivery, error: str | None, timing: dict[str, float]) -> None:
         d = self.cfg.delivery
         ctx = dict(study_uid=item.study_uid, destination=item.destination, delivery_id=item.id,
-                   attempt=item.attempts + 1)
+                   attempt=item.attempts + 1, **timing)
         if error is None:
             self.store.delivery_succeeded(item.id, detail=f"{len(item.objects)} object(s)")
             log.info("result delivered", extra=ctx)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import ssl
 import time
 from io import BytesIO
@@ -20,31 +21,21 @@ from pydicom import dcmread
 from pydicom import uid as dcm_uid
 from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
+from pynetdicom.status import Status
 from pynetdicom.transport import ThreadedAssociationServer
 
 from cxr_triage.config import Config
+from cxr_triage.contract.sop_classes import TRIAGE_SOP_CLASSES, is_sr_class
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.store.spool import Quarantine, Spool
 
 log = logging.getLogger(__name__)
 
-# The classes the triage reads; every other storage class is accepted and recorded as not
-# assessable (a router sends whole studies), except SR, which is skipped (loop prevention).
-TRIAGE_SOP_CLASSES = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-)
-SR_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+# The classes the triage reads (cxr_triage.contract.sop_classes); every other storage class
+# is accepted and recorded as not assessable (a router sends whole studies), except SR, which
+# is skipped (loop prevention).
 
 # What the inference reader decodes (pydicom pixel handlers + pylibjpeg/openjpeg/pyjpegls).
 DECODABLE_TRANSFER_SYNTAXES = [
@@ -66,8 +57,10 @@ DECODABLE_TRANSFER_SYNTAXES = [
     dcm_uid.RLELossless,
 ]
 
-# DIMSE statuses (PS3.4 Annex B.2.3)
-SUCCESS = 0x0000
+# C-STORE response statuses (PS3.4 Annex B.2.3), named as pynetdicom's storage status table
+# names them (pynetdicom.status.STORAGE_SERVICE_CLASS_STATUS): Success, Refused: Out of
+# Resources, Error: Data Set Does Not Match SOP Class, Error: Cannot Understand.
+SUCCESS = int(Status.SUCCESS)
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
@@ -79,10 +72,6 @@ _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 def _valid_uid(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_RE.match(value))
-
-
-def is_sr_class(sop_class_uid: str | None) -> bool:
-    return bool(sop_class_uid) and str(sop_class_uid).startswith(SR_SOP_PREFIX)
 
 
 class StoreHandler:
@@ -99,7 +88,7 @@ class StoreHandler:
         self.accepting = True
         self.on_stored: Callable[[], None] | None = None  # e.g. wake the triage worker
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[tuple[evt.NotificationEvent | evt.InterventionEvent, Callable[..., Any]]]:
         return [
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
@@ -131,8 +120,9 @@ class StoreHandler:
         calling, host = self._peer(event)
         prim = event.assoc.acceptor.primitive
         diag = getattr(prim, "diagnostic", None)
-        reason = {0x03: "calling AE title not recognised", 0x07: "called AE title not recognised",
-                  0x02: "too many associations"}.get(diag, f"diagnostic {diag}")
+        reasons = {0x03: "calling AE title not recognised", 0x07: "called AE title not recognised",
+                   0x02: "too many associations"}
+        reason = reasons.get(diag, f"diagnostic {diag}") if isinstance(diag, int) else f"diagnostic {diag}"
         if getattr(prim, "result_source", None) == 0x03:
             reason = "too many associations"
         self._security_alert(calling, host, reason)
@@ -152,7 +142,8 @@ class StoreHandler:
         req = event.request
         sop_uid = str(req.AffectedSOPInstanceUID or "")
         sop_class = str(req.AffectedSOPClassUID or "")
-        ctx = dict(calling_ae=calling, peer=host, sop_instance_uid=sop_uid, sop_class_uid=sop_class)
+        ctx: dict[str, Any] = dict(calling_ae=calling, peer=host, sop_instance_uid=sop_uid,
+                                   sop_class_uid=sop_class)
         try:
             raw = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - anything odd from the peer
@@ -225,11 +216,10 @@ def build_ae(cfg: Config) -> AE:
     ae.acse_timeout = min(node.network_timeout_s, ACSE_TIMEOUT_S)
     ae.dimse_timeout = node.network_timeout_s
     ae.add_supported_context(Verification)
-    triage = {str(u) for u in TRIAGE_SOP_CLASSES}
     for uid in TRIAGE_SOP_CLASSES:
         ae.add_supported_context(uid, DECODABLE_TRANSFER_SYNTAXES)
     for cx in StoragePresentationContexts:
-        if cx.abstract_syntax not in triage:
+        if cx.abstract_syntax is not None and cx.abstract_syntax not in TRIAGE_SOP_CLASSES:
             ae.add_supported_context(cx.abstract_syntax, dcm_uid.AllTransferSyntaxes)
     return ae
 
@@ -239,10 +229,13 @@ class _DeferredHandshakeContext(ssl.SSLContext):
     wrap made one connection that never spoke TLS freeze every later connection. Here the
     handshake happens on the association's first read, in its own thread, under its timeouts."""
 
-    def wrap_socket(self, sock: Any, server_side: bool = False, do_handshake_on_connect: bool = True,
-                    **kwargs: Any) -> ssl.SSLSocket:
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
         return super().wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False,
-                                   **kwargs)
+                                   suppress_ragged_eofs=suppress_ragged_eofs,
+                                   server_hostname=server_hostname, session=session)
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -266,5 +259,7 @@ def start_scp(cfg: Config, handler: StoreHandler) -> tuple[AE, ThreadedAssociati
     """Start listening (non-blocking); returns the AE and its server."""
     ae = build_ae(cfg)
     server = ae.start_server((cfg.node.host, cfg.node.port), block=False,
-                             ssl_context=tls_context(cfg), evt_handlers=handler.handlers())
+                             ssl_context=tls_context(cfg), evt_handlers=list(handler.handlers()))
+    if server is None:  # pragma: no cover - block=False always returns the server
+        raise RuntimeError("pynetdicom returned no server")
     return ae, server

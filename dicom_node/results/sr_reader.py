@@ -15,9 +15,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from cxr_triage.contract.result import Decision, NotAssessableReason
+from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
 from cxr_triage.dicom_node.results import sr_codes as C
-
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 @dataclass

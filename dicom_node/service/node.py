@@ -26,13 +26,14 @@ from typing import Any
 from pydicom import dcmread
 
 from cxr_triage.config import Config, resolve_path
+from cxr_triage.contract.sop_classes import is_sr_class
 from cxr_triage.dicom_node.delivery.deliverer import Deliverer, destinations_for
-from cxr_triage.dicom_node.receive.scp import StoreHandler, is_sr_class, start_scp
+from cxr_triage.dicom_node.receive.scp import StoreHandler, start_scp
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs
-from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager, model_metadata
+from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,10 @@ class Node:
         logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
         resumed = self.recover()
         triager = self._triager or load_triager(cfg)                  # one ONNX session
-        meta = model_metadata(triager, cfg)
+        meta = triager.meta
         self.deliverer = Deliverer(cfg, self.store, self.dirs.outbox, self.audit)
         self.worker = TriageWorker(cfg, self.store, self.dirs, self.quarantine, self.audit,
-                                   triager, meta, destinations=lambda: destinations_for(cfg))
+                                   triager, destinations=lambda: destinations_for(cfg))
         self.worker.on_result = self.deliverer.wake.set            # send without waiting a poll
         self.deliverer.start()
         self.worker.start()

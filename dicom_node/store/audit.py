@@ -73,7 +73,7 @@ class AuditLog:
 
 def read_audit(path: Path) -> list[dict[str, Any]]:
     """All events (for tests, the status command and the web view)."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         text = Path(path).read_text()
     except FileNotFoundError:

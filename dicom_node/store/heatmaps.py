@@ -65,4 +65,5 @@ def load_heatmap(state_dir: str | Path, study_uid: str, sop_uid: str) -> np.ndar
         return None
     if not path.is_file():
         return None
-    return np.load(path, allow_pickle=False).astype(np.float32)
+    heatmap: np.ndarray = np.load(path, allow_pickle=False).astype(np.float32)
+    return heatmap

@@ -302,6 +302,8 @@ class JobStore:
                 " superseded) VALUES (?,?,?,?,?,?,?)",
                 (study_uid, generation, decision, score, json.dumps(result), now, 0 if current else 1),
             ).lastrowid
+            if rid is None:  # pragma: no cover - an INSERT always sets lastrowid
+                raise sqlite3.DatabaseError("result row not inserted")
             for o in objects:
                 con.execute("INSERT OR REPLACE INTO result_objects VALUES (?,?,?,?,?)",
                             (o.sop_instance_uid, rid, o.series_uid, o.sop_class_uid, o.path))
@@ -400,7 +402,7 @@ class JobStore:
     def next_delivery_time(self) -> float | None:
         row = self._con().execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state=?",
                                   (PENDING,)).fetchone()
-        return row[0]
+        return None if row[0] is None else float(row[0])
 
     def retry_dead(self, now: float | None = None) -> int:
         """Operator action: put dead deliveries back in the queue (fresh age)."""

@@ -95,7 +95,8 @@ class StudyQueries:
         (retrying after an error), ``dead``, ``none`` (nothing to deliver, e.g. shadow
         mode) or null before triage.
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if decision:
             where.append("s.decision=?")
             args.append(decision)

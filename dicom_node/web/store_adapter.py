@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cxr_triage.contract.sop_classes import is_sr_class
 from cxr_triage.dicom_node.web.worklist import DeliveryEvent, FilmEntry, QueueStats, StudyEntry
 
-SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 #: How many studies one worklist query reads at most (the page shows ``[web] max_rows``).
 SCAN_LIMIT = 5000
 
@@ -49,7 +49,7 @@ class StoreWorklist:
         if entry.decision == "not_assessable":
             reasons = sorted({f.reason for f in films if f.reason})
             entry.reason = ", ".join(reasons) or None
-        srs = [o for o in row.get("objects", []) if str(o.get("sop_class_uid", "")).startswith(SR_CLASS_PREFIX)]
+        srs = [o for o in row.get("objects", []) if is_sr_class(o.get("sop_class_uid"))]
         entry.result_path = srs[0]["path"] if srs else None
         entry.deliveries = _deliveries(row.get("deliveries", []))
         return entry
@@ -108,7 +108,7 @@ class StoreWorklist:
 
 def _film(fr: dict[str, Any], inst: dict[str, Any]) -> FilmEntry:
     return FilmEntry(
-        sop_instance_uid=inst.get("sop_instance_uid") or fr.get("sop_instance_uid"),
+        sop_instance_uid=str(inst.get("sop_instance_uid") or fr.get("sop_instance_uid") or ""),
         decision=fr.get("decision"),
         score=fr.get("score"),
         threshold=fr.get("threshold"),

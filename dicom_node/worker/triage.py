@@ -1,9 +1,21 @@
 """Background triage, off the association threads: studies complete after a quiet period.
 
-:func:`triage_study` is one study's path (decode -> gate -> score -> report);
-:class:`TriageWorker` is the thread that claims due studies from the job store and runs it.
-Inference is done by ``cxr_triage.inference.pipeline.Triager`` and the report by
-``cxr_triage.dicom_node.results.sr.build_result_sr``.
+One study's path is :data:`STUDY_STAGES`, in order (MONAI Deploy style: the pipeline readable
+in one place)::
+
+    read           the spooled instances (dcmread; a file that does not parse is not assessable)
+    score          each instance: gate -> decode -> preprocess -> model -> decision
+                   (``cxr_triage.inference.pipeline.Triager``); broken films are quarantined
+    aggregate      one study result (``cxr_triage.contract.result.aggregate_study``)
+    heatmaps       kept for the worklist page (never fails triage)
+    sr             the result SR (``cxr_triage.dicom_node.results.sr.build_result_sr``)
+    summary_image  Secondary Capture per film (``[delivery] summary_image``; a courtesy)
+    save           each object written once (fsync + rename): retries resend these files
+
+:class:`TriageWorker` is the thread that claims due studies from the job store, runs the
+stages, and commits result + deliveries in one transaction (``commit``). Each stage's time is
+data: :attr:`StudyJob.timings_ms`, logged with every ``study triaged`` line (the latency
+benchmark's breakdown reads it).
 """
 
 from __future__ import annotations
@@ -11,16 +23,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
-from cxr_triage.config import Config, resolve_path
-from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
+from cxr_triage.config import Config
+from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import (
     Decision,
     FilmResult,
@@ -28,7 +41,7 @@ from cxr_triage.contract.result import (
     StudyResult,
     aggregate_study,
 )
-from cxr_triage.dicom_node.receive.scp import TRIAGE_SOP_CLASSES
+from cxr_triage.contract.sop_classes import is_triage_class
 from cxr_triage.dicom_node.results.sr import build_result_sr  # imported here, not in the thread
 from cxr_triage.dicom_node.results.summary_image import summary_images_if_enabled
 from cxr_triage.dicom_node.store import audit as A
@@ -39,17 +52,18 @@ from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs, safe_name, 
 
 log = logging.getLogger(__name__)
 
-_TRIAGE_CLASSES = {str(u) for u in TRIAGE_SOP_CLASSES}
 _BROKEN = (NotAssessableReason.UNDECODABLE, NotAssessableReason.NON_IMAGE)
 
 
 class FilmTriager(Protocol):
-    """What the node needs from the inference pipeline."""
+    """What the node needs from the inference pipeline: one film in, one result out, and the
+    scoring model's own metadata (for the SR's algorithm identification)."""
+
+    meta: ModelMetadata
 
     def triage_dataset(self, ds: Dataset, source: str) -> FilmResult: ...
 
 
-# -- inference ------------------------------------------------------------------------------
 def load_triager(cfg: Config) -> FilmTriager:
     """The inference pipeline configured from ``[inference]`` (one ONNX session per process)."""
     from cxr_triage.inference.pipeline import Triager
@@ -57,47 +71,147 @@ def load_triager(cfg: Config) -> FilmTriager:
     return Triager(cfg)
 
 
-def model_metadata(triager: Any, cfg: Config) -> ModelMetadata:
-    """The scoring model's own metadata (for the SR's algorithm identification)."""
-    for attr in ("metadata", "meta", "model_metadata"):
-        meta = getattr(triager, attr, None)
-        if isinstance(meta, ModelMetadata):
-            return meta
-        scorer = getattr(triager, "scorer", None)
-        meta = getattr(scorer, attr, None) if scorer is not None else None
-        if isinstance(meta, ModelMetadata):
-            return meta
-    import onnxruntime as ort
+# -- what flows through the stages --------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyContext:
+    """What every study's stages share (one per worker)."""
 
-    sess = ort.InferenceSession(str(_model_path(cfg)), providers=["CPUExecutionProvider"])
-    return ModelMetadata.from_json(sess.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    cfg: Config
+    triager: FilmTriager
+    dirs: StateDirs
+    quarantine: Quarantine
 
 
-def _model_path(cfg: Config) -> Path:
-    from cxr_triage.paths import bundled_model_path
+@dataclass
+class StudyJob:
+    """One claimed study on its way through :data:`STUDY_STAGES`."""
 
-    return resolve_path(cfg, cfg.inference.model_path) if cfg.inference.model_path else bundled_model_path()
+    study_uid: str
+    instances: list[InstanceRecord]
+    read: list[tuple[InstanceRecord, Dataset | None, str | None]] = field(default_factory=list)
+    films: list[FilmResult] = field(default_factory=list)
+    sources: list[Dataset] = field(default_factory=list)
+    result: StudyResult | None = None
+    report: list[Dataset] = field(default_factory=list)
+    objects: list[ResultObject] = field(default_factory=list)
+    #: milliseconds per stage (``read`` ... ``save``; the worker adds ``commit``)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def study_result(self) -> StudyResult:
+        if self.result is None:
+            raise RuntimeError("the aggregate stage has not run")
+        return self.result
 
 
-def triage_instance(triager: FilmTriager, inst: InstanceRecord) -> tuple[FilmResult, Dataset | None]:
-    """One received instance -> (film result, its dataset for the report's evidence).
+def _not_assessable(inst: InstanceRecord, reason: NotAssessableReason, detail: str) -> FilmResult:
+    return FilmResult(Decision.NOT_ASSESSABLE, source=inst.path, sop_instance_uid=inst.sop_instance_uid,
+                      series_instance_uid=inst.series_uid, study_instance_uid=inst.study_uid,
+                      sop_class_uid=inst.sop_class_uid, reason=reason, reason_detail=detail)
+
+
+# -- the stages ---------------------------------------------------------------------------------
+def read_instances(ctx: StudyContext, job: StudyJob) -> None:
+    """Parse each spooled file; the spooled bytes are exactly what the peer sent, so a file
+    that does not parse is recorded (not raised)."""
+    for inst in job.instances:
+        try:
+            job.read.append((inst, dcmread(inst.path), None))
+        except Exception as exc:  # noqa: BLE001 - any parser error is "cannot parse"
+            job.read.append((inst, None, f"cannot parse: {type(exc).__name__}"))
+
+
+def score_instances(ctx: StudyContext, job: StudyJob) -> None:
+    """One film result per instance; broken films of the triage classes go to quarantine."""
+    for inst, ds, parse_error in job.read:
+        film = score_instance(ctx.triager, inst, ds, parse_error)
+        job.films.append(film)
+        if ds is not None:
+            job.sources.append(ds)
+        if film.reason in _BROKEN and is_triage_class(inst.sop_class_uid):
+            _quarantine_copy(ctx.quarantine, inst, film)
+
+
+def aggregate(ctx: StudyContext, job: StudyJob) -> None:
+    """One result per study (``cxr_triage.contract.result.aggregate_study``)."""
+    job.result = aggregate_study(job.study_uid, job.films)
+
+
+def keep_heatmaps(ctx: StudyContext, job: StudyJob) -> None:
+    """[web] hook: heatmaps for the worklist page (``store/heatmaps.py``); never fails triage."""
+    try:
+        save_study_heatmaps(ctx.dirs.root, job.study_result())
+    except OSError as exc:
+        log.warning("heatmaps not kept", extra={"study_uid": job.study_uid, "error": str(exc)})
+
+
+def build_sr(ctx: StudyContext, job: StudyJob) -> None:
+    """The result SR over the films whose file parsed (only those can be evidence)."""
+    for ds in job.sources:
+        conform_for_report(ds)
+    job.report = [build_result_sr(_referenced(job), job.sources, ctx.triager.meta)]
+
+
+def build_summary_images(ctx: StudyContext, job: StudyJob) -> None:
+    """One Secondary Capture per film of the triage classes (``[delivery] summary_image``).
+    The picture is a courtesy: an error is logged and the SR still goes."""
+    referenced = _referenced(job)
+    films = [f for f in referenced.films if is_triage_class(f.sop_class_uid)]
+    if not films:
+        return
+    pictured = StudyResult(referenced.study_instance_uid, referenced.decision, referenced.score, films)
+    try:
+        job.report.extend(summary_images_if_enabled(ctx.cfg, pictured, job.sources, ctx.triager.meta))
+    except Exception as exc:  # noqa: BLE001 - any rendering problem
+        log.warning("summary images not made", extra={
+            "study_uid": job.study_uid, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def save_objects(ctx: StudyContext, job: StudyJob) -> None:
+    job.objects = save_result_objects(job.report, ctx.dirs.results, job.study_uid)
+
+
+Stage = Callable[[StudyContext, StudyJob], None]
+
+#: One study's path, in order; each stage's time lands in ``StudyJob.timings_ms[name]``.
+STUDY_STAGES: tuple[tuple[str, Stage], ...] = (
+    ("read", read_instances),
+    ("score", score_instances),
+    ("aggregate", aggregate),
+    ("heatmaps", keep_heatmaps),
+    ("sr", build_sr),
+    ("summary_image", build_summary_images),
+    ("save", save_objects),
+)
+
+
+def run_stages(ctx: StudyContext, job: StudyJob) -> StudyJob:
+    """Run :data:`STUDY_STAGES` over ``job``, timing each (ms)."""
+    for name, stage in STUDY_STAGES:
+        start = time.perf_counter()
+        stage(ctx, job)
+        job.timings_ms[name] = round((time.perf_counter() - start) * 1000.0, 3)
+    return job
+
+
+def triage_study(ctx: StudyContext, store: JobStore, study_uid: str) -> StudyJob:
+    """All stages for one study's instances (as recorded in the job store)."""
+    return run_stages(ctx, StudyJob(study_uid, store.study_instances(study_uid)))
+
+
+# -- helpers of the stages ---------------------------------------------------------------------
+def score_instance(triager: FilmTriager, inst: InstanceRecord, ds: Dataset | None,
+                   parse_error: str | None = None) -> FilmResult:
+    """One received instance -> its film result.
 
     Instances outside the triage classes are recorded as not assessable without decoding.
     Any error of the pipeline becomes a not-assessable film (undecodable), never a crash.
     """
-    base = dict(source=inst.path, sop_instance_uid=inst.sop_instance_uid,
-                series_instance_uid=inst.series_uid, study_instance_uid=inst.study_uid,
-                sop_class_uid=inst.sop_class_uid)
-    try:
-        ds = dcmread(inst.path)
-    except Exception as exc:  # noqa: BLE001 - the spooled bytes are exactly what the peer sent
-        return FilmResult(Decision.NOT_ASSESSABLE, reason=NotAssessableReason.UNDECODABLE,
-                          reason_detail=f"cannot parse: {type(exc).__name__}", **base), None
-    if inst.sop_class_uid not in _TRIAGE_CLASSES:
+    if ds is None:
+        return _not_assessable(inst, NotAssessableReason.UNDECODABLE, parse_error or "cannot parse")
+    if not is_triage_class(inst.sop_class_uid):
         reason = (NotAssessableReason.UNSUPPORTED_SOP_CLASS if "PixelData" in ds
                   else NotAssessableReason.NON_IMAGE)
-        return FilmResult(Decision.NOT_ASSESSABLE, reason=reason,
-                          reason_detail=f"SOP class {inst.sop_class_uid} is not triaged", **base), ds
+        return _not_assessable(inst, reason, f"SOP class {inst.sop_class_uid} is not triaged")
     try:
         film = triager.triage_dataset(ds, inst.path)
     except (KeyboardInterrupt, SystemExit):
@@ -106,35 +220,22 @@ def triage_instance(triager: FilmTriager, inst: InstanceRecord) -> tuple[FilmRes
         # thread: a native decoder's panic arrives as a BaseException)
         log.warning("triage failed for an instance", extra={
             "sop_instance_uid": inst.sop_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
-        return FilmResult(Decision.NOT_ASSESSABLE, reason=NotAssessableReason.UNDECODABLE,
-                          reason_detail=f"{type(exc).__name__}: {exc}"[:200], **base), ds
-    for key, val in base.items():
-        if getattr(film, key, None) in (None, ""):
-            setattr(film, key, val)
-    return film, ds
+        return _not_assessable(inst, NotAssessableReason.UNDECODABLE, f"{type(exc).__name__}: {exc}"[:200])
+    # the job store's identifiers where the pipeline left them blank
+    film.source = film.source or inst.path
+    film.sop_instance_uid = film.sop_instance_uid or inst.sop_instance_uid
+    film.series_instance_uid = film.series_instance_uid or inst.series_uid
+    film.study_instance_uid = film.study_instance_uid or inst.study_uid
+    film.sop_class_uid = film.sop_class_uid or inst.sop_class_uid
+    return film
 
 
-# -- report ---------------------------------------------------------------------------------
-def build_report(cfg: Config, study: StudyResult, sources: list[Dataset],
-                 meta: ModelMetadata) -> list[Dataset]:
-    """The result objects for a study: the SR, then (``[delivery] summary_image``) one
-    Secondary Capture per film of the triage classes."""
-    for ds in sources:
-        conform_for_report(ds)
-    # Films whose file could not be parsed cannot be referenced as evidence.
-    have = {str(s.SOPInstanceUID) for s in sources}
-    referenced = StudyResult(study.study_instance_uid, study.decision, study.score,
-                             [f for f in study.films if f.sop_instance_uid in have])
-    objects: list[Dataset] = [build_result_sr(referenced, sources, meta)]
-    films = [f for f in referenced.films if f.sop_class_uid in _TRIAGE_CLASSES]
-    if films:
-        pictured = StudyResult(study.study_instance_uid, study.decision, study.score, films)
-        try:
-            objects.extend(summary_images_if_enabled(cfg, pictured, sources, meta))
-        except Exception as exc:  # noqa: BLE001 - the picture is a courtesy; the SR still goes
-            log.warning("summary images not made", extra={
-                "study_uid": study.study_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
-    return objects
+def _referenced(job: StudyJob) -> StudyResult:
+    """The study result restricted to films whose file parsed."""
+    study = job.study_result()
+    have = {str(s.SOPInstanceUID) for s in job.sources}
+    return StudyResult(study.study_instance_uid, study.decision, study.score,
+                       [f for f in study.films if f.sop_instance_uid in have])
 
 
 _TEMPORAL = {"DA": DA, "DT": DT, "TM": TM}
@@ -196,35 +297,6 @@ def save_result_objects(objects: list[Dataset], results_dir: Path, study_uid: st
     return saved
 
 
-def triage_study(
-    cfg: Config,
-    store: JobStore,
-    study_uid: str,
-    triager: FilmTriager,
-    meta: ModelMetadata,
-    dirs: StateDirs,
-    quarantine: Quarantine,
-) -> tuple[StudyResult, list[ResultObject]]:
-    """decode -> gate -> score each instance, aggregate, build and save the report."""
-    films: list[FilmResult] = []
-    sources: list[Dataset] = []
-    for inst in store.study_instances(study_uid):
-        film, ds = triage_instance(triager, inst)                    # decode -> gate -> score
-        films.append(film)
-        if ds is not None:
-            sources.append(ds)
-        # broken films of the triage classes (undecodable, or an image class without pixels)
-        if film.reason in _BROKEN and inst.sop_class_uid in _TRIAGE_CLASSES:
-            _quarantine_copy(quarantine, inst, film)
-    result = aggregate_study(study_uid, films)                       # one result per study
-    try:  # [web] hook: heatmaps for the worklist page (heatmaps.py); never fails triage
-        save_study_heatmaps(dirs.root, result)
-    except OSError as exc:
-        log.warning("heatmaps not kept", extra={"study_uid": study_uid, "error": str(exc)})
-    report = build_report(cfg, result, sources, meta)                 # SR (+ summary images)
-    objects = save_result_objects(report, dirs.results, study_uid)
-    return result, objects
-
 
 def _quarantine_copy(quarantine: Quarantine, inst: InstanceRecord, film: FilmResult) -> None:
     try:
@@ -235,22 +307,20 @@ def _quarantine_copy(quarantine: Quarantine, inst: InstanceRecord, film: FilmRes
                    sop_instance_uid=inst.sop_instance_uid, calling_ae=inst.calling_ae)
 
 
-# -- the thread -----------------------------------------------------------------------------
+# -- the thread ---------------------------------------------------------------------------------
 class TriageWorker(PollingThread):
-    """Claims quiet studies, triages them, stores result + deliveries in one transaction."""
+    """Claims quiet studies, runs :data:`STUDY_STAGES`, stores result + deliveries in one
+    transaction."""
 
     error_msg = "triage worker error; retrying"
 
     def __init__(self, cfg: Config, store: JobStore, dirs: StateDirs, quarantine: Quarantine,
-                 audit: A.AuditLog, triager: FilmTriager, meta: ModelMetadata,
+                 audit: A.AuditLog, triager: FilmTriager,
                  destinations: Callable[[], list[str]], poll_s: float = 0.2):
         super().__init__("triage-worker", store, poll_s)
         self.cfg = cfg
-        self.dirs = dirs
-        self.quarantine = quarantine
         self.audit = audit
-        self.triager = triager
-        self.meta = meta
+        self.context = StudyContext(cfg, triager, dirs, quarantine)
         self.destinations = destinations
         # self.wake: set by the SCP when an instance is stored (look for due studies now)
         # called after each result is committed (the node kicks the deliverer with it)
@@ -264,14 +334,17 @@ class TriageWorker(PollingThread):
         claimed = self.store.claim_due_study(self.cfg.node.quiet_period_s)
         if claimed is None:
             return False
+        claimed_at = time.time()
         study_uid, generation = claimed
         t0 = time.perf_counter()
         try:
-            result, objects = triage_study(self.cfg, self.store, study_uid, self.triager, self.meta,
-                                           self.dirs, self.quarantine)
+            job = triage_study(self.context, self.store, study_uid)
+            result = job.study_result()
+            start = time.perf_counter()
             rid = self.store.complete_study(
                 study_uid, generation, result.decision.value, result.score, result.to_dict(),
-                objects, self.destinations())
+                job.objects, self.destinations())
+            job.timings_ms["commit"] = round((time.perf_counter() - start) * 1000.0, 3)
         except Exception as exc:
             transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy
             try:
@@ -281,11 +354,13 @@ class TriageWorker(PollingThread):
                 state = "processing"
             log.exception("study triage failed", extra={"study_uid": study_uid, "state": state})
             return True
+        committed_at = time.time()
         if self.on_result is not None:
             self.on_result()
         log.info("study triaged", extra={
             "study_uid": study_uid, "result_id": rid, "decision": result.decision.value,
             "score": result.score, "films": len(result.films),
             "ms": round((time.perf_counter() - t0) * 1000, 1),
-            "sr_sop_instance_uid": objects[0].sop_instance_uid if objects else None})
+            "stage_ms": job.timings_ms, "claimed_at": claimed_at, "committed_at": committed_at,
+            "sr_sop_instance_uid": job.objects[0].sop_instance_uid if job.objects else None})
         return True

@@ -258,3 +258,14 @@ def test_stop_finishes_the_study_in_hand(tmp_path: Path, tiny_model: Path, sampl
         n.stop(timeout_s=30)
     after = StudyQueries(JobStore(n.dirs.queue_db)).get_study(str(ds.StudyInstanceUID))
     assert after["state"] == "triaged" and after["delivery_status"] == "delivered"
+
+
+def test_refusal_statuses_are_the_storage_service_failures() -> None:
+    """The SCP's C-STORE statuses are the ones PS3.4 B.2.3 (pynetdicom's table) defines."""
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+    from cxr_triage.dicom_node.receive import scp
+
+    assert STORAGE_SERVICE_CLASS_STATUS[scp.SUCCESS][0] == "Success"
+    for code in (scp.OUT_OF_RESOURCES, scp.DATASET_MISMATCH, scp.CANNOT_UNDERSTAND):
+        assert STORAGE_SERVICE_CLASS_STATUS[code][0] == "Failure"

@@ -83,7 +83,7 @@ def build_triaged_node(root: Path, model_path: Path, shared_data: Path, sample_d
     from cxr_triage.dicom_node.delivery.deliverer import Deliverer
     from cxr_triage.dicom_node.store import audit as A
     from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
-    from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager, model_metadata
+    from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager
 
     cfg = load_config(environ={}).replace(
         node={"state_dir": str(root / "state"), "quiet_period_s": 0.0},
@@ -94,11 +94,11 @@ def build_triaged_node(root: Path, model_path: Path, shared_data: Path, sample_d
     store = JobStore(dirs.queue_db)
     spool = Spool(dirs.spool)
     triager = load_triager(cfg)
-    meta = model_metadata(triager, cfg)
+    meta = triager.meta
     destinations: list[str] = [OUTBOX]
     audit = A.AuditLog(dirs.audit_log)
     worker = TriageWorker(cfg, store, dirs, Quarantine(dirs.quarantine), audit,
-                          triager, meta, destinations=lambda: list(destinations))
+                          triager, destinations=lambda: list(destinations))
     deliverer = Deliverer(cfg, store, dirs.outbox, audit)
     node = TriagedNode(cfg, dirs, store, model_name=meta.name, model_version=meta.version)
     now = time.time()
