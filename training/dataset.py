@@ -69,11 +69,17 @@ def load_inputs(entries: Sequence[Entry], root: Path, spec: PreprocessSpec,
     for i, e in it:
         out[i] = preprocess(read_pixels(resolve(e, root)), spec)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache)
+        save_npy_atomic(cache, out)
     return out
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (.npy) through a temporary file and a rename: a cache is
+    either whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
 
 
 def train_transforms(strength: float = 1.0):

@@ -203,6 +203,8 @@ def trunk_features(net, inputs: np.ndarray, k: int, views: int, transform, seed:
     """(views, N, C, h, w) float16 outputs of the frozen trunk; view 0 is unaugmented."""
     import torch
 
+    from cxr_triage.training.dataset import save_npy_atomic
+
     if cache is not None and cache.exists():
         arr = np.load(cache)
         if arr.shape[:2] == (views, len(inputs)):
@@ -228,10 +230,7 @@ def trunk_features(net, inputs: np.ndarray, k: int, views: int, transform, seed:
                 out[v, i:i + len(chunk)] = f
     assert out is not None
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache)
+        save_npy_atomic(cache, out)
     return out
 
 

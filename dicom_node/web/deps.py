@@ -6,7 +6,7 @@ the routers take them through these, not through closures.
 
 from __future__ import annotations
 
-from typing import Annotated, Callable
+from typing import Annotated, Callable, cast
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
@@ -18,28 +18,23 @@ from cxr_triage.dicom_node.web.worklist import WorklistSource
 
 
 def get_source(request: Request) -> WorklistSource:
-    source: WorklistSource = request.app.state.source
-    return source
+    return cast('WorklistSource', request.app.state.source)
 
 
 def get_settings(request: Request) -> WebSettings:
-    settings: WebSettings = request.app.state.settings
-    return settings
+    return cast('WebSettings', request.app.state.settings)
 
 
 def get_registry(request: Request) -> CollectorRegistry:
-    registry: CollectorRegistry = request.app.state.registry
-    return registry
+    return cast('CollectorRegistry', request.app.state.registry)
 
 
 def get_templates(request: Request) -> Jinja2Templates:
-    templates: Jinja2Templates = request.app.state.templates
-    return templates
+    return cast('Jinja2Templates', request.app.state.templates)
 
 
 def get_clock(request: Request) -> Callable[[], float]:
-    clock: Callable[[], float] = request.app.state.clock
-    return clock
+    return cast('Callable[[], float]', request.app.state.clock)
 
 
 def get_views(request: Request) -> StudyViews:
