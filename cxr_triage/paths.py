@@ -21,7 +21,7 @@ def shared_data_dir(required: bool = True) -> Path:
     if required and not path.is_dir():
         raise FileNotFoundError(
             f"shared data not found at {path}: set {DATA_ENV} to the folder holding "
-            "nih-cxr14/, nih-extra/, rsna-normals/ and dicom/ (see README, 'Data')"
+            "nih-cxr14/, nih-extra/, rsna-normals/ and dicom/ (see ../shared/data/README.md)"
         )
     return path
 

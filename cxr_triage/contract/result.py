@@ -19,7 +19,7 @@ class Decision(str, Enum):
 
 class NotAssessableReason(str, Enum):
     """Why the intended-use gate (or decoding) refused a film. Stable codes, documented in
-    the SR code mapping (README, 'Result codes')."""
+    the SR code mapping (docs/conformance.md, 'Result codes')."""
 
     NON_IMAGE = "non_image"                  # SOP class without pixel data (SR, PR, ...)
     UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"  # image class outside CR/DX/SC

@@ -12,7 +12,7 @@ Built with highdicom's templates, never by hand, so the tree is conformant by co
           score and operating-point threshold (NUM, unit 1), triage decision (CODE),
           Abnormal = Present / Absent, or the not-assessable reason (CODE + TEXT)
 
-Codes are in ``sr_codes`` (README, "Result codes"). The header copies patient and study from
+Codes are in ``sr_codes`` (docs/conformance.md, "Result codes"). The header copies patient and study from
 the sources so the PACS files the SR into the source study, in its own cautionary series.
 """
 

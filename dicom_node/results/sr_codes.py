@@ -1,4 +1,4 @@
-"""The coded concepts of the result SR: one stable, documented mapping (README, "Result codes").
+"""The coded concepts of the result SR: one stable, documented mapping (docs/conformance.md, "Result codes").
 
 Standard codes (DCM, SCT, UCUM, LN) are used wherever DICOM or SNOMED CT has the concept.
 Where none exists (a triage decision that is not a diagnosis, "not assessable" and its
@@ -109,7 +109,7 @@ def same_code(a: Code, b: Code) -> bool:
 
 
 def mapping_table() -> list[tuple[str, str, str, str]]:
-    """(what, code value, scheme, meaning) rows: the README table is generated from this."""
+    """(what, code value, scheme, meaning) rows: the table in docs/conformance.md is generated from this."""
     rows = [
         ("concept: triage decision", *_row(TRIAGE_DECISION)),
         ("concept: abnormality score (calibrated P(abnormal), unit 1)", *_row(ABNORMALITY_SCORE)),

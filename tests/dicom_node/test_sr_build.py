@@ -219,12 +219,12 @@ def test_validator_helper_reports_errors(tmp_path):
     assert dciodvfy_errors(save(bad, tmp_path / "bad.dcm"))
 
 
-def test_readme_result_codes_table_matches_the_mapping():
+def test_conformance_result_codes_table_matches_the_mapping():
     from cxr_triage.paths import repo_root
 
-    readme = (repo_root() / "README.md").read_text()
+    conformance = (repo_root() / "docs" / "conformance.md").read_text()
     for what, value, scheme, meaning in sr_codes.mapping_table():
-        assert f"| {what} | `{value}` | {scheme} | {meaning} |" in readme
+        assert f"| {what} | `{value}` | {scheme} | {meaning} |" in conformance
 
 
 def test_reader_turns_unknown_codes_into_value_error(meta):
