@@ -9,6 +9,7 @@ Lossless). Nothing here is imported by the worker.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -27,9 +28,19 @@ import numpy as np
 
 from cxr_triage.config import write_config_file
 
-# A benchmark stopped with SIGTERM (run_all's time limit) still runs its ``finally`` blocks:
-# the peers it started are stopped and its scratch folder removed.
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGHUP -> SystemExit: ``finally`` blocks and atexit run (peers stopped, scratch
+    removed). One-shot: a second signal does not interrupt that cleanup."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(128 + signum)
+
+
+# A benchmark stopped with SIGTERM (run_all's time limit) still runs its ``finally`` blocks and
+# the atexit hook below: the peers it started are stopped and its scratch folder removed.
+signal.signal(signal.SIGTERM, _exit_on_signal)
+signal.signal(signal.SIGHUP, _exit_on_signal)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = Path(sys.executable)
@@ -53,10 +64,35 @@ STORESCU_TS = {
 
 # ----------------------------------------------------------------------------- output
 
-def emit(result: dict[str, Any]) -> None:
-    """Print the script's one JSON object (stdout carries nothing else)."""
-    sys.stdout.write(json.dumps(result, indent=2, default=_jsonable) + "\n")
+_JSON_OUT: Any = None  # the real stdout once reserve_stdout_for_json() has run
+
+
+def reserve_stdout_for_json() -> None:
+    """Keep stdout for :func:`emit` alone: from here on everything else written to file
+    descriptor 1 -- ``print()``, libraries that print (efficientnet_lite_pytorch prints "Loaded
+    pretrained weights ..."), C-level messages from torch/onnxruntime, child processes -- goes
+    to stderr. Called on import when a bench/ script is the main program (so every benchmark,
+    and run_all, prints exactly one JSON object on stdout); idempotent."""
+    global _JSON_OUT
+    if _JSON_OUT is not None:
+        return
     sys.stdout.flush()
+    _JSON_OUT = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
+def _main_is_a_bench_script() -> bool:
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return bool(main_file) and Path(main_file).resolve().parent == ROOT / "bench"
+
+
+def emit(result: dict[str, Any], indent: int | None = None) -> None:
+    """Print the script's one JSON object, on one line unless ``indent`` (stdout carries
+    nothing else; see :func:`reserve_stdout_for_json`)."""
+    out = _JSON_OUT if _JSON_OUT is not None else sys.stdout
+    out.write(json.dumps(result, indent=indent, default=_jsonable) + "\n")
+    out.flush()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -100,7 +136,7 @@ def model_under_test() -> tuple[Path, str]:
     """(ONNX path, description): the shipped model when committed, else a dev export.
 
     The dev export is the same architecture (EfficientNet-Lite0, ImageNet weights, untrained
-    head) built with model/network.py: speed and memory do not depend on the weights.
+    head) built with training/network.py: speed and memory do not depend on the weights.
     """
     from cxr_triage.paths import bundled_model_path
 
@@ -109,7 +145,7 @@ def model_under_test() -> tuple[Path, str]:
         return shipped, "shipped"
     if not DEV_MODEL.is_file():
         export_dev_model(DEV_MODEL)
-    return DEV_MODEL, "dev export (model/network.py effnet_lite0, ImageNet weights; shipped model not committed yet)"
+    return DEV_MODEL, "dev export (training/network.py effnet_lite0, ImageNet weights; shipped model not committed yet)"
 
 
 def export_dev_model(out: Path) -> Path:
@@ -227,9 +263,72 @@ def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.05, wh
         time.sleep(interval)
 
 
+# Peers (node, storescp) run in a session of their own, so that a signal meant for the
+# benchmark does not reach them half-way and stopping one stops everything it started; each is
+# stopped by the benchmark's ``finally`` and, whatever happens, by the atexit hook (also after
+# SIGTERM, see _exit_on_signal). run_all additionally sweeps up anything a step left behind.
+_CHILDREN: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Popen in a new session (process group = its pid), remembered for the atexit stop."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    _CHILDREN.append(proc)
+    return proc
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _exited(pid: int) -> bool:
+    """Has ``pid`` (our child) exited? Does not reap it: while it is a zombie its pid, and so
+    its process group id, cannot be reused."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def wait_exited(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0, sig: int = signal.SIGTERM) -> None:
+    """``sig`` to the whole process group led by ``proc`` (started with a new session), wait up
+    to ``timeout``, then SIGKILL the group; once the leader has exited, SIGKILL whatever is
+    left in its group, then reap the leader."""
+    if proc.returncode is None:  # not reaped yet: its pid still names its group
+        _signal_group(proc.pid, sig)
+        if not wait_exited(proc.pid, timeout):
+            _signal_group(proc.pid, signal.SIGKILL)
+            wait_exited(proc.pid, 10.0)
+        _signal_group(proc.pid, signal.SIGKILL)  # leftovers of the group (leader is a zombie)
+    try:
+        proc.wait(10.0)
+    except subprocess.TimeoutExpired:
+        pass
+    if proc in _CHILDREN:
+        _CHILDREN.remove(proc)
+
+
 def stop_proc(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    """SIGTERM, wait, SIGKILL if it will not stop (only the process we started)."""
-    if proc is None or proc.poll() is not None:
+    """SIGTERM, wait, SIGKILL if it will not stop (only the processes we started: the child
+    and, when it was started by :func:`spawn`, its process group)."""
+    if proc is None:
+        return
+    if proc in _CHILDREN:
+        stop_group(proc, timeout)
+        return
+    if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
@@ -239,6 +338,12 @@ def stop_proc(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
         proc.wait()
 
 
+@atexit.register
+def _stop_children() -> None:
+    for proc in reversed(list(_CHILDREN)):
+        stop_group(proc, 10.0)
+
+
 def start_storescp(out_dir: Path, port: int, aet: str = "SINK", extra: list[str] | None = None,
                    log: Path | None = None) -> subprocess.Popen:
     """dcmtk storescp writing every received instance to ``out_dir`` (all syntaxes accepted)."""
@@ -246,8 +351,12 @@ def start_storescp(out_dir: Path, port: int, aet: str = "SINK", extra: list[str]
     cmd = [str(DCMTK / "storescp"), "--aetitle", aet, "+xa", "--output-directory", str(out_dir),
            *(extra or []), str(port)]
     sink = log.open("ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    wait_for(lambda: listening(port) or proc.poll() is not None, 30, what=f"storescp :{port}")
+    proc = spawn(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: listening(port) or proc.poll() is not None, 30, what=f"storescp :{port}")
+    except BaseException:
+        stop_proc(proc)
+        raise
     if proc.poll() is not None:
         raise RuntimeError(f"storescp exited with {proc.returncode}")
     return proc
@@ -281,26 +390,31 @@ class Node:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> "Node":
-        self.proc = subprocess.Popen([str(CLI), "--config", str(self.config), "serve"],
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
-                                     env=dict(os.environ))
-        deadline = time.monotonic() + timeout
-        while not listening(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node did not start:\n{self.tail()}")
-            time.sleep(0.1)
+        with self.log.open("ab") as log:
+            self.proc = spawn([str(CLI), "--config", str(self.config), "serve"],
+                              stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            deadline = time.monotonic() + timeout
+            while not listening(self.port):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node did not start:\n{self.tail()}")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop(graceful=False)
+            raise
         return self
 
     def stop(self, graceful: bool = True) -> None:
         """SIGTERM and wait (the node finishes in-flight work), or SIGKILL once the figures
         are taken (the node's last association thread lingers for network_timeout_s)."""
+        if self.proc is None:
+            return
         if graceful:
             stop_proc(self.proc, 60.0)
-        elif self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        else:
+            stop_group(self.proc, 10.0, signal.SIGKILL)
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -345,3 +459,7 @@ def tempdir(prefix: str) -> Path:
 
 def rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+if _main_is_a_bench_script():
+    reserve_stdout_for_json()

@@ -4,7 +4,7 @@ PyTorch eager, batch 1 and 8, the same preprocessed real films, the same thread 
 The PyTorch side is the training checkpoint the ONNX file was exported from when one is found
 (``--checkpoint``, ``$CXR_TRIAGE_BENCH_CHECKPOINT`` or the newest ``runs/*/model.pt`` of the same
 architecture) and its outputs are checked against ONNX Runtime; otherwise the same architecture
-built from model/network.py (ImageNet weights) — the JSON says which. Calls alternate between
+built from training/network.py (ImageNet weights) — the JSON says which. Calls alternate between
 the two runtimes so both see the same machine load; films/s come from the median call time.
 Prints one JSON object.
 """
@@ -59,9 +59,11 @@ def torch_models(meta, arg: str | None):
         shown = path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path
         yield wrapper, f"training checkpoint {shown}"
     torch.manual_seed(0)  # the dev export's recipe (bench/_common.py): the same weights
+    # efficientnet_lite_pytorch prints "Loaded pretrained weights ..." to stdout here: it goes to
+    # stderr because importing _common reserved stdout for the JSON (reserve_stdout_for_json).
     net = build_network(arch, pretrained=True, image_size=meta.preprocessing.size)
     yield ExportWrapper(net, meta.temperature).eval(), \
-        "same architecture from model/network.py (ImageNet weights, seed 0; no matching checkpoint)"
+        "same architecture from training/network.py (ImageNet weights, seed 0; no matching checkpoint)"
 
 
 def pick_torch_model(meta, arg: str | None, model_path: Path, inputs: np.ndarray):

@@ -93,24 +93,105 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _navigate(driver, element) -> None:
-    """Click something that loads a new page and wait until the new page is there."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
+# Waiting for the page, never holding a page's elements: every check below re-finds what it
+# looks at on each poll (or reads it in one script run), so a page replaced by a navigation
+# (filter form, study link) or re-rendered is simply looked at again. Under load chromedriver
+# reports a vanished element as a stale reference, or as an "unknown error" ("Node with given
+# id does not belong to the document", "Execution context was destroyed"): both mean "not
+# there yet" while waiting.
+WAIT_S = 30.0
+_TRANSIENT = ("does not belong to the document", "execution context was destroyed",
+              "cannot find context with specified id", "stale element", "no such element")
+
+
+def _wait(driver, condition, what: str, timeout: float = WAIT_S):
+    """WebDriverWait on ``condition(driver)``, tolerating a page that is being replaced; the
+    timeout names what was awaited and the last value or error seen."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element(By.TAG_NAME, "main")
-    element.click()
-    WebDriverWait(driver, 15).until(EC.staleness_of(old))
-    WebDriverWait(driver, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    last: list[object] = [None]
+
+    def poll(d):
+        try:
+            value = condition(d)
+        except (StaleElementReferenceException, NoSuchElementException) as exc:
+            last[0] = exc
+            return False
+        except WebDriverException as exc:
+            if not any(t in str(exc).lower() for t in _TRANSIENT):
+                raise
+            last[0] = exc
+            return False
+        last[0] = value
+        return value
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+                             ).until(poll)
+    except TimeoutException:
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last seen: {last[0]!r}")
 
 
-def _rows(driver) -> list[dict[str, str]]:
+def _loaded(driver) -> bool:
+    return driver.execute_script("return document.readyState") == "complete"
+
+
+def _navigate(driver, css: str, what: str) -> None:
+    """Click the element ``css`` (found now) that loads a new page, and wait until the new
+    page has replaced the old one and finished loading. The old page is told apart by a mark
+    set on its window, not by holding one of its elements."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
-    return [{"uid": r.get_attribute("data-uid"), "band": r.get_attribute("data-band"),
-             "decision": r.get_attribute("data-decision")}
-            for r in driver.find_elements(By.CSS_SELECTOR, "#worklist tr.row")]
+    driver.execute_script("window.__cxrOldPage = true;")
+    try:
+        driver.find_element(By.CSS_SELECTOR, css).click()
+    except WebDriverException:  # the navigation the click started can be reported as an error
+        pass
+    _wait(driver, lambda d: d.execute_script(
+        "return window.__cxrOldPage !== true && document.readyState === 'complete'"), what)
+
+
+def _worklist(driver) -> dict | None:
+    """The worklist page as data, read in one script run (no element kept): the page's time
+    and its rows, or None while the page is loading."""
+    return driver.execute_script("""
+        if (document.readyState !== 'complete') return null;
+        const table = document.getElementById('worklist');
+        if (!table) return null;
+        return {now: table.dataset.now, rows: Array.from(table.querySelectorAll('tr.row')).map(
+            r => ({uid: r.dataset.uid, band: r.dataset.band, decision: r.dataset.decision}))};""")
+
+
+def _wait_worklist(driver, check, what: str) -> dict:
+    """Wait until the worklist page shows rows for which ``check(rows)`` holds."""
+    return _wait(driver, lambda d: (page := _worklist(d)) is not None and check(page["rows"]) and page, what)
+
+
+def _images_loaded(driver, css: str) -> list:
+    """naturalWidth of every image matching ``css`` once all have loaded, else []."""
+    widths = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(i => i.complete ? i.naturalWidth : 0)", css)
+    return widths if widths and all(w and w > 0 for w in widths) else []
+
+
+def _displayed(driver, css: str) -> bool:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, css).is_displayed()
+
+
+def _text(driver, element_id: str) -> str:
+    return driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText : null", element_id) or ""
 
 
 def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  # browser starts first
@@ -118,8 +199,11 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
 
     node, web = running_node
     browser.get(web.url + "/")
-    rows = _rows(browser)
-    now = float(browser.find_element(By.ID, "worklist").get_attribute("data-now"))
+    page = _wait_worklist(browser, lambda rows: len(rows) == 5, "the worklist's 5 rows")
+    rows, now = page["rows"], float(page["now"])
+    # Every thumbnail actually loaded (server-rendered PNG with the heatmap; lazy loading).
+    loaded = _wait(browser, lambda d: _images_loaded(d, "img.thumb"), "the 5 thumbnails to load")
+    assert len(loaded) == 5
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "worklist.png"))
 
@@ -137,37 +221,33 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     # likely normal one (unless a slow machine let it pass the maximum wait too).
     rest = [r["decision"] for r in rows[1:] if r["band"] != "overdue"]
     assert rest[:3] == ["suspicious", "suspicious", "not_assessable"]
-    # Every thumbnail actually loaded (server-rendered PNG with the heatmap).
-    loaded = browser.execute_script(
-        "return Array.from(document.querySelectorAll('img.thumb')).map(i => i.complete && i.naturalWidth)")
-    assert len(loaded) == 5 and all(w and w > 0 for w in loaded)
     # The JSON API agrees with the page.
     api = httpx.get(web.url + "/api/studies", timeout=10).json()["studies"]
     assert {r["study_instance_uid"] for r in api} == {r["uid"] for r in rows}
 
     # Filter by decision with the form.
     browser.find_element(By.CSS_SELECTOR, "input[name=decision][value=suspicious]").click()
-    _navigate(browser, browser.find_element(By.ID, "apply-filters"))
-    filtered = _rows(browser)
-    assert {r["decision"] for r in filtered} == {"suspicious"} and len(filtered) == 2
+    _wait(browser, lambda d: d.find_element(
+        By.CSS_SELECTOR, "input[name=decision][value=suspicious]").is_selected(), "the filter box ticked")
+    _navigate(browser, "#apply-filters", "the filtered worklist page")
+    filtered = _wait_worklist(browser, lambda rows: len(rows) == 2, "the 2 suspicious rows")["rows"]
+    assert {r["decision"] for r in filtered} == {"suspicious"}
 
     # Study page of the top suspicious study: film, heatmap toggle, SR in words, deliveries.
-    _navigate(browser, browser.find_element(By.CSS_SELECTOR, "#worklist tr.row a.study-link"))
     top_suspicious = next(r["uid"] for r in rows if r["band"] == "suspicious")
-    assert browser.find_element(By.ID, "study-uid").text == top_suspicious
-    heat = browser.find_element(By.CSS_SELECTOR, "img.heatmap")
-    film = browser.find_element(By.CSS_SELECTOR, "img.film-img")
-    assert browser.execute_script("return arguments[0].naturalWidth", film) > 0
-    assert browser.execute_script("return arguments[0].naturalWidth", heat) > 0
-    assert heat.is_displayed()
-    toggle = browser.find_element(By.ID, "heatmap-toggle")
-    toggle.click()
-    assert not heat.is_displayed() and film.is_displayed()
-    toggle.click()
-    assert heat.is_displayed()
-    sr = browser.find_element(By.ID, "sr-content").text
-    assert "calls this study suspicious" in sr
-    deliveries = browser.find_element(By.ID, "deliveries").text
+    assert filtered[0]["uid"] == top_suspicious
+    _navigate(browser, "#worklist tr.row a.study-link", "the study page")
+    _wait(browser, lambda d: _text(d, "study-uid") == top_suspicious, "the study page of the top suspicious study")
+    widths = _wait(browser, lambda d: _images_loaded(d, "img.film-img, img.heatmap"), "the film and its heatmap")
+    assert len(widths) >= 2
+    assert _displayed(browser, "img.heatmap") and _displayed(browser, "img.film-img")
+    browser.find_element(By.ID, "heatmap-toggle").click()
+    _wait(browser, lambda d: not _displayed(d, "img.heatmap"), "the heatmap hidden by the toggle")
+    assert _displayed(browser, "img.film-img")
+    browser.find_element(By.ID, "heatmap-toggle").click()
+    _wait(browser, lambda d: _displayed(d, "img.heatmap"), "the heatmap shown again")
+    assert "calls this study suspicious" in _text(browser, "sr-content")
+    deliveries = _text(browser, "deliveries")
     assert "outbox" in deliveries and "delivered" in deliveries
     browser.set_window_size(1400, 1900)
     browser.save_screenshot(str(ARTIFACTS / "study.png"))

@@ -91,9 +91,11 @@ def test_reconcile_from_the_node_store_via_cli(live: dict, tmp_path: Path) -> No
     # the discordant films: a manifest the training/evaluation readers accept, real files
     films = read_manifest(disc, hash_files=False)
     assert len(films) == expect["fn"] + expect["fp"] > 0
-    by_path = {str(f.path): f for f in live["films"]}
+    # read_manifest resolves each file (links, e.g. ../shared, followed) and the pool's paths are
+    # as built from shared_data: compare both sides resolved.
+    by_path = {f.path.resolve(): f for f in live["films"]}
     for f in films:
-        assert f.path.is_file() and by_path[str(f.path)].label == f.label
+        assert f.path.is_file() and by_path[f.path.resolve()].label == f.label
     from cxr_triage.training.manifest import read_manifest as read_training_manifest
 
     assert [e.label for e in read_training_manifest(disc)] == [f.label for f in films]

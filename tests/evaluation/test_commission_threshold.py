@@ -146,7 +146,8 @@ def test_cli_writes_a_loadable_file_bound_to_the_model(scored_site, model_path: 
     data = json.loads(out.read_text())
     assert data["format"] == "cxr-triage-site-threshold" and data["format_version"] == 1
     assert data["created"] and data["evidence"]["n_films"] == len(scored_site["films"])
-    assert set(data["source"]["files"]) == {str(scored_site["manifest"]), str(scored_site["scores_csv"])}
+    assert ({Path(p).resolve() for p in data["source"]["files"]}
+            == {scored_site["manifest"].resolve(), scored_site["scores_csv"].resolve()})
     keep = [i for i, sc in enumerate(scored_site["scored"]) if sc.assessable]
     y = np.array([scored_site["films"][i].label for i in keep])
     s = np.array([scored_site["scored"][i].score for i in keep], dtype=float)
