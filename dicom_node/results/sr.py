@@ -2,15 +2,24 @@
 
 Built with highdicom's templates, never by hand, so the tree is conformant by construction:
 
-    MeasurementReport (TID 1500)
+    MeasurementReport (TID 1500), every container ContinuityOfContent SEPARATE
+      Qualitative Evaluations (TID 1500 row 12; first, so a reader sees the decision first)
+        AI triage decision (CODE) of the study, its not-assessable reasons (CODE),
+        study score and threshold (NUM), operating point (TEXT), Algorithm Identification
+        Non-image instance result (CONTAINER) per refused instance that is not an image
       observation context: device observer (the model, a fixed UID per model version)
       procedure reported: the source's Procedure Code Sequence, else LN 43468-8
+      Image Library: every source image
       Imaging Measurements
-        Measurement Group (TID 1501) "cxr-triage study result"  -> every source image
-        Measurement Group (TID 1501) "cxr-triage film result N" -> film N
-          Finding (normal / abnormal), Finding Site chest, Algorithm Identification (TID 4019)
-          score and operating-point threshold (NUM, unit 1), triage decision (CODE),
-          Abnormal = Present / Absent, or the not-assessable reason (CODE + TEXT)
+        Measurement Group (TID 1410) "cxr-triage film result N" -> film N
+          Image Region: POLYLINE around the film's full image area (OHIF attaches the group
+          to the film through it), Finding (normal / abnormal), Finding Site chest,
+          Algorithm Identification (TID 4019), score and operating-point threshold (NUM,
+          unit 1), triage decision (CODE), Abnormal = Present / Absent, or the
+          not-assessable reason (CODE + TEXT)
+
+NUM values: Numeric Value (what renderers show) is rounded to 4 decimals, Floating Point Value
+holds the exact double (PS3.3 C.18.1.1), and ``sr_reader`` reads that, so the round trip is exact.
 
 Codes are in ``sr_codes`` (docs/conformance.md, "Result codes"). The header copies patient and study from
 the sources so the PACS files the SR into the source study, in its own cautionary series.
@@ -24,17 +33,27 @@ import warnings
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DSfloat
 
 from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import Decision, NotAssessableReason, StudyResult
 from cxr_triage.dicom_node.results import sr_codes as C
 
-SERIES_DESCRIPTION = "AI triage - research output, not for diagnosis"
+SERIES_DESCRIPTION = "AI triage - research output, not for diagnosis"  # decision unknown
+SERIES_PREFIX = "AI triage"
+DISPLAY_DECIMALS = 4  # Numeric Value as shown; Floating Point Value keeps the exact double
+_LO_MAX = 64
+_HEADER_LABELS = {
+    Decision.SUSPICIOUS: "SUSPICIOUS",
+    Decision.LIKELY_NORMAL: "LIKELY NORMAL",
+    Decision.NOT_ASSESSABLE: "NOT ASSESSABLE",
+}
 DEFAULT_SERIES_NUMBER = 990
 SOFTWARE_NAME = "cxr-triage"
 
@@ -53,6 +72,37 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 def device_uid(meta: ModelMetadata) -> str:
     """A UID fixed for a model name and version (IHE AIR: change it when the model changes)."""
     return str(generate_uid(entropy_srcs=["cxr-triage device", meta.name, meta.version]))
+
+
+def study_reasons(study: StudyResult) -> list[NotAssessableReason]:
+    """The distinct not-assessable reasons of a not-assessable study, in film order."""
+    if study.decision is not Decision.NOT_ASSESSABLE:
+        return []
+    out: list[NotAssessableReason] = []
+    for film in study.films:
+        if film.reason is not None and film.reason not in out:
+            out.append(film.reason)
+    return out
+
+
+def header_description(prefix: str, decision: Decision,
+                       reasons: Sequence[NotAssessableReason] = ()) -> str:
+    """A Series Description (LO, at most 64 characters) that carries the decision, e.g.
+    "AI triage: SUSPICIOUS - research, not for diagnosis", so that PACS lists, routing
+    rules and viewers that never open the content tree still show it."""
+    label = _HEADER_LABELS[decision]
+    names = [C.REASON_CODES[r].meaning.lower() for r in reasons]
+    tails = (" - research, not for diagnosis", " - not for diagnosis")
+    shown = [", ".join(names)] if names else []
+    if len(names) > 1:
+        shown.append(f"{names[0]}, +{len(names) - 1}")
+    # the reason matters more than the word "research"; the decision most of all
+    candidates = [f"{prefix}: {label} ({r}){t}" for r in shown for t in tails]
+    candidates += [f"{prefix}: {label}{t}" for t in tails]
+    for text in candidates:
+        if len(text) <= _LO_MAX:
+            return text
+    return candidates[-1][:_LO_MAX]
 
 
 def build_result_sr(
@@ -96,21 +146,32 @@ def build_result_sr(
         parameters=[f"operating_point={op_name}"]
         + ([f"threshold={threshold!r}"] if threshold is not None else []),
     )
-    groups = [
-        _group(
-            C.STUDY_GROUP_ID, study.decision, study.score, None, None,
-            headers, algorithm, op_name, threshold,
-        )
-    ]
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                 | hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    non_image: list[hd.sr.ContainerContentItem] = []
     for index, film in enumerate(study.films, start=1):
-        groups.append(
-            _group(
-                f"{C.FILM_GROUP_PREFIX}{index}", film.decision, film.score,
-                film.reason, film.reason_detail, [by_uid[str(film.sop_instance_uid)]],
-                algorithm, film.operating_point or op_name,
-                film.threshold if film.threshold is not None else threshold,
-            )
-        )
+        source = by_uid[str(film.sop_instance_uid)]
+        film_op = film.operating_point or op_name
+        film_threshold = film.threshold if film.threshold is not None else threshold
+        if film.decision is Decision.NOT_ASSESSABLE and film.threshold is None:
+            film_threshold = None  # no threshold was applied; OHIF would show it as the label
+        if _is_image(source):
+            groups.append(_film_group(
+                f"{C.FILM_GROUP_PREFIX}{index}", film.decision, film.score, film.reason,
+                film.reason_detail, source, algorithm, film_op, film_threshold))
+        else:
+            non_image.append(_non_image_result(
+                f"{C.FILM_GROUP_PREFIX}{index}", film.decision, film.reason,
+                film.reason_detail, source, film_op, film_threshold))
+    if not groups:
+        # No film is an image: nothing to draw a region on, but TID 1500 (and highdicom)
+        # need one group. The study's decision stays in the report-level evaluations.
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
+                                                         identifier=C.STUDY_GROUP_ID),
+            finding_sites=[hd.sr.FindingSite(C.FINDING_SITE_CHEST)],
+            algorithm_id=algorithm,
+        ))
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
@@ -126,6 +187,15 @@ def build_result_sr(
         procedure_reported=_procedures(headers),
         imaging_measurements=groups,
     )
+    images = [h for h in headers if _is_image(h)]
+    if images:
+        report[0].ContentSequence.insert(len(report[0].ContentSequence) - 1,
+                                         _image_library(images))
+    # The study's decision first: TID 1500 is "order non-significant", and readers of a
+    # rendered SR (dsr2html, a PACS text view) see the top of the document first.
+    report[0].ContentSequence.insert(0, _study_evaluations(
+        study, algorithm, op_name, threshold, non_image))
+    _separate_everywhere(report[0])
     from cxr_triage import __version__ as software_version
 
     with warnings.catch_warnings():
@@ -145,9 +215,10 @@ def build_result_sr(
             is_verified=False,
             institution_name=institution_name,
             institutional_department_name=institutional_department_name,
-            series_description=SERIES_DESCRIPTION,
+            series_description=header_description(SERIES_PREFIX, study.decision,
+                                                  study_reasons(study)),
             manufacturer_model_name=SOFTWARE_NAME,
-            software_versions=str(software_version),
+            software_versions=f"cxr-triage {software_version}",
             coding_schemes=[
                 CodingSchemeIdentificationItem(
                     designator=C.SCHEME,
@@ -157,22 +228,161 @@ def build_result_sr(
                 )
             ],
         )
-    _add_ihe_algorithm_equipment(sr, meta)
+    set_series_datetime(sr)
+    # Software Versions (0018,1020) names the software and the model that made the result
+    # (multi-valued: highdicom takes a single value); the IHE contributing equipment repeats the model.
+    sr.add_new(0x00181020, "LO", software_versions(meta))  # Software Versions
+    add_ihe_algorithm_equipment(sr, meta)
     return sr
 
 
-def _group(
+def software_versions(meta: ModelMetadata) -> list[str]:
+    """The Software Versions values of every object the node writes (SR and summary image):
+    ``["cxr-triage <package version>", "<model name> <model version>"]``."""
+    from cxr_triage import __version__
+
+    return [f"cxr-triage {__version__}", f"{meta.name} {meta.version}"]
+
+
+def set_series_datetime(ds: Dataset) -> None:
+    """Series Date/Time: when this result series was made (its Content Date/Time)."""
+    ds.SeriesDate = ds.get("ContentDate") or ds.get("InstanceCreationDate")
+    ds.SeriesTime = ds.get("ContentTime") or ds.get("InstanceCreationTime")
+
+
+_SOURCE = Code("260753009", "SCT", "Source")  # what highdicom's ImageLibrary names its entries
+
+
+def _image_library(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library: one group listing every source image (descriptors left out:
+    highdicom's need attributes real CR/DX headers lack, e.g. Patient Orientation)."""
+    group = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibraryGroup, is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    group.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.ImageContentItem(
+            name=_SOURCE,
+            referenced_sop_class_uid=img.SOPClassUID,
+            referenced_sop_instance_uid=img.SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for img in images
+    ])
+    library = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibrary, is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
+
+
+def _separate_everywhere(item: Dataset) -> None:
+    """ContinuityOfContent SEPARATE on every container: renderers then label each item with
+    its concept name instead of running the values together (highdicom writes CONTINUOUS)."""
+    if item.get("ValueType") == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence", []):
+        _separate_everywhere(child)
+
+
+def _num(name: Code, value: float) -> hd.sr.NumContentItem:
+    """A unit-1 NUM: Numeric Value rounded for display, Floating Point Value exact."""
+    item = hd.sr.NumContentItem(name=name, value=float(value), unit=C.NO_UNITS,
+                                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    _round_for_display(item)
+    return item
+
+
+def _round_for_display(item: Dataset) -> None:
+    measured = item.MeasuredValueSequence[0]
+    exact = float(measured.FloatingPointValue)
+    shown = f"{exact:.{DISPLAY_DECIMALS}f}".rstrip("0").rstrip(".")
+    measured.NumericValue = DSfloat("0" if shown in ("", "-", "-0") else shown)
+    measured.FloatingPointValue = exact
+
+
+def _text(name: Code, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value,
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def _code(name: Code, value: Code) -> hd.sr.CodeContentItem:
+    return hd.sr.CodeContentItem(name=name, value=value,
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def _study_evaluations(
+    study: StudyResult,
+    algorithm: hd.sr.AlgorithmIdentification,
+    op_name: str,
+    threshold: float | None,
+    non_image: Sequence[hd.sr.ContainerContentItem],
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12, report-level Qualitative Evaluations: the study's decision first, its
+    not-assessable reasons, score, threshold and operating point, the algorithm, and the
+    results of refused non-image instances."""
+    container = hd.sr.ContainerContentItem(
+        name=C.QUALITATIVE_EVALUATIONS, is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    items: list[hd.sr.ContentItem] = [_code(C.TRIAGE_DECISION, C.DECISION_CODES[study.decision])]
+    items += [_code(C.NOT_ASSESSABLE_REASON, C.REASON_CODES[r]) for r in study_reasons(study)]
+    if study.score is not None and math.isfinite(study.score):
+        items.append(_num(C.ABNORMALITY_SCORE, study.score))
+    if threshold is not None:
+        items.append(_num(C.OPERATING_POINT_THRESHOLD, threshold))
+    items.append(_text(C.OPERATING_POINT, op_name))
+    items += [item for item in algorithm if isinstance(item, hd.sr.ContentItem)]
+    items += list(non_image)
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _non_image_result(
+    identifier: str,
+    decision: Decision,
+    reason: NotAssessableReason | None,
+    reason_detail: str | None,
+    source: Dataset,
+    op_name: str,
+    threshold: float | None,
+) -> hd.sr.ContainerContentItem:
+    """A refused instance that is not an image (no region to draw, so no measurement group):
+    its tracking identifier, decision, reason, and the instance by UID (an IMAGE item may not
+    point at it: dcmtk rejects the document)."""
+    container = hd.sr.ContainerContentItem(
+        name=C.NON_IMAGE_RESULT, is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.TextContentItem(name=codes.DCM.TrackingIdentifier, value=identifier,
+                              relationship_type=hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT),
+        _code(C.TRIAGE_DECISION, C.DECISION_CODES[decision]),
+    ]
+    if reason is not None:
+        items.append(_code(C.NOT_ASSESSABLE_REASON, C.REASON_CODES[reason]))
+    if threshold is not None:
+        items.append(_num(C.OPERATING_POINT_THRESHOLD, threshold))
+    items.append(_text(C.OPERATING_POINT, op_name))
+    if reason_detail:
+        items.append(_text(C.NOT_ASSESSABLE_DETAIL, reason_detail))
+    items.append(hd.sr.UIDRefContentItem(
+        name=C.NON_IMAGE_SOURCE, value=str(source.SOPInstanceUID),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _film_group(
     identifier: str,
     decision: Decision,
     score: float | None,
     reason: NotAssessableReason | None,
     reason_detail: str | None,
-    images: Sequence[Dataset],
+    image: Dataset,
     algorithm: hd.sr.AlgorithmIdentification,
     op_name: str,
     threshold: float | None,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """One TID 1501 group: the decision, score and threshold for the referenced images."""
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One TID 1410 group for a film: its decision, score and threshold, on an image region
+    that covers the film's full image area (the model reads the whole film; OHIF attaches a
+    group to its image only through such a region)."""
     measurements = []
     if score is not None and math.isfinite(score):
         measurements.append(hd.sr.Measurement(name=C.ABNORMALITY_SCORE, value=float(score),
@@ -180,6 +390,8 @@ def _group(
     if threshold is not None:
         measurements.append(hd.sr.Measurement(name=C.OPERATING_POINT_THRESHOLD,
                                               value=float(threshold), unit=C.NO_UNITS))
+    for measurement in measurements:
+        _round_for_display(measurement[0])
     evaluations = [hd.sr.QualitativeEvaluation(C.TRIAGE_DECISION, C.DECISION_CODES[decision])]
     if decision is Decision.SUSPICIOUS:
         evaluations.append(hd.sr.QualitativeEvaluation(C.FINDING_ABNORMAL, C.PRESENT))
@@ -188,39 +400,31 @@ def _group(
     elif reason is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(C.NOT_ASSESSABLE_REASON,
                                                        C.REASON_CODES[reason]))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+    rows, columns = int(image.Rows), int(image.Columns)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        # pixel-edge coordinates (PS3.3 C.18.6.1.1): the outline of the whole image
+        graphic_data=np.array([[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows],
+                               [0.0, 0.0]]),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=image.SOPClassUID,
+            referenced_sop_instance_uid=image.SOPInstanceUID,
+        ),
+    )
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=identifier),
+        referenced_region=region,
         finding_type=C.FINDING_FOR_DECISION[decision],
         finding_sites=[hd.sr.FindingSite(C.FINDING_SITE_CHEST)],
         algorithm_id=algorithm,
         measurements=measurements,
         qualitative_evaluations=evaluations,
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=img.SOPClassUID,
-                referenced_sop_instance_uid=img.SOPInstanceUID,
-            )
-            for img in images if _is_image(img)
-        ],
     )
-    # A refused non-image instance (reason non_image) may not be an IMAGE item (dcmtk
-    # rejects the document); it is named by UID here and listed in the evidence.
-    for other in (img for img in images if not _is_image(img)):
-        group[0].ContentSequence.append(
-            hd.sr.UIDRefContentItem(
-                name=C.NON_IMAGE_SOURCE, value=str(other.SOPInstanceUID),
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
     texts = [(C.OPERATING_POINT, op_name)]
     if decision is Decision.NOT_ASSESSABLE and reason_detail:
         texts.append((C.NOT_ASSESSABLE_DETAIL, reason_detail))
     for name, value in texts:
-        group[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-            )
-        )
+        group[0].ContentSequence.append(_text(name, value))
     return group
 
 
@@ -286,8 +490,10 @@ def _drop_invalid_copied_values(header: Dataset) -> None:
         header.PatientSex = ""
 
 
-def _add_ihe_algorithm_equipment(sr: Dataset, meta: ModelMetadata) -> None:
-    """IHE AI Results: the algorithm as Contributing Equipment ("Processing Algorithm").
+def add_ihe_algorithm_equipment(sr: Dataset, meta: ModelMetadata) -> None:
+    """IHE AI Results: the algorithm as Contributing Equipment ("Processing Algorithm"), with the
+    model's name (Manufacturer's Model Name) and version (Software Versions); the SR and the
+    summary image both carry it.
 
     highdicom's ContributingEquipment accepts only CID 7005 purposes, hence pydicom here.
     """

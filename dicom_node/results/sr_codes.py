@@ -36,6 +36,9 @@ NOT_ASSESSABLE_REASON = _cxrt("CXRT005", "Not assessable reason")
 NOT_ASSESSABLE_DETAIL = _cxrt("CXRT006", "Not assessable reason detail")
 # UIDREF to a refused instance that is not an image (an SR IMAGE item may not point at it).
 NON_IMAGE_SOURCE = _cxrt("CXRT007", "Non-image source instance")
+# CONTAINER for the result of a refused instance that is not an image: no image region can be
+# drawn on it, so it is not a measurement group (OHIF needs an SCOORD in every group).
+NON_IMAGE_RESULT = _cxrt("CXRT008", "Non-image instance result")
 
 # --- Triage decisions (values of TRIAGE_DECISION) ---------------------------------------
 DECISION_CODES: dict[Decision, Code] = {
@@ -68,12 +71,15 @@ PRESENT = codes.SCT.Present                      # 52101004
 ABSENT = codes.SCT.Absent                        # 272519000
 FINDING_SITE_CHEST = codes.SCT.Chest             # 816094009
 NO_UNITS = codes.UCUM.NoUnits                    # (1, UCUM, "no units")
+# TID 1500 row 12: the report-level container holding the study's decision (and reasons).
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 # Procedure reported when the source carries no Procedure Code Sequence.
 PROCEDURE_XR_UNSPECIFIED = Code("43468-8", "LN", "XR unspecified body region")
 # IHE AI Results: Purpose of Reference of the algorithm's Contributing Equipment item.
 IHE_PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
 
-# Tracking identifiers (TID 4108) of the measurement groups; the reader keys on them.
+# Tracking identifiers (TID 4108) of the film groups; the reader keys on them. The study group
+# exists only when no film is an image (highdicom needs one group; nothing for OHIF to show).
 STUDY_GROUP_ID = "cxr-triage study result"
 FILM_GROUP_PREFIX = "cxr-triage film result "
 
@@ -118,6 +124,7 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("concept: not assessable reason", *_row(NOT_ASSESSABLE_REASON)),
         ("concept: not assessable detail (TEXT)", *_row(NOT_ASSESSABLE_DETAIL)),
         ("concept: refused non-image instance (UIDREF)", *_row(NON_IMAGE_SOURCE)),
+        ("container: result of a refused non-image instance", *_row(NON_IMAGE_RESULT)),
     ]
     rows += [(f"decision {d.value}", *_row(c)) for d, c in DECISION_CODES.items()]
     rows += [(f"reason {r.value}", *_row(c)) for r, c in REASON_CODES.items()]
@@ -127,6 +134,8 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("Abnormal = Present (suspicious)", *_row(PRESENT)),
         ("Abnormal = Absent (likely normal)", *_row(ABSENT)),
         ("Finding Site", *_row(FINDING_SITE_CHEST)),
+        ("report-level container: the study's decision (TID 1500 row 12)",
+         *_row(QUALITATIVE_EVALUATIONS)),
         ("score and threshold unit", *_row(NO_UNITS)),
         ("procedure reported (no Procedure Code Sequence)", *_row(PROCEDURE_XR_UNSPECIFIED)),
         ("Contributing Equipment purpose (IHE AIR)", *_row(IHE_PROCESSING_ALGORITHM)),

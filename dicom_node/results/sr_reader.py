@@ -1,5 +1,8 @@
 """Read a result SR made by ``build_result_sr`` back into decisions, scores and references.
 
+Parsed with highdicom (``Comprehensive3DSR.from_dataset``, the Measurement Report's planar ROI
+groups, typed content items). Scores come back exact: the Floating Point Value of each NUM.
+
 The evaluation harness measures *through the node*: it sends films, receives the SR the PACS
 would get, and reads the decision from it here, so what is scored is what was delivered.
 Parsing keys on coded concepts (``sr_codes``), never on display text or item order.
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import highdicom as hd
+from highdicom.sr.enum import ValueTypeValues
 from highdicom.sr.utils import find_content_items
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
@@ -21,7 +26,8 @@ from cxr_triage.dicom_node.results import sr_codes as C
 
 @dataclass
 class ParsedGroup:
-    """One TID 1501 measurement group: the study's, or one film's."""
+    """One result: a film's (TID 1410 group, or a non-image result) or the study's
+    (the report-level Qualitative Evaluations)."""
 
     decision: Decision
     score: float | None
@@ -29,7 +35,8 @@ class ParsedGroup:
     operating_point: str | None
     reason: NotAssessableReason | None
     reason_detail: str | None
-    referenced_sop_instance_uids: list[str]  # images, then refused non-image instances
+    # a film: its image (or refused non-image instance); the study: every film's, in order
+    referenced_sop_instance_uids: list[str]
 
     @property
     def sop_instance_uid(self) -> str | None:
@@ -79,26 +86,37 @@ def _read(ds: Dataset) -> ParsedResult:
     if not templates or str(templates[0].get("TemplateIdentifier", "")) != "1500":
         raise ValueError("SR root is not a TID 1500 Measurement Report")
 
-    containers = find_content_items(ds, name=codes.DCM.ImagingMeasurements,
-                                    value_type="CONTAINER")
-    if not containers:
-        raise ValueError("SR has no Imaging Measurements container")
-    study_group: ParsedGroup | None = None
-    films: list[tuple[int, ParsedGroup]] = []
-    model_name = model_version = None
-    for item in find_content_items(containers[0], name=codes.DCM.MeasurementGroup,
-                                   value_type="CONTAINER"):
-        identifier = _text(item, codes.DCM.TrackingIdentifier)
-        if identifier == C.STUDY_GROUP_ID:
-            study_group = _group(item)
-            model_name = _text(item, codes.DCM.AlgorithmName)
-            model_version = _text(item, codes.DCM.AlgorithmVersion)
-        elif identifier and identifier.startswith(C.FILM_GROUP_PREFIX):
-            index = int(identifier[len(C.FILM_GROUP_PREFIX):])
-            films.append((index, _group(item)))
-    if study_group is None:
-        raise ValueError("SR has no cxr-triage study measurement group")
+    doc = hd.sr.Comprehensive3DSR.from_dataset(ds, copy=True)
+    report = doc.content
+    if not isinstance(report, hd.sr.MeasurementReport):
+        raise ValueError("SR content is not a TID 1500 Measurement Report")
+    root = report[0]
+    evaluations = find_content_items(root, name=C.QUALITATIVE_EVALUATIONS,
+                                     value_type=ValueTypeValues.CONTAINER)
+    if not evaluations:
+        raise ValueError("SR has no report-level Qualitative Evaluations (the study decision)")
+    summary = evaluations[0]
 
+    films: list[tuple[int, ParsedGroup]] = []
+    for group in report.get_planar_roi_measurement_groups():
+        identifier = group.tracking_identifier or ""
+        if not identifier.startswith(C.FILM_GROUP_PREFIX):
+            continue
+        roi = group.roi
+        if roi is None:
+            raise ValueError(f"film group {identifier!r} without an image region")
+        images = [str(item.referenced_sop_instance_uid) for item in roi.ContentSequence
+                  if isinstance(item, hd.sr.ImageContentItem)]
+        films.append((_index(identifier), _parse(group[0], images)))
+    for container in find_content_items(summary, name=C.NON_IMAGE_RESULT,
+                                        value_type=ValueTypeValues.CONTAINER):
+        identifier = _text(container, codes.DCM.TrackingIdentifier) or ""
+        uids = [str(item.value) for item in find_content_items(
+            container, name=C.NON_IMAGE_SOURCE, value_type=ValueTypeValues.UIDREF)]
+        films.append((_index(identifier), _parse(container, uids)))
+    films.sort(key=lambda pair: pair[0])
+
+    study_group = _parse(summary, [uid for _, g in films for uid in g.referenced_sop_instance_uids])
     evidence = [
         str(inst.ReferencedSOPInstanceUID)
         for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
@@ -113,22 +131,27 @@ def _read(ds: Dataset) -> ParsedResult:
         score=study_group.score,
         threshold=study_group.threshold,
         operating_point=study_group.operating_point,
-        model_name=model_name,
-        model_version=model_version,
+        model_name=_text(summary, codes.DCM.AlgorithmName),
+        model_version=_text(summary, codes.DCM.AlgorithmVersion),
         study=study_group,
-        films=[g for _, g in sorted(films, key=lambda pair: pair[0])],
+        films=[g for _, g in films],
         evidence_sop_instance_uids=evidence,
     )
 
 
-def _group(item: Dataset) -> ParsedGroup:
+def _index(identifier: str) -> int:
+    if not identifier.startswith(C.FILM_GROUP_PREFIX):
+        raise ValueError(f"not a cxr-triage film tracking identifier: {identifier!r}")
+    return int(identifier[len(C.FILM_GROUP_PREFIX):])
+
+
+def _parse(item: Dataset, referenced: list[str]) -> ParsedGroup:
+    """Decision, score, threshold, operating point and reason of one container: a film's
+    measurement group, a non-image result, or the report-level evaluations (the study)."""
     decision_code = _code(item, C.TRIAGE_DECISION)
     if decision_code is None:
-        raise ValueError("measurement group without a triage decision")
+        raise ValueError("result without a triage decision")
     reason_code = _code(item, C.NOT_ASSESSABLE_REASON)
-    images = find_content_items(item, value_type="IMAGE")
-    others = [str(i.UID) for i in find_content_items(item, name=C.NON_IMAGE_SOURCE,
-                                                        value_type="UIDREF")]
     return ParsedGroup(
         decision=C.decision_from_code(decision_code),
         score=_num(item, C.ABNORMALITY_SCORE),
@@ -136,36 +159,33 @@ def _group(item: Dataset) -> ParsedGroup:
         operating_point=_text(item, C.OPERATING_POINT),
         reason=C.reason_from_code(reason_code) if reason_code is not None else None,
         reason_detail=_text(item, C.NOT_ASSESSABLE_DETAIL),
-        referenced_sop_instance_uids=[
-            str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in images
-        ] + others,
+        referenced_sop_instance_uids=referenced,
     )
 
 
-def _one(item: Dataset, name: Code, value_type: str) -> Dataset | None:
+def _one(item: Dataset, name: Code, value_type: ValueTypeValues) -> Dataset | None:
     found = find_content_items(item, name=name, value_type=value_type)
     return found[0] if found else None
 
 
 def _text(item: Dataset, name: Code) -> str | None:
-    found = _one(item, name, "TEXT")
-    return str(found.TextValue) if found is not None else None
+    found = _one(item, name, ValueTypeValues.TEXT)
+    return str(found.value) if isinstance(found, hd.sr.TextContentItem) else None
 
 
 def _num(item: Dataset, name: Code) -> float | None:
-    found = _one(item, name, "NUM")
-    if found is None or not found.get("MeasuredValueSequence"):
+    """The exact value: Floating Point Value when present (Numeric Value is rounded for
+    display), else Numeric Value (highdicom's NumContentItem.value)."""
+    found = _one(item, name, ValueTypeValues.NUM)
+    if not isinstance(found, hd.sr.NumContentItem) or not found.get("MeasuredValueSequence"):
         return None
-    return float(found.MeasuredValueSequence[0].NumericValue)
+    return float(found.value)
 
 
 def _code(item: Dataset, name: Code) -> Code | None:
-    found = _one(item, name, "CODE")
-    if found is None:
+    found = _one(item, name, ValueTypeValues.CODE)
+    if not isinstance(found, hd.sr.CodeContentItem):
         return None
-    concept = found.ConceptCodeSequence[0]
-    return Code(
-        value=str(concept.CodeValue),
-        scheme_designator=str(concept.CodingSchemeDesignator),
-        meaning=str(concept.CodeMeaning),
-    )
+    concept = found.value
+    return Code(value=str(concept.value), scheme_designator=str(concept.scheme_designator),
+                meaning=str(concept.meaning))

@@ -35,14 +35,23 @@ from pydicom.uid import (
 
 from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import Decision, FilmResult, StudyResult
-from cxr_triage.dicom_node.results.sr import SOFTWARE_NAME, source_headers
+from cxr_triage.dicom_node.results.sr import (
+    SOFTWARE_NAME,
+    add_ihe_algorithm_equipment,
+    header_description,
+    set_series_datetime,
+    software_versions,
+    source_headers,
+    study_reasons,
+)
 
 if TYPE_CHECKING:
     from cxr_triage.config import Config
 
 log = logging.getLogger(__name__)
 
-SERIES_DESCRIPTION = "AI triage summary - not for diagnosis"
+SERIES_DESCRIPTION = "AI triage summary - not for diagnosis"  # decision unknown
+SERIES_PREFIX = "AI triage summary"  # + ": DECISION (reason) - not for diagnosis"
 DEFAULT_SERIES_NUMBER = 991
 WARNING_TEXT = "AI TRIAGE OUTPUT - NOT FOR DIAGNOSIS"
 MAX_SIDE = 1024       # film panel: longest side at most this (keeps the SC a few MB)
@@ -69,6 +78,8 @@ def build_summary_images(
     """One summary image per film of the study, all in one new series."""
     by_uid = {str(s.SOPInstanceUID): s for s in sources}
     series_uid = series_uid or hd.UID()
+    # one series per study: its description carries the study's decision
+    description = header_description(SERIES_PREFIX, study.decision, study_reasons(study))
     images = []
     for number, film in enumerate(study.films, start=1):
         source = by_uid.get(str(film.sop_instance_uid))
@@ -76,7 +87,8 @@ def build_summary_images(
             raise ValueError(f"film without a matching source dataset: {film.sop_instance_uid}")
         images.append(
             build_summary_image(film, source, meta, series_uid=series_uid,
-                                series_number=series_number, instance_number=number)
+                                series_number=series_number, instance_number=number,
+                                series_description=description)
         )
     return images
 
@@ -104,9 +116,11 @@ def build_summary_image(
     series_number: int = DEFAULT_SERIES_NUMBER,
     sop_instance_uid: str | None = None,
     pixels: np.ndarray | None = None,
+    series_description: str | None = None,
 ) -> hd.sc.SCImage:
     """The Secondary Capture for one film. ``pixels`` (float32 [0, 1] MONOCHROME2) skips
-    decoding the source again when the caller still has them."""
+    decoding the source again when the caller still has them. ``series_description``
+    defaults to one carrying this film's decision (a study's series carries the study's)."""
     if pixels is None:
         pixels = film_pixels(source)
     rgb = render_summary(film, pixels, meta)
@@ -127,20 +141,26 @@ def build_summary_image(
             instance_number=instance_number,
             manufacturer=meta.manufacturer or SOFTWARE_NAME,
             patient_orientation=orientation or ("L", "F"),
-            series_description=SERIES_DESCRIPTION,
+            series_description=series_description or header_description(
+                SERIES_PREFIX, film.decision, [film.reason] if film.reason else []),
             manufacturer_model_name=SOFTWARE_NAME,
             software_versions=f"{meta.name} {meta.version}",
         )
+    image.add_new(0x00181020, "LO", software_versions(meta))  # Software Versions: package and model, as in the SR
+    add_ihe_algorithm_equipment(image, meta)
     if orientation is None:
         # Type 2: unknown, rather than a guess (highdicom set it, typed as a list of values)
         image["PatientOrientation"].value = ""
-    # Laterality (Type 2C) is absent for an unpaired body part such as the chest, and empty
-    # ("unknown") when the source does not say what it shows.
+    # Laterality (Type 2C, only for paired body parts): the source's when it has one, never
+    # an empty value (the chest is unpaired).
     body_part = str(source.get("BodyPartExamined", "") or "")
     if body_part:
         image.BodyPartExamined = body_part
-    if body_part.upper() != "CHEST":
-        image.Laterality = ""
+    if str(source.get("Laterality", "") or ""):
+        image.Laterality = source.Laterality
+    elif "Laterality" in image:
+        del image.Laterality
+    set_series_datetime(image)
     image.BurnedInAnnotation = "YES"
     image.DerivationDescription = (
         f"AI triage summary of the referenced film by {meta.name} {meta.version}; "

@@ -19,7 +19,13 @@ from cxr_triage.contract.result import (
     aggregate_study,
 )
 from cxr_triage.dicom_node.results import sr_codes
-from cxr_triage.dicom_node.results.sr import SERIES_DESCRIPTION, build_result_sr, device_uid
+from cxr_triage.dicom_node.results.sr import (
+    SERIES_PREFIX,
+    build_result_sr,
+    device_uid,
+    header_description,
+    study_reasons,
+)
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 
 PATIENT_STUDY = (
@@ -76,20 +82,24 @@ def test_generated_study_round_trip(scenario, meta, tmp_path):
     sr = build_result_sr(study, sources, meta)
     path = save(sr, tmp_path / "sr.dcm")
     tree = assert_valid(path)
-    assert "Source of Measurement" in tree
+    assert "Image Region" in tree and "selected from IMAGE" in tree
 
     back = reread(path)
     for keyword in PATIENT_STUDY:
         assert str(back.get(keyword)) == str(sources[0].get(keyword)), keyword
     assert back.Modality == "SR"
-    assert back.SeriesInstanceUID not in {series_uid} and back.SeriesDescription == SERIES_DESCRIPTION
+    assert back.SeriesInstanceUID not in {series_uid}
+    assert back.SeriesDescription == header_description(SERIES_PREFIX, study.decision,
+                                                        study_reasons(study))
+    assert study.decision.value.replace("_", " ").upper() in back.SeriesDescription
+    assert "not for diagnosis" in back.SeriesDescription and len(back.SeriesDescription) <= 64
+    assert back.SeriesDate and back.SeriesTime
     assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == (
         "COMPLETE", "UNVERIFIED", "PRELIMINARY")
 
     parsed = read_result_sr(back)
     assert parsed.decision is study.decision
-    assert parsed.score == (pytest.approx(study.score, rel=1e-12) if study.score is not None
-                            else None)
+    assert parsed.score == study.score  # exact: the NUM's Floating Point Value
     assert parsed.operating_point == meta.default_operating_point
     assert parsed.threshold == pytest.approx(meta.thresholds[meta.default_operating_point])
     assert (parsed.model_name, parsed.model_version) == (meta.name, meta.version)
@@ -101,10 +111,7 @@ def test_generated_study_round_trip(scenario, meta, tmp_path):
         assert group.decision is film.decision
         assert group.reason is film.reason
         assert group.reason_detail == film.reason_detail
-        if film.score is None:
-            assert group.score is None
-        else:
-            assert group.score == pytest.approx(film.score, rel=1e-12)
+        assert group.score == film.score
         assert parsed.film(film.sop_instance_uid) is group
 
 
@@ -280,3 +287,75 @@ def test_odd_real_world_headers_still_give_a_valid_sr(meta, tmp_path):
     back = reread(path)
     assert "PatientAge" not in back and back.PatientSex == ""
     assert read_result_sr(back).film(str(source.SOPInstanceUID)).decision is D.SUSPICIOUS
+
+
+def test_structure_for_viewers_and_renderers(meta, tmp_path):
+    """What OHIF and generic renderers need: the study decision first (report-level
+    Qualitative Evaluations), an image region on its film in every measurement group, every
+    container SEPARATE, displayed values rounded while the exact value is kept."""
+    study_uid = generate_uid()
+    sources = [make_film(study_uid, generate_uid(), i) for i in (1, 2)]
+    films = [film_result(sources[0], D.SUSPICIOUS, 0.8123456789, None, meta),
+             film_result(sources[1], D.NOT_ASSESSABLE, None, R.LATERAL_VIEW, meta)]
+    back = reread(save(build_result_sr(aggregate_study(study_uid, films), sources, meta),
+                       tmp_path / "sr.dcm"))
+    root_items = back.ContentSequence
+    first = root_items[0]
+    assert first.ConceptNameCodeSequence[0].CodeValue == sr_codes.QUALITATIVE_EVALUATIONS.value
+    decision = first.ContentSequence[0]
+    assert decision.ConceptNameCodeSequence[0].CodeValue == sr_codes.TRIAGE_DECISION.value
+    assert decision.ConceptCodeSequence[0].CodeValue == sr_codes.DECISION_CODES[D.SUSPICIOUS].value
+
+    def walk(items):
+        for item in items:
+            yield item
+            yield from walk(item.get("ContentSequence", []))
+
+    containers = [back] + [i for i in walk(root_items) if i.ValueType == "CONTAINER"]
+    assert {c.ContinuityOfContent for c in containers} == {"SEPARATE"}
+    imaging = next(i for i in root_items
+                   if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    groups = list(imaging.ContentSequence)
+    assert len(groups) == 2
+    for group, source in zip(groups, sources):
+        scoords = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+        assert len(scoords) == 1
+        ref = scoords[0].ContentSequence[0].ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert list(scoords[0].GraphicData) == [0, 0, 64, 0, 64, 64, 0, 64, 0, 0]
+    library = next(i for i in root_items if i.ConceptNameCodeSequence[0].CodeValue == "111028")
+    assert len(library.ContentSequence[0].ContentSequence) == 2
+    nums = [i for i in walk(root_items) if i.ValueType == "NUM"
+            and i.ConceptNameCodeSequence[0].CodeValue == sr_codes.ABNORMALITY_SCORE.value]
+    assert {str(n.MeasuredValueSequence[0].NumericValue) for n in nums} == {"0.8123"}
+    assert {n.MeasuredValueSequence[0].FloatingPointValue for n in nums} == {0.8123456789}
+    # the not-assessable film shows no threshold (none was applied)
+    assert not [i for i in groups[1].ContentSequence if i.ValueType == "NUM"]
+    parsed = read_result_sr(back)
+    assert parsed.decision is D.SUSPICIOUS and parsed.study.reason is None
+    assert parsed.films[1].threshold is None and parsed.films[1].reason is R.LATERAL_VIEW
+
+
+@pytest.mark.parametrize("decision", list(Decision))
+def test_series_description_fits_lo_and_carries_the_decision(decision):
+    reason_sets = [[]] if decision is not D.NOT_ASSESSABLE else (
+        [[r] for r in NotAssessableReason] + [list(NotAssessableReason)])
+    for reasons in reason_sets:
+        for prefix in (SERIES_PREFIX, "AI triage summary"):
+            text = header_description(prefix, decision, reasons)
+            assert len(text) <= 64, text
+            assert text.startswith(prefix + ": " + decision.value.replace("_", " ").upper())
+            assert text.endswith("not for diagnosis"), text
+            assert text.isascii()
+
+
+def test_not_assessable_study_reason_is_report_level(meta, tmp_path):
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    study = aggregate_study(study_uid, [film_result(source, D.NOT_ASSESSABLE, None,
+                                                    R.TOO_SMALL, meta)])
+    back = reread(save(build_result_sr(study, [source], meta), tmp_path / "sr.dcm"))
+    assert "(image too small)" in back.SeriesDescription
+    parsed = read_result_sr(back)
+    assert parsed.decision is D.NOT_ASSESSABLE and parsed.study.reason is R.TOO_SMALL
+    assert parsed.score is None

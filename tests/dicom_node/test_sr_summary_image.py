@@ -7,13 +7,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from support.sr_checks import dciodvfy_errors, make_film, reread, save
+from support.sr_checks import make_film, reread, save, sc_dciodvfy_errors
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import Decision, FilmResult, NotAssessableReason, aggregate_study
 from cxr_triage.dicom_node.results.summary_image import (
-    SERIES_DESCRIPTION,
+    SERIES_PREFIX,
     build_summary_image,
     build_summary_images,
     render_summary,
@@ -66,13 +66,20 @@ def test_real_samples_valid_and_in_source_study(name, decision, reason, sample_d
                   heatmap=blob())
     image = build_summary_image(film, source, meta, series_uid=generate_uid())
     path = save(image, tmp_path / "sc.dcm")
-    assert dciodvfy_errors(path) == []
+    assert sc_dciodvfy_errors(path) == []
     back = reread(path)
     assert back.SOPClassUID == SECONDARY_CAPTURE
     for keyword in PATIENT_STUDY:
         assert str(back.get(keyword, "")) == str(source.get(keyword, "")), keyword
     assert back.BurnedInAnnotation == "YES"
-    assert "not for diagnosis" in back.SeriesDescription == SERIES_DESCRIPTION
+    label = decision.value.replace("_", " ").upper()
+    assert back.SeriesDescription.startswith(f"{SERIES_PREFIX}: {label}")
+    assert "not for diagnosis" in back.SeriesDescription and len(back.SeriesDescription) <= 64
+    assert back.SeriesDate and back.SeriesTime
+    # no empty Laterality: the source's when it has one, else none (the chest is unpaired)
+    assert back.get("Laterality", "x") != ""
+    if source.get("Laterality"):
+        assert back.Laterality == source.Laterality
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert back.PhotometricInterpretation == "RGB" and back.pixel_array.ndim == 3
     if source.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50":
@@ -100,7 +107,7 @@ def test_film_that_cannot_be_decoded_still_gets_a_summary(meta, tmp_path):
     film = result(source, Decision.NOT_ASSESSABLE, meta,
                   reason=NotAssessableReason.UNDECODABLE)
     image = build_summary_image(film, source, meta, series_uid=generate_uid())
-    assert dciodvfy_errors(save(image, tmp_path / "sc.dcm")) == []
+    assert sc_dciodvfy_errors(save(image, tmp_path / "sc.dcm")) == []
 
 
 def test_study_series_and_config_switch(meta):
@@ -114,6 +121,9 @@ def test_study_series_and_config_switch(meta):
     assert len({im.SeriesInstanceUID for im in images}) == 1
     assert images[0].SeriesInstanceUID not in {s.SeriesInstanceUID for s in sources}
     assert {im.StudyInstanceUID for im in images} == {study_uid}
+    # the series carries the study's decision, on every image of it
+    assert {im.SeriesDescription for im in images} == {
+        "AI triage summary: SUSPICIOUS - research, not for diagnosis"}
 
     cfg = load_config(environ={})
     assert len(summary_images_if_enabled(cfg, study, sources, meta)) == 2

@@ -1,0 +1,163 @@
+"""A real SR consumer: OHIF's own SR SOP class handler (@ohif/extension-cornerstone-dicom-sr
+3.13.13, pinned in tests/support/ohif/package-lock.json) loads every SR the node builds for the
+demo's sample films, the generated multi-film studies (as test_node_e2e sends them) and the
+edge cases (not assessable, a refused non-image instance), under node with only its UI and
+rendering peers stubbed (tests/support/ohif/load_sr.js).
+
+It must not throw (the old SR made it fail with "Cannot read properties of undefined (reading
+'ReferencedSOPSequence')": a measurement group without an SCOORD), must attach one
+measurement to each film, and the decision must be among what OHIF extracts (its display-set
+label: OHIF ignores CODE items, so the decision reaches it through the Series Description).
+What OHIF extracted is saved as JSON (``$CXR_TRIAGE_ARTEFACTS/ohif`` or the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom import uid as U
+from pydicom.uid import generate_uid
+from support.artefacts import artefact_dir
+from support.ohif_harness import ensure_installed, ohif_load
+from support.sr_checks import make_film, save
+
+from cxr_triage.contract.model_file import ModelMetadata
+from cxr_triage.contract.result import (
+    Decision,
+    FilmResult,
+    NotAssessableReason,
+    StudyResult,
+    aggregate_study,
+)
+from cxr_triage.dicom_node.results.sr import build_result_sr
+
+D, R = Decision, NotAssessableReason
+META = ModelMetadata(name="cxr_triage_test_model", version="0.3.1",
+                     thresholds={"sens_0.98": 0.2875})
+# (SOP class, transfer syntax, films) per generated study: test_node_e2e's GENERATED
+GENERATED = [
+    ("CR", U.JPEGLosslessSV1, 2),
+    ("DX_PRES", U.JPEG2000Lossless, 2),
+    ("DX_PROC", U.RLELossless, 1),
+    ("SC", U.JPEGLSLossless, 1),
+    ("DX_PRES", U.ExplicitVRLittleEndian, 3),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ohif_installed() -> None:
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+
+
+def _film(ds: Dataset, decision: Decision, score: float | None = None,
+          reason: NotAssessableReason | None = None) -> FilmResult:
+    assessed = reason is None
+    return FilmResult(decision=decision, sop_instance_uid=str(ds.SOPInstanceUID),
+                      sop_class_uid=str(ds.SOPClassUID), score=score,
+                      threshold=0.2875 if assessed else None,
+                      operating_point="sens_0.98" if assessed else None, reason=reason,
+                      reason_detail=None if assessed else f"gate refused: {reason.value}")
+
+
+def _by_score(ds: Dataset, score: float) -> FilmResult:
+    return _film(ds, D.SUSPICIOUS if score >= 0.2875 else D.LIKELY_NORMAL, score)
+
+
+def _demo_studies(sample_dicoms: dict[str, Path]) -> dict[str, tuple[StudyResult, list[Dataset]]]:
+    out = {}
+    for i, (name, path) in enumerate(sorted(sample_dicoms.items())):
+        ds = pydicom.dcmread(path)
+        film = (_film(ds, D.NOT_ASSESSABLE, reason=R.NON_HUMAN) if "canine" in name
+                else _by_score(ds, 0.61 + 0.0123456789 * i if i % 2 else 0.0917))
+        out[f"demo_{name}"] = (aggregate_study(str(ds.StudyInstanceUID), [film]), [ds])
+    return out
+
+
+def _generated_studies(shared_data: Path, base: Path) -> dict[str, tuple[StudyResult, list[Dataset]]]:
+    from cxr_triage.dicom_node.tools.film_to_dicom import films_to_study
+
+    pngs = sorted((shared_data / "nih-cxr14" / "images").glob("*.png"))
+    out, k = {}, 0
+    for i, (sop, ts, n) in enumerate(GENERATED):
+        files = films_to_study(pngs[k:k + n], base / f"study{i}", sop_class=sop,
+                               transfer_syntax_uid=ts,
+                               bits_stored=12 if ts != U.JPEGLSLossless else 8)
+        k += n
+        sources = [pydicom.dcmread(f) for f in files]
+        films = [_by_score(ds, 0.05 + 0.31 * ((i + j) % 3)) for j, ds in enumerate(sources)]
+        out[f"generated_{i}_{sop}"] = (
+            aggregate_study(str(sources[0].StudyInstanceUID), films), sources)
+    return out
+
+
+def _edge_studies() -> dict[str, tuple[StudyResult, list[Dataset]]]:
+    study_uid = generate_uid()
+    a, b = make_film(study_uid, generate_uid(), 1), make_film(study_uid, generate_uid(), 2)
+    out = {"not_assessable": (aggregate_study(study_uid, [
+        _film(a, D.NOT_ASSESSABLE, reason=R.TOO_SMALL),
+        _film(b, D.NOT_ASSESSABLE, reason=R.UNDECODABLE)]), [a, b])}
+    study_uid = generate_uid()
+    film = make_film(study_uid, generate_uid(), 1)
+    earlier = build_result_sr(aggregate_study(study_uid, [_by_score(film, 0.1)]), [film], META)
+    out["with_non_image_instance"] = (aggregate_study(study_uid, [
+        _by_score(film, 0.1), _film(earlier, D.NOT_ASSESSABLE, reason=R.NON_IMAGE)]),
+        [film, earlier])
+    return out
+
+
+@pytest.fixture(scope="module")
+def node_srs(sample_dicoms, shared_data, tmp_path_factory) -> dict[str, tuple[Path, StudyResult]]:
+    base = tmp_path_factory.mktemp("ohif_srs")
+    studies = {**_demo_studies(sample_dicoms), **_generated_studies(shared_data, base),
+               **_edge_studies()}
+    return {name: (save(build_result_sr(study, sources, META), base / f"{name}.dcm"), study)
+            for name, (study, sources) in studies.items()}
+
+
+def test_ohif_loads_every_sr_and_shows_the_decision(node_srs, tmp_path):
+    out = artefact_dir(tmp_path, "ohif")
+    problems = []
+    for name, (path, study) in sorted(node_srs.items()):
+        rc, seen = ohif_load(path)
+        (out / f"{name}.json").write_text(json.dumps(seen, indent=2))
+        if rc != 0 or "error" in seen:
+            problems.append(f"{name}: OHIF threw: {seen.get('error')}")
+            continue
+        label = study.decision.value.replace("_", " ").upper()
+        shown = seen["displaySet"]["label"]
+        if label not in shown:
+            problems.append(f"{name}: decision {label} not in OHIF's label {shown!r}")
+        images = [f for f in study.films if f.reason is not NotAssessableReason.NON_IMAGE]
+        measurements = seen["measurements"]
+        attached = {m["ReferencedSOPInstanceUID"] for m in measurements if m["loaded"]}
+        if attached != {f.sop_instance_uid for f in images} or len(measurements) != len(images):
+            problems.append(f"{name}: measurements not attached one per film: {measurements}")
+        for film, m in zip(images, measurements):
+            labels = {lab["label"]: lab["value"] for lab in m["labels"]}
+            if film.score is not None and labels.get("AI abnormality score") != f"{film.score:.2f} 1":
+                problems.append(f"{name}: score label {labels}")
+    assert not problems, "\n".join(problems)
+    assert len(node_srs) >= 4 + len(GENERATED)
+
+
+def test_harness_reproduces_the_old_failure(tmp_path):
+    """Guard against a vacuous check: a TID 1501 group without an SCOORD (the old study
+    group) still makes OHIF's loader throw, and the harness reports it."""
+    import highdicom as hd
+
+    study_uid = generate_uid()
+    film = make_film(study_uid, generate_uid(), 1)
+    sr = build_result_sr(aggregate_study(study_uid, [_by_score(film, 0.5)]), [film], META)
+    imaging = next(i for i in sr.ContentSequence
+                   if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="no scoord"))
+    imaging.ContentSequence.append(group[0])
+    rc, seen = ohif_load(save(sr, tmp_path / "old.dcm"))
+    assert rc == 1 and "ReferencedSOPSequence" in seen["error"]

@@ -1,0 +1,37 @@
+"""Run OHIF's own SR loader on an SR file (tests/support/ohif/load_sr.js under node)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+OHIF_DIR = Path(__file__).parent / "ohif"
+HARNESS = OHIF_DIR / "load_sr.js"
+
+
+def ensure_installed() -> str | None:
+    """Install the pinned packages (package-lock.json) if absent; the reason to skip when
+    npm or node is missing, else None."""
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if not npm or not node:
+        return "npm/node not installed (Debian: nodejs npm)"
+    marker = OHIF_DIR / "node_modules" / "@ohif" / "extension-cornerstone-dicom-sr" / "package.json"
+    if not marker.exists():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts",
+                        "--legacy-peer-deps", "--loglevel=error"],
+                       cwd=OHIF_DIR, check=True, timeout=600)
+    return None
+
+
+def ohif_load(path: Path) -> tuple[int, dict[str, Any]]:
+    """(exit code, what OHIF extracted) for one SR file."""
+    proc = subprocess.run([shutil.which("node") or "node", str(HARNESS), str(path)],
+                          cwd=OHIF_DIR, capture_output=True, text=True, timeout=120)
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        data = {"error": f"harness output not JSON: {proc.stdout[-500:]} {proc.stderr[-2000:]}"}
+    return proc.returncode, data
