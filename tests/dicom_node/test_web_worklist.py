@@ -139,7 +139,7 @@ def test_api_study_has_films_sr_in_words_and_delivery_history(node, client):
     assert failing["result_summary"][0].startswith("The AI triage report sent to PACS calls this study suspicious")
     assert f"{stored['score']:.3f}" in failing["result_summary"][0]
     concepts = {line["concept"] for line in failing["result_sr"]}
-    assert {"Imaging Measurement Report", "Finding", "Source of Measurement"} <= concepts
+    assert {"Imaging Measurement Report", "Finding", "Image Region"} <= concepts
 
     two = next(u for u in node.decisions if node.queries.get_study(u)["n_instances"] == 2)
     detail = client.get(f"/api/studies/{two}").json()
