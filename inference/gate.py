@@ -18,6 +18,7 @@ from cxr_triage.contract.patient import parse_age_years
 from cxr_triage.contract.result import NotAssessable
 from cxr_triage.contract.result import NotAssessableReason as R
 from cxr_triage.contract.sop_classes import MULTI_FRAME_SOP_CLASSES, TRIAGE_SOP_CLASSES
+from cxr_triage.inference.dicom_values import CodedEntry, coded_attribute, coded_entries
 from cxr_triage.inference.reader import Film
 
 HUMAN_SPECIES_CODES = {("337915000", "SCT"), ("L-85B00", "SRT")}  # Homo sapiens
@@ -29,9 +30,35 @@ VETERINARY_WORDS = {
 }
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAC", "PULM", "POITRINE", "BRUST")
 CHEST_REGION_CODES = {"43799004", "51185008", "39607008", "T-D3000", "T-28000", "T-D3100"}
-NON_FRONTAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "RLO", "LLO", "OBL", "OBLIQUE"}
-LATERAL_VIEW_CODES = {"399173006", "399198007", "399067008", "R-10236", "R-10232", "R-10206"}
-_LATERAL_TEXT = re.compile(r"\b(LAT|LATERAL|LATERALE|SEITLICH|SEITL)\b")
+#: View Position (0018,5101) values the model may read: every other value (LL, RL, RLD, LLD,
+#: RLO, LLO of PS3.3 C.8.11.5 / C.8.11.3, or anything else) is refused
+FRONTAL_VIEW_POSITIONS = frozenset({"PA", "AP"})
+#: SNOMED coding schemes: SNOMED CT and the SNOMED-RT / SNOMED 3 designators of older files
+SNOMED_SCHEMES = frozenset({"SCT", "SRT", "SNM3", "99SDM"})
+#: View Code Sequence (0054,0220) codes of frontal projections, CID 4010 "DX View" (PS3.16),
+#: as pydicom's copy of PS3.16 (pydicom.sr.codedict) gives them, with the SNOMED-RT codes older
+#: files carry (pydicom's SCT <-> SRT map; R-10214 as in dcm4che). Note 399352003 is
+#: lateral-medial (a mammography view), not antero-posterior.
+FRONTAL_VIEW_CODES: dict[str, str] = {
+    "272479007": "postero-anterior", "R-10214": "postero-anterior", "R-40888": "postero-anterior",
+    "399348003": "antero-posterior", "R-10206": "antero-posterior",
+    "399033003": "frontal", "R-10202": "frontal",
+}
+#: Patient orientation (CID 19) and its modifiers (CID 20) that leave a frontal view frontal;
+#: any other (lateral decubitus, lordotic, Trendelenburg...) in Patient Orientation (Modifier)
+#: Code Sequence or in a View Modifier Code Sequence is refused
+NEUTRAL_POSITION_CODES: dict[str, str] = {
+    "C86043": "erect", "F-10440": "erect", "102538003": "recumbent", "F-10450": "recumbent",
+    "102539006": "semi-erect", "F-10460": "semi-erect", "40199007": "supine", "F-10340": "supine",
+    "1240000": "prone", "F-10310": "prone", "10904000": "standing", "F-10320": "standing",
+    "33586001": "sitting", "F-103A0": "sitting",
+}
+#: words that, in a description, name a view other than PA/AP (used only when the header
+#: carries no view attribute at all)
+_NON_FRONTAL_TEXT = re.compile(
+    r"\b(LAT|LATERAL|LATERALE|SEITLICH|SEITL|OBL|OBLIQUE|OBLIQ|SCHRAEG|RAO|LAO|RPO|LPO|RLO|LLO"
+    r"|DECUB|DECUBITUS|RLD|LLD|LORDOTIC|LORDOTISCH|APICAL)\b"
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +70,7 @@ class GateSettings:
 
 
 def _words(ds: Dataset, keywords: tuple[str, ...]) -> str:
-    return " ".join(str(ds.get(k, "") or "") for k in keywords).upper()
+    return " ".join(coded_attribute(ds, k) for k in keywords)
 
 
 def _code_meanings(ds: Dataset, sequences: tuple[str, ...]) -> str:
@@ -71,13 +98,12 @@ def patient_age_years(ds: Dataset) -> float | None:
 
 def _species_refusal(ds: Dataset) -> str | None:
     """Why this patient is not human, or None (absent information counts as human)."""
-    description = str(ds.get("PatientSpeciesDescription", "") or "").strip().upper()
+    description = coded_attribute(ds, "PatientSpeciesDescription")
     if description and description not in HUMAN_SPECIES_WORDS:
         return f"Patient Species Description is {description!r}"
-    for item in ds.get("PatientSpeciesCodeSequence", None) or []:
-        code = (str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", "")))
-        if code not in HUMAN_SPECIES_CODES:
-            return f"Patient Species Code is {code[0]} ({item.get('CodeMeaning', '')})"
+    for entry in coded_entries(ds, "PatientSpeciesCodeSequence"):
+        if (entry.value, entry.scheme) not in HUMAN_SPECIES_CODES:
+            return f"Patient Species Code is {entry.value} ({entry.meaning})"
     if ds.get("PatientBreedDescription") or ds.get("PatientBreedCodeSequence"):
         return "a Patient Breed is given"
     text = " ".join((
@@ -111,7 +137,7 @@ def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
     why = _species_refusal(ds)
     if why:
         raise NotAssessable(R.NON_HUMAN, why)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    photometric = coded_attribute(ds, "PhotometricInterpretation")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise NotAssessable(R.COLOR, f"photometric interpretation {photometric or 'missing'}")
     _check_body_part(ds)
@@ -126,28 +152,65 @@ def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
 
 
 def _check_body_part(ds: Dataset) -> None:
-    body = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    body = coded_attribute(ds, "BodyPartExamined")
     if body:
         if not any(word in body for word in CHEST_BODY_PARTS):
             raise NotAssessable(R.NON_CHEST, f"Body Part Examined is {body!r}")
         return
-    regions = [(str(i.get("CodeValue", "")), str(i.get("CodeMeaning", ""))) for i in ds.get("AnatomicRegionSequence", None) or []]
-    if regions and not any(code in CHEST_REGION_CODES or any(w in meaning.upper() for w in CHEST_BODY_PARTS)
-                           for code, meaning in regions):
-        raise NotAssessable(R.NON_CHEST, f"Anatomic Region is {regions[0][1] or regions[0][0]!r}")
+    regions = coded_entries(ds, "AnatomicRegionSequence")
+    if regions and not any(r.value in CHEST_REGION_CODES or any(w in r.meaning.upper() for w in CHEST_BODY_PARTS)
+                           for r in regions):
+        raise NotAssessable(R.NON_CHEST, f"Anatomic Region is {regions[0].meaning or regions[0].value!r}")
+
+
+def _is_frontal_code(entry: CodedEntry) -> bool:
+    return entry.scheme in SNOMED_SCHEMES and entry.value in FRONTAL_VIEW_CODES
+
+
+def _is_neutral_position(entry: CodedEntry) -> bool:
+    return entry.value in NEUTRAL_POSITION_CODES and (entry.scheme in SNOMED_SCHEMES or entry.scheme == "NCIT")
 
 
 def _check_view(ds: Dataset) -> None:
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view in NON_FRONTAL_VIEWS:
-        raise NotAssessable(R.LATERAL_VIEW, f"View Position is {view}")
+    """Frontal (PA or AP) views only, decided from an allow-list in every attribute that carries
+    the view: View Position (0018,5101); View Code Sequence (0054,0220, CID 4010) and its View
+    Modifier Code Sequence (0054,0222, CID 4011); Patient Orientation Code Sequence (0054,0410,
+    CID 19) and its modifiers (0054,0412, CID 20: decubitus, lordotic...); Projection Eponymous
+    Name Code Sequence (0018,5104, CID 4012: named special projections). Only when none of them
+    is present do the series/protocol descriptions decide, by the words they use. Every refusal
+    names the attribute (reason ``lateral_view``: the contract's code for "not a frontal view").
+    """
+    view = coded_attribute(ds, "ViewPosition")
+    if view and view not in FRONTAL_VIEW_POSITIONS:
+        raise NotAssessable(R.LATERAL_VIEW, f"View Position is {view!r}, not a frontal view (PA or AP)")
+    views = coded_entries(ds, "ViewCodeSequence")
+    for entry in views:
+        if not _is_frontal_code(entry):
+            raise NotAssessable(R.LATERAL_VIEW, f"View Code Sequence is {entry.describe()}, not a frontal "
+                                "view (CID 4010: 272479007 postero-anterior, 399348003 antero-posterior)")
     for item in ds.get("ViewCodeSequence", None) or []:
-        if str(item.get("CodeValue", "")) in LATERAL_VIEW_CODES:
-            raise NotAssessable(R.LATERAL_VIEW, f"View Code is {item.get('CodeMeaning', item.CodeValue)!r}")
-    if not view:
+        for entry in coded_entries(item, "ViewModifierCodeSequence"):
+            if not _is_neutral_position(entry):
+                raise NotAssessable(R.LATERAL_VIEW, f"View Modifier Code Sequence is {entry.describe()}")
+    orientation = ds.get("PatientOrientationCodeSequence", None) or []
+    for entry in coded_entries(ds, "PatientOrientationCodeSequence"):
+        if not _is_neutral_position(entry):
+            raise NotAssessable(R.LATERAL_VIEW, f"Patient Orientation Code Sequence is {entry.describe()}")
+    for item in orientation:
+        for entry in coded_entries(item, "PatientOrientationModifierCodeSequence"):
+            if not _is_neutral_position(entry):
+                raise NotAssessable(R.LATERAL_VIEW,
+                                    f"Patient Orientation Modifier Code Sequence is {entry.describe()}")
+    eponyms = coded_entries(ds, "ProjectionEponymousNameCodeSequence")
+    if eponyms:
+        raise NotAssessable(R.LATERAL_VIEW, f"Projection Eponymous Name Code Sequence is {eponyms[0].describe()}, "
+                            "a special projection")
+    if not view and not views:
         text = _words(ds, ("SeriesDescription", "ProtocolName", "AcquisitionDeviceProcessingDescription"))
-        if _LATERAL_TEXT.search(text):
-            raise NotAssessable(R.LATERAL_VIEW, "series/protocol description names a lateral view")
+        hit = _NON_FRONTAL_TEXT.search(text)
+        if hit:
+            raise NotAssessable(R.LATERAL_VIEW, f"no View Position or View Code, and the series/protocol "
+                                f"description names a non-frontal view ({hit.group(1)!r})")
 
 
 def check_film(film: Film, settings: GateSettings = GateSettings()) -> None:

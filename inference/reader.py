@@ -4,11 +4,15 @@ One reader for the worker and for training on DICOM manifests, so the model sees
 decoded the same way in both. DICOM decoding goes through pydicom's pixel handlers and their
 plugins (pylibjpeg-libjpeg, -openjpeg, -rle, pyjpegls); the display pipeline follows PS3.3
 C.11: stored values -> Modality LUT (rescale or LUT) -> VOI (VOI LUT Sequence preferred, else
-window) -> [0, 1] -> inverted for MONOCHROME1 / Presentation LUT Shape INVERSE. Pixel padding
-is masked out of the intensity range and set to 0 (black).
+window with its VOI LUT Function) -> [0, 1] -> inverted for MONOCHROME1 / Presentation LUT Shape
+INVERSE. Pixel padding is masked out of the intensity range and set to 0 (black). LUTs and
+windows are read as dcmtk reads them (:mod:`cxr_triage.inference.dicom_values`), and dcmtk's
+``dcm2pnm`` is the reference the tests compare the display pixels with.
 
 Every failure to produce a film raises :class:`NotAssessable` with a coded reason, so a bad
-file becomes a "not assessable" result instead of an exception in the node.
+file becomes a "not assessable" result instead of an exception in the node: whatever a library
+raises while one film is read becomes ``undecodable`` with the exception in the detail, so no
+film can stop a batch (``cxr-triage predict`` on a folder) or a worker.
 """
 
 from __future__ import annotations
@@ -21,9 +25,18 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import Dataset, dcmread
-from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windowing
 
 from cxr_triage.contract.result import NotAssessable, NotAssessableReason
+from cxr_triage.inference.decoders import decode_pixels
+from cxr_triage.inference.dicom_values import (
+    LookupTable,
+    Window,
+    coded_attribute,
+    modality_lut,
+    read_window,
+    rescale,
+    voi_lut,
+)
 
 #: default ceiling on Rows x Columns x Frames x Samples before anything is decoded
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -87,7 +100,20 @@ def load_dataset(path: str | Path) -> Dataset:
 
 
 def read_film(source: str | Path | Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Film:
-    """Decode a DICOM file or dataset, or a PNG/JPEG file, into a :class:`Film`."""
+    """Decode a DICOM file or dataset, or a PNG/JPEG file, into a :class:`Film`.
+
+    Raises :class:`NotAssessable` and nothing else (but KeyboardInterrupt/SystemExit): an
+    unexpected exception from any library while this film is read is ``undecodable``.
+    """
+    try:
+        return _read_film(source, max_pixels)
+    except NotAssessable:
+        raise
+    except Exception as exc:  # one film must never abort a batch or a worker
+        raise _undecodable(f"the film could not be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_film(source: str | Path | Dataset, max_pixels: int) -> Film:
     if isinstance(source, Dataset):
         name = str(getattr(source, "filename", "") or "")
         pixels, mask = decode_dicom(source, max_pixels=max_pixels)
@@ -224,7 +250,7 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
     try:
         check_decodable_size(ds, max_pixels)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        photometric = coded_attribute(ds, "PhotometricInterpretation")
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
     except NotAssessable:
         raise
@@ -236,7 +262,7 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         raise NotAssessable(NotAssessableReason.COLOR,
                             f"photometric interpretation {photometric or 'missing'}")
     try:
-        stored = ds.pixel_array
+        stored = decode_pixels(_pixel_source(ds, photometric))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # every decoder failure means the same to triage;
@@ -247,16 +273,37 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         raise _undecodable(f"decoded pixel array has shape {stored.shape}")
     try:
         unit, mask = _display_values(stored, ds)
-    except (ValueError, NotImplementedError, AttributeError, IndexError, KeyError, TypeError) as exc:
+    except NotAssessable:
+        raise
+    except Exception as exc:  # a header value no LUT step can use, whatever the library raised
         raise _undecodable(f"Modality/VOI LUT not applicable ({type(exc).__name__}: {exc})") from exc
     if not np.isfinite(unit).all():
         raise _undecodable("non-finite values after the Modality/VOI LUT")
-    inverted = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    inverted = photometric == "MONOCHROME1" or coded_attribute(ds, "PresentationLUTShape") == "INVERSE"
     if inverted:
         unit = 1.0 - unit
     if mask is not None:
         unit[mask] = 0.0
     return unit.astype(np.float32), mask
+
+
+def _pixel_source(ds: Dataset, photometric: str) -> Dataset:
+    """``ds``, or when its Photometric Interpretation is not written canonically (lower case,
+    NUL padding: the gate accepts it, :func:`coded_string`) a new dataset sharing ds's Image
+    Pixel Module elements (group 0028, PS3.3 C.7.6.3) and Pixel Data with the canonical value,
+    so pydicom's decoders accept it too and the caller's dataset is left as it was."""
+    if ds.get("PhotometricInterpretation") == photometric:
+        return ds
+    src = Dataset()
+    src.file_meta = ds.file_meta
+    for elem in ds.group_dataset(0x0028):
+        if elem.tag != 0x00280004:  # a new element below: assigning would change the shared one
+            src.add(elem)
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "PixelData"):
+        if keyword in ds:
+            src.add(ds[keyword])
+    src.add_new(0x00280004, "CS", photometric)
+    return src
 
 
 def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
@@ -271,48 +318,77 @@ def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.nda
     (float64 passes over millions of pixels were most of the decode time; see bench/).
     """
     mask = padding_mask(stored, ds)
+    voi = _voi(ds)
     if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.size >= 4096:
         first = int(stored.min())
         domain = np.arange(first, int(stored.max()) + 1).astype(stored.dtype)
         if domain.size <= stored.size:
             index = stored if first == 0 else stored.astype(np.int32) - first
             unused = None
-            if _voi_kind(ds) == "range":
+            if voi is None:
                 # the min-max window may only use values that occur on non-padding pixels
                 body = stored[~mask] if mask is not None and not mask.all() else stored
                 offsets = body.ravel() if first == 0 else body.ravel().astype(np.int32) - first
                 unused = np.bincount(offsets, minlength=domain.size) == 0
-            table = _display_transform(domain, ds, unused)
+            table = _display_transform(domain, ds, voi, unused)
             return table[index], mask
-    return _display_transform(stored, ds, mask), mask
+    return _display_transform(stored, ds, voi, mask), mask
 
 
-def _voi_kind(ds: Dataset) -> str:
-    """"lut" (VOI LUT Sequence), "window" (a valid window) or "range" (the film's own range)."""
-    voi_seq = ds.get("VOILUTSequence")
-    if bool(voi_seq) and "LUTDescriptor" in voi_seq[0] and "LUTData" in voi_seq[0]:
-        return "lut"
-    has_window = all(ds.get(k) not in (None, "") for k in ("WindowCenter", "WindowWidth"))
-    return "window" if has_window and _window_is_valid(ds) else "range"
+def _voi(ds: Dataset) -> LookupTable | Window | None:
+    """The VOI to apply (PS3.3 C.11.2): the first VOI LUT Sequence table, else the first
+    applicable window, else None (the film's own range)."""
+    return voi_lut(ds) or read_window(ds)
 
 
-def _display_transform(stored: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> np.ndarray:
+def _modality(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT (PS3.3 C.11.1): the Modality LUT Sequence, else Rescale Slope/Intercept
+    (either sign: a negative slope turns the value order round), else the stored values."""
+    lut = modality_lut(ds)
+    if lut is not None:
+        return lut.apply(stored)
+    params = rescale(ds)
+    if params is None:
+        return stored.astype(np.float64)
+    slope, intercept = params
+    with np.errstate(over="ignore", invalid="ignore"):
+        out: np.ndarray = stored.astype(np.float64) * slope + intercept
+    if not np.isfinite(out).all():
+        raise ValueError(f"Rescale Slope {slope:g} / Intercept {intercept:g} give values out of range")
+    return out
+
+
+def apply_window(values: np.ndarray, window: Window) -> npt.NDArray[np.float64]:
+    """The VOI LUT Function of PS3.3 C.11.2.1.2 with output range [0, 1].
+
+    LINEAR (C.11.2.1.2.1): below c - 0.5 - (w - 1) / 2 -> 0, above c - 0.5 + (w - 1) / 2 -> 1,
+    else ((x - (c - 0.5)) / (w - 1) + 0.5). LINEAR_EXACT (C.11.2.1.3.2): the same with c and w
+    as given. SIGMOID (C.11.2.1.3.1): 1 / (1 + exp(-4 (x - c) / w)). The output ends do not
+    depend on the Modality LUT's sign, so a negative Rescale Slope windows like any other.
+    """
+    x = values.astype(np.float64)
+    c, w = window.center, window.width
+    if window.function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        return out
+    if window.function == "LINEAR":
+        c, w = c - 0.5, w - 1.0
+    if w <= 0.0:  # LINEAR with width 1: a threshold at c - 0.5
+        return (x > c).astype(np.float64)
+    return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+
+
+def _display_transform(stored: np.ndarray, ds: Dataset, voi: LookupTable | Window | None,
+                       mask: np.ndarray | None) -> np.ndarray:
     """Modality LUT, VOI and [0, 1] for ``stored`` values; ``mask`` marks values left out of
-    the film's own range (padding)."""
-    modality = apply_modality_lut(stored, ds)
-    voi_seq = ds.get("VOILUTSequence")
-    kind = _voi_kind(ds)
-    if kind == "lut":
-        values = modality if np.issubdtype(modality.dtype, np.integer) else np.rint(modality).astype(np.int64)
-        out = apply_voi(values, ds, index=0).astype(np.float64)
-        n_entries, first = int(voi_seq[0].LUTDescriptor[0]) or 65536, int(voi_seq[0].LUTDescriptor[1])
-        lut = apply_voi(np.arange(first, first + n_entries, dtype=np.int64), ds, index=0)
-        lo, hi = float(lut.min()), float(lut.max())
-    elif kind == "window":
-        out = apply_windowing(modality.astype(np.float64), ds, index=0)
-        with np.errstate(over="ignore", invalid="ignore"):
-            ends = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
-        lo, hi = float(ends[0]), float(ends[1])
+    the film's own range (padding) when there is no VOI."""
+    modality = _modality(stored, ds)
+    if isinstance(voi, Window):
+        return apply_window(modality, voi)
+    if isinstance(voi, LookupTable):
+        out = voi.apply(modality).astype(np.float64)
+        lo, hi = float(voi.entries.min()), float(voi.entries.max())
     else:
         out = modality.astype(np.float64)
         body = out[~mask] if mask is not None and not mask.all() else out
@@ -320,15 +396,3 @@ def _display_transform(stored: np.ndarray, ds: Dataset, mask: np.ndarray | None)
     if hi <= lo:
         return np.zeros(out.shape, dtype=np.float64)
     return np.clip((out - lo) / (hi - lo), 0.0, 1.0)
-
-
-def _window_is_valid(ds: Dataset) -> bool:
-    """A window a viewer could apply; otherwise (e.g. width 0) the film is shown min-max."""
-    elem = ds["WindowWidth"]
-    width = elem.value[0] if elem.VM > 1 else elem.value
-    try:
-        return float(width) >= 1.0 or (
-            str(ds.get("VOILUTFunction", "LINEAR")).upper() != "LINEAR" and float(width) > 0
-        )
-    except (TypeError, ValueError):
-        return False

@@ -1,0 +1,141 @@
+"""Which pixel-data decoding plugin decodes which transfer syntax: the one place that says so.
+
+pydicom tries its plugins in a fixed order (GDCM, pylibjpeg, Pillow, pyjpegls...) and keeps the
+first that succeeds; that order is not the fastest one. :data:`PREFERRED` names, per transfer
+syntax, the plugins to try in order, measured on a 2500 x 2048 detector film (bench/decode.py's
+film; CPU ms per decode through ``pydicom.pixels.pixel_array(ds, decoding_plugin=...)``, median
+of 5 on the shared 2-core EPYC; dcmtk = its decompressor's CPU plus reading its output, the
+benchmark's reference). GDCM (python-gdcm 3.2.6) was measured and is fastest for none, so it
+is not a dependency.
+:func:`decode_pixels` decodes with the first of them that is installed and succeeds, and falls
+back to pydicom's own order (``ds.pixel_array``) when none is installed or all fail, so a missing
+package costs speed, never a film.
+
+pydicom has no plugin for libjpeg-turbo's 12- and 16-bit JPEG (libjpeg-turbo 3 decodes lossless
+and 12-bit JPEG; Pillow only 8-bit), which is what makes JPEG Lossless fast: this module is that
+plugin too (``"imagecodecs"``, through imagecodecs' ``jpeg8_decode``), registered with pydicom's
+JPEG decoders on import (pydicom's decoder plugin interface: ``is_available``,
+``DECODER_DEPENDENCIES``, ``_decode_frame``). It decodes greyscale frames only; colour frames
+fall through to the next plugin.
+
+The stored values are the same as pydicom's default decoding: exactly for the lossless syntaxes
+(and JPEG-LS near-lossless, whose decoding is fully specified), within one stored value for
+JPEG Baseline and two (of 4096) for 12-bit JPEG Extended (libjpeg-turbo and libjpeg round the
+inverse DCT differently), as tests/inference/test_inference_decoders.py checks for every syntax.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+import numpy as np
+from pydicom import Dataset
+from pydicom import uid as U
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.pixels.decoders.base import DecodeRunner
+
+LOG = logging.getLogger(__name__)
+
+#: the label of this module's plugin in pydicom's JPEG decoders
+IMAGECODECS = "imagecodecs"
+
+#: transfer syntax -> plugins to try, fastest first (ms: CPU per decode, see the module docstring)
+PREFERRED: dict[str, tuple[str, ...]] = {
+    # pylibjpeg-rle 46 ms; pydicom's numpy RLE 940; dcmtk dcmdrle 115
+    U.RLELossless: ("pylibjpeg",),
+    # imagecodecs (libjpeg-turbo) 17 ms; Pillow (libjpeg-turbo, the same values) 25;
+    # pylibjpeg-libjpeg 89 (3% of pixels 1 stored value apart); GDCM 171; dcmtk dcmdjpeg 82
+    U.JPEGBaseline8Bit: (IMAGECODECS, "pillow", "pylibjpeg"),
+    # imagecodecs (libjpeg-turbo 12-bit) 50 ms; pylibjpeg-libjpeg 141 (5% of pixels 1 apart);
+    # GDCM and Pillow refuse 12-bit; dcmtk dcmdjpeg 130
+    U.JPEGExtended12Bit: (IMAGECODECS, "pylibjpeg"),
+    # imagecodecs (libjpeg-turbo lossless) 67 ms; pylibjpeg-libjpeg 347; GDCM 413;
+    # dcmtk dcmdjpeg 169
+    U.JPEGLossless: (IMAGECODECS, "pylibjpeg"),
+    # imagecodecs 69 ms; pylibjpeg-libjpeg 334; GDCM 370; dcmtk dcmdjpeg 161
+    U.JPEGLosslessSV1: (IMAGECODECS, "pylibjpeg"),
+    # pyjpegls (CharLS) 198 ms; GDCM 418; pylibjpeg-libjpeg 687; dcmtk dcmdjpls 423
+    U.JPEGLSLossless: ("pyjpegls", "pylibjpeg"),
+    # pyjpegls 183 ms; GDCM 403; pylibjpeg-libjpeg 632; dcmtk dcmdjpls 375
+    U.JPEGLSNearLossless: ("pyjpegls", "pylibjpeg"),
+    # lossless / lossy: pylibjpeg-openjpeg 1024 / 516 ms; Pillow (openjpeg) 1010 / 576;
+    # GDCM 1287 / 814; dcmtk has no JPEG 2000 codec, so pydicom's own first choice stays
+    U.JPEG2000Lossless: ("pylibjpeg",),
+    U.JPEG2000: ("pylibjpeg",),
+}
+
+#: the syntaxes this module's libjpeg-turbo plugin decodes (ISO 10918-1 processes 1, 2/4, 14)
+_IMAGECODECS_SYNTAXES = (U.JPEGBaseline8Bit, U.JPEGExtended12Bit, U.JPEGLossless, U.JPEGLosslessSV1)
+
+#: pydicom's plugin interface: what the plugin needs, per syntax, when it is unavailable
+DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs>=2024.1") for ts in _IMAGECODECS_SYNTAXES}
+
+
+def is_available(uid: str) -> bool:
+    """pydicom's plugin interface: True if imagecodecs with libjpeg-turbo 3 is installed."""
+    if uid not in _IMAGECODECS_SYNTAXES:
+        return False
+    try:
+        import imagecodecs
+    except ImportError:
+        return False
+    return bool(imagecodecs.JPEG8.available)
+
+
+def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes | bytearray:
+    """pydicom's plugin interface: one JPEG frame -> its samples, native byte order."""
+    import imagecodecs
+
+    if runner.samples_per_pixel != 1:
+        # colour transforms stay with the plugins pydicom ships (its `raw` and YBR handling)
+        raise NotImplementedError("the imagecodecs plugin decodes greyscale frames only")
+    arr = imagecodecs.jpeg8_decode(src)
+    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"imagecodecs decoded a {arr.dtype} frame of shape {arr.shape}")
+    # the container follows the codestream's precision (8-bit JPEG in 16-bit Bits Allocated
+    # comes back as uint8), as pydicom's other JPEG plugins report it
+    runner.set_option("bits_allocated", 8 * arr.dtype.itemsize)
+    # pydicom reads the frame with np.frombuffer and copies it into its own array: a flat byte
+    # view of the decoded array saves a copy of the frame (tobytes) on the way
+    return cast(bytes, arr.reshape(-1).view(np.uint8).data)
+
+
+def _register() -> None:
+    for ts in _IMAGECODECS_SYNTAXES:
+        try:
+            get_decoder(ts).add_plugin(IMAGECODECS, (__name__, "_decode_frame"))
+        except ValueError:  # already registered (this module imported under a second name)
+            pass
+
+
+_register()
+
+
+def preferred_plugins(transfer_syntax: str) -> tuple[str, ...]:
+    """The plugins :func:`decode_pixels` tries for ``transfer_syntax``, installed ones only."""
+    names = PREFERRED.get(transfer_syntax, ())
+    if not names:
+        return ()
+    available = get_decoder(transfer_syntax).available_plugins
+    return tuple(name for name in names if name in available)
+
+
+def decode_pixels(ds: Dataset) -> np.ndarray:
+    """The stored values of ``ds``'s Pixel Data, in the decoder's native dtype.
+
+    Decoded with the first plugin of :data:`PREFERRED` that is installed and succeeds, else
+    with pydicom's default order (``ds.pixel_array``), whose exception is the one raised when
+    every plugin fails. Native (uncompressed) syntaxes need no plugin and go to pydicom as they
+    are. The array is not cached on ``ds`` (``ds.pixel_array`` would keep a copy of it alive
+    for as long as the dataset).
+    """
+    file_meta = getattr(ds, "file_meta", None)
+    tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    for name in preferred_plugins(tsyntax) if tsyntax else ():
+        try:
+            return pixel_array(ds, decoding_plugin=name)
+        except Exception as exc:  # noqa: BLE001 - a plugin fails with anything; the next may succeed
+            LOG.debug("decoding plugin %s failed on %s (%s: %s); trying the next",
+                      name, tsyntax, type(exc).__name__, exc)
+    return ds.pixel_array
