@@ -17,10 +17,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("cxr_triage.inference.cli", "triage DICOM/PNG files or folders and print results"),
     "train": ("cxr_triage.training.cli", "train a classifier from a manifest CSV"),
     "export": ("cxr_triage.training.cli", "export a checkpoint to ONNX with metadata, checked"),
-    "manifest": ("cxr_triage.training.cli", "build a manifest CSV from a public dataset layout"),
+    "manifest": ("cxr_triage.training.cli", "build a manifest CSV from a folder + labels CSV, DICOM or a public layout"),
+    "report": ("cxr_triage.training.cli", "test report of a model per source and view, optionally compared with another"),
     "evaluate": ("cxr_triage.evaluation.cli", "measure sensitivity, specificity, workload saved"),
     "commission": ("cxr_triage.evaluation.commission_cli", "choose a site operating point bound to a model"),
     "reconcile": ("cxr_triage.evaluation.commission_cli", "compare live results with radiologist outcomes"),
+    "wrap": ("cxr_triage.dicom_node.tools.film_to_dicom", "wrap PNG/JPEG films into CR/DX/SC DICOM files"),
 }
 
 

@@ -176,7 +176,7 @@ def _subgroups(films: Sequence[Film], y: np.ndarray, s: np.ndarray, threshold: f
         ("sex", [f.sex or "unknown" for f in films], ()),
         ("age_band", [metrics.age_band(f.age) for f in films], metrics.AGE_BANDS),
         ("view", [f.view or "unknown" for f in films], ()),
-        ("site", [f.site or "unknown" for f in films], ()),
+        ("source", [f.source or "unknown" for f in films], ()),
     ):
         if len(set(values)) > 1 or values[0] != "unknown":
             out[name] = metrics.subgroup_metrics(y, s, values, threshold, order=order)

@@ -22,13 +22,13 @@ RSNA = "rsna-normals"
 
 
 def split_films(split_csv: Path, data: Path, split: str) -> list[Any]:
-    """Films of one split, keyed by content hash; ``site`` is the data source."""
+    """Films of one split, keyed by content hash; ``source`` is the data source."""
     from cxr_triage.evaluation.sources import film_key, read_manifest
 
     films = [f for f in read_manifest(split_csv, data, hash_files=False) if f.extra.get("split") == split]
     for f in films:
         f.key = film_key(f.path, f.file)
-        f.site = f.site or f.extra.get("source", "")
+        f.source = f.source or f.extra.get("source", "")
     return films
 
 
@@ -62,7 +62,7 @@ def make_reports(data: Path, out: Path, model: Path, split_csv: Path = DEFAULT_S
               "model": {k: info[k] for k in ("path", "sha256", "name", "version")}}
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    nih = [i for i, f in enumerate(test) if f.site != RSNA]
+    nih = [i for i, f in enumerate(test) if f.source != RSNA]
     for stem, idx, title in (
         ("report", list(range(len(test))), f"{meta.name} {meta.version}: held-out test split (all sources)"),
         ("report_nih", nih, f"{meta.name} {meta.version}: held-out test split, NIH films only"),
@@ -71,7 +71,7 @@ def make_reports(data: Path, out: Path, model: Path, split_csv: Path = DEFAULT_S
             continue
         rep = analysis.evaluate([test[i] for i in idx], [scored[i] for i in idx], ts, title=title,
                                 reported_name=f"the test split of {split_csv.name}", inputs=inputs, n_boot=n_boot)
-        rep["notes"].append("sites are the data sources; the RSNA normals are 224 px films from another resizing "
+        rep["notes"].append("sources are the data sets; the RSNA normals are 224 px films from another resizing "
                             "pipeline: see the NIH-only report for performance on NIH normals alone")
         written = report.write_report(rep, out, stem)
         paths[f"{stem}_json"], paths[f"{stem}_html"] = written["json"], written["html"]

@@ -25,8 +25,11 @@ def _floats(text: str) -> list[float]:
 def register(subparsers: Any, name: str, help_text: str) -> None:
     p = subparsers.add_parser(name, help=help_text, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("manifest", type=Path, help="CSV: file,label[,patient_id,site,age,sex,view,findings,nodule_or_mass,...]")
+    p.add_argument("manifest", type=Path, help="CSV: file,label[,patient_id,source,age,sex,view,findings,nodule_or_mass,...] "
+                   "(a 'site' column is read as 'source')")
     p.add_argument("--data-root", type=Path, help="folder the manifest's file paths are relative to (default: its folder)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="evaluate the films that are found when some are missing (default: stop, naming them)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="run this ONNX model on the films (the node's own pipeline)")
     src.add_argument("--scores", type=Path, help="scores CSV: file,score[,decision,reason,threshold,operating_point]")
@@ -76,8 +79,12 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
 
     if not args.verbose:  # one log line per film drowns the summary
         logging.getLogger("cxr_triage.inference").setLevel(logging.WARNING)
+    data_warnings: list[str] = []
     try:
         films = sources.read_manifest(args.manifest, args.data_root)
+        if args.model or args.e2e:  # the pixels are read here: every film must be found
+            films, data_warnings = sources.require_films(films, str(args.data_root or args.manifest.parent),
+                                                         args.allow_missing)
         inputs: dict[str, Any] = {"manifest": str(args.manifest)}
         extra: dict[str, Any] = {}
         if args.model:
@@ -105,6 +112,9 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
             )
             scored = run_e2e.scored
             extra["end_to_end"] = run_e2e.summary()
+        for line in sources.unassessable_lines(films, scored):
+            print(f"cxr-triage evaluate: {line}", file=sys.stderr)
+        sources.require_assessable(films, scored)
         ts = _resolve_thresholds(args, cfg, films, scored)
         compare, compare_name = None, args.compare_name
         if args.compare_scores:
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
         targets=args.sweep_targets, n_boot=args.n_boot, seed=args.seed,
     )
     rep.update(extra)
+    rep["warnings"] = [*data_warnings, *rep.get("warnings", [])]
     scored_model = inputs.get("model", {}).get("sha256")
     if ts.model_sha256 and scored_model and ts.model_sha256 != scored_model:
         rep["warnings"].append(f"the thresholds were made for another model file (sha256 {ts.model_sha256[:12]}) "

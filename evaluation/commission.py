@@ -97,7 +97,10 @@ def commission(
     na = [(f, sc) for f, sc in zip(films, scored) if not sc.assessable]
     na_counts = (sum(1 for f, _ in na if f.label == 0), sum(1 for f, _ in na if f.label == 1))
     if not np.any(y == 0) or not np.any(y == 1):
-        raise InsufficientEvidence("commissioning needs assessable normal and abnormal films")
+        raise InsufficientEvidence(
+            f"commissioning needs assessable normal and abnormal films: of {len(films)} film(s), "
+            f"{int(np.sum(y == 0))} normal and {int(np.sum(y == 1))} abnormal are assessable "
+            f"({len(na)} not assessable)")
 
     choice = thresholds.select_operating_point(y, s, target, "lower_bound", confidence, method)
     if not choice.feasible or choice.threshold is None:

@@ -20,8 +20,13 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
                         "meets the target on this site's labelled films, and write a site threshold "
                         "file bound to the model file's SHA-256 (set it as [inference] site_threshold_file).")
         p.add_argument("--manifest", required=True, type=Path,
-                       help="labelled films: CSV file,label[,patient_id,...]; with --srs it needs a "
+                       help="labelled films: CSV file,label[,patient_id,source,...]; with --srs it needs a "
                             "sop_instance_uid or study_instance_uid column")
+        p.add_argument("--data-root", type=Path,
+                       help="folder the manifest's file paths are relative to (default: its folder)")
+        p.add_argument("--allow-missing", action="store_true",
+                       help="commission on the films that are found when some are missing (default: stop, naming them)")
+        p.add_argument("--verbose", action="store_true", help="keep the per-film log lines of the pipeline")
         src = p.add_mutually_exclusive_group()
         src.add_argument("--scores", type=Path, help="precomputed scores CSV (file,score[,decision,reason])")
         src.add_argument("--srs", type=Path, help="folder of result SRs the node produced for these films")
@@ -77,17 +82,29 @@ def _check_sr_model(parsed: list[Any], model: Path) -> None:
 
 
 def run_commission(args: argparse.Namespace, cfg: Any) -> int:
+    import logging
+
     from cxr_triage.evaluation import sources
     from cxr_triage.evaluation.commission import InsufficientEvidence, commission
     from cxr_triage.inference.site_threshold import write_site_threshold
 
+    if not args.verbose:  # one log line per film (and per stage) drowns the result
+        for name in ("cxr_triage.inference", "cxr_triage.evaluation"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     model = _model_path(args, cfg)
     if not model.is_file():
         print(f"cxr-triage commission: model file not found: {model}", file=sys.stderr)
         return 2
+    films: list[Any] = []
+    scored: list[Any] = []
     try:
         also = [float(x) for x in args.also_targets.split(",") if x.strip()]
-        films = sources.read_manifest(args.manifest)
+        films = sources.read_manifest(args.manifest, args.data_root)
+        if not args.scores and not args.srs:  # the pixels are read: every film must be found
+            films, warnings = sources.require_films(films, str(args.data_root or args.manifest.parent),
+                                                    args.allow_missing)
+            for line in warnings:
+                print(f"cxr-triage commission: {line}", file=sys.stderr)
         if args.scores:
             scored = sources.read_scores_csv(args.scores, films)
             inputs = [args.manifest, args.scores]
@@ -100,6 +117,8 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
             # raw scores from the worker's own pipeline; no site threshold (it may be the old one)
             scored = sources.scores_from_model(films, model, cfg.replace(inference={"site_threshold_file": ""}))
             inputs = [args.manifest]
+        for line in sources.unassessable_lines(films, scored):
+            print(f"cxr-triage commission: {line}", file=sys.stderr)
         site = commission(films, scored, model, args.site, args.target, args.confidence, args.interval,
                           source_files=inputs, also_targets=also)
     except InsufficientEvidence as exc:
@@ -117,7 +136,8 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
     sp, wl = at["specificity"], at["workload_all"]
     print(f"  specificity {sp['value']:.4f} (Wilson {sp['low']:.4f}-{sp['high']:.4f}); workload saved "
           f"{wl['value']:.1%} of films ({wl['k']}/{wl['n']})")
-    print(f"wrote {args.out}: set [inference] site_threshold_file to use it")
+    print(f"wrote {args.out}: serve with `cxr-triage serve --model {model} --site-threshold {args.out}` "
+          "(or set [inference] model_path and site_threshold_file)")
     return 0
 
 

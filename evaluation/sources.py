@@ -20,8 +20,12 @@ from cxr_triage.contract.manifest import ManifestError, ManifestRow
 from cxr_triage.contract.result import Decision
 
 #: the columns a Film has fields for (the shared format's, :mod:`cxr_triage.contract.manifest`);
-#: every other column (``source``, ``split``, UIDs, sizes...) is kept in ``Film.extra``
-MANIFEST_COLUMNS = ("file", "label", "patient_id", "site", "age", "sex", "view", "findings", "nodule_or_mass")
+#: every other column (``split``, UIDs, sizes...) is kept in ``Film.extra``. ``source`` is the
+#: data source (site, hospital, public set) reports group by, as in training; a manifest with a
+#: ``site`` column instead is read the same way (``site`` is an alias of ``source`` on read).
+MANIFEST_COLUMNS = ("file", "label", "patient_id", "source", "age", "sex", "view", "findings", "nodule_or_mass")
+#: how many films a message names before it gives the count of the rest
+MAX_NAMED = 5
 
 
 class SourceError(ValueError):
@@ -37,7 +41,7 @@ class Film:
     label: int                 # 1 abnormal, 0 normal
     patient_id: str
     key: str                   # identity used to detect threshold/evaluation overlap
-    site: str = ""
+    source: str = ""           # the data source (manifest column ``source``, or its alias ``site``)
     age: float | None = None
     sex: str = ""
     view: str = ""
@@ -91,23 +95,29 @@ def film_from_row(row: ManifestRow, base: Path, hash_files: bool = True) -> Film
         file=row.file, path=resolved, label=row.label,
         patient_id=row.patient_id or f"film:{row.file}",
         key=film_key(resolved, row.file) if hash_files else "name:" + row.file,
-        site=row.site, age=row.age, sex=row.sex.upper(), view=row.view.upper(), findings=row.findings,
+        source=row.source or row.site, age=row.age, sex=row.sex.upper(), view=row.view.upper(), findings=row.findings,
         nodule_or_mass=row.nodule_or_mass,
-        extra={k: v for k, v in row.raw.items() if k not in MANIFEST_COLUMNS},
+        extra={k: v for k, v in row.raw.items() if k not in MANIFEST_COLUMNS and not (k == "site" and not row.source)},
     )
 
 
 def read_manifest(path: Path, base: Path | None = None, hash_files: bool = True) -> list[Film]:
-    """Read ``file,label[,patient_id,site,age,sex,view,findings,nodule_or_mass,...]``.
+    """Read ``file,label[,patient_id,source,age,sex,view,findings,nodule_or_mass,...]``
+    (``site`` is read as ``source`` when there is no ``source`` column).
 
     ``file`` is relative to ``base`` (default: the manifest's folder). Without ``patient_id``
-    each film is its own patient (the bootstrap then resamples films)."""
+    each film is its own patient (the bootstrap then resamples films). SourceError for a bad
+    or missing manifest."""
     path = Path(path)
     base = Path(base) if base else path.parent
+    if not path.is_file():
+        raise SourceError(f"manifest not found: {path}")
     try:
         rows = _manifest.read_manifest_rows(path)
     except ManifestError as exc:
         raise SourceError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: not readable ({exc})") from None
     seen: set[str] = set()
     for row in rows:
         if row.file in seen:
@@ -126,10 +136,53 @@ def write_manifest(films: Iterable[Film], path: Path) -> Path:
         w = csv.writer(fh)
         w.writerow([*MANIFEST_COLUMNS, *extra_cols])
         for f in films:
-            w.writerow([str(f.path), _manifest.label_text(f.label), f.patient_id, f.site,
+            w.writerow([str(f.path), _manifest.label_text(f.label), f.patient_id, f.source,
                         _manifest.age_text(f.age), f.sex, f.view, f.findings,
                         int(f.nodule_or_mass), *(f.extra.get(c, "") for c in extra_cols)])
     return path
+
+
+def named(head: str, items: Sequence[str], limit: int = MAX_NAMED) -> str:
+    """``"<head>: a, b, c and 7 more"``: the first few names, then a count."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{head}: {', '.join(items[:limit])}{more}"
+
+
+def check_films_exist(films: Sequence[Film], base: Path | None = None) -> list[Film]:
+    """The films whose file is not found (for commands that read the pixels)."""
+    return [f for f in films if not f.path.is_file()]
+
+
+def require_films(films: Sequence[Film], where: str, allow_missing: bool = False) -> tuple[list[Film], list[str]]:
+    """(films found, warning lines). SourceError naming the missing films (first few, then a
+    count) unless ``allow_missing``; SourceError in any case when none is found."""
+    missing = check_films_exist(films)
+    if not missing:
+        return list(films), []
+    names = [f.file for f in missing]
+    head = f"{len(missing)} of {len(films)} film(s) not found (relative to {where})"
+    if len(missing) == len(films) or not allow_missing:
+        hint = "; give --data-root" if len(missing) == len(films) else "; give --data-root, or --allow-missing"
+        raise SourceError(named(head, names) + hint)
+    found = [f for f in films if f.path.is_file()]
+    return found, [named(head + ", left out", names)]
+
+
+def unassessable_lines(films: Sequence[Film], scored: Sequence[Scored]) -> list[str]:
+    """One line per not-assessable reason with the films it hit (first few, then a count);
+    unreadable films (``undecodable``) first."""
+    by_reason: dict[str, list[str]] = {}
+    for f, s in zip(films, scored):
+        if not s.assessable:
+            by_reason.setdefault(s.reason or "unknown", []).append(f.file)
+    order = sorted(by_reason, key=lambda r: (r != "undecodable", r))
+    return [named(f"{len(by_reason[r])} film(s) not assessable ({r})", by_reason[r]) for r in order]
+
+
+def require_assessable(films: Sequence[Film], scored: Sequence[Scored]) -> None:
+    """SourceError, naming the films and reasons, when no film is assessable."""
+    if films and not any(s.assessable for s in scored):
+        raise SourceError(f"none of the {len(films)} film(s) is assessable: " + "; ".join(unassessable_lines(films, scored)))
 
 
 # --------------------------------------------------------------------------- scores CSV

@@ -1,11 +1,13 @@
-"""``cxr-triage train | export | manifest``: retrain on a department's own films.
+"""``cxr-triage manifest | train | export | report``: retrain on a department's own films.
 
-    cxr-triage manifest --dataset nih --root /data/ChestX-ray14 --out nih.csv
-    cxr-triage train --manifest nih.csv --out runs/site1            # then --resume if stopped
-    torchrun --nproc-per-node 2 -m cxr_triage.training.cli train --manifest nih.csv --out runs/ddp
-    cxr-triage export --checkpoint runs/site1/model.pt --out site1.onnx
+    cxr-triage manifest --dataset folder --root /data/site1 --labels /data/site1/labels.csv --out site1.csv
+    cxr-triage train --manifest site1.csv --out runs/site1 --max-minutes 60   # then --resume if stopped
+    torchrun --nproc-per-node 2 -m cxr_triage.training.cli train --manifest site1.csv --out runs/ddp
+    cxr-triage export --checkpoint runs/site1/model.pt --out site1.onnx --name site1-cxr --version 1.0
+    cxr-triage report --model site1.onnx --manifest runs/site1/split.csv --compare bundled.onnx
 
-Heavy imports (torch, MONAI) happen inside the run functions only.
+Every failure is one line on stderr and a non-zero exit (2: bad input; 1: the export check
+failed). Heavy imports (torch, MONAI) happen inside the run functions only.
 """
 
 from __future__ import annotations
@@ -16,125 +18,363 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: train options whose default comes from the [training] config section (option -> key)
+CONFIG_KEYS = ("architecture", "image_size", "epochs", "batch_size", "patience", "max_minutes", "threads",
+               "cache_dir")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown for every option, unless the help text already says where it comes from."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, argparse.SUPPRESS) or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
-    p = subparsers.add_parser(name, help=help_text, description=help_text)
+    p = subparsers.add_parser(name, help=help_text, description=_DESCRIPTIONS.get(name, help_text),
+                              formatter_class=_Help)
     if name == "train":
         _train_args(p)
         p.set_defaults(func=run_train)
     elif name == "export":
-        p.add_argument("--checkpoint", required=True, help="model.pt written by `cxr-triage train`")
+        p.add_argument("--checkpoint", required=True,
+                       help="model.pt written by `cxr-triage train`; best.pt or last.pt of a stopped run also "
+                            "work (calibrated on the run's validation split first)")
         p.add_argument("--out", required=True, help="ONNX file to write")
+        p.add_argument("--name", help="model name recorded in the file and in every result SR (default: "
+                       "cxr-triage-<architecture>-<run folder name>)")
+        p.add_argument("--version", help="model version recorded in the file and the SRs (default: "
+                       "<date>-<manifest sha256[:8]>-<checkpoint sha256[:6]>)")
         p.add_argument("--check-manifest", help="manifest whose validation films check the export "
                        "(default: the split.csv beside the checkpoint)")
-        p.add_argument("--data-root", help="films' root for the check manifest")
+        p.add_argument("--data-root", help="films' root for the check manifest (default: the run's)")
         p.add_argument("--films", nargs="*", default=[], help="real films to check on instead")
-        p.add_argument("--tolerance", type=float, default=1e-4)
-        p.add_argument("--name")
-        p.add_argument("--version")
+        p.add_argument("--tolerance", type=float, default=1e-4, help="largest |ONNX Runtime - PyTorch| allowed")
         p.set_defaults(func=run_export)
     elif name == "manifest":
-        from cxr_triage.training.adapters import ADAPTERS
-
-        p.add_argument("--dataset", required=True, choices=sorted(ADAPTERS))
-        p.add_argument("--root", required=True, help="the dataset's folder, in its standard layout")
-        p.add_argument("--out", required=True, help="manifest CSV to write (files relative to --root)")
-        p.add_argument("--split", action="store_true", help="also assign a patient-level split")
-        p.add_argument("--seed", type=int, default=0)
+        _manifest_args(p)
         p.set_defaults(func=run_manifest)
+    elif name == "report":
+        from cxr_triage.training.report import add_arguments, run
+
+        add_arguments(p)
+        p.set_defaults(func=run)
     else:  # pragma: no cover
         raise ValueError(name)
 
 
+_DESCRIPTIONS = {
+    "manifest": "Build the manifest CSV (one row per film: file, label, patient_id, source, age, sex, view, "
+                "findings, split) that train, report, evaluate and commission read. A site's own films: "
+                "--dataset folder (PNG/JPEG/DICOM + a labels CSV, column names configurable) or --dataset dicom "
+                "(DICOM files labelled by accession number, SOP or Study Instance UID). Public layouts: nih, "
+                "chexpert, mimic, vindr, shenzhen-montgomery, jsrt, shared. Whatever is left out (missing or "
+                "unreadable films, bad labels, unknown sub-folders, laterals) is reported, never skipped silently.",
+    "train": "Train a normal-vs-abnormal classifier from a manifest: patient-level split (kept in "
+             "<out>/split.csv), early stopping on validation AUROC, temperature/threshold calibration on "
+             "validation, then the test report (<out>/test_report.json/.html). Prints the split per source at "
+             "the start and one line per epoch with the time left. A stopped run continues with --resume "
+             "(same --out; the recipe comes from <out>/last.pt, only --epochs, --max-minutes, --patience, "
+             "--threads... may change; the summary keeps every run). Defaults marked [training] come from "
+             "the config file's [training] section.",
+    "export": "Export a checkpoint to the ONNX file the node runs (calibrated score + heatmap + metadata: "
+              "name, version, preprocessing, thresholds), checked against PyTorch on real films; nothing is "
+              "written when the check fails.",
+    "report": "Test report of an ONNX model on a manifest's own films: per source and per view, AUROC with a "
+              "95% CI and, at each operating point, sensitivity and the share of normals called likely "
+              "normal; --compare MODEL adds a paired comparison. Terminal summary, JSON and HTML.",
+}
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
+    from cxr_triage.config import load_config
     from cxr_triage.training.train import TrainConfig
 
     d = TrainConfig(manifest="", out="")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--data-root", default="", help="films' root (default: the manifest's folder)")
-    p.add_argument("--architecture", default=d.architecture, choices=["effnet_lite0", "densenet121", "tiny"])
-    p.add_argument("--no-pretrained", action="store_true")
-    for key in ("freeze_blocks", "trunk_views", "image_size", "harmonise_size", "epochs", "batch_size", "patience",
-                "seed", "threads", "max_steps_per_epoch"):
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=getattr(d, key))
-    for key in ("lr", "weight_decay", "focal_gamma", "augment", "val_fraction", "test_fraction"):
-        p.add_argument("--" + key.replace("_", "-"), type=float, default=getattr(d, key))
-    p.add_argument("--train-sources", nargs="*", default=[], help="train/validate on these sources only")
-    p.add_argument("--select-sources", nargs="*", default=[], help="val sources for AUROC and calibration")
-    p.add_argument("--balance", default=d.balance, choices=["label", "source_label"])
-    p.add_argument("--select-metric", default=d.select_metric, choices=["auroc", "source_mean_auroc"])
-    p.add_argument("--cache-dir", default="")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    p.add_argument("--no-progress", action="store_true")
+    try:
+        section = dict(load_config(None, environ={}).training)  # the embedded defaults, for the help
+    except Exception:  # noqa: BLE001 - the help must not fail on a config problem
+        section = {}
+
+    def cfg_default(key: str) -> str:
+        return f"(default: [training] {key}, {section.get(key, getattr(d, key))!r})"
+
+    p.add_argument("--manifest", help="manifest CSV from `cxr-triage manifest` (file,label[,patient_id,source,"
+                   "...]); optional with --resume")
+    p.add_argument("--out", required=True, help="run folder: split.csv, metrics, checkpoints, model.pt, reports")
+    p.add_argument("--data-root", default="", help="folder the manifest's file paths are relative to "
+                   "(default: the manifest's folder)")
+    p.add_argument("--architecture", default=None, choices=["effnet_lite0", "densenet121", "tiny"],
+                   help="network: EfficientNet-Lite0 (ImageNet weights), DenseNet-121, or a tiny CNN for smoke "
+                        "runs " + cfg_default("architecture"))
+    p.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet's")
+    p.add_argument("--image-size", type=int, default=None, help="network input side in pixels " + cfg_default("image_size"))
+    p.add_argument("--harmonise-size", type=int, default=d.harmonise_size,
+                   help="films are first resampled to this side (one resolution for every source)")
+    p.add_argument("--epochs", type=int, default=None, help="most epochs " + cfg_default("epochs"))
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget of the epochs in minutes, checked after every batch; 0: none "
+                        + cfg_default("max_minutes"))
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a validation AUROC gain " + cfg_default("patience"))
+    p.add_argument("--batch-size", type=int, default=None, help="films per batch " + cfg_default("batch_size"))
+    p.add_argument("--max-steps-per-epoch", type=int, default=d.max_steps_per_epoch,
+                   help="cap on batches per epoch (0: every training film once)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (cosine schedule, half an epoch warm-up)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--focal-gamma", type=float, default=d.focal_gamma,
+                   help="focal loss gamma (0: class-balanced cross-entropy)")
+    p.add_argument("--balance", default=d.balance, choices=["label", "source_label"],
+                   help="label: both classes weigh equally; source_label: every (source, label) group does, so a "
+                        "source's look cannot stand in for the label")
+    p.add_argument("--augment", type=float, default=d.augment, help="augmentation strength (0: none)")
+    p.add_argument("--freeze-blocks", type=int, default=d.freeze_blocks,
+                   help="EfficientNet: stem + first N blocks frozen (0: train everything)")
+    p.add_argument("--trunk-views", type=int, default=d.trunk_views,
+                   help="EfficientNet: cache the frozen trunk's output for N augmented views per film (0: off)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of patients in the validation split (films already split keep theirs)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of patients in the test split")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the weights and the augmentation")
+    p.add_argument("--train-sources", nargs="*", default=[], metavar="SOURCE",
+                   help="train and validate on these sources only (default: all)")
+    p.add_argument("--select-sources", nargs="*", default=[], metavar="SOURCE",
+                   help="validation sources for AUROC, early stopping and calibration (default: all)")
+    p.add_argument("--select-metric", default=d.select_metric, choices=["auroc", "source_mean_auroc"],
+                   help="early stopping on the validation AUROC or the mean of the per-source AUROCs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads " + cfg_default("threads"))
+    p.add_argument("--cache-dir", default=None, help="preprocessed-film cache " + cfg_default("cache_dir")
+                   .replace("'')", "'' = <out>/cache)"))
+    p.add_argument("--no-test-report", action="store_true",
+                   help="skip the test report at the end (default: written to <out>/test_report.json/.html)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt: the recipe is the saved one; --epochs, "
+                        "--max-minutes, --patience, --threads, --cache-dir may change; a fresh patience; "
+                        "train_summary.json appends the run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, cfg: Any = None):
+    """TrainConfig from the options; unset [training]-backed ones from ``cfg`` (the loaded config)."""
     from cxr_triage.training.train import TrainConfig
 
+    section: dict[str, Any] = {}
+    if cfg is not None and "training" in cfg:
+        section = dict(cfg.training)
     fields = TrainConfig.__dataclass_fields__
     values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
+    d = TrainConfig(manifest="", out="")
+    for key in CONFIG_KEYS:
+        if values.get(key) is None:
+            values[key] = section.get(key, getattr(d, key))
+    values["manifest"] = args.manifest or ""
     values["pretrained"] = not args.no_pretrained
     values["progress"] = not args.no_progress
+    values["test_report"] = (not args.no_test_report) and bool(section.get("test_report", True))
     return TrainConfig(**values)
 
 
 def run_train(args: argparse.Namespace, cfg: Any = None) -> int:
+    from cxr_triage.contract.manifest import ManifestError
     from cxr_triage.training.train import train
 
-    summary = train(config_from_args(args), resume=args.resume)
+    if not args.manifest and not args.resume:
+        print("cxr-triage train: give --manifest (or --resume a run folder)", file=sys.stderr)
+        return 2
+    if cfg is None:
+        from cxr_triage.config import load_config
+
+        cfg = load_config(None)
+    try:
+        summary = train(config_from_args(args, cfg), resume=args.resume)
+    except (ManifestError, ValueError, FileNotFoundError) as exc:
+        print(f"cxr-triage train: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cxr-triage train: interrupted; continue with --resume --out {args.out}, or export "
+              f"{Path(args.out) / 'best.pt'}", file=sys.stderr)
+        return 130
     if summary:
-        keys = ("epochs_run", "best_epoch", "best_val_auroc", "temperature", "thresholds", "minutes")
-        print(json.dumps({k: summary[k] for k in keys}, indent=2, default=float))
+        keys = ("epochs_run", "best_epoch", "best_val_auroc", "temperature", "thresholds", "minutes", "stopped_by",
+                "test_report")
+        print(json.dumps({k: summary.get(k) for k in keys}, indent=2, default=float))
     return 0
 
 
 def run_export(args: argparse.Namespace, cfg: Any = None) -> int:
+    from cxr_triage.contract.manifest import ManifestError
     from cxr_triage.training.export import ExportCheckError, export_checkpoint
 
-    manifest = args.check_manifest
-    if not args.films and not manifest:
-        manifest = Path(args.checkpoint).parent / "split.csv"
-        if args.data_root is None:
-            import torch
-
-            ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-            args.data_root = ck.get("films_root") or ck["config"]["data_root"] or None
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        print(f"cxr-triage export: checkpoint not found: {checkpoint}", file=sys.stderr)
+        return 2
     try:
-        report = export_checkpoint(args.checkpoint, args.out, films=[Path(f) for f in args.films],
+        from cxr_triage.training.train import calibrate_checkpoint
+
+        ck = calibrate_checkpoint(checkpoint, args.data_root)
+        manifest = args.check_manifest
+        if not args.films and not manifest:
+            manifest = Path(ck.get("split_csv") or checkpoint.parent / "split.csv")
+            if not Path(manifest).is_file():
+                manifest = checkpoint.parent / "split.csv"
+            if args.data_root is None:
+                args.data_root = ck.get("films_root") or ck.get("config", {}).get("data_root") or None
+        name = args.name or default_model_name(ck, checkpoint)
+        report = export_checkpoint(checkpoint, args.out, films=[Path(f) for f in args.films],
                                    data_root=args.data_root, check_manifest=manifest,
-                                   tolerance=args.tolerance, name=args.name, version=args.version)
+                                   tolerance=args.tolerance, name=name, version=args.version, ck=ck)
     except ExportCheckError as exc:
         print(f"cxr-triage export: check failed, nothing written: {exc}", file=sys.stderr)
         return 1
+    except (ManifestError, ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"cxr-triage export: {exc}", file=sys.stderr)
+        return 2
+    if not args.name:
+        print(f"cxr-triage export: model named {name!r} (choose with --name, --version)", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
+def default_model_name(ck: dict[str, Any], checkpoint: Path) -> str:
+    """``cxr-triage-<architecture>-<run folder>``: a retrained model never carries the bundled name."""
+    arch = str(ck.get("architecture", "model")).replace("_", "-")
+    run = "".join(c if c.isalnum() or c in "-._" else "-" for c in checkpoint.resolve().parent.name) or "run"
+    return f"cxr-triage-{arch}-{run}"
+
+
+# ---------------------------------------------------------------- manifest
+
+def _manifest_args(p: argparse.ArgumentParser) -> None:
     from cxr_triage.training.adapters import ADAPTERS
+
+    p.add_argument("--dataset", required=True, choices=sorted(ADAPTERS),
+                   help="folder: a folder of PNG/JPEG/DICOM films + labels CSV; dicom: DICOM files labelled by "
+                        "accession number / UID; the others: public data sets in their standard layout")
+    p.add_argument("--root", required=True, help="the dataset's folder")
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.add_argument("--paths", choices=["manifest", "root", "absolute"], default="manifest",
+                   help="write film paths relative to the manifest's folder (then no --data-root is needed "
+                        "later), relative to --root, or absolute")
+    g = p.add_argument_group("folder and dicom datasets")
+    g.add_argument("--labels", help="labels CSV (default: <root>/labels.csv)")
+    g.add_argument("--file-column", default="file", help="folder: column with the film's path (relative to --root)")
+    g.add_argument("--label-column", default="label", help="column with the label")
+    g.add_argument("--patient-column", default="patient_id",
+                   help="folder: column with the patient id (split key; default when absent: one patient per "
+                        "film, or a pseudonym of the DICOM Patient ID)")
+    g.add_argument("--view-column", default="view", help="folder: column with the view (PA/AP; laterals are left out)")
+    g.add_argument("--age-column", default="age", help="folder: column with the age in years")
+    g.add_argument("--sex-column", default="sex", help="folder: column with the sex")
+    g.add_argument("--source-column", default="source", help="column with the data source, when the CSV has one")
+    g.add_argument("--findings-column", default="findings", help="column with the findings ('|'-separated)")
+    g.add_argument("--source", default="", help="source name of every film (default: the column, else the "
+                   "--root folder's name)")
+    g.add_argument("--abnormal-values", nargs="*", default=[], metavar="VALUE",
+                   help="the site's spellings of abnormal (default: abnormal/1/true/yes/positive/suspicious)")
+    g.add_argument("--normal-values", nargs="*", default=[], metavar="VALUE",
+                   help="the site's spellings of normal (default: normal/0/false/no/negative)")
+    g.add_argument("--key", default="accession_number", choices=["accession_number", "sop_instance_uid",
+                                                                  "study_instance_uid"],
+                   help="dicom: what the labels CSV is keyed by")
+    g.add_argument("--key-column", default="", help="dicom: the labels CSV's key column (default: --key)")
+    g.add_argument("--min-age", type=float, default=16.0,
+                   help="folder, dicom, shared: films of younger patients get split 'excluded_paediatric'")
+    p.add_argument("--split", action="store_true", help="also assign a patient-level train/val/test split "
+                   "(otherwise `train` does, and keeps it in <out>/split.csv)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="with --split: share of patients in val")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="with --split: share of patients in test")
+    p.add_argument("--seed", type=int, default=0, help="with --split: seed")
+    p.add_argument("--strict", action="store_true", help="exit 3 when anything was left out")
+
+
+def _adapter_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from cxr_triage.training.adapters import Columns
+
+    cols = Columns(file=args.file_column, label=args.label_column, patient_id=args.patient_column,
+                   view=args.view_column, age=args.age_column, sex=args.sex_column, source=args.source_column,
+                   findings=args.findings_column)
+    common = {"labels": Path(args.labels) if args.labels else None, "columns": cols, "source": args.source,
+              "abnormal_values": args.abnormal_values, "normal_values": args.normal_values, "min_age": args.min_age}
+    if args.dataset == "folder":
+        return common
+    if args.dataset == "dicom":
+        return {**common, "key": args.key, "key_column": args.key_column}
+    if args.dataset == "shared":
+        return {"min_age": args.min_age}
+    return {}
+
+
+def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
+    import os
+
+    from cxr_triage.contract.manifest import ManifestError
+    from cxr_triage.training.adapters import ADAPTERS, DatasetError, ImportProblems, drop_missing
     from cxr_triage.training.manifest import write_manifest
     from cxr_triage.training.split import assign_splits, summarise
 
-    entries = ADAPTERS[args.dataset](Path(args.root))
-    if args.split:
-        assign_splits(entries, seed=args.seed)
-    write_manifest(entries, args.out)
-    print(json.dumps({"films": len(entries), "by_split": summarise(entries)}, indent=2))
-    return 0
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"cxr-triage manifest: no such folder: {root}", file=sys.stderr)
+        return 2
+    problems = ImportProblems()
+    try:
+        kwargs = _adapter_kwargs(args)
+        if args.dataset in ("folder", "dicom", "shared"):
+            kwargs["problems"] = problems
+        entries = ADAPTERS[args.dataset](root, **kwargs)
+        if args.dataset not in ("folder", "dicom"):
+            entries = drop_missing(entries, root, problems)
+        if not entries:
+            raise DatasetError(f"{root}: no films found for --dataset {args.dataset}"
+                               + (f" ({'; '.join(problems.lines())})" if problems else ""))
+        if args.split:
+            assign_splits(entries, args.val_fraction, args.test_fraction, seed=args.seed)
+    except (DatasetError, ManifestError, ValueError, OSError, KeyError) as exc:
+        what = f"missing column {exc}" if isinstance(exc, KeyError) else str(exc)
+        print(f"cxr-triage manifest: {what}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    base = out.resolve().parent
+    for e in entries:
+        p = Path(e.file)
+        full = p if p.is_absolute() else (root / p).resolve()
+        if args.paths == "absolute":
+            e.file = str(full)
+        elif args.paths == "manifest":
+            e.file = os.path.relpath(full, base)
+    write_manifest(entries, out)
+    for line in problems.lines():
+        print(f"cxr-triage manifest: left out {line}", file=sys.stderr)
+    by_source: dict[str, dict[str, int]] = {}
+    for e in entries:
+        row = by_source.setdefault(e.source or "-", {"films": 0, "normal": 0, "abnormal": 0})
+        row["films"] += 1
+        row["abnormal" if e.label else "normal"] += 1
+    print(json.dumps({"manifest": str(out), "films": len(entries), "by_source": by_source,
+                      "by_split": {k or "unsplit (train makes the split)": v for k, v in summarise(entries).items()},
+                      "left_out": problems.to_dict(),
+                      "paths_relative_to": {"manifest": str(base), "root": str(root.resolve()),
+                                            "absolute": "/"}[args.paths]}, indent=2))
+    return 3 if args.strict and problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry for ``python -m cxr_triage.training.cli`` (e.g. under torchrun)."""
     parser = argparse.ArgumentParser(prog="cxr_triage.training.cli")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("train", "export", "manifest"):
+    for name in ("train", "export", "manifest", "report"):
         register(sub, name, name)
     args = parser.parse_args(argv)
     import logging
 
+    from cxr_triage.config import load_config
+
     logging.basicConfig(level=logging.INFO)
-    return int(args.func(args, None) or 0)
+    return int(args.func(args, load_config(None)) or 0)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,19 @@ class ExportCheckError(RuntimeError):
     """ONNX Runtime and PyTorch disagree (or the file is unusable): nothing was exported."""
 
 
-def load_checkpoint(path: str | Path):
-    """(ExportWrapper in eval mode, checkpoint dict) from a training ``model.pt``."""
+def load_checkpoint(path: str | Path, ck: dict[str, Any] | None = None):
+    """(ExportWrapper in eval mode, checkpoint dict) from a training ``model.pt`` (or from ``ck``,
+    the same dict already loaded, e.g. a calibrated ``best.pt``:
+    :func:`cxr_triage.training.train.calibrate_checkpoint`)."""
     import torch
 
     from cxr_triage.training.network import ExportWrapper, build_network
 
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck is None:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "architecture" not in ck or "preprocessing" not in ck:
+        raise ValueError(f"{path}: not a training checkpoint with its config (export model.pt, best.pt or last.pt "
+                         "of a `cxr-triage train` run)")
     net = build_network(ck["architecture"], pretrained=False, image_size=ck["image_size"])
     net.load_state_dict(ck["model"])
     wrapper = ExportWrapper(net, ck.get("temperature", 1.0), ck.get("logit_shift", 0.0)).eval()
@@ -126,9 +132,12 @@ def check_films(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, films: Sequence[Path] | None = None,
                       data_root: str | Path | None = None, check_manifest: str | Path | None = None,
                       n_check: int = 16, tolerance: float = 1e-4, name: str | None = None,
-                      version: str | None = None) -> dict[str, Any]:
-    """Export and check; films come from ``films`` or the validation rows of a manifest."""
-    wrapper, ck = load_checkpoint(checkpoint)
+                      version: str | None = None, ck: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export and check; films come from ``films`` or the validation rows of a manifest.
+
+    ``ck``: the checkpoint dict when already loaded (and calibrated). Raises ExportCheckError
+    (nothing written) when ONNX Runtime and PyTorch disagree or no film can be checked on."""
+    wrapper, ck = load_checkpoint(checkpoint, ck)
     if version is None:  # date, training manifest and the weights themselves
         digest = file_sha256(checkpoint)[:6]
         sha = ck.get("training_manifest_sha256", "")[:8] or "nomanifest"
@@ -143,6 +152,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, films: Sequence[P
         pick = [e for e in rows if e.split == "val"] or rows
         step = max(1, len(pick) // n_check)
         paths = [resolve(e, root) for e in pick[::step][:n_check]]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} check film(s) not found, e.g. {missing[0]} (give --data-root)")
     if not paths:
         raise ExportCheckError("no real films to check the export on (give films or a manifest)")
     out = Path(out)

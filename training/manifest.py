@@ -16,7 +16,8 @@ from typing import Iterable
 from cxr_triage.contract import manifest as _manifest
 from cxr_triage.contract.manifest import ManifestError, ManifestRow  # noqa: F401  (ManifestError: re-exported)
 
-#: the columns the trainer writes (the shared format's, less ``site``, which training does not use)
+#: the columns the trainer writes (the shared format's, less ``site``: a manifest with a ``site``
+#: column and no ``source`` column is read with ``site`` as the source, as evaluation does)
 COLUMNS = ("file", "label", "patient_id", "source", "age", "sex", "view", "findings",
            "nodule_or_mass", "split")
 
@@ -62,7 +63,7 @@ def parse_label(value: str) -> int:
 def entry_from_row(row: ManifestRow) -> Entry:
     """The trainer's view of one parsed manifest row."""
     return Entry(
-        file=row.file, label=row.label, patient_id=row.patient_id or row.file, source=row.source,
+        file=row.file, label=row.label, patient_id=row.patient_id or row.file, source=row.source or row.site,
         age=row.age, sex=row.sex, view=row.view, findings=row.findings,
         nodule_or_mass=int(row.nodule_or_mass), split=row.split,
         extra={k: v for k, v in row.raw.items() if k not in COLUMNS},

@@ -8,17 +8,28 @@ decision; only rank 0 writes files.
 Run folder (``out``): ``split.csv`` (the manifest with its split, reused on --resume),
 ``metrics.csv``/``metrics.jsonl`` (one row per epoch), ``last.pt`` (resume state),
 ``best.pt`` (best validation AUROC), ``model.pt`` (best weights + temperature + thresholds +
-validation metrics: what ``export`` reads), ``train_summary.json``.
+validation metrics: what ``export`` reads), ``train_summary.json`` (settings, split, result and
+one entry per run under ``runs``: a resumed run appends), ``test_report.json``/``.html`` (the
+test split scored by the calibrated model, :mod:`cxr_triage.training.report`).
+
+Every checkpoint carries its config, so any of them exports (``best.pt``/``last.pt`` of a
+stopped run are calibrated on the validation split at export, :func:`calibrate_checkpoint`).
+
+Budget: ``epochs`` and, optionally, ``max_minutes`` of wall-clock time (checked after every
+batch: the epoch under way is validated and the run calibrates and stops). Each epoch prints
+one line with the validation AUROC, the epoch's seconds and the estimated time left.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import json
 import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +41,7 @@ from cxr_triage.contract.files import file_sha256
 from cxr_triage.contract.preprocessing import PreprocessSpec
 from cxr_triage.evaluation.metrics import expected_calibration_error
 from cxr_triage.training import calibrate
-from cxr_triage.training.manifest import Entry, read_manifest, write_manifest
+from cxr_triage.training.manifest import Entry, read_manifest, resolve, write_manifest
 from cxr_triage.training.split import assign_splits, check_no_leakage, summarise
 
 log = logging.getLogger(__name__)
@@ -70,9 +81,37 @@ class TrainConfig:
     max_steps_per_epoch: int = 0        # >0: cap (tests, smoke runs)
     progress: bool = True
     cache_dir: str = ""                 # default: <out>/cache
+    max_minutes: float = 0.0            # >0: wall-clock budget of the epochs, in minutes
+    test_report: bool = True            # score the test split at the end (test_report.json/.html)
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(size=self.image_size, harmonise_size=self.harmonise_size)
+
+
+#: the settings a resumed run may change (how long and how it runs, not what it trains)
+RUN_CONTROL = ("epochs", "max_minutes", "patience", "threads", "progress", "cache_dir", "test_report",
+               "max_steps_per_epoch")
+
+
+def resumed_config(saved: dict[str, Any], given: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """The config of a resumed run: the recipe saved in ``last.pt``, the run-control settings
+    (:data:`RUN_CONTROL`) from the command line. Also returns one line per recipe setting the
+    command line gave differently (ignored: a run cannot change what it trains half-way)."""
+    fields = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in saved.items() if k in fields}
+    ignored = []
+    for k in fields:
+        if k in RUN_CONTROL:
+            values[k] = getattr(given, k)
+        elif k in ("manifest", "out", "data_root") and not getattr(given, k):
+            continue
+        elif k in values and getattr(given, k) != values[k] and getattr(given, k) != getattr(_DEFAULTS, k):
+            ignored.append(f"{k}={getattr(given, k)!r} (the run keeps {values[k]!r})")
+    values["out"] = given.out or values.get("out", "")
+    return TrainConfig(**values), ignored
+
+
+_DEFAULTS = TrainConfig(manifest="", out="")
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -149,17 +188,61 @@ def per_source(scores: np.ndarray, entries: list[Entry]) -> dict[str, dict[str, 
     return out
 
 
+def split_table(entries: list[Entry]) -> str:
+    """Patients, films, normal and abnormal films per source and split, as aligned text
+    (printed at the start of a run; films outside train/val/test, e.g. excluded children, too)."""
+    rows: dict[tuple[str, str], list[Any]] = {}
+    for e in entries:
+        r = rows.setdefault((e.source or "-", e.split or "-"), [set(), 0, 0, 0])
+        r[0].add(e.patient_id)
+        r[1] += 1
+        r[2 if e.label == 0 else 3] += 1
+    order = {"train": 0, "val": 1, "test": 2}
+    head = ("source", "split", "patients", "films", "normal", "abnormal")
+    body = [(src, sp, str(len(r[0])), str(r[1]), str(r[2]), str(r[3]))
+            for (src, sp), r in sorted(rows.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9), kv[0][1]))]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join(fmt.format(*r) for r in (head, *body))
+
+
+def _eta_minutes(history: list[dict[str, Any]], epochs_left: int, budget_left_s: float | None) -> float:
+    """Minutes left: mean epoch time so far x epochs left, capped by the time budget left."""
+    if not history:
+        return float("nan")
+    mean = float(np.mean([r["seconds"] for r in history[-3:]]))
+    left = mean * max(0, epochs_left)
+    if budget_left_s is not None:
+        left = min(left, max(0.0, budget_left_s))
+    return left / 60
+
+
 # ---------------------------------------------------------------- the run
 
-def _prepare_split(cfg: TrainConfig, out: Path) -> tuple[list[Entry], Path]:
-    """The manifest with splits; on resume the saved split.csv is reused as-is."""
+def _prepare_split(cfg: TrainConfig, out: Path) -> tuple[list[Entry], Path, Path]:
+    """(entries with their split, ``<out>/split.csv``, the folder its file paths are relative to).
+
+    A new split's file paths are rewritten relative to the run folder, so ``split.csv`` is a
+    manifest every command reads without ``--data-root`` (report, evaluate, commission, export).
+    An existing ``split.csv`` (resume, or a new run in the same folder) is reused as it is."""
+    import os
+
     split_csv = out / "split.csv"
+    data_root = Path(cfg.data_root) if cfg.data_root else Path(cfg.manifest).resolve().parent
     if split_csv.exists():
         entries = read_manifest(split_csv)
+        # written by this version: relative to the run folder; by an older one: to the data root
+        probe = entries[: min(20, len(entries))]
+        root = out if sum(resolve(e, out).is_file() for e in probe) >= sum(resolve(e, data_root).is_file()
+                                                                           for e in probe) else data_root
     else:
         entries = assign_splits(read_manifest(cfg.manifest), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        base = out.resolve()
+        for e in entries:
+            e.file = os.path.relpath(resolve(e, data_root).resolve(), base)
+        root = out
     check_no_leakage(entries)
-    return entries, split_csv
+    return entries, split_csv, root
 
 
 class _UpperModel:
@@ -259,22 +342,43 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from cxr_triage.training.dataset import cache_key, eval_transforms, load_inputs, make_dataset, train_transforms
     from cxr_triage.training.network import build_network
 
+    started = time.time()
+    out = Path(cfg.out)
+    last, best = out / "last.pt", out / "best.pt"
+    resume_ck: dict[str, Any] | None = None
+    if resume and last.exists():
+        resume_ck = torch.load(last, map_location="cpu", weights_only=False)
+        if "config" in resume_ck:
+            cfg, ignored = resumed_config(resume_ck["config"], cfg)
+            for line in ignored:
+                _say(f"resume: ignored {line}")
+    elif resume:
+        _say(f"resume: no {last} yet, starting a new run")
+    if not cfg.manifest:
+        raise ValueError("no manifest: give --manifest (or --resume a run folder that has last.pt)")
     torch.set_num_threads(max(1, cfg.threads))
     distributed = _init_distributed()
     rank, world = _dist_info()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
-    entries, split_csv = _prepare_split(cfg, out)
+    entries, split_csv, root = _prepare_split(cfg, out)
     if rank == 0 and not split_csv.exists():
         write_manifest(entries, split_csv)
-    root = Path(cfg.data_root) if cfg.data_root else Path(cfg.manifest).resolve().parent
     train_e = [e for e in entries if e.split == "train" and (not cfg.train_sources or e.source in cfg.train_sources)]
     val_e = [e for e in entries if e.split == "val" and (not cfg.train_sources or e.source in cfg.train_sources)]
+    if rank == 0:
+        _say(f"split ({split_csv}{', reused' if resume_ck else ''}):\n{split_table(entries)}")
+        if cfg.train_sources:
+            _say(f"training and validating on source(s) {', '.join(cfg.train_sources)} only")
     if not train_e or not val_e:
-        raise ValueError("the split has no training or no validation films")
+        raise ValueError("the split has no training or no validation films"
+                         + (f" from the source(s) {', '.join(cfg.train_sources)}" if cfg.train_sources else ""))
+    if len({e.label for e in val_e}) < 2:
+        raise ValueError("the validation split needs normal and abnormal films (for AUROC and thresholds): "
+                         "add films or raise --val-fraction")
+    _check_films(train_e + val_e, root)
     sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
     spec = cfg.spec()
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
@@ -352,19 +456,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         raise ValueError(f"balance must be label or source_label, not {cfg.balance!r}")
 
     state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    last, best = out / "last.pt", out / "best.pt"
-    if resume and last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        state = ck["state"]
+    if resume_ck is not None:
+        net.load_state_dict(resume_ck["model"])
+        opt.load_state_dict(resume_ck["optimizer"])
+        sched.load_state_dict(resume_ck["scheduler"])
+        state = resume_ck["state"]
+        if state["bad_epochs"] >= cfg.patience:  # a resumed run gets a fresh patience
+            state["bad_epochs"] = 0
         if rank == 0:
-            log.info("resumed", extra={"epoch": state["epoch"], "best_auroc": state["best_auroc"]})
-
-    started = time.time()
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            _say(f"resumed after epoch {state['epoch']} (best validation AUROC {state['best_auroc']:.4f} "
+                 f"at epoch {state['best_epoch']}); running to epoch {cfg.epochs}")
+    first_epoch = state["epoch"] + 1
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else None
+    deadline = started + budget_s if budget_s is not None else None
+    stopped = "epochs"
+    if rank == 0:
+        plan = f"training epochs {first_epoch}..{cfg.epochs}, {steps_per_epoch} batches of {cfg.batch_size} each"
+        _say(plan + (f", time budget {cfg.max_minutes:g} min" if budget_s else "") + f" (on {device})")
+    ckpt_info = {"config": asdict(cfg), "architecture": cfg.architecture, "image_size": cfg.image_size,
+                 "preprocessing": spec.to_dict(), "split_csv": str(split_csv.resolve()),
+                 "films_root": str(root.resolve())}
+    for epoch in range(first_epoch, cfg.epochs + 1):
         if state["bad_epochs"] >= cfg.patience:
+            stopped = "patience"
+            break
+        if deadline is not None and epoch > first_epoch and _any_rank(time.time() >= deadline):
+            stopped = "time budget"  # (a run always trains at least one epoch: something to export)
             break
         t0 = time.time()
         if train_sampler is not None:
@@ -384,6 +501,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         for step, batch in enumerate(it):
             if step >= steps_per_epoch:
                 break
+            if deadline is not None and step and _any_rank(time.time() >= deadline):
+                break  # over budget: validate what this epoch trained, then stop
             x = batch["image"].to(device)
             y = batch["label"].to(device).float()
             loss = loss_fn(model(x)[:, None], y[:, None], torch.as_tensor(np.asarray(batch["index"])))
@@ -418,22 +537,57 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
+        left_s = None if deadline is None else deadline - time.time()
+        row["eta_min"] = round(_eta_minutes(state["history"], cfg.epochs - epoch, left_s), 2)
         if rank == 0:
             _log_epoch(out, row)
             if improved:
-                torch.save({"model": net.state_dict(), "epoch": epoch, "val_auroc": val_auc}, best)
+                torch.save({"model": net.state_dict(), "epoch": epoch, "val_auroc": val_auc, **ckpt_info}, best)
             torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "state": state, "config": asdict(cfg)}, last)
-            print(json.dumps(row), flush=True)
+                        "state": state, "epoch": epoch, **ckpt_info}, last)
+            _say(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, validation AUROC "
+                 f"{row['val_auroc']:.4f} (best {state['best_auroc']:.4f} at epoch {state['best_epoch']}), "
+                 f"{row['seconds']:.0f} s; ETA {row['eta_min']:.1f} min"
+                 + (f", {max(0.0, left_s) / 60:.1f} min of the budget left" if left_s is not None else ""))
+        if deadline is not None and epoch < cfg.epochs and _any_rank(time.time() >= deadline):
+            stopped = "time budget"
+            break
 
     summary: dict[str, Any] = {}
+    if rank == 0 and not best.exists():  # no epoch improved on -1 (validation AUROC undefined)
+        torch.save({"model": net.state_dict(), "epoch": state["epoch"], "val_auroc": float("nan"), **ckpt_info}, best)
     if rank == 0:
+        if stopped != "epochs":
+            _say(f"stopped after epoch {state['epoch']}: {stopped}")
+        run = {"started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
+               "resumed": resume_ck is not None, "epochs": [first_epoch, state["epoch"]], "stopped_by": stopped,
+               "run_control": {k: getattr(cfg, k) for k in RUN_CONTROL}}
         summary = _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, device, state, started,
-                          use_trunk)
+                          use_trunk, run)
     if distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return summary
+
+
+def _say(line: str) -> None:
+    """A progress line for the person running the command (stderr; the JSON result is stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on any rank (so every rank leaves the epoch at the same step)."""
+    return any(_gather(bool(flag)))
+
+
+def _check_films(entries: list[Entry], root: Path) -> None:
+    """FileNotFoundError naming the first missing films (and how many) before any work starts."""
+    missing = [e for e in entries if not resolve(e, root).is_file()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(f"{len(missing)} of {len(entries)} training/validation film(s) not found: "
+                                f"{', '.join(e.file for e in missing[:5])}{more} (looked for "
+                                f"{resolve(missing[0], root).resolve()}; wrong --data-root?)")
 
 
 def _log_epoch(out: Path, row: dict[str, Any]) -> None:
@@ -450,9 +604,93 @@ def _log_epoch(out: Path, row: dict[str, Any]) -> None:
         w.writerow(flat)
 
 
+def calibration(cfg: TrainConfig, val_e: list[Entry], val_logits: np.ndarray, sel: np.ndarray,
+                best_epoch: int) -> dict[str, Any]:
+    """Temperature + shift, operating thresholds and validation metrics from validation logits
+    (N,) of the ``sel`` films: the fields ``model.pt`` stores."""
+    y_val = np.array([e.label for e in val_e], dtype=np.float32)
+    # The class-balanced loss trains as if both classes were equally common, so temperature
+    # scaling gets a shift (Platt scaling) to match the validation mix; fitted on validation.
+    z, y = val_logits[sel], y_val[sel]
+    temperature, logit_shift = calibrate.fit_temperature_and_shift(z, y)
+    ece_raw = expected_calibration_error(y, calibrate.calibrated(z, 1.0))
+    shifted = val_logits + logit_shift
+    scores = calibrate.calibrated(shifted[sel], temperature)
+    thresholds = calibrate.operating_points(scores, y)
+    all_scores = calibrate.calibrated(shifted, temperature)
+    metrics = {
+        "split": "val",
+        "films": int(sel.sum()),
+        "abnormal": int(y.sum()),
+        "auroc": auroc(scores, y),
+        "ece_before": ece_raw,
+        "ece_after": expected_calibration_error(y, scores),
+        "operating_points": {k: calibrate.rates(scores, y, t) for k, t in thresholds.items()},
+        "by_source": per_source(all_scores, val_e),
+        "best_epoch": best_epoch,
+    }
+    return {"temperature": temperature, "logit_shift": logit_shift, "thresholds": thresholds,
+            "validation_metrics": metrics}
+
+
+def _model_file_dict(cfg: TrainConfig, net: Any, cal: dict[str, Any], split_csv: Path, root: Path) -> dict[str, Any]:
+    return {
+        "architecture": cfg.architecture, "image_size": cfg.image_size, "model": net.state_dict(),
+        "preprocessing": cfg.spec().to_dict(), **cal,
+        "training_manifest_sha256": file_sha256(cfg.manifest) if Path(cfg.manifest).is_file() else "",
+        "config": asdict(cfg), "split_csv": str(split_csv), "films_root": str(root.resolve()),
+    }
+
+
+def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) -> dict[str, Any]:
+    """A ``best.pt`` / ``last.pt`` (weights + config) -> the ``model.pt`` dict ``export`` needs:
+    the weights scored on the run's validation split (its ``split.csv``), temperature, shift and
+    thresholds fitted there. A ``model.pt`` is returned as it is.
+
+    Raises ValueError when the checkpoint has no config (written by an older version) and
+    FileNotFoundError when the split or validation films are not found."""
+    import torch
+
+    from cxr_triage.training.dataset import load_inputs
+    from cxr_triage.training.network import build_network
+
+    path = Path(path)
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "thresholds" in ck:
+        return cast(dict[str, Any], ck)
+    if "config" not in ck:
+        raise ValueError(f"{path}: checkpoint has no config (written by an older version): export the run's "
+                         "model.pt, or retrain")
+    cfg = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})
+    split_csv = Path(ck.get("split_csv") or path.parent / "split.csv")
+    if not split_csv.is_file():
+        split_csv = path.parent / "split.csv"
+    if not split_csv.is_file():
+        raise FileNotFoundError(f"{path}: the run's split.csv is not found (looked beside the checkpoint)")
+    root = Path(data_root or ck.get("films_root") or cfg.data_root or Path(cfg.manifest).resolve().parent)
+    entries = read_manifest(split_csv)
+    val_e = [e for e in entries if e.split == "val" and (not cfg.train_sources or e.source in cfg.train_sources)]
+    if not val_e:
+        raise ValueError(f"{split_csv}: no validation films to calibrate {path.name} on")
+    _check_films(val_e, root)
+    sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
+    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size)
+    net.load_state_dict(ck["model"])
+    net.eval()
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else path.parent / "cache"
+    x = load_inputs(val_e, root, cfg.spec(), cache, progress=False)
+    with torch.no_grad():
+        logits = np.concatenate([net(torch.from_numpy(np.asarray(x[i:i + 64], dtype=np.float32))).float().numpy()
+                                 for i in range(0, len(x), 64)])
+    cal = calibration(cfg, val_e, logits.astype(np.float64), sel, int(ck.get("epoch", 0)))
+    log.info("calibrated checkpoint", extra={"checkpoint": str(path), "epoch": ck.get("epoch")})
+    return _model_file_dict(cfg, net, cal, split_csv, root)
+
+
 def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, device, state, started,
-            use_trunk: bool = False) -> dict[str, Any]:
-    """Best weights -> validation logits -> temperature, thresholds, metrics -> model.pt."""
+            use_trunk: bool = False, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Best weights -> validation logits -> temperature, thresholds, metrics -> model.pt; the
+    summary (appending this run to a resumed run's ``runs``); the test report."""
     import torch
 
     from cxr_triage.training.network import build_network
@@ -463,42 +701,61 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     idx, logits = _predict(_UpperModel.make(net, cfg.freeze_blocks) if use_trunk else net, dl_val, device)
     val_logits = np.zeros(len(val_e))
     val_logits[idx] = logits
-    # The class-balanced loss trains as if both classes were equally common, so temperature
-    # scaling gets a shift (Platt scaling) to match the validation mix; fitted on validation.
-    z, y = val_logits[sel], y_val[sel]
-    temperature, logit_shift = calibrate.fit_temperature_and_shift(z, y)
-    ece_raw = expected_calibration_error(y, calibrate.calibrated(z, 1.0))
-    val_logits = val_logits + logit_shift
-    z = val_logits[sel]
-    scores = calibrate.calibrated(z, temperature)
-    thresholds = calibrate.operating_points(scores, y)
-    all_scores = calibrate.calibrated(val_logits, temperature)
-    metrics = {
-        "split": "val",
-        "films": int(sel.sum()),
-        "abnormal": int(y.sum()),
-        "auroc": auroc(scores, y),
-        "ece_before": ece_raw,
-        "ece_after": expected_calibration_error(y, scores),
-        "operating_points": {k: calibrate.rates(scores, y, t) for k, t in thresholds.items()},
-        "by_source": per_source(all_scores, val_e),
-        "best_epoch": state["best_epoch"],
-    }
-    manifest_sha = file_sha256(cfg.manifest)
-    torch.save({
-        "architecture": cfg.architecture, "image_size": cfg.image_size, "model": net.state_dict(),
-        "preprocessing": cfg.spec().to_dict(), "temperature": temperature, "logit_shift": logit_shift,
-        "thresholds": thresholds,
-        "validation_metrics": metrics, "training_manifest_sha256": manifest_sha, "config": asdict(cfg),
-        "split_csv": str(split_csv), "films_root": str(root.resolve()),
-    }, out / "model.pt")
+    cal = calibration(cfg, val_e, val_logits, sel, state["best_epoch"])
+    model_file = _model_file_dict(cfg, net, cal, split_csv, root)
+    torch.save(model_file, out / "model.pt")
+    minutes = round((time.time() - started) / 60, 2)
+    summary_path = out / "train_summary.json"
+    runs: list[dict[str, Any]] = []
+    if run is not None and run.get("resumed") and summary_path.exists():
+        try:
+            runs = list(json.loads(summary_path.read_text()).get("runs", []))
+        except (OSError, ValueError):
+            runs = []
+    if run is not None:
+        runs.append({**run, "minutes": minutes})
     summary = {
         "config": asdict(cfg), "split": summarise(entries), "epochs_run": state["epoch"],
         "world_size": _dist_info()[1],
         "best_epoch": state["best_epoch"], "best_val_auroc": state["best_auroc"],
-        "temperature": temperature, "logit_shift": logit_shift, "thresholds": thresholds,
-        "validation_metrics": metrics,
-        "training_manifest_sha256": manifest_sha, "minutes": round((time.time() - started) / 60, 1),
+        "temperature": cal["temperature"], "logit_shift": cal["logit_shift"], "thresholds": cal["thresholds"],
+        "validation_metrics": cal["validation_metrics"],
+        "training_manifest_sha256": model_file["training_manifest_sha256"],
+        "minutes": round(sum(r.get("minutes", 0.0) for r in runs) if runs else minutes, 2),
+        "stopped_by": (run or {}).get("stopped_by", ""),
+        "runs": runs,
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if cfg.test_report:
+        summary["test_report"] = _test_report(cfg, out, entries, root, net, cal, device)
+    summary_path.write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def _test_report(cfg: TrainConfig, out: Path, entries: list[Entry], root: Path, net: Any,
+                 cal: dict[str, Any], device: Any) -> str:
+    """The test split scored by the calibrated best weights (PyTorch; ``export`` checks that
+    ONNX Runtime agrees within 1e-4) -> ``test_report.json/.html``; the terminal summary is
+    printed. Returns the JSON path ('' when the split has no test films)."""
+    import torch
+
+    from cxr_triage.training import report as test_report
+    from cxr_triage.training.dataset import load_inputs
+
+    test_e = [e for e in entries if e.split == "test"]
+    if not test_e:
+        _say("test report: the split has no test films")
+        return ""
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    x = load_inputs(test_e, root, cfg.spec(), cache, progress=False)
+    net.eval()
+    with torch.no_grad():
+        logits = np.concatenate([net(torch.from_numpy(np.asarray(x[i:i + 64], dtype=np.float32)).to(device))
+                                 .float().cpu().numpy() for i in range(0, len(x), 64)])
+    scores = calibrate.calibrated(logits.astype(np.float64), cal["temperature"], cal["logit_shift"])
+    rep = test_report.build_report(
+        scores, test_e, cal["thresholds"], model=f"{out / 'model.pt'} (before export; PyTorch scores)",
+        split="test", manifest=str(out / "split.csv"))
+    paths = test_report.write_report(rep, out / "test_report.json")
+    _say(test_report.terminal_summary(rep))
+    _say(f"test report: {paths['json']} and {paths['html']}")
+    return str(paths["json"])

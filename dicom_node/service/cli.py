@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from cxr_triage.config import Config, resolve_path
@@ -19,8 +20,13 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
             "Run the DICOM node: receive (C-STORE), triage each study after its quiet period, "
             "return the result SR to the configured destinations (or <state_dir>/outbox). "
             "SIGTERM stops accepting, finishes in-flight work and exits; a restart resumes."))
-        p.add_argument("--port", type=int, help="override [node] port")
+        p.add_argument("--port", type=int, help="override [node] port (0: any free port, logged at start)")
         p.add_argument("--state-dir", help="override [node] state_dir")
+        p.add_argument("--model", metavar="FILE",
+                       help="ONNX model to serve (overrides [inference] model_path; default: the bundled model)")
+        p.add_argument("--site-threshold", metavar="FILE",
+                       help="`cxr-triage commission` file of that model (overrides [inference] "
+                            "site_threshold_file); the node refuses to start if it was made for another model")
         p.set_defaults(func=run_serve)
     elif name == "status":
         p = subparsers.add_parser(name, help=help_text, description=(
@@ -46,10 +52,25 @@ def _override(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg.replace(node=node) if node else cfg
 
 
+def _override_inference(cfg: Config, args: argparse.Namespace) -> Config:
+    """``--model`` / ``--site-threshold`` as [inference] keys (absolute paths: a config file's
+    relative paths are resolved against its folder, a command line's against the working one)."""
+    inference: dict[str, Any] = {}
+    if getattr(args, "model", None):
+        inference["model_path"] = str(Path(args.model).resolve())
+    if getattr(args, "site_threshold", None):
+        inference["site_threshold_file"] = str(Path(args.site_threshold).resolve())
+    return cfg.replace(inference=inference) if inference else cfg
+
+
 def run_serve(args: argparse.Namespace, cfg: Config) -> int:
     from cxr_triage.dicom_node.service.node import serve
 
-    cfg = _override(cfg, args)
+    cfg = _override_inference(_override(cfg, args), args)
+    for what, value in (("model", cfg.inference.model_path), ("site threshold file", cfg.inference.site_threshold_file)):
+        if value and not resolve_path(cfg, value).is_file():
+            print(f"cxr-triage serve: {what} not found: {resolve_path(cfg, value)}", file=sys.stderr)
+            return 2
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:

@@ -32,7 +32,7 @@ def _synthetic(n: int = 240, seed: int = 0) -> tuple[list[Film], list[Scored], l
         films.append(Film(
             file=f"images/f{i:03d}.png", path=Path(f"/nowhere/f{i:03d}.png"), label=y, patient_id=f"p{i // 2}",
             key=f"name:f{i}", sex="MF"[i % 2], age=float(18 + i % 75), view="AP" if i % 3 == 0 else "PA",
-            site="A" if i < n / 2 else "B",
+            source="A" if i < n / 2 else "B",
             findings=("Nodule" if nodule else "Effusion") if y else "No Finding", nodule_or_mass=nodule,
             extra={"nodule_size_mm": str(4 + i % 40) if nodule else "", "subtlety": str(1 + i % 5) if nodule else ""},
         ))
@@ -64,7 +64,7 @@ def test_report_on_synthetic_scores(tmp_path: Path) -> None:
     nm = data["nodule_mass"]
     assert nm["n"] == sum(f.nodule_or_mass for f, k in zip(films, keep) if k)
     assert sum(r["n"] for r in nm["by_size"]) == nm["n"] and nm["by_subtlety"]
-    assert {"sex", "age_band", "view", "site", "finding"} <= set(data["subgroups"])
+    assert {"sex", "age_band", "view", "source", "finding"} <= set(data["subgroups"])
     assert data["comparison"]["model_b"] == "noisy"
     assert len(data["sweep"]) == 7 and data["calibration"]["ece"] >= 0
 
