@@ -5,45 +5,199 @@ timings; each prints one JSON object. Sizes are chosen to finish in under 10 min
 2-core machine; the merged file records the command, the machine, the commit and every
 benchmark's wall time. A benchmark that fails is recorded with its error and the others run.
 Prints the merged JSON object.
+
+How a step is run (``run_step``):
+- in a session of its own (``start_new_session``), with ``CXR_TRIAGE_BENCH_STEP=<token>`` in its
+  environment, which every process it starts inherits (the node and storescp too, although
+  bench/_common.py starts those in sessions of their own);
+- past its time limit the step's process group gets SIGTERM (the script's ``finally`` blocks
+  and atexit hook stop its peers), then after ``GRACE_S`` SIGKILL; when the step has ended
+  (timed out or not), every process still carrying its token is stopped (SIGTERM, then
+  SIGKILL) and listed in the result as ``leftover_processes``: nothing outlives its step;
+- stdout is the step's JSON (the whole of it, else the last line that is a JSON object, so a
+  stray line printed before it does not lose the figures); stderr is shown live and its tail
+  goes into the result when the step fails.
+
+Time limits: about 4x the step's wall time on the quiet 2-core dev machine
+(bench/results/latest.json: model_runtime 15 s, decode 23 s, ingest 74 s, latency 55 s,
+memory 203 s), at least 180 s. With another job beside it on 2 cores a step takes
+roughly 2-2.5x as long; the rest is headroom for a first run (cold page cache, imports) and
+a slower machine. They are a safety net against a hung step, not a speed target: a step that
+needs them has already missed its figures. ``--limit-scale`` (or
+``$CXR_TRIAGE_BENCH_LIMIT_SCALE``) multiplies them all on a machine slower still.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as _dt
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import _common as C
 
-# name -> (script, arguments, time limit in seconds)
+# name -> (script, arguments, time limit in seconds; see "Time limits" above)
 BENCHMARKS: dict[str, tuple[str, list[str], int]] = {
-    "model_runtime": ("model_runtime.py", ["--reps-b1", "12", "--reps-b8", "4"], 120),
-    "decode": ("decode.py", ["--reps", "2"], 120),
-    "ingest": ("ingest.py", ["--n", "250"], 240),
-    "latency": ("latency.py", ["--n", "100"], 240),
-    "memory": ("memory.py", ["--studies", "1000"], 400),
+    "model_runtime": ("model_runtime.py", ["--reps-b1", "12", "--reps-b8", "4"], 180),  # quiet: 15 s
+    "decode": ("decode.py", ["--reps", "2"], 180),                                     # quiet: 23 s
+    "ingest": ("ingest.py", ["--n", "250"], 360),                                      # quiet: 74 s
+    "latency": ("latency.py", ["--n", "100"], 300),                                    # quiet: 55 s
+    "memory": ("memory.py", ["--studies", "1000"], 900),                               # quiet: 203 s
+    "large_instances": ("large_instances.py", [], 300),
 }
 
 
-def run_one(name: str, script: str, args: list[str], limit: int) -> tuple[dict, float]:
+STEP_ENV = "CXR_TRIAGE_BENCH_STEP"
+GRACE_S = 30.0          # SIGTERM -> SIGKILL: time for a step's finally blocks to stop its peers
+STDERR_TAIL_LINES = 40
+
+
+@dataclass
+class Step:
+    returncode: int | None
+    stdout: str
+    stderr_tail: str
+    timed_out: bool
+    seconds: float
+    leftover_processes: list[str] = field(default_factory=list)
+
+
+def _tee(stream: IO[str], tail: collections.deque) -> None:
+    """Copy a step's stderr to ours as it comes, keeping its last lines."""
+    for line in stream:
+        tail.append(line)
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def _collect(stream: IO[str], into: list[str]) -> None:
+    into.append(stream.read())
+
+
+def tagged_processes(token: str) -> list[tuple[int, str]]:
+    """(pid, command) of every live process whose environment carries ``STEP_ENV=token``."""
+    needle = f"{STEP_ENV}={token}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(entry.path, "environ").read_bytes().split(b"\0")
+            if needle not in env:
+                continue
+            stat = Path(entry.path, "stat").read_text()
+            if stat.rpartition(")")[2].split()[0] == "Z":  # exited, waiting to be reaped
+                continue
+            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        found.append((int(entry.name), cmd.strip()[:200]))
+    return found
+
+
+def sweep(token: str, grace: float = 5.0) -> list[str]:
+    """Stop every process left behind by the step ``token``: SIGTERM, then SIGKILL."""
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM
+    while True:
+        left = tagged_processes(token)
+        if not left:
+            break
+        for pid, cmd in left:
+            seen.setdefault(pid, cmd)
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if time.monotonic() > deadline:
+            if sig == signal.SIGKILL and time.monotonic() > deadline + 10:
+                break
+            sig = signal.SIGKILL
+        time.sleep(0.1)
+    return [f"{pid} {cmd}" for pid, cmd in seen.items()]
+
+
+def run_step(cmd: list[str], limit: float, grace: float = GRACE_S, cwd: Path | None = None) -> Step:
+    """Run one step (see the module docstring): own session, time limit, nothing left behind."""
+    token = uuid.uuid4().hex
     start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="replace", cwd=cwd, start_new_session=True,
+                            env={**os.environ, STEP_ENV: token})
+    out: list[str] = []
+    tail: collections.deque = collections.deque(maxlen=STDERR_TAIL_LINES)
+    readers = [threading.Thread(target=_collect, args=(proc.stdout, out), daemon=True),
+               threading.Thread(target=_tee, args=(proc.stderr, tail), daemon=True)]
+    for t in readers:
+        t.start()
+    timed_out = False
     try:
-        proc = subprocess.run([sys.executable, str(C.ROOT / "bench" / script), *args],
-                              stdout=subprocess.PIPE, stderr=None, text=True, timeout=limit,
-                              cwd=C.ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {limit} s"}, time.perf_counter() - start
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        return {"error": f"exit status {proc.returncode}", "stdout_tail": proc.stdout[-2000:]}, seconds
+        if not C.wait_exited(proc.pid, limit):
+            timed_out = True
+            C.note(f"run_all: past {limit:.0f} s: SIGTERM to the step's process group")
+            C.stop_group(proc, grace)
+    finally:
+        if proc.returncode is None:
+            if C.wait_exited(proc.pid, 0.0):
+                proc.wait()                 # ended by itself
+            else:
+                C.stop_group(proc, grace)   # run_all itself interrupted (Ctrl-C, SIGTERM)
+        leftovers = sweep(token)            # whatever the step started and left running
+        for t in readers:
+            t.join(10.0)
+    return Step(proc.returncode, "".join(out), "".join(tail)[-4000:], timed_out,
+                time.perf_counter() - start, leftovers)
+
+
+def parse_json_output(stdout: str) -> dict | None:
+    """The step's JSON object: the whole stdout, else its last line that is a JSON object."""
+    exact = _json_object(stdout)
+    if exact is not None:
+        return exact
+    for line in reversed(stdout.splitlines()):
+        found = _json_object(line) if line.strip().startswith("{") else None
+        if found is not None:
+            C.note("run_all: stdout carried more than the JSON object; kept its last JSON line")
+            return found
+    return None
+
+
+def _json_object(text: str) -> dict | None:
     try:
-        return json.loads(proc.stdout), seconds
+        obj = json.loads(text)
     except ValueError:
-        return {"error": "output is not one JSON object", "stdout_tail": proc.stdout[-2000:]}, seconds
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def run_one(name: str, script: str, args: list[str], limit: float,
+            grace: float = GRACE_S) -> tuple[dict, float]:
+    """(the step's JSON or an error record, wall seconds); ``script`` relative to bench/."""
+    step = run_step([sys.executable, str(C.ROOT / "bench" / script), *args], limit, grace, cwd=C.ROOT)
+    extra: dict[str, Any] = {"leftover_processes": step.leftover_processes} if step.leftover_processes else {}
+    if step.leftover_processes:
+        C.note(f"run_all: {name} left {len(step.leftover_processes)} process(es) behind, stopped: "
+               + "; ".join(step.leftover_processes))
+    failed = {"stdout_tail": step.stdout[-2000:], "stderr_tail": step.stderr_tail, **extra}
+    if step.timed_out:
+        return {"error": f"timed out after {limit:.0f} s", **failed}, step.seconds
+    if step.returncode != 0:
+        return {"error": f"exit status {step.returncode}", **failed}, step.seconds
+    result = parse_json_output(step.stdout)
+    if result is None:
+        return {"error": "output is not one JSON object", **failed}, step.seconds
+    return {**result, **extra}, step.seconds
 
 
 def summary(res: dict) -> dict:
@@ -79,16 +233,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these benchmarks only")
     ap.add_argument("--out", default=str(C.ROOT / "bench" / "results" / "latest.json"))
+    ap.add_argument("--limit-scale", type=float,
+                    default=float(os.environ.get("CXR_TRIAGE_BENCH_LIMIT_SCALE", "1")),
+                    help="multiply every step's time limit (default 1, or $CXR_TRIAGE_BENCH_LIMIT_SCALE)")
     args = ap.parse_args()
     started = _dt.datetime.now(_dt.timezone.utc)
     C.model_under_test()  # export the dev model first if the shipped one is missing
-    results, walls = {}, {}
+    results, walls, limits = {}, {}, {}
     t0 = time.perf_counter()
     for name, (script, extra, limit) in BENCHMARKS.items():
         if args.only and name not in args.only:
             continue
-        C.note(f"run_all: {name}")
-        results[name], seconds = run_one(name, script, extra, limit)
+        limits[name] = round(limit * args.limit_scale)
+        C.note(f"run_all: {name} (time limit {limits[name]} s)")
+        results[name], seconds = run_one(name, script, extra, limits[name])
         walls[name] = round(seconds, 1)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=C.ROOT).stdout.strip()
@@ -100,6 +258,7 @@ def main() -> int:
         "note": "shared machine: absolute times are noisy; the headline figures are ratios "
                 "against references measured side by side in the same run",
         "wall_s": {**walls, "total": round(time.perf_counter() - t0, 1)},
+        "time_limit_s": limits,
         "summary": summary(results),
         "results": results,
     }
@@ -108,7 +267,7 @@ def main() -> int:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(merged, indent=2) + "\n")
     tmp.replace(out)
-    C.emit(merged)
+    C.emit(merged, indent=2)
     return 0 if all("error" not in r for r in results.values()) else 1
 
 

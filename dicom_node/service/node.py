@@ -20,7 +20,6 @@ import logging
 import sys
 import threading
 import time
-from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
@@ -32,7 +31,7 @@ from cxr_triage.dicom_node.receive.scp import StoreHandler, start_scp
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.store.queries import StudyQueries
-from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs
+from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs, dataset_sha256
 from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager
 
 log = logging.getLogger(__name__)
@@ -47,8 +46,10 @@ class Node:
         self.store = JobStore(self.dirs.queue_db)
         self.queries = StudyQueries(self.store)
         self.spool = Spool(self.dirs.spool)
-        self.quarantine = Quarantine(self.dirs.quarantine)
-        self.audit = A.AuditLog(self.dirs.audit_log)
+        self.quarantine = Quarantine(self.dirs.quarantine, max_files=cfg.node.quarantine_max_files,
+                                     max_bytes=cfg.node.quarantine_max_bytes)
+        self.audit = A.AuditLog(self.dirs.audit_log, max_bytes=cfg.node.audit_max_bytes,
+                                keep=cfg.node.audit_keep_files)
         self._triager = triager
         self.ae: Any = None
         self.server: Any = None
@@ -77,7 +78,8 @@ class Node:
         self.deliverer.start()
         self.worker.start()
         self.handler = StoreHandler(self.store, self.spool, self.quarantine, self.audit,
-                                    cfg.node.ae_title, list(cfg.node.allowed_hosts))
+                                    cfg.node.ae_title, list(cfg.node.allowed_hosts),
+                                    max_instance_bytes=cfg.node.max_instance_bytes)
         self.handler.on_stored = self.worker.wake.set                  # triage without waiting a poll
         self.ae, self.server = start_scp(cfg, self.handler)              # receive
         self.web = self._start_web(meta, triager)
@@ -112,11 +114,13 @@ class Node:
     def recover(self) -> dict[str, int]:
         """Crash leftovers: partial files removed, interrupted jobs re-queued, complete
         spool files that never reached the database imported (never acknowledged, but
-        durable; the duplicate check makes a re-send harmless)."""
+        durable; the duplicate check makes a re-send harmless). The quarantine is brought
+        within its bounds."""
         partials = self.spool.sweep_partials()
         out = self.store.recover()
         out["partials_removed"] = partials
         out["orphans_imported"] = self._import_orphans()
+        out["quarantine_pruned"] = self.quarantine.enforce_bounds()
         return out
 
     def _import_orphans(self) -> int:
@@ -126,15 +130,21 @@ class Node:
             if str(path) in known:
                 continue
             try:
-                raw = path.read_bytes()
-                hdr = dcmread(BytesIO(raw), stop_before_pixels=True)
+                hdr = dcmread(path, stop_before_pixels=True, defer_size="256 KB")
                 if is_sr_class(str(hdr.SOPClassUID)):
                     continue
+                digest = dataset_sha256(path)
+                stored = self.store.stored_instance(str(hdr.SOPInstanceUID))
+                if (stored is not None and stored.sha256 == digest
+                        and stored.study_uid == str(hdr.StudyInstanceUID)):
+                    path.unlink()                       # a second copy of a recorded instance
+                    continue
+                st = path.stat()
                 self.store.add_instance(InstanceRecord(
                     str(hdr.SOPInstanceUID), str(hdr.StudyInstanceUID),
                     str(hdr.get("SeriesInstanceUID", "")) or None, str(hdr.SOPClassUID),
-                    str(hdr.file_meta.get("TransferSyntaxUID", "")), str(path), len(raw),
-                    None, path.stat().st_mtime))
+                    str(hdr.file_meta.get("TransferSyntaxUID", "")), str(path), st.st_size,
+                    None, st.st_mtime, sha256=digest))
                 n += 1
             except Exception as exc:  # noqa: BLE001 - leave it for an operator
                 log.warning("orphan spool file not imported", extra={"file": path.name, "error": str(exc)})

@@ -17,6 +17,15 @@ One *result* per study (and per generation); a newer result supersedes the older
 cancels its undelivered deliveries. Deliveries of the same result always send the same files,
 so retries reuse the same SOP Instance UIDs.
 
+Each instance keeps the SHA-256 of its data set (``instances.sha256``): the same SOP Instance
+UID sent again with the same content changes nothing, with other content it is a *changed
+instance* — the new file replaces the old one in the study, the old file is kept and named in
+``instance_conflicts``, and the study opens a new generation, so it is triaged again and the
+new result supersedes the old one (docs/operations.md, "Changed instances").
+
+Exception text stored here (``last_error``, attempt details) is redacted like log lines
+(:func:`cxr_triage.logs.redact_values`): libraries quote header values in their messages.
+
 This module is the write side. The read side (counts, oldest pending, list/get studies,
 failures: the API of ``cxr-triage status``, the web worklist and metrics) is
 :class:`~cxr_triage.dicom_node.store.queries.StudyQueries`.
@@ -33,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+from cxr_triage.logs import redact_values
+
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,7 +74,8 @@ CREATE TABLE IF NOT EXISTS instances (
     path               TEXT NOT NULL,
     size               INTEGER,
     calling_ae         TEXT,
-    received_at        REAL NOT NULL
+    received_at        REAL NOT NULL,
+    sha256             TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
 CREATE TABLE IF NOT EXISTS results (
@@ -109,6 +121,22 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
 """
 
+# Tables and indexes added after version 1; created by _migrate on an existing database too.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS instance_conflicts (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid   TEXT NOT NULL,
+    study_uid          TEXT NOT NULL,
+    old_path           TEXT NOT NULL,
+    old_sha256         TEXT,
+    new_path           TEXT NOT NULL,
+    new_sha256         TEXT NOT NULL,
+    calling_ae         TEXT,
+    detected_at        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instance_conflicts_sop ON instance_conflicts(sop_instance_uid);
+"""
+
 # study states
 RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "failed"
 # delivery states
@@ -127,6 +155,17 @@ class InstanceRecord:
     size: int | None
     calling_ae: str | None
     received_at: float
+    sha256: str | None = None     # of the data set as received (spool.dataset_sha256)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """What the store holds for one SOP Instance UID (to compare a re-sent instance with)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    path: str
+    sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -160,7 +199,38 @@ class JobStore:
         self._local = threading.local()
         con = self._con()
         con.executescript(_SCHEMA)
-        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._migrate(con)
+
+    @staticmethod
+    def _migrate(con: sqlite3.Connection) -> None:
+        """Bring a database of any earlier schema version up to :data:`SCHEMA_VERSION`, in
+        one transaction (an existing ``queue.sqlite3`` keeps all its rows)."""
+        def current() -> bool:
+            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            return row is not None and row[0] == str(SCHEMA_VERSION)
+
+        if current():                                   # the usual case: no write lock taken
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else SCHEMA_VERSION
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"queue database schema version {version} is newer than this node's "
+                    f"({SCHEMA_VERSION})")
+            columns = {r[1] for r in con.execute("PRAGMA table_info(instances)")}
+            if "sha256" not in columns:                               # version 1 -> 2
+                con.execute("ALTER TABLE instances ADD COLUMN sha256 TEXT")
+            for stmt in _SCHEMA_V2.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),))
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     # -- connections -------------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
@@ -203,20 +273,34 @@ class JobStore:
     def add_instance(self, rec: InstanceRecord) -> bool:
         """Record a durably spooled instance; returns True when it (re)opens the study.
 
-        A re-sent instance (same SOP Instance UID in the same study) does not reopen a
-        study that was already triaged: senders retry after crashes, and that must not
-        produce a second result.
+        A re-sent instance (same SOP Instance UID in the same study, same content) does not
+        reopen a study that was already triaged: senders retry after crashes, and that must
+        not produce a second result. The same UID with *other content* (both SHA-256 known
+        and different) is a changed instance: it replaces the old row, the old file is named
+        in ``instance_conflicts`` (kept for inspection) and the study is reopened in a new
+        generation, whatever its state. An instance that moves to another study is named in
+        ``instance_conflicts`` as well (its old file stays where it was).
         """
         with self._tx() as con:
-            old = con.execute("SELECT study_uid FROM instances WHERE sop_instance_uid=?",
+            old = con.execute("SELECT study_uid, path, sha256 FROM instances WHERE sop_instance_uid=?",
                               (rec.sop_instance_uid,)).fetchone()
+            changed = (old is not None and rec.sha256 is not None and old["sha256"] is not None
+                       and old["sha256"] != rec.sha256)
+            moved = old is not None and old["study_uid"] != rec.study_uid
+            if (changed or moved) and old["path"] != rec.path:
+                con.execute(
+                    "INSERT INTO instance_conflicts (sop_instance_uid, study_uid, old_path, old_sha256,"
+                    " new_path, new_sha256, calling_ae, detected_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (rec.sop_instance_uid, rec.study_uid, old["path"], old["sha256"], rec.path,
+                     rec.sha256, rec.calling_ae, rec.received_at))
             con.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (rec.sop_instance_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid,
-                 rec.transfer_syntax, rec.path, rec.size, rec.calling_ae, rec.received_at),
+                 rec.transfer_syntax, rec.path, rec.size, rec.calling_ae, rec.received_at,
+                 rec.sha256),
             )
-            duplicate = old is not None and old["study_uid"] == rec.study_uid
-            if old is not None and not duplicate:
+            duplicate = old is not None and old["study_uid"] == rec.study_uid and not changed
+            if old is not None and old["study_uid"] != rec.study_uid:
                 self._count_instances(con, old["study_uid"])
             study = con.execute("SELECT state FROM studies WHERE study_uid=?",
                                 (rec.study_uid,)).fetchone()
@@ -245,7 +329,31 @@ class JobStore:
                     " study_uid=?) WHERE study_uid=?", (study_uid, study_uid))
 
     def known_instance_paths(self) -> set[str]:
-        return {r[0] for r in self._con().execute("SELECT path FROM instances")}
+        """Every spool file the store knows: current instances and the superseded files of
+        changed instances (kept for inspection, never imported again as orphans)."""
+        con = self._con()
+        return ({r[0] for r in con.execute("SELECT path FROM instances")}
+                | {r[0] for r in con.execute("SELECT old_path FROM instance_conflicts")})
+
+    def stored_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        row = self._con().execute(
+            "SELECT sop_instance_uid, study_uid, path, sha256 FROM instances WHERE sop_instance_uid=?",
+            (sop_instance_uid,)).fetchone()
+        return None if row is None else StoredInstance(**dict(row))
+
+    def set_instance_sha256(self, sop_instance_uid: str, path: str, sha256: str) -> None:
+        """Fill in the digest of an instance recorded before digests were kept (schema 1)."""
+        with self._tx() as con:
+            con.execute("UPDATE instances SET sha256=? WHERE sop_instance_uid=? AND path=?"
+                        " AND sha256 IS NULL", (sha256, sop_instance_uid, path))
+
+    def instance_conflicts(self, sop_instance_uid: str | None = None) -> list[dict[str, Any]]:
+        """Changed instances seen (oldest first), for one SOP Instance UID or all."""
+        sql = "SELECT * FROM instance_conflicts"
+        args: tuple[str, ...] = ()
+        if sop_instance_uid is not None:
+            sql, args = sql + " WHERE sop_instance_uid=?", (sop_instance_uid,)
+        return [dict(r) for r in self._con().execute(sql + " ORDER BY id", args)]
 
     def is_own_output(self, sop_instance_uid: str, series_uid: str | None) -> bool:
         """True for an object this node produced (a PACS sending our results back)."""
@@ -342,7 +450,7 @@ class JobStore:
             state = FAILED if give_up else RECEIVING
             delay = min(60.0, retry_after_s * errors)
             con.execute("UPDATE studies SET state=?, errors=?, last_error=?, retry_at=? WHERE study_uid=?",
-                        (state, errors, error[:500], now + delay, study_uid))
+                        (state, errors, redact_values(error)[:500], now + delay, study_uid))
             return state
 
     # -- delivery ----------------------------------------------------------------------
@@ -375,13 +483,14 @@ class JobStore:
             con.execute("UPDATE deliveries SET state=?, attempts=attempts+1, delivered_at=?,"
                         " last_error=NULL WHERE id=?", (DELIVERED, now, delivery_id))
             con.execute("INSERT INTO attempts (delivery_id, at, ok, detail) VALUES (?,?,1,?)",
-                        (delivery_id, now, detail))
+                        (delivery_id, now, redact_values(detail)))
 
     def delivery_failed(self, delivery_id: int, error: str, retry_initial_s: float,
                         retry_max_s: float, dead_letter_after_s: float,
                         now: float | None = None) -> str:
         """Exponential back-off (initial * 2^(n-1), capped); ``dead`` once too old."""
         now = time.time() if now is None else now
+        error = redact_values(error)
         with self._tx() as con:
             row = con.execute("SELECT attempts, created_at, state FROM deliveries WHERE id=?",
                               (delivery_id,)).fetchone()

@@ -148,7 +148,7 @@ def test_database_is_wal_with_full_sync(tmp_path: Path) -> None:
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
     ro = sqlite3.connect(f"file:{tmp_path / 'q.sqlite3'}?mode=ro", uri=True)
-    assert ro.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    assert ro.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(Q.SCHEMA_VERSION)
 
 
 def test_atomic_write_leaves_no_partial_and_sweep(tmp_path: Path) -> None:
@@ -171,3 +171,181 @@ def test_storage_errors_in_triage_never_give_up(tmp_path: Path) -> None:
     for _ in range(6):
         study, gen = store.claim_due_study(0.0, now=1e12)
         assert store.fail_study(study, gen, "disk full", max_errors=3, transient=True, now=150.0) == "receiving"
+
+
+# -- issue 15: concurrent writers, changed instances, schema migration, bounds, redaction ----
+
+def test_concurrent_writers_of_one_file_each_use_their_own_temporary(tmp_path: Path) -> None:
+    """Eight threads write one path at once, twenty times: none fails because of another,
+    the file is always one writer's whole content, no temporary file is left."""
+    import threading
+
+    target = tmp_path / "study" / "1.2.3.dcm"
+    contents = [bytes([i]) * 2_000_000 for i in range(8)]
+    errors: list[BaseException] = []
+    for _ in range(20):
+        barrier = threading.Barrier(len(contents))
+
+        def write(data: bytes, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                write_atomic(target, data)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(c,)) for c in contents]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert target.read_bytes() in contents
+    assert errors == []
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def _inst_sha(sop: str, sha: str | None, path: str | None = None, study: str = "1.2.3",
+              t: float = 100.0) -> InstanceRecord:
+    return InstanceRecord(sop, study, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1",
+                          path or f"/spool/{study}/{sop}.{sha}.dcm", 10, "SCU", t, sha256=sha)
+
+
+def test_changed_instance_reopens_a_triaged_study_in_a_new_generation(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "q.sqlite3")
+    store.add_instance(_inst_sha("1.1", "aa", "/spool/1.2.3/1.1.dcm"))
+    study, gen = store.claim_due_study(0.0, now=150.0)
+    _complete(store, study, gen, ["A@h:1"])
+    assert store.add_instance(_inst_sha("1.1", "aa", "/spool/1.2.3/1.1.dcm", t=300.0)) is False
+    assert store.instance_conflicts() == []
+    assert store.add_instance(_inst_sha("1.1", "bb", t=301.0)) is True     # other content
+    s = StudyQueries(store).list_studies()[0]
+    assert s["state"] == "receiving" and s["n_instances"] == 1
+    (c,) = store.instance_conflicts("1.1")
+    assert (c["old_path"], c["old_sha256"], c["new_sha256"]) == ("/spool/1.2.3/1.1.dcm", "aa", "bb")
+    assert store.stored_instance("1.1").path == "/spool/1.2.3/1.1.bb.dcm"
+    # the superseded file is known, so a restart never imports it as an orphan
+    assert {"/spool/1.2.3/1.1.dcm", "/spool/1.2.3/1.1.bb.dcm"} <= store.known_instance_paths()
+    study, gen2 = store.claim_due_study(0.0, now=400.0)
+    assert gen2 == gen + 1
+    _complete(store, study, gen2, ["A@h:1"], sop="9.2", now=401.0)
+    (d,) = store.due_deliveries(now=1000.0)                      # the old result's was cancelled
+    assert d.objects[0].sop_instance_uid == "9.2"
+
+
+_V1_INSTANCES = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE studies (
+    study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 1,
+    first_received_at REAL NOT NULL, last_received_at REAL NOT NULL, calling_ae TEXT,
+    n_instances INTEGER NOT NULL DEFAULT 0, decision TEXT, score REAL, result_id INTEGER,
+    triaged_at REAL, errors INTEGER NOT NULL DEFAULT 0, retry_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT);
+CREATE TABLE instances (
+    sop_instance_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT,
+    sop_class_uid TEXT, transfer_syntax TEXT, path TEXT NOT NULL, size INTEGER,
+    calling_ae TEXT, received_at REAL NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO studies (study_uid, state, first_received_at, last_received_at, n_instances, decision)
+    VALUES ('1.2.3', 'triaged', 100, 100, 1, 'suspicious');
+INSERT INTO instances VALUES ('1.1', '1.2.3', '1.2.3.4', '1.2.840.10008.5.1.4.1.1.1',
+    '1.2.840.10008.1.2.1', '/spool/1.2.3/1.1.dcm', 10, 'SCU', 100);
+"""
+
+
+def test_schema_migration_of_an_existing_queue_database(tmp_path: Path) -> None:
+    """A queue.sqlite3 written by schema version 1 opens with every row kept, gains the
+    per-instance SHA-256 and the conflict table, and works on."""
+    db = tmp_path / "queue.sqlite3"
+    con = sqlite3.connect(db)
+    con.executescript(_V1_INSTANCES)
+    con.close()
+    store = JobStore(db)
+    con = store.connection()
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(Q.SCHEMA_VERSION)
+    assert "sha256" in {r[1] for r in con.execute("PRAGMA table_info(instances)")}
+    old = store.stored_instance("1.1")
+    assert old is not None and old.sha256 is None and old.path == "/spool/1.2.3/1.1.dcm"
+    assert [i.sop_instance_uid for i in store.study_instances("1.2.3")] == ["1.1"]
+    store.set_instance_sha256("1.1", old.path, "aa")                 # filled in on first re-send
+    assert store.add_instance(_inst_sha("1.1", "bb", t=200.0)) is True
+    assert StudyQueries(store).list_studies()[0]["state"] == "receiving"
+    assert len(store.instance_conflicts("1.1")) == 1
+    store.close()
+    JobStore(db).close()                                             # opening again is a no-op
+
+
+def test_stored_error_text_is_redacted_like_log_lines(tmp_path: Path) -> None:
+    """Exception text quoting header values (pydicom: ``Invalid value for VR DA:
+    '17.08.1923'``) is redacted before it is stored: studies, deliveries and attempts."""
+    store = JobStore(tmp_path / "q.sqlite3")
+    store.add_instance(_inst("1.1"))
+    study, gen = store.claim_due_study(0.0, now=150.0)
+    store.fail_study(study, gen, "ValueError: Invalid value for VR DA: '17.08.1923' (Quokkafield)",
+                     now=151.0)
+    assert "17.08.1923" not in StudyQueries(store).list_studies()[0]["last_error"]
+    study, gen = store.claim_due_study(0.0, now=1e12)
+    _complete(store, study, gen, ["A@h:1"])
+    (d,) = store.due_deliveries(now=1000.0)
+    store.delivery_failed(d.id, 'peer said "Patient Quokkafield^Wilhelmina unknown"', 1.0, 8.0, 100.0,
+                          now=1000.0)
+    con = store.connection()
+    stored = [r[0] for r in con.execute("SELECT last_error FROM studies")] + \
+        [r[0] for r in con.execute("SELECT last_error FROM deliveries")] + \
+        [r[0] for r in con.execute("SELECT detail FROM attempts")]
+    assert stored and not any(("17.08.1923" in (v or "")) or ("Wilhelmina" in (v or "")) for v in stored)
+    assert any("<redacted>" in (v or "") for v in stored)
+
+
+def test_quarantine_is_bounded_oldest_removed_first(tmp_path: Path) -> None:
+    from cxr_triage.dicom_node.store.spool import Quarantine
+
+    by_count = Quarantine(tmp_path / "q1", max_files=3)
+    ids = [by_count.put(bytes(100), f"bad {i}").stem for i in range(5)]
+    assert [e["id"] for e in by_count.entries()] == ids[2:]
+    assert sorted(p.stem for p in by_count.root.glob("*.dcm")) == ids[2:]
+
+    by_bytes = Quarantine(tmp_path / "q2", max_bytes=5_000)
+    for i in range(6):
+        src = tmp_path / f"in{i}.dcm"
+        src.write_bytes(bytes(1_500))
+        last = by_bytes.put_file(src, f"bad {i}")
+        assert not src.exists()                                   # moved, not copied
+    total = sum(p.stat().st_size for p in by_bytes.root.iterdir())
+    assert total <= 5_000 and last.is_file()
+    assert len(by_bytes.entries()) == 3 and by_bytes.entries()[-1]["id"] == last.stem
+
+
+def test_audit_log_rotates_by_size_and_keeps_n_files(tmp_path: Path) -> None:
+    from cxr_triage.dicom_node.store import audit as A
+
+    path = tmp_path / "audit.jsonl"
+    log = A.AuditLog(path, max_bytes=2_000, keep=2)
+    for i in range(200):
+        log.record(A.INSTANCES_TRANSFERRED, A.SUCCESS, n=i, sop_instance_uid=f"1.2.{i}")
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    assert all(p.stat().st_size <= 2_000 for p in tmp_path.iterdir())
+    events = A.read_audit(path)
+    ns = [e["n"] for e in events]
+    assert ns == list(range(ns[0], 200)) and ns[0] > 0              # oldest removed, order kept
+    assert [e["n"] for e in A.read_audit(path, rotated_files=False)] == ns[-len(path.read_text().splitlines()):]
+    again = A.AuditLog(path, max_bytes=2_000, keep=2)              # a restart appends, then rotates
+    again.record(A.APPLICATION_ACTIVITY, A.SUCCESS, n=200)
+    again.close()
+    assert A.read_audit(path)[-1]["n"] == 200
+
+
+def test_bounds_are_configured_and_validated(tmp_path: Path, tiny_model: Path) -> None:
+    from cxr_triage.config import ConfigError, load_config
+    from cxr_triage.dicom_node.service.node import Node
+
+    cfg = load_config(environ={}).replace(
+        node={"state_dir": str(tmp_path / "s"), "audit_max_bytes": 5000, "audit_keep_files": 3,
+              "quarantine_max_files": 7, "quarantine_max_bytes": 9000, "max_instance_bytes": 1234},
+        inference={"model_path": str(tiny_model)}, web={"enabled": False})
+    n = Node(cfg)
+    assert (n.audit.max_bytes, n.audit.keep) == (5000, 3)
+    assert (n.quarantine.max_files, n.quarantine.max_bytes) == (7, 9000)
+    n.audit.close()
+    for key, bad in (("audit_keep_files", 0), ("max_instance_bytes", -1), ("quarantine_max_files", -2)):
+        with pytest.raises(ConfigError, match=key):
+            load_config(environ={f"CXR_TRIAGE__NODE__{key.upper()}": str(bad)})

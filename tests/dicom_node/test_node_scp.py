@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -269,3 +270,228 @@ def test_refusal_statuses_are_the_storage_service_failures() -> None:
     assert STORAGE_SERVICE_CLASS_STATUS[scp.SUCCESS][0] == "Success"
     for code in (scp.OUT_OF_RESOURCES, scp.DATASET_MISMATCH, scp.CANNOT_UNDERSTAND):
         assert STORAGE_SERVICE_CLASS_STATUS[code][0] == "Failure"
+
+
+# -- duplicates, changed instances, large instances, every rejection audited (issue 15) -------
+
+def _storescu_v(port: int, film: Path, aet: str = "GOODSCU") -> list[str]:
+    return [str(DCMTK / "storescu"), "-v", "-aet", aet, "-aec", NODE_AET, "-to", "60", "-ta", "60",
+            "-td", "120", "127.0.0.1", str(port), str(film)]
+
+
+def _spool_files(node: Node) -> list[Path]:
+    return sorted(p for p in node.spool.root.rglob("*") if p.is_file())
+
+
+def test_one_instance_sent_by_six_senders_at_once(node: Node, tmp_path: Path) -> None:
+    """Six storescu processes send the same instance at the same moment: each one's data set
+    goes to a file of its own, all six are answered Success, one instance is recorded, and
+    nothing is left over (issue 15, case 4)."""
+    from support.receive_support import instance_of_size
+
+    film = instance_of_size(tmp_path / "film.dcm", 8_000_000)
+    sop = str(dcmread(film, stop_before_pixels=True).SOPInstanceUID)
+    procs = [subprocess.Popen(_storescu_v(node.port, film), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(6)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    answers = [[line for line in out.splitlines() if "Store Response" in line] for out in outputs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert all(a == ["I: Received Store Response (Success)"] for a in answers), answers
+    rows = node.store.connection().execute("SELECT sop_instance_uid, path FROM instances").fetchall()
+    assert [r[0] for r in rows] == [sop]
+    assert _spool_files(node) == [Path(rows[0][1])]               # no .part, nothing in .incoming
+    received = [e for e in read_audit(node.dirs.audit_log)
+                if e.get("direction") == "received" and e.get("sop_instance_uid") == sop]
+    assert len(received) == 6 and all(e["status"] == "0x0000" for e in received)
+    # the crash sweep still finds every kind of temporary file
+    (node.spool.incoming / ".recv-abc.part").write_bytes(b"half a data set")
+    (Path(rows[0][1]).parent / f".{Path(rows[0][1]).name}.x1y2.part").write_bytes(b"half")
+    assert node.spool.sweep_partials() == 2
+    assert _spool_files(node) == [Path(rows[0][1])]
+
+
+def _instance_row(node: Node, sop: str) -> dict:
+    row = node.store.connection().execute("SELECT * FROM instances WHERE sop_instance_uid=?",
+                                          (sop,)).fetchone()
+    return dict(row)
+
+
+def _study_row(node: Node, study: str) -> dict:
+    return dict(node.store.connection().execute("SELECT * FROM studies WHERE study_uid=?",
+                                                (study,)).fetchone())
+
+
+def test_changed_instance_keeps_both_files_and_retriages(node: Node, sample_dicoms: dict[str, Path],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The same SOP Instance UID with other pixels after the study was triaged: both files
+    kept, the study re-opened and triaged again, the new result supersedes the old one, the
+    conflict audited and logged; an identical re-send stays a no-op (issue 15, case 5)."""
+    import logging
+
+    ds = dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])
+    study, sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+    assoc = _assoc(node.port)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert node.wait_idle(60)
+    first = _study_row(node, study)
+    old_file = Path(_instance_row(node, sop)["path"])
+    old_bytes = old_file.read_bytes()
+    assert first["state"] == "triaged"
+
+    changed = dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])
+    changed.PixelData = bytes(255 - b for b in changed.PixelData)          # other pixels
+    with caplog.at_level(logging.WARNING, logger="cxr_triage.dicom_node.receive.scp"):
+        assoc = _assoc(node.port)
+        assert assoc.send_c_store(changed).Status == 0x0000
+        assoc.release()
+    reopened = _study_row(node, study)
+    assert reopened["generation"] == first["generation"] + 1 and reopened["state"] != "triaged"
+    wait_for(lambda: (s := _study_row(node, study))["state"] == "triaged"
+             and s["result_id"] != first["result_id"], 60)
+    assert node.wait_idle(60)
+
+    from cxr_triage.dicom_node.store.spool import dataset_sha256
+
+    # both files kept: the old one untouched, the new one under a name of its own
+    row = _instance_row(node, sop)
+    new_file = Path(row["path"])
+    assert new_file != old_file and new_file.parent == old_file.parent
+    assert old_file.read_bytes() == old_bytes
+    assert row["sha256"] == dataset_sha256(new_file) != dataset_sha256(old_file)
+    assert dcmread(new_file).PixelData == changed.PixelData
+    (conflict,) = node.store.instance_conflicts(sop)
+    assert (conflict["old_path"], conflict["new_path"]) == (str(old_file), str(new_file))
+    # the new result supersedes the old; both SRs reached the outbox, the new one last
+    results = node.store.connection().execute(
+        "SELECT id, superseded FROM results WHERE study_uid=? ORDER BY id", (study,)).fetchall()
+    assert [(r[0], r[1]) for r in results] == [(first["result_id"], 1), (_study_row(node, study)["result_id"], 0)]
+    assert len(list((node.dirs.outbox / study).glob("*.dcm"))) == 2
+    # audited and logged, by UID only
+    (event,) = [e for e in read_audit(node.dirs.audit_log) if e.get("conflict") == "changed_instance"]
+    assert event["sop_instance_uid"] == sop and event["study_uid"] == study
+    assert event["old_sha256"] == conflict["old_sha256"] and event["new_sha256"] == row["sha256"]
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("changed instance")]
+    assert line.sop_instance_uid == sop and line.study_uid == study
+    text = node.dirs.audit_log.read_text() + "\n".join(r.getMessage() for r in caplog.records)
+    assert "Covid0000" not in text and str(ds.PatientID) not in text
+
+    # an identical re-send changes nothing
+    before = _study_row(node, study)
+    assoc = _assoc(node.port)
+    assert assoc.send_c_store(changed).Status == 0x0000
+    assoc.release()
+    after = _study_row(node, study)
+    assert (after["generation"], after["state"], after["result_id"]) == (
+        before["generation"], "triaged", before["result_id"])
+    assert len(node.store.instance_conflicts(sop)) == 1 and _instance_row(node, sop)["path"] == str(new_file)
+
+
+def _quiet_node(tmp_path: Path, tiny_model: Path, **node: Any) -> Node:
+    """A node that does not triage during the test (quiet period of 10 minutes)."""
+    cfg = load_config(environ={}).replace(
+        node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "state"),
+              "quiet_period_s": 600.0, "allowed_calling_aets": ["GOODSCU"], **node},
+        inference={"model_path": str(tiny_model), "threads": 1},
+        delivery={"summary_image": False}, web={"enabled": False})
+    return Node(cfg).start()
+
+
+@pytest.fixture
+def quiet_node(tmp_path: Path, tiny_model: Path):
+    n = _quiet_node(tmp_path, tiny_model)
+    yield n
+    n.stop(timeout_s=10)
+
+
+@pytest.fixture
+def limited_node(tmp_path: Path, tiny_model: Path):
+    n = _quiet_node(tmp_path, tiny_model, max_instance_bytes=30_000_000)
+    yield n
+    n.stop(timeout_s=10)
+
+
+def test_large_instance_is_streamed_to_the_spool_not_held_in_memory(quiet_node: Node, tmp_path: Path) -> None:
+    """A 20 MB C-STORE from storescu: the node allocates a small fraction of it (the data set
+    is written to disk as it arrives and moved into the spool), and the file is the one
+    received (issue 15, case 6)."""
+    import tracemalloc
+
+    from support.receive_support import instance_of_size
+
+    film = instance_of_size(tmp_path / "big.dcm", 20_000_000)
+    size = film.stat().st_size
+    tracemalloc.start()
+    try:
+        out = subprocess.run(_storescu_v(quiet_node.port, film), capture_output=True, text=True,
+                             timeout=120)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "Received Store Response (Success)" in out.stdout + out.stderr, out.stderr
+    assert peak < 0.25 * size, f"node allocated {peak / size:.2f} x the instance size"
+    (inst,) = quiet_node.store.study_instances(str(dcmread(film, stop_before_pixels=True).StudyInstanceUID))
+    assert dcmread(inst.path).PixelData == dcmread(film).PixelData
+    from cxr_triage.dicom_node.store.spool import dataset_sha256
+
+    assert inst.sha256 == dataset_sha256(Path(inst.path)) == dataset_sha256(film)  # digested as it came
+    assert not any(quiet_node.spool.incoming.iterdir())
+
+
+def test_instance_over_the_size_limit_is_refused_out_of_resources(limited_node: Node, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """``[node] max_instance_bytes``: a larger data set is answered 0xA700 (Refused: Out of
+    Resources), audited and logged, and nothing of it is kept; a smaller one is stored."""
+    import logging
+
+    from support.receive_support import instance_of_size
+
+    big = instance_of_size(tmp_path / "big.dcm", 32_000_000, seed=1)
+    small = instance_of_size(tmp_path / "small.dcm", 1_000_000, seed=2)
+    big_sop = str(dcmread(big, stop_before_pixels=True).SOPInstanceUID)
+    with caplog.at_level(logging.WARNING, logger="cxr_triage.dicom_node.receive.scp"):
+        assoc = _assoc(limited_node.port)
+        assert assoc.send_c_store(big).Status == 0xA700
+        assert assoc.send_c_store(small).Status == 0x0000          # the association goes on
+        assoc.release()
+    assert [r[0] for r in limited_node.store.connection().execute("SELECT sop_instance_uid FROM instances")] == [
+        str(dcmread(small, stop_before_pixels=True).SOPInstanceUID)]
+    (event,) = [e for e in read_audit(limited_node.dirs.audit_log) if e.get("sop_instance_uid") == big_sop]
+    assert event["status"] == "0xA700" and event["outcome"] == 4 and "max_instance_bytes" in event["detail"]
+    assert event["size"] > 30_000_000 and event["calling_ae"] == "GOODSCU"
+    (line,) = [r for r in caplog.records if "max_instance_bytes" in r.getMessage()]
+    assert line.sop_instance_uid == big_sop and line.status == "0xA700"
+    assert not any(limited_node.spool.incoming.iterdir()) and limited_node.quarantine.entries() == []
+
+
+def test_every_rejected_association_is_audited(node: Node) -> None:
+    """A calling AE title of 16 spaces (pynetdicom aborts while decoding the A-ASSOCIATE-RQ,
+    before any EVT_REQUESTED/EVT_REJECTED), random bytes, and an association refused while
+    the node stops each leave a Security Alert; a bare TCP connect (a health check) does not
+    (issue 15, case 7)."""
+    import socket
+
+    from support.receive_support import raw_associate_rq
+
+    def alerts() -> list[dict]:
+        return [e for e in read_audit(node.dirs.audit_log) if e["event_id"] == "110113"]
+
+    def no_associations() -> bool:
+        return not node.ae.active_associations
+
+    socket.create_connection(("127.0.0.1", node.port)).close()      # a health check
+    wait_for(no_associations, 30)
+    for payload in (raw_associate_rq(NODE_AET, b" " * 16, node.port), b"\x99" * 64):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+            s.sendall(payload)
+            assert s.recv(1)[:1] == b"\x07"                          # A-ABORT
+    wait_for(lambda: len(alerts()) >= 2, 30)
+    wait_for(no_associations, 30)
+    got = alerts()
+    assert len(got) == 2 and all(a["peer"] == "127.0.0.1" and a["called_ae"] == NODE_AET for a in got)
+    assert all("aborted before negotiation" in a["detail"] for a in got)
+    assert "blank calling AE title" in got[0]["detail"]
+    node.handler.accepting = False                                   # stopping
+    assert _assoc(node.port, contexts=[Verification]).is_rejected
+    node.handler.accepting = True
+    assert alerts()[-1]["calling_ae"] == "GOODSCU" and alerts()[-1]["detail"].endswith("node is stopping")
