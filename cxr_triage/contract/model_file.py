@@ -15,7 +15,8 @@ from cxr_triage.contract.preprocessing import PreprocessSpec
 METADATA_KEY = "cxr_triage"
 INPUT_NAME = "image"            # float32 (N, 1, size, size), output of preprocess()
 SCORE_OUTPUT = "score"          # float32 (N,): calibrated probability the film is abnormal
-HEATMAP_OUTPUT = "heatmap"      # float32 (N, h, w) in [0, 1]: class-activation map
+NODULE_OUTPUT = "nodule_score"  # float32 (N,): calibrated probability of a nodule or mass (optional output)
+HEATMAP_OUTPUT = "heatmap"      # float32 (N, h, w) in [0, 1]: class-activation map (optional output)
 
 
 @dataclass
@@ -24,6 +25,15 @@ class ModelMetadata:
 
     thresholds maps an operating-point name (``"sens_0.98"``) to a probability threshold:
     a film with score >= threshold is *suspicious*, below it *likely normal*.
+
+    nodule_thresholds: the same for the ``nodule_score`` output (target sensitivity on
+    validation Nodule/Mass films); a film at or above it gets the *nodule/mass* flag, an added
+    finding that does not change the triage decision. Empty: the model has no usable
+    nodule/mass output.
+
+    heatmap_validated: the ``heatmap`` output passed the pointing-game test against
+    radiologists' boxes (it points at findings more often than a fixed guess; the figures are
+    in ``validation_metrics["heatmap"]``). Consumers show a heatmap only when this is true.
     """
 
     name: str
@@ -31,6 +41,9 @@ class ModelMetadata:
     preprocessing: PreprocessSpec = field(default_factory=PreprocessSpec)
     thresholds: dict[str, float] = field(default_factory=dict)
     default_operating_point: str = "sens_0.98"
+    nodule_thresholds: dict[str, float] = field(default_factory=dict)
+    nodule_default_operating_point: str = "sens_0.9"
+    heatmap_validated: bool = False
     temperature: float = 1.0
     architecture: str = ""
     manufacturer: str = "cxr-triage project"
@@ -60,3 +73,16 @@ class ModelMetadata:
                 f"(has: {', '.join(sorted(self.thresholds)) or 'none'})"
             )
         return name, float(self.thresholds[name])
+
+    def nodule_threshold(self, operating_point: str | None = None) -> tuple[str, float] | None:
+        """(name, threshold) of a nodule/mass operating point (the model's default when None);
+        None when the model has no usable nodule/mass output. KeyError for an unknown name."""
+        if not self.nodule_thresholds:
+            return None
+        name = operating_point or self.nodule_default_operating_point
+        if name not in self.nodule_thresholds:
+            raise KeyError(
+                f"model {self.name} {self.version} has no nodule/mass operating point {name!r} "
+                f"(has: {', '.join(sorted(self.nodule_thresholds))})"
+            )
+        return name, float(self.nodule_thresholds[name])

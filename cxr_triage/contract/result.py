@@ -55,6 +55,9 @@ class FilmResult:
     score: float | None = None                # calibrated P(abnormal)
     threshold: float | None = None
     operating_point: str | None = None
+    nodule_score: float | None = None         # calibrated P(nodule or mass); None: model has no such output
+    nodule_threshold: float | None = None
+    nodule_flag: bool | None = None           # nodule_score >= nodule_threshold (an added finding)
     model_name: str | None = None
     model_version: str | None = None
     reason: NotAssessableReason | None = None
@@ -86,12 +89,16 @@ class StudyResult:
     decision: Decision
     score: float | None
     films: list[FilmResult]
+    nodule_score: float | None = None   # the highest film nodule/mass score
+    nodule_flag: bool | None = None     # any assessable film flagged; None: no nodule/mass output
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "study_instance_uid": self.study_instance_uid,
             "decision": self.decision.value,
             "score": self.score,
+            "nodule_score": self.nodule_score,
+            "nodule_flag": self.nodule_flag,
             "films": [f.to_dict() for f in self.films],
         }
 
@@ -108,4 +115,7 @@ def aggregate_study(study_instance_uid: str, films: list[FilmResult]) -> StudyRe
         if any(f.decision is Decision.SUSPICIOUS for f in assessed)
         else Decision.LIKELY_NORMAL
     )
-    return StudyResult(study_instance_uid, decision, top.score, films)
+    nodule = [f for f in assessed if f.nodule_score is not None]
+    return StudyResult(study_instance_uid, decision, top.score, films,
+                       nodule_score=max(f.nodule_score for f in nodule if f.nodule_score is not None) if nodule else None,
+                       nodule_flag=any(bool(f.nodule_flag) for f in nodule) if nodule else None)
