@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -98,6 +99,23 @@ class EndToEndRun:
         }
 
 
+def received_file_bytes(event: Any) -> bytes:
+    """The C-STORE data set of ``event`` as received, in the DICOM File Format (preamble, File
+    Meta Information, data set).
+
+    pynetdicom's ``STORE_RECV_CHUNKED_DATASET`` is process-wide: once any SCP in the process
+    turns it on (the node's receiver does, to stream instances to its spool), every AE gets the
+    data set in a file at ``event.dataset_path`` and ``event.encoded_dataset()`` holds only the
+    File Meta Information. Both modes are read here."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        path = None
+    if path is None:  # not chunked: the data set is in memory
+        return bytes(event.encoded_dataset())
+    return Path(path).read_bytes()
+
+
 class ResultReceiver:
     """A pynetdicom storage SCP that keeps every result SR it is sent (and acknowledges, but
     does not keep, anything else, e.g. summary images)."""
@@ -113,18 +131,20 @@ class ResultReceiver:
         self.n_other = 0
 
     def _on_store(self, event: Any) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        sop_class = str(ds.SOPClassUID)
+        sop_class = str(event.request.AffectedSOPClassUID)
         if not sop_class.startswith(SR_PREFIX):
             with self._lock:
                 self.n_other += 1
             return 0x0000
+        from pydicom import dcmread
+
+        data = received_file_bytes(event)
+        ds = dcmread(BytesIO(data), stop_before_pixels=True)
         study = str(ds.StudyInstanceUID)
         path = self.folder / study / f"{ds.SOPInstanceUID}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")
-        tmp.write_bytes(event.encoded_dataset())
+        tmp.write_bytes(data)
         tmp.replace(path)
         with self._lock:
             self.sr_studies.add(study)
@@ -276,6 +296,11 @@ def run_end_to_end(
                           f"delivering to {rx.destination}?")
     parsed = [p for p in read_sr_folder(rx.folder) if p.study_instance_uid in {s.study_instance_uid for s in sent}]
     by_sop, by_study = sr_results_by_uid(parsed)
+    unread = [s for s in sent if s.sop_instance_uid not in by_sop and s.study_instance_uid not in by_study]
+    if unread:  # an SR arrived for each study (wait_for), but not one this harness can read
+        raise SourceError(f"the result SR received for {len(unread)} of {len(sent)} studies is not a readable "
+                          f"cxr-triage result SR, e.g. study {unread[0].study_instance_uid} "
+                          f"({unread[0].film.file}) under {rx.folder}")
     scored = [by_sop.get(s.sop_instance_uid) or by_study[s.study_instance_uid] for s in sent]
     offline = source_offline = None
     if offline_model is not None:

@@ -74,6 +74,51 @@ def test_sr_folder_source(shared_data: Path, tiny_model: Path, tmp_path: Path) -
     assert main(["evaluate", str(manifest), "--sr-dir", str(srs), "--out", str(tmp_path / "o2")]) == 2
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["in_memory", "chunked"])
+def test_result_receiver_keeps_the_whole_sr(chunked: bool, shared_data: Path, tiny_model: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness's SR receiver stores the SR as sent whether or not pynetdicom streams
+    received data sets to a file: STORE_RECV_CHUNKED_DATASET is process-wide, and the node's
+    own receiver turns it on (a node started earlier in the same process did, and the stored
+    SRs were File Meta Information only)."""
+    from pydicom import dcmread
+    from pynetdicom import AE, _config
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+    from cxr_triage.dicom_node.results.sr import build_result_sr
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", chunked)
+    films = sources.read_manifest(_manifest(shared_data, tmp_path / "m.csv", 1, 1))
+    sent = e2e.wrap_films(films, tmp_path / "dicom")
+    triager = Triager(model_path=tiny_model)
+    srs, direct = [], []
+    for s in sent:
+        ds = dcmread(s.path)
+        direct.append(triager.triage_dataset(ds, str(s.path)))
+        srs.append((ds, build_result_sr(aggregate_study(s.study_instance_uid, [direct[-1]]), [ds], triager.meta)))
+    with e2e.ResultReceiver(tmp_path / "srs", port=0) as rx:
+        ae = AE(ae_title="CXRTRIAGE")
+        ae.add_requested_context(srs[0][1].SOPClassUID)  # the SR class the builder writes (3D SR)
+        ae.add_requested_context(DigitalXRayImageStorageForPresentation)
+        assoc = ae.associate(rx.host, rx.port, ae_title=rx.ae_title)
+        assert assoc.is_established
+        try:
+            for film, sr in srs:
+                assert assoc.send_c_store(sr).Status == 0x0000
+                assert assoc.send_c_store(film).Status == 0x0000  # acknowledged, not kept
+        finally:
+            assoc.release()
+        assert rx.wait_for({s.study_instance_uid for s in sent}, 10.0) == set()
+    assert rx.n_other == len(sent)
+    parsed = sources.read_sr_folder(rx.folder)
+    assert sorted(p.study_instance_uid for p in parsed) == sorted(s.study_instance_uid for s in sent)
+    by_sop, _ = sources.sr_results_by_uid(parsed)
+    assert [by_sop[s.sop_instance_uid].decision for s in sent] == [r.decision for r in direct]
+    for _, sr in srs:
+        kept = dcmread(rx.folder / str(sr.StudyInstanceUID) / f"{sr.SOPInstanceUID}.dcm")
+        assert kept.Modality == "SR" and kept.ContentSequence == sr.ContentSequence
+
+
 @pytest.mark.slow
 def test_end_to_end_through_the_node_matches_offline(shared_data: Path, model_path: Path, tmp_path: Path) -> None:
     """>= 50 films wrapped into DICOM, sent to `cxr-triage serve`, SRs collected by the
