@@ -77,14 +77,24 @@ def pick_torch_model(meta, arg: str | None, model_path: Path, inputs: np.ndarray
     first = None
     for wrapper, kind in torch_models(meta, arg):
         with torch.inference_mode():
-            ref = [t.numpy() for t in wrapper(torch.from_numpy(inputs))]
-        diff = {"score": round(float(np.max(np.abs(got[0] - ref[0]))), 7),
-                "heatmap": round(float(np.max(np.abs(got[1] - ref[1]))), 7) if got[1] is not None else None}
-        verified = diff["score"] < 1e-3 and (diff["heatmap"] or 0.0) < 1e-3
+            outs = [t.numpy() for t in wrapper(torch.from_numpy(inputs))]
+        # ExportWrapper: (score, [nodule_score,] heatmap)
+        ref = {"score": outs[0], "heatmap": outs[-1], "nodule_score": outs[1] if len(outs) == 3 else None}
+        diff = {"score": _max_diff(got.scores, ref["score"]),
+                "nodule_score": _max_diff(got.nodule_scores, ref["nodule_score"]),
+                "heatmap": _max_diff(got.heatmaps, ref["heatmap"])}
+        verified = all((v or 0.0) < 1e-3 for v in diff.values())
         if verified:
             return wrapper, kind, diff, True
         first = first or (wrapper, kind, diff, False)
     return first
+
+
+def _max_diff(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    """Max |a - b| rounded, or None when either runtime lacks that output."""
+    if a is None or b is None:
+        return None
+    return round(float(np.max(np.abs(a - b))), 7)
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
 """``cxr-triage predict PATH...``: triage files or folders and print one result per film.
 
 ``--json`` prints one JSON object per line (machine-readable, stable keys from
-``FilmResult.to_dict``); without it, a table for people.
+``FilmResult.to_dict``, the nodule/mass score, threshold and flag included); without it, a
+table for people, with a nodule/mass column when the model has that output.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
                    help="a threshold name stored in the model, e.g. sens_0.98 (default: config)")
     p.add_argument("--threshold", type=float,
                    help="explicit probability threshold (overrides --operating-point)")
+    p.add_argument("--nodule-operating-point", dest="nodule_operating_point",
+                   help="a nodule/mass threshold name stored in the model, e.g. sens_0.9 "
+                   "(default: config, else the model's; models with a nodule/mass output only)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: config)")
     p.set_defaults(func=run)
 
@@ -45,7 +49,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 2
     try:
         triager = Triager(cfg, model_path=args.model, operating_point=args.operating_point,
-                      threshold=args.threshold, threads=args.threads)
+                          threshold=args.threshold, threads=args.threads,
+                          nodule_operating_point=args.nodule_operating_point)
     except (ModelError, SiteThresholdError, ValueError) as exc:
         print(f"cxr-triage predict: {exc}", file=sys.stderr)
         return 2
@@ -62,17 +67,28 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def format_table(results: list[Any], triager: Any) -> str:
-    """Fixed-width table: file, decision, score vs threshold, reason."""
-    rows = [("FILE", "DECISION", "SCORE", "REASON")]
+    """Fixed-width table: file, decision, score vs threshold, the nodule/mass flag (models
+    with that output only), reason."""
+    nodule = getattr(triager, "nodule_threshold", None) is not None
+    rows = [("FILE", "DECISION", "SCORE") + (("NODULE/MASS",) if nodule else ()) + ("REASON",)]
     for r in results:
         score = f"{r.score:.3f}" if r.score is not None else "-"
         reason = f"{r.reason.value}: {r.reason_detail}" if r.reason else ""
-        rows.append((Path(r.source).name or r.source, r.decision.value, score, reason))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows]
+        flag = (("-" if r.nodule_flag is None else
+                 f"{'FLAGGED' if r.nodule_flag else 'no'} {r.nodule_score:.3f}"),) if nodule else ()
+        rows.append((Path(r.source).name or r.source, r.decision.value, score) + flag + (reason,))
+    n = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(n)]
+    lines = ["  ".join(row[i].ljust(widths[i]) for i in range(n)) + "  " + row[n] for row in rows]
     meta = triager.meta
     lines.append(
         f"\nmodel {meta.name} {meta.version}; operating point {triager.operating_point} "
         f"(suspicious when score >= {triager.threshold:.4f})"
     )
+    if nodule:
+        lines.append(
+            f"nodule/mass flag: operating point {triager.nodule_operating_point} (flagged when "
+            f"nodule/mass score >= {triager.nodule_threshold:.4f}); an added finding, it does not "
+            "change the decision"
+        )
     return "\n".join(line.rstrip() for line in lines)

@@ -3,11 +3,17 @@
 :class:`Triager` is what the node's worker, ``cxr-triage predict``, the evaluation and the
 benchmarks call. It holds one ONNX Runtime session (per process) and the operating threshold,
 and turns every film, good or bad, into a :class:`FilmResult` with per-stage timings.
+
+A model with a nodule/mass output (``nodule_score`` and nodule/mass operating points in its
+metadata) also gives each scored film its nodule/mass score, threshold and flag: an added
+finding that never changes the triage decision. A heatmap is kept on the result only when
+the model's heatmap passed validation (``ModelMetadata.heatmap_validated``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -72,6 +78,10 @@ class Triager:
     ``operating_point`` or "explicit"); an explicit ``operating_point`` name from the model's
     stored thresholds; ``[inference] site_threshold_file`` (commissioned, bound to the model's
     SHA-256); ``[inference] operating_point``; the model's default operating point.
+
+    Nodule/mass threshold (models with that output only): ``nodule_operating_point``, else
+    ``[inference] nodule_operating_point``, else the model's default nodule/mass operating
+    point. ``nodule_operating_point`` / ``nodule_threshold`` are None for a model without it.
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class Triager:
         model_path: str | Path | None = None,
         operating_point: str | None = None,
         threshold: float | None = None,
+        nodule_operating_point: str | None = None,
         threads: int | None = None,
         batch_size: int | None = None,
     ):
@@ -110,6 +121,16 @@ class Triager:
                 )
             except KeyError as exc:
                 raise ModelError(str(exc.args[0])) from None
+        self.nodule_operating_point: str | None = None
+        self.nodule_threshold: float | None = None
+        if self.scorer.has_nodule:
+            try:
+                nodule = self.meta.nodule_threshold(
+                    nodule_operating_point or inf.nodule_operating_point or None)
+            except KeyError as exc:
+                raise ModelError(str(exc.args[0])) from None
+            if nodule is not None:
+                self.nodule_operating_point, self.nodule_threshold = nodule
         self.gate_settings = gate.GateSettings(
             min_age_years=float(inf.min_age_years), min_image_size=int(inf.min_image_size)
         )
@@ -219,20 +240,30 @@ class Triager:
         ready = [p for p in pending if p.tensor is not None]
         if ready:
             start = time.perf_counter()
-            scores, heatmaps = self.scorer.score(np.stack([p.tensor for p in ready if p.tensor is not None]))
+            out = self.scorer.score(np.stack([p.tensor for p in ready if p.tensor is not None]))
             per_film = _ms(start) / len(ready)  # the batch's time, shared equally
+            # a heatmap that failed validation is not shown anywhere, so not kept either
+            heatmaps = out.heatmaps if self.meta.heatmap_validated else None
+            nodules = out.nodule_scores if self.nodule_threshold is not None else None
             for i, p in enumerate(ready):
-                score = float(scores[i])
+                score = float(out.scores[i])
                 p.result.score = score
                 p.result.threshold = self.threshold
                 p.result.operating_point = self.operating_point
                 p.result.decision = decide(score, self.threshold)
                 p.result.heatmap = heatmaps[i] if heatmaps is not None else None
+                extra = {"sop_instance_uid": p.result.sop_instance_uid,
+                         "study_uid": p.result.study_instance_uid,
+                         "decision": p.result.decision.value, "score": round(score, 4)}
+                if nodules is not None and self.nodule_threshold is not None:
+                    nodule = float(nodules[i])
+                    p.result.nodule_score = nodule
+                    p.result.nodule_threshold = self.nodule_threshold
+                    # the rule of decide(): at or above the threshold, and a NaN is flagged
+                    p.result.nodule_flag = math.isnan(nodule) or nodule >= self.nodule_threshold
+                    extra.update(nodule_score=round(nodule, 4), nodule_flag=p.result.nodule_flag)
                 p.timings["model"] = round(per_film, 3)
-                log.info("film triaged", extra={"sop_instance_uid": p.result.sop_instance_uid,
-                                                "study_uid": p.result.study_instance_uid,
-                                                "decision": p.result.decision.value,
-                                                "score": round(score, 4)})
+                log.info("film triaged", extra=extra)
         for p in pending:
             p.result.model_name, p.result.model_version = self.meta.name, self.meta.version
             p.timings["total"] = round(sum(p.timings.values()), 3)

@@ -10,16 +10,40 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
 from cxr_triage.contract.files import file_sha256
-from cxr_triage.contract.model_file import HEATMAP_OUTPUT, INPUT_NAME, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
+from cxr_triage.contract.model_file import (
+    HEATMAP_OUTPUT,
+    INPUT_NAME,
+    METADATA_KEY,
+    NODULE_OUTPUT,
+    SCORE_OUTPUT,
+    ModelMetadata,
+)
 
 
 class ModelError(RuntimeError):
     """The model file is missing, unreadable or does not follow the cxr-triage contract."""
+
+
+class ModelOutputs(NamedTuple):
+    """What one :meth:`Scorer.score` call returns, per film of the batch.
+
+    scores: float32 (N,), calibrated P(abnormal).
+    nodule_scores: float32 (N,), calibrated P(nodule or mass); None when the model has no
+        usable ``nodule_score`` output (no such output, or no nodule/mass thresholds).
+    heatmaps: float32 (N, h, w) in [0, 1]; None when the model has no ``heatmap`` output.
+        Returned whether or not the model's heatmap is validated: showing it is the
+        caller's decision (``ModelMetadata.heatmap_validated``).
+    """
+
+    scores: np.ndarray
+    nodule_scores: np.ndarray | None
+    heatmaps: np.ndarray | None
 
 
 class Scorer:
@@ -53,30 +77,35 @@ class Scorer:
                 f"(has inputs {sorted(inputs)}, outputs {sorted(outputs)})"
             )
         self.has_heatmap = HEATMAP_OUTPUT in outputs
-        self._outputs = [SCORE_OUTPUT] + ([HEATMAP_OUTPUT] if self.has_heatmap else [])
+        # the nodule/mass output is used only with operating points to call it at
+        self.has_nodule = NODULE_OUTPUT in outputs and bool(self.metadata.nodule_thresholds)
+        self._outputs = ([SCORE_OUTPUT] + ([NODULE_OUTPUT] if self.has_nodule else [])
+                         + ([HEATMAP_OUTPUT] if self.has_heatmap else []))
         self.sha256 = file_sha256(self.model_path)
 
     @property
     def input_size(self) -> int:
         return int(self.metadata.preprocessing.size)
 
-    def score(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, 1, S, S) float32 -> scores (N,) and heatmaps (N, h, w) or None.
+    def score(self, batch: np.ndarray) -> ModelOutputs:
+        """(N, 1, S, S) float32 -> :class:`ModelOutputs`: scores (N,), nodule/mass scores
+        (N,) or None, heatmaps (N, h, w) or None.
 
         Runs in chunks of ``batch_size`` so a large request cannot exhaust memory.
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"expected (N, 1, S, S), got {batch.shape}")
-        scores, heatmaps = [], []
+        got: dict[str, list[np.ndarray]] = {name: [] for name in self._outputs}
         for start in range(0, len(batch), self.batch_size):
             out = self.session.run(self._outputs, {INPUT_NAME: batch[start:start + self.batch_size]})
-            scores.append(np.asarray(out[0], dtype=np.float32).reshape(-1))
-            if self.has_heatmap:
-                heatmaps.append(np.asarray(out[1], dtype=np.float32))
-        if not scores:
-            return np.zeros(0, np.float32), None
-        return np.concatenate(scores), (np.concatenate(heatmaps) if heatmaps else None)
+            for name, value in zip(self._outputs, out):
+                arr = np.asarray(value, dtype=np.float32)
+                got[name].append(arr if name == HEATMAP_OUTPUT else arr.reshape(-1))
+        if not got[SCORE_OUTPUT]:
+            return ModelOutputs(np.zeros(0, np.float32), None, None)
+        joined = {name: np.concatenate(parts) for name, parts in got.items()}
+        return ModelOutputs(joined[SCORE_OUTPUT], joined.get(NODULE_OUTPUT), joined.get(HEATMAP_OUTPUT))
 
 
 _SCORERS: dict[tuple[str, int], Scorer] = {}

@@ -53,3 +53,9 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def tiny_nodule_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a nodule/mass output and thresholds (``NODULE_THRESHOLDS``)."""
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny_nodule.onnx", nodule=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from support.tiny_model import NODULE_THRESHOLDS, build_tiny_model
 
 from cxr_triage.cli import main
 from cxr_triage.config import load_config
@@ -54,14 +55,15 @@ def test_scorer_reads_metadata_and_matches_the_graph(tiny_model):
     assert scorer.metadata.threshold() == ("sens_0.98", 0.40)
     rng = np.random.default_rng(1)
     batch = rng.normal(size=(5, 1, 224, 224)).astype(np.float32)
-    scores, heat = scorer.score(batch)  # 3 ORT runs of <= 2 films
+    scores, nodule, heat = scorer.score(batch)  # 3 ORT runs of <= 2 films
+    assert nodule is None and not scorer.has_nodule  # no nodule/mass output
     # the tiny graph: sigmoid(4 * mean(x)); heatmap = sigmoid(avgpool32(x))
     expected = 1.0 / (1.0 + np.exp(-4.0 * batch.reshape(5, -1).mean(axis=1)))
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
     assert heat is not None and heat.shape == (5, 7, 7)
     pooled = batch[:, 0].reshape(5, 7, 32, 7, 32).mean(axis=(2, 4))
     np.testing.assert_allclose(heat, 1.0 / (1.0 + np.exp(-pooled)), rtol=1e-4)
-    one_by_one = np.concatenate([scorer.score(batch[i:i + 1])[0] for i in range(5)])
+    one_by_one = np.concatenate([scorer.score(batch[i:i + 1]).scores for i in range(5)])
     np.testing.assert_allclose(one_by_one, scores, rtol=1e-6)
 
 
@@ -204,3 +206,97 @@ def test_every_supported_sop_class_is_assessed(triager, pngs, sop_class):
     result = triager.triage_dataset(ds, source=f"{sop_class}.dcm")
     assert result.decision is not Decision.NOT_ASSESSABLE, result.reason_detail
     assert result.sop_class_uid == str(ds.SOPClassUID)
+
+
+# ----------------------------------------------------------------------------- nodule/mass output
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@pytest.fixture(scope="module")
+def nodule_triager(cfg, tiny_nodule_model):
+    return Triager(cfg.replace(inference={"model_path": str(tiny_nodule_model), "threads": 1}))
+
+
+def test_scorer_reads_the_nodule_output_only_with_thresholds(tiny_nodule_model, tmp_path):
+    scorer = Scorer(tiny_nodule_model, threads=1, batch_size=2)
+    assert scorer.has_nodule and scorer.metadata.nodule_threshold() == ("sens_0.9", 0.5)
+    batch = np.random.default_rng(2).normal(size=(3, 1, 224, 224)).astype(np.float32)
+    out = scorer.score(batch)
+    m = batch.reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(out.scores, _sigmoid(4.0 * m), rtol=1e-5)
+    assert out.nodule_scores is not None and out.nodule_scores.shape == (3,)
+    np.testing.assert_allclose(out.nodule_scores, _sigmoid(-4.0 * m), rtol=1e-5)
+    assert out.heatmaps is not None and out.heatmaps.shape == (3, 7, 7)
+    # the output without operating points to call it at is not used
+    unusable = Scorer(build_tiny_model(tmp_path / "u.onnx", nodule=True, nodule_thresholds={}), threads=1)
+    assert not unusable.has_nodule and unusable.score(batch).nodule_scores is None
+
+
+def test_triager_fills_the_nodule_fields_and_keeps_the_decision(nodule_triager, triager, pngs):
+    assert (nodule_triager.nodule_operating_point, nodule_triager.nodule_threshold) == ("sens_0.9", 0.5)
+    results = nodule_triager.triage_paths(pngs)
+    plain = triager.triage_paths(pngs)
+    for r, p in zip(results, plain):
+        # an added finding: decision and score as from the same model without the output
+        assert r.decision is p.decision and r.score == pytest.approx(p.score)
+        assert r.nodule_score == pytest.approx(1.0 - r.score, abs=1e-5)  # the tiny graph's nodule output
+        assert r.nodule_threshold == 0.5 and r.nodule_flag is (r.nodule_score >= 0.5)
+        assert p.nodule_score is None and p.nodule_threshold is None and p.nodule_flag is None
+    assert {r.nodule_flag for r in results} == {True, False}, [r.score for r in results]
+
+
+def test_nodule_operating_point_from_config_and_argument(cfg, tiny_nodule_model, tiny_model, pngs):
+    base = cfg.replace(inference={"model_path": str(tiny_nodule_model), "threads": 1})
+    assert Triager(base.replace(inference={"nodule_operating_point": "sens_0.8"})).nodule_threshold == 0.6
+    t = Triager(base.replace(inference={"nodule_operating_point": "sens_0.8"}), nodule_operating_point="sens_0.95")
+    assert (t.nodule_operating_point, t.nodule_threshold) == ("sens_0.95", NODULE_THRESHOLDS["sens_0.95"])
+    assert t.triage_file(pngs[0]).nodule_threshold == 0.4
+    with pytest.raises(ModelError, match="no nodule/mass operating point"):
+        Triager(base, nodule_operating_point="sens_0.5")
+    # a model without the output ignores the key
+    plain = Triager(cfg.replace(inference={"model_path": str(tiny_model), "nodule_operating_point": "sens_0.5"}))
+    assert plain.nodule_threshold is None and plain.nodule_operating_point is None
+
+
+def test_nodule_not_assessable_films_have_no_nodule_result(nodule_triager, sample_dicoms):
+    canine = nodule_triager.triage_file(sample_dicoms["highdicom_dx_canine_thorax_mono1"])
+    assert canine.decision is Decision.NOT_ASSESSABLE
+    assert canine.nodule_score is None and canine.nodule_flag is None and canine.nodule_threshold is None
+
+
+def test_heatmap_kept_only_when_validated(cfg, tmp_path, pngs):
+    unvalidated = build_tiny_model(tmp_path / "unvalidated.onnx", heatmap_validated=False)
+    t = Triager(cfg.replace(inference={"model_path": str(unvalidated), "threads": 1}))
+    r = t.triage_file(pngs[0])
+    assert r.score is not None and r.heatmap is None
+    assert t.scorer.score(preprocess(np.full((256, 256), 0.5, np.float32), t.spec)[None]).heatmaps is not None
+
+
+def test_predict_json_and_table_carry_the_nodule_flag(tiny_nodule_model, tiny_model, sample_dicoms, capsys,
+                                                      monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cxr-triage"])
+    monkeypatch.delenv("CXR_TRIAGE_CONFIG", raising=False)
+    files = [str(p) for p in sorted(sample_dicoms.values())]
+    assert main(["predict", *files, "--json", "--model", str(tiny_nodule_model)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for d in lines:
+        assert {"nodule_score", "nodule_threshold", "nodule_flag"} <= set(d)
+        if d["decision"] == "not_assessable":
+            assert d["nodule_score"] is d["nodule_flag"] is None
+        else:
+            assert 0.0 <= d["nodule_score"] <= 1.0 and d["nodule_threshold"] == 0.5
+            assert d["nodule_flag"] is (d["nodule_score"] >= 0.5)
+    assert sum(d["nodule_score"] is not None for d in lines) == 3
+    assert main(["predict", *files, "--model", str(tiny_nodule_model), "--nodule-operating-point", "sens_0.8"]) == 0
+    table = capsys.readouterr().out
+    assert "NODULE/MASS" in table and "nodule/mass flag: operating point sens_0.8" in table
+    flagged = [d for d in lines if d["nodule_score"] is not None and d["nodule_score"] >= 0.6]
+    assert table.count("FLAGGED") == len(flagged)
+    # a model without the output: no nodule/mass column, and null fields in the JSON
+    assert main(["predict", files[0], "--model", str(tiny_model)]) == 0
+    assert "NODULE" not in capsys.readouterr().out.upper()
+    assert main(["predict", files[0], "--json", "--model", str(tiny_model)]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["nodule_score"] is None and plain["nodule_flag"] is None

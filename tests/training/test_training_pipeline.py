@@ -117,7 +117,8 @@ def test_export_metadata_check_and_worker_scorer(synthetic_manifest: Path, train
     assert meta.preprocessing.size == SIZE and meta.created and meta.validation_metrics["auroc"] >= 0
     scorer = Scorer(out, threads=1)
     film = next((synthetic_manifest.parent / "img").glob("*.png"))
-    scores, heat = scorer.score(preprocess(read_pixels(film), meta.preprocessing)[None])
+    out = scorer.score(preprocess(read_pixels(film), meta.preprocessing)[None])
+    scores, heat = out.scores, out.heatmaps
     assert scores.shape == (1,) and 0 <= scores[0] <= 1
     assert heat is not None and heat.ndim == 3 and heat.min() >= 0 and heat.max() <= 1
 
