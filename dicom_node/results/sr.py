@@ -5,7 +5,8 @@ Built with highdicom's templates, never by hand, so the tree is conformant by co
     MeasurementReport (TID 1500), every container ContinuityOfContent SEPARATE
       Qualitative Evaluations (TID 1500 row 12; first, so a reader sees the decision first)
         AI triage decision (CODE) of the study, its not-assessable reasons (CODE),
-        study score and threshold (NUM), operating point (TEXT), Algorithm Identification
+        [AI nodule/mass flag (CODE)], study score and threshold (NUM), operating point
+        (TEXT), [nodule/mass score and threshold (NUM)], Algorithm Identification
         Non-image instance result (CONTAINER) per refused instance that is not an image
       observation context: device observer (the model, a fixed UID per model version)
       procedure reported: the source's Procedure Code Sequence, else LN 43468-8
@@ -16,7 +17,11 @@ Built with highdicom's templates, never by hand, so the tree is conformant by co
           to the film through it), Finding (normal / abnormal), Finding Site chest,
           Algorithm Identification (TID 4019), score and operating-point threshold (NUM,
           unit 1), triage decision (CODE), Abnormal = Present / Absent, or the
-          not-assessable reason (CODE + TEXT)
+          not-assessable reason (CODE + TEXT); [nodule/mass score and threshold (NUM),
+          AI nodule/mass flag = Present / Absent (CODE)]
+
+[...]: only when the model has a nodule/mass output (``FilmResult.nodule_score`` set); the
+flag is an added finding beside the decision, never a change of it.
 
 NUM values: Numeric Value (what renderers show) is rounded to 4 decimals, Floating Point Value
 holds the exact double (PS3.3 C.18.1.1), and ``sr_reader`` reads that, so the round trip is exact.
@@ -31,6 +36,7 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -158,7 +164,8 @@ def build_result_sr(
         if _is_image(source):
             groups.append(_film_group(
                 f"{C.FILM_GROUP_PREFIX}{index}", film.decision, film.score, film.reason,
-                film.reason_detail, source, algorithm, film_op, film_threshold))
+                film.reason_detail, source, algorithm, film_op, film_threshold,
+                nodule=_nodule_of(film.nodule_score, film.nodule_threshold, film.nodule_flag)))
         else:
             non_image.append(_non_image_result(
                 f"{C.FILM_GROUP_PREFIX}{index}", film.decision, film.reason,
@@ -324,11 +331,19 @@ def _study_evaluations(
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     items: list[hd.sr.ContentItem] = [_code(C.TRIAGE_DECISION, C.DECISION_CODES[study.decision])]
     items += [_code(C.NOT_ASSESSABLE_REASON, C.REASON_CODES[r]) for r in study_reasons(study)]
+    nodule = _nodule_of(study.nodule_score, _study_nodule_threshold(study), study.nodule_flag)
+    if nodule is not None:
+        items.append(_code(C.NODULE_MASS_FLAG, C.PRESENT if nodule.flag else C.ABSENT))
     if study.score is not None and math.isfinite(study.score):
         items.append(_num(C.ABNORMALITY_SCORE, study.score))
     if threshold is not None:
         items.append(_num(C.OPERATING_POINT_THRESHOLD, threshold))
     items.append(_text(C.OPERATING_POINT, op_name))
+    if nodule is not None:
+        if math.isfinite(nodule.score):
+            items.append(_num(C.NODULE_MASS_SCORE, nodule.score))
+        if nodule.threshold is not None:
+            items.append(_num(C.NODULE_MASS_THRESHOLD, nodule.threshold))
     items += [item for item in algorithm if isinstance(item, hd.sr.ContentItem)]
     items += list(non_image)
     container.ContentSequence = hd.sr.ContentSequence(items)
@@ -379,17 +394,24 @@ def _film_group(
     algorithm: hd.sr.AlgorithmIdentification,
     op_name: str,
     threshold: float | None,
+    *,
+    nodule: _Nodule | None = None,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """One TID 1410 group for a film: its decision, score and threshold, on an image region
-    that covers the film's full image area (the model reads the whole film; OHIF attaches a
-    group to its image only through such a region)."""
-    measurements = []
+    """One TID 1410 group for a film: its decision, score and threshold (and the nodule/mass
+    score, threshold and flag when the model has that output), on an image region that
+    covers the film's full image area (the model reads the whole film; OHIF attaches a group
+    to its image only through such a region)."""
+    values: list[tuple[Code, float]] = []
     if score is not None and math.isfinite(score):
-        measurements.append(hd.sr.Measurement(name=C.ABNORMALITY_SCORE, value=float(score),
-                                              unit=C.NO_UNITS))
+        values.append((C.ABNORMALITY_SCORE, float(score)))
     if threshold is not None:
-        measurements.append(hd.sr.Measurement(name=C.OPERATING_POINT_THRESHOLD,
-                                              value=float(threshold), unit=C.NO_UNITS))
+        values.append((C.OPERATING_POINT_THRESHOLD, float(threshold)))
+    if nodule is not None and math.isfinite(nodule.score):
+        values.append((C.NODULE_MASS_SCORE, nodule.score))
+    if nodule is not None and nodule.threshold is not None:
+        values.append((C.NODULE_MASS_THRESHOLD, nodule.threshold))
+    measurements = [hd.sr.Measurement(name=name, value=value, unit=C.NO_UNITS)
+                    for name, value in values]
     for measurement in measurements:
         _round_for_display(measurement[0])
     evaluations = [hd.sr.QualitativeEvaluation(C.TRIAGE_DECISION, C.DECISION_CODES[decision])]
@@ -400,6 +422,9 @@ def _film_group(
     elif reason is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(C.NOT_ASSESSABLE_REASON,
                                                        C.REASON_CODES[reason]))
+    if nodule is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            C.NODULE_MASS_FLAG, C.PRESENT if nodule.flag else C.ABSENT))
     rows, columns = int(image.Rows), int(image.Columns)
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -426,6 +451,30 @@ def _film_group(
     for name, value in texts:
         group[0].ContentSequence.append(_text(name, value))
     return group
+
+
+@dataclass(frozen=True)
+class _Nodule:
+    """The nodule/mass output of one film or of the study: score (calibrated P(nodule or
+    mass), unit 1), the threshold it was called at (None if unknown) and the flag."""
+
+    score: float
+    threshold: float | None
+    flag: bool
+
+
+def _nodule_of(score: float | None, threshold: float | None, flag: bool | None) -> _Nodule | None:
+    """None when there is no nodule/mass result (a model without that output, a film not
+    scored): then the SR carries no nodule/mass item at all."""
+    if score is None or flag is None:
+        return None
+    return _Nodule(float(score), None if threshold is None else float(threshold), bool(flag))
+
+
+def _study_nodule_threshold(study: StudyResult) -> float | None:
+    """The nodule/mass threshold the study's films were called at (one per model run)."""
+    return next((float(f.nodule_threshold) for f in study.films
+                 if f.nodule_score is not None and f.nodule_threshold is not None), None)
 
 
 def _is_image(ds: Dataset) -> bool:

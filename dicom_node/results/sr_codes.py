@@ -2,7 +2,8 @@
 
 Standard codes (DCM, SCT, UCUM, LN) are used wherever DICOM or SNOMED CT has the concept.
 Where none exists (a triage decision that is not a diagnosis, "not assessable" and its
-reasons, an uncalibrated-vs-calibrated model score, the operating point) the concepts come
+reasons, an uncalibrated-vs-calibrated model score, the operating point, the nodule/mass
+score and flag of a multi-task model) the concepts come
 from the private coding scheme ``99CXRT`` ("99" prefix: a local scheme, DICOM PS3.16 §8.2),
 identified in every SR by a Coding Scheme Identification Sequence item.
 
@@ -39,6 +40,15 @@ NON_IMAGE_SOURCE = _cxrt("CXRT007", "Non-image source instance")
 # CONTAINER for the result of a refused instance that is not an image: no image region can be
 # drawn on it, so it is not a measurement group (OHIF needs an SCOORD in every group).
 NON_IMAGE_RESULT = _cxrt("CXRT008", "Non-image instance result")
+# The nodule/mass output of a multi-task model (CXRT02x): an added finding beside the triage
+# decision, never a change of it. Written only when the model has that output.
+# NUM, unit 1: calibrated P(nodule or mass) of a film (study: the highest film's).
+NODULE_MASS_SCORE = _cxrt("CXRT020", "AI nodule/mass score")
+# NUM, unit 1: the nodule/mass operating point's threshold (flag when score >= threshold).
+NODULE_MASS_THRESHOLD = _cxrt("CXRT021", "Nodule/mass threshold")
+# CODE, value Present / Absent (SCT): the flag at that threshold. Not SNOMED CT's "Nodule" or
+# "Mass of lung": a calibrated model call at an operating point, not a located diagnosis.
+NODULE_MASS_FLAG = _cxrt("CXRT022", "AI nodule/mass flag")
 
 # --- Triage decisions (values of TRIAGE_DECISION) ---------------------------------------
 DECISION_CODES: dict[Decision, Code] = {
@@ -125,6 +135,9 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("concept: not assessable detail (TEXT)", *_row(NOT_ASSESSABLE_DETAIL)),
         ("concept: refused non-image instance (UIDREF)", *_row(NON_IMAGE_SOURCE)),
         ("container: result of a refused non-image instance", *_row(NON_IMAGE_RESULT)),
+        ("concept: nodule/mass score (calibrated P(nodule or mass), unit 1)", *_row(NODULE_MASS_SCORE)),
+        ("concept: nodule/mass threshold (unit 1)", *_row(NODULE_MASS_THRESHOLD)),
+        ("concept: nodule/mass flag (value Present / Absent)", *_row(NODULE_MASS_FLAG)),
     ]
     rows += [(f"decision {d.value}", *_row(c)) for d, c in DECISION_CODES.items()]
     rows += [(f"reason {r.value}", *_row(c)) for r, c in REASON_CODES.items()]
@@ -133,6 +146,8 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("Finding (121071) when likely normal", *_row(FINDING_NORMAL)),
         ("Abnormal = Present (suspicious)", *_row(PRESENT)),
         ("Abnormal = Absent (likely normal)", *_row(ABSENT)),
+        ("nodule/mass flag = Present (score >= threshold)", *_row(PRESENT)),
+        ("nodule/mass flag = Absent (score < threshold)", *_row(ABSENT)),
         ("Finding Site", *_row(FINDING_SITE_CHEST)),
         ("report-level container: the study's decision (TID 1500 row 12)",
          *_row(QUALITATIVE_EVALUATIONS)),

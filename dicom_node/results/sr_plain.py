@@ -101,10 +101,16 @@ def sr_summary(source: str | Path | Dataset) -> list[str]:
            f" (operating point {r.operating_point})" if r.score is not None else "")
         + (f"; model {r.model_name} {r.model_version}." if r.model_name else ".")
     ]
+    if r.nodule_flag is not None:
+        out.append(f"Nodule/mass flag: {'flagged' if r.nodule_flag else 'not flagged'}"
+                   f" (highest nodule/mass score {_fmt(r.nodule_score)} against threshold"
+                   f" {_fmt(r.nodule_threshold)}); an added finding, it does not change the decision.")
     for i, g in enumerate(r.films, 1):
         text = f"Image {i}: {PLAIN_DECISION[g.decision.value].lower()}"
         if g.score is not None:
             text += f", score {_fmt(g.score)}"
+        if g.nodule_flag is not None:
+            text += f", nodule/mass {'flagged' if g.nodule_flag else 'not flagged'} ({_fmt(g.nodule_score)})"
         if g.reason is not None:
             text += f" ({PLAIN_REASON.get(g.reason.value, g.reason.value)}"
             text += f": {g.reason_detail})" if g.reason_detail else ")"

@@ -37,6 +37,11 @@ class ParsedGroup:
     reason_detail: str | None
     # a film: its image (or refused non-image instance); the study: every film's, in order
     referenced_sop_instance_uids: list[str]
+    # the nodule/mass output (None when the model had none, or the film was not scored):
+    # score = calibrated P(nodule or mass), threshold, flag (score >= threshold)
+    nodule_score: float | None = None
+    nodule_threshold: float | None = None
+    nodule_flag: bool | None = None
 
     @property
     def sop_instance_uid(self) -> str | None:
@@ -61,6 +66,10 @@ class ParsedResult:
     study: ParsedGroup
     films: list[ParsedGroup] = field(default_factory=list)
     evidence_sop_instance_uids: list[str] = field(default_factory=list)
+    # the study's nodule/mass result: the highest film score, the threshold, any film flagged
+    nodule_score: float | None = None
+    nodule_threshold: float | None = None
+    nodule_flag: bool | None = None
 
     def film(self, sop_instance_uid: str) -> ParsedGroup:
         """The film group referencing this SOP Instance UID (KeyError if none)."""
@@ -136,6 +145,9 @@ def _read(ds: Dataset) -> ParsedResult:
         study=study_group,
         films=[g for _, g in films],
         evidence_sop_instance_uids=evidence,
+        nodule_score=study_group.nodule_score,
+        nodule_threshold=study_group.nodule_threshold,
+        nodule_flag=study_group.nodule_flag,
     )
 
 
@@ -146,12 +158,14 @@ def _index(identifier: str) -> int:
 
 
 def _parse(item: Dataset, referenced: list[str]) -> ParsedGroup:
-    """Decision, score, threshold, operating point and reason of one container: a film's
-    measurement group, a non-image result, or the report-level evaluations (the study)."""
+    """Decision, score, threshold, operating point, reason and nodule/mass result of one
+    container: a film's measurement group, a non-image result, or the report-level
+    evaluations (the study)."""
     decision_code = _code(item, C.TRIAGE_DECISION)
     if decision_code is None:
         raise ValueError("result without a triage decision")
     reason_code = _code(item, C.NOT_ASSESSABLE_REASON)
+    nodule_code = _code(item, C.NODULE_MASS_FLAG)
     return ParsedGroup(
         decision=C.decision_from_code(decision_code),
         score=_num(item, C.ABNORMALITY_SCORE),
@@ -160,7 +174,19 @@ def _parse(item: Dataset, referenced: list[str]) -> ParsedGroup:
         reason=C.reason_from_code(reason_code) if reason_code is not None else None,
         reason_detail=_text(item, C.NOT_ASSESSABLE_DETAIL),
         referenced_sop_instance_uids=referenced,
+        nodule_score=_num(item, C.NODULE_MASS_SCORE),
+        nodule_threshold=_num(item, C.NODULE_MASS_THRESHOLD),
+        nodule_flag=_present(nodule_code) if nodule_code is not None else None,
     )
+
+
+def _present(code: Code) -> bool:
+    """Present -> True, Absent -> False; KeyError for any other value."""
+    if C.same_code(code, C.PRESENT):
+        return True
+    if C.same_code(code, C.ABSENT):
+        return False
+    raise KeyError(f"not Present/Absent: ({code.value}, {code.scheme_designator})")
 
 
 def _one(item: Dataset, name: Code, value_type: ValueTypeValues) -> Dataset | None:

@@ -9,7 +9,9 @@ description says it is not for diagnosis. Enabled by ``[delivery] summary_image`
 
 Each image shows the film (as the model read it: MONOCHROME2, VOI applied), a banner
 "AI TRIAGE OUTPUT - NOT FOR DIAGNOSIS", the decision, score, threshold and operating point (or
-the not-assessable reason), the model name and version, and for suspicious films the heatmap.
+the not-assessable reason), the nodule/mass flag with its score and threshold (models with
+that output), the model name and version, and for suspicious films the heatmap, but only
+when the model's heatmap passed validation (``ModelMetadata.heatmap_validated``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ _LABELS = {
     Decision.LIKELY_NORMAL: ("LIKELY NORMAL", (90, 220, 110)),
     Decision.NOT_ASSESSABLE: ("NOT ASSESSABLE", (200, 200, 200)),
 }
+_NODULE_COLOURS = {True: (255, 160, 40), False: (230, 230, 230)}  # flagged / not flagged
 _LOSSY_METHOD = {
     JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
     JPEG2000: "ISO_15444_1", HTJ2K: "ISO_15444_15", JPEGLSNearLossless: "ISO_14495_1",
@@ -164,7 +167,8 @@ def build_summary_image(
     image.BurnedInAnnotation = "YES"
     image.DerivationDescription = (
         f"AI triage summary of the referenced film by {meta.name} {meta.version}; "
-        "resampled, text and heatmap burned in"
+        + ("resampled, text and heatmap burned in" if shows_heatmap(film, pixels, meta)
+           else "resampled, text burned in")
     )
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
@@ -191,14 +195,21 @@ def film_pixels(source: Dataset) -> np.ndarray | None:
         return None
 
 
+def shows_heatmap(film: FilmResult, pixels: np.ndarray | None, meta: ModelMetadata) -> bool:
+    """Whether the summary draws the film's heatmap: a suspicious film with a heatmap and
+    its pixels, from a model whose heatmap passed validation (never otherwise)."""
+    return (meta.heatmap_validated and film.decision is Decision.SUSPICIOUS
+            and film.heatmap is not None and pixels is not None)
+
+
 def render_summary(film: FilmResult, pixels: np.ndarray | None,
                    meta: ModelMetadata) -> np.ndarray:
-    """(H, W, 3) uint8: banner with the result over the film (plus heatmap if suspicious)."""
+    """(H, W, 3) uint8: banner with the result over the film (plus the heatmap: see
+    :func:`shows_heatmap`)."""
     panel = _film_panel(pixels)
-    heatmap_shown = False
-    if film.decision is Decision.SUSPICIOUS and film.heatmap is not None and pixels is not None:
+    heatmap_shown = shows_heatmap(film, pixels, meta)
+    if heatmap_shown and film.heatmap is not None:
         panel = _overlay(panel, np.asarray(film.heatmap, dtype=np.float32))
-        heatmap_shown = True
     width = panel.shape[1]
     size = max(14, width // 34)
     font = _font(size)
@@ -218,9 +229,13 @@ def render_summary(film: FilmResult, pixels: np.ndarray | None,
         threshold = f"{film.threshold:.3f}" if film.threshold is not None else "n/a"
         lines.append((f"Score {score} (suspicious if >= {threshold}, operating point "
                       f"{film.operating_point or 'n/a'})", (230, 230, 230), small))
+        nodule = nodule_text(film)
+        if nodule is not None:
+            lines += [(t, _NODULE_COLOURS[bool(film.nodule_flag)], small)
+                      for t in _wrap(nodule, small, width)]
     lines.append((f"Model {meta.name} {meta.version}", (230, 230, 230), small))
-    footer = ("Heatmap: regions that most raised the score - not a lesion outline. "
-              if heatmap_shown else "") + "Every film still needs a radiologist's read."
+    footer = ("Heatmap: local evidence of abnormality in the lung fields - not a lesion "
+              "outline. " if heatmap_shown else "") + "Every film still needs a radiologist's read."
     footer_lines = _wrap(footer, small, width)
 
     pad = size // 2
@@ -239,6 +254,18 @@ def render_summary(film: FilmResult, pixels: np.ndarray | None,
         draw.text((pad, y), text, fill=(255, 210, 0), font=small)
         y += line_h
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def nodule_text(film: FilmResult) -> str | None:
+    """The nodule/mass line of the summary, e.g. "Nodule/mass: FLAGGED (score 0.712 >= 0.310)";
+    None when the film has no nodule/mass result (a model without that output)."""
+    if film.nodule_flag is None or film.nodule_score is None:
+        return None
+    score = f"{film.nodule_score:.3f}"
+    threshold = f"{film.nodule_threshold:.3f}" if film.nodule_threshold is not None else "n/a"
+    if film.nodule_flag:
+        return f"Nodule/mass: FLAGGED (score {score} >= {threshold})"
+    return f"Nodule/mass: not flagged (score {score} < {threshold})"
 
 
 def _film_panel(pixels: np.ndarray | None) -> np.ndarray:

@@ -359,3 +359,88 @@ def test_not_assessable_study_reason_is_report_level(meta, tmp_path):
     parsed = read_result_sr(back)
     assert parsed.decision is D.NOT_ASSESSABLE and parsed.study.reason is R.TOO_SMALL
     assert parsed.score is None
+
+
+# -- the nodule/mass output of a multi-task model -------------------------------------------
+
+NODULE_CODES = {sr_codes.NODULE_MASS_SCORE.value, sr_codes.NODULE_MASS_THRESHOLD.value,
+                sr_codes.NODULE_MASS_FLAG.value}
+
+
+def _walk(items):
+    for item in items:
+        yield item
+        yield from _walk(item.get("ContentSequence", []))
+
+
+def _concepts(ds: pydicom.Dataset) -> set[str]:
+    return {str(i.ConceptNameCodeSequence[0].CodeValue) for i in _walk(ds.ContentSequence)
+            if "ConceptNameCodeSequence" in i}
+
+
+def with_nodule(film: FilmResult, score: float, threshold: float = 0.31) -> FilmResult:
+    film.nodule_score, film.nodule_threshold, film.nodule_flag = score, threshold, score >= threshold
+    return film
+
+
+def test_nodule_mass_result_round_trip(meta, tmp_path):
+    """Per film and for the study: the nodule/mass score (rounded for display, exact in the
+    Floating Point Value), its threshold and the flag (Present/Absent) are written, valid, and
+    read back exactly; a not-assessable film has none. The flag never changes the decision."""
+    study_uid = generate_uid()
+    sources = [make_film(study_uid, generate_uid(), i + 1) for i in range(3)]
+    films = [with_nodule(film_result(sources[0], D.SUSPICIOUS, 0.8123456789, None, meta), 0.123456789),
+             with_nodule(film_result(sources[1], D.LIKELY_NORMAL, 0.0731, None, meta), 0.7123456789),
+             film_result(sources[2], D.NOT_ASSESSABLE, None, R.LATERAL_VIEW, meta)]
+    study = aggregate_study(study_uid, films)
+    assert (study.decision, study.nodule_flag, study.nodule_score) == (D.SUSPICIOUS, True, 0.7123456789)
+    path = save(build_result_sr(study, sources, meta), tmp_path / "sr.dcm")
+    tree = assert_valid(path)
+    assert '(CXRT022,99CXRT,"AI nodule/mass flag")=(52101004,SCT,"Present")' in tree
+    assert '(CXRT022,99CXRT,"AI nodule/mass flag")=(272519000,SCT,"Absent")' in tree
+    back = reread(path)
+    nums = [i for i in _walk(back.ContentSequence) if i.ValueType == "NUM"
+            and i.ConceptNameCodeSequence[0].CodeValue == sr_codes.NODULE_MASS_SCORE.value]
+    assert sorted(str(n.MeasuredValueSequence[0].NumericValue) for n in nums) == ["0.1235", "0.7123", "0.7123"]
+    parsed = read_result_sr(back)
+    assert parsed.decision is D.SUSPICIOUS
+    assert (parsed.nodule_score, parsed.nodule_threshold, parsed.nodule_flag) == (0.7123456789, 0.31, True)
+    assert parsed.study.nodule_flag is True
+    for film, group in zip(films, parsed.films):
+        assert (group.nodule_score, group.nodule_threshold, group.nodule_flag) == (
+            film.nodule_score, film.nodule_threshold, film.nodule_flag)
+        assert group.decision is film.decision and group.score == film.score
+    assert parsed.films[2].nodule_flag is None
+    # the study is not flagged when no film is; the flag is still written (Absent)
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    quiet = aggregate_study(study_uid, [with_nodule(film_result(source, D.LIKELY_NORMAL, 0.1, None, meta), 0.2)])
+    parsed = read_result_sr(reread(save(build_result_sr(quiet, [source], meta), tmp_path / "quiet.dcm")))
+    assert (parsed.nodule_flag, parsed.films[0].nodule_flag, parsed.films[0].nodule_score) == (False, False, 0.2)
+
+
+def test_model_without_nodule_output_writes_no_nodule_items(meta, tmp_path):
+    study_uid = generate_uid()
+    sources = [make_film(study_uid, generate_uid(), i + 1) for i in range(2)]
+    films = [film_result(sources[0], D.SUSPICIOUS, 0.9, None, meta),
+             film_result(sources[1], D.NOT_ASSESSABLE, None, R.TOO_SMALL, meta)]
+    path = save(build_result_sr(aggregate_study(study_uid, films), sources, meta), tmp_path / "sr.dcm")
+    assert_valid(path)
+    back = reread(path)
+    assert not _concepts(back) & NODULE_CODES
+    parsed = read_result_sr(back)
+    assert parsed.nodule_score is None and parsed.nodule_flag is None and parsed.nodule_threshold is None
+    assert all(g.nodule_score is None and g.nodule_flag is None for g in parsed.films)
+
+
+def test_reader_refuses_a_nodule_flag_that_is_not_present_or_absent(meta):
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    sr = build_result_sr(aggregate_study(study_uid, [
+        with_nodule(film_result(source, D.SUSPICIOUS, 0.9, None, meta), 0.5)]), [source], meta)
+    for item in _walk(sr.ContentSequence):
+        if item.get("ValueType") == "CODE" and \
+                item.ConceptNameCodeSequence[0].CodeValue == sr_codes.NODULE_MASS_FLAG.value:
+            item.ConceptCodeSequence[0].CodeValue = "CXRT999"
+    with pytest.raises(ValueError, match="not a readable"):
+        read_result_sr(sr)

@@ -41,10 +41,13 @@ def _walk(items):
 def _render(tmp_path: Path, name: str, films_spec) -> tuple[pydicom.Dataset, list[str], Path]:
     study_uid = generate_uid()
     sources = [make_film(study_uid, generate_uid(), i + 1) for i in range(len(films_spec))]
+    # (decision, score, reason[, nodule/mass score]): the nodule/mass threshold is 0.31
     films = [FilmResult(decision=d, sop_instance_uid=str(s.SOPInstanceUID), score=sc,
                         threshold=None if r else 0.2875, operating_point=None if r else "sens_0.98",
-                        reason=r, reason_detail=f"gate refused: {r.value}" if r else None)
-             for s, (d, sc, r) in zip(sources, films_spec)]
+                        reason=r, reason_detail=f"gate refused: {r.value}" if r else None,
+                        nodule_score=nod[0] if nod else None, nodule_threshold=0.31 if nod else None,
+                        nodule_flag=nod[0] >= 0.31 if nod else None)
+             for s, (d, sc, r, *nod) in zip(sources, films_spec)]
     out = artefact_dir(tmp_path, "sr_render")
     path = save(build_result_sr(aggregate_study(study_uid, films), sources, META),
                 out / f"{name}.dcm")
@@ -61,6 +64,9 @@ def _render(tmp_path: Path, name: str, films_spec) -> tuple[pydicom.Dataset, lis
                     (Decision.LIKELY_NORMAL, 0.0731, None),
                     (Decision.NOT_ASSESSABLE, None, NotAssessableReason.LATERAL_VIEW)]),
     ("not_assessable", [(Decision.NOT_ASSESSABLE, None, NotAssessableReason.TOO_SMALL)]),
+    ("nodule_mass", [(Decision.SUSPICIOUS, 0.8123456789, None, 0.123456789),
+                     (Decision.LIKELY_NORMAL, 0.0731, None, 0.7123456789),
+                     (Decision.NOT_ASSESSABLE, None, NotAssessableReason.LATERAL_VIEW)]),
 ])
 def test_dsr2html_labels_every_value(name, films, tmp_path):
     sr, lines, page = _render(tmp_path, name, films)
@@ -82,6 +88,9 @@ def test_dsr2html_labels_every_value(name, films, tmp_path):
         if not labelled:
             missing.append((concept, value))
     assert not missing, missing
+    if name == "nodule_mass":  # the added finding is labelled too (checked above), per film and study
+        assert sum(line == "AI nodule/mass flag:" for line in lines) + sum(
+            ": AI nodule/mass flag = " in line for line in lines) == 3, lines
     # no run of bare numbers in the content (dcmtk's footer names its version): each numeric
     # line follows its label
     title = lines.index("Imaging Measurement Report")
@@ -92,7 +101,7 @@ def test_dsr2html_labels_every_value(name, films, tmp_path):
     # the decision is the first thing in the content, and in the series line of the header
     content = [line for line in lines[title + 1:] if line.endswith(":")]
     assert content[0] == "AI triage decision:", content[:3]
-    decision = aggregate_study("x", [FilmResult(decision=d, score=s) for d, s, _ in films]).decision
+    decision = aggregate_study("x", [FilmResult(decision=d, score=s) for d, s, *_ in films]).decision
     assert any(line.startswith("AI triage: " + decision.value.replace("_", " ").upper())
                for line in lines[:title])
 

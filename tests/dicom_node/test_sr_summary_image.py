@@ -1,7 +1,10 @@
-"""The summary Secondary Capture: valid (dciodvfy), in the source study, visibly marked, and
-with the heatmap only where the film was called suspicious."""
+"""The summary Secondary Capture: valid (dciodvfy), in the source study, visibly marked, with
+the heatmap only where the film was called suspicious and only from a model whose heatmap
+passed validation, and the nodule/mass flag when the model has that output."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pydicom
@@ -16,6 +19,7 @@ from cxr_triage.dicom_node.results.summary_image import (
     SERIES_PREFIX,
     build_summary_image,
     build_summary_images,
+    nodule_text,
     render_summary,
     summary_images_if_enabled,
 )
@@ -28,7 +32,7 @@ PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
 @pytest.fixture(scope="module")
 def meta() -> ModelMetadata:
     return ModelMetadata(name="cxr_triage_test_model", version="0.3.1",
-                         thresholds={"sens_0.98": 0.2875})
+                         thresholds={"sens_0.98": 0.2875}, heatmap_validated=True)
 
 
 def blob(size: int = 16) -> np.ndarray:
@@ -99,6 +103,41 @@ def test_heatmap_only_on_suspicious_films(meta):
     assert colourfulness(normal[middle]) == 0
     # The banner (decision text, warning) is there in both: coloured text on black.
     assert colourfulness(normal[: normal.shape[0] // 10]) > 100
+
+
+def test_heatmap_not_drawn_when_the_model_heatmap_is_not_validated(meta, tmp_path):
+    unvalidated = dataclasses.replace(meta, heatmap_validated=False)
+    source = make_film(generate_uid(), generate_uid(), 1, size=128)
+    pixels = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (128, 1))
+    film = result(source, Decision.SUSPICIOUS, meta, 0.9, heatmap=np.ones((8, 8), dtype=np.float32))
+    shown, hidden = render_summary(film, pixels, meta), render_summary(film, pixels, unvalidated)
+    middle = shown.shape[0] // 2
+    assert colourfulness(shown[middle]) > 30 and colourfulness(hidden[middle]) == 0
+    image = build_summary_image(film, source, unvalidated, series_uid=generate_uid(), pixels=pixels)
+    assert "heatmap" not in image.DerivationDescription
+    assert "heatmap" in build_summary_image(film, source, meta, series_uid=generate_uid(),
+                                            pixels=pixels).DerivationDescription
+    assert sc_dciodvfy_errors(save(image, tmp_path / "sc.dcm")) == []
+
+
+def test_nodule_mass_flag_in_the_text(meta):
+    source = make_film(generate_uid(), generate_uid(), 1, size=128)
+    pixels = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (128, 1))
+    plain = result(source, Decision.LIKELY_NORMAL, meta, 0.1)
+    flagged = dataclasses.replace(plain, nodule_score=0.7123, nodule_threshold=0.31, nodule_flag=True)
+    quiet = dataclasses.replace(plain, nodule_score=0.2, nodule_threshold=0.31, nodule_flag=False)
+    assert nodule_text(plain) is None
+    assert nodule_text(flagged) == "Nodule/mass: FLAGGED (score 0.712 >= 0.310)"
+    assert nodule_text(quiet) == "Nodule/mass: not flagged (score 0.200 < 0.310)"
+    orange = np.array([255, 160, 40], dtype=np.uint8)
+
+    def has_orange(rgb: np.ndarray) -> bool:
+        return bool((rgb == orange).all(axis=-1).any())
+
+    without, with_flag, with_quiet = (render_summary(f, pixels, meta) for f in (plain, flagged, quiet))
+    assert has_orange(with_flag) and not has_orange(without) and not has_orange(with_quiet)
+    # one more banner line when the model has the output, flagged or not
+    assert with_flag.shape[0] == with_quiet.shape[0] > without.shape[0]
 
 
 def test_film_that_cannot_be_decoded_still_gets_a_summary(meta, tmp_path):
