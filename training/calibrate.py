@@ -20,6 +20,8 @@ from cxr_triage.contract.decision import decide_many
 from cxr_triage.contract.operating_points import operating_point_name, threshold_for_sensitivity
 
 TARGET_SENSITIVITIES = (0.95, 0.98, 0.99)
+#: operating points of the nodule/mass output (its flag is an added finding, not the triage decision)
+NODULE_SENSITIVITIES = (0.8, 0.9, 0.95)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -86,4 +88,4 @@ def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
 
 
 __all__ = ["fit_temperature", "fit_temperature_and_shift", "calibrated", "stored_threshold", "operating_points",
-           "rates", "TARGET_SENSITIVITIES", "expit"]
+           "rates", "TARGET_SENSITIVITIES", "NODULE_SENSITIVITIES", "expit"]

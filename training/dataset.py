@@ -82,9 +82,11 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def train_transforms(strength: float = 1.0):
+def train_transforms(strength: float = 1.0, spatial_only: bool = False):
     """MONAI augmentation on a preprocessed (1, S, S) film: small pose/scale changes, and
-    blur/noise/contrast jitter that make resolution and pipeline differences less useful."""
+    blur/noise/contrast jitter that make resolution and pipeline differences less useful
+    (``spatial_only``: pose/scale alone, when :class:`~cxr_triage.training.augment.PipelineAugment`
+    already varies the pixels before preprocessing)."""
     from monai.transforms import (
         Compose,
         EnsureTyped,
@@ -97,10 +99,15 @@ def train_transforms(strength: float = 1.0):
     )
 
     s = strength
-    return Compose([
+    spatial = [
         EnsureTyped(keys="image", dtype=np.float32, track_meta=False),
         RandAffined(keys="image", prob=0.8, rotate_range=0.17 * s, scale_range=0.12 * s,
                     translate_range=(12 * s, 12 * s), padding_mode="border", mode="bilinear"),
+    ]
+    if spatial_only:
+        return Compose(spatial)
+    return Compose([
+        *spatial,
         RandGaussianSmoothd(keys="image", prob=0.3 * s, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
         RandGaussianNoised(keys="image", prob=0.3 * s, std=0.05),
         RandScaleIntensityd(keys="image", prob=0.3 * s, factors=0.1),
@@ -115,9 +122,78 @@ def eval_transforms():
     return Compose([EnsureTyped(keys="image", dtype=np.float32, track_meta=False)])
 
 
-def make_dataset(inputs: np.ndarray, labels: Sequence[float] | np.ndarray, transform):
-    """A MONAI Dataset of {"image": (1, S, S), "label": float, "index": int} items."""
+def make_dataset(inputs: np.ndarray, labels: Sequence[float] | np.ndarray, transform,
+                 known: np.ndarray | None = None):
+    """A MONAI Dataset of {"image": (1, S, S), "label": (K,) targets, "known": (K,) mask,
+    "index": int} items (``labels`` (N,) or (N, K); ``known`` defaults to all ones)."""
     from monai.data import Dataset
 
-    data = [{"image": inputs[i], "label": np.float32(labels[i]), "index": i} for i in range(len(labels))]
+    y = np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
+    k = np.ones_like(y) if known is None else np.asarray(known, dtype=np.float32).reshape(y.shape)
+    data = [{"image": inputs[i], "label": y[i], "known": k[i], "index": i} for i in range(len(y))]
     return Dataset(data=data, transform=transform)
+
+
+def load_films(entries: Sequence[Entry], root: Path, max_side: int = 512, cache_dir: Path | None = None,
+               progress: bool = True) -> list[np.ndarray]:
+    """Decoded films as uint8 (H, W) arrays (MONOCHROME2), larger ones area-reduced so the
+    short side is ``max_side``: the input of train-time pipeline augmentation. Cached like
+    :func:`load_inputs` (one ``.npz`` keyed by the file list)."""
+    import hashlib as _hashlib
+
+    from PIL import Image
+
+    key = cache_key(entries, root, PreprocessSpec(size=max_side, harmonise_size=max_side))
+    cache = Path(cache_dir) / f"films_{key}_{_hashlib.sha256(b'uint8').hexdigest()[:4]}.npz" if cache_dir else None
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            films = [z[f"f{i}"] for i in range(len(entries))] if len(z.files) == len(entries) else None
+        if films is not None:
+            return films
+    films = []
+    it: Any = entries
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(entries, desc="decode", unit="film", mininterval=5)
+    for e in it:
+        px = read_pixels(resolve(e, root))
+        side = min(px.shape)
+        if side > max_side:
+            scale = max_side / side
+            size = (max(1, round(px.shape[1] * scale)), max(1, round(px.shape[0] * scale)))
+            pil = Image.fromarray(np.ascontiguousarray(px, dtype=np.float32), mode="F")
+            px = np.asarray(pil.resize(size, resample=Image.Resampling.BOX), dtype=np.float32)
+        films.append(np.clip(np.rint(px * 255.0), 0, 255).astype(np.uint8))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **{f"f{i}": f for i, f in enumerate(films)})
+        tmp.replace(cache)
+    return films
+
+
+class FilmDataset:
+    """Training items from decoded films: pipeline augmentation -> THE ``preprocess()`` ->
+    MONAI pose/scale jitter. Item: {"image": (1, S, S) float32, "label": (K,) targets,
+    "known": (K,) target mask, "index": i}. Deterministic for a given ``set_epoch`` seed."""
+
+    def __init__(self, films: Sequence[np.ndarray], targets: np.ndarray, known: np.ndarray, spec: PreprocessSpec,
+                 pipeline: Any, transform: Any, seed: int = 0):
+        self.films, self.targets, self.known = films, targets, known
+        self.spec, self.pipeline, self.transform = spec, pipeline, transform
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.transform.set_random_state(seed=(self.seed * 1000 + epoch) % (2**31))
+
+    def __len__(self) -> int:
+        return len(self.films)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        film = self.pipeline(self.films[i], rng)
+        x = preprocess(film, self.spec)
+        x = np.asarray(self.transform({"image": x})["image"], dtype=np.float32)
+        return {"image": x, "label": self.targets[i], "known": self.known[i], "index": i}

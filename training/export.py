@@ -1,7 +1,9 @@
 """Checkpoint (``model.pt`` from training) -> ONNX file the worker runs unchanged.
 
 The ONNX graph takes ``image`` (N, 1, S, S) = preprocess() output and gives ``score``
-(calibrated P(abnormal), temperature baked in) and ``heatmap`` (N, h, w) in [0, 1]. The
+(calibrated P(abnormal), temperature baked in), ``nodule_score`` (calibrated P(nodule or
+mass), when the checkpoint has a calibrated nodule/mass output) and ``heatmap`` (N, h, w) in
+[0, 1] on a fixed scale, masked to the lung-field prior when one was fitted. The
 :class:`ModelMetadata` JSON (preprocessing, thresholds, temperature, manifest SHA-256,
 validation metrics, date) goes into ``metadata_props``. The export is then checked: ONNX
 Runtime and PyTorch must agree within ``tolerance`` on real films, or the file is removed and
@@ -22,6 +24,7 @@ from cxr_triage.contract.model_file import (
     HEATMAP_OUTPUT,
     INPUT_NAME,
     METADATA_KEY,
+    NODULE_OUTPUT,
     SCORE_OUTPUT,
     ModelMetadata,
 )
@@ -49,10 +52,21 @@ def load_checkpoint(path: str | Path, ck: dict[str, Any] | None = None):
     if "architecture" not in ck or "preprocessing" not in ck:
         raise ValueError(f"{path}: not a training checkpoint with its config (export model.pt, best.pt or last.pt "
                          "of a `cxr-triage train` run)")
-    net = build_network(ck["architecture"], pretrained=False, image_size=ck["image_size"])
+    net = build_network(ck["architecture"], pretrained=False, image_size=ck["image_size"],
+                        n_outputs=int(ck.get("n_outputs", 1)))
     net.load_state_dict(ck["model"])
-    wrapper = ExportWrapper(net, ck.get("temperature", 1.0), ck.get("logit_shift", 0.0)).eval()
+    if not ck.get("nodule_thresholds"):
+        net.n_outputs = 1  # no usable nodule/mass output (uncalibrated): the file gets score + heatmap only
+    heatmap = ck.get("heatmap") or {}
+    mask = torch.as_tensor(heatmap["mask"], dtype=torch.float32) if heatmap.get("mask") is not None else None
+    wrapper = ExportWrapper(net, ck.get("temperature", 1.0), ck.get("logit_shift", 0.0),
+                            ck.get("nodule_temperature", 1.0), ck.get("nodule_shift", 0.0), mask).eval()
     return wrapper, ck
+
+
+def output_names(wrapper) -> list[str]:
+    """The ONNX outputs of an :class:`ExportWrapper`, in its order."""
+    return [SCORE_OUTPUT, *([NODULE_OUTPUT] if wrapper.with_nodule else []), HEATMAP_OUTPUT]
 
 
 def build_metadata(ck: dict[str, Any], name: str | None = None, version: str | None = None) -> ModelMetadata:
@@ -64,6 +78,9 @@ def build_metadata(ck: dict[str, Any], name: str | None = None, version: str | N
         preprocessing=PreprocessSpec.from_dict(ck["preprocessing"]),
         thresholds={k: float(v) for k, v in ck.get("thresholds", {}).items()},
         default_operating_point=operating_point_name(0.98),
+        nodule_thresholds={k: float(v) for k, v in (ck.get("nodule_thresholds") or {}).items()},
+        nodule_default_operating_point=operating_point_name(0.9),
+        heatmap_validated=bool((ck.get("heatmap") or {}).get("validated", False)),
         temperature=float(ck.get("temperature", 1.0)),
         architecture=ck["architecture"],
         training_manifest_sha256=sha,
@@ -71,7 +88,12 @@ def build_metadata(ck: dict[str, Any], name: str | None = None, version: str | N
         created=now.isoformat(timespec="seconds"),
         extra={"training_config": json_safe(ck.get("config", {})),
                "logit_shift": float(ck.get("logit_shift", 0.0)),
-               "calibration": "score = sigmoid((logit + logit_shift) / temperature)"},
+               "calibration": "score = sigmoid((logit + logit_shift) / temperature)",
+               "tasks": list(ck.get("tasks", ["abnormal"])),
+               **({"nodule_temperature": float(ck["nodule_temperature"]), "nodule_shift": float(ck["nodule_shift"]),
+                   "nodule_calibration": "nodule_score = sigmoid((logit_1 + nodule_shift) / nodule_temperature)"}
+                  if ck.get("nodule_thresholds") else {}),
+               "heatmap": json_safe({k: v for k, v in (ck.get("heatmap") or {}).items() if k != "mask"})},
     )
 
 
@@ -85,10 +107,11 @@ def export_onnx(wrapper, meta: ModelMetadata, out: str | Path, opset: int = 17) 
     size = meta.preprocessing.size
     dummy = torch.zeros(2, 1, size, size)
     tmp = out.with_suffix(".tmp.onnx")
+    names = output_names(wrapper)
     torch.onnx.export(
         wrapper, (dummy,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
-        output_names=[SCORE_OUTPUT, HEATMAP_OUTPUT], opset_version=opset,
-        dynamic_axes={INPUT_NAME: {0: "N"}, SCORE_OUTPUT: {0: "N"}, HEATMAP_OUTPUT: {0: "N"}},
+        output_names=names, opset_version=opset,
+        dynamic_axes={INPUT_NAME: {0: "N"}, **{n: {0: "N"} for n in names}},
     )
     model = onnx.load(str(tmp))
     onnx.helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
@@ -99,24 +122,24 @@ def export_onnx(wrapper, meta: ModelMetadata, out: str | Path, opset: int = 17) 
 
 
 def check_export(wrapper, onnx_path: str | Path, inputs: np.ndarray, tolerance: float = 1e-4) -> dict[str, float]:
-    """Max |ORT - torch| over score and heatmap on ``inputs`` (N, 1, S, S); raises when above."""
+    """Max |ORT - torch| over every output on ``inputs`` (N, 1, S, S); raises when above."""
     import onnxruntime as ort
     import torch
 
+    names = output_names(wrapper)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run([SCORE_OUTPUT, HEATMAP_OUTPUT], {INPUT_NAME: inputs.astype(np.float32)})
+    got = dict(zip(names, sess.run(names, {INPUT_NAME: inputs.astype(np.float32)})))
     with torch.no_grad():
-        ref = [t.numpy() for t in wrapper(torch.from_numpy(inputs.astype(np.float32)))]
-    diffs = {
-        "score_max_abs_diff": float(np.max(np.abs(got[0] - ref[0]))),
-        "heatmap_max_abs_diff": float(np.max(np.abs(got[1] - ref[1]))),
-        "films": int(inputs.shape[0]),
-    }
-    if got[0].shape != (inputs.shape[0],) or got[1].ndim != 3:
-        raise ExportCheckError(f"unexpected output shapes {got[0].shape}, {got[1].shape}")
-    if not (0.0 <= got[1].min() and got[1].max() <= 1.0):
+        ref = dict(zip(names, (t.numpy() for t in wrapper(torch.from_numpy(inputs.astype(np.float32))))))
+    diffs: dict[str, float] = {f"{n.removesuffix('_score') if n != SCORE_OUTPUT else n}_max_abs_diff":
+                               float(np.max(np.abs(got[n] - ref[n]))) for n in names}
+    diffs["films"] = int(inputs.shape[0])
+    heat = got[HEATMAP_OUTPUT]
+    if got[SCORE_OUTPUT].shape != (inputs.shape[0],) or heat.ndim != 3:
+        raise ExportCheckError(f"unexpected output shapes {got[SCORE_OUTPUT].shape}, {heat.shape}")
+    if not (0.0 <= heat.min() and heat.max() <= 1.0):
         raise ExportCheckError("heatmap outside [0, 1]")
-    worst = max(diffs["score_max_abs_diff"], diffs["heatmap_max_abs_diff"])
+    worst = max(v for k, v in diffs.items() if k != "films")
     if not worst <= tolerance:
         raise ExportCheckError(f"ONNX Runtime vs PyTorch max abs difference {worst:.3g} > {tolerance:g} ({diffs})")
     return diffs

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from cxr_triage.training.train import TrainConfig
 
 NIH_SOURCES = ["nih-cxr14", "nih-extra"]
+#: the sources with both classes: training, validation selection and the per-source headline
+TRAIN_SOURCES = [*NIH_SOURCES, "rsna-pneumonia"]
 DEFAULT_SPLIT = repo_root() / "model" / "default_split.csv"
 
 
@@ -38,46 +40,70 @@ def default_recipe(manifest: Path, data: Path, out: Path, **overrides: Any) -> T
     cfg = TrainConfig(
         manifest=str(manifest), out=str(out), data_root=str(data), architecture="effnet_lite0",
         freeze_blocks=6, epochs=14, batch_size=32, lr=1e-3, patience=4, seed=0,
-        train_sources=list(NIH_SOURCES), select_sources=list(NIH_SOURCES),
+        train_sources=list(TRAIN_SOURCES), select_sources=list(TRAIN_SOURCES),
+        balance="source_label", select_metric="source_mean_auroc_nodule",
+        multitask=True, pipeline_augment=1.0, distill=0.0,
+        boxes_csv=str(data / "rsna-pneumonia" / "boxes.csv"),
         test_report=False,  # the report below scores the exported ONNX file itself
     )
     return dataclasses.replace(cfg, **overrides)
 
 
-def build_split(data: Path, path: Path, seed: int = 0) -> Path:
-    """The shared films as a manifest with a patient-level split (children excluded)."""
+def build_split(data: Path, path: Path, seed: int = 0, previous: Path | None = None) -> Path:
+    """The shared films as a manifest with a patient-level split (children excluded).
+
+    With ``previous`` (an earlier split file), films it lists keep their split, so test figures
+    stay comparable across versions; a film whose twin (the same film through the other
+    pipeline) already has a split takes that one; the rest are split afresh (seeded)."""
     from cxr_triage.training.adapters import shared_data
-    from cxr_triage.training.manifest import write_manifest
-    from cxr_triage.training.split import assign_splits
-
-    return write_manifest(assign_splits(shared_data(data), 0.2, 0.2, seed), path)
-
-
-def write_rsna_subsample(split: Path, out: Path, n: int, seed: int = 0) -> Path:
-    """The split without all but ``n`` (seeded) of the training-split RSNA normals."""
-    import numpy as np
-
     from cxr_triage.training.manifest import read_manifest, write_manifest
+    from cxr_triage.training.split import SPLITS, assign_splits
 
-    rows = read_manifest(split)
-    pool = [i for i, e in enumerate(rows) if e.source == "rsna-normals" and e.split == "train"]
-    keep = set(np.random.default_rng(seed).choice(pool, size=min(n, len(pool)), replace=False).tolist())
-    return write_manifest([e for i, e in enumerate(rows) if i not in pool or i in keep], out)
+    entries = shared_data(data)
+    if previous is not None and previous.exists():
+        before = {e.file: e.split for e in read_manifest(previous) if e.split in SPLITS}
+        for e in entries:
+            if not e.split and e.file in before:
+                e.split = before[e.file]
+        by_file = {e.file: e for e in entries}
+        for e in entries:
+            twin = by_file.get(e.extra.get("twin", ""))
+            if twin is not None and twin.split and not e.split:
+                e.split = twin.split
+            elif twin is not None and e.split and not twin.split:
+                twin.split = e.split
+    return write_manifest(assign_splits(entries, 0.2, 0.2, seed), path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--out", default="runs/default")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--data", default="../shared/data", help="the shared data folder")
+    ap.add_argument("--out", default="runs/default", help="run folder")
     ap.add_argument("--split", default=str(DEFAULT_SPLIT), help="split CSV (made when missing)")
-    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--rebuild-split", action="store_true",
+                    help="remake --split from the data folder, keeping the splits of the films it already lists")
+    ap.add_argument("--epochs", type=int, default=None, help="most epochs (default: the recipe's)")
+    ap.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget of the epochs (0: none)")
     ap.add_argument("--architecture", default="effnet_lite0")
+    ap.add_argument("--image-size", type=int, default=224, help="network input side")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
-    ap.add_argument("--rsna-train-normals", type=int, default=0,
-                    help="also train on this many RSNA normals of the training split (seeded sample)")
-    ap.add_argument("--harmonise-size", type=int, default=224, help="PreprocessSpec.harmonise_size")
-    ap.add_argument("--balance", default="label", choices=["label", "source_label"])
-    ap.add_argument("--select-metric", default="auroc", choices=["auroc", "source_mean_auroc"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--harmonise-size", type=int, default=None, help="PreprocessSpec.harmonise_size "
+                    "(default: the image size)")
+    ap.add_argument("--balance", default="source_label", choices=["label", "source_label"])
+    ap.add_argument("--select-metric", default="source_mean_auroc_nodule",
+                    choices=["auroc", "source_mean_auroc", "source_mean_auroc_nodule"])
+    ap.add_argument("--pipeline-augment", type=float, default=1.0, help="pipeline randomisation (0: off)")
+    ap.add_argument("--no-multitask", action="store_true", help="abnormal output only")
+    ap.add_argument("--distill", type=float, default=0.0, help="teacher soft-target weight")
+    ap.add_argument("--aux-weight", type=float, default=0.3)
+    ap.add_argument("--nodule-weight", type=float, default=1.0)
+    ap.add_argument("--freeze-blocks", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--train-sources", nargs="*", default=None, metavar="SOURCE",
+                    help=f"training sources (default: {' '.join(TRAIN_SOURCES)}; add rsna-normals for its "
+                         "training-split twins)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args(argv)
@@ -88,20 +114,22 @@ def main(argv: list[str] | None = None) -> int:
     data, out = Path(args.data).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     split = Path(args.split)
-    if not split.exists():
-        build_split(data, split)
+    if args.rebuild_split or not split.exists():
+        build_split(data, split, previous=split if split.exists() else None)
     manifest = out / "manifest.csv"
     if not manifest.exists():
-        if args.rsna_train_normals:
-            write_rsna_subsample(split, manifest, args.rsna_train_normals)
-        else:
-            shutil.copyfile(split, manifest)
-    overrides = {"architecture": args.architecture, "threads": args.threads, "balance": args.balance,
-                 "select_metric": args.select_metric, "harmonise_size": args.harmonise_size}
+        shutil.copyfile(split, manifest)
+    overrides: dict[str, Any] = {
+        "architecture": args.architecture, "threads": args.threads, "balance": args.balance, "seed": args.seed,
+        "select_metric": args.select_metric, "image_size": args.image_size,
+        "harmonise_size": args.harmonise_size or args.image_size, "pipeline_augment": args.pipeline_augment,
+        "multitask": not args.no_multitask, "distill": args.distill, "aux_weight": args.aux_weight,
+        "nodule_weight": args.nodule_weight, "freeze_blocks": args.freeze_blocks, "lr": args.lr,
+        "max_minutes": args.max_minutes}
     if args.epochs:
         overrides["epochs"] = args.epochs
-    if args.rsna_train_normals:
-        overrides["train_sources"] = [*NIH_SOURCES, "rsna-normals"]
+    if args.train_sources:
+        overrides["train_sources"] = list(args.train_sources)
     if args.architecture != "effnet_lite0":
         overrides["freeze_blocks"] = 0
     cfg = default_recipe(manifest, data, out, **overrides)
@@ -117,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     onnx_path = out / "cxr_triage_effnet_lite0.onnx"
     export_checkpoint(out / "model.pt", onnx_path, data_root=data, check_manifest=manifest)
-    report = test_report(onnx_path, manifest, data, out / "test_report.json", headline_sources=NIH_SOURCES)
+    report = test_report(onnx_path, manifest, data, out / "test_report.json", headline_sources=TRAIN_SOURCES)
     print(json.dumps(report["headline"], indent=2))
     return 0
 

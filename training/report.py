@@ -107,6 +107,43 @@ def score_films(model_path: str | Path, paths: Sequence[Path], batch: int = 32, 
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
+def model_outputs(model_path: str | Path, paths: Sequence[Path], batch: int = 32,
+                  threads: int = 2) -> dict[str, np.ndarray]:
+    """One ONNX Runtime pass over the films: ``score`` (N,), ``nodule_score`` (N,) when the
+    model has that output, ``heatmap`` (N, h, w) and ``features`` (N, C) (the pooled last
+    feature map, :func:`cxr_triage.evaluation.model_checks.onnx_feature_model`).
+
+    Raises ReportError naming the films that cannot be read."""
+    import onnxruntime as ort
+
+    from cxr_triage.contract.model_file import INPUT_NAME
+    from cxr_triage.contract.preprocessing import preprocess
+    from cxr_triage.evaluation.model_checks import onnx_feature_model
+    from cxr_triage.training.dataset import read_pixels
+
+    _, meta = _session(model_path, threads=1)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(onnx_feature_model(model_path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    bad = []
+    for i in range(0, len(paths), batch):
+        xs = []
+        for p in paths[i:i + batch]:
+            try:
+                xs.append(preprocess(read_pixels(p), meta.preprocessing))
+            except Exception as exc:  # noqa: BLE001 - one unreadable film is reported, not a traceback
+                bad.append(f"{p.name} ({type(exc).__name__})")
+        if bad:
+            continue
+        for n, v in zip(names, sess.run(names, {INPUT_NAME: np.stack(xs)})):
+            out[n].append(np.asarray(v))
+    if bad:
+        raise ReportError(_named(f"{len(bad)} film(s) could not be read", bad))
+    return {n: (np.concatenate(v) if v else np.zeros(0)).astype(np.float64) for n, v in out.items()}
+
+
 def _named(head: str, items: Sequence[str]) -> str:
     more = f" and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
     return f"{head}: {', '.join(items[:MAX_NAMED])}{more}"
@@ -161,6 +198,86 @@ def figures(scores: np.ndarray, entries: Sequence[Entry], thresholds: dict[str, 
         }
     res["operating_points"] = ops
     return res
+
+
+def nodule_figures(nodule_scores: np.ndarray, entries: Sequence[Entry], thresholds: dict[str, float],
+                   n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The nodule/mass output on films whose nodule/mass status is known: AUROC of
+    Nodule/Mass films against normal films (the lung-cancer question) and against every other
+    known film, and at each nodule/mass operating point its sensitivity on Nodule/Mass films
+    and the share of normal films it flags."""
+    from cxr_triage.training.targets import nodule_known, nodule_truth
+
+    s = np.asarray(nodule_scores, dtype=np.float64)
+    known = nodule_known(entries)
+    truth = nodule_truth(entries).astype(bool)
+    label = np.array([e.label for e in entries])
+    pos = known & truth
+    normal = known & (label == 0)
+    other = known & ~truth
+    groups = [e.patient_id or e.file for e in entries]
+
+    def auc(neg: np.ndarray) -> dict[str, Any]:
+        idx = np.flatnonzero(pos | neg)
+        return _auroc(truth[idx].astype(int), s[idx], [groups[i] for i in idx], n_boot, seed)
+
+    res: dict[str, Any] = {"nodule_or_mass_films": int(pos.sum()), "normal_films": int(normal.sum()),
+                           "other_known_films": int(other.sum()),
+                           "auroc_vs_normals": auc(normal), "auroc_vs_all_other": auc(other)}
+    res["operating_points"] = {
+        name: {"threshold": float(t),
+               "sensitivity": _p(metrics.proportion(int(decide_many(s[pos], t).sum()), int(pos.sum()))),
+               "normals_flagged": _p(metrics.proportion(int(decide_many(s[normal], t).sum()), int(normal.sum())))}
+        for name, t in sorted(thresholds.items())}
+    return res
+
+
+def twin_pairs(entries: Sequence[Entry], root: Path) -> list[tuple[int, int]]:
+    """Index pairs (a, b) of films whose ``twin`` column (a path like ``file``) names the
+    other (both in ``entries``)."""
+    where = {str(resolve(e, root).resolve()): i for i, e in enumerate(entries)}
+    pairs = []
+    for i, e in enumerate(entries):
+        twin = e.extra.get("twin", "")
+        j = where.get(str((root / twin).resolve())) if twin else None
+        if j is not None and i < j:
+            pairs.append((i, j))
+    return pairs
+
+
+def model_checks(outputs: dict[str, np.ndarray], entries: Sequence[Entry], root: Path, threshold: float,
+                 boxes: dict[str, list[Any]] | None = None, guess: Sequence[float] | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """Twin test, source probe and (with ``boxes``) pointing game of one model on these films
+    (:mod:`cxr_triage.evaluation.model_checks`)."""
+    from cxr_triage.evaluation import model_checks as mc
+
+    out: dict[str, Any] = {}
+    pairs = twin_pairs(entries, root)
+    if pairs:
+        a, b = zip(*pairs)
+        first = {entries[i].source for i in a}
+        out["twins"] = {**mc.twin_agreement(outputs["score"][list(a)], outputs["score"][list(b)], threshold),
+                        "sources": sorted(first | {entries[i].source for i in b})}
+    normals = [i for i, e in enumerate(entries) if e.label == 0]
+    srcs = [entries[i].source or "unknown" for i in normals]
+    if len(set(srcs)) > 1 and "features" in outputs:
+        out["source_probe"] = mc.source_probe(outputs["features"][normals], srcs, seed=seed)
+    if boxes:
+        keys = [str(resolve(e, root).resolve()) for e in entries]
+        idx, film_boxes = mc.boxes_for(keys, boxes)
+        if idx and "heatmap" in outputs:
+            from PIL import Image
+
+            sides = []
+            for i in idx:
+                with Image.open(resolve(entries[i], root)) as im:
+                    sides.append(float(max(im.size)))
+            if guess is None:  # no guess stored in the model: the best point for these films (favours the guess)
+                guess = mc.best_fixed_point(mc.box_prior(film_boxes, sides, outputs["heatmap"].shape[1]))
+            out["pointing_game"] = mc.pointing_game(outputs["heatmap"][idx], film_boxes, sides,
+                                                    (float(guess[0]), float(guess[1])))
+    return out
 
 
 def _groups(entries: Sequence[Entry], key: Any) -> dict[str, list[int]]:
@@ -267,10 +384,14 @@ def _comparison(entries: list[Entry], a: np.ndarray, b: np.ndarray, head: list[i
 def test_report(model_path: str | Path, manifest: str | Path, data_root: str | Path | None = None,
                 out: str | Path | None = None, split: str = "test", *,
                 headline_sources: Sequence[str] | None = None, compare: str | Path | None = None,
-                site_threshold: str | Path | None = None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+                site_threshold: str | Path | None = None, n_boot: int = 2000, seed: int = 0,
+                boxes: str | Path | None = None) -> dict[str, Any]:
     """Score ``split`` of ``manifest`` (``"all"``: every film) with the model (and ``compare``)
     and return :func:`build_report`'s dict; written to ``out`` (JSON path: HTML and scores CSV
-    beside it) when given. ``data_root`` default: the manifest's folder.
+    beside it) when given. ``data_root`` default: the manifest's folder. The report adds the
+    nodule/mass output's figures (when the model has one) and the model checks
+    (:func:`model_checks`: twins, source probe, and the heatmap's pointing game when ``boxes``
+    is given, a ``file,x,y,width,height`` CSV, files relative to its own folder).
 
     Raises ReportError (missing or unreadable films named, empty split, bad model file) and
     ManifestError (bad manifest)."""
@@ -291,21 +412,57 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
         site = check_matches_model(site_threshold, model_path)
         thresholds[site.operating_point] = float(site.threshold)
     paths = [resolve(e, root) for e in entries]
-    scores = score_films(model_path, paths)
+    outputs = model_outputs(model_path, paths)
+    scores = outputs["score"]
     b = ident_b = None
+    out_b: dict[str, np.ndarray] = {}
     if compare:
         ident_b = model_identity(compare)
-        b = score_films(compare, paths)
+        out_b = model_outputs(compare, paths)
+        b = out_b["score"]
     rep = build_report(scores, entries, thresholds, model=f"{ident['name']} {ident['version']}", split=split,
                        manifest=str(manifest), headline_sources=headline_sources, compare=b,
                        compare_model=f"{ident_b['name']} {ident_b['version']} ({compare})" if ident_b else "",
                        compare_thresholds=ident_b["thresholds"] if ident_b else None, n_boot=n_boot, seed=seed)
     rep["model_file"] = {k: ident[k] for k in ("path", "sha256", "name", "version")}
+    _, meta = _session(model_path, threads=1)
+    box_map = None
+    if boxes:
+        from cxr_triage.evaluation.model_checks import read_boxes
+
+        box_map = read_boxes(boxes)
+    default_t = thresholds.get(meta.default_operating_point, next(iter(thresholds.values()), 0.5))
+    guess = (meta.extra.get("heatmap") or {}).get("guess_point")
+    if "nodule_score" in outputs:
+        rep["nodule"] = _nodule_block(outputs["nodule_score"], entries, dict(meta.nodule_thresholds),
+                                      rep["headline_sources"], n_boot, seed)
+    rep["checks"] = model_checks(outputs, entries, root, default_t, box_map, guess, seed)
+    rep["heatmap_validated_in_model"] = bool(meta.heatmap_validated)
     if ident_b:
         rep["compare_model_file"] = {k: ident_b[k] for k in ("path", "sha256", "name", "version")}
+        _, meta_b = _session(compare, threads=1) if compare else (None, None)
+        tb = ident_b["thresholds"].get(meta_b.default_operating_point, 0.5) if meta_b else 0.5
+        rep["compare_checks"] = model_checks(out_b, entries, root, tb, box_map,
+                                             (meta_b.extra.get("heatmap") or {}).get("guess_point") if meta_b else None,
+                                             seed)
+        if "nodule_score" in out_b and meta_b is not None:
+            rep["compare_nodule"] = _nodule_block(out_b["nodule_score"], entries, dict(meta_b.nodule_thresholds),
+                                                  rep["headline_sources"], n_boot, seed)
     if out:
         write_report(rep, out, entries, scores, b)
     return rep
+
+
+def _nodule_block(nodule: np.ndarray, entries: Sequence[Entry], thresholds: dict[str, float],
+                  headline_sources: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
+    head = [i for i, e in enumerate(entries) if (e.source or "unknown") in headline_sources]
+    block = {"headline": nodule_figures(nodule[head], [entries[i] for i in head], thresholds, n_boot, seed),
+             "by_source": {}}
+    for src, idx in _groups(entries, lambda e: e.source or "unknown").items():
+        f = nodule_figures(nodule[idx], [entries[i] for i in idx], thresholds, n_boot, seed)
+        if f["nodule_or_mass_films"]:
+            block["by_source"][src] = f
+    return block
 
 
 def write_report(rep: dict[str, Any], out: str | Path, entries: Sequence[Entry] | None = None,
@@ -339,8 +496,10 @@ def _ci(d: dict[str, Any] | None, pct: bool = True) -> str:
 
 
 def _rows(rep: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    rows = [(f"headline ({', '.join(rep['headline_sources'])})", rep["headline"])]
-    rows += [(f"source {k}", v) for k, v in rep["by_source"].items()]
+    """Per source first (the figures that show a model that learned its sources), then the
+    pooled headline, labelled as such, then per view and per source x view."""
+    rows = [(f"source {k}", v) for k, v in rep["by_source"].items()]
+    rows += [(f"pooled ({', '.join(rep['headline_sources'])})", rep["headline"])]
     rows += [(f"view {k}", v) for k, v in rep["by_view"].items()]
     rows += [(k, v) for k, v in rep.get("by_source_view", {}).items()]
     return rows
@@ -356,6 +515,7 @@ def terminal_summary(rep: dict[str, Any]) -> str:
         for name, op in f["operating_points"].items():
             lines.append(f"    {name} (t={op['threshold']:.4f}): sensitivity {_ci(op['sensitivity'])}, "
                          f"normals called likely normal {_ci(op['normals_called_likely_normal'])}")
+    lines += check_lines(rep)
     cmp_ = rep.get("comparison")
     if cmp_:
         lines.append(f"paired comparison with {cmp_['model_b']} (this model minus it):")
@@ -371,6 +531,39 @@ def terminal_summary(rep: dict[str, Any]) -> str:
             lines.append(f"    likely normal at sensitivity {w['target_sensitivity']:g}: {w['workload_a']:.1%} vs "
                          f"{w['workload_b']:.1%} (difference {w['difference']:+.1%}, CI {w['low']:+.1%} to {w['high']:+.1%})")
     return "\n".join(lines)
+
+
+def check_lines(rep: dict[str, Any]) -> list[str]:
+    """The nodule/mass output and the model checks (twins, source probe, pointing game) as text lines."""
+    lines = []
+    nod = rep.get("nodule")
+    if nod:
+        for label, f in [("pooled", nod["headline"]), *((f"source {k}", v) for k, v in nod["by_source"].items())]:
+            lines.append(f"nodule/mass output, {label}: {f['nodule_or_mass_films']} Nodule/Mass films; AUROC vs "
+                         f"{f['normal_films']} normals {_ci(f['auroc_vs_normals'], pct=False)}, vs all "
+                         f"{f['other_known_films']} other films {_ci(f['auroc_vs_all_other'], pct=False)}")
+            for name, op in f["operating_points"].items():
+                lines.append(f"    nodule {name} (t={op['threshold']:.4f}): sensitivity {_ci(op['sensitivity'])}, "
+                             f"normals flagged {_ci(op['normals_flagged'])}")
+    checks = rep.get("checks", {})
+    tw = checks.get("twins")
+    if tw and tw.get("pairs"):
+        lines.append(f"twin test ({tw['pairs']} pairs, {' vs '.join(tw['sources'])}): mean |score difference| "
+                     f"{tw['mean_abs_diff']:.4f} (median {tw['median_abs_diff']:.4f}, max {tw['max_abs_diff']:.4f}), "
+                     f"decisions agree on {tw['decision_agreement']:.1%}")
+    pr = checks.get("source_probe")
+    if pr and "balanced_accuracy" in pr:
+        lines.append(f"source probe on normals ({', '.join(f'{k} {v}' for k, v in pr['sources'].items())}): balanced "
+                     f"accuracy {pr['balanced_accuracy']:.3f} (chance {pr['chance_balanced_accuracy']:.3f}), macro "
+                     f"AUROC {pr['macro_auroc']:.3f} (lower: the features know less about the source)")
+    pg = checks.get("pointing_game")
+    if pg:
+        from cxr_triage.evaluation.model_checks import wilson_text
+
+        lines.append(f"heatmap pointing game ({pg['films']} films with boxes): heatmap {wilson_text(pg['heatmap_hit_rate'])}"
+                     f" vs fixed guess {wilson_text(pg['fixed_guess_hit_rate'])}, McNemar p {pg['mcnemar_exact_p']}"
+                     f"; validated in the model: {rep.get('heatmap_validated_in_model')}")
+    return lines
 
 
 def render_html(rep: dict[str, Any]) -> str:
@@ -404,6 +597,11 @@ def render_html(rep: dict[str, Any]) -> str:
         parts += [f"<li>{e(k)}: {e(_ci(v, pct=False))}</li>"
                   for k, v in rep["normals_by_source_vs_headline_abnormal_auroc"].items()]
         parts.append("</ul>")
+    extra = check_lines(rep)
+    if extra:
+        parts.append("<h2>Nodule/mass output and model checks</h2><ul>")
+        parts += [f"<li>{e(line.strip())}</li>" for line in extra]
+        parts.append("</ul>")
     cmp_ = rep.get("comparison")
     if cmp_:
         parts.append(f"<h2>Paired comparison with {e(cmp_['model_b'])}</h2><p class=meta>{e(cmp_['note'])}</p>"
@@ -425,13 +623,23 @@ def render_html(rep: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables (for a model card)."""
     h = report["headline"]
-    lines = [f"Model `{report['model']}`, split `{report['split']}`, headline sources "
-             f"{', '.join(report['headline_sources'])}: {h['films']} films ({h['abnormal']} abnormal, "
-             f"{h['normal']} normal, {h['nodule_or_mass']} with Nodule/Mass).", "",
-             f"AUROC {_ci(h['auroc'], pct=False)}", "",
-             "| operating point | threshold | sensitivity | specificity = normals called likely normal "
-             "| all films likely normal | Nodule/Mass sensitivity |",
-             "|---|---|---|---|---|---|"]
+    ops_ = list(h["operating_points"])
+    lines = [f"Model `{report['model']}`, split `{report['split']}`.", "",
+             "Per source (AUROC with 95% CI; at each operating point the sensitivity and the share of that "
+             "source's normals called likely normal):", "",
+             "| source | films | abnormal | normal | AUROC | "
+             + " | ".join(f"sensitivity @{k} | normals likely normal @{k}" for k in ops_) + " |",
+             "|---|---|---|---|---|" + "---|---|" * len(ops_)]
+    for src, f in report["by_source"].items():
+        cells = " | ".join(f"{_ci(f['operating_points'][k]['sensitivity'])} | {_ci(f['operating_points'][k]['specificity'])}"
+                           for k in ops_ if k in f["operating_points"])
+        lines.append(f"| {src} | {f['films']} | {f['abnormal']} | {f['normal']} | {_ci(f['auroc'], pct=False)} | {cells} |")
+    lines += ["", f"Pooled over {', '.join(report['headline_sources'])} (labelled: a pooled figure hides a model that "
+              f"learned its sources): {h['films']} films ({h['abnormal']} abnormal, {h['normal']} normal, "
+              f"{h['nodule_or_mass']} with Nodule/Mass), AUROC {_ci(h['auroc'], pct=False)}", "",
+              "| operating point | threshold | sensitivity | specificity = normals called likely normal "
+              "| all films likely normal | Nodule/Mass sensitivity |",
+              "|---|---|---|---|---|---|"]
     for name, op in h["operating_points"].items():
         lines.append(f"| {name} | {op['threshold']:.4f} | {_ci(op['sensitivity'])} | {_ci(op['specificity'])} | "
                      f"{_ci(op['all_films_likely_normal'])} | {_ci(op['nodule_or_mass_sensitivity'])} |")
@@ -450,6 +658,9 @@ def markdown(report: dict[str, Any]) -> str:
                   "values would mean the source of a normal film does not matter to the model):", ""]
         for src, v in report["normals_by_source_vs_headline_abnormal_auroc"].items():
             lines.append(f"- {src}: {_ci(v, pct=False)}")
+    extra = check_lines(report)
+    if extra:
+        lines += ["", *[f"- {x.strip()}" for x in extra]]
     return "\n".join(lines) + "\n"
 
 
@@ -469,6 +680,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", metavar="MODEL", help="second ONNX model: paired comparison on the same films")
     p.add_argument("--site-threshold", metavar="FILE",
                    help="`cxr-triage commission` file of this model: report its operating point too")
+    p.add_argument("--boxes", metavar="CSV", help="file,x,y,width,height boxes of findings: the heatmap's pointing "
+                   "game (default for the bundled split: the shared RSNA opacity boxes)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the AUROC CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--out", help="JSON report to write (HTML and scores CSV beside it); a folder gets "
@@ -491,17 +704,20 @@ def run(args: argparse.Namespace, cfg: Any = None) -> int:
     if manifest is None or Path(manifest).resolve() == default_split.resolve():
         # the bundled model's split: its model card's headline is the NIH films
         manifest = default_split
-        headline = headline or ["nih-cxr14", "nih-extra"]
+        headline = headline or ["nih-cxr14", "nih-extra", "rsna-pneumonia"]
         if data_root is None:
             try:
                 data_root = shared_data_dir()
             except FileNotFoundError as exc:
                 print(f"cxr-triage report: {exc}", file=sys.stderr)
                 return 2
+        if args.boxes is None and (Path(data_root) / "rsna-pneumonia" / "boxes.csv").exists():
+            args.boxes = str(Path(data_root) / "rsna-pneumonia" / "boxes.csv")
     try:
         rep = test_report(model, manifest, data_root, args.out, args.split,
                           headline_sources=headline, compare=args.compare,
-                          site_threshold=args.site_threshold, n_boot=args.n_boot, seed=args.seed)
+                          site_threshold=args.site_threshold, n_boot=args.n_boot, seed=args.seed,
+                          boxes=args.boxes)
     except (ReportError, ManifestError, SiteThresholdError, OSError) as exc:
         print(f"cxr-triage report: {exc}", file=sys.stderr)
         return 2

@@ -69,7 +69,18 @@ class TrainConfig:
     balance: str = "label"              # label: classes weigh equally; source_label: every
                                         # (source, label) group weighs equally, so a source's
                                         # look cannot stand in for the label
-    select_metric: str = "auroc"        # auroc | source_mean_auroc (mean of per-source AUROCs)
+    select_metric: str = "auroc"        # auroc | source_mean_auroc (mean of per-source AUROCs) |
+                                        # source_mean_auroc_nodule (that mean with the nodule/mass AUROC)
+    multitask: bool = True              # outputs: abnormal + nodule/mass + 14 NIH findings (targets.TASKS)
+    nodule_weight: float = 1.0          # loss weight of the nodule/mass output
+    aux_weight: float = 0.3             # loss weight of the 14 auxiliary findings (their mean)
+    distill: float = 0.0                # weight of teacher soft targets (teacher_<finding> columns), 0..1
+    pipeline_augment: float = 0.0       # >0: random image-pipeline chain on the decoded film before
+                                        # preprocessing (training/augment.py), scaled by this probability
+    boxes_csv: str = ""                 # file,x,y,width,height boxes of findings (film pixels; files
+                                        # relative to the CSV's folder): the heatmap's lung-field prior
+                                        # (training films) and its pointing game (validation films);
+                                        # none: the heatmap is not validated (not shown)
     patience: int = 4                   # epochs without val AUROC gain before stopping
     augment: float = 1.0                # augmentation strength (0 disables)
     seed: int = 0
@@ -240,6 +251,8 @@ def _prepare_split(cfg: TrainConfig, out: Path) -> tuple[list[Entry], Path, Path
         base = out.resolve()
         for e in entries:
             e.file = os.path.relpath(resolve(e, data_root).resolve(), base)
+            if e.extra.get("twin"):  # the same film through another pipeline: a path like ``file``
+                e.extra["twin"] = os.path.relpath((data_root / e.extra["twin"]).resolve(), base)
         root = out
     check_no_leakage(entries)
     return entries, split_csv, root
@@ -264,10 +277,11 @@ class _UpperModel:
 
 
 class _ViewDataset:
-    """Cached trunk features (views, N, C, h, w): each epoch draws one view per film."""
+    """Cached trunk features (views, N, C, h, w): each epoch draws one view per film.
+    ``labels``/``known``: (N, K) targets and their mask (:func:`cxr_triage.training.targets.targets`)."""
 
-    def __init__(self, feats: np.ndarray, labels: np.ndarray):
-        self.feats, self.labels = feats, labels
+    def __init__(self, feats: np.ndarray, labels: np.ndarray, known: np.ndarray):
+        self.feats, self.labels, self.known = feats, labels, known
         self.view = np.zeros(len(labels), dtype=int)
 
     def set_epoch(self, seed: int) -> None:
@@ -278,7 +292,7 @@ class _ViewDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"image": np.asarray(self.feats[self.view[i], i], dtype=np.float32),
-                "label": np.float32(self.labels[i]), "index": i}
+                "label": self.labels[i], "known": self.known[i], "index": i}
 
 
 def trunk_features(net, inputs: np.ndarray, k: int, views: int, transform, seed: int,
@@ -318,7 +332,7 @@ def trunk_features(net, inputs: np.ndarray, k: int, views: int, transform, seed:
 
 
 def _predict(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, logits) over a loader, eval mode, no grad."""
+    """(indices (N,), logits (N, K)) over a loader, eval mode, no grad."""
     import torch
 
     idx, logits = [], []
@@ -328,7 +342,7 @@ def _predict(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
             logits.append(model(batch["image"].to(device)).float().cpu().numpy())
             idx.append(np.asarray(batch["index"]))
     if not idx:
-        return np.zeros(0, dtype=int), np.zeros(0, dtype=np.float32)
+        return np.zeros(0, dtype=int), np.zeros((0, 1), dtype=np.float32)
     return np.concatenate(idx), np.concatenate(logits)
 
 
@@ -339,8 +353,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from monai.losses import FocalLoss
     from torch.utils.data.distributed import DistributedSampler
 
-    from cxr_triage.training.dataset import cache_key, eval_transforms, load_inputs, make_dataset, train_transforms
+    from cxr_triage.training.augment import PipelineAugment
+    from cxr_triage.training.dataset import (
+        FilmDataset,
+        cache_key,
+        eval_transforms,
+        load_films,
+        load_inputs,
+        make_dataset,
+        train_transforms,
+    )
     from cxr_triage.training.network import build_network
+    from cxr_triage.training.targets import n_outputs, nodule_known, nodule_truth, targets
 
     started = time.time()
     out = Path(cfg.out)
@@ -393,11 +417,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         x_val = load_inputs(val_e, root, spec, cache_dir, False)
     y_train = np.array([e.label for e in train_e], dtype=np.float32)
     y_val = np.array([e.label for e in val_e], dtype=np.float32)
+    t_train, k_train = targets(train_e, cfg.multitask, cfg.distill)
+    t_val, k_val = targets(val_e, cfg.multitask, 0.0)
+    n_out = n_outputs(cfg.multitask)
+    nod_val = nodule_known(val_e) & sel
+    nod_truth = nodule_truth(val_e)
+    if rank == 0 and cfg.multitask:
+        _say(f"targets: {int(k_train[:, 1].sum())} training films with a known nodule/mass status "
+             f"({int((t_train[:, 1] * k_train[:, 1] >= 0.5).sum())} positive), teacher weight {cfg.distill:g}")
 
     net = build_network(cfg.architecture, pretrained=cfg.pretrained, image_size=cfg.image_size,
-                        freeze_blocks=cfg.freeze_blocks).to(device)
-    tf_train = train_transforms(cfg.augment)
-    use_trunk = cfg.trunk_views > 0 and cfg.architecture == "effnet_lite0" and cfg.freeze_blocks > 0
+                        freeze_blocks=cfg.freeze_blocks, n_outputs=n_out).to(device)
+    tf_train = train_transforms(cfg.augment, spatial_only=cfg.pipeline_augment > 0)
+    use_films = cfg.pipeline_augment > 0
+    use_trunk = (cfg.trunk_views > 0 and cfg.architecture == "effnet_lite0" and cfg.freeze_blocks > 0
+                 and not use_films)
     if use_trunk:
         k, views = cfg.freeze_blocks, cfg.trunk_views
         tag = f"k{k}_v{views}_s{cfg.seed}_a{cfg.augment:g}_p{int(cfg.pretrained)}"
@@ -411,12 +445,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 feats["val"] = trunk_features(net, x_val, k, 1, None, cfg.seed, paths["val"])
             if distributed and phase == 0:
                 torch.distributed.barrier()
-        ds_train: Any = _ViewDataset(feats["train"], y_train)
-        ds_val: Any = _ViewDataset(feats["val"], y_val)
+        ds_train: Any = _ViewDataset(feats["train"], t_train, k_train)
+        ds_val: Any = _ViewDataset(feats["val"], t_val, k_val)
         model_core = _UpperModel.make(net, k)
+    elif use_films:
+        films = load_films(train_e, root, max(512, 2 * spec.size), cache_dir, cfg.progress and rank == 0)
+        ds_train = FilmDataset(films, t_train, k_train, spec, PipelineAugment(cfg.pipeline_augment), tf_train,
+                               seed=cfg.seed * 100 + rank)
+        ds_val = make_dataset(x_val, t_val, eval_transforms(), k_val)
+        model_core = net
     else:
-        ds_train = make_dataset(x_train, y_train, tf_train)
-        ds_val = make_dataset(x_val, y_val, eval_transforms())
+        ds_train = make_dataset(x_train, t_train, tf_train, k_train)
+        ds_val = make_dataset(x_val, t_val, eval_transforms(), k_val)
         model_core = net
     train_sampler: DistributedSampler[Any] | None = (
         DistributedSampler(ds_train, world, rank, shuffle=True, seed=cfg.seed) if distributed else None)
@@ -454,6 +494,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             return balanced(logit, y)
     else:
         raise ValueError(f"balance must be label or source_label, not {cfg.balance!r}")
+    task_w = torch.zeros(n_out)
+    if n_out > 1:
+        task_w[1] = cfg.nodule_weight
+        task_w[2:] = cfg.aux_weight / max(1, n_out - 2)
+
+    def multitask_loss(logits, y, known, idx=None):
+        """The abnormal loss (class- or source x label-balanced) plus masked BCE of the other tasks."""
+        loss = loss_fn(logits[:, :1], y[:, :1], idx)
+        if n_out > 1:
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 1:], y[:, 1:], reduction="none")
+            per_task = (bce * known[:, 1:]).sum(0) / known[:, 1:].sum(0).clamp(min=1.0)
+            loss = loss + (per_task * task_w[1:]).sum()
+        return loss
 
     state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     if resume_ck is not None:
@@ -474,6 +527,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         plan = f"training epochs {first_epoch}..{cfg.epochs}, {steps_per_epoch} batches of {cfg.batch_size} each"
         _say(plan + (f", time budget {cfg.max_minutes:g} min" if budget_s else "") + f" (on {device})")
     ckpt_info = {"config": asdict(cfg), "architecture": cfg.architecture, "image_size": cfg.image_size,
+                 "n_outputs": n_out,
                  "preprocessing": spec.to_dict(), "split_csv": str(split_csv.resolve()),
                  "films_root": str(root.resolve())}
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -489,6 +543,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         gen.manual_seed(cfg.seed * 1000 + epoch)
         if use_trunk:
             ds_train.set_epoch(cfg.seed * 1000 + epoch)
+        elif use_films:
+            ds_train.set_epoch(epoch)
         else:
             tf_train.set_random_state(seed=cfg.seed * 1000 + epoch * 10 + rank)
         model.train()
@@ -504,8 +560,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             if deadline is not None and step and _any_rank(time.time() >= deadline):
                 break  # over budget: validate what this epoch trained, then stop
             x = batch["image"].to(device)
-            y = batch["label"].to(device).float()
-            loss = loss_fn(model(x)[:, None], y[:, None], torch.as_tensor(np.asarray(batch["index"])))
+            y = batch["label"].to(device).float().reshape(len(x), -1)
+            known = batch["known"].to(device).float().reshape(len(x), -1)
+            loss = multitask_loss(model(x), y, known, torch.as_tensor(np.asarray(batch["index"])))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -513,13 +570,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             losses.append(float(loss.detach()))
         idx, logits = _predict(model_core, dl_val, device)
         parts = _gather((idx, logits))
-        val_logits = np.zeros(len(val_e), dtype=np.float64)
+        val_all = np.zeros((len(val_e), n_out), dtype=np.float64)
         for pidx, plog in parts:
-            val_logits[pidx] = plog
+            val_all[pidx] = plog
+        val_logits = val_all[:, 0]
+        nod_auc = auroc(val_all[nod_val, 1], nod_truth[nod_val]) if n_out > 1 and nod_val.any() else float("nan")
         train_loss = float(np.mean(_gather(float(np.mean(losses)) if losses else float("nan"))))
         by_src = per_source(val_logits[sel], [e for e, m in zip(val_e, sel) if m])
-        if cfg.select_metric == "source_mean_auroc":
+        if cfg.select_metric in ("source_mean_auroc", "source_mean_auroc_nodule"):
             vals = [v["auroc"] for v in by_src.values() if not math.isnan(v["auroc"])]
+            if cfg.select_metric == "source_mean_auroc_nodule" and not math.isnan(nod_auc):
+                vals.append(nod_auc)
             val_auc = float(np.mean(vals)) if vals else float("nan")
         else:
             val_auc = auroc(val_logits[sel], y_val[sel])
@@ -528,6 +589,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             "val_loss": round(float(loss_fn(torch.as_tensor(val_logits[sel, None]), torch.as_tensor(y_val[sel, None]))), 5),
             "val_auroc": round(auroc(val_logits[sel], y_val[sel]), 5), "val_select": round(val_auc, 5),
             "val_auroc_by_source": {k: round(v["auroc"], 4) for k, v in per_source(val_logits, val_e).items()},
+            "val_nodule_auroc": round(nod_auc, 4),
             "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1),
         }
         state["history"].append(row)
@@ -546,7 +608,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "state": state, "epoch": epoch, **ckpt_info}, last)
             _say(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, validation AUROC "
-                 f"{row['val_auroc']:.4f} (best {state['best_auroc']:.4f} at epoch {state['best_epoch']}), "
+                 f"{row['val_auroc']:.4f} (by source: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in row["val_auroc_by_source"].items() if not math.isnan(v))
+                 + (f"; nodule/mass {nod_auc:.3f}" if not math.isnan(nod_auc) else "")
+                 + f"; selection {val_auc:.4f}, best {state['best_auroc']:.4f} at epoch {state['best_epoch']}), "
                  f"{row['seconds']:.0f} s; ETA {row['eta_min']:.1f} min"
                  + (f", {max(0.0, left_s) / 60:.1f} min of the budget left" if left_s is not None else ""))
         if deadline is not None and epoch < cfg.epochs and _any_rank(time.time() >= deadline):
@@ -604,10 +669,14 @@ def _log_epoch(out: Path, row: dict[str, Any]) -> None:
         w.writerow(flat)
 
 
-def calibration(cfg: TrainConfig, val_e: list[Entry], val_logits: np.ndarray, sel: np.ndarray,
+def calibration(cfg: TrainConfig, val_e: list[Entry], val_logits_all: np.ndarray, sel: np.ndarray,
                 best_epoch: int) -> dict[str, Any]:
     """Temperature + shift, operating thresholds and validation metrics from validation logits
-    (N,) of the ``sel`` films: the fields ``model.pt`` stores."""
+    (N, K) of the ``sel`` films: the fields ``model.pt`` stores. With a nodule/mass output
+    (K > 1) it is calibrated and given operating points on the ``sel`` films whose
+    nodule/mass status is known (:func:`nodule_calibration`)."""
+    val_all = np.asarray(val_logits_all, dtype=np.float64).reshape(len(val_e), -1)
+    val_logits = val_all[:, 0]
     y_val = np.array([e.label for e in val_e], dtype=np.float32)
     # The class-balanced loss trains as if both classes were equally common, so temperature
     # scaling gets a shift (Platt scaling) to match the validation mix; fitted on validation.
@@ -629,13 +698,42 @@ def calibration(cfg: TrainConfig, val_e: list[Entry], val_logits: np.ndarray, se
         "by_source": per_source(all_scores, val_e),
         "best_epoch": best_epoch,
     }
-    return {"temperature": temperature, "logit_shift": logit_shift, "thresholds": thresholds,
-            "validation_metrics": metrics}
+    out = {"temperature": temperature, "logit_shift": logit_shift, "thresholds": thresholds,
+           "validation_metrics": metrics}
+    if val_all.shape[1] > 1:
+        out.update(nodule_calibration(val_e, val_all[:, 1], sel))
+        metrics["nodule"] = out.get("nodule_metrics", {})
+    return out
+
+
+def nodule_calibration(val_e: list[Entry], logits: np.ndarray, sel: np.ndarray) -> dict[str, Any]:
+    """Temperature + shift and operating points (targets :data:`calibrate.NODULE_SENSITIVITIES`)
+    of the nodule/mass output (N,) on the ``sel`` validation films whose nodule/mass status is
+    known; ``nodule_thresholds`` is empty (the output is not used) when those films hold no
+    Nodule/Mass film or no film without one."""
+    from cxr_triage.training.targets import nodule_known, nodule_truth
+
+    m = nodule_known(val_e) & sel
+    y = nodule_truth(val_e)[m]
+    z = np.asarray(logits, dtype=np.float64)[m]
+    if y.size == 0 or y.min() == y.max():
+        return {"nodule_temperature": 1.0, "nodule_shift": 0.0, "nodule_thresholds": {},
+                "nodule_metrics": {"films": int(m.sum()), "positive": int(y.sum()),
+                                   "note": "no Nodule/Mass films (or none without) in validation: output unused"}}
+    t, shift = calibrate.fit_temperature_and_shift(z, y)
+    scores = calibrate.calibrated(z + shift, t)
+    thresholds = calibrate.operating_points(scores, y, calibrate.NODULE_SENSITIVITIES)
+    return {"nodule_temperature": t, "nodule_shift": shift, "nodule_thresholds": thresholds,
+            "nodule_metrics": {"films": int(m.sum()), "positive": int(y.sum()), "auroc": auroc(scores, y),
+                               "operating_points": {k: calibrate.rates(scores, y, v) for k, v in thresholds.items()}}}
 
 
 def _model_file_dict(cfg: TrainConfig, net: Any, cal: dict[str, Any], split_csv: Path, root: Path) -> dict[str, Any]:
+    from cxr_triage.training.targets import TASKS, n_outputs
+
     return {
         "architecture": cfg.architecture, "image_size": cfg.image_size, "model": net.state_dict(),
+        "n_outputs": n_outputs(cfg.multitask), "tasks": list(TASKS[:n_outputs(cfg.multitask)]),
         "preprocessing": cfg.spec().to_dict(), **cal,
         "training_manifest_sha256": file_sha256(cfg.manifest) if Path(cfg.manifest).is_file() else "",
         "config": asdict(cfg), "split_csv": str(split_csv), "films_root": str(root.resolve()),
@@ -674,7 +772,8 @@ def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) 
         raise ValueError(f"{split_csv}: no validation films to calibrate {path.name} on")
     _check_films(val_e, root)
     sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
-    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size)
+    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size,
+                        n_outputs=int(ck.get("n_outputs", 1)))
     net.load_state_dict(ck["model"])
     net.eval()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else path.parent / "cache"
@@ -687,6 +786,65 @@ def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) 
     return _model_file_dict(cfg, net, cal, split_csv, root)
 
 
+def _film_side(path: Path) -> float:
+    """A square film's side in pixels (the boxes' coordinate frame)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return float(max(im.size))
+    except OSError:
+        from cxr_triage.training.dataset import read_pixels
+
+        return float(max(read_pixels(path).shape))
+
+
+def heatmap_validation(cfg: TrainConfig, entries: list[Entry], root: Path, net: Any, cal: dict[str, Any],
+                       device: Any) -> dict[str, Any]:
+    """The heatmap's lung-field prior and its test: the box prior of the training films with
+    boxes gives the mask and the fixed guess; on the validation films with boxes, the masked
+    calibrated CAM's maximum must land in a box more often than the guess
+    (:func:`cxr_triage.evaluation.model_checks.pointing_game`) for ``validated``."""
+    import torch
+
+    from cxr_triage.evaluation import model_checks as mc
+    from cxr_triage.training.dataset import load_inputs
+
+    boxes = mc.read_boxes(cfg.boxes_csv)
+
+    def key(e: Entry) -> str:
+        return str(resolve(e, root).resolve())
+
+    out: dict[str, Any] = {"validated": False, "boxes_csv": cfg.boxes_csv}
+    tr = [e for e in entries if e.split == "train" and key(e) in boxes]
+    va = [e for e in entries if e.split == "val" and key(e) in boxes]
+    if not tr or not va:
+        out["note"] = f"boxes for {len(tr)} training and {len(va)} validation films: not enough to validate"
+        return out
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
+    x = load_inputs(va, root, cfg.spec(), cache, progress=False)
+    net.eval()
+    with torch.no_grad():
+        cams = np.concatenate([net.logit_and_cam(torch.from_numpy(np.asarray(x[i:i + 32], dtype=np.float32))
+                                                 .to(device))[1].float().cpu().numpy() for i in range(0, len(x), 32)])
+    grid = cams.shape[1]
+    prior = mc.box_prior([boxes[key(e)] for e in tr], [_film_side(resolve(e, root)) for e in tr], grid)
+    mask = mc.lung_field_mask(prior)
+    guess = mc.best_fixed_point(prior)
+    heat = calibrate.expit((cams + cal["logit_shift"]) / cal["temperature"])
+    sides = [_film_side(resolve(e, root)) for e in va]
+    vboxes = [boxes[key(e)] for e in va]
+    masked = mc.pointing_game(heat * mask, vboxes, sides, guess)
+    out.update({"mask": mask.tolist(), "guess_point": list(guess), "training_films_with_boxes": len(tr),
+                "validation": masked, "validation_unmasked": mc.pointing_game(heat, vboxes, sides, guess),
+                "validated": bool(masked["beats_guess"]),
+                "scale": "sigmoid((cam + logit_shift) / temperature): calibrated local P(abnormal), fixed scale"})
+    _say(f"heatmap pointing game (validation, {masked['films']} films with boxes): heatmap "
+         f"{mc.wilson_text(masked['heatmap_hit_rate'])} vs fixed guess {mc.wilson_text(masked['fixed_guess_hit_rate'])}"
+         f", McNemar p {masked['mcnemar_exact_p']}: {'validated' if out['validated'] else 'NOT validated (not shown)'}")
+    return out
+
+
 def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, device, state, started,
             use_trunk: bool = False, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Best weights -> validation logits -> temperature, thresholds, metrics -> model.pt; the
@@ -694,14 +852,19 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     import torch
 
     from cxr_triage.training.network import build_network
+    from cxr_triage.training.targets import n_outputs
 
-    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size).to(device)
+    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size,
+                        n_outputs=n_outputs(cfg.multitask)).to(device)
     ck = torch.load(out / "best.pt", map_location=device, weights_only=False)
     net.load_state_dict(ck["model"])
     idx, logits = _predict(_UpperModel.make(net, cfg.freeze_blocks) if use_trunk else net, dl_val, device)
-    val_logits = np.zeros(len(val_e))
+    val_logits = np.zeros((len(val_e), logits.shape[1]))
     val_logits[idx] = logits
     cal = calibration(cfg, val_e, val_logits, sel, state["best_epoch"])
+    if cfg.boxes_csv:
+        cal["heatmap"] = heatmap_validation(cfg, entries, root, net, cal, device)
+        cal["validation_metrics"]["heatmap"] = {k: v for k, v in cal["heatmap"].items() if k != "mask"}
     model_file = _model_file_dict(cfg, net, cal, split_csv, root)
     torch.save(model_file, out / "model.pt")
     minutes = round((time.time() - started) / 60, 2)
@@ -751,7 +914,7 @@ def _test_report(cfg: TrainConfig, out: Path, entries: list[Entry], root: Path, 
     with torch.no_grad():
         logits = np.concatenate([net(torch.from_numpy(np.asarray(x[i:i + 64], dtype=np.float32)).to(device))
                                  .float().cpu().numpy() for i in range(0, len(x), 64)])
-    scores = calibrate.calibrated(logits.astype(np.float64), cal["temperature"], cal["logit_shift"])
+    scores = calibrate.calibrated(logits[:, 0].astype(np.float64), cal["temperature"], cal["logit_shift"])
     rep = test_report.build_report(
         scores, test_e, cal["thresholds"], model=f"{out / 'model.pt'} (before export; PyTorch scores)",
         split="test", manifest=str(out / "split.csv"))
