@@ -155,5 +155,5 @@ def run_status(args: argparse.Namespace, cfg: Config) -> int:
             score = f"{s['score']:.3f}" if s["score"] is not None else "-"
             out(f"  {_ts(s['first_received_at'])}  {s['state']:<10} {str(s['decision'] or '-'):<15}"
                 f" {score:>6}  {s['n_instances']:>3} inst  delivery {s['delivery_status'] or '-':<9}"
-                f" {s['study_uid']}\n")
+                f" {s['study_uid']}" + ("  nodule/mass flagged" if s.get("nodule_flag") else "") + "\n")
     return 0

@@ -44,7 +44,7 @@ from typing import Any, Iterator
 
 from cxr_triage.logs import redact_values
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS studies (
     n_instances        INTEGER NOT NULL DEFAULT 0,
     decision           TEXT,
     score              REAL,
+    nodule_score       REAL,
+    nodule_flag        INTEGER,
     result_id          INTEGER,
     triaged_at         REAL,
     errors             INTEGER NOT NULL DEFAULT 0,
@@ -136,6 +138,15 @@ CREATE TABLE IF NOT EXISTS instance_conflicts (
 );
 CREATE INDEX IF NOT EXISTS instance_conflicts_sop ON instance_conflicts(sop_instance_uid);
 """
+
+# Columns added after version 1, (table, column, type), by the version that added them.
+# Version 3: the study's nodule/mass result (score; flag 1/0; both NULL when the model had no
+# nodule/mass output), so the worklist lists the flag without reading every result's JSON.
+_ADDED_COLUMNS = (
+    ("instances", "sha256", "TEXT"),            # 2
+    ("studies", "nodule_score", "REAL"),        # 3
+    ("studies", "nodule_flag", "INTEGER"),      # 3
+)
 
 # study states
 RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "failed"
@@ -219,9 +230,9 @@ class JobStore:
                 raise sqlite3.DatabaseError(
                     f"queue database schema version {version} is newer than this node's "
                     f"({SCHEMA_VERSION})")
-            columns = {r[1] for r in con.execute("PRAGMA table_info(instances)")}
-            if "sha256" not in columns:                               # version 1 -> 2
-                con.execute("ALTER TABLE instances ADD COLUMN sha256 TEXT")
+            for table, column, sql_type in _ADDED_COLUMNS:          # versions 1 -> 2 -> 3
+                if column not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
             for stmt in _SCHEMA_V2.split(";"):
                 if stmt.strip():
                     con.execute(stmt)
@@ -395,8 +406,14 @@ class JobStore:
         objects: list[ResultObject],
         destinations: list[str],
         now: float | None = None,
+        *,
+        nodule_score: float | None = None,
+        nodule_flag: bool | None = None,
     ) -> int:
         """Store a result and its deliveries atomically; returns the result id.
+
+        ``nodule_score`` / ``nodule_flag``: the study's nodule/mass result (None: the model
+        has no nodule/mass output), kept on the study row for the worklist.
 
         If new instances arrived while triaging (generation moved on), the result is kept
         for the record but superseded at once and not delivered: the study is triaged again.
@@ -430,9 +447,10 @@ class JobStore:
                     "INSERT INTO deliveries (result_id, destination, state, next_attempt_at, created_at)"
                     " VALUES (?,?,?,?,?)", (rid, dest, PENDING, now, now))
             con.execute(
-                "UPDATE studies SET state=?, decision=?, score=?, result_id=?, triaged_at=?, errors=0,"
-                " last_error=NULL WHERE study_uid=?",
-                (TRIAGED, decision, score, rid, now, study_uid))
+                "UPDATE studies SET state=?, decision=?, score=?, nodule_score=?, nodule_flag=?,"
+                " result_id=?, triaged_at=?, errors=0, last_error=NULL WHERE study_uid=?",
+                (TRIAGED, decision, score, nodule_score,
+                 None if nodule_flag is None else int(bool(nodule_flag)), rid, now, study_uid))
             return int(rid)
 
     def fail_study(self, study_uid: str, generation: int, error: str, max_errors: int = 3,

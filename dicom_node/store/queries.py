@@ -89,7 +89,8 @@ class StudyQueries:
     def list_studies(self, decision: str | None = None, state: str | None = None,
                      since: float | None = None, until: float | None = None,
                      limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
-        """Studies, newest first: decision, score, times, instance count, delivery status.
+        """Studies, newest first: decision, score, nodule/mass score and flag (null when the
+        model has no nodule/mass output), times, instance count, delivery status.
 
         ``delivery_status`` is ``delivered`` (all destinations), ``pending``, ``failing``
         (retrying after an error), ``dead``, ``none`` (nothing to deliver, e.g. shadow
@@ -151,7 +152,8 @@ class StudyQueries:
 
 
 _SUMMARY_SQL = (
-    "SELECT s.study_uid, s.state, s.decision, s.score, s.first_received_at, s.last_received_at,"
+    "SELECT s.study_uid, s.state, s.decision, s.score, s.nodule_score, s.nodule_flag,"
+    " s.first_received_at, s.last_received_at,"
     " s.triaged_at, s.n_instances, s.calling_ae, s.result_id, s.last_error,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id) AS n_deliveries,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='delivered') AS n_delivered,"
@@ -178,4 +180,5 @@ def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
     else:
         status = "pending"
     r["delivery_status"] = status
+    r["nodule_flag"] = None if r["nodule_flag"] is None else bool(r["nodule_flag"])
     return r

@@ -21,6 +21,12 @@ class FilmOut(BaseModel):
     operating_point: str | None = None
     reason: str | None = Field(None, description="coded not-assessable reason")
     reason_text: str | None = None
+    nodule_score: float | None = Field(
+        None, description="calibrated probability of a nodule or mass; null when the model has no such output")
+    nodule_threshold: float | None = None
+    nodule_flag: bool | None = Field(
+        None, description="nodule/mass flag (nodule_score >= nodule_threshold), an added finding that does not "
+        "change the decision; null when the model has no nodule/mass output or the film was not scored")
     heatmap_available: bool = False
     image_url: str | None = None
     heatmap_url: str | None = None
@@ -44,6 +50,10 @@ class StudySummaryOut(BaseModel):
     decision: str = Field(description="likely_normal | suspicious | not_assessable | pending")
     decision_text: str
     score: float | None = None
+    nodule_flag: bool | None = Field(
+        None, description="any film flagged for a nodule or mass (an added finding, not the decision); "
+        "null when the model has no nodule/mass output or the study is not triaged")
+    nodule_score: float | None = Field(None, description="the highest film nodule/mass score")
     received_at: dt.datetime
     triaged_at: dt.datetime | None = None
     wait_minutes: float = Field(description="minutes since the first instance was received")

@@ -89,6 +89,7 @@ class StudyViews:
         return StudySummaryOut(
             rank=rank, band=band_name, study_instance_uid=uid, decision=e.status,
             decision_text=PLAIN_DECISION.get(e.status, e.status), score=e.score,
+            nodule_flag=e.nodule_flag, nodule_score=e.nodule_score,
             received_at=utc(e.received_at), triaged_at=utc(e.triaged_at),
             wait_minutes=round(e.wait_s(now) / 60.0, 1), overdue=band_name == "overdue",
             delivery_status=e.delivery_status, n_instances=e.n_instances or len(e.films),
@@ -116,6 +117,7 @@ class StudyViews:
             score=f.score, threshold=f.threshold, operating_point=f.operating_point, reason=f.reason,
             reason_text=(PLAIN_REASON.get(f.reason, f.reason) + (f" ({f.reason_detail})" if f.reason_detail else ""))
             if f.reason else None,
+            nodule_score=f.nodule_score, nodule_threshold=f.nodule_threshold, nodule_flag=f.nodule_flag,
             heatmap_available=has_heat,
             image_url=f"/studies/{uid}/films/{sop}/film.png" if f.spool_path else None,
             heatmap_url=f"/studies/{uid}/films/{sop}/heatmap.png" if has_heat and f.spool_path else None,

@@ -53,6 +53,9 @@ class FilmEntry:
     operating_point: str | None = None
     reason: str | None = None            # NotAssessableReason value
     reason_detail: str | None = None
+    nodule_score: float | None = None    # calibrated P(nodule or mass); None: no such output
+    nodule_threshold: float | None = None
+    nodule_flag: bool | None = None      # nodule_score >= nodule_threshold
     sop_class_uid: str | None = None
     series_instance_uid: str | None = None
     spool_path: str | None = None        # the received file, for rendering
@@ -77,6 +80,8 @@ class StudyEntry:
     received_at: float
     decision: str | None = None           # None while pending
     score: float | None = None
+    nodule_score: float | None = None     # the highest film nodule/mass score
+    nodule_flag: bool | None = None       # any film flagged; None: no nodule/mass output (or pending)
     triaged_at: float | None = None
     delivery_status: str = "pending"
     n_instances: int = 0

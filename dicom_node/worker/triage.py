@@ -7,7 +7,7 @@ in one place)::
     score          each instance: gate -> decode -> preprocess -> model -> decision
                    (``cxr_triage.inference.pipeline.Triager``); broken films are quarantined
     aggregate      one study result (``cxr_triage.contract.result.aggregate_study``)
-    heatmaps       kept for the worklist page (never fails triage)
+    heatmaps       kept for the worklist page, a validated model's only (never fails triage)
     sr             the result SR (``cxr_triage.dicom_node.results.sr.build_result_sr``)
     summary_image  Secondary Capture per film (``[delivery] summary_image``; a courtesy)
     save           each object written once (fsync + rename): retries resend these files
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Callable, Protocol
@@ -137,7 +137,10 @@ def aggregate(ctx: StudyContext, job: StudyJob) -> None:
 
 
 def keep_heatmaps(ctx: StudyContext, job: StudyJob) -> None:
-    """[web] hook: heatmaps for the worklist page (``store/heatmaps.py``); never fails triage."""
+    """[web] hook: heatmaps for the worklist page (``store/heatmaps.py``); never fails triage.
+    Only a model whose heatmap passed validation has its heatmaps shown, so kept."""
+    if not ctx.triager.meta.heatmap_validated:
+        return
     try:
         save_study_heatmaps(ctx.dirs.root, job.study_result())
     except OSError as exc:
@@ -158,7 +161,7 @@ def build_summary_images(ctx: StudyContext, job: StudyJob) -> None:
     films = [f for f in referenced.films if is_triage_class(f.sop_class_uid)]
     if not films:
         return
-    pictured = StudyResult(referenced.study_instance_uid, referenced.decision, referenced.score, films)
+    pictured = replace(referenced, films=films)
     try:
         job.report.extend(summary_images_if_enabled(ctx.cfg, pictured, job.sources, ctx.triager.meta))
     except Exception as exc:  # noqa: BLE001 - any rendering problem
@@ -234,8 +237,7 @@ def _referenced(job: StudyJob) -> StudyResult:
     """The study result restricted to films whose file parsed."""
     study = job.study_result()
     have = {str(s.SOPInstanceUID) for s in job.sources}
-    return StudyResult(study.study_instance_uid, study.decision, study.score,
-                       [f for f in study.films if f.sop_instance_uid in have])
+    return replace(study, films=[f for f in study.films if f.sop_instance_uid in have])
 
 
 _TEMPORAL = {"DA": DA, "DT": DT, "TM": TM}
@@ -343,7 +345,8 @@ class TriageWorker(PollingThread):
             start = time.perf_counter()
             rid = self.store.complete_study(
                 study_uid, generation, result.decision.value, result.score, result.to_dict(),
-                job.objects, self.destinations())
+                job.objects, self.destinations(), nodule_score=result.nodule_score,
+                nodule_flag=result.nodule_flag)
             job.timings_ms["commit"] = round((time.perf_counter() - start) * 1000.0, 3)
         except Exception as exc:
             transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy
@@ -359,7 +362,7 @@ class TriageWorker(PollingThread):
             self.on_result()
         log.info("study triaged", extra={
             "study_uid": study_uid, "result_id": rid, "decision": result.decision.value,
-            "score": result.score, "films": len(result.films),
+            "score": result.score, "nodule_flag": result.nodule_flag, "films": len(result.films),
             "ms": round((time.perf_counter() - t0) * 1000, 1),
             "stage_ms": job.timings_ms, "claimed_at": claimed_at, "committed_at": committed_at,
             "sr_sop_instance_uid": job.objects[0].sop_instance_uid if job.objects else None})

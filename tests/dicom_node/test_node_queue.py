@@ -262,6 +262,8 @@ def test_schema_migration_of_an_existing_queue_database(tmp_path: Path) -> None:
     con = store.connection()
     assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(Q.SCHEMA_VERSION)
     assert "sha256" in {r[1] for r in con.execute("PRAGMA table_info(instances)")}
+    assert {"nodule_score", "nodule_flag"} <= {r[1] for r in con.execute("PRAGMA table_info(studies)")}
+    assert StudyQueries(store).list_studies()[0]["nodule_flag"] is None      # kept rows: no output
     old = store.stored_instance("1.1")
     assert old is not None and old.sha256 is None and old.path == "/spool/1.2.3/1.1.dcm"
     assert [i.sop_instance_uid for i in store.study_instances("1.2.3")] == ["1.1"]
@@ -349,3 +351,50 @@ def test_bounds_are_configured_and_validated(tmp_path: Path, tiny_model: Path) -
     for key, bad in (("audit_keep_files", 0), ("max_instance_bytes", -1), ("quarantine_max_files", -2)):
         with pytest.raises(ConfigError, match=key):
             load_config(environ={f"CXR_TRIAGE__NODE__{key.upper()}": str(bad)})
+
+
+_V2_STUDIES = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE studies (
+    study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 1,
+    first_received_at REAL NOT NULL, last_received_at REAL NOT NULL, calling_ae TEXT,
+    n_instances INTEGER NOT NULL DEFAULT 0, decision TEXT, score REAL, result_id INTEGER,
+    triaged_at REAL, errors INTEGER NOT NULL DEFAULT 0, retry_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT);
+CREATE TABLE instances (
+    sop_instance_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT,
+    sop_class_uid TEXT, transfer_syntax TEXT, path TEXT NOT NULL, size INTEGER,
+    calling_ae TEXT, received_at REAL NOT NULL, sha256 TEXT);
+INSERT INTO meta VALUES ('schema_version', '2');
+INSERT INTO studies (study_uid, state, first_received_at, last_received_at, n_instances, decision, score)
+    VALUES ('1.2.3', 'triaged', 100, 100, 1, 'likely_normal', 0.1);
+INSERT INTO instances VALUES ('1.1', '1.2.3', '1.2.3.4', '1.2.840.10008.5.1.4.1.1.1',
+    '1.2.840.10008.1.2.1', '/spool/1.2.3/1.1.dcm', 10, 'SCU', 100, 'aa');
+"""
+
+
+def test_schema_3_keeps_the_study_nodule_mass_result(tmp_path: Path) -> None:
+    """A version-2 database gains the study's nodule/mass score and flag (null for its rows);
+    a result stores them (flag as 1/0, read back as a bool), and without a nodule/mass
+    output they stay null."""
+    db = tmp_path / "queue.sqlite3"
+    con = sqlite3.connect(db)
+    con.executescript(_V2_STUDIES)
+    con.close()
+    store = JobStore(db)
+    assert store.connection().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
+    queries = StudyQueries(store)
+    old = queries.get_study("1.2.3")
+    assert (old["decision"], old["nodule_score"], old["nodule_flag"]) == ("likely_normal", None, None)
+    store.add_instance(_inst("2.1", study="2.2.2"))
+    study, gen = store.claim_due_study(0.0, now=1e12)
+    store.complete_study(study, gen, "likely_normal", 0.1, {"decision": "likely_normal", "nodule_flag": True},
+                         [], [], now=200.0, nodule_score=0.71, nodule_flag=True)
+    row = queries.get_study("2.2.2")
+    assert (row["nodule_score"], row["nodule_flag"]) == (0.71, True)
+    store.add_instance(_inst("3.1", study="3.3.3"))
+    study, gen = store.claim_due_study(0.0, now=1e12)
+    _complete(store, study, gen, [])
+    assert queries.list_studies(decision="suspicious")[0]["nodule_flag"] is None
+    assert {r["study_uid"]: r["nodule_flag"] for r in queries.list_studies()} == {
+        "1.2.3": None, "2.2.2": True, "3.3.3": None}

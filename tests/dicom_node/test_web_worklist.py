@@ -1,5 +1,6 @@
 """Worklist order, the max-wait cap, filters, the study API and pictures, on a JobStore holding
-real triage results of sample films (see web_node.py), through FastAPI's TestClient."""
+real triage results of sample films (see web_node.py) by the tiny model with a nodule/mass
+output, through FastAPI's TestClient."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ RANK = {b: i for i, b in enumerate(BANDS)}
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory, tiny_model, shared_data, sample_dicoms):
-    return build_triaged_node(tmp_path_factory.mktemp("webnode"), tiny_model, shared_data,
+def node(tmp_path_factory, tiny_nodule_model, shared_data, sample_dicoms):
+    return build_triaged_node(tmp_path_factory.mktemp("webnode"), tiny_nodule_model, shared_data,
                               sample_dicoms, down_port=free_port())
 
 
@@ -160,6 +161,38 @@ def test_api_study_has_films_sr_in_words_and_delivery_history(node, client):
     assert client.get("/api/studies/1.2.3.4.5").status_code == 404
 
 
+def test_api_and_pages_expose_the_nodule_mass_flag(node, client):
+    """Each worklist row carries the study's nodule/mass flag and score as the worker stored
+    them (null for a study no film of which was scored); the study API each film's; the
+    worklist page badges the flagged studies. The flag never moves a study in the order."""
+    rows = client.get("/api/studies").json()["studies"]
+    for r in rows:
+        stored = node.queries.get_study(r["study_instance_uid"])
+        assert r["nodule_flag"] == stored["nodule_flag"] == stored["result"]["nodule_flag"]
+        assert r["nodule_score"] == stored["nodule_score"] == stored["result"]["nodule_score"]
+        if r["decision"] == "not_assessable":
+            assert r["nodule_flag"] is None and r["nodule_score"] is None
+        else:
+            assert isinstance(r["nodule_flag"], bool) and 0.0 <= r["nodule_score"] <= 1.0
+    flagged = [r for r in rows if r["nodule_flag"]]
+    assert flagged and any(r["decision"] == "likely_normal" for r in flagged)  # an added finding
+    two = next(u for u in node.decisions if node.queries.get_study(u)["n_instances"] == 2)
+    detail = client.get(f"/api/studies/{two}").json()
+    result = {f["sop_instance_uid"]: f for f in node.queries.get_study(two)["result"]["films"]}
+    for f in detail["films"]:
+        stored = result[f["sop_instance_uid"]]
+        assert (f["nodule_score"], f["nodule_threshold"], f["nodule_flag"]) == (
+            stored["nodule_score"], stored["nodule_threshold"], stored["nodule_flag"])
+        assert f["nodule_threshold"] == 0.5 and f["nodule_flag"] is (f["nodule_score"] >= 0.5)
+    assert detail["nodule_flag"] is any(f["nodule_flag"] for f in detail["films"])
+    said = [s for s in detail["result_summary"] if s.startswith("Nodule/mass flag: ")]
+    assert said and ("not flagged" not in said[0]) is detail["nodule_flag"]
+    html = client.get("/").text
+    assert html.count('<span class="badge nodule"') == len(flagged)
+    uid = flagged[0]["study_instance_uid"]
+    assert 'id="study-nodule"' in client.get(f"/studies/{uid}").text
+
+
 def test_openapi_documents_the_api(client):
     spec = client.get("/openapi.json").json()
     assert {"/api/studies", "/api/studies/{study_uid}", "/metrics"} <= set(spec["paths"])
@@ -193,6 +226,26 @@ def test_heatmaps_are_persisted_by_the_worker_and_rendered(node, client):
     rgb = np.asarray(thumb.convert("RGB")).astype(int)
     assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 30          # heat colour over the grey film
     assert client.get(f"/studies/{uid}/films/1.2.3/film.png").status_code == 404
+
+
+def test_only_a_validated_model_heatmaps_are_kept_for_the_page(tmp_path):
+    """The worker's heatmaps stage keeps nothing for a model whose heatmap failed validation
+    (the Triager drops such heatmaps too): the page then has no heatmap to show."""
+    from types import SimpleNamespace
+
+    from cxr_triage.contract.model_file import ModelMetadata
+    from cxr_triage.contract.result import Decision, FilmResult, StudyResult
+    from cxr_triage.dicom_node.store.spool import StateDirs
+    from cxr_triage.dicom_node.worker.triage import StudyContext, StudyJob, keep_heatmaps
+
+    film = FilmResult(Decision.SUSPICIOUS, sop_instance_uid="1.2.3.1", score=0.9,
+                      heatmap=np.full((7, 7), 0.8, np.float32))
+    for validated in (False, True):
+        dirs = StateDirs(tmp_path / str(validated)).create()
+        meta = ModelMetadata(name="m", version="1", heatmap_validated=validated)
+        ctx = StudyContext(None, SimpleNamespace(meta=meta), dirs, None)  # type: ignore[arg-type]
+        keep_heatmaps(ctx, StudyJob("1.2.3", [], result=StudyResult("1.2.3", Decision.SUSPICIOUS, 0.9, [film])))
+        assert heatmap_path(dirs.root, "1.2.3", "1.2.3.1").is_file() is validated
 
 
 # -------------------------------------------------------------------------- HTML pages
