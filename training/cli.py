@@ -143,8 +143,25 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="train and validate on these sources only (default: all)")
     p.add_argument("--select-sources", nargs="*", default=[], metavar="SOURCE",
                    help="validation sources for AUROC, early stopping and calibration (default: all)")
-    p.add_argument("--select-metric", default=d.select_metric, choices=["auroc", "source_mean_auroc"],
-                   help="early stopping on the validation AUROC or the mean of the per-source AUROCs")
+    p.add_argument("--select-metric", default=d.select_metric,
+                   choices=["auroc", "source_mean_auroc", "source_mean_auroc_nodule"],
+                   help="early stopping on the validation AUROC, the mean of the per-source AUROCs, or that mean "
+                        "with the nodule/mass output's AUROC")
+    p.add_argument("--no-multitask", dest="multitask", action="store_false", default=d.multitask,
+                   help="one output (abnormal) instead of abnormal + nodule/mass + the 14 NIH findings as "
+                        "auxiliary targets (findings are learnt where the manifest's findings column gives them)")
+    p.add_argument("--nodule-weight", type=float, default=d.nodule_weight, help="loss weight of the nodule/mass output")
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight,
+                   help="loss weight of the auxiliary findings (their mean)")
+    p.add_argument("--distill", type=float, default=d.distill,
+                   help="weight (0..1) of a teacher's soft targets from teacher_<finding> manifest columns")
+    p.add_argument("--pipeline-augment", type=float, default=d.pipeline_augment,
+                   help="probability scale of the random image-pipeline chain (resampling, JPEG, blur/sharpen, "
+                        "gamma, noise, crops, borders) applied before preprocessing; 0: off")
+    p.add_argument("--boxes-csv", default=d.boxes_csv,
+                   help="file,x,y,width,height boxes of findings (files relative to the CSV): the heatmap's "
+                        "lung-field prior and pointing-game check; without it the heatmap is not validated "
+                        "and the worker does not show it")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads " + cfg_default("threads"))
     p.add_argument("--cache-dir", default=None, help="preprocessed-film cache " + cfg_default("cache_dir")
                    .replace("'')", "'' = <out>/cache)"))

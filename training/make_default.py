@@ -145,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
 
     onnx_path = out / "cxr_triage_effnet_lite0.onnx"
     export_checkpoint(out / "model.pt", onnx_path, data_root=data, check_manifest=manifest)
-    report = test_report(onnx_path, manifest, data, out / "test_report.json", headline_sources=TRAIN_SOURCES)
-    print(json.dumps(report["headline"], indent=2))
+    boxes = data / "rsna-pneumonia" / "boxes.csv"
+    report = test_report(onnx_path, manifest, data, out / "test_report.json", headline_sources=TRAIN_SOURCES,
+                         boxes=boxes if boxes.exists() else None)
+    from cxr_triage.training.report import terminal_summary
+
+    print(terminal_summary(report))
     return 0
 
 
