@@ -101,6 +101,7 @@ def evaluate(
         note_groups = "one film per patient"
 
     primary_name, primary_t = thresholds.threshold()
+    by_source = _by_source(films, scored, thresholds, primary_name, n_boot, seed)
     ops = []
     for name, t in sorted(thresholds.thresholds.items(), key=lambda kv: -kv[1]):
         op = metrics.operating_point(y, s, t, (na_normal, na_abnormal)).to_dict()
@@ -115,6 +116,11 @@ def evaluate(
                        "evidence": thresholds.evidence},
         "warnings": warnings,
         "counts": counts,
+        # per source first (the headline): a pooled figure hides a model that learned which
+        # source a film came from; everything below ("auroc", "operating_points", ...) is pooled
+        "by_source": by_source,
+        "pooled": {"label": _pooled_label(list(by_source)),
+                   "sources": list(by_source)},
         "auroc": None,
         "operating_points": ops,
         "as_decided": _as_decided(y_all, scored, na_normal, na_abnormal),
@@ -125,7 +131,10 @@ def evaluate(
         "missed": [],
         "films": [],
         "comparison": None,
-        "notes": [note_groups,
+        "notes": ["headline figures are per source (by_source); AUROC, operating points, sweep, calibration and "
+                  "subgroups are pooled over every source and follow, labelled as pooled: a pooled figure hides a "
+                  "model that learned which source a film came from",
+                  note_groups,
                   "sensitivity, specificity, PPV, NPV and AUROC are over assessed films; workload saved is "
                   "over all films (not-assessable films are never called likely normal)",
                   "the threshold sweep picks each threshold on the reported films: it describes the trade-off, "
@@ -156,6 +165,61 @@ def evaluate(
         report["comparison"] = _comparison(films, scored, compare, compare_name, groups_all=[f.patient_id for f in films],
                                            n_boot=n_boot, seed=seed)
     return report
+
+
+def _pooled_label(names: Sequence[str]) -> str:
+    """``pooled over 3 sources (a, b, c)``: how every pooled figure is labelled."""
+    return f"pooled over {len(names)} source{'' if len(names) == 1 else 's'} ({', '.join(names)})"
+
+
+def _by_source(films: Sequence[Film], scored: Sequence[Scored], thresholds: ThresholdSet, primary_name: str,
+               n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """The headline figures, one entry per data source (``Film.source``, read from the manifest's
+    ``source`` column or its alias ``site``; "unknown" where empty).
+
+    Sources with both classes come first (by name), then those with one class only. Each entry:
+    ``films``, ``abnormal``, ``normal``, ``patients``, ``assessed`` (counts), ``not_assessable``
+    ({normal, abnormal}), ``both_classes`` (bool), ``auroc`` (value, se, low, high, method: the
+    patient-level bootstrap 95% CI over the assessed films; None unless the source's assessed
+    films hold both classes) and ``operating_points``: {name: {threshold, primary, tp, fn, tn, fp,
+    sensitivity, specificity, normals_called_likely_normal}} in the pooled table's order (highest
+    threshold first), each proportion {k, n, value, low, high} with a Wilson 95% CI (value None
+    when n == 0). Suspicious = :func:`decide_many` (score >= threshold). ``sensitivity`` and
+    ``specificity`` are over assessed films; ``normals_called_likely_normal`` is over all of the
+    source's normal films: a not-assessable normal film is never called likely normal (it equals
+    the specificity when every normal film was assessed; the pooled ``workload_normals``)."""
+    names = [f.source or "unknown" for f in films]
+    out: dict[str, dict[str, Any]] = {}
+    ordered = sorted(thresholds.thresholds.items(), key=lambda kv: -kv[1])
+    for src in sorted(set(names)):
+        idx = [i for i, n in enumerate(names) if n == src]
+        y_all = np.array([films[i].label for i in idx], dtype=int)
+        keep = [i for i in idx if scored[i].assessable]
+        y = np.array([films[i].label for i in keep], dtype=int)
+        s = np.array([scored[i].score for i in keep], dtype=float)
+        na_norm = int(np.sum(y_all == 0) - np.sum(y == 0))
+        na_abn = int(np.sum(y_all == 1) - np.sum(y == 1))
+        both = bool(len(y) and 0 < y.sum() < len(y))
+        entry: dict[str, Any] = {
+            "films": len(idx), "abnormal": int(y_all.sum()), "normal": int(len(y_all) - y_all.sum()),
+            "patients": len({films[i].patient_id for i in idx}), "assessed": len(keep),
+            "not_assessable": {"normal": na_norm, "abnormal": na_abn}, "both_classes": both,
+            "auroc": (metrics.auroc_bootstrap(y, s, [films[i].patient_id for i in keep], n_boot, seed).to_dict()
+                      if both else None),
+            "operating_points": {},
+        }
+        for name, t in ordered:
+            suspicious = decide_many(s, t)
+            tp, fn = int(np.sum(suspicious & (y == 1))), int(np.sum(~suspicious & (y == 1)))
+            tn, fp = int(np.sum(~suspicious & (y == 0))), int(np.sum(suspicious & (y == 0)))
+            entry["operating_points"][name] = {
+                "threshold": float(t), "primary": name == primary_name, "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+                "sensitivity": metrics.proportion(tp, tp + fn).to_dict(),
+                "specificity": metrics.proportion(tn, tn + fp).to_dict(),
+                "normals_called_likely_normal": metrics.proportion(tn, tn + fp + na_norm).to_dict(),
+            }
+        out[src] = entry
+    return dict(sorted(out.items(), key=lambda kv: not kv[1]["both_classes"]))
 
 
 def _as_decided(y_all: np.ndarray, scored: Sequence[Scored], na_normal: int, na_abnormal: int) -> dict[str, Any] | None:

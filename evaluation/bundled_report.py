@@ -3,8 +3,17 @@
 The split is the one the model was trained with (``model/default_split.csv``, patient-level);
 the thresholds are the model's own, chosen by its trainer on the validation split, and the
 report checks (by content hash) that none of the validation films is among the reported ones.
-Two reports: all test films, and NIH films only (the 224 px RSNA normals come from another
-resizing pipeline, and a model can separate them for the wrong reason: shared/data README).
+
+The test split's sources: nih-cxr14 and nih-extra (NIH films, both classes), rsna-pneumonia
+(NIH films re-read by radiologists, both classes through one pipeline) and rsna-normals (normal
+films only, 224 px from another resizing pipeline: a model can separate them for the wrong
+reason, shared/data README). Every report and the terminal lead with per-source figures (AUROC
+with 95% CI; at each stored operating point sensitivity and the share of that source's normals
+called likely normal); the pooled figures follow, labelled as pooled.
+
+Two reports: ``report`` (all test films) and ``report_nih`` (every source but rsna-normals: the
+NIH films, each source with both classes, so its pooled figures hold no normals-only source),
+each as JSON and HTML, plus a screenshot of each report's first page when chromium is installed.
 """
 
 from __future__ import annotations
@@ -65,14 +74,15 @@ def make_reports(data: Path, out: Path, model: Path, split_csv: Path = DEFAULT_S
     nih = [i for i, f in enumerate(test) if f.source != RSNA]
     for stem, idx, title in (
         ("report", list(range(len(test))), f"{meta.name} {meta.version}: held-out test split (all sources)"),
-        ("report_nih", nih, f"{meta.name} {meta.version}: held-out test split, NIH films only"),
+        ("report_nih", nih, f"{meta.name} {meta.version}: held-out test split without {RSNA} (sources with both classes)"),
     ):
         if not idx:
             continue
         rep = analysis.evaluate([test[i] for i in idx], [scored[i] for i in idx], ts, title=title,
                                 reported_name=f"the test split of {split_csv.name}", inputs=inputs, n_boot=n_boot)
-        rep["notes"].append("sources are the data sets; the RSNA normals are 224 px films from another resizing "
-                            "pipeline: see the NIH-only report for performance on NIH normals alone")
+        rep["notes"].append(f"sources are the data sets; {RSNA} holds normal films only, 224 px films from another "
+                            "resizing pipeline: see the per-source figures, and report_nih for the pooled figures "
+                            f"without {RSNA}")
         written = report.write_report(rep, out, stem)
         paths[f"{stem}_json"], paths[f"{stem}_html"] = written["json"], written["html"]
         _print(stem, rep)
@@ -90,17 +100,12 @@ def make_reports(data: Path, out: Path, model: Path, split_csv: Path = DEFAULT_S
 
 
 def _print(stem: str, rep: dict[str, Any]) -> None:
-    c = rep["counts"]
-    line = f"{stem}: {c['films']} films ({c['abnormal']} abnormal, {c['normal']} normal)"
-    if rep.get("auroc"):
-        a = rep["auroc"]["delong"]
-        line += f", AUROC {a['value']:.3f} ({a['low']:.3f}-{a['high']:.3f})"
-    print(line)
-    for op in rep["operating_points"]:
-        sens, wl = op["sensitivity"], op["workload_all"]
-        print(f"  {op['name']}{' *' if op['primary'] else ''}: sensitivity {sens['value']:.3f} "
-              f"({sens['low']:.3f}-{sens['high']:.3f}), specificity {op['specificity']['value']:.3f}, "
-              f"workload saved {wl['value']:.3f}, missed {op['fn']}")
+    """Per source first, then the pooled figures labelled as pooled (report.summary_lines)."""
+    from cxr_triage.evaluation.report import summary_lines
+
+    print(f"{stem}: {rep['title']}")
+    for line in summary_lines(rep):
+        print(f"  {line}")
     for w in rep["warnings"]:
         print(f"  WARNING: {w}")
 

@@ -206,17 +206,11 @@ def _resolve_thresholds(args: argparse.Namespace, cfg: Any, films: Sequence[Any]
 
 
 def _print_summary(rep: dict[str, Any], paths: dict[str, Path]) -> None:
-    c = rep["counts"]
-    print(f"films {c['films']} ({c['abnormal']} abnormal, {c['normal']} normal), "
-          f"not assessable {c['not_assessable']['normal'] + c['not_assessable']['abnormal']}")
-    if rep.get("auroc"):
-        a = rep["auroc"]["delong"]
-        print(f"AUROC {a['value']:.3f} (95% CI {a['low']:.3f}-{a['high']:.3f}, DeLong)")
-    for op in rep["operating_points"]:
-        sens, spec, wl = op["sensitivity"], op["specificity"], op["workload_all"]
-        fmt = lambda p: "n/a" if p["value"] is None else f"{p['value']:.3f} ({p['low']:.3f}-{p['high']:.3f})"  # noqa: E731
-        print(f"{op['name']}{' *' if op['primary'] else ''} t={op['threshold']:.4f}: sensitivity {fmt(sens)}, "
-              f"specificity {fmt(spec)}, workload saved {fmt(wl)}, missed {op['fn']}")
+    """Per source first, then the pooled figures labelled as pooled (report.summary_lines)."""
+    from cxr_triage.evaluation.report import summary_lines
+
+    for line in summary_lines(rep):
+        print(line)
     for w in rep["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     print(f"report: {paths['html']} and {paths['json']}")

@@ -66,7 +66,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.legend(loc="lower right", fontsize=7)
-        ax.set_title("ROC and operating points (95% CI)", fontsize=9)
+        ax.set_title("Pooled ROC and operating points (95% CI)", fontsize=9)
         out["roc"] = _png(fig)
     if len(y):
         fig, ax = plt.subplots(figsize=(4.6, 3.2))
@@ -83,7 +83,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         ax.set_xlabel("score (calibrated P(abnormal))")
         ax.set_ylabel("films")
         ax.legend(fontsize=7)
-        ax.set_title("Score distribution by class (dashed: thresholds)", fontsize=9)
+        ax.set_title("Pooled score distribution by class (dashed: thresholds)", fontsize=9)
         out["distributions"] = _png(fig)
     cal = report.get("calibration")
     if cal:
@@ -115,6 +115,52 @@ def _num(x: Any, digits: int = 3) -> str:
     if x is None:
         return "n/a"
     return f"{x:.{digits}f}"
+
+
+def _ci(p: dict[str, Any] | None) -> str:
+    """A proportion or AUROC dict as ``0.950 (0.870-0.980)`` plus ``[k/n]`` for a proportion."""
+    if not p or p.get("value") is None:
+        return "n/a" + (f" [0/{p['n']}]" if p and "n" in p else "")
+    text = f"{p['value']:.3f}"
+    if p.get("low") is not None and p.get("high") is not None:
+        text += f" ({p['low']:.3f}-{p['high']:.3f})"
+    return text + (f" [{p['k']}/{p['n']}]" if "k" in p else "")
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The report for a terminal, per source first, then the pooled figures labelled as such.
+
+    One line per source (films, classes, AUROC with its patient-bootstrap 95% CI) and under it
+    one line per stored operating point (sensitivity and normals called likely normal, Wilson
+    95% CI, [k/n]); then the pooled line (AUROC with DeLong 95% CI) and the pooled operating
+    points (sensitivity, specificity, workload saved = all films called likely normal, missed)."""
+    lines: list[str] = []
+    by_source = report.get("by_source") or {}
+    if by_source:
+        lines.append("per source (headline: a pooled figure hides a model that learned which source a film came from):")
+    for src, f in by_source.items():
+        auc = _ci(f["auroc"]) if f.get("auroc") else "n/a (" + (
+            "normal films only" if not f["abnormal"] else "abnormal films only" if not f["normal"] else
+            "one class assessed") + ")"
+        lines.append(f"  {src}: {f['films']} films ({f['abnormal']} abnormal, {f['normal']} normal, "
+                     f"{f['assessed']} assessed), AUROC {auc}")
+        for name, op in f["operating_points"].items():
+            lines.append(f"      {name}{' *' if op['primary'] else ''} t={op['threshold']:.4f}: sensitivity "
+                         f"{_ci(op['sensitivity'])}, normals called likely normal "
+                         f"{_ci(op['normals_called_likely_normal'])}")
+    c = report["counts"]
+    label = (report.get("pooled") or {}).get("label", "pooled")
+    line = (f"{label}: {c['films']} films ({c['abnormal']} abnormal, {c['normal']} normal), not assessable "
+            f"{c['not_assessable']['normal'] + c['not_assessable']['abnormal']}")
+    if report.get("auroc"):
+        a = report["auroc"]["delong"]
+        line += f", pooled AUROC {a['value']:.3f} (95% CI {a['low']:.3f}-{a['high']:.3f}, DeLong)"
+    lines.append(line)
+    for op in report["operating_points"]:
+        lines.append(f"      pooled {op['name']}{' *' if op['primary'] else ''} t={op['threshold']:.4f}: sensitivity "
+                     f"{_ci(op['sensitivity'])}, specificity {_ci(op['specificity'])}, workload saved "
+                     f"{_ci(op['workload_all'])}, missed {op['fn']}")
+    return lines
 
 
 def render_html(report: dict[str, Any]) -> str:
