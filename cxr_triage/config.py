@@ -161,6 +161,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("delivery", "shadow_destinations"): _destinations,
     ("delivery", "retry_initial_s"): _positive,
     ("delivery", "retry_max_s"): _positive,
+    ("delivery", "refused_retry_s"): _positive,
     ("delivery", "dead_letter_after_s"): _positive,
     ("web", "port"): _port,
     ("web", "max_wait_likely_normal_min"): _non_negative,

@@ -1,6 +1,7 @@
 """Read a result SR made by ``build_result_sr`` back into decisions, scores and references.
 
-Parsed with highdicom (``Comprehensive3DSR.from_dataset``, the Measurement Report's planar ROI
+Parsed with highdicom (``Comprehensive3DSR.from_dataset``, or the Comprehensive / Enhanced SR
+a destination without Comprehensive 3D SR received, the Measurement Report's planar ROI
 groups, typed content items). Scores come back exact: the Floating Point Value of each NUM.
 
 The evaluation harness measures *through the node*: it sends films, receives the SR the PACS
@@ -22,6 +23,7 @@ from pydicom.sr.coding import Code
 from cxr_triage.contract.result import Decision, NotAssessableReason
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
 from cxr_triage.dicom_node.results import sr_codes as C
+from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, ENHANCED_SR
 
 
 @dataclass
@@ -88,14 +90,23 @@ def read_result_sr(ds: Dataset) -> ParsedResult:
             from exc
 
 
+#: The classes a result SR is delivered as (``sr_classes``: Comprehensive 3D SR, or a fallback).
+_DOCUMENT_CLASSES: dict[str, type[hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR]] = {
+    COMPREHENSIVE_3D_SR: hd.sr.Comprehensive3DSR,
+    COMPREHENSIVE_SR: hd.sr.ComprehensiveSR,
+    ENHANCED_SR: hd.sr.EnhancedSR,
+}
+
+
 def _read(ds: Dataset) -> ParsedResult:
-    if str(ds.get("SOPClassUID", "")) != COMPREHENSIVE_3D_SR or "ContentSequence" not in ds:
-        raise ValueError("not a Comprehensive 3D SR document")
+    document_class = _DOCUMENT_CLASSES.get(str(ds.get("SOPClassUID", "")))
+    if document_class is None or "ContentSequence" not in ds:
+        raise ValueError("not a Comprehensive 3D, Comprehensive or Enhanced SR document")
     templates = ds.get("ContentTemplateSequence", [])
     if not templates or str(templates[0].get("TemplateIdentifier", "")) != "1500":
         raise ValueError("SR root is not a TID 1500 Measurement Report")
 
-    doc = hd.sr.Comprehensive3DSR.from_dataset(ds, copy=True)
+    doc = document_class.from_dataset(ds, copy=True)
     report = doc.content
     if not isinstance(report, hd.sr.MeasurementReport):
         raise ValueError("SR content is not a TID 1500 Measurement Report")

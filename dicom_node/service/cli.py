@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_triage.config import Config, resolve_path
+from cxr_triage.contract.sop_classes import is_sr_class
 
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
@@ -37,7 +38,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         p.add_argument("--studies", type=int, default=10, metavar="N",
                        help="also list the N most recent studies (default 10, 0 for none)")
         p.add_argument("--retry-dead", action="store_true",
-                       help="put dead-lettered deliveries back in the queue")
+                       help="put dead-lettered and refused deliveries back in the queue")
         p.set_defaults(func=run_status)
     else:  # pragma: no cover
         raise ValueError(name)
@@ -122,7 +123,7 @@ def run_status(args: argparse.Namespace, cfg: Config) -> int:
         from cxr_triage.dicom_node.store.spool import StateDirs
 
         n = JobStore(StateDirs(resolve_path(cfg, cfg.node.state_dir)).queue_db).retry_dead()
-        print(f"{n} dead deliveries re-queued")
+        print(f"{n} dead or refused deliveries re-queued")
     rep = status_report(cfg, args.studies)
     if args.json:
         print(json.dumps(rep, indent=2, default=str))
@@ -147,7 +148,9 @@ def run_status(args: argparse.Namespace, cfg: Config) -> int:
     fails = rep["delivery_failures"]
     out(f"delivery failures: {len(fails)}\n")
     for f in fails:
-        out(f"  [{f['state']}] {f['destination']} study {f['study_uid']} attempts {f['attempts']}"
+        what = "" if not f.get("sop_class_uid") else (
+            " (SR)" if is_sr_class(f["sop_class_uid"]) else " (summary image)")
+        out(f"  [{f['state']}] {f['destination']}{what} study {f['study_uid']} attempts {f['attempts']}"
             f" next {_ts(f['next_attempt_at'])}: {f['last_error']}\n")
     if rep["studies"]:
         out("recent studies:\n")

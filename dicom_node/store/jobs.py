@@ -9,13 +9,18 @@ State machines::
                   ^   new instance (generation+1)  |         |
                   +--------------------------------+---------+      processing --(errors)--> failed
     delivery: pending --> sending --> delivered
-                 ^           |  failure: back-off, attempts+1
+                 ^           |  transient failure: back-off, attempts+1
                  +-----------+--> dead (older than dead_letter_after_s)      pending --> cancelled
-                                                                      (result superseded)
+                             |                                        (result superseded)
+                             +--> refused (a permanent refusal, e.g. 0xA9xx, 0xC000: retried
+                                  only every refused_retry_s, reported; dead when too old)
 
 One *result* per study (and per generation); a newer result supersedes the older one and
-cancels its undelivered deliveries. Deliveries of the same result always send the same files,
-so retries reuse the same SOP Instance UIDs.
+cancels its undelivered deliveries. A delivery is one result *object* (the SR, one summary
+image) to one destination, so each object is sent, retried and refused on its own (rows of
+schema version 3 and older name no object: they stand for every object of the result).
+Deliveries of the same result always send the same files, so retries reuse the same SOP
+Instance UIDs.
 
 Each instance keeps the SHA-256 of its data set (``instances.sha256``): the same SOP Instance
 UID sent again with the same content changes nothing, with other content it is a *changed
@@ -44,7 +49,7 @@ from typing import Any, Iterator
 
 from cxr_triage.logs import redact_values
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,7 +114,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at    REAL NOT NULL,
     created_at         REAL NOT NULL,
     delivered_at       REAL,
-    last_error         TEXT
+    last_error         TEXT,
+    sop_instance_uid   TEXT               -- the one result object sent (NULL: all, schema <= 3)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_result ON deliveries(result_id);
@@ -146,12 +152,14 @@ _ADDED_COLUMNS = (
     ("instances", "sha256", "TEXT"),            # 2
     ("studies", "nodule_score", "REAL"),        # 3
     ("studies", "nodule_flag", "INTEGER"),      # 3
+    ("deliveries", "sop_instance_uid", "TEXT"), # 4: one delivery per result object
 )
 
 # study states
 RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "failed"
 # delivery states
 PENDING, SENDING, DELIVERED, DEAD, CANCELLED = "pending", "sending", "delivered", "dead", "cancelled"
+REFUSED = "refused"  # permanently refused by the destination; retried slowly, reported
 OUTBOX = "outbox"  # the destination name of the local outbox folder
 
 
@@ -366,6 +374,13 @@ class JobStore:
             sql, args = sql + " WHERE sop_instance_uid=?", (sop_instance_uid,)
         return [dict(r) for r in self._con().execute(sql + " ORDER BY id", args)]
 
+    def add_result_object(self, result_id: int, obj: ResultObject) -> None:
+        """One more object of a result, made after it was stored (a fallback SR the
+        deliverer wrote): the own-output check and the study page then know it."""
+        with self._tx() as con:
+            con.execute("INSERT OR IGNORE INTO result_objects VALUES (?,?,?,?,?)",
+                        (obj.sop_instance_uid, result_id, obj.series_uid, obj.sop_class_uid, obj.path))
+
     def is_own_output(self, sop_instance_uid: str, series_uid: str | None) -> bool:
         """True for an object this node produced (a PACS sending our results back)."""
         row = self._con().execute(
@@ -440,12 +455,14 @@ class JobStore:
                 "SELECT id FROM results WHERE study_uid=? AND id<>? AND superseded=0", (study_uid, rid))]
             for oid in old:
                 con.execute("UPDATE results SET superseded=1 WHERE id=?", (oid,))
-                con.execute("UPDATE deliveries SET state=? WHERE result_id=? AND state IN (?,?)",
-                            (CANCELLED, oid, PENDING, SENDING))
-            for dest in destinations:
-                con.execute(
-                    "INSERT INTO deliveries (result_id, destination, state, next_attempt_at, created_at)"
-                    " VALUES (?,?,?,?,?)", (rid, dest, PENDING, now, now))
+                con.execute("UPDATE deliveries SET state=? WHERE result_id=? AND state IN (?,?,?)",
+                            (CANCELLED, oid, PENDING, SENDING, REFUSED))
+            for dest in destinations:           # one delivery per object and destination
+                for o in objects:
+                    con.execute(
+                        "INSERT INTO deliveries (result_id, destination, state, next_attempt_at,"
+                        " created_at, sop_instance_uid) VALUES (?,?,?,?,?,?)",
+                        (rid, dest, PENDING, now, now, o.sop_instance_uid))
             con.execute(
                 "UPDATE studies SET state=?, decision=?, score=?, nodule_score=?, nodule_flag=?,"
                 " result_id=?, triaged_at=?, errors=0, last_error=NULL WHERE study_uid=?",
@@ -473,22 +490,26 @@ class JobStore:
 
     # -- delivery ----------------------------------------------------------------------
     def due_deliveries(self, now: float | None = None, limit: int = 100) -> list[DueDelivery]:
-        """Pending deliveries whose back-off has expired, oldest first, marked ``sending``."""
+        """Pending (and refused) deliveries whose back-off has expired, oldest first, marked
+        ``sending``. Each carries its one object (every object of the result for a delivery
+        made before schema version 4)."""
         now = time.time() if now is None else now
-        if self._con().execute("SELECT 1 FROM deliveries WHERE state=? AND next_attempt_at<=? LIMIT 1",
-                               (PENDING, now)).fetchone() is None:
+        if self._con().execute("SELECT 1 FROM deliveries WHERE state IN (?,?) AND next_attempt_at<=?"
+                               " LIMIT 1", (PENDING, REFUSED, now)).fetchone() is None:
             return []
         with self._tx() as con:
             rows = con.execute(
-                "SELECT d.id, d.result_id, r.study_uid, d.destination, d.attempts, d.created_at"
-                " FROM deliveries d JOIN results r ON r.id=d.result_id"
-                " WHERE d.state=? AND d.next_attempt_at<=? ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                (PENDING, now, limit)).fetchall()
+                "SELECT d.id, d.result_id, r.study_uid, d.destination, d.attempts, d.created_at,"
+                " d.sop_instance_uid FROM deliveries d JOIN results r ON r.id=d.result_id"
+                " WHERE d.state IN (?,?) AND d.next_attempt_at<=? ORDER BY d.next_attempt_at, d.id"
+                " LIMIT ?", (PENDING, REFUSED, now, limit)).fetchall()
             out = []
             for r in rows:
                 objs = con.execute(
                     "SELECT sop_instance_uid, series_uid, sop_class_uid, path FROM result_objects"
-                    " WHERE result_id=? ORDER BY sop_class_uid DESC", (r["result_id"],)).fetchall()
+                    " WHERE result_id=? AND (? IS NULL OR sop_instance_uid=?)"
+                    " ORDER BY sop_class_uid DESC", (r["result_id"], r["sop_instance_uid"],
+                                                     r["sop_instance_uid"])).fetchall()
                 con.execute("UPDATE deliveries SET state=? WHERE id=?", (SENDING, r["id"]))
                 out.append(DueDelivery(r["id"], r["result_id"], r["study_uid"], r["destination"],
                                        r["attempts"], r["created_at"],
@@ -505,21 +526,26 @@ class JobStore:
 
     def delivery_failed(self, delivery_id: int, error: str, retry_initial_s: float,
                         retry_max_s: float, dead_letter_after_s: float,
-                        now: float | None = None) -> str:
-        """Exponential back-off (initial * 2^(n-1), capped); ``dead`` once too old."""
+                        now: float | None = None, *, permanent: bool = False,
+                        refused_retry_s: float = 3600.0) -> str:
+        """A transient failure backs off exponentially (initial * 2^(n-1), capped); a
+        ``permanent`` refusal (the destination said this object will never be stored: 0xA9xx,
+        0xCxxx, SOP class not supported, ...) becomes ``refused``, tried again only every
+        ``refused_retry_s`` (a destination's configuration may change); ``dead`` once too old."""
         now = time.time() if now is None else now
         error = redact_values(error)
         with self._tx() as con:
             row = con.execute("SELECT attempts, created_at, state FROM deliveries WHERE id=?",
                               (delivery_id,)).fetchone()
             attempts = row["attempts"] + 1
-            delay = min(retry_max_s, retry_initial_s * 2 ** (attempts - 1))
+            delay = (refused_retry_s if permanent
+                     else min(retry_max_s, retry_initial_s * 2 ** (attempts - 1)))
             if row["state"] == CANCELLED:
                 state = CANCELLED
             elif now - row["created_at"] >= dead_letter_after_s:
                 state = DEAD
             else:
-                state = PENDING
+                state = REFUSED if permanent else PENDING
             con.execute("UPDATE deliveries SET state=?, attempts=?, next_attempt_at=?, last_error=?"
                         " WHERE id=?", (state, attempts, now + delay, error[:500], delivery_id))
             con.execute("INSERT INTO attempts (delivery_id, at, ok, detail) VALUES (?,?,0,?)",
@@ -527,16 +553,17 @@ class JobStore:
             return state
 
     def next_delivery_time(self) -> float | None:
-        row = self._con().execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state=?",
-                                  (PENDING,)).fetchone()
+        row = self._con().execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state IN (?,?)",
+                                  (PENDING, REFUSED)).fetchone()
         return None if row[0] is None else float(row[0])
 
     def retry_dead(self, now: float | None = None) -> int:
-        """Operator action: put dead deliveries back in the queue (fresh age)."""
+        """Operator action: put dead and refused deliveries back in the queue (fresh age),
+        e.g. once the destination accepts what it refused."""
         now = time.time() if now is None else now
         with self._tx() as con:
             return con.execute("UPDATE deliveries SET state=?, next_attempt_at=?, created_at=?"
-                               " WHERE state=?", (PENDING, now, now, DEAD)).rowcount
+                               " WHERE state IN (?,?)", (PENDING, now, now, DEAD, REFUSED)).rowcount
 
     # -- restart -----------------------------------------------------------------------
     def recover(self, studies: bool = True, deliveries: bool = True) -> dict[str, int]:

@@ -12,6 +12,7 @@ from cxr_triage.dicom_node.store.jobs import (
     PENDING,
     PROCESSING,
     RECEIVING,
+    REFUSED,
     SENDING,
     JobStore,
     ResultObject,
@@ -78,12 +79,16 @@ class StudyQueries:
         return None if row is None else row[0]
 
     def delivery_failures(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Deliveries that failed at least once and are not delivered (dead ones first)."""
+        """Deliveries that failed at least once and are not delivered (dead ones first, then
+        refused ones); each names its object (``sop_instance_uid``, ``sop_class_uid``)."""
         rows = self._store.connection().execute(
             "SELECT d.id, r.study_uid, d.destination, d.state, d.attempts, d.created_at,"
-            " d.next_attempt_at, d.last_error FROM deliveries d JOIN results r ON r.id=d.result_id"
-            " WHERE d.state IN (?,?,?) AND d.attempts>0 ORDER BY d.state=? DESC, d.created_at LIMIT ?",
-            (PENDING, SENDING, DEAD, DEAD, limit)).fetchall()
+            " d.next_attempt_at, d.last_error, d.sop_instance_uid, o.sop_class_uid"
+            " FROM deliveries d JOIN results r ON r.id=d.result_id"
+            " LEFT JOIN result_objects o ON o.sop_instance_uid=d.sop_instance_uid"
+            " WHERE d.state IN (?,?,?,?) AND d.attempts>0 ORDER BY d.state=? DESC, d.state=? DESC,"
+            " d.created_at LIMIT ?",
+            (PENDING, SENDING, DEAD, REFUSED, DEAD, REFUSED, limit)).fetchall()
         return [dict(r) for r in rows]
 
     def list_studies(self, decision: str | None = None, state: str | None = None,
@@ -92,8 +97,9 @@ class StudyQueries:
         """Studies, newest first: decision, score, nodule/mass score and flag (null when the
         model has no nodule/mass output), times, instance count, delivery status.
 
-        ``delivery_status`` is ``delivered`` (all destinations), ``pending``, ``failing``
-        (retrying after an error), ``dead``, ``none`` (nothing to deliver, e.g. shadow
+        ``delivery_status`` is ``delivered`` (every object to every destination),
+        ``pending``, ``failing`` (retrying after an error), ``refused`` (a destination
+        refused an object for good), ``dead``, ``none`` (nothing to deliver, e.g. shadow
         mode) or null before triage.
         """
         where: list[str] = []
@@ -132,8 +138,10 @@ class StudyQueries:
             summary["result"] = json.loads(res["result_json"])
             summary["objects"] = [dict(r) for r in con.execute(
                 "SELECT * FROM result_objects WHERE result_id=?", (summary["result_id"],))]
-            for d in con.execute("SELECT * FROM deliveries WHERE result_id=? ORDER BY id",
-                                 (summary["result_id"],)):
+            for d in con.execute(
+                    "SELECT d.*, o.sop_class_uid FROM deliveries d LEFT JOIN result_objects o"
+                    " ON o.sop_instance_uid=d.sop_instance_uid WHERE d.result_id=? ORDER BY d.id",
+                    (summary["result_id"],)):
                 dd = dict(d)
                 dd["attempt_log"] = [dict(a) for a in con.execute(
                     "SELECT at, ok, detail FROM attempts WHERE delivery_id=? ORDER BY id", (d["id"],))]
@@ -158,6 +166,7 @@ _SUMMARY_SQL = (
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id) AS n_deliveries,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='delivered') AS n_delivered,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='dead') AS n_dead,"
+    " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='refused') AS n_refused,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state IN ('pending','sending')"
     "   AND d.attempts>0) AS n_failing,"
     " (SELECT MAX(delivered_at) FROM deliveries d WHERE d.result_id=s.result_id) AS delivered_at"
@@ -167,6 +176,7 @@ _SUMMARY_SQL = (
 
 def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
     n, done, dead, failing = r.pop("n_deliveries"), r.pop("n_delivered"), r.pop("n_dead"), r.pop("n_failing")
+    refused = r.pop("n_refused")
     if r["result_id"] is None:
         status = None
     elif n == 0:
@@ -175,6 +185,8 @@ def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
         status = "delivered"
     elif dead:
         status = "dead"
+    elif refused:
+        status = "refused"
     elif failing:
         status = "failing"
     else:

@@ -132,6 +132,8 @@ def _deliveries(rows: list[dict[str, Any]]) -> list[DeliveryEvent]:
     out: list[DeliveryEvent] = []
     for d in rows:
         dest = str(d.get("destination", ""))
+        what = _object_kind(d.get("sop_class_uid"))
+        dest = f"{dest} ({what})" if what else dest
         for a in d.get("attempt_log", []):
             out.append(DeliveryEvent(float(a["at"]), dest, "delivered" if a["ok"] else "failed",
                                      str(a.get("detail") or "")))
@@ -139,6 +141,9 @@ def _deliveries(rows: list[dict[str, Any]]) -> list[DeliveryEvent]:
         if state in ("pending", "sending"):
             out.append(DeliveryEvent(float(d.get("next_attempt_at") or d["created_at"]), dest,
                                      "retry scheduled" if d.get("attempts") else "queued", ""))
+        elif state == "refused":
+            out.append(DeliveryEvent(float(d.get("next_attempt_at") or d["created_at"]), dest, "refused",
+                                     str(d.get("last_error") or "refused by the destination")))
         elif state == "dead":
             out.append(DeliveryEvent(float(d["created_at"]), dest, "dead_letter",
                                      str(d.get("last_error") or "gave up after the dead-letter age")))
@@ -146,3 +151,11 @@ def _deliveries(rows: list[dict[str, Any]]) -> list[DeliveryEvent]:
             out.append(DeliveryEvent(float(d["created_at"]), dest, "cancelled", "superseded by a newer result"))
     out.sort(key=lambda e: e.time)
     return out
+
+
+def _object_kind(sop_class_uid: Any) -> str:
+    """What one delivery carries: the result SR or a summary image (empty: every object of
+    a result delivered before deliveries were per object)."""
+    if not sop_class_uid:
+        return ""
+    return "SR" if is_sr_class(str(sop_class_uid)) else "summary image"

@@ -75,14 +75,16 @@ def test_storescu_to_node_to_storescp(tmp_path: Path, model_path: Path, sample_d
         # summary images (one per triaged film) also land in the source study
         scs = [ds for ds in dest.received() if ds.get("SeriesDescription", "").startswith("AI triage summary")]
         assert {str(ds.StudyInstanceUID) for ds in scs} <= studies and scs
-        rep = wait_for(lambda: (r := node.status())["counts"]["deliveries"].get("delivered") == len(studies)
-                       and r, 30, 0.5, "deliveries recorded")       # summary images follow each SR
+        # one delivery per object: each SR and each summary image
+        objects = len(srs) + len(scs)
+        rep = wait_for(lambda: (r := node.status())["counts"]["deliveries"].get("delivered") == objects
+                       and r, 30, 0.5, "deliveries recorded")
         decisions = {s["study_uid"]: s["decision"] for s in rep["studies"]}
         assert set(decisions) == studies
         canine = _study_uid(sample_dicoms["highdicom_dx_canine_thorax_mono1"])
         assert decisions[canine] == "not_assessable"
         assert all(d in ("suspicious", "likely_normal") for uid, d in decisions.items() if uid != canine)
-        assert rep["counts"]["deliveries"] == {"delivered": len(studies)}
+        assert rep["counts"]["deliveries"] == {"delivered": objects}
         assert rep["oldest_pending"] is None and rep["delivery_failures"] == []
         audit = read_audit(Path(rep["state_dir"]) / "audit.jsonl")
         received = {e["sop_instance_uid"] for e in audit if e.get("direction") == "received" and e["outcome"] == 0}

@@ -382,7 +382,8 @@ def test_schema_3_keeps_the_study_nodule_mass_result(tmp_path: Path) -> None:
     con.executescript(_V2_STUDIES)
     con.close()
     store = JobStore(db)
-    assert store.connection().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
+    assert store.connection().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(
+        Q.SCHEMA_VERSION)
     queries = StudyQueries(store)
     old = queries.get_study("1.2.3")
     assert (old["decision"], old["nodule_score"], old["nodule_flag"]) == ("likely_normal", None, None)
@@ -398,3 +399,79 @@ def test_schema_3_keeps_the_study_nodule_mass_result(tmp_path: Path) -> None:
     assert queries.list_studies(decision="suspicious")[0]["nodule_flag"] is None
     assert {r["study_uid"]: r["nodule_flag"] for r in queries.list_studies()} == {
         "1.2.3": None, "2.2.2": True, "3.3.3": None}
+
+
+def _objects(*sops: str) -> list[ResultObject]:
+    return [ResultObject(sop, "9", "1.2.840.10008.5.1.4.1.1.88.34" if i == 0 else "1.2.840.10008.5.1.4.1.1.7",
+                         f"/r/{sop}.dcm") for i, sop in enumerate(sops)]
+
+
+def test_one_delivery_per_object_and_destination(tmp_path: Path) -> None:
+    """The SR and each summary image are delivered, retried and refused on their own."""
+    store = JobStore(tmp_path / "q.sqlite3")
+    store.add_instance(_inst("1.1"))
+    study, gen = store.claim_due_study(0.0, now=150.0)
+    store.complete_study(study, gen, "suspicious", 0.8, {}, _objects("9.1", "9.2"), ["A@h:1", "B@h:2"],
+                         now=200.0)
+    due = store.due_deliveries(now=200.0)
+    assert sorted((d.destination, [o.sop_instance_uid for o in d.objects]) for d in due) == [
+        ("A@h:1", ["9.1"]), ("A@h:1", ["9.2"]), ("B@h:2", ["9.1"]), ("B@h:2", ["9.2"])]
+    by = {(d.destination, d.objects[0].sop_instance_uid): d for d in due}
+    store.delivery_succeeded(by["A@h:1", "9.1"].id, now=201.0)
+    store.delivery_succeeded(by["B@h:2", "9.1"].id, now=201.0)
+    store.delivery_succeeded(by["B@h:2", "9.2"].id, now=201.0)
+    # a permanent refusal: reported as refused, retried only after refused_retry_s
+    state = store.delivery_failed(by["A@h:1", "9.2"].id, "status 0xA900", 1.0, 8.0, 1e6, now=201.0,
+                                  permanent=True, refused_retry_s=3600.0)
+    assert state == Q.REFUSED
+    assert store.due_deliveries(now=201.0 + 300.0) == []
+    assert StudyQueries(store).list_studies()[0]["delivery_status"] == "refused"
+    (f,) = StudyQueries(store).delivery_failures()
+    assert (f["state"], f["sop_instance_uid"], f["sop_class_uid"]) == ("refused", "9.2", "1.2.840.10008.5.1.4.1.1.7")
+    assert StudyQueries(store).oldest_pending() is None            # nothing transient is owed
+    (again,) = store.due_deliveries(now=201.0 + 3600.0)           # the slow retry
+    store.delivery_succeeded(again.id, now=3900.0)
+    assert StudyQueries(store).list_studies()[0]["delivery_status"] == "delivered"
+
+
+def test_refused_deliveries_die_of_age_and_are_requeued_by_the_operator(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "q.sqlite3")
+    store.add_instance(_inst("1.1"))
+    study, gen = store.claim_due_study(0.0, now=150.0)
+    store.complete_study(study, gen, "suspicious", 0.8, {}, _objects("9.1"), ["A@h:1"], now=200.0)
+    (d,) = store.due_deliveries(now=200.0)
+    assert store.delivery_failed(d.id, "refused", 1.0, 8.0, 100.0, now=201.0, permanent=True) == Q.REFUSED
+    assert store.retry_dead(now=300.0) == 1                       # `status --retry-dead`
+    (d,) = store.due_deliveries(now=300.0)
+    assert store.delivery_failed(d.id, "refused", 1.0, 8.0, 100.0, now=500.0, permanent=True) == Q.DEAD
+
+
+_V3_DELIVERY = """
+INSERT INTO studies (study_uid, state, first_received_at, last_received_at, n_instances, decision,
+    result_id) VALUES ('1.2.3', 'triaged', 100, 100, 1, 'suspicious', 1);
+INSERT INTO results VALUES (1, '1.2.3', 1, 'suspicious', 0.8, '{}', 150, 0);
+INSERT INTO result_objects VALUES ('9.1', 1, '9', '1.2.840.10008.5.1.4.1.1.88.34', '/r/9.1.dcm');
+INSERT INTO result_objects VALUES ('9.2', 1, '9', '1.2.840.10008.5.1.4.1.1.7', '/r/9.2.dcm');
+INSERT INTO deliveries (result_id, destination, state, next_attempt_at, created_at)
+    VALUES (1, 'A@h:1', 'pending', 150, 150);
+UPDATE meta SET value='3' WHERE key='schema_version';
+"""
+
+
+def test_schema_4_keeps_whole_result_deliveries_of_older_databases(tmp_path: Path) -> None:
+    """A delivery written before deliveries were per object (no object named) still sends
+    every object of its result."""
+    db = tmp_path / "queue.sqlite3"
+    JobStore(db).close()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA foreign_keys=OFF")
+    # a version-3 deliveries table has no object column
+    con.executescript("DROP TABLE deliveries; CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                      " result_id INTEGER NOT NULL, destination TEXT NOT NULL, state TEXT NOT NULL,"
+                      " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,"
+                      " created_at REAL NOT NULL, delivered_at REAL, last_error TEXT);" + _V3_DELIVERY)
+    con.close()
+    store = JobStore(db)
+    assert "sop_instance_uid" in {r[1] for r in store.connection().execute("PRAGMA table_info(deliveries)")}
+    (d,) = store.due_deliveries(now=200.0)
+    assert sorted(o.sop_instance_uid for o in d.objects) == ["9.1", "9.2"]

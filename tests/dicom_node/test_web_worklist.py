@@ -132,7 +132,8 @@ def test_api_study_has_films_sr_in_words_and_delivery_history(node, client):
     assert failing["decision"] == stored["decision"] == "suspicious"
     assert failing["delivery_status"] == "failing"
     outcomes = {(d["destination"], d["outcome"]) for d in failing["deliveries"]}
-    assert ("outbox", "delivered") in outcomes
+    assert ("outbox (SR)", "delivered") in outcomes                 # each object on its own
+    assert ("outbox (summary image)", "delivered") in outcomes
     down = [d for d in failing["deliveries"] if d["destination"].startswith("DOWNPACS@")]
     assert down[0]["outcome"] == "failed" and down[-1]["outcome"] == "retry scheduled"
     assert failing["model_version"] == node.model_version
