@@ -111,6 +111,36 @@ def header_description(prefix: str, decision: Decision,
     return candidates[-1][:_LO_MAX]
 
 
+@dataclass(frozen=True)
+class Amendment:
+    """The earlier result of the same study that a new one replaces (more images arrived, or
+    an image changed, after it was made): its SR and its summary-image series. The amended
+    SR goes into the same series with the next Instance Number and names the replaced SR in
+    its Predecessor Documents Sequence; the summary images continue their series."""
+
+    result_id: int
+    sr_sop_instance_uid: str
+    sr_sop_class_uid: str
+    sr_series_uid: str
+    sr_instance_number: int
+    sc_series_uid: str | None = None
+    sc_last_instance_number: int = 0
+
+    def predecessor(self, study_uid: str) -> Dataset:
+        """The replaced SR as highdicom's ``previous_versions`` wants it (UIDs only)."""
+        ds = Dataset()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = self.sr_series_uid
+        ds.SOPClassUID = self.sr_sop_class_uid
+        ds.SOPInstanceUID = self.sr_sop_instance_uid
+        return ds
+
+
+#: Completion Flag Description (LO) of an amended result: the header says it supersedes.
+AMENDED_COMPLETION = "Amended: supersedes the earlier AI triage result of this study"
+AMENDED_SUFFIX = " (amended)"   # after the Series Description prefix: "AI triage (amended): ..."
+
+
 def build_result_sr(
     study: StudyResult,
     sources: Sequence[Dataset],
@@ -122,6 +152,7 @@ def build_result_sr(
     instance_number: int = 1,
     institution_name: str | None = None,
     institutional_department_name: str | None = None,
+    amends: Amendment | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The result SR for one study.
 
@@ -130,7 +161,19 @@ def build_result_sr(
     SOP Instance UID (ValueError otherwise, or when a source is from another study).
     New series/SOP Instance UIDs unless given: build once and keep the file, so that
     retries resend the same instance (the PACS then keeps one copy).
+
+    ``amends``: the earlier result this one replaces. The SR then joins that result's series
+    (``series_uid`` and ``instance_number`` are ignored) with the next Instance Number, names
+    the replaced SR in its Predecessor Documents Sequence, and says so in its Completion Flag
+    Description and Series Description ("AI triage (amended): ...").
     """
+    prefix = SERIES_PREFIX
+    previous: list[Dataset] | None = None
+    if amends is not None:
+        series_uid = amends.sr_series_uid
+        instance_number = amends.sr_instance_number + 1
+        prefix = SERIES_PREFIX + AMENDED_SUFFIX
+        previous = [amends.predecessor(study.study_instance_uid)]
     headers = source_headers(sources)
     if not headers:
         raise ValueError("build_result_sr needs at least one source dataset")
@@ -222,8 +265,8 @@ def build_result_sr(
             is_verified=False,
             institution_name=institution_name,
             institutional_department_name=institutional_department_name,
-            series_description=header_description(SERIES_PREFIX, study.decision,
-                                                  study_reasons(study)),
+            series_description=header_description(prefix, study.decision, study_reasons(study)),
+            previous_versions=previous,
             manufacturer_model_name=SOFTWARE_NAME,
             software_versions=f"cxr-triage {software_version}",
             coding_schemes=[
@@ -236,6 +279,8 @@ def build_result_sr(
             ],
         )
     set_series_datetime(sr)
+    if amends is not None:
+        sr.CompletionFlagDescription = AMENDED_COMPLETION
     # Software Versions (0018,1020) names the software and the model that made the result
     # (multi-valued: highdicom takes a single value); the IHE contributing equipment repeats the model.
     sr.add_new(0x00181020, "LO", software_versions(meta))  # Software Versions

@@ -38,7 +38,9 @@ from pydicom.uid import (
 from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import Decision, FilmResult, StudyResult
 from cxr_triage.dicom_node.results.sr import (
+    AMENDED_SUFFIX,
     SOFTWARE_NAME,
+    Amendment,
     add_ihe_algorithm_equipment,
     header_description,
     set_series_datetime,
@@ -56,6 +58,7 @@ SERIES_DESCRIPTION = "AI triage summary - not for diagnosis"  # decision unknown
 SERIES_PREFIX = "AI triage summary"  # + ": DECISION (reason) - not for diagnosis"
 DEFAULT_SERIES_NUMBER = 991
 WARNING_TEXT = "AI TRIAGE OUTPUT - NOT FOR DIAGNOSIS"
+AMENDED_TEXT = "AMENDED: supersedes the earlier AI result of this study"
 MAX_SIDE = 1024       # film panel: longest side at most this (keeps the SC a few MB)
 MIN_WIDTH = 640       # and at least this wide, so the text stays legible
 _LABELS = {
@@ -77,21 +80,29 @@ def build_summary_images(
     *,
     series_uid: str | None = None,
     series_number: int = DEFAULT_SERIES_NUMBER,
+    amends: Amendment | None = None,
 ) -> list[hd.sc.SCImage]:
-    """One summary image per film of the study, all in one new series."""
+    """One summary image per film of the study, all in one new series; an amended result's
+    (``amends``) continue the replaced result's series after its last Instance Number, say
+    "amended" in the Series Description and carry an AMENDED line."""
     by_uid = {str(s.SOPInstanceUID): s for s in sources}
+    prefix, first = SERIES_PREFIX, 1
+    if amends is not None and amends.sc_series_uid:
+        series_uid, first = amends.sc_series_uid, amends.sc_last_instance_number + 1
+    if amends is not None:
+        prefix = SERIES_PREFIX + AMENDED_SUFFIX
     series_uid = series_uid or hd.UID()
     # one series per study: its description carries the study's decision
-    description = header_description(SERIES_PREFIX, study.decision, study_reasons(study))
+    description = header_description(prefix, study.decision, study_reasons(study))
     images = []
-    for number, film in enumerate(study.films, start=1):
+    for number, film in enumerate(study.films, start=first):
         source = by_uid.get(str(film.sop_instance_uid))
         if source is None:
             raise ValueError(f"film without a matching source dataset: {film.sop_instance_uid}")
         images.append(
             build_summary_image(film, source, meta, series_uid=series_uid,
                                 series_number=series_number, instance_number=number,
-                                series_description=description)
+                                series_description=description, amended=amends is not None)
         )
     return images
 
@@ -120,13 +131,14 @@ def build_summary_image(
     sop_instance_uid: str | None = None,
     pixels: np.ndarray | None = None,
     series_description: str | None = None,
+    amended: bool = False,
 ) -> hd.sc.SCImage:
     """The Secondary Capture for one film. ``pixels`` (float32 [0, 1] MONOCHROME2) skips
     decoding the source again when the caller still has them. ``series_description``
     defaults to one carrying this film's decision (a study's series carries the study's)."""
     if pixels is None:
         pixels = film_pixels(source)
-    rgb = render_summary(film, pixels, meta)
+    rgb = render_summary(film, pixels, meta, amended=amended)
     header = source_headers([source])[0]
     orientation = _orientation(source)
     with warnings.catch_warnings():
@@ -203,9 +215,9 @@ def shows_heatmap(film: FilmResult, pixels: np.ndarray | None, meta: ModelMetada
 
 
 def render_summary(film: FilmResult, pixels: np.ndarray | None,
-                   meta: ModelMetadata) -> np.ndarray:
+                   meta: ModelMetadata, *, amended: bool = False) -> np.ndarray:
     """(H, W, 3) uint8: banner with the result over the film (plus the heatmap: see
-    :func:`shows_heatmap`)."""
+    :func:`shows_heatmap`); an amended result's banner says so under the warning."""
     panel = _film_panel(pixels)
     heatmap_shown = shows_heatmap(film, pixels, meta)
     if heatmap_shown and film.heatmap is not None:
@@ -218,8 +230,10 @@ def render_summary(film: FilmResult, pixels: np.ndarray | None,
     label, colour = _LABELS[film.decision]
     lines: list[tuple[str, tuple[int, int, int], ImageFont.FreeTypeFont]] = [
         (WARNING_TEXT, (255, 210, 0), font),
-        (f"Decision: {label}", colour, font),
     ]
+    if amended:
+        lines += [(t, (255, 210, 0), small) for t in _wrap(AMENDED_TEXT, small, width)]
+    lines.append((f"Decision: {label}", colour, font))
     if film.decision is Decision.NOT_ASSESSABLE:
         reason = film.reason.value.replace("_", " ") if film.reason else "unknown"
         detail = f"Reason: {reason}" + (f" - {film.reason_detail}" if film.reason_detail else "")

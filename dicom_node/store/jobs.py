@@ -49,7 +49,7 @@ from typing import Any, Iterator
 
 from cxr_triage.logs import redact_values
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS results (
     score              REAL,
     result_json        TEXT NOT NULL,
     created_at         REAL NOT NULL,
-    superseded         INTEGER NOT NULL DEFAULT 0
+    superseded         INTEGER NOT NULL DEFAULT 0,
+    amends             INTEGER                -- the result this one replaced (an amended result)
 );
 CREATE INDEX IF NOT EXISTS results_study ON results(study_uid);
 CREATE TABLE IF NOT EXISTS result_objects (
@@ -153,6 +154,7 @@ _ADDED_COLUMNS = (
     ("studies", "nodule_score", "REAL"),        # 3
     ("studies", "nodule_flag", "INTEGER"),      # 3
     ("deliveries", "sop_instance_uid", "TEXT"), # 4: one delivery per result object
+    ("results", "amends", "INTEGER"),           # 5: an amended result names the one it replaced
 )
 
 # study states
@@ -424,11 +426,14 @@ class JobStore:
         *,
         nodule_score: float | None = None,
         nodule_flag: bool | None = None,
+        amends_result_id: int | None = None,
     ) -> int:
         """Store a result and its deliveries atomically; returns the result id.
 
         ``nodule_score`` / ``nodule_flag``: the study's nodule/mass result (None: the model
         has no nodule/mass output), kept on the study row for the worklist.
+        ``amends_result_id``: the earlier result this one replaces (its SR names that
+        result's SR as predecessor).
 
         If new instances arrived while triaging (generation moved on), the result is kept
         for the record but superseded at once and not delivered: the study is triaged again.
@@ -439,8 +444,9 @@ class JobStore:
             current = cur is not None and cur["generation"] == generation
             rid = con.execute(
                 "INSERT INTO results (study_uid, generation, decision, score, result_json, created_at,"
-                " superseded) VALUES (?,?,?,?,?,?,?)",
-                (study_uid, generation, decision, score, json.dumps(result), now, 0 if current else 1),
+                " superseded, amends) VALUES (?,?,?,?,?,?,?,?)",
+                (study_uid, generation, decision, score, json.dumps(result), now, 0 if current else 1,
+                 amends_result_id),
             ).lastrowid
             if rid is None:  # pragma: no cover - an INSERT always sets lastrowid
                 raise sqlite3.DatabaseError("result row not inserted")

@@ -152,6 +152,11 @@ class StudyQueries:
         rows = self._store.connection().execute(_SUMMARY_SQL + " " + clause, args).fetchall()
         return [_study_summary(dict(r)) for r in rows]
 
+    def current_result_id(self, study_uid: str) -> int | None:
+        row = self._store.connection().execute(
+            "SELECT result_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def current_result_objects(self, study_uid: str) -> list[ResultObject]:
         rows = self._store.connection().execute(
             "SELECT o.sop_instance_uid, o.series_uid, o.sop_class_uid, o.path FROM result_objects o"
@@ -169,7 +174,8 @@ _SUMMARY_SQL = (
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='refused') AS n_refused,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state IN ('pending','sending')"
     "   AND d.attempts>0) AS n_failing,"
-    " (SELECT MAX(delivered_at) FROM deliveries d WHERE d.result_id=s.result_id) AS delivered_at"
+    " (SELECT MAX(delivered_at) FROM deliveries d WHERE d.result_id=s.result_id) AS delivered_at,"
+    " (SELECT amends FROM results r WHERE r.id=s.result_id) AS amends_result_id"
     " FROM studies s"
 )
 
@@ -192,5 +198,6 @@ def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
     else:
         status = "pending"
     r["delivery_status"] = status
+    r["amended"] = r["amends_result_id"] is not None   # the current result replaced an earlier one
     r["nodule_flag"] = None if r["nodule_flag"] is None else bool(r["nodule_flag"])
     return r

@@ -59,6 +59,8 @@ class StudySummaryOut(BaseModel):
     wait_minutes: float = Field(description="minutes since the first instance was received")
     overdue: bool = Field(description="past the maximum wait: moved to the top whatever the decision")
     delivery_status: str
+    amended: bool = Field(False, description="the current result replaced an earlier result of the study "
+                          "(more images arrived); its SR names the replaced SR as predecessor")
     n_instances: int
     url: str
     api_url: str

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cxr_triage.contract.sop_classes import is_sr_class
+from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
 from cxr_triage.dicom_node.web.worklist import DeliveryEvent, FilmEntry, QueueStats, StudyEntry
 
 #: How many studies one worklist query reads at most (the page shows ``[web] max_rows``).
@@ -49,7 +49,9 @@ class StoreWorklist:
         if entry.decision == "not_assessable":
             reasons = sorted({f.reason for f in films if f.reason})
             entry.reason = ", ".join(reasons) or None
-        srs = [o for o in row.get("objects", []) if is_sr_class(o.get("sop_class_uid"))]
+        # the SR as built (a fallback SR sent to a destination without 3D SR says the same)
+        srs = sorted((o for o in row.get("objects", []) if is_sr_class(o.get("sop_class_uid"))),
+                     key=lambda o: o.get("sop_class_uid") != COMPREHENSIVE_3D_SR)
         entry.result_path = srs[0]["path"] if srs else None
         entry.deliveries = _deliveries(row.get("deliveries", []))
         return entry
@@ -105,6 +107,7 @@ class StoreWorklist:
             triaged_at=r.get("triaged_at"),
             delivery_status=status or ("triaging" if r.get("state") == "processing" else "waiting"),
             n_instances=int(r.get("n_instances") or 0),
+            amended=bool(r.get("amended")),
         )
 
 

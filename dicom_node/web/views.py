@@ -92,7 +92,7 @@ class StudyViews:
             nodule_flag=e.nodule_flag, nodule_score=e.nodule_score,
             received_at=utc(e.received_at), triaged_at=utc(e.triaged_at),
             wait_minutes=round(e.wait_s(now) / 60.0, 1), overdue=band_name == "overdue",
-            delivery_status=e.delivery_status, n_instances=e.n_instances or len(e.films),
+            delivery_status=e.delivery_status, amended=e.amended, n_instances=e.n_instances or len(e.films),
             url=f"/studies/{uid}", api_url=f"/api/studies/{uid}",
             thumbnail_url=f"/studies/{uid}/thumbnail.png" if has_image else None,
         )

@@ -91,6 +91,7 @@ class StudyEntry:
     model_name: str | None = None
     model_version: str | None = None
     reason: str | None = None             # plain reason for a not-assessable study
+    amended: bool = False                 # the current result replaced an earlier one
 
     @property
     def status(self) -> str:

@@ -8,7 +8,9 @@ in one place)::
                    (``cxr_triage.inference.pipeline.Triager``); broken films are quarantined
     aggregate      one study result (``cxr_triage.contract.result.aggregate_study``)
     heatmaps       kept for the worklist page, a validated model's only (never fails triage)
-    sr             the result SR (``cxr_triage.dicom_node.results.sr.build_result_sr``)
+    sr             the result SR (``cxr_triage.dicom_node.results.sr.build_result_sr``); a
+                   study that already had a result gets an *amended* one (same series, next
+                   Instance Number, Predecessor Documents Sequence naming the replaced SR)
     summary_image  Secondary Capture per film (``[delivery] summary_image``; a courtesy)
     save           each object written once (fsync + rename): retries resend these files
 
@@ -41,13 +43,17 @@ from cxr_triage.contract.result import (
     StudyResult,
     aggregate_study,
 )
-from cxr_triage.contract.sop_classes import is_triage_class
-from cxr_triage.dicom_node.results.sr import build_result_sr  # imported here, not in the thread
+from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE, is_triage_class
+from cxr_triage.dicom_node.results.sr import (  # imported here, not in the thread
+    Amendment,
+    build_result_sr,
+)
 from cxr_triage.dicom_node.results.summary_image import summary_images_if_enabled
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.heatmaps import save_study_heatmaps
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore, ResultObject
 from cxr_triage.dicom_node.store.polling import PollingThread
+from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs, safe_name, write_atomic
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,8 @@ class StudyJob:
     result: StudyResult | None = None
     report: list[Dataset] = field(default_factory=list)
     objects: list[ResultObject] = field(default_factory=list)
+    #: the study's earlier (current) result, which this one amends; None for a first result
+    amends: Amendment | None = None
     #: milliseconds per stage (``read`` ... ``save``; the worker adds ``commit``)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -151,7 +159,7 @@ def build_sr(ctx: StudyContext, job: StudyJob) -> None:
     """The result SR over the films whose file parsed (only those can be evidence)."""
     for ds in job.sources:
         conform_for_report(ds)
-    job.report = [build_result_sr(_referenced(job), job.sources, ctx.triager.meta)]
+    job.report = [build_result_sr(_referenced(job), job.sources, ctx.triager.meta, amends=job.amends)]
 
 
 def build_summary_images(ctx: StudyContext, job: StudyJob) -> None:
@@ -163,7 +171,8 @@ def build_summary_images(ctx: StudyContext, job: StudyJob) -> None:
         return
     pictured = replace(referenced, films=films)
     try:
-        job.report.extend(summary_images_if_enabled(ctx.cfg, pictured, job.sources, ctx.triager.meta))
+        job.report.extend(summary_images_if_enabled(ctx.cfg, pictured, job.sources, ctx.triager.meta,
+                                                    amends=job.amends))
     except Exception as exc:  # noqa: BLE001 - any rendering problem
         log.warning("summary images not made", extra={
             "study_uid": job.study_uid, "error": f"{type(exc).__name__}: {exc}"})
@@ -197,8 +206,37 @@ def run_stages(ctx: StudyContext, job: StudyJob) -> StudyJob:
 
 
 def triage_study(ctx: StudyContext, store: JobStore, study_uid: str) -> StudyJob:
-    """All stages for one study's instances (as recorded in the job store)."""
-    return run_stages(ctx, StudyJob(study_uid, store.study_instances(study_uid)))
+    """All stages for one study's instances (as recorded in the job store); the result
+    amends the study's current one, if it has one."""
+    job = StudyJob(study_uid, store.study_instances(study_uid), amends=find_amendment(store, study_uid))
+    return run_stages(ctx, job)
+
+
+def find_amendment(store: JobStore, study_uid: str) -> Amendment | None:
+    """The study's current result as the one a new result replaces: its SR (the stored
+    Comprehensive 3D SR, not a fallback) and its summary-image series with their Instance
+    Numbers (read from the files written once in ``results/``). None when the study has no
+    result yet, or its SR file cannot be read (the new result then starts a new series)."""
+    objects = StudyQueries(store).current_result_objects(study_uid)
+    srs = [o for o in objects if o.sop_class_uid == COMPREHENSIVE_3D_SR]
+    if not srs:
+        return None
+    sr = srs[0]
+    try:
+        number = int(dcmread(sr.path, stop_before_pixels=True).get("InstanceNumber") or 1)
+        scs = [(o, int(dcmread(o.path, stop_before_pixels=True).get("InstanceNumber") or 0))
+               for o in objects if o.sop_class_uid == SECONDARY_CAPTURE]
+    except (OSError, ValueError) as exc:
+        log.warning("earlier result not readable; the new result starts a new series",
+                    extra={"study_uid": study_uid, "error": f"{type(exc).__name__}: {exc}"})
+        return None
+    result_id = StudyQueries(store).current_result_id(study_uid)
+    return Amendment(
+        result_id=result_id if result_id is not None else 0,
+        sr_sop_instance_uid=sr.sop_instance_uid, sr_sop_class_uid=sr.sop_class_uid,
+        sr_series_uid=sr.series_uid, sr_instance_number=number,
+        sc_series_uid=scs[0][0].series_uid if scs else None,
+        sc_last_instance_number=max((n for _, n in scs), default=0))
 
 
 # -- helpers of the stages ---------------------------------------------------------------------
@@ -346,7 +384,8 @@ class TriageWorker(PollingThread):
             rid = self.store.complete_study(
                 study_uid, generation, result.decision.value, result.score, result.to_dict(),
                 job.objects, self.destinations(), nodule_score=result.nodule_score,
-                nodule_flag=result.nodule_flag)
+                nodule_flag=result.nodule_flag,
+                amends_result_id=job.amends.result_id if job.amends else None)
             job.timings_ms["commit"] = round((time.perf_counter() - start) * 1000.0, 3)
         except Exception as exc:
             transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy
@@ -365,5 +404,6 @@ class TriageWorker(PollingThread):
             "score": result.score, "nodule_flag": result.nodule_flag, "films": len(result.films),
             "ms": round((time.perf_counter() - t0) * 1000, 1),
             "stage_ms": job.timings_ms, "claimed_at": claimed_at, "committed_at": committed_at,
+            "amends_sr": job.amends.sr_sop_instance_uid if job.amends else None,
             "sr_sop_instance_uid": job.objects[0].sop_instance_uid if job.objects else None})
         return True

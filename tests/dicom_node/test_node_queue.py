@@ -449,7 +449,8 @@ def test_refused_deliveries_die_of_age_and_are_requeued_by_the_operator(tmp_path
 _V3_DELIVERY = """
 INSERT INTO studies (study_uid, state, first_received_at, last_received_at, n_instances, decision,
     result_id) VALUES ('1.2.3', 'triaged', 100, 100, 1, 'suspicious', 1);
-INSERT INTO results VALUES (1, '1.2.3', 1, 'suspicious', 0.8, '{}', 150, 0);
+INSERT INTO results (id, study_uid, generation, decision, score, result_json, created_at, superseded)
+    VALUES (1, '1.2.3', 1, 'suspicious', 0.8, '{}', 150, 0);
 INSERT INTO result_objects VALUES ('9.1', 1, '9', '1.2.840.10008.5.1.4.1.1.88.34', '/r/9.1.dcm');
 INSERT INTO result_objects VALUES ('9.2', 1, '9', '1.2.840.10008.5.1.4.1.1.7', '/r/9.2.dcm');
 INSERT INTO deliveries (result_id, destination, state, next_attempt_at, created_at)
