@@ -158,6 +158,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline-augment", type=float, default=d.pipeline_augment,
                    help="probability scale of the random image-pipeline chain (resampling, JPEG, blur/sharpen, "
                         "gamma, noise, crops, borders) applied before preprocessing; 0: off")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="decay of the exponential moving average of the weights that is validated and exported "
+                        "(e.g. 0.98; 0: the trained weights themselves)")
+    p.add_argument("--backbone-lr", type=float, default=d.backbone_lr,
+                   help="learning rate of the pretrained trunk as a multiple of --lr (the heads use --lr)")
     p.add_argument("--boxes-csv", default=d.boxes_csv,
                    help="file,x,y,width,height boxes of findings (files relative to the CSV): the heatmap's "
                         "lung-field prior and pointing-game check; without it the heatmap is not validated "

@@ -45,16 +45,14 @@ def load_checkpoint(path: str | Path, ck: dict[str, Any] | None = None):
     :func:`cxr_triage.training.train.calibrate_checkpoint`)."""
     import torch
 
-    from cxr_triage.training.network import ExportWrapper, build_network
+    from cxr_triage.training.network import ExportWrapper, network_from_checkpoint
 
     if ck is None:
         ck = torch.load(path, map_location="cpu", weights_only=False)
     if "architecture" not in ck or "preprocessing" not in ck:
         raise ValueError(f"{path}: not a training checkpoint with its config (export model.pt, best.pt or last.pt "
                          "of a `cxr-triage train` run)")
-    net = build_network(ck["architecture"], pretrained=False, image_size=ck["image_size"],
-                        n_outputs=int(ck.get("n_outputs", 1)))
-    net.load_state_dict(ck["model"])
+    net = network_from_checkpoint(ck)
     if not ck.get("nodule_thresholds"):
         net.n_outputs = 1  # no usable nodule/mass output (uncalibrated): the file gets score + heatmap only
     heatmap = ck.get("heatmap") or {}

@@ -101,15 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodule-weight", type=float, default=1.0)
     ap.add_argument("--freeze-blocks", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--backbone-lr", type=float, default=1.0, help="trunk learning rate as a multiple of --lr")
+    ap.add_argument("--ema", type=float, default=0.0, help="weight moving-average decay (0: off)")
+    ap.add_argument("--patience", type=int, default=None)
     ap.add_argument("--train-sources", nargs="*", default=None, metavar="SOURCE",
                     help=f"training sources (default: {' '.join(TRAIN_SOURCES)}; add rsna-normals for its "
                          "training-split twins)")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="train this many seeds (--seed, --seed+1, ...) in <out>/seed<k> and ship their ensemble "
+                         "(mean logits), calibrated on validation like one run")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args(argv)
 
     import logging
+    import time
 
+    started = time.time()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     data, out = Path(args.data).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,32 +133,53 @@ def main(argv: list[str] | None = None) -> int:
         "harmonise_size": args.harmonise_size or args.image_size, "pipeline_augment": args.pipeline_augment,
         "multitask": not args.no_multitask, "distill": args.distill, "aux_weight": args.aux_weight,
         "nodule_weight": args.nodule_weight, "freeze_blocks": args.freeze_blocks, "lr": args.lr,
-        "max_minutes": args.max_minutes}
+        "max_minutes": args.max_minutes, "backbone_lr": args.backbone_lr, "ema": args.ema}
+    if args.patience:
+        overrides["patience"] = args.patience
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.train_sources:
         overrides["train_sources"] = list(args.train_sources)
     if args.architecture != "effnet_lite0":
         overrides["freeze_blocks"] = 0
-    cfg = default_recipe(manifest, data, out, **overrides)
+    from cxr_triage.training.train import ensemble_runs, train
 
-    from cxr_triage.training.train import train
-
-    summary = train(cfg, resume=args.resume)
-    print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_auroc", "temperature", "thresholds", "minutes")}, indent=2))
+    if args.seeds <= 1:
+        summary = train(default_recipe(manifest, data, out, **overrides), resume=args.resume)
+        print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_auroc", "temperature", "thresholds",
+                                                  "minutes")}, indent=2))
+    else:
+        runs = []
+        for k in range(args.seeds):
+            run = out / f"seed{k}"
+            if not (run / "model.pt").exists() or args.resume:
+                summary = train(default_recipe(manifest, data, run, **{**overrides, "seed": args.seed + k}),
+                                resume=args.resume)
+                print(json.dumps({"seed": args.seed + k, **{key: summary[key] for key in (
+                    "best_epoch", "best_val_auroc", "minutes")}}, indent=2))
+            runs.append(run)
+        print(json.dumps({"ensemble": ensemble_runs(runs, out)}, indent=2, default=float))
+    (out / "make_train.json").write_text(json.dumps({
+        "wall_minutes": round((time.time() - started) / 60, 2), "seeds": args.seeds, "threads": args.threads,
+        "argv": list(argv) if argv is not None else sys.argv[1:]}, indent=2))
     if args.no_export:
         return 0
     from cxr_triage.training.export import export_checkpoint
     from cxr_triage.training.report import test_report
 
     onnx_path = out / "cxr_triage_effnet_lite0.onnx"
-    export_checkpoint(out / "model.pt", onnx_path, data_root=data, check_manifest=manifest)
+    export_checkpoint(out / "model.pt", onnx_path, data_root=data, check_manifest=manifest,
+                      name="cxr-triage-effnet-lite0")
     boxes = data / "rsna-pneumonia" / "boxes.csv"
     report = test_report(onnx_path, manifest, data, out / "test_report.json", headline_sources=TRAIN_SOURCES,
                          boxes=boxes if boxes.exists() else None)
     from cxr_triage.training.report import terminal_summary
 
     print(terminal_summary(report))
+    minutes = round((time.time() - started) / 60, 2)
+    info = json.loads((out / "make_train.json").read_text())
+    (out / "make_train.json").write_text(json.dumps({**info, "wall_minutes_with_export_and_report": minutes}, indent=2))
+    print(f"make train: {minutes} min wall ({args.threads} torch threads); model {onnx_path}")
     return 0
 
 

@@ -16,7 +16,7 @@ Architectures:
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -179,6 +179,31 @@ class TriageNet(nn.Module):
         return logits, cam
 
 
+class EnsembleNet(nn.Module):
+    """Several :class:`TriageNet` members (same input size and outputs) as one network: the
+    mean of their logits and of their abnormal CAMs (the CAM's mean stays the mean logit)."""
+
+    def __init__(self, members: list[TriageNet]):
+        super().__init__()
+        if not members or len({m.n_outputs for m in members}) != 1:
+            raise ValueError("an ensemble needs members with the same number of outputs")
+        self.members = nn.ModuleList(members)
+        self.n_outputs = members[0].n_outputs
+        self.architecture = "ensemble"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean raw logits (N, n_outputs)."""
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Members' penultimate features, concatenated (N, sum C)."""
+        return torch.cat([m.embed(x) for m in self.members], dim=1)
+
+    def logit_and_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [m.logit_and_cam(x) for m in self.members]
+        return torch.stack([o[0] for o in outs]).mean(0), torch.stack([o[1] for o in outs]).mean(0)
+
+
 class ExportWrapper(nn.Module):
     """What goes into the ONNX file: calibrated scores and a fixed-scale heatmap.
 
@@ -197,7 +222,7 @@ class ExportWrapper(nn.Module):
     nodule_shift: torch.Tensor
     heatmap_mask: torch.Tensor
 
-    def __init__(self, net: TriageNet, temperature: float = 1.0, logit_shift: float = 0.0,
+    def __init__(self, net: TriageNet | EnsembleNet, temperature: float = 1.0, logit_shift: float = 0.0,
                  nodule_temperature: float = 1.0, nodule_shift: float = 0.0,
                  heatmap_mask: torch.Tensor | None = None):
         super().__init__()
@@ -227,4 +252,16 @@ def build_network(architecture: str = "effnet_lite0", pretrained: bool = True,
     net = TriageNet(architecture, pretrained=pretrained, image_size=image_size, n_outputs=n_outputs)
     if freeze_blocks:
         net.features.freeze_blocks(freeze_blocks)
+    return net
+
+
+def network_from_checkpoint(ck: dict[str, Any]) -> TriageNet | EnsembleNet:
+    """The network of a training checkpoint (``model.pt``, ``best.pt``...), weights loaded:
+    a :class:`TriageNet`, or an :class:`EnsembleNet` for ``architecture == "ensemble"``
+    (``members``: one {architecture, image_size, n_outputs, model} dict per member)."""
+    if ck.get("architecture") == "ensemble":
+        return EnsembleNet([network_from_checkpoint(m) for m in ck["members"]])
+    net = build_network(ck["architecture"], pretrained=False, image_size=ck["image_size"],
+                        n_outputs=int(ck.get("n_outputs", 1)))
+    net.load_state_dict(ck["model"])
     return net

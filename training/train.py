@@ -77,6 +77,9 @@ class TrainConfig:
     distill: float = 0.0                # weight of teacher soft targets (teacher_<finding> columns), 0..1
     pipeline_augment: float = 0.0       # >0: random image-pipeline chain on the decoded film before
                                         # preprocessing (training/augment.py), scaled by this probability
+    ema: float = 0.0                    # >0: decay of an exponential moving average of the weights,
+                                        # the weights validated, checkpointed and exported
+    backbone_lr: float = 1.0            # learning rate of the pretrained trunk as a multiple of lr
     boxes_csv: str = ""                 # file,x,y,width,height boxes of findings (film pixels; files
                                         # relative to the CSV's folder): the heatmap's lung-field prior
                                         # (training films) and its pointing game (validation films);
@@ -468,13 +471,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     dl_val = DataLoader(ds_val, batch_size=64, shuffle=False, sampler=val_sampler, num_workers=0)
 
     model = torch.nn.parallel.DistributedDataParallel(model_core) if distributed else model_core
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = [p for p in net.fc.parameters() if p.requires_grad]
+    trunk = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("fc.")]
+    opt = torch.optim.AdamW([{"params": trunk, "lr": cfg.lr * cfg.backbone_lr}, {"params": head, "lr": cfg.lr}],
+                            weight_decay=cfg.weight_decay)
+    # The weights that are validated and saved: an exponential moving average of the trained
+    # ones (cfg.ema > 0; steadier on small validation sets) or the trained ones themselves.
+    ema_net = _ema_copy(net) if cfg.ema > 0 else None
+    eval_net = ema_net if ema_net is not None else net
+    eval_core = _UpperModel.make(eval_net, cfg.freeze_blocks) if use_trunk else eval_net
     steps_per_epoch = len(dl_train) if not cfg.max_steps_per_epoch else min(len(dl_train), cfg.max_steps_per_epoch)
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = max(1, steps_per_epoch // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    ema_steps = [0]
     pos_share = float(y_train.mean())
     if cfg.balance == "source_label":
         groups = [(e.source, e.label) for e in train_e]
@@ -510,7 +521,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     if resume_ck is not None:
-        net.load_state_dict(resume_ck["model"])
+        net.load_state_dict(resume_ck.get("trained", resume_ck["model"]))
+        if ema_net is not None:
+            ema_net.load_state_dict(resume_ck["model"])
         opt.load_state_dict(resume_ck["optimizer"])
         sched.load_state_dict(resume_ck["scheduler"])
         state = resume_ck["state"]
@@ -567,8 +580,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             loss.backward()
             opt.step()
             sched.step()
+            if ema_net is not None:
+                ema_steps[0] += 1
+                _ema_update(ema_net, net, min(cfg.ema, (1 + ema_steps[0]) / (10 + ema_steps[0])))
             losses.append(float(loss.detach()))
-        idx, logits = _predict(model_core, dl_val, device)
+        idx, logits = _predict(eval_core, dl_val, device)
         parts = _gather((idx, logits))
         val_all = np.zeros((len(val_e), n_out), dtype=np.float64)
         for pidx, plog in parts:
@@ -604,9 +620,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if rank == 0:
             _log_epoch(out, row)
             if improved:
-                torch.save({"model": net.state_dict(), "epoch": epoch, "val_auroc": val_auc, **ckpt_info}, best)
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "state": state, "epoch": epoch, **ckpt_info}, last)
+                torch.save({"model": eval_net.state_dict(), "epoch": epoch, "val_auroc": val_auc, **ckpt_info}, best)
+            torch.save({"model": eval_net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "state": state, "epoch": epoch, **ckpt_info,
+                        **({"trained": net.state_dict()} if ema_net is not None else {})}, last)
             _say(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, validation AUROC "
                  f"{row['val_auroc']:.4f} (by source: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in row["val_auroc_by_source"].items() if not math.isnan(v))
@@ -620,7 +637,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if rank == 0 and not best.exists():  # no epoch improved on -1 (validation AUROC undefined)
-        torch.save({"model": net.state_dict(), "epoch": state["epoch"], "val_auroc": float("nan"), **ckpt_info}, best)
+        torch.save({"model": eval_net.state_dict(), "epoch": state["epoch"], "val_auroc": float("nan"), **ckpt_info},
+                   best)
     if rank == 0:
         if stopped != "epochs":
             _say(f"stopped after epoch {state['epoch']}: {stopped}")
@@ -633,6 +651,28 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return summary
+
+
+def _ema_copy(net: Any) -> Any:
+    """A frozen copy of ``net`` that :func:`_ema_update` keeps as the moving average."""
+    import copy
+
+    ema = copy.deepcopy(net)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def _ema_update(ema: Any, net: Any, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net for the parameters; buffers (batch-norm
+    statistics) are copied."""
+    import torch
+
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+        for be, b in zip(ema.buffers(), net.buffers()):
+            be.copy_(b)
 
 
 def _say(line: str) -> None:
@@ -922,3 +962,63 @@ def _test_report(cfg: TrainConfig, out: Path, entries: list[Entry], root: Path, 
     _say(test_report.terminal_summary(rep))
     _say(f"test report: {paths['json']} and {paths['html']}")
     return str(paths["json"])
+
+
+def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
+    """Several finished runs of one recipe (different seeds, the same split) -> one
+    ``<out>/model.pt`` whose network is their :class:`~cxr_triage.training.network.EnsembleNet`
+    (mean logits): calibrated, given operating points (and the heatmap check) on the runs'
+    validation split like a single run; ``export`` reads it unchanged. Returns its validation
+    metrics. Raises ValueError when the runs differ in input size, outputs or split."""
+    import shutil
+
+    import torch
+
+    from cxr_triage.training.dataset import load_inputs
+    from cxr_triage.training.network import EnsembleNet, network_from_checkpoint
+
+    cks = [torch.load(Path(r) / "model.pt", map_location="cpu", weights_only=False) for r in runs]
+    first = cks[0]
+    for r, ck in zip(runs[1:], cks[1:]):
+        if (ck["image_size"], ck.get("n_outputs", 1), ck["preprocessing"]) != \
+                (first["image_size"], first.get("n_outputs", 1), first["preprocessing"]):
+            raise ValueError(f"{r}: input size, outputs or preprocessing differ from {runs[0]}")
+        if (Path(r) / "split.csv").read_bytes() != (Path(runs[0]) / "split.csv").read_bytes():
+            raise ValueError(f"{r}: another split than {runs[0]}: an ensemble is calibrated on one validation split")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(runs[0]) / "split.csv", out / "split.csv")
+    cfg = TrainConfig(**{k: v for k, v in first["config"].items() if k in TrainConfig.__dataclass_fields__})
+    cfg.out = str(out)
+    net = EnsembleNet([network_from_checkpoint(ck) for ck in cks]).eval()
+    root = Path(first.get("films_root") or cfg.data_root)
+    entries = read_manifest(out / "split.csv")
+    # the split's paths are relative to the first run's folder
+    entries_root = Path(runs[0])
+    val_e = [e for e in entries if e.split == "val" and (not cfg.train_sources or e.source in cfg.train_sources)]
+    sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
+    x = load_inputs(val_e, entries_root, cfg.spec(), Path(runs[0]) / "cache", progress=False)
+    with torch.no_grad():
+        logits = np.concatenate([net(torch.from_numpy(np.asarray(x[i:i + 64], dtype=np.float32))).numpy()
+                                 for i in range(0, len(x), 64)]).astype(np.float64)
+    cal = calibration(cfg, val_e, logits, sel, 0)
+    if cfg.boxes_csv:
+        cal["heatmap"] = heatmap_validation(cfg, entries, entries_root, net, cal, "cpu")
+        cal["validation_metrics"]["heatmap"] = {k: v for k, v in cal["heatmap"].items() if k != "mask"}
+    from cxr_triage.training.targets import TASKS
+
+    n_out = int(first.get("n_outputs", 1))
+    model_file = {
+        "architecture": "ensemble", "image_size": first["image_size"], "n_outputs": n_out,
+        "tasks": list(TASKS[:n_out]), "preprocessing": first["preprocessing"], **cal,
+        "members": [{"architecture": ck["architecture"], "image_size": ck["image_size"],
+                     "n_outputs": ck.get("n_outputs", 1), "model": ck["model"],
+                     "config_seed": ck.get("config", {}).get("seed")} for ck in cks],
+        "training_manifest_sha256": first.get("training_manifest_sha256", ""),
+        "config": {**asdict(cfg), "ensemble_of": [str(r) for r in runs]},
+        "split_csv": str((out / "split.csv").resolve()), "films_root": str(root.resolve()),
+    }
+    torch.save(model_file, out / "model.pt")
+    members = ", ".join(f"{ck.get('validation_metrics', {}).get('auroc', float('nan')):.4f}" for ck in cks)
+    _say(f"ensemble of {len(cks)} runs: validation AUROC {cal['validation_metrics']['auroc']:.4f} "
+         f"(members: {members})")
+    return dict(cal["validation_metrics"])

@@ -137,3 +137,28 @@ def test_multitask_run_exports_a_nodule_output_the_worker_reads(multitask_data: 
     assert checks["twins"]["pairs"] == 12 and 0.0 <= checks["twins"]["decision_agreement"] <= 1.0
     assert set(checks["source_probe"]["sources"]) == {"A", "B"}
     assert checks["pointing_game"]["films"] == 36
+
+
+def test_ensemble_of_two_seeds_exports_like_one_run(multitask_data: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from cxr_triage.contract.model_file import NODULE_OUTPUT
+    from cxr_triage.training.export import export_checkpoint
+    from cxr_triage.training.train import TrainConfig, ensemble_runs, train
+
+    runs = []
+    manifest = multitask_data / "manifest.csv"
+    for seed in (0, 1):
+        run = tmp_path / f"s{seed}"
+        train(TrainConfig(manifest=str(manifest), out=str(run), architecture="tiny", pretrained=False,
+                          image_size=SIZE, harmonise_size=SIZE, epochs=2, batch_size=8, lr=0.01, threads=1,
+                          progress=False, seed=seed, pipeline_augment=0.5, ema=0.9, test_report=False,
+                          boxes_csv=str(multitask_data / "boxes.csv")))
+        runs.append(run)
+        manifest = run / "split.csv"  # the second seed keeps the first run's split
+    metrics = ensemble_runs(runs, tmp_path / "ens")
+    assert 0.0 <= metrics["auroc"] <= 1.0 and "nodule" in metrics and "heatmap" in metrics
+    onnx_path = tmp_path / "ens.onnx"
+    export_checkpoint(tmp_path / "ens" / "model.pt", onnx_path, check_manifest=runs[0] / "split.csv",
+                      data_root=runs[0])
+    assert NODULE_OUTPUT in {o.name for o in ort.InferenceSession(str(onnx_path)).get_outputs()}
