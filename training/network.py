@@ -16,7 +16,7 @@ Architectures:
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -139,6 +139,8 @@ class TriageNet(nn.Module):
     1: nodule or mass, then auxiliary NIH findings); a network with one output is the
     abnormal-only classifier."""
 
+    n_outputs: int
+
     def __init__(self, architecture: str = "effnet_lite0", pretrained: bool = True,
                  image_size: int = 224, dropout: float = 0.2, n_outputs: int = 1):
         super().__init__()
@@ -183,24 +185,27 @@ class EnsembleNet(nn.Module):
     """Several :class:`TriageNet` members (same input size and outputs) as one network: the
     mean of their logits and of their abnormal CAMs (the CAM's mean stays the mean logit)."""
 
-    def __init__(self, members: list[TriageNet]):
+    n_outputs: int
+
+    def __init__(self, members: "Sequence[TriageNet | EnsembleNet]"):
         super().__init__()
         if not members or len({m.n_outputs for m in members}) != 1:
             raise ValueError("an ensemble needs members with the same number of outputs")
         self.members = nn.ModuleList(members)
+        self.nets: list[TriageNet | EnsembleNet] = list(members)  # the same modules, typed
         self.n_outputs = members[0].n_outputs
         self.architecture = "ensemble"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean raw logits (N, n_outputs)."""
-        return torch.stack([m(x) for m in self.members]).mean(0)
+        return torch.stack([m(x) for m in self.nets]).mean(0)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Members' penultimate features, concatenated (N, sum C)."""
-        return torch.cat([m.embed(x) for m in self.members], dim=1)
+        return torch.cat([m.embed(x) for m in self.nets], dim=1)
 
     def logit_and_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = [m.logit_and_cam(x) for m in self.members]
+        outs = [m.logit_and_cam(x) for m in self.nets]
         return torch.stack([o[0] for o in outs]).mean(0), torch.stack([o[1] for o in outs]).mean(0)
 
 
