@@ -26,8 +26,9 @@ def evaluate_run(run: Path, data: Path, split: str = "val", n_boot: int = 200, f
     import torch
 
     from cxr_triage.training.export import export_checkpoint
+    from cxr_triage.training.heatmap import heatmap_validation
     from cxr_triage.training.report import test_report
-    from cxr_triage.training.train import TrainConfig, heatmap_validation
+    from cxr_triage.training.train import TrainConfig
 
     out = run / f"{split}_report.json"
     if out.exists() and not force:

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["train_sources"] = list(args.train_sources)
     if args.architecture != "effnet_lite0":
         overrides["freeze_blocks"] = 0
-    from cxr_triage.training.train import ensemble_runs, train
+    from cxr_triage.training.ensemble import ensemble_runs
+    from cxr_triage.training.train import train
 
     if args.seeds <= 1:
         summary = train(default_recipe(manifest, data, out, **overrides), resume=args.resume)

@@ -826,65 +826,6 @@ def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) 
     return _model_file_dict(cfg, net, cal, split_csv, root)
 
 
-def _film_side(path: Path) -> float:
-    """A square film's side in pixels (the boxes' coordinate frame)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return float(max(im.size))
-    except OSError:
-        from cxr_triage.training.dataset import read_pixels
-
-        return float(max(read_pixels(path).shape))
-
-
-def heatmap_validation(cfg: TrainConfig, entries: list[Entry], root: Path, net: Any, cal: dict[str, Any],
-                       device: Any) -> dict[str, Any]:
-    """The heatmap's lung-field prior and its test: the box prior of the training films with
-    boxes gives the mask and the fixed guess; on the validation films with boxes, the masked
-    calibrated CAM's maximum must land in a box more often than the guess
-    (:func:`cxr_triage.evaluation.model_checks.pointing_game`) for ``validated``."""
-    import torch
-
-    from cxr_triage.evaluation import model_checks as mc
-    from cxr_triage.training.dataset import load_inputs
-
-    boxes = mc.read_boxes(cfg.boxes_csv)
-
-    def key(e: Entry) -> str:
-        return str(resolve(e, root).resolve())
-
-    out: dict[str, Any] = {"validated": False, "boxes_csv": cfg.boxes_csv}
-    tr = [e for e in entries if e.split == "train" and key(e) in boxes]
-    va = [e for e in entries if e.split == "val" and key(e) in boxes]
-    if not tr or not va:
-        out["note"] = f"boxes for {len(tr)} training and {len(va)} validation films: not enough to validate"
-        return out
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
-    x = load_inputs(va, root, cfg.spec(), cache, progress=False)
-    net.eval()
-    with torch.no_grad():
-        cams = np.concatenate([net.logit_and_cam(torch.from_numpy(np.asarray(x[i:i + 32], dtype=np.float32))
-                                                 .to(device))[1].float().cpu().numpy() for i in range(0, len(x), 32)])
-    grid = cams.shape[1]
-    prior = mc.box_prior([boxes[key(e)] for e in tr], [_film_side(resolve(e, root)) for e in tr], grid)
-    mask = mc.lung_field_mask(prior)
-    guess = mc.best_fixed_point(prior)
-    heat = calibrate.expit((cams + cal["logit_shift"]) / cal["temperature"])
-    sides = [_film_side(resolve(e, root)) for e in va]
-    vboxes = [boxes[key(e)] for e in va]
-    masked = mc.pointing_game(heat * mask, vboxes, sides, guess)
-    out.update({"mask": mask.tolist(), "guess_point": list(guess), "training_films_with_boxes": len(tr),
-                "validation": masked, "validation_unmasked": mc.pointing_game(heat, vboxes, sides, guess),
-                "validated": bool(masked["beats_guess"]),
-                "scale": "sigmoid((cam + logit_shift) / temperature): calibrated local P(abnormal), fixed scale"})
-    _say(f"heatmap pointing game (validation, {masked['films']} films with boxes): heatmap "
-         f"{mc.wilson_text(masked['heatmap_hit_rate'])} vs fixed guess {mc.wilson_text(masked['fixed_guess_hit_rate'])}"
-         f", McNemar p {masked['mcnemar_exact_p']}: {'validated' if out['validated'] else 'NOT validated (not shown)'}")
-    return out
-
-
 def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, device, state, started,
             use_trunk: bool = False, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Best weights -> validation logits -> temperature, thresholds, metrics -> model.pt; the
@@ -903,6 +844,8 @@ def _finish(cfg, out, split_csv, root, entries, val_e, y_val, sel, dl_val, devic
     val_logits[idx] = logits
     cal = calibration(cfg, val_e, val_logits, sel, state["best_epoch"])
     if cfg.boxes_csv:
+        from cxr_triage.training.heatmap import heatmap_validation
+
         cal["heatmap"] = heatmap_validation(cfg, entries, root, net, cal, device)
         cal["validation_metrics"]["heatmap"] = {k: v for k, v in cal["heatmap"].items() if k != "mask"}
     model_file = _model_file_dict(cfg, net, cal, split_csv, root)
@@ -963,62 +906,3 @@ def _test_report(cfg: TrainConfig, out: Path, entries: list[Entry], root: Path, 
     _say(f"test report: {paths['json']} and {paths['html']}")
     return str(paths["json"])
 
-
-def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
-    """Several finished runs of one recipe (different seeds, the same split) -> one
-    ``<out>/model.pt`` whose network is their :class:`~cxr_triage.training.network.EnsembleNet`
-    (mean logits): calibrated, given operating points (and the heatmap check) on the runs'
-    validation split like a single run; ``export`` reads it unchanged. Returns its validation
-    metrics. Raises ValueError when the runs differ in input size, outputs or split."""
-    import shutil
-
-    import torch
-
-    from cxr_triage.training.dataset import load_inputs
-    from cxr_triage.training.network import EnsembleNet, network_from_checkpoint
-
-    cks = [torch.load(Path(r) / "model.pt", map_location="cpu", weights_only=False) for r in runs]
-    first = cks[0]
-    for r, ck in zip(runs[1:], cks[1:]):
-        if (ck["image_size"], ck.get("n_outputs", 1), ck["preprocessing"]) != \
-                (first["image_size"], first.get("n_outputs", 1), first["preprocessing"]):
-            raise ValueError(f"{r}: input size, outputs or preprocessing differ from {runs[0]}")
-        if (Path(r) / "split.csv").read_bytes() != (Path(runs[0]) / "split.csv").read_bytes():
-            raise ValueError(f"{r}: another split than {runs[0]}: an ensemble is calibrated on one validation split")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(runs[0]) / "split.csv", out / "split.csv")
-    cfg = TrainConfig(**{k: v for k, v in first["config"].items() if k in TrainConfig.__dataclass_fields__})
-    cfg.out = str(out)
-    net = EnsembleNet([network_from_checkpoint(ck) for ck in cks]).eval()
-    root = Path(first.get("films_root") or cfg.data_root)
-    entries = read_manifest(out / "split.csv")
-    # the split's paths are relative to the first run's folder
-    entries_root = Path(runs[0])
-    val_e = [e for e in entries if e.split == "val" and (not cfg.train_sources or e.source in cfg.train_sources)]
-    sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
-    x = load_inputs(val_e, entries_root, cfg.spec(), Path(runs[0]) / "cache", progress=False)
-    with torch.no_grad():
-        logits = np.concatenate([net(torch.from_numpy(np.asarray(x[i:i + 64], dtype=np.float32))).numpy()
-                                 for i in range(0, len(x), 64)]).astype(np.float64)
-    cal = calibration(cfg, val_e, logits, sel, 0)
-    if cfg.boxes_csv:
-        cal["heatmap"] = heatmap_validation(cfg, entries, entries_root, net, cal, "cpu")
-        cal["validation_metrics"]["heatmap"] = {k: v for k, v in cal["heatmap"].items() if k != "mask"}
-    from cxr_triage.training.targets import TASKS
-
-    n_out = int(first.get("n_outputs", 1))
-    model_file = {
-        "architecture": "ensemble", "image_size": first["image_size"], "n_outputs": n_out,
-        "tasks": list(TASKS[:n_out]), "preprocessing": first["preprocessing"], **cal,
-        "members": [{"architecture": ck["architecture"], "image_size": ck["image_size"],
-                     "n_outputs": ck.get("n_outputs", 1), "model": ck["model"],
-                     "config_seed": ck.get("config", {}).get("seed")} for ck in cks],
-        "training_manifest_sha256": first.get("training_manifest_sha256", ""),
-        "config": {**asdict(cfg), "ensemble_of": [str(r) for r in runs]},
-        "split_csv": str((out / "split.csv").resolve()), "films_root": str(root.resolve()),
-    }
-    torch.save(model_file, out / "model.pt")
-    members = ", ".join(f"{ck.get('validation_metrics', {}).get('auroc', float('nan')):.4f}" for ck in cks)
-    _say(f"ensemble of {len(cks)} runs: validation AUROC {cal['validation_metrics']['auroc']:.4f} "
-         f"(members: {members})")
-    return dict(cal["validation_metrics"])

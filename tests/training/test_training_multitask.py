@@ -143,8 +143,9 @@ def test_ensemble_of_two_seeds_exports_like_one_run(multitask_data: Path, tmp_pa
     import onnxruntime as ort
 
     from cxr_triage.contract.model_file import NODULE_OUTPUT
+    from cxr_triage.training.ensemble import ensemble_runs
     from cxr_triage.training.export import export_checkpoint
-    from cxr_triage.training.train import TrainConfig, ensemble_runs, train
+    from cxr_triage.training.train import TrainConfig, train
 
     runs = []
     manifest = multitask_data / "manifest.csv"
