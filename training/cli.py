@@ -148,8 +148,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="early stopping on the validation AUROC, the mean of the per-source AUROCs, or that mean "
                         "with the nodule/mass output's AUROC")
     p.add_argument("--no-multitask", dest="multitask", action="store_false", default=d.multitask,
-                   help="one output (abnormal) instead of abnormal + nodule/mass + the 14 NIH findings as "
-                        "auxiliary targets (findings are learnt where the manifest's findings column gives them)")
+                   help="train one output (abnormal) only; without this flag the network learns abnormal + "
+                        "nodule/mass + the 14 NIH findings as auxiliary targets, where the manifest's findings "
+                        "column gives them")
     p.add_argument("--nodule-weight", type=float, default=d.nodule_weight, help="loss weight of the nodule/mass output")
     p.add_argument("--aux-weight", type=float, default=d.aux_weight,
                    help="loss weight of the auxiliary findings (their mean)")
@@ -273,10 +274,14 @@ def default_model_name(ck: dict[str, Any], checkpoint: Path) -> str:
 def _manifest_args(p: argparse.ArgumentParser) -> None:
     from cxr_triage.training.adapters import ADAPTERS
 
-    p.add_argument("--dataset", required=True, choices=sorted(ADAPTERS),
+    p.add_argument("--dataset", choices=sorted(ADAPTERS),
                    help="folder: a folder of PNG/JPEG/DICOM films + labels CSV; dicom: DICOM files labelled by "
-                        "accession number / UID; the others: public data sets in their standard layout")
-    p.add_argument("--root", required=True, help="the dataset's folder")
+                        "accession number / UID; the others: public data sets in their standard layout "
+                        "(required unless --combine)")
+    p.add_argument("--root", help="the dataset's folder (required with --dataset)")
+    p.add_argument("--combine", nargs="+", metavar="MANIFEST",
+                   help="instead of importing: join these manifests into --out (every column kept, film paths "
+                        "rewritten relative to --out's folder), e.g. a site's films beside the shared NIH films")
     p.add_argument("--out", required=True, help="manifest CSV to write")
     p.add_argument("--paths", choices=["manifest", "root", "absolute"], default="manifest",
                    help="write film paths relative to the manifest's folder (then no --data-root is needed "
@@ -338,6 +343,11 @@ def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
     from cxr_triage.training.manifest import write_manifest
     from cxr_triage.training.split import assign_splits, summarise
 
+    if args.combine:
+        return _combine(args.combine, Path(args.out))
+    if not args.dataset or not args.root:
+        print("cxr-triage manifest: give --dataset and --root (or --combine MANIFEST ...)", file=sys.stderr)
+        return 2
     root = Path(args.root)
     if not root.is_dir():
         print(f"cxr-triage manifest: no such folder: {root}", file=sys.stderr)
@@ -362,12 +372,18 @@ def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
     out = Path(args.out)
     base = out.resolve().parent
     for e in entries:
-        p = Path(e.file)
-        full = p if p.is_absolute() else (root / p).resolve()
-        if args.paths == "absolute":
-            e.file = str(full)
-        elif args.paths == "manifest":
-            e.file = os.path.relpath(full, base)
+        for key in ("file", "twin"):  # ``twin``: the same film through another pipeline, a path like ``file``
+            value = e.file if key == "file" else e.extra.get("twin", "")
+            if not value:
+                continue
+            p = Path(value)
+            full = p if p.is_absolute() else (root / p).resolve()
+            new = str(full) if args.paths == "absolute" else os.path.relpath(full, base) if args.paths == "manifest" \
+                else value
+            if key == "file":
+                e.file = new
+            else:
+                e.extra["twin"] = new
     write_manifest(entries, out)
     for line in problems.lines():
         print(f"cxr-triage manifest: left out {line}", file=sys.stderr)
@@ -382,6 +398,34 @@ def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
                       "paths_relative_to": {"manifest": str(base), "root": str(root.resolve()),
                                             "absolute": "/"}[args.paths]}, indent=2))
     return 3 if args.strict and problems else 0
+
+
+def _combine(manifests: list[str], out: Path) -> int:
+    """``manifest --combine``: the rows of several manifests in one, every column kept, paths
+    (``file``, ``twin``) rewritten relative to ``out``'s folder. Exit 2 naming a bad manifest."""
+    import os
+
+    from cxr_triage.contract.manifest import ManifestError
+    from cxr_triage.training.manifest import read_manifest, write_manifest
+
+    base = out.resolve().parent
+    entries = []
+    for m in manifests:
+        path = Path(m)
+        try:
+            rows = read_manifest(path)
+        except (ManifestError, OSError) as exc:
+            print(f"cxr-triage manifest: {exc}", file=sys.stderr)
+            return 2
+        folder = path.resolve().parent
+        for e in rows:
+            e.file = os.path.relpath((folder / e.file).resolve(), base)
+            if e.extra.get("twin"):
+                e.extra["twin"] = os.path.relpath((folder / e.extra["twin"]).resolve(), base)
+        entries += rows
+    write_manifest(entries, out)
+    print(json.dumps({"manifest": str(out), "films": len(entries), "from": manifests}, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

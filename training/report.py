@@ -528,7 +528,8 @@ def terminal_summary(rep: dict[str, Any]) -> str:
                          f"{c['difference']:+.3f} (paired bootstrap 95% CI {lo:+.3f} to {hi:+.3f}; "
                          f"DeLong p={c['delong_p_value']:.3f}), {c['films']} films")
         for w in (cmp_["headline"] or {}).get("workload_at_equal_sensitivity", []):
-            lines.append(f"    likely normal at sensitivity {w['target_sensitivity']:g}: {w['workload_a']:.1%} vs "
+            lines.append(f"    all films called likely normal with each model's threshold re-chosen on these films for "
+                         f"sensitivity {w['target_sensitivity']:g}: {w['workload_a']:.1%} vs "
                          f"{w['workload_b']:.1%} (difference {w['difference']:+.1%}, CI {w['low']:+.1%} to {w['high']:+.1%})")
     return "\n".join(lines)
 
