@@ -328,6 +328,8 @@ def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | No
             if sub.name not in (*SHARED_FOLDERS, "dicom"):
                 problems.add("sub-folder(s) not part of the 'shared' layout, not read "
                              "(import one with --dataset folder --root <it>)", sub.name)
+            elif sub.name in SHARED_FOLDERS and not (sub / "labels.csv").exists():
+                problems.add("shared sub-folder(s) without labels.csv, not read", sub.name)
     entries = []
     for folder in ("nih-cxr14", "nih-extra"):
         teacher = _teacher(root / folder)
