@@ -10,7 +10,10 @@ starting storescu and negotiating its association (an upper bound on the node's 
 Breakdown per study: receive (start -> spooled and recorded), claim wait (worker poll),
 read (spooled file parsed), decode, gate, preprocess, model (pipeline ``timings_ms``),
 SR build, summary image, save + heatmaps, commit, delivery wait (deliverer poll), send
-(association + C-STORE of the result objects; the SR arrives during it).
+(association + C-STORE of the result objects; the SR, delivered first, arrives during it).
+Result objects: the size of the summary image as stored (lossless JPEG-LS by default) against
+its uncompressed RGB size, and the C-STORE time of each object (the deliverer's per-object
+``object_ms``), SR and summary image.
 Prints one JSON object.
 """
 
@@ -35,14 +38,16 @@ class SRSink:
     """A pynetdicom storage SCP noting when each study's SR has arrived."""
 
     def __init__(self, port: int, aet: str = "PACS"):
-        from pynetdicom import AE, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
         from pynetdicom.presentation import StoragePresentationContexts
 
         self.port, self.aet = port, aet
         self.arrived: dict[str, float] = {}
         self.cond = threading.Condition()
         ae = AE(ae_title=aet)
-        ae.supported_contexts = StoragePresentationContexts
+        # a PACS that takes compressed objects as they are (the summary image is JPEG-LS)
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
@@ -115,6 +120,57 @@ def breakdown(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dic
         s["unaccounted"] = s["total"] - sum(v for k, v in s.items() if k not in ("total", "send")) \
             - (info["t_sr"] - t["send_started_at"]) * 1000
     return {uid: s for uid, s in stages.items() if s}
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def object_figures(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Size and send time of the result objects of the measured studies: from the deliverer's
+    "result delivered" lines (bytes, object_ms per object) and the stored summary images
+    (transfer syntax, uncompressed RGB size)."""
+    from pydicom import dcmread
+
+    per_kind: dict[str, dict[str, list[float]]] = {"sr": {"bytes": [], "send_ms": []},
+                                                   "summary_image": {"bytes": [], "send_ms": []}}
+    syntaxes: set[str] = set()
+    ratios: list[float] = []
+    rgb: dict[str, float] = {}                      # SOP Instance UID -> uncompressed bytes
+    for uid in sent:
+        for path in sorted((state / "results" / uid).glob("*.dcm")):
+            hdr = dcmread(path, stop_before_pixels=True)
+            if str(hdr.SOPClassUID) == SECONDARY_CAPTURE:
+                syntaxes.add(hdr.file_meta.TransferSyntaxUID.name)
+                rgb[str(hdr.SOPInstanceUID)] = float(int(hdr.Rows) * int(hdr.Columns) * int(hdr.SamplesPerPixel))
+    for rec in node.log_records("result delivered"):
+        if rec.get("study_uid") not in sent or "object_ms" not in rec:
+            continue
+        kind = "sr" if str(rec.get("sop_class_uid", "")).startswith(SR_PREFIX) else "summary_image"
+        per_kind[kind]["bytes"].append(float(rec.get("bytes", 0)))
+        per_kind[kind]["send_ms"].append(float(rec["object_ms"]))
+        if kind == "summary_image" and rec.get("sop_instance_uid") in rgb and rec.get("bytes"):
+            ratios.append(rgb[rec["sop_instance_uid"]] / float(rec["bytes"]))
+    out: dict[str, Any] = {}
+    for kind, figures in per_kind.items():
+        out[kind] = {"bytes": _stats(figures["bytes"]), "send_ms": _stats(figures["send_ms"]),
+                     "objects": len(figures["bytes"])}
+    out["summary_image"]["transfer_syntax"] = ", ".join(sorted(syntaxes)) or None
+    out["summary_image"]["uncompressed_bytes"] = _stats(list(rgb.values()))
+    out["summary_image"]["compression_ratio_mean"] = round(sum(ratios) / len(ratios), 2) if ratios else None
+    return out
+
+
+def wait_delivered(node: C.Node, state: Path, sent: dict[str, dict[str, Any]], timeout_s: float = 30.0) -> None:
+    """Until every result object of the measured studies is logged as delivered (the SR
+    reaches the sink first; the summary image follows on the same association)."""
+    def missing() -> int:
+        owed = sum(len(list((state / "results" / uid).glob("*.dcm"))) for uid in sent)
+        done = sum(1 for rec in node.log_records("result delivered") if rec.get("study_uid") in sent)
+        return owed - done
+
+    deadline = time.monotonic() + timeout_s
+    while missing() > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen | None:
@@ -200,12 +256,14 @@ def main() -> int:
                 continue
             if i >= args.warmup:
                 sent[uid] = {"t0": t0, "t_sent": t_sent, "t_sr": t_sr, "syntax": ts}
+        wait_delivered(node, state, sent)
         rss = node.rss_kb()
         if prof is not None:
             prof.send_signal(2)  # py-spy writes its output on SIGINT
             prof.wait(60)
         node.stop(graceful=False)
         per_study = breakdown(node, state, sent)
+        objects = object_figures(node, state, sent)
         totals = [(v["t_sr"] - v["t0"]) * 1000 for v in sent.values()]
         by_ts = {name: _stats([(v["t_sr"] - v["t0"]) * 1000 for v in sent.values() if v["syntax"] == ts])
                  for name, ts in zip(("explicit_vr_little_endian", "jpeg_lossless_sv1"), syntaxes)}
@@ -223,6 +281,7 @@ def main() -> int:
             "model": model_kind,
             "latency_ms": _stats(totals), "latency_ms_by_syntax": by_ts,
             "breakdown_ms": stage_stats,
+            "result_objects": objects,
             "model_share_of_mean_total": C.ratio(model_mean, mean_total),
             "pipeline_share_of_mean_total": C.ratio(sum(stage_stats[k].get("mean", 0.0) for k in (
                 "read", "decode", "gate", "preprocess", "sr_build", "summary_image", "save", "commit")),

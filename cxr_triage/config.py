@@ -163,6 +163,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("delivery", "retry_max_s"): _positive,
     ("delivery", "refused_retry_s"): _positive,
     ("delivery", "dead_letter_after_s"): _positive,
+    ("delivery", "summary_image_compression"): _one_of("jpeg-ls", "rle", "jpeg", "none"),
     ("web", "port"): _port,
     ("web", "max_wait_likely_normal_min"): _non_negative,
     ("web", "refresh_s"): _positive,

@@ -218,13 +218,16 @@ def _send_object(assoc: Any, accepted: dict[str, set[str]], item: DueDelivery, o
     for sop_class in offered:
         to_send, send = (obj, ds) if sop_class == obj.sop_class_uid else _fallback(ds, obj, sop_class)
         try:
-            send = _encodable(send, accepted[sop_class])
-            nbytes = Path(to_send.path).stat().st_size
+            decompressed = _decompress_unless_accepted(send, accepted[sop_class])
+            # what goes over the wire: the file's data set, or the decompressed pixels
+            nbytes = len(send.PixelData) if decompressed else Path(to_send.path).stat().st_size
             status = assoc.send_c_store(send)
         except Exception as exc:  # noqa: BLE001 - encoding problem, lost connection
             return Outcome(f"{type(exc).__name__}: {exc}")
         code = getattr(status, "Status", None)
         fallback = ("sent as " + SR_CLASS_NAMES[sop_class]) if to_send is not obj else ""
+        if decompressed:
+            fallback = "; ".join(filter(None, (fallback, "sent decompressed")))
         if code is not None and stored(code):
             if to_send is not obj and on_fallback is not None:
                 on_fallback(item, to_send)
@@ -253,15 +256,15 @@ def _fallback(ds: Dataset, obj: ResultObject, sop_class: str) -> tuple[ResultObj
     return ResultObject(str(fb.SOPInstanceUID), obj.series_uid, sop_class, str(path)), fb
 
 
-def _encodable(ds: Dataset, transfer_syntaxes: set[str]) -> Dataset:
-    """The data set in a transfer syntax the destination accepted for its class: a
-    compressed file the destination does not take is sent decompressed (lossless: the
-    summary image's codecs are)."""
+def _decompress_unless_accepted(ds: Dataset, transfer_syntaxes: set[str]) -> bool:
+    """Put the data set (in place) in a transfer syntax the destination accepted for its
+    class: a compressed file the destination does not take is sent decompressed (the same
+    SOP instance; lossless for the summary image's default codecs). True if decompressed."""
     ts = str(ds.file_meta.TransferSyntaxUID)
     if ts in transfer_syntaxes or not UID(ts).is_compressed:
-        return ds
-    ds.decompress()
-    return ds
+        return False
+    ds.decompress(generate_instance_uid=False)   # the same instance, only re-encoded
+    return True
 
 
 def _ms(start: float) -> float:

@@ -7,6 +7,12 @@ film's pixels are duplicated (downscaled to at most 1024 px) and the text is bur
 the image carries Burned In Annotation YES and its own series, "AI triage summary", whose
 description says it is not for diagnosis. Enabled by ``[delivery] summary_image``.
 
+The image is compressed (``[delivery] summary_image_compression``, :data:`COMPRESSIONS`): by
+default lossless JPEG-LS (about 0.8 MB for a 1024 x 1284 RGB summary instead of 3.9 MB
+uncompressed); RLE is lossless too; ``jpeg`` is JPEG Baseline, lossy, with the lossy history
+declared (Lossy Image Compression 01, method ISO_10918_1 and ratio, after the source film's own
+lossy steps). A destination that does not accept the syntax gets it decompressed.
+
 Each image shows the film (as the model read it: MONOCHROME2, VOI applied), a banner
 "AI TRIAGE OUTPUT - NOT FOR DIAGNOSIS", the decision, score, threshold and operating point (or
 the not-assessable reason), the nodule/mass flag with its score and threshold (models with
@@ -30,9 +36,12 @@ from pydicom import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
+    ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLSLossless,
     JPEGLSNearLossless,
+    RLELossless,
 )
 
 from cxr_triage.contract.model_file import ModelMetadata
@@ -67,6 +76,15 @@ _LABELS = {
     Decision.NOT_ASSESSABLE: ("NOT ASSESSABLE", (200, 200, 200)),
 }
 _NODULE_COLOURS = {True: (255, 160, 40), False: (230, 230, 230)}  # flagged / not flagged
+#: ``[delivery] summary_image_compression`` -> (transfer syntax, photometric interpretation,
+#: lossy compression method or None for a lossless one)
+COMPRESSIONS: dict[str, tuple[str, str, str | None]] = {
+    "jpeg-ls": (JPEGLSLossless, "RGB", None),
+    "rle": (RLELossless, "RGB", None),
+    "jpeg": (JPEGBaseline8Bit, "YBR_FULL_422", "ISO_10918_1"),
+    "none": (ExplicitVRLittleEndian, "RGB", None),
+}
+DEFAULT_COMPRESSION = "jpeg-ls"
 _LOSSY_METHOD = {
     JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
     JPEG2000: "ISO_15444_1", HTJ2K: "ISO_15444_15", JPEGLSNearLossless: "ISO_14495_1",
@@ -81,6 +99,7 @@ def build_summary_images(
     series_uid: str | None = None,
     series_number: int = DEFAULT_SERIES_NUMBER,
     amends: Amendment | None = None,
+    compression: str = DEFAULT_COMPRESSION,
 ) -> list[hd.sc.SCImage]:
     """One summary image per film of the study, all in one new series; an amended result's
     (``amends``) continue the replaced result's series after its last Instance Number, say
@@ -102,7 +121,8 @@ def build_summary_images(
         images.append(
             build_summary_image(film, source, meta, series_uid=series_uid,
                                 series_number=series_number, instance_number=number,
-                                series_description=description, amended=amends is not None)
+                                series_description=description, amended=amends is not None,
+                                compression=compression)
         )
     return images
 
@@ -117,6 +137,7 @@ def summary_images_if_enabled(
     """``build_summary_images`` when ``[delivery] summary_image`` is on, else nothing."""
     if not cfg.delivery.summary_image:
         return []
+    kwargs.setdefault("compression", cfg.delivery.summary_image_compression)
     return build_summary_images(study, sources, meta, **kwargs)
 
 
@@ -132,10 +153,15 @@ def build_summary_image(
     pixels: np.ndarray | None = None,
     series_description: str | None = None,
     amended: bool = False,
+    compression: str = DEFAULT_COMPRESSION,
 ) -> hd.sc.SCImage:
     """The Secondary Capture for one film. ``pixels`` (float32 [0, 1] MONOCHROME2) skips
     decoding the source again when the caller still has them. ``series_description``
-    defaults to one carrying this film's decision (a study's series carries the study's)."""
+    defaults to one carrying this film's decision (a study's series carries the study's).
+    ``compression``: a key of :data:`COMPRESSIONS` (ValueError otherwise)."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"summary image compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    transfer_syntax, photometric, lossy_method = COMPRESSIONS[compression]
     if pixels is None:
         pixels = film_pixels(source)
     rgb = render_summary(film, pixels, meta, amended=amended)
@@ -147,7 +173,8 @@ def build_summary_image(
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=header,
             pixel_array=rgb,
-            photometric_interpretation="RGB",
+            photometric_interpretation=photometric,
+            transfer_syntax_uid=transfer_syntax,
             bits_allocated=8,
             coordinate_system="PATIENT",
             series_instance_uid=series_uid,
@@ -187,6 +214,8 @@ def build_summary_image(
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     image.SourceImageSequence = [ref]
     _copy_lossy_history(source, image)
+    if lossy_method is not None:
+        _add_lossy_step(image, lossy_method, rgb.nbytes)
     return image
 
 
@@ -343,9 +372,32 @@ def _copy_lossy_history(source: Dataset, image: Dataset) -> None:
         image.LossyImageCompression = "01"
         if "LossyImageCompressionMethod" in source:
             image.LossyImageCompressionMethod = source.LossyImageCompressionMethod
+        if "LossyImageCompressionRatio" in source:
+            image.LossyImageCompressionRatio = source.LossyImageCompressionRatio
     elif ts in _LOSSY_METHOD:
         image.LossyImageCompression = "01"
         image.LossyImageCompressionMethod = _LOSSY_METHOD[ts]
+
+
+def _add_lossy_step(image: Dataset, method: str, uncompressed_bytes: int) -> None:
+    """Declare this image's own lossy compression after the film's (PS3.3 C.7.6.1.1.5: one
+    method, and one ratio, per successive lossy step)."""
+    methods = _values(image.get("LossyImageCompressionMethod"))
+    ratios = _values(image.get("LossyImageCompressionRatio"))
+    compressed = len(image.PixelData)
+    ratio = f"{uncompressed_bytes / max(1, compressed):.2f}"
+    image.LossyImageCompression = "01"
+    image.LossyImageCompressionMethod = [*methods, method]
+    if len(ratios) == len(methods):       # else the film's steps have no ratios: none at all
+        image.LossyImageCompressionRatio = [*ratios, ratio]
+    elif "LossyImageCompressionRatio" in image:
+        del image.LossyImageCompressionRatio
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return [value] if isinstance(value, (str, float, int)) else list(value)
 
 
 def _pydicom_pixels(source: Dataset) -> np.ndarray | None:

@@ -48,3 +48,12 @@ def test_latency_stage_timers_account_for_the_total():
     # the stages are disjoint and cover the clock: what is left over is small
     assert abs(stages["unaccounted"]["mean"]) < 0.1 * out["latency_ms"]["mean"]
     assert 0 < out["model_share_of_mean_total"] < 1
+    # the result objects: the summary image stored compressed (lossless JPEG-LS), its size and
+    # send time measured per object, like the SR's
+    objects = out["result_objects"]
+    image = objects["summary_image"]
+    assert image["objects"] == objects["sr"]["objects"] == 3
+    assert image["transfer_syntax"] == "JPEG-LS Lossless Image Compression"
+    assert 0 < image["bytes"]["mean"] < image["uncompressed_bytes"]["mean"] / 2
+    assert image["compression_ratio_mean"] > 2
+    assert image["send_ms"]["mean"] > 0 and objects["sr"]["send_ms"]["mean"] > 0

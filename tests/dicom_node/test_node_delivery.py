@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 from pynetdicom import AE
 from support.node_peers import NODE_AET, wait_for
 from support.sr_checks import dciodvfy_errors, sc_dciodvfy_errors
-from support.store_destination import StoreDestination
+from support.store_destination import UNCOMPRESSED, StoreDestination
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
@@ -134,3 +136,27 @@ def test_destination_accepting_no_sr_class_refuses_only_the_sr(
     sr = by_class[COMPREHENSIVE_3D_SR]
     assert sr["state"] == "refused" and "accepts no Comprehensive 3D SR" in sr["last_error"]
     assert [str(ds.SOPClassUID) for ds in dest.received_datasets()] == [SECONDARY_CAPTURE]
+
+
+@pytest.mark.parametrize("accepts_jpeg_ls", [True, False])
+def test_compressed_summary_image_goes_compressed_or_decompressed(
+        tmp_path: Path, tiny_model: Path, sample_dicoms: dict[str, Path], accepts_jpeg_ls: bool) -> None:
+    """The summary image is stored as lossless JPEG-LS; a destination that takes JPEG-LS gets
+    those bytes, another gets the same pixels uncompressed."""
+    syntaxes = [JPEGLSLossless, *UNCOMPRESSED] if accepts_jpeg_ls else UNCOMPRESSED
+    with StoreDestination(tmp_path / "pacs", [SECONDARY_CAPTURE, COMPREHENSIVE_3D_SR],
+                          transfer_syntaxes=syntaxes) as dest:
+        node = _node(tmp_path, tiny_model, dest.destination)
+        try:
+            study_uid = _send(node, sample_dicoms[FILM])
+            wait_for(lambda: node.queries.list_studies()
+                     and node.queries.list_studies()[0]["delivery_status"] == "delivered", 90)
+            detail = node.queries.get_study(study_uid)
+        finally:
+            node.stop(timeout_s=10)
+    (stored,) = [dcmread(o["path"]) for o in detail["objects"] if o["sop_class_uid"] == SECONDARY_CAPTURE]
+    assert stored.file_meta.TransferSyntaxUID == JPEGLSLossless
+    (got,) = [ds for ds in dest.received_datasets() if ds.SOPClassUID == SECONDARY_CAPTURE]
+    assert got.file_meta.TransferSyntaxUID == (JPEGLSLossless if accepts_jpeg_ls else ExplicitVRLittleEndian)
+    assert np.array_equal(got.pixel_array, stored.pixel_array)
+    assert got.SOPInstanceUID == stored.SOPInstanceUID

@@ -9,10 +9,10 @@ import dataclasses
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, RLELossless, generate_uid
 from support.sr_checks import make_film, reread, save, sc_dciodvfy_errors
 
-from cxr_triage.config import load_config
+from cxr_triage.config import ConfigError, load_config
 from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import Decision, FilmResult, NotAssessableReason, aggregate_study
 from cxr_triage.dicom_node.results.summary_image import (
@@ -168,3 +168,68 @@ def test_study_series_and_config_switch(meta):
     assert len(summary_images_if_enabled(cfg, study, sources, meta)) == 2
     off = cfg.replace(delivery={"summary_image": False})
     assert summary_images_if_enabled(off, study, sources, meta) == []
+
+
+# -- compression (issue 14): lossless JPEG-LS by default, RLE, or JPEG with its lossy history --
+def _summary(meta, compression=None, source=None):
+    source = source if source is not None else make_film(generate_uid(), generate_uid(), 1, size=300)
+    pixels = np.tile(np.linspace(0, 1, 300, dtype=np.float32), (300, 1))
+    film = result(source, Decision.SUSPICIOUS, meta, 0.9, heatmap=blob())
+    kwargs = {} if compression is None else {"compression": compression}
+    image = build_summary_image(film, source, meta, series_uid=generate_uid(), pixels=pixels, **kwargs)
+    return image, render_summary(film, pixels, meta)
+
+
+@pytest.mark.parametrize("compression, syntax", [(None, JPEGLSLossless), ("jpeg-ls", JPEGLSLossless),
+                                                 ("rle", RLELossless), ("none", ExplicitVRLittleEndian)])
+def test_summary_image_is_compressed_losslessly_by_default(meta, tmp_path, compression, syntax):
+    image, rgb = _summary(meta, compression)
+    path = save(image, tmp_path / "sc.dcm")
+    assert sc_dciodvfy_errors(path) == []
+    back = reread(path)
+    assert back.file_meta.TransferSyntaxUID == syntax
+    assert back.PhotometricInterpretation == "RGB"
+    assert np.array_equal(back.pixel_array, rgb)                    # lossless: every pixel back
+    assert "LossyImageCompression" not in back                      # nothing lossy happened
+    if syntax == JPEGLSLossless:
+        assert path.stat().st_size < rgb.nbytes / 2
+
+
+def test_jpeg_summary_declares_its_lossy_history(meta, tmp_path):
+    image, rgb = _summary(meta, "jpeg")
+    path = save(image, tmp_path / "sc.dcm")
+    assert sc_dciodvfy_errors(path) == []
+    back = reread(path)
+    assert back.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert back.PhotometricInterpretation == "YBR_FULL_422"
+    assert back.LossyImageCompression == "01"
+    assert back.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(back.LossyImageCompressionRatio) == pytest.approx(rgb.nbytes / len(image.PixelData), rel=0.01)
+    assert float(back.LossyImageCompressionRatio) > 2
+    # a film that was itself lossy: both steps, in order, each with its ratio
+    lossy = make_film(generate_uid(), generate_uid(), 1, size=300)
+    lossy.LossyImageCompression, lossy.LossyImageCompressionMethod = "01", "ISO_15444_1"
+    lossy.LossyImageCompressionRatio = "8"
+    image, _ = _summary(meta, "jpeg", source=lossy)
+    back = reread(save(image, tmp_path / "sc2.dcm"))
+    assert list(back.LossyImageCompressionMethod) == ["ISO_15444_1", "ISO_10918_1"]
+    assert [float(r) for r in back.LossyImageCompressionRatio][0] == 8.0
+    assert sc_dciodvfy_errors(tmp_path / "sc2.dcm") == []
+    # losslessly compressed, a lossy film's summary keeps the film's history only
+    image, _ = _summary(meta, "jpeg-ls", source=lossy)
+    assert (image.LossyImageCompression, image.LossyImageCompressionMethod) == ("01", "ISO_15444_1")
+
+
+def test_summary_image_compression_is_configured(meta):
+    with pytest.raises(ConfigError, match="summary_image_compression"):
+        load_config(environ={"CXR_TRIAGE__DELIVERY__SUMMARY_IMAGE_COMPRESSION": "png"})
+    study_uid = generate_uid()
+    sources = [make_film(study_uid, generate_uid(), 1)]
+    study = aggregate_study(study_uid, [result(sources[0], Decision.LIKELY_NORMAL, meta, 0.1)])
+    cfg = load_config(environ={})
+    assert cfg.delivery.summary_image_compression == "jpeg-ls"
+    (im,) = summary_images_if_enabled(cfg.replace(delivery={"summary_image_compression": "rle"}), study,
+                                      sources, meta)
+    assert im.file_meta.TransferSyntaxUID == RLELossless
+    with pytest.raises(ValueError, match="compression"):
+        build_summary_image(study.films[0], sources[0], meta, series_uid=generate_uid(), compression="gif")
