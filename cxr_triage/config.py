@@ -159,6 +159,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("node", "quarantine_max_bytes"): _non_negative,
     ("delivery", "destinations"): _destinations,
     ("delivery", "shadow_destinations"): _destinations,
+    ("delivery", "hl7_destinations"): _destinations,
     ("delivery", "retry_initial_s"): _positive,
     ("delivery", "retry_max_s"): _positive,
     ("delivery", "refused_retry_s"): _positive,

@@ -40,9 +40,17 @@ from pynetdicom.status import (
 )
 
 from cxr_triage.config import Config, parse_destination, resolve_path
+from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
 from cxr_triage.dicom_node.results.sr_classes import FALLBACKS, SR_CLASS_NAMES, as_sr_class, fits
 from cxr_triage.dicom_node.store import audit as A
-from cxr_triage.dicom_node.store.jobs import OUTBOX, REFUSED, DueDelivery, JobStore, ResultObject
+from cxr_triage.dicom_node.store.jobs import (
+    HL7_PREFIX,
+    OUTBOX,
+    REFUSED,
+    DueDelivery,
+    JobStore,
+    ResultObject,
+)
 from cxr_triage.dicom_node.store.polling import PollingThread
 from cxr_triage.dicom_node.store.spool import safe_name, write_atomic
 
@@ -59,10 +67,12 @@ def stored(status_code: int | None) -> bool:
 
 
 def destinations_for(cfg: Config) -> list[str]:
-    """Where each new result goes. Shadow mode: only the shadow destinations (maybe none)."""
+    """Where each new result goes: the DICOM destinations (or the outbox) and the RIS
+    (``hl7:APP@host:port``). Shadow mode: only the shadow destinations (maybe none)."""
     if cfg.node.shadow_mode:
         return list(cfg.delivery.shadow_destinations)
-    return list(cfg.delivery.destinations) or [OUTBOX]
+    return (list(cfg.delivery.destinations) or [OUTBOX]) + [
+        HL7_PREFIX + d for d in cfg.delivery.hl7_destinations]
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,36 @@ def send_to_outbox(batch: list[DueDelivery], outbox: Path) -> dict[int, Outcome]
             out[item.id] = Outcome(sent=item.objects, nbytes=nbytes, send_ms=_ms(start))
         except OSError as exc:
             out[item.id] = Outcome(f"outbox: {type(exc).__name__}: {exc}")
+    return out
+
+
+def send_hl7(batch: list[DueDelivery], destination: str, cfg: Config) -> dict[int, Outcome]:
+    """One ORU^R01 per due result to the RIS ``APP@host:port`` (``delivery/hl7.py``), built
+    from the result's SR file; {delivery id: outcome}."""
+    from cxr_triage.dicom_node.delivery.hl7 import build_oru, send_mllp
+
+    app, host, port = parse_destination(destination)
+    out: dict[int, Outcome] = {}
+    for item in batch:
+        start = time.perf_counter()
+        srs = sorted((o for o in item.objects if is_sr_class(o.sop_class_uid)),
+                     key=lambda o: o.sop_class_uid != COMPREHENSIVE_3D_SR)
+        if not srs:
+            out[item.id] = Outcome("no result SR to report", permanent=True)
+            continue
+        try:
+            sr = dcmread(srs[0].path)
+            message = build_oru(sr, control_id=f"CXRT{item.id}", sending_application=cfg.node.ae_title,
+                                receiving_application=app,
+                                sending_facility=cfg.delivery.hl7_sending_facility)
+        except Exception as exc:  # noqa: BLE001 - unreadable SR, a message that does not validate
+            out[item.id] = Outcome(f"HL7 message not built: {type(exc).__name__}", permanent=True)
+            continue
+        got = send_mllp(message, host, port, cfg.node.network_timeout_s)
+        correction = "PredecessorDocumentsSequence" in sr
+        detail = f"ORU^R01 {'correction (C)' if correction else 'preliminary (P)'}, ACK {got.ack_code}"
+        out[item.id] = Outcome(got.error, got.permanent, detail if got.error is None else "", (),
+                               len(message.encode("utf-8")), _ms(start))
     return out
 
 
@@ -300,6 +340,8 @@ class Deliverer(PollingThread):
             try:
                 if dest == OUTBOX:
                     outcome = send_to_outbox(batch, self.outbox)
+                elif dest.startswith(HL7_PREFIX):
+                    outcome = send_hl7(batch, dest[len(HL7_PREFIX):], self.cfg)
                 else:
                     outcome = send_c_store(batch, dest, self.cfg.node.ae_title,
                                            self.cfg.node.network_timeout_s, self.tls,
@@ -337,6 +379,13 @@ class Deliverer(PollingThread):
                                                refused_retry_s=d.refused_retry_s)
             message = "delivery refused" if state == REFUSED else "delivery failed"
             log.warning(message, extra={**ctx, "error": error, "state": state})
+        if item.destination.startswith(HL7_PREFIX):
+            # IHE ATNA 110106 Export: the result reported to the RIS (UIDs only)
+            self.audit.record(A.EXPORT, A.SUCCESS if error is None else A.MINOR_FAILURE,
+                              action="R", direction="sent", destination=item.destination,
+                              calling_ae=self.cfg.node.ae_title, study_uid=item.study_uid,
+                              detail=error or outcome.detail)
+            return
         for obj in (outcome.sent if error is None and outcome.sent else item.objects):
             self.audit.record(A.INSTANCES_TRANSFERRED, A.SUCCESS if error is None else A.MINOR_FAILURE,
                               action="R", direction="sent", destination=item.destination,

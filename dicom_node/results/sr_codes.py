@@ -50,6 +50,12 @@ NODULE_MASS_THRESHOLD = _cxrt("CXRT021", "Nodule/mass threshold")
 # "Mass of lung": a calibrated model call at an operating point, not a located diagnosis.
 NODULE_MASS_FLAG = _cxrt("CXRT022", "AI nodule/mass flag")
 
+# Observations of the HL7 ORU^R01 to the RIS only (CXRT03x; delivery/hl7.py), not in the SR.
+# NM: the reading order of the decision, 1 suspicious, 2 not assessable, 3 likely normal.
+TRIAGE_RANK = _cxrt("CXRT030", "AI triage rank")
+# ST: the SOP Instance UID of the result SR the message reports.
+RESULT_SR = _cxrt("CXRT031", "AI triage result SR")
+
 # --- Triage decisions (values of TRIAGE_DECISION) ---------------------------------------
 DECISION_CODES: dict[Decision, Code] = {
     Decision.LIKELY_NORMAL: _cxrt("CXRT010", "Likely normal"),
@@ -138,6 +144,8 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("concept: nodule/mass score (calibrated P(nodule or mass), unit 1)", *_row(NODULE_MASS_SCORE)),
         ("concept: nodule/mass threshold (unit 1)", *_row(NODULE_MASS_THRESHOLD)),
         ("concept: nodule/mass flag (value Present / Absent)", *_row(NODULE_MASS_FLAG)),
+        ("HL7 OBX only: triage rank (NM: 1 suspicious, 2 not assessable, 3 likely normal)", *_row(TRIAGE_RANK)),
+        ("HL7 OBX only: the result SR's SOP Instance UID (ST)", *_row(RESULT_SR)),
     ]
     rows += [(f"decision {d.value}", *_row(c)) for d, c in DECISION_CODES.items()]
     rows += [(f"reason {r.value}", *_row(c)) for r, c in REASON_CODES.items()]

@@ -22,6 +22,7 @@ APPLICATION_START = ("110120", "Application Start")
 APPLICATION_STOP = ("110121", "Application Stop")
 INSTANCES_TRANSFERRED = ("110104", "DICOM Instances Transferred")
 INSTANCES_ACCESSED = ("110103", "DICOM Instances Accessed")
+EXPORT = ("110106", "Export")                   # a result reported to the RIS (HL7)
 SECURITY_ALERT = ("110113", "Security Alert")
 
 # RFC 3881 / ATNA EventOutcomeIndicator

@@ -163,6 +163,7 @@ RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "
 PENDING, SENDING, DELIVERED, DEAD, CANCELLED = "pending", "sending", "delivered", "dead", "cancelled"
 REFUSED = "refused"  # permanently refused by the destination; retried slowly, reported
 OUTBOX = "outbox"  # the destination name of the local outbox folder
+HL7_PREFIX = "hl7:"  # "hl7:APP@host:port": an HL7 v2 ORU^R01 to a RIS (one per result, no object)
 
 
 @dataclass(frozen=True)
@@ -464,6 +465,11 @@ class JobStore:
                 con.execute("UPDATE deliveries SET state=? WHERE result_id=? AND state IN (?,?,?)",
                             (CANCELLED, oid, PENDING, SENDING, REFUSED))
             for dest in destinations:           # one delivery per object and destination
+                if dest.startswith(HL7_PREFIX):     # one message per result
+                    con.execute(
+                        "INSERT INTO deliveries (result_id, destination, state, next_attempt_at,"
+                        " created_at) VALUES (?,?,?,?,?)", (rid, dest, PENDING, now, now))
+                    continue
                 for o in objects:
                     con.execute(
                         "INSERT INTO deliveries (result_id, destination, state, next_attempt_at,"
