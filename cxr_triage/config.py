@@ -136,6 +136,14 @@ def _destinations(v: Any) -> str | None:
     return None
 
 
+def _user_tokens(v: Any) -> str | None:
+    for n, entry in enumerate(v, start=1):
+        user, sep, token = str(entry).partition(":")
+        if not sep or not user.strip() or len(token) < 16:
+            return f"entry {n} is not 'name:token' with a token of at least 16 characters"
+    return None
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
@@ -166,6 +174,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("delivery", "dead_letter_after_s"): _positive,
     ("delivery", "summary_image_compression"): _one_of("jpeg-ls", "rle", "jpeg", "none"),
     ("web", "port"): _port,
+    ("web", "user_tokens"): _user_tokens,
     ("web", "max_wait_likely_normal_min"): _non_negative,
     ("web", "refresh_s"): _positive,
     ("web", "max_rows"): _positive,

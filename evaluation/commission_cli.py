@@ -47,7 +47,10 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
             description="Join radiologist outcomes (CSV keyed by study_instance_uid or sop_instance_uid, "
                         "with label) with the node's results; report live sensitivity, specificity and "
                         "workload saved with Wilson CIs, daily drift, and export the discordant films.")
-        p.add_argument("--outcomes", required=True, type=Path, help="CSV: study_instance_uid or sop_instance_uid, label")
+        p.add_argument("--outcomes", type=Path, help="CSV: study_instance_uid or sop_instance_uid, label")
+        p.add_argument("--feedback", action="store_true",
+                       help="use the radiologists' accept/reject feedback kept by the worklist (job store) as "
+                            "study outcomes (a rejection is discordant); --outcomes rows win where both exist")
         p.add_argument("--srs", type=Path, help="folder of result SRs (default: the node's job store)")
         p.add_argument("--store", type=Path, help="the node's queue.sqlite3 (default: <[node] state_dir>/queue.sqlite3)")
         p.add_argument("--since", help="first UTC day (YYYY-MM-DD), store only")
@@ -146,10 +149,19 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
     from cxr_triage.evaluation import drift
     from cxr_triage.evaluation import reconcile as rc
 
-    try:
-        key, outcomes = rc.read_outcomes(args.outcomes)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"cxr-triage reconcile: {exc}", file=sys.stderr)
+    if not args.outcomes and not args.feedback:
+        print("cxr-triage reconcile: give --outcomes CSV and/or --feedback", file=sys.stderr)
+        return 2
+    key: str = "study_instance_uid"
+    outcomes: dict[str, rc.Outcome] = {}
+    if args.outcomes:
+        try:
+            key, outcomes = rc.read_outcomes(args.outcomes)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"cxr-triage reconcile: {exc}", file=sys.stderr)
+            return 2
+    if args.feedback and (args.srs or key != "study_instance_uid"):
+        print("cxr-triage reconcile: --feedback needs the job store and study-level outcomes", file=sys.stderr)
         return 2
     reports = []
     if args.srs:
@@ -166,6 +178,10 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
         until = rc.utc_day_bounds(args.until)[1] if args.until else None
         store = StudyQueries(JobStore(Path(path)))
         live = rc.live_from_store(store, since, until)
+        if args.feedback:
+            given = rc.feedback_from_store(store)
+            print(f"radiologist feedback: {len(given)} studies with a read")
+            outcomes = {**given, **outcomes}
         try:
             baseline = drift.load_baseline(cfg)
         except Exception as exc:  # noqa: BLE001 - drift is an extra; the reconciliation still stands

@@ -8,6 +8,13 @@ produced (read with the node's own SR reader). Figures use the evaluation harnes
 intervals, DeLong AUROC) on the decisions the node actually delivered. The discordant films
 (abnormal called likely normal, normal called suspicious) are exported as a manifest CSV that
 ``cxr-triage train`` reads.
+
+Radiologists' feedback given on the worklist (accept / reject the AI result, optionally the
+finding seen; ``dicom_node/web/feedback.py``) is an outcome source too: ``feedback_outcomes``
+turns each study's latest assessment into a study-level read (a rejected "suspicious" is a
+normal read, a rejected "likely normal" an abnormal one, a finding decides when given), so
+every rejection comes out as a discordant case, with who rejected it, when, and the model
+version and threshold it was made at.
 """
 
 from __future__ import annotations
@@ -81,6 +88,48 @@ def live_from_srs(folder: str | Path) -> list[LiveResult]:
 
 def _val(x: Any) -> Any:
     return getattr(x, "value", x)
+
+
+def feedback_label(verdict: str, decision: str | None, finding: str | None) -> int | None:
+    """The read a radiologist's assessment implies: 1 abnormal, 0 normal, None when it says
+    nothing (a not-assessable result accepted or rejected without a finding). A finding
+    decides when given ("normal" -> 0, any other -> 1); else accepting keeps the AI's call and
+    rejecting reverses it."""
+    if finding:
+        return 0 if finding == "normal" else 1
+    ai = {"suspicious": 1, "likely_normal": 0}.get(decision or "")
+    if ai is None:
+        return None
+    return ai if verdict == "accept" else 1 - ai
+
+
+def feedback_outcomes(feedback: Iterable[dict[str, Any]]) -> dict[str, Outcome]:
+    """Study-level outcomes from the worklist feedback (``StudyQueries.feedback()``): each
+    study's latest assessment that implies a read. The row keeps who, when, the verdict, the
+    finding and the model version and threshold of the assessed result."""
+    import time as _time
+
+    out: dict[str, Outcome] = {}
+    for f in sorted(feedback, key=lambda f: (f["at"], f["id"])):
+        label = feedback_label(f["verdict"], f.get("decision"), f.get("finding"))
+        if label is None:
+            continue
+        uid = f["study_uid"]
+        out[uid] = Outcome(uid, label, {
+            "findings": f.get("finding") or "",
+            "reviewer": f["user"],
+            "reviewed_at": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(float(f["at"]))),
+            "verdict": f["verdict"],
+            "finding_seen": f.get("finding") or "",
+            "model_version": f.get("model_version") or "",
+            "threshold": "" if f.get("threshold") is None else repr(float(f["threshold"])),
+        })
+    return out
+
+
+def feedback_from_store(store: Any, since: float | None = None, until: float | None = None) -> dict[str, Outcome]:
+    """:func:`feedback_outcomes` of the feedback kept in the node's job store (``StudyQueries``)."""
+    return feedback_outcomes(store.feedback(since=since, until=until))
 
 
 # ---------------------------------------------------------------- the reconciliation
@@ -183,12 +232,15 @@ def _discordant_rows(o: Outcome, r: LiveResult, kind: str, level: str,
             "score": "" if f.score is None else f"{f.score:.6f}",
             "study_decision": r.decision,
             "discordance": kind,
+            **{k: o.row.get(k, "") for k in FEEDBACK_COLUMNS},
         })
     return rows
 
 
+#: Where a radiologist's worklist feedback gave the read: who, when, what, and what it assessed.
+FEEDBACK_COLUMNS = ("reviewer", "reviewed_at", "verdict", "finding_seen", "model_version", "threshold")
 MANIFEST_COLUMNS = ("file", "label", "patient_id", "findings", "study_instance_uid", "sop_instance_uid",
-                    "decision", "score", "study_decision", "discordance")
+                    "decision", "score", "study_decision", "discordance", *FEEDBACK_COLUMNS)
 
 
 def write_discordant_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:

@@ -106,7 +106,7 @@ class Node:
 
             # drift gauges against the commissioning baseline (none without a baseline)
             return start_web(self.cfg, self.queries, model_info=info,
-                             collectors=[DriftCollector(self.cfg, self.queries)])
+                             collectors=[DriftCollector(self.cfg, self.queries)], audit=self.audit)
         except Exception as exc:  # noqa: BLE001 - port busy, no token on a public host...
             log.error("worklist not started", extra={"error": f"{type(exc).__name__}: {exc}"})
             return None

@@ -23,6 +23,7 @@ APPLICATION_STOP = ("110121", "Application Stop")
 INSTANCES_TRANSFERRED = ("110104", "DICOM Instances Transferred")
 INSTANCES_ACCESSED = ("110103", "DICOM Instances Accessed")
 EXPORT = ("110106", "Export")                   # a result reported to the RIS (HL7)
+PATIENT_RECORD = ("110110", "Patient Record")   # a radiologist's assessment of an AI result recorded
 SECURITY_ALERT = ("110113", "Security Alert")
 
 # RFC 3881 / ATNA EventOutcomeIndicator

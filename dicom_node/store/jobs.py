@@ -49,7 +49,7 @@ from typing import Any, Iterator
 
 from cxr_triage.logs import redact_values
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -130,7 +130,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
 """
 
-# Tables and indexes added after version 1; created by _migrate on an existing database too.
+# Tables and indexes added after version 1 (2: instance_conflicts, 6: feedback); created by
+# _migrate on an existing database too.
 _SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS instance_conflicts (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -144,6 +145,22 @@ CREATE TABLE IF NOT EXISTS instance_conflicts (
     detected_at        REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instance_conflicts_sop ON instance_conflicts(sop_instance_uid);
+CREATE TABLE IF NOT EXISTS feedback (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid          TEXT NOT NULL,
+    result_id          INTEGER NOT NULL REFERENCES results(id),
+    verdict            TEXT NOT NULL,      -- accept | reject (IHE AI Result Assessment)
+    finding            TEXT,               -- what the radiologist saw (a FINDINGS key), optional
+    user               TEXT NOT NULL,      -- the named login or the reverse proxy's user
+    at                 REAL NOT NULL,
+    decision           TEXT,               -- the AI result assessed: decision, score,
+    score              REAL,
+    model_name         TEXT,               -- model and operating point that made it
+    model_version      TEXT,
+    operating_point    TEXT,
+    threshold          REAL
+);
+CREATE INDEX IF NOT EXISTS feedback_study ON feedback(study_uid, id);
 """
 
 # Columns added after version 1, (table, column, type), by the version that added them.
@@ -162,6 +179,7 @@ RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "
 # delivery states
 PENDING, SENDING, DELIVERED, DEAD, CANCELLED = "pending", "sending", "delivered", "dead", "cancelled"
 REFUSED = "refused"  # permanently refused by the destination; retried slowly, reported
+FEEDBACK_VERDICTS = ("accept", "reject")
 OUTBOX = "outbox"  # the destination name of the local outbox folder
 HL7_PREFIX = "hl7:"  # "hl7:APP@host:port": an HL7 v2 ORU^R01 to a RIS (one per result, no object)
 
@@ -376,6 +394,26 @@ class JobStore:
         if sop_instance_uid is not None:
             sql, args = sql + " WHERE sop_instance_uid=?", (sop_instance_uid,)
         return [dict(r) for r in self._con().execute(sql + " ORDER BY id", args)]
+
+    def add_feedback(self, study_uid: str, result_id: int, verdict: str, user: str, *,
+                     finding: str | None = None, decision: str | None = None, score: float | None = None,
+                     model_name: str | None = None, model_version: str | None = None,
+                     operating_point: str | None = None, threshold: float | None = None,
+                     now: float | None = None) -> int:
+        """A radiologist's assessment of a study's AI result (accept / reject, optionally the
+        finding seen), with who, when, and the model and threshold behind the result."""
+        if verdict not in FEEDBACK_VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(FEEDBACK_VERDICTS)}")
+        if not user:
+            raise ValueError("feedback needs the user who gave it")
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            fid = con.execute(
+                "INSERT INTO feedback (study_uid, result_id, verdict, finding, user, at, decision, score,"
+                " model_name, model_version, operating_point, threshold) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (study_uid, result_id, verdict, finding or None, user, now, decision, score, model_name,
+                 model_version, operating_point, threshold)).lastrowid
+            return int(fid or 0)
 
     def add_result_object(self, result_id: int, obj: ResultObject) -> None:
         """One more object of a result, made after it was stored (a fallback SR the

@@ -131,11 +131,13 @@ class StudyQueries:
         summary["instances"] = [dict(r) for r in con.execute(
             "SELECT * FROM instances WHERE study_uid=? ORDER BY received_at", (study_uid,))]
         summary["result"] = None
+        summary["feedback"] = []
         summary["objects"] = []
         summary["deliveries"] = []
         if summary["result_id"] is not None:
             res = con.execute("SELECT * FROM results WHERE id=?", (summary["result_id"],)).fetchone()
             summary["result"] = json.loads(res["result_json"])
+            summary["feedback"] = self.feedback(study_uid)
             summary["objects"] = [dict(r) for r in con.execute(
                 "SELECT * FROM result_objects WHERE result_id=?", (summary["result_id"],))]
             for d in con.execute(
@@ -151,6 +153,30 @@ class StudyQueries:
     def _summaries(self, clause: str, args: list[Any]) -> list[dict[str, Any]]:
         rows = self._store.connection().execute(_SUMMARY_SQL + " " + clause, args).fetchall()
         return [_study_summary(dict(r)) for r in rows]
+
+    @property
+    def store(self) -> JobStore:
+        """The job store these queries read (its writes, e.g. feedback, go through it)."""
+        return self._store
+
+    def feedback(self, study_uid: str | None = None, since: float | None = None,
+                 until: float | None = None) -> list[dict[str, Any]]:
+        """Radiologists' assessments of AI results (oldest first): one study's, or all given
+        in [since, until)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if study_uid is not None:
+            where.append("study_uid=?")
+            args.append(study_uid)
+        if since is not None:
+            where.append("at>=?")
+            args.append(since)
+        if until is not None:
+            where.append("at<?")
+            args.append(until)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        return [dict(r) for r in self._store.connection().execute(
+            "SELECT * FROM feedback" + clause + " ORDER BY id", args)]
 
     def current_result_id(self, study_uid: str) -> int | None:
         row = self._store.connection().execute(
@@ -175,7 +201,10 @@ _SUMMARY_SQL = (
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state IN ('pending','sending')"
     "   AND d.attempts>0) AS n_failing,"
     " (SELECT MAX(delivered_at) FROM deliveries d WHERE d.result_id=s.result_id) AS delivered_at,"
-    " (SELECT amends FROM results r WHERE r.id=s.result_id) AS amends_result_id"
+    " (SELECT amends FROM results r WHERE r.id=s.result_id) AS amends_result_id,"
+    " (SELECT verdict FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1)"
+    "   AS feedback_verdict,"
+    " (SELECT user FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1) AS feedback_user"
     " FROM studies s"
 )
 

@@ -55,16 +55,17 @@ log = logging.getLogger(__name__)
 def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = None,
                model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
                collectors: Iterable[Collector] = (),
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               clock: Callable[[], float] = time.time, audit: Any = None) -> FastAPI:
     """The worklist app over ``store`` (a WorklistSource, or the node's job store).
 
     ``cfg`` (the validated Config) supplies ``[web]`` and the state dir unless ``settings``
     is given. ``model_info`` (name, version, operating point) labels ``cxr_triage_model_info``;
     ``collectors`` are further Prometheus collectors for ``/metrics`` (e.g. drift monitoring).
+    ``audit``: the node's audit log (radiologists' feedback is audited there).
     """
     if settings is None:
         settings = WebSettings.from_config(cfg) if cfg is not None else WebSettings()
-    check_web_config(settings.host, settings.token)
+    check_web_config(settings.host, settings.token, settings.users, settings.trusted_user_header)
     source = _as_source(store, settings)
     source_info = getattr(source, "model_info", None)  # the node's store knows its model
     if model_info is None and callable(source_info):
@@ -81,6 +82,7 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
     app.state.registry = metrics.build_registry(source, model_info, extra=collectors)
     app.state.templates = routes_pages.build_templates()
     app.state.clock = clock
+    app.state.audit = audit
     app.mount("/static", StaticFiles(directory=str(resources.files("cxr_triage.dicom_node.web") / "static")),
               name="static")
     for router in (routes_api.router, routes_pages.router, routes_media.router, auth.router):
@@ -156,7 +158,8 @@ class WebServer:
 
 
 def start_web(cfg: Any, store: Any, *, model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
-              collectors: Iterable[Collector] = (), settings: WebSettings | None = None) -> WebServer | None:
+              collectors: Iterable[Collector] = (), settings: WebSettings | None = None,
+              audit: Any = None) -> WebServer | None:
     """Start the worklist for a node when ``[web] enabled``; None when disabled.
 
     Raises WebConfigError (exposed without a token) or OSError (port busy) so the node can
@@ -165,6 +168,6 @@ def start_web(cfg: Any, store: Any, *, model_info: Callable[[], dict[str, str]] 
     if cfg is not None and not cfg.web.enabled and settings is None:
         return None
     settings = settings or WebSettings.from_config(cfg)
-    app = create_app(store, cfg, settings=settings, model_info=model_info, collectors=collectors)
+    app = create_app(store, cfg, settings=settings, model_info=model_info, collectors=collectors, audit=audit)
     return WebServer(app, settings.host, settings.port).start()
 

@@ -1,7 +1,16 @@
-"""Access to the worklist: the ``[web] token`` as a Bearer header or a session cookie.
+"""Access to the worklist: a token as a Bearer header or a session cookie, or the user a
+trusted reverse proxy authenticated.
 
-``require_login`` guards every page, the API and ``/metrics`` when a token is set (a browser
-asking for a page is sent to ``/login``, anything else gets 401); ``router`` holds the
+- ``[web] token``: one shared token (a login without a name);
+- ``[web] user_tokens``: ``name:token`` per radiologist, a *named* login: what a user does
+  (feedback on an AI result) is recorded under that name;
+- ``[web] trusted_user_header`` (e.g. ``X-Remote-User``): the user name a reverse proxy that
+  did the authentication puts in a header, honoured only on requests from
+  ``[web] trusted_proxies``.
+
+``require_login`` guards every page, the API and ``/metrics`` when any of these is set (a
+browser asking for a page is sent to ``/login``, anything else gets 401); ``current_user``
+names who is asking (None for the shared token or no login). ``router`` holds the
 ``POST /login`` and ``/logout`` routes (the login form itself is a page, in ``routes_pages``).
 """
 
@@ -41,13 +50,40 @@ def safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") else "/"
 
 
-def authorised(request: Request, settings: WebSettings) -> bool:
-    if not settings.token:
-        return True
+def _tokens(settings: WebSettings) -> list[tuple[str, str | None]]:
+    """(token, user or None for the shared token), every login token there is."""
+    out: list[tuple[str, str | None]] = [(t, u) for t, u in settings.users.items()]
+    if settings.token:
+        out.append((settings.token, None))
+    return out
+
+
+def _login(request: Request, settings: WebSettings) -> tuple[bool, str | None]:
+    """(authorised, user name): a Bearer token or session cookie of a token, or the trusted
+    proxy's user header."""
+    header = settings.trusted_user_header
+    if header and request.client is not None and request.client.host in settings.trusted_proxies:
+        proxied = request.headers.get(header, "").strip()
+        if proxied:
+            return True, proxied[:64]
     auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer ") and hmac.compare_digest(auth[7:].strip(), settings.token):
-        return True
-    return hmac.compare_digest(request.cookies.get(COOKIE, ""), session_value(settings.token))
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    cookie = request.cookies.get(COOKIE, "")
+    for token, named in _tokens(settings):
+        if (bearer and hmac.compare_digest(bearer, token)) or (
+                cookie and hmac.compare_digest(cookie, session_value(token))):
+            return True, named
+    return not settings.login_required, None
+
+
+def authorised(request: Request, settings: WebSettings) -> bool:
+    return _login(request, settings)[0]
+
+
+def current_user(request: Request) -> str | None:
+    """The named user behind this request (a per-user token or the trusted proxy's header);
+    None for the shared token or when no login is configured."""
+    return _login(request, get_settings(request))[1]
 
 
 def require_login(request: Request) -> None:
@@ -75,11 +111,12 @@ async def login(request: Request, settings: Settings) -> RedirectResponse:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given = (form.get("token") or [""])[0]
     nxt = safe_next((form.get("next") or ["/"])[0])
-    if not settings.token or not hmac.compare_digest(given, settings.token):
+    match = next((t for t, _ in _tokens(settings) if given and hmac.compare_digest(given, t)), None)
+    if match is None:
         log.warning("web login refused", extra={"client": request.client.host if request.client else ""})
         return RedirectResponse(f"/login?failed=1&next={quote(nxt)}", status_code=303)
     resp = RedirectResponse(nxt, status_code=303)
-    resp.set_cookie(COOKIE, session_value(settings.token), httponly=True, samesite="strict",
+    resp.set_cookie(COOKIE, session_value(match), httponly=True, samesite="strict",
                     secure=request.url.scheme == "https")
     return resp
 

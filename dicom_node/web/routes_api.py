@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from cxr_triage.dicom_node.web import metrics
 from cxr_triage.dicom_node.web.auth import LOGIN_REQUIRED
 from cxr_triage.dicom_node.web.deps import Registry, Settings, Views
-from cxr_triage.dicom_node.web.schemas import StudyDetailOut, WorklistOut
-from cxr_triage.dicom_node.web.views import DECISION_FILTERS, utc
+from cxr_triage.dicom_node.web.feedback import give_feedback
+from cxr_triage.dicom_node.web.schemas import FeedbackIn, FeedbackOut, StudyDetailOut, WorklistOut
+from cxr_triage.dicom_node.web.views import DECISION_FILTERS, feedback_out, utc
 
 router = APIRouter()
 
@@ -39,6 +40,15 @@ def api_studies(
             responses={404: {"description": "unknown study"}})
 def api_study(study_uid: str, views: Views) -> StudyDetailOut:
     return views.detail(study_uid)
+
+
+@router.post("/api/studies/{study_uid}/feedback", response_model=FeedbackOut, tags=["api"],
+             dependencies=LOGIN_REQUIRED, status_code=201,
+             summary="Accept or reject the study's AI result (needs a named login)",
+             responses={403: {"description": "no named user"}, 404: {"description": "unknown study"},
+                        409: {"description": "no AI result yet"}})
+def api_feedback(study_uid: str, body: FeedbackIn, request: Request) -> FeedbackOut:
+    return feedback_out(give_feedback(request, study_uid, body.verdict, body.finding or ""))
 
 
 @router.get("/metrics", tags=["operations"], dependencies=LOGIN_REQUIRED, response_class=Response,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from importlib import resources
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from cxr_triage.dicom_node.web.auth import LOGIN_REQUIRED, safe_next
+from cxr_triage.dicom_node.web.auth import LOGIN_REQUIRED, current_user, safe_next
 from cxr_triage.dicom_node.web.deps import Settings, Templates, Views
+from cxr_triage.dicom_node.web.feedback import FINDINGS, VERDICTS, give_feedback
 from cxr_triage.dicom_node.web.views import DECISION_FILTERS, form_date, local_time, wait_text
 from cxr_triage.dicom_node.web.worklist import PLAIN_DECISION, PLAIN_REASON
 
@@ -44,7 +46,17 @@ def page_worklist(request: Request, views: Views, settings: Settings, templates:
 def page_study(request: Request, study_uid: str, views: Views, settings: Settings,
                templates: Templates) -> Response:
     study = views.detail(study_uid)
-    return templates.TemplateResponse(request, "study.html", {"s": study, "refresh_s": settings.refresh_s})
+    return templates.TemplateResponse(request, "study.html", {
+        "s": study, "refresh_s": settings.refresh_s, "user": current_user(request),
+        "findings": FINDINGS, "verdicts": VERDICTS})
+
+
+@router.post("/studies/{study_uid}/feedback", include_in_schema=False, dependencies=LOGIN_REQUIRED)
+async def page_feedback(request: Request, study_uid: str) -> Response:
+    """The study page's accept/reject form; back to the study page (its feedback section)."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    give_feedback(request, study_uid, (form.get("verdict") or [""])[0], (form.get("finding") or [""])[0])
+    return RedirectResponse(f"/studies/{quote(study_uid)}#feedback", status_code=303)
 
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)

@@ -41,6 +41,29 @@ class DeliveryOut(BaseModel):
     detail: str = ""
 
 
+class FeedbackOut(BaseModel):
+    """A radiologist's assessment of the study's AI result (IHE AI Result Assessment style)."""
+
+    id: int
+    result_id: int = Field(description="the AI result assessed (a later, amended result has another id)")
+    verdict: str = Field(description="accept | reject")
+    finding: str | None = Field(None, description="what the radiologist saw (normal, consolidation, "
+                                "nodule_mass, effusion, pneumothorax, cardiomegaly, atelectasis, other)")
+    user: str
+    at: dt.datetime
+    decision: str | None = Field(None, description="the AI decision assessed")
+    score: float | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    operating_point: str | None = None
+    threshold: float | None = None
+
+
+class FeedbackIn(BaseModel):
+    verdict: str = Field(description="accept | reject")
+    finding: str | None = Field(None, description="optional: the finding seen (see FeedbackOut)")
+
+
 class StudySummaryOut(BaseModel):
     """A worklist row."""
 
@@ -61,6 +84,9 @@ class StudySummaryOut(BaseModel):
     delivery_status: str
     amended: bool = Field(False, description="the current result replaced an earlier result of the study "
                           "(more images arrived); its SR names the replaced SR as predecessor")
+    feedback_verdict: str | None = Field(None, description="the latest radiologist assessment of the current "
+                                         "AI result: accept | reject; null when none")
+    feedback_user: str | None = None
     n_instances: int
     url: str
     api_url: str
@@ -82,6 +108,7 @@ class StudyDetailOut(StudySummaryOut):
     reason: str | None = None
     films: list[FilmOut]
     deliveries: list[DeliveryOut]
+    feedback: list[FeedbackOut] = Field(default_factory=list, description="every radiologist assessment, oldest first")
     result_summary: list[str] = Field(
         default_factory=list, description="what the result SR states, in plain sentences (read back from the SR)")
     result_sr: list[dict[str, Any]] | None = Field(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,36 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_web_config(host: str, token: str) -> None:
-    """Refuse an exposed worklist without a token (patient films are behind it)."""
-    if not is_loopback(host) and not token:
+def check_web_config(host: str, token: str, users: dict[str, str] | None = None,
+                     trusted_user_header: str = "") -> None:
+    """Refuse an exposed worklist without a login (patient films are behind it): a token,
+    per-user tokens or a trusted reverse proxy's user header."""
+    if not is_loopback(host) and not (token or users or trusted_user_header):
         raise WebConfigError(
-            f"[web] host = {host!r} is not a loopback address: set [web] token "
-            "(or CXR_TRIAGE__WEB__TOKEN) so that the worklist needs a login, or bind it to 127.0.0.1"
+            f"[web] host = {host!r} is not a loopback address: set [web] token or user_tokens "
+            "(or CXR_TRIAGE__WEB__TOKEN), or trusted_user_header behind a reverse proxy, so that "
+            "the worklist needs a login, or bind it to 127.0.0.1"
         )
+
+
+def parse_user_tokens(entries: list[str]) -> dict[str, str]:
+    """``["alice:TOKEN", ...]`` -> {token: user}; ValueError naming the bad entry (never the
+    token)."""
+    out: dict[str, str] = {}
+    for n, entry in enumerate(entries, start=1):
+        user, sep, token = str(entry).partition(":")
+        user = user.strip()
+        if not sep or not USER_NAME.fullmatch(user) or len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"entry {n} is not 'name:token' (name: letters, digits, ._@-; "
+                             f"token at least {MIN_TOKEN_LENGTH} characters)")
+        if token in out:
+            raise ValueError(f"entry {n} reuses another user's token")
+        out[token] = user
+    return out
+
+
+USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+MIN_TOKEN_LENGTH = 16
 
 
 @dataclass
@@ -39,6 +63,19 @@ class WebSettings:
     refresh_s: int = 30
     max_rows: int = 500
     state_dir: Path | None = None
+    #: per-user tokens {token: user name}: a named login, recorded with feedback
+    users: dict[str, str] = field(default_factory=dict)
+    #: the header a trusted reverse proxy puts the authenticated user in ("" : none) ...
+    trusted_user_header: str = ""
+    #: ... honoured only on requests from these addresses
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    #: HTTPS: certificate and key files (off loopback the worklist should be served over TLS)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def login_required(self) -> bool:
+        return bool(self.token or self.users or self.trusted_user_header)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "WebSettings":
@@ -53,4 +90,9 @@ class WebSettings:
             refresh_s=int(web.get("refresh_s", 30)),
             max_rows=int(web.get("max_rows", 500)),
             state_dir=resolve_path(cfg, cfg.node.state_dir),
+            users=parse_user_tokens(list(web.get("user_tokens", []))),
+            trusted_user_header=str(web.get("trusted_user_header", "")),
+            trusted_proxies=tuple(web.get("trusted_proxies", ["127.0.0.1", "::1"])),
+            tls_cert=resolve_path(cfg, web.tls_cert) if web.get("tls_cert") else None,
+            tls_key=resolve_path(cfg, web.tls_key) if web.get("tls_key") else None,
         )

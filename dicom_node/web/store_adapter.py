@@ -54,7 +54,28 @@ class StoreWorklist:
                      key=lambda o: o.get("sop_class_uid") != COMPREHENSIVE_3D_SR)
         entry.result_path = srs[0]["path"] if srs else None
         entry.deliveries = _deliveries(row.get("deliveries", []))
+        entry.feedback = [dict(f) for f in row.get("feedback", [])]
         return entry
+
+    # ------------------------------------------------------------------ feedback
+    def record_feedback(self, study_instance_uid: str, verdict: str, finding: str | None,
+                        user: str) -> dict[str, Any] | None:
+        """Store a radiologist's assessment of the study's current AI result, with the model
+        and threshold that made it; None for an unknown study, LookupError before a result."""
+        row = self._store.get_study(study_instance_uid)
+        if row is None:
+            return None
+        if row.get("result_id") is None:
+            raise LookupError("the study has no AI result yet")
+        films = [f for f in (row.get("result") or {}).get("films", []) if isinstance(f, dict)]
+        made_by = next((f for f in films if f.get("threshold") is not None), films[0] if films else {})
+        fields = dict(decision=row.get("decision"), score=row.get("score"),
+                      model_name=made_by.get("model_name"), model_version=made_by.get("model_version"),
+                      operating_point=made_by.get("operating_point"), threshold=made_by.get("threshold"))
+        fid = self._store.store.add_feedback(study_instance_uid, int(row["result_id"]), verdict, user,
+                                             finding=finding, **fields)
+        stored: dict[str, Any] = next(f for f in self._store.feedback(study_instance_uid) if f["id"] == fid)
+        return stored
 
     # --------------------------------------------------------------------- stats
     def stats(self) -> QueueStats:
@@ -108,6 +129,8 @@ class StoreWorklist:
             delivery_status=status or ("triaging" if r.get("state") == "processing" else "waiting"),
             n_instances=int(r.get("n_instances") or 0),
             amended=bool(r.get("amended")),
+            feedback_verdict=r.get("feedback_verdict"),
+            feedback_user=r.get("feedback_user"),
         )
 
 

@@ -11,7 +11,13 @@ from typing import Any, Callable, overload
 from fastapi import HTTPException
 
 from cxr_triage.dicom_node.store import heatmaps
-from cxr_triage.dicom_node.web.schemas import DeliveryOut, FilmOut, StudyDetailOut, StudySummaryOut
+from cxr_triage.dicom_node.web.schemas import (
+    DeliveryOut,
+    FeedbackOut,
+    FilmOut,
+    StudyDetailOut,
+    StudySummaryOut,
+)
 from cxr_triage.dicom_node.web.settings import WebSettings
 from cxr_triage.dicom_node.web.worklist import (
     PLAIN_DECISION,
@@ -75,6 +81,10 @@ def display_film(entry: StudyEntry) -> FilmEntry | None:
     return films[0] if films else None
 
 
+def feedback_out(f: dict[str, Any]) -> FeedbackOut:
+    return FeedbackOut(**{**f, "at": utc(float(f["at"]))})
+
+
 class StudyViews:
     """Worklist rows and study detail over one source, settings and clock."""
 
@@ -92,7 +102,8 @@ class StudyViews:
             nodule_flag=e.nodule_flag, nodule_score=e.nodule_score,
             received_at=utc(e.received_at), triaged_at=utc(e.triaged_at),
             wait_minutes=round(e.wait_s(now) / 60.0, 1), overdue=band_name == "overdue",
-            delivery_status=e.delivery_status, amended=e.amended, n_instances=e.n_instances or len(e.films),
+            delivery_status=e.delivery_status, amended=e.amended, feedback_verdict=e.feedback_verdict,
+            feedback_user=e.feedback_user, n_instances=e.n_instances or len(e.films),
             url=f"/studies/{uid}", api_url=f"/api/studies/{uid}",
             thumbnail_url=f"/studies/{uid}/thumbnail.png" if has_image else None,
         )
@@ -151,5 +162,5 @@ class StudyViews:
             reason=e.reason, films=[self.film_out(e, f) for f in e.films],
             deliveries=[DeliveryOut(time=utc(d.time), destination=d.destination, outcome=d.outcome,
                                     detail=d.detail) for d in e.deliveries],
-            result_sr=sr, result_summary=said,
+            result_sr=sr, result_summary=said, feedback=[feedback_out(f) for f in e.feedback],
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 from cxr_triage.contract.result import Decision
 
@@ -92,6 +92,9 @@ class StudyEntry:
     model_version: str | None = None
     reason: str | None = None             # plain reason for a not-assessable study
     amended: bool = False                 # the current result replaced an earlier one
+    feedback_verdict: str | None = None   # the latest radiologist assessment of the current result
+    feedback_user: str | None = None
+    feedback: list[dict[str, Any]] = field(default_factory=list)   # every assessment (study page)
 
     @property
     def status(self) -> str:

@@ -1,13 +1,19 @@
 """The worklist in a real headless browser (Debian chromium + chromedriver via Selenium),
 against a running node that received real sample films from dcmtk storescu and triaged them.
+A radiologist logs in with a per-user token, reads the worklist and a study, and rejects the
+AI result with the finding seen; the feedback is stored and exported by ``cxr-triage
+reconcile --feedback``.
 
 Saves test-artifacts/worklist.png and test-artifacts/study.png.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from pydicom.uid import generate_uid
 from support.web_node import CANINE, screen_films
 
 from cxr_triage.config import load_config
+from cxr_triage.dicom_node.store.audit import read_audit
 from cxr_triage.dicom_node.web.worklist import StudyEntry, order_worklist
 from cxr_triage.paths import repo_root
 
@@ -27,6 +34,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = repo_root() / "test-artifacts"
 MAX_WAIT_S = 8.0
+RADIOLOGIST, TOKEN = "dr.test", "browser-test-token-0123456789"
 
 
 def _storescu(port: int, files: list[Path]) -> None:
@@ -47,7 +55,8 @@ def running_node(tmp_path_factory, tiny_model, shared_data, sample_dicoms):
         node={"state_dir": str(root / "state"), "host": "127.0.0.1", "port": free_port(),
               "quiet_period_s": 0.3},
         inference={"model_path": str(tiny_model), "threads": 1},
-        web={"port": 0, "max_wait_likely_normal_min": MAX_WAIT_S / 60.0, "refresh_s": 600},
+        web={"port": 0, "max_wait_likely_normal_min": MAX_WAIT_S / 60.0, "refresh_s": 600,
+             "user_tokens": [f"{RADIOLOGIST}:{TOKEN}"]},
     )
     films = screen_films(Triager(cfg), shared_data, 2, 2)
 
@@ -198,7 +207,11 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     from selenium.webdriver.common.by import By
 
     node, web = running_node
+    # a named login: the worklist sends the browser to the login form first
     browser.get(web.url + "/")
+    _wait(browser, lambda d: "/login" in d.current_url and _loaded(d), "the login form")
+    browser.find_element(By.CSS_SELECTOR, "input[name=token]").send_keys(TOKEN)
+    _navigate(browser, "form.login button[type=submit]", "the worklist after login")
     page = _wait_worklist(browser, lambda rows: len(rows) == 5, "the worklist's 5 rows")
     rows, now = page["rows"], float(page["now"])
     # Every thumbnail actually loaded (server-rendered PNG with the heatmap; lazy loading).
@@ -222,7 +235,8 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     rest = [r["decision"] for r in rows[1:] if r["band"] != "overdue"]
     assert rest[:3] == ["suspicious", "suspicious", "not_assessable"]
     # The JSON API agrees with the page.
-    api = httpx.get(web.url + "/api/studies", timeout=10).json()["studies"]
+    api = httpx.get(web.url + "/api/studies", timeout=10,
+                    headers={"Authorization": f"Bearer {TOKEN}"}).json()["studies"]
     assert {r["study_instance_uid"] for r in api} == {r["uid"] for r in rows}
 
     # Filter by decision with the form.
@@ -251,3 +265,38 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     assert "outbox" in deliveries and "delivered" in deliveries
     browser.set_window_size(1400, 1900)
     browser.save_screenshot(str(ARTIFACTS / "study.png"))
+
+    # The radiologist rejects the AI's "suspicious" call: no abnormality seen.
+    assert _text(browser, "feedback-user") == RADIOLOGIST
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "feedback-finding")).select_by_value("normal")
+    _navigate(browser, "#feedback-reject", "the study page after the feedback")
+    _wait(browser, lambda d: RADIOLOGIST in _text(d, "feedback-history") and "rejected" in _text(
+        d, "feedback-history"), "the feedback in the study page's history")
+    (stored,) = node.queries.feedback(top_suspicious)
+    assert (stored["user"], stored["verdict"], stored["finding"], stored["decision"]) == (
+        RADIOLOGIST, "reject", "normal", "suspicious")
+    result = node.queries.get_study(top_suspicious)["result"]["films"][0]
+    assert (stored["model_version"], stored["threshold"]) == (result["model_version"], result["threshold"])
+    audited = [e for e in read_audit(node.dirs.audit_log) if e["event_id"] == "110110"]
+    assert [(e["user"], e["study_uid"]) for e in audited] == [(RADIOLOGIST, top_suspicious)]
+    # ... shown on the worklist
+    browser.get(web.url + "/")
+    _wait(browser, lambda d: "rejected" in (d.execute_script(
+        "const r = document.querySelector(`tr.row[data-uid='${arguments[0]}'] td.feedback`);"
+        " return r ? r.innerText : ''", top_suspicious) or ""), "the rejection on the worklist row")
+    # ... and exported by `cxr-triage reconcile` as a discordant case for retraining
+    out = ARTIFACTS / "feedback_discordant.csv"
+    proc = subprocess.run([sys.executable, "-m", "cxr_triage.cli", "reconcile", "--feedback",
+                           "--store", str(node.dirs.queue_db), "--discordant", str(out)],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("CXR_TRIAGE_")})
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert rows and {r["study_instance_uid"] for r in rows} == {top_suspicious}
+    row = rows[0]
+    assert (row["label"], row["discordance"], row["reviewer"], row["verdict"], row["finding_seen"]) == (
+        "normal", "false_suspicious", RADIOLOGIST, "reject", "normal")
+    assert row["model_version"] == result["model_version"] and float(row["threshold"]) == result["threshold"]
+    assert row["file"] and Path(row["file"]).is_file()
