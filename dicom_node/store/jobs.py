@@ -49,7 +49,7 @@ from typing import Any, Iterator
 
 from cxr_triage.logs import redact_values
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,7 +69,10 @@ CREATE TABLE IF NOT EXISTS studies (
     triaged_at         REAL,
     errors             INTEGER NOT NULL DEFAULT 0,
     retry_at           REAL NOT NULL DEFAULT 0,
-    last_error         TEXT
+    last_error         TEXT,
+    accession_number   TEXT,              -- who and which order, for the people reading the
+    patient_id         TEXT,              -- worklist (PHI: shown behind the login, never
+    patient_name       TEXT               -- logged, never in metrics)
 );
 CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received_at);
 CREATE TABLE IF NOT EXISTS instances (
@@ -172,6 +175,9 @@ _ADDED_COLUMNS = (
     ("studies", "nodule_flag", "INTEGER"),      # 3
     ("deliveries", "sop_instance_uid", "TEXT"), # 4: one delivery per result object
     ("results", "amends", "INTEGER"),           # 5: an amended result names the one it replaced
+    ("studies", "accession_number", "TEXT"),    # 7: the study as people know it
+    ("studies", "patient_id", "TEXT"),          # 7
+    ("studies", "patient_name", "TEXT"),        # 7
 )
 
 # study states
@@ -180,6 +186,8 @@ RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "
 PENDING, SENDING, DELIVERED, DEAD, CANCELLED = "pending", "sending", "delivered", "dead", "cancelled"
 REFUSED = "refused"  # permanently refused by the destination; retried slowly, reported
 FEEDBACK_VERDICTS = ("accept", "reject")
+#: The study as people know it (studies columns; PHI: the worklist shows them behind its login)
+IDENTITY_FIELDS = ("accession_number", "patient_id", "patient_name")
 OUTBOX = "outbox"  # the destination name of the local outbox folder
 HL7_PREFIX = "hl7:"  # "hl7:APP@host:port": an HL7 v2 ORU^R01 to a RIS (one per result, no object)
 
@@ -395,6 +403,17 @@ class JobStore:
             sql, args = sql + " WHERE sop_instance_uid=?", (sop_instance_uid,)
         return [dict(r) for r in self._con().execute(sql + " ORDER BY id", args)]
 
+    def set_identity(self, study_uid: str, identity: dict[str, str]) -> None:
+        """The study's accession number, patient ID and name, as people know the study."""
+        with self._tx() as con:
+            self._set_identity(con, study_uid, identity)
+
+    @staticmethod
+    def _set_identity(con: sqlite3.Connection, study_uid: str, identity: dict[str, str]) -> None:
+        values = [str(identity.get(k) or "") or None for k in IDENTITY_FIELDS]
+        con.execute("UPDATE studies SET accession_number=?, patient_id=?, patient_name=? WHERE study_uid=?",
+                    (*values, study_uid))
+
     def add_feedback(self, study_uid: str, result_id: int, verdict: str, user: str, *,
                      finding: str | None = None, decision: str | None = None, score: float | None = None,
                      model_name: str | None = None, model_version: str | None = None,
@@ -466,13 +485,15 @@ class JobStore:
         nodule_score: float | None = None,
         nodule_flag: bool | None = None,
         amends_result_id: int | None = None,
+        identity: dict[str, str] | None = None,
     ) -> int:
         """Store a result and its deliveries atomically; returns the result id.
 
         ``nodule_score`` / ``nodule_flag``: the study's nodule/mass result (None: the model
         has no nodule/mass output), kept on the study row for the worklist.
         ``amends_result_id``: the earlier result this one replaces (its SR names that
-        result's SR as predecessor).
+        result's SR as predecessor). ``identity``: the study's accession number, patient ID
+        and name (:data:`IDENTITY_FIELDS`) for the worklist.
 
         If new instances arrived while triaging (generation moved on), the result is kept
         for the record but superseded at once and not delivered: the study is triaged again.
@@ -518,6 +539,8 @@ class JobStore:
                 " result_id=?, triaged_at=?, errors=0, last_error=NULL WHERE study_uid=?",
                 (TRIAGED, decision, score, nodule_score,
                  None if nodule_flag is None else int(bool(nodule_flag)), rid, now, study_uid))
+            if identity:
+                self._set_identity(con, study_uid, identity)
             return int(rid)
 
     def fail_study(self, study_uid: str, generation: int, error: str, max_errors: int = 3,

@@ -178,6 +178,11 @@ class StudyQueries:
         return [dict(r) for r in self._store.connection().execute(
             "SELECT * FROM feedback" + clause + " ORDER BY id", args)]
 
+    def first_instance_path(self, study_uid: str) -> str | None:
+        row = self._store.connection().execute(
+            "SELECT path FROM instances WHERE study_uid=? ORDER BY received_at LIMIT 1", (study_uid,)).fetchone()
+        return None if row is None else str(row[0])
+
     def current_result_id(self, study_uid: str) -> int | None:
         row = self._store.connection().execute(
             "SELECT result_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
@@ -194,6 +199,7 @@ _SUMMARY_SQL = (
     "SELECT s.study_uid, s.state, s.decision, s.score, s.nodule_score, s.nodule_flag,"
     " s.first_received_at, s.last_received_at,"
     " s.triaged_at, s.n_instances, s.calling_ae, s.result_id, s.last_error,"
+    " s.accession_number, s.patient_id, s.patient_name,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id) AS n_deliveries,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='delivered') AS n_delivered,"
     " (SELECT COUNT(*) FROM deliveries d WHERE d.result_id=s.result_id AND d.state='dead') AS n_dead,"

@@ -45,7 +45,7 @@ from cxr_triage.dicom_node.web.worklist import WorklistSource
 __all__ = [
     "COOKIE", "DECISION_FILTERS", "DeliveryOut", "FilmOut", "StudyDetailOut", "StudySummaryOut",
     "WebConfigError", "WebServer", "WebSettings", "WorklistOut", "check_web_config", "create_app",
-    "is_loopback", "new_token", "start_web",
+    "check_web_tls", "is_loopback", "new_token", "start_web",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _as_source(store: Any, settings: WebSettings) -> WorklistSource:
 class WebServer:
     """A running uvicorn server in a daemon thread; ``stop()`` shuts it down."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, *, tls_cert: Any = None, tls_key: Any = None) -> None:
         import uvicorn
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -126,8 +126,13 @@ class WebServer:
         self._sock.listen(128)
         self.host = host
         self.port = self._sock.getsockname()[1]
+        # access log off: URLs name studies, and the pages carry patient names and IDs
+        tls = bool(tls_cert and tls_key)
+        self.scheme = "https" if tls else "http"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=3)
+                                timeout_graceful_shutdown=3,
+                                ssl_certfile=str(tls_cert) if tls else None,
+                                ssl_keyfile=str(tls_key) if tls else None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="cxr-triage-web", daemon=True)
@@ -136,7 +141,7 @@ class WebServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> "WebServer":
         self._thread.start()
@@ -162,12 +167,30 @@ def start_web(cfg: Any, store: Any, *, model_info: Callable[[], dict[str, str]] 
               audit: Any = None) -> WebServer | None:
     """Start the worklist for a node when ``[web] enabled``; None when disabled.
 
-    Raises WebConfigError (exposed without a token) or OSError (port busy) so the node can
-    report the problem at start.
+    Off loopback the worklist shows patient names and IDs, so it is served over HTTPS
+    (``[web] tls_cert`` and ``tls_key``) unless a trusted reverse proxy (``[web]
+    trusted_user_header``) terminates TLS in front of it.
+
+    Raises WebConfigError (exposed without a login, or without HTTPS) or OSError (port busy,
+    unreadable certificate) so the node can report the problem at start.
     """
     if cfg is not None and not cfg.web.enabled and settings is None:
         return None
     settings = settings or WebSettings.from_config(cfg)
+    check_web_tls(settings)
     app = create_app(store, cfg, settings=settings, model_info=model_info, collectors=collectors, audit=audit)
-    return WebServer(app, settings.host, settings.port).start()
+    return WebServer(app, settings.host, settings.port, tls_cert=settings.tls_cert,
+                     tls_key=settings.tls_key).start()
+
+
+def check_web_tls(settings: WebSettings) -> None:
+    """Refuse plain HTTP off loopback (patient names and IDs on the page), unless a trusted
+    reverse proxy does TLS; refuse half a TLS configuration."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise WebConfigError("[web] tls_cert and tls_key go together: set both (HTTPS) or neither")
+    if not is_loopback(settings.host) and not settings.tls_cert and not settings.trusted_user_header:
+        raise WebConfigError(
+            f"[web] host = {settings.host!r} is not a loopback address: the worklist shows patient names "
+            "and IDs, so set [web] tls_cert and tls_key to serve it over HTTPS (or put it behind a TLS "
+            "reverse proxy with [web] trusted_user_header), or bind it to 127.0.0.1")
 

@@ -12,7 +12,7 @@ from fastapi.templating import Jinja2Templates
 from cxr_triage.dicom_node.web.auth import LOGIN_REQUIRED, current_user, safe_next
 from cxr_triage.dicom_node.web.deps import Settings, Templates, Views
 from cxr_triage.dicom_node.web.feedback import FINDINGS, VERDICTS, give_feedback
-from cxr_triage.dicom_node.web.views import DECISION_FILTERS, form_date, local_time, wait_text
+from cxr_triage.dicom_node.web.views import DECISION_FILTERS, form_date, local_time, person_name, wait_text
 from cxr_triage.dicom_node.web.worklist import PLAIN_DECISION, PLAIN_REASON
 
 router = APIRouter()
@@ -23,7 +23,7 @@ def build_templates() -> Jinja2Templates:
     pkg = resources.files("cxr_triage.dicom_node.web")
     templates = Jinja2Templates(directory=str(pkg / "templates"))
     templates.env.globals.update(plain_decision=PLAIN_DECISION, plain_reason=PLAIN_REASON, local_time=local_time,
-                                 wait_text=wait_text)
+                                 wait_text=wait_text, person_name=person_name)
     return templates
 
 

@@ -70,6 +70,9 @@ class StudySummaryOut(BaseModel):
     rank: int = Field(description="1-based position in the reading order")
     band: str = Field(description="overdue | suspicious | not_assessable | pending | likely_normal")
     study_instance_uid: str
+    accession_number: str | None = Field(None, description="the order's accession number (what a RIS keys on)")
+    patient_id: str | None = None
+    patient_name: str | None = Field(None, description="DICOM person name, family^given^middle^prefix^suffix")
     decision: str = Field(description="likely_normal | suspicious | not_assessable | pending")
     decision_text: str
     score: float | None = None

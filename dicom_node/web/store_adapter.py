@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
+from cxr_triage.dicom_node.store.jobs import IDENTITY_FIELDS
 from cxr_triage.dicom_node.web.worklist import DeliveryEvent, FilmEntry, QueueStats, StudyEntry
 
 #: How many studies one worklist query reads at most (the page shows ``[web] max_rows``).
@@ -28,13 +29,13 @@ class StoreWorklist:
     # ------------------------------------------------------------------ worklist
     def list_studies(self, since: float | None = None, until: float | None = None) -> list[StudyEntry]:
         rows = self._store.list_studies(since=since, until=until, limit=SCAN_LIMIT)
-        return [self._entry(r) for r in rows]
+        return [self._with_identity(self._entry(r), r) for r in rows]
 
     def get_study(self, study_instance_uid: str) -> StudyEntry | None:
         row = self._store.get_study(study_instance_uid)
         if row is None:
             return None
-        entry = self._entry(row)
+        entry = self._with_identity(self._entry(row), row)
         result = row.get("result") or {}
         by_sop = {f.get("sop_instance_uid"): f for f in result.get("films", []) if isinstance(f, dict)}
         films: list[FilmEntry] = []
@@ -113,6 +114,16 @@ class StoreWorklist:
                 "operating_point": str(f.get("operating_point") or "")}
 
     # ------------------------------------------------------------------- helpers
+    def _with_identity(self, entry: StudyEntry, r: dict[str, Any]) -> StudyEntry:
+        """Accession number, patient ID and name: kept on the study row once triaged; before
+        that, read from the header of the study's first spooled instance."""
+        if not any(r.get(k) for k in IDENTITY_FIELDS) and r.get("state") in ("receiving", "processing"):
+            r = {**r, **_identity_from_spool(self._store.first_instance_path(entry.study_instance_uid))}
+        entry.accession_number = r.get("accession_number") or None
+        entry.patient_id = r.get("patient_id") or None
+        entry.patient_name = r.get("patient_name") or None
+        return entry
+
     @staticmethod
     def _entry(r: dict[str, Any]) -> StudyEntry:
         status = r.get("delivery_status")
@@ -132,6 +143,20 @@ class StoreWorklist:
             feedback_verdict=r.get("feedback_verdict"),
             feedback_user=r.get("feedback_user"),
         )
+
+
+def _identity_from_spool(path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    try:
+        from pydicom import dcmread
+
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["AccessionNumber", "PatientID", "PatientName"])
+    except Exception:  # noqa: BLE001 - a file still being written or unreadable: nothing to show yet
+        return {}
+    return {"accession_number": str(ds.get("AccessionNumber", "") or ""),
+            "patient_id": str(ds.get("PatientID", "") or ""),
+            "patient_name": str(ds.get("PatientName", "") or "")}
 
 
 def _film(fr: dict[str, Any], inst: dict[str, Any]) -> FilmEntry:

@@ -54,6 +54,15 @@ def utc(ts: float | None) -> dt.datetime | None:
     return None if ts is None else dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
 
 
+def person_name(pn: str | None) -> str:
+    """A DICOM person name as people write it: "Doe^Jane^M" -> "Doe, Jane M"."""
+    if not pn:
+        return ""
+    family, given, middle, prefix, suffix = (str(pn).split("=")[0].split("^") + [""] * 5)[:5]
+    first = " ".join(p for p in (prefix, given, middle) if p)
+    return ", ".join(p for p in (family, first) if p) + (f" {suffix}" if suffix else "")
+
+
 def local_time(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -97,7 +106,8 @@ class StudyViews:
         uid = e.study_instance_uid
         has_image = bool(e.films) or e.n_instances > 0  # list rows carry no films: checked on request
         return StudySummaryOut(
-            rank=rank, band=band_name, study_instance_uid=uid, decision=e.status,
+            rank=rank, band=band_name, study_instance_uid=uid, accession_number=e.accession_number,
+            patient_id=e.patient_id, patient_name=e.patient_name, decision=e.status,
             decision_text=PLAIN_DECISION.get(e.status, e.status), score=e.score,
             nodule_flag=e.nodule_flag, nodule_score=e.nodule_score,
             received_at=utc(e.received_at), triaged_at=utc(e.triaged_at),

@@ -95,6 +95,10 @@ class StudyEntry:
     feedback_verdict: str | None = None   # the latest radiologist assessment of the current result
     feedback_user: str | None = None
     feedback: list[dict[str, Any]] = field(default_factory=list)   # every assessment (study page)
+    # the study as people know it (PHI: shown behind the login, never logged)
+    accession_number: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None           # DICOM PN, e.g. "Doe^Jane"
 
     @property
     def status(self) -> str:

@@ -271,6 +271,18 @@ def score_instance(triager: FilmTriager, inst: InstanceRecord, ds: Dataset | Non
     return film
 
 
+def study_identity(sources: list[Dataset]) -> dict[str, str]:
+    """Accession number, patient ID and name of the study (its first film that has them),
+    for the worklist: PHI, never logged."""
+    out = {"accession_number": "", "patient_id": "", "patient_name": ""}
+    for ds in sources:
+        for key, keyword in (("accession_number", "AccessionNumber"), ("patient_id", "PatientID"),
+                             ("patient_name", "PatientName")):
+            if not out[key]:
+                out[key] = str(ds.get(keyword, "") or "").strip()
+    return out
+
+
 def _referenced(job: StudyJob) -> StudyResult:
     """The study result restricted to films whose file parsed."""
     study = job.study_result()
@@ -385,7 +397,8 @@ class TriageWorker(PollingThread):
                 study_uid, generation, result.decision.value, result.score, result.to_dict(),
                 job.objects, self.destinations(), nodule_score=result.nodule_score,
                 nodule_flag=result.nodule_flag,
-                amends_result_id=job.amends.result_id if job.amends else None)
+                amends_result_id=job.amends.result_id if job.amends else None,
+                identity=study_identity(job.sources))
             job.timings_ms["commit"] = round((time.perf_counter() - start) * 1000.0, 3)
         except Exception as exc:
             transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy

@@ -4,7 +4,9 @@ A radiologist logs in with a per-user token, reads the worklist and a study, and
 AI result with the finding seen; the feedback is stored and exported by ``cxr-triage
 reconcile --feedback``.
 
-Saves test-artifacts/worklist.png and test-artifacts/study.png.
+Saves the screenshots worklist.png and study.png (and the exported feedback_discordant.csv)
+to the test artefacts folder (``support.artefacts``: ``$CXR_TRIAGE_ARTEFACTS/web`` or
+``test-artifacts/web``).
 """
 
 from __future__ import annotations
@@ -21,18 +23,17 @@ import httpx
 import pytest
 from conftest import DCMTK_BIN, free_port
 from pydicom.uid import generate_uid
+from support.artefacts import artefact_dir
 from support.web_node import CANINE, screen_films
 
 from cxr_triage.config import load_config
 from cxr_triage.dicom_node.store.audit import read_audit
 from cxr_triage.dicom_node.web.worklist import StudyEntry, order_worklist
-from cxr_triage.paths import repo_root
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = repo_root() / "test-artifacts"
 MAX_WAIT_S = 8.0
 RADIOLOGIST, TOKEN = "dr.test", "browser-test-token-0123456789"
 
@@ -61,7 +62,10 @@ def running_node(tmp_path_factory, tiny_model, shared_data, sample_dicoms):
     films = screen_films(Triager(cfg), shared_data, 2, 2)
 
     def wrap(png: Path) -> Path:
-        return write_dicom(png_to_dicom(png, study_uid=generate_uid()), root / f"{generate_uid()}.dcm")
+        n = len(list(root.glob("*.dcm"))) + 1        # each study its own made-up patient and order
+        ds = png_to_dicom(png, study_uid=generate_uid(), patient_name=f"Browsertest^Patient{n}",
+                          patient_id=f"BT-{n:03d}", accession_number=f"BTACC{n:04d}")
+        return write_dicom(ds, root / f"{generate_uid()}.dcm")
 
     first_normal = wrap(films["likely_normal"][0])
     later = [wrap(p) for p in films["suspicious"]] + [wrap(films["likely_normal"][1]), sample_dicoms[CANINE]]
@@ -203,9 +207,10 @@ def _text(driver, element_id: str) -> str:
         "const e = document.getElementById(arguments[0]); return e ? e.innerText : null", element_id) or ""
 
 
-def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  # browser starts first
+def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node, tmp_path):  # browser starts first
     from selenium.webdriver.common.by import By
 
+    artefacts = artefact_dir(tmp_path, "web")
     node, web = running_node
     # a named login: the worklist sends the browser to the login form first
     browser.get(web.url + "/")
@@ -217,8 +222,7 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     # Every thumbnail actually loaded (server-rendered PNG with the heatmap; lazy loading).
     loaded = _wait(browser, lambda d: _images_loaded(d, "img.thumb"), "the 5 thumbnails to load")
     assert len(loaded) == 5
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "worklist.png"))
+    browser.save_screenshot(str(artefacts / "worklist.png"))
 
     # What the page shows is the reading order of the store's real results at the page's time.
     stored = node.queries.list_studies(limit=100)
@@ -234,10 +238,26 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     # likely normal one (unless a slow machine let it pass the maximum wait too).
     rest = [r["decision"] for r in rows[1:] if r["band"] != "overdue"]
     assert rest[:3] == ["suspicious", "suspicious", "not_assessable"]
-    # The JSON API agrees with the page.
+    # The JSON API agrees with the page, and both name the patient and the accession number
+    # (read back from the spooled films' headers).
     api = httpx.get(web.url + "/api/studies", timeout=10,
                     headers={"Authorization": f"Bearer {TOKEN}"}).json()["studies"]
     assert {r["study_instance_uid"] for r in api} == {r["uid"] for r in rows}
+    for r in api:
+        hdr = __import__("pydicom").dcmread(node.queries.first_instance_path(r["study_instance_uid"]),
+                                            stop_before_pixels=True)
+        assert (r["accession_number"] or "", r["patient_id"], r["patient_name"]) == (
+            hdr.get("AccessionNumber", ""), hdr.PatientID, str(hdr.PatientName))
+    shown = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#worklist tr.row')).map("
+        "r => [r.dataset.uid, r.querySelector('td.patient').innerText, r.querySelector('td.accession').innerText])")
+    by_uid = {r["study_instance_uid"]: r for r in api}
+    assert len(shown) == 5
+    for uid, patient, accession in shown:
+        assert accession == (by_uid[uid]["accession_number"] or "\u2013")
+        assert by_uid[uid]["patient_id"] in patient
+        if by_uid[uid]["patient_id"].startswith("BT-"):       # DICOM "Family^Given" shown as people write it
+            assert patient.startswith("Browsertest, Patient")
 
     # Filter by decision with the form.
     browser.find_element(By.CSS_SELECTOR, "input[name=decision][value=suspicious]").click()
@@ -252,6 +272,8 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     assert filtered[0]["uid"] == top_suspicious
     _navigate(browser, "#worklist tr.row a.study-link", "the study page")
     _wait(browser, lambda d: _text(d, "study-uid") == top_suspicious, "the study page of the top suspicious study")
+    assert _text(browser, "study-accession") == by_uid[top_suspicious]["accession_number"]
+    assert _text(browser, "study-patient").startswith("Browsertest, Patient")
     widths = _wait(browser, lambda d: _images_loaded(d, "img.film-img, img.heatmap"), "the film and its heatmap")
     assert len(widths) >= 2
     assert _displayed(browser, "img.heatmap") and _displayed(browser, "img.film-img")
@@ -264,7 +286,7 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     deliveries = _text(browser, "deliveries")
     assert "outbox" in deliveries and "delivered" in deliveries
     browser.set_window_size(1400, 1900)
-    browser.save_screenshot(str(ARTIFACTS / "study.png"))
+    browser.save_screenshot(str(artefacts / "study.png"))
 
     # The radiologist rejects the AI's "suspicious" call: no abnormality seen.
     assert _text(browser, "feedback-user") == RADIOLOGIST
@@ -274,6 +296,7 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     _navigate(browser, "#feedback-reject", "the study page after the feedback")
     _wait(browser, lambda d: RADIOLOGIST in _text(d, "feedback-history") and "rejected" in _text(
         d, "feedback-history"), "the feedback in the study page's history")
+    browser.save_screenshot(str(artefacts / "study_feedback.png"))
     (stored,) = node.queries.feedback(top_suspicious)
     assert (stored["user"], stored["verdict"], stored["finding"], stored["decision"]) == (
         RADIOLOGIST, "reject", "normal", "suspicious")
@@ -286,8 +309,9 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node):  #
     _wait(browser, lambda d: "rejected" in (d.execute_script(
         "const r = document.querySelector(`tr.row[data-uid='${arguments[0]}'] td.feedback`);"
         " return r ? r.innerText : ''", top_suspicious) or ""), "the rejection on the worklist row")
+    browser.save_screenshot(str(artefacts / "worklist_feedback.png"))
     # ... and exported by `cxr-triage reconcile` as a discordant case for retraining
-    out = ARTIFACTS / "feedback_discordant.csv"
+    out = artefacts / "feedback_discordant.csv"
     proc = subprocess.run([sys.executable, "-m", "cxr_triage.cli", "reconcile", "--feedback",
                            "--store", str(node.dirs.queue_db), "--discordant", str(out)],
                           capture_output=True, text=True, timeout=120,

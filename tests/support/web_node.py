@@ -119,8 +119,13 @@ def build_triaged_node(root: Path, model_path: Path, shared_data: Path, sample_d
     wrapped = root / "films"
     wrapped.mkdir(exist_ok=True)
 
+    patients: dict[str, int] = {}
+
     def wrap(png: Path, study_uid: str, n: int = 1) -> Path:
-        ds = png_to_dicom(png, study_uid=study_uid, instance_number=n)
+        # each study its own (made-up) patient and accession number, as a RIS would give
+        k = patients.setdefault(study_uid, len(patients) + 1)
+        ds = png_to_dicom(png, study_uid=study_uid, instance_number=n, patient_name=f"Testpatient^Alma{k}",
+                          patient_id=f"PID-{k:04d}", accession_number=f"ACC{k:06d}")
         return write_dicom(ds, wrapped / f"{study_uid}_{n}.dcm")
 
     order: list[tuple[str, Path]] = [("likely_normal", p) for p in films["likely_normal"]]
