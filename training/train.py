@@ -57,7 +57,7 @@ class TrainConfig:
     architecture: str = "effnet_lite0"  # effnet_lite0 | densenet121 | tiny
     pretrained: bool = True
     freeze_blocks: int = 6              # EfficientNet: stem + first n MBConv blocks frozen
-    trunk_views: int = 0                # >0 (EfficientNet): cache the frozen trunk's output for
+    trunk_views: int = 0                # >0 (EfficientNet, pipeline_augment 0): cache the frozen trunk's output for
                                         # this many augmented views per film, train the rest on it
     image_size: int = 224
     harmonise_size: int = 224
@@ -75,11 +75,11 @@ class TrainConfig:
     nodule_weight: float = 1.0          # loss weight of the nodule/mass output
     aux_weight: float = 0.3             # loss weight of the 14 auxiliary findings (their mean)
     distill: float = 0.0                # weight of teacher soft targets (teacher_<finding> columns), 0..1
-    pipeline_augment: float = 0.0       # >0: random image-pipeline chain on the decoded film before
+    pipeline_augment: float = 0.5       # >0: random image-pipeline chain on the decoded film before
                                         # preprocessing (training/augment.py), scaled by this probability
-    ema: float = 0.0                    # >0: decay of an exponential moving average of the weights,
+    ema: float = 0.98                   # >0: decay of an exponential moving average of the weights,
                                         # the weights validated, checkpointed and exported
-    backbone_lr: float = 1.0            # learning rate of the pretrained trunk as a multiple of lr
+    backbone_lr: float = 0.3            # learning rate of the pretrained trunk as a multiple of lr
     boxes_csv: str = ""                 # file,x,y,width,height boxes of findings (film pixels; files
                                         # relative to the CSV's folder): the heatmap's lung-field prior
                                         # (training films) and its pointing game (validation films);

@@ -156,7 +156,7 @@ def test_cached_trunk_training_with_effnet(synthetic_manifest: Path, tmp_path: P
 
     cfg = TrainConfig(manifest=str(synthetic_manifest), out=str(tmp_path / "t"), architecture="effnet_lite0",
                       image_size=SIZE, harmonise_size=SIZE, freeze_blocks=8, trunk_views=2, epochs=2,
-                      batch_size=16, threads=1, progress=False)
+                      batch_size=16, threads=1, progress=False, pipeline_augment=0.0)
     summary = train(cfg)
     assert summary["epochs_run"] == 2 and 0 <= summary["best_val_auroc"] <= 1
     assert len(list((tmp_path / "t" / "cache").glob("trunk_*.npy"))) == 2
