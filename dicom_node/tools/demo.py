@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any] | None] = {}
     while time.monotonic() < deadline:
         rows = {uid: store.get_study(uid) for uid in stored}
-        if all(r and r["state"] in ("triaged", "failed") and r["delivery_status"] in ("delivered", "none", "dead")
+        if all(r and r["state"] in ("triaged", "failed") and r["delivery_status"] in ("delivered", "none", "dead", "refused")
                for r in rows.values()):
             break
         time.sleep(0.5)

@@ -38,6 +38,12 @@ def _node(tmp_path: Path, model: Path, destination: str, **delivery: object) -> 
     return Node(cfg).start()
 
 
+def _states(node: Node, study_uid: str) -> dict[str, str]:
+    """{SOP class of the object: its delivery state} of the study's current result."""
+    detail = node.queries.get_study(study_uid) or {}
+    return {d["sop_class_uid"]: d["state"] for d in detail.get("deliveries", [])}
+
+
 def _send(node: Node, path: Path) -> str:
     ds = dcmread(path)
     ae = AE(ae_title="MODALITY")
@@ -100,8 +106,8 @@ def test_permanent_refusal_is_reported_and_not_retried_at_the_backoff_rate(
         node = _node(tmp_path, tiny_model, dest.destination)
         try:
             study_uid = _send(node, sample_dicoms[FILM])
-            wait_for(lambda: node.queries.list_studies()
-                     and node.queries.list_studies()[0]["delivery_status"] == "refused", 90,
+            wait_for(lambda: _states(node, study_uid) == {COMPREHENSIVE_3D_SR: "delivered",
+                                                          SECONDARY_CAPTURE: "refused"}, 90,
                      what="the SR delivered, the image refused")
             time.sleep(2.0)            # 5+ back-off periods: a transient failure would retry
             detail = node.queries.get_study(study_uid)
@@ -126,8 +132,9 @@ def test_destination_accepting_no_sr_class_refuses_only_the_sr(
         node = _node(tmp_path, tiny_model, dest.destination)
         try:
             study_uid = _send(node, sample_dicoms[FILM])
-            wait_for(lambda: node.queries.list_studies()
-                     and node.queries.list_studies()[0]["delivery_status"] == "refused", 90)
+            wait_for(lambda: _states(node, study_uid) == {COMPREHENSIVE_3D_SR: "refused",
+                                                          SECONDARY_CAPTURE: "delivered"}, 90,
+                     what="the image delivered, the SR refused")
             detail = node.queries.get_study(study_uid)
         finally:
             node.stop(timeout_s=10)
