@@ -1,19 +1,26 @@
 """A real SR consumer: OHIF's own SR SOP class handler (@ohif/extension-cornerstone-dicom-sr
 3.13.13, pinned in tests/support/ohif/package-lock.json) loads every SR the node builds for the
-demo's sample films, the generated multi-film studies (as test_node_e2e sends them) and the
-edge cases (not assessable, a refused non-image instance), under node with only its UI and
-rendering peers stubbed (tests/support/ohif/load_sr.js).
+demo's sample films, the generated multi-film studies (as test_node_e2e sends them), the
+edge cases (not assessable, a refused non-image instance, nodule/mass) and amended results
+(the result series with the replaced SR and the amended one, which names it in its
+Predecessor Documents Sequence), under node with only its UI and rendering peers stubbed
+(tests/support/ohif/load_sr.js). Each is loaded as the node writes it (Comprehensive 3D SR)
+and as the deliverer sends it to a destination without that class: the fallback
+Comprehensive SR and Enhanced SR (``results/sr_classes.as_sr_class``).
 
 It must not throw (the old SR made it fail with "Cannot read properties of undefined (reading
 'ReferencedSOPSequence')": a measurement group without an SCOORD), must attach one
 measurement to each film, and the decision must be among what OHIF extracts (its display-set
 label: OHIF ignores CODE items, so the decision reaches it through the Series Description).
+For an amended result OHIF must show the amended SR (the series' last by Instance Number),
+labelled amended, not the one it replaced.
 What OHIF extracted is saved as JSON (``$CXR_TRIAGE_ARTEFACTS/ohif`` or the test's tmp dir).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -33,7 +40,9 @@ from cxr_triage.contract.result import (
     StudyResult,
     aggregate_study,
 )
-from cxr_triage.dicom_node.results.sr import build_result_sr
+from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
+from cxr_triage.dicom_node.results.sr import Amendment, build_result_sr
+from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, ENHANCED_SR, SR_CLASS_NAMES, as_sr_class
 
 D, R = Decision, NotAssessableReason
 META = ModelMetadata(name="cxr_triage_test_model", version="0.3.1",
@@ -46,6 +55,8 @@ GENERATED = [
     ("SC", U.JPEGLSLossless, 1),
     ("DX_PRES", U.ExplicitVRLittleEndian, 3),
 ]
+#: The classes a result SR reaches a viewer as: as written, then the deliverer's fallbacks.
+SR_CLASSES = (COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, ENHANCED_SR)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -122,28 +133,117 @@ def _edge_studies() -> dict[str, tuple[StudyResult, list[Dataset]]]:
     return out
 
 
+def _amendment(earlier: Dataset) -> Amendment:
+    """The earlier result as the worker's ``find_amendment`` reads it from the stored SR."""
+    return Amendment(result_id=1, sr_sop_instance_uid=str(earlier.SOPInstanceUID),
+                     sr_sop_class_uid=str(earlier.SOPClassUID),
+                     sr_series_uid=str(earlier.SeriesInstanceUID),
+                     sr_instance_number=int(earlier.InstanceNumber))
+
+
+def _amended_studies() -> dict[str, tuple[list[Dataset], StudyResult]]:
+    """Result series with amended results, built as the worker does (``build_result_sr(...,
+    amends=...)``): another film arrives after a likely-normal result and turns the study
+    suspicious; in the second study not assessable, then likely normal, then suspicious (the
+    SR series holds three results, each amending the one before)."""
+    out = {}
+    study_uid, series_uid = generate_uid(), generate_uid()
+    films = [make_film(study_uid, series_uid, i) for i in (1, 2)]
+    first = aggregate_study(study_uid, [_by_score(films[0], 0.0917)])
+    second = aggregate_study(study_uid, [_by_score(films[0], 0.0917), _by_score(films[1], 0.6612)])
+    sr1 = build_result_sr(first, films[:1], META)
+    sr2 = build_result_sr(second, films, META, amends=_amendment(sr1))
+    out["amended"] = ([sr1, sr2], second)
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    films = [make_film(study_uid, series_uid, i) for i in (1, 2, 3)]
+    results = [
+        aggregate_study(study_uid, [_film(films[0], D.NOT_ASSESSABLE, reason=R.TOO_SMALL)]),
+        aggregate_study(study_uid, [_film(films[0], D.NOT_ASSESSABLE, reason=R.TOO_SMALL),
+                                    _by_score(films[1], 0.1234)]),
+        aggregate_study(study_uid, [_film(films[0], D.NOT_ASSESSABLE, reason=R.TOO_SMALL),
+                                    _by_score(films[1], 0.1234),
+                                    _by_score(films[2], 0.4321)]),
+    ]
+    srs = [build_result_sr(results[0], films[:1], META)]
+    for n, result in enumerate(results[1:], start=2):
+        srs.append(build_result_sr(result, films[:n], META, amends=_amendment(srs[-1])))
+    out["amended_twice"] = (srs, results[-1])
+    return out
+
+
+@dataclass(frozen=True)
+class LoadedSR:
+    """One SR series as a viewer gets it; OHIF is to show its last SR (``shown``)."""
+
+    paths: list[Path]          # the series' SR files, Instance Number order
+    study: StudyResult         # the result in the last SR
+    shown: str                 # its SOP Instance UID
+    sop_class: str
+
+
+def _predecessor_problems(name: str, series: list[Dataset]) -> list[str]:
+    """Each amended SR names the one before it (same series, next Instance Number): the test
+    loads what the node sends, not an SR without the amendment."""
+    problems = []
+    for before, after in zip(series, series[1:]):
+        refs = [(str(se.SeriesInstanceUID), str(ref.ReferencedSOPClassUID),
+                 str(ref.ReferencedSOPInstanceUID))
+                for st in after.get("PredecessorDocumentsSequence", [])
+                for se in st.ReferencedSeriesSequence for ref in se.ReferencedSOPSequence]
+        if refs != [(str(before.SeriesInstanceUID), str(before.SOPClassUID), str(before.SOPInstanceUID))]:
+            problems.append(f"{name}: predecessor {refs} is not the SR before it")
+        if (after.SeriesInstanceUID != before.SeriesInstanceUID
+                or int(after.InstanceNumber) != int(before.InstanceNumber) + 1):
+            problems.append(f"{name}: the amended SR is not the next instance of the series")
+    return problems
+
+
 @pytest.fixture(scope="module")
-def node_srs(sample_dicoms, shared_data, tmp_path_factory) -> dict[str, tuple[Path, StudyResult]]:
+def node_srs(sample_dicoms, shared_data, tmp_path_factory) -> dict[str, LoadedSR]:
+    """Every case's SR series in each class a viewer may get it as."""
     base = tmp_path_factory.mktemp("ohif_srs")
     studies = {**_demo_studies(sample_dicoms), **_generated_studies(shared_data, base),
                **_edge_studies()}
-    return {name: (save(build_result_sr(study, sources, META), base / f"{name}.dcm"), study)
-            for name, (study, sources) in studies.items()}
+    series = {name: ([build_result_sr(study, sources, META)], study)
+              for name, (study, sources) in studies.items()}
+    series.update(_amended_studies())
+    out, problems = {}, []
+    for name, (srs, study) in series.items():
+        for sop_class in SR_CLASSES:
+            # as the deliverer sends it (a fallback amended SR names its predecessor's fallback)
+            sent = [as_sr_class(sr, sop_class) for sr in srs]
+            key = name if sop_class == COMPREHENSIVE_3D_SR else f"{name}.{_slug(sop_class)}"
+            problems += _predecessor_problems(key, sent)
+            paths = [save(ds, base / f"{key}.{n}.dcm") for n, ds in enumerate(sent, start=1)]
+            out[key] = LoadedSR(paths, study, str(sent[-1].SOPInstanceUID), sop_class)
+    assert not problems, "\n".join(problems)
+    return out
+
+
+def _slug(sop_class: str) -> str:
+    return SR_CLASS_NAMES[sop_class].lower().replace(" ", "_")
 
 
 def test_ohif_loads_every_sr_and_shows_the_decision(node_srs, tmp_path):
     out = artefact_dir(tmp_path, "ohif")
     problems = []
-    for name, (path, study) in sorted(node_srs.items()):
-        rc, seen = ohif_load(path)
+    for name, case in sorted(node_srs.items()):
+        # the series as a PACS may list it (newest first); OHIF orders it by Instance Number
+        rc, seen = ohif_load(list(reversed(case.paths)))
         (out / f"{name}.json").write_text(json.dumps(seen, indent=2))
         if rc != 0 or "error" in seen:
             problems.append(f"{name}: OHIF threw: {seen.get('error')}")
             continue
+        study = case.study
         label = study.decision.value.replace("_", " ").upper()
         shown = seen["displaySet"]["label"]
         if label not in shown:
             problems.append(f"{name}: decision {label} not in OHIF's label {shown!r}")
+        if (seen["displaySet"]["SOPInstanceUID"], seen["displaySet"]["SOPClassUID"]) != (case.shown, case.sop_class):
+            problems.append(f"{name}: OHIF shows {seen['displaySet']['SOPInstanceUID']}, not the latest SR")
+        if ("(amended)" in shown) != (len(case.paths) > 1):
+            problems.append(f"{name}: OHIF's label {shown!r} does not say whether it is amended")
         images = [f for f in study.films if f.reason is not NotAssessableReason.NON_IMAGE]
         measurements = seen["measurements"]
         attached = {m["ReferencedSOPInstanceUID"] for m in measurements if m["loaded"]}
@@ -159,7 +259,9 @@ def test_ohif_loads_every_sr_and_shows_the_decision(node_srs, tmp_path):
             if {k: v for k, v in labels.items() if "odule" in k} != nodule:
                 problems.append(f"{name}: nodule/mass labels {labels}")
     assert not problems, "\n".join(problems)
-    assert len(node_srs) >= 4 + len(GENERATED)
+    assert len(node_srs) >= (4 + len(GENERATED) + 2) * len(SR_CLASSES)
+    assert {c.sop_class for c in node_srs.values()} == set(SR_CLASSES)
+    assert sum(len(c.paths) > 1 for c in node_srs.values()) == 2 * len(SR_CLASSES)
 
 
 def test_harness_reproduces_the_old_failure(tmp_path):

@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 OHIF_DIR = Path(__file__).parent / "ohif"
 HARNESS = OHIF_DIR / "load_sr.js"
@@ -26,9 +26,11 @@ def ensure_installed() -> str | None:
     return None
 
 
-def ohif_load(path: Path) -> tuple[int, dict[str, Any]]:
-    """(exit code, what OHIF extracted) for one SR file."""
-    proc = subprocess.run([shutil.which("node") or "node", str(HARNESS), str(path)],
+def ohif_load(path: Path | Sequence[Path]) -> tuple[int, dict[str, Any]]:
+    """(exit code, what OHIF extracted) for one SR file, or for the SR files of one series
+    handed to OHIF together (it shows the last by Instance Number: an amended result)."""
+    paths = [path] if isinstance(path, Path) else list(path)
+    proc = subprocess.run([shutil.which("node") or "node", str(HARNESS), *map(str, paths)],
                           cwd=OHIF_DIR, capture_output=True, text=True, timeout=120)
     try:
         data = json.loads(proc.stdout)

@@ -11,8 +11,13 @@
 // is naturalised with dcmjs, and every image it lists as evidence is offered as an image
 // display set, so the handler attaches each measurement to its film.
 //
-// usage: node load_sr.js SR.dcm  -> JSON on stdout; exit 0 when load() succeeded, 1 when it
-// threw (the JSON then has "error").
+// Several files are the instances of one SR series, handed to the handler together as the
+// viewer does (e.g. a result and the amended result that replaced it): the handler sorts them
+// with @ohif/core's sortStudyInstances, whose default order (Instance Number, then SOP
+// Instance UID) the stand-in below reproduces, and shows the last one.
+//
+// usage: node load_sr.js SR.dcm [SR.dcm ...]  -> JSON on stdout; exit 0 when load()
+// succeeded, 1 when it threw (the JSON then has "error").
 'use strict';
 
 const fs = require('fs');
@@ -70,10 +75,19 @@ const sopClassDictionary = {
   Comprehensive3DSR: '1.2.840.10008.5.1.4.1.1.88.34',
 };
 let guidCounter = 0;
+// @ohif/core's default instance order (utils/sortStudy.ts sortByInstanceNumber): Instance
+// Number, then SOP Instance UID (its creation date/time tie-break left out: the node's SRs in
+// one series always differ in Instance Number); sorted in place, like the original.
+function byInstanceNumber(a, b) {
+  const na = parseInt(a.InstanceNumber) || 0;
+  const nb = parseInt(b.InstanceNumber) || 0;
+  if (na !== nb) return na - nb;
+  return a.SOPInstanceUID < b.SOPInstanceUID ? -1 : a.SOPInstanceUID > b.SOPInstanceUID ? 1 : 0;
+}
 const ohifCore = {
   utils: {
     guid: () => `guid-${++guidCounter}`,
-    sortStudyInstances: instances => instances,
+    sortStudyInstances: instances => instances.sort(byInstanceNumber),
     sortDisplaySetsCopy: displaySets => [...displaySets],
     sopClassDictionary,
   },
@@ -119,20 +133,32 @@ function out(obj, code) {
 
 function asArray(x) { return x === undefined || x === null ? [] : Array.isArray(x) ? x : [x]; }
 
-async function main(file) {
-  const dcmjs = require('dcmjs');
-  const extension = require('@ohif/extension-cornerstone-dicom-sr').default;
-
+function readInstance(dcmjs, file) {
   const buf = fs.readFileSync(file);
   const dicom = dcmjs.data.DicomMessage.readFile(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
   const instance = dcmjs.data.DicomMetaDictionary.naturalizeDataset(dicom.dict);
   instance.imageId = `dicomfile:${instance.SOPInstanceUID}`;
+  return instance;
+}
 
-  // One image display set per evidence image (the films the SR was made from).
+async function main(files) {
+  const dcmjs = require('dcmjs');
+  const extension = require('@ohif/extension-cornerstone-dicom-sr').default;
+
+  if (!files.length) throw new Error('usage: node load_sr.js SR.dcm [SR.dcm ...]');
+  const instances = files.map(file => readInstance(dcmjs, file));
+  const classes = new Set(instances.map(i => i.SOPClassUID));
+  if (classes.size !== 1) throw new Error(`one series, one SOP class: ${[...classes]}`);
+  const instance = instances[0];
+
+  // One image display set per evidence image (the films the SRs were made from).
   const imageDisplaySets = [];
-  for (const study of asArray(instance.CurrentRequestedProcedureEvidenceSequence)) {
+  const offered = new Set();
+  for (const study of instances.flatMap(i => asArray(i.CurrentRequestedProcedureEvidenceSequence))) {
     for (const series of asArray(study.ReferencedSeriesSequence)) {
       for (const sop of asArray(series.ReferencedSOPSequence)) {
+        if (offered.has(sop.ReferencedSOPInstanceUID)) continue;
+        offered.add(sop.ReferencedSOPInstanceUID);
         imageDisplaySets.push({
           displaySetInstanceUID: `image-${sop.ReferencedSOPInstanceUID}`,
           SeriesInstanceUID: series.SeriesInstanceUID,
@@ -163,7 +189,7 @@ async function main(file) {
   const handlers = extension.getSopClassHandlerModule({ servicesManager, extensionManager });
   const handler = handlers.find(h => h.sopClassUids.includes(instance.SOPClassUID));
   if (!handler) throw new Error(`no OHIF SR handler for SOP class ${instance.SOPClassUID}`);
-  const displaySets = handler.getDisplaySetsFromSeries([instance]);
+  const displaySets = handler.getDisplaySetsFromSeries([...instances]);
   const result = {
     handler: handler.name,
     displaySet: null,
@@ -175,6 +201,9 @@ async function main(file) {
   const ds = displaySets[0];
   result.displaySet = ds && {
     label: ds.label,
+    SOPInstanceUID: ds.SOPInstanceUID,   // the instance the display set shows
+    SOPClassUID: ds.SOPClassUID,
+    instances: (ds.instances || []).length,
     SeriesDescription: ds.SeriesDescription,
     SeriesDate: ds.SeriesDate,
     SeriesTime: ds.SeriesTime,
@@ -215,7 +244,7 @@ async function main(file) {
   out(result, 0);
 }
 
-main(process.argv[2]).catch(err => {
+main(process.argv.slice(2)).catch(err => {
   console.warn = originalWarn;
   out({ error: `${err && err.name}: ${err && err.message}`, stack: String(err && err.stack).split('\n').slice(0, 8), warnings }, 1);
 });
