@@ -66,23 +66,18 @@ class ModelMetadata:
 
     def threshold(self, operating_point: str | None = None) -> tuple[str, float]:
         """(name, threshold) for an operating point, the model's default when None."""
-        name = operating_point or self.default_operating_point
-        if name not in self.thresholds:
-            raise KeyError(
-                f"model {self.name} {self.version} has no operating point {name!r} "
-                f"(has: {', '.join(sorted(self.thresholds)) or 'none'})"
-            )
-        return name, float(self.thresholds[name])
+        return self._pick(self.thresholds, operating_point or self.default_operating_point, "operating point")
 
     def nodule_threshold(self, operating_point: str | None = None) -> tuple[str, float] | None:
         """(name, threshold) of a nodule/mass operating point (the model's default when None);
         None when the model has no usable nodule/mass output. KeyError for an unknown name."""
         if not self.nodule_thresholds:
             return None
-        name = operating_point or self.nodule_default_operating_point
-        if name not in self.nodule_thresholds:
-            raise KeyError(
-                f"model {self.name} {self.version} has no nodule/mass operating point {name!r} "
-                f"(has: {', '.join(sorted(self.nodule_thresholds))})"
-            )
-        return name, float(self.nodule_thresholds[name])
+        return self._pick(self.nodule_thresholds, operating_point or self.nodule_default_operating_point,
+                          "nodule/mass operating point")
+
+    def _pick(self, thresholds: dict[str, float], name: str, what: str) -> tuple[str, float]:
+        if name not in thresholds:
+            raise KeyError(f"model {self.name} {self.version} has no {what} {name!r} "
+                           f"(has: {', '.join(sorted(thresholds)) or 'none'})")
+        return name, float(thresholds[name])
