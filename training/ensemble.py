@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_triage.training.manifest import read_manifest
+from cxr_triage.training.manifest import read_manifest, write_manifest
 
 
 def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
@@ -17,7 +17,7 @@ def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
     (mean logits): calibrated, given operating points (and the heatmap check) on the runs'
     validation split like a single run; ``export`` reads it unchanged. Returns its validation
     metrics. Raises ValueError when the runs differ in input size, outputs or split."""
-    import shutil
+    import os
 
     import torch
 
@@ -35,14 +35,20 @@ def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
         if (Path(r) / "split.csv").read_bytes() != (Path(runs[0]) / "split.csv").read_bytes():
             raise ValueError(f"{r}: another split than {runs[0]}: an ensemble is calibrated on one validation split")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(runs[0]) / "split.csv", out / "split.csv")
+    # the first run's split, its paths made relative to ``out`` (as a run folder's split.csv is)
+    first_dir, base = Path(runs[0]).resolve(), out.resolve()
+    rows = read_manifest(first_dir / "split.csv")
+    for e in rows:
+        e.file = os.path.relpath((first_dir / e.file).resolve(), base)
+        if e.extra.get("twin"):
+            e.extra["twin"] = os.path.relpath((first_dir / e.extra["twin"]).resolve(), base)
+    write_manifest(rows, out / "split.csv")
     cfg = TrainConfig(**{k: v for k, v in first["config"].items() if k in TrainConfig.__dataclass_fields__})
     cfg.out = str(out)
     net = EnsembleNet([network_from_checkpoint(ck) for ck in cks]).eval()
     root = Path(first.get("films_root") or cfg.data_root)
     entries = read_manifest(out / "split.csv")
-    # the split's paths are relative to the first run's folder
-    entries_root = Path(runs[0])
+    entries_root = out
     val_e = [e for e in entries if e.split == "val" and (not cfg.train_sources or e.source in cfg.train_sources)]
     sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
     x = load_inputs(val_e, entries_root, cfg.spec(), Path(runs[0]) / "cache", progress=False)
