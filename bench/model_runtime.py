@@ -41,7 +41,7 @@ def checkpoints(arg: str | None, architecture: str) -> list[Path]:
             ck = torch.load(path, map_location="cpu", weights_only=False)
         except Exception:  # noqa: BLE001 - missing, unreadable or half-written: try the next
             continue
-        if ck.get("architecture") == architecture and "model" in ck:
+        if ck.get("architecture") == architecture and ("model" in ck or "members" in ck):
             found.append(path)
     return found
 
@@ -51,7 +51,7 @@ def torch_models(meta, arg: str | None):
     import torch
 
     from cxr_triage.training.export import load_checkpoint
-    from cxr_triage.training.network import ExportWrapper, build_network
+    from cxr_triage.training.network import EnsembleNet, ExportWrapper, build_network
 
     arch = meta.architecture or "effnet_lite0"
     for path in checkpoints(arg, arch):
@@ -61,7 +61,13 @@ def torch_models(meta, arg: str | None):
     torch.manual_seed(0)  # the dev export's recipe (bench/_common.py): the same weights
     # efficientnet_lite_pytorch prints "Loaded pretrained weights ..." to stdout here: it goes to
     # stderr because importing _common reserved stdout for the JSON (reserve_stdout_for_json).
-    net = build_network(arch, pretrained=True, image_size=meta.preprocessing.size)
+    n_outputs = 2 if meta.nodule_thresholds else 1  # the file's outputs: score [, nodule_score]
+    if arch == "ensemble":  # the members' architecture and count from the training config
+        members = int(len((meta.extra.get("training_config") or {}).get("ensemble_of") or [0, 0]))
+        net = EnsembleNet([build_network("effnet_lite0", pretrained=True, image_size=meta.preprocessing.size,
+                                          n_outputs=n_outputs) for _ in range(members)])
+    else:
+        net = build_network(arch, pretrained=True, image_size=meta.preprocessing.size, n_outputs=n_outputs)
     yield ExportWrapper(net, meta.temperature).eval(), \
         "same architecture from training/network.py (ImageNet weights, seed 0; no matching checkpoint)"
 
