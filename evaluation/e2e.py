@@ -227,6 +227,7 @@ def send_films(sent: Sequence[SentFilm], node: str, calling_aet: str = "EVALSCU"
     from pynetdicom import AE
 
     from cxr_triage.config import parse_destination
+    from cxr_triage.dicom_node.delivery.scu import associate
 
     ae_title, host, port = parse_destination(node)
     ae = AE(ae_title=calling_aet)
@@ -239,7 +240,7 @@ def send_films(sent: Sequence[SentFilm], node: str, calling_aet: str = "EVALSCU"
     try:
         for s in sent:
             if assoc is None or not assoc.is_established:
-                assoc = ae.associate(host, port, ae_title=ae_title)
+                assoc = associate(ae, host, port, ae_title=ae_title)
                 if not assoc.is_established:
                     raise SourceError(f"node {node} refused or did not answer the association")
             status = assoc.send_c_store(dcmread(s.path))

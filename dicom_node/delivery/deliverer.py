@@ -41,6 +41,7 @@ from pynetdicom.status import (
 
 from cxr_triage.config import Config, parse_destination, resolve_path
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.results.sr_classes import FALLBACKS, SR_CLASS_NAMES, as_sr_class, fits
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import (
@@ -215,7 +216,7 @@ def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = min(timeout_s, 10.0)
     _requested_contexts(ae, [o for item in batch for o in item.objects])
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
+    assoc = associate(ae, host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         return {item.id: Outcome(f"association {why}") for item in batch}

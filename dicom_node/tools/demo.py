@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from cxr_triage.config import ConfigError, load_config, resolve_path
+from cxr_triage.dicom_node.delivery.scu import associate
 
 
 def _files(paths: list[str]) -> list[Path]:
@@ -34,7 +35,7 @@ def send(files: list[Path], host: str, port: int, called: str, calling: str) -> 
     ae = AE(ae_title=calling)
     for pair in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
         ae.add_requested_context(pair[0], pair[1])
-    assoc = ae.associate(host, port, ae_title=called)
+    assoc = associate(ae, host, port, ae_title=called)
     if not assoc.is_established:
         raise SystemExit(f"demo: no association with {called}@{host}:{port} (is `make run` running?)")
     out: dict[str, str] = {}

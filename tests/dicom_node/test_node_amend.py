@@ -17,6 +17,7 @@ from support.store_destination import StoreDestination
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.results.sr import AMENDED_COMPLETION
 from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, fallback_uid
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
@@ -28,7 +29,7 @@ FILM = "nih_gcp_dx_chest_nofinding"
 def _send(port: int, ds: Dataset) -> None:
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(str(ds.SOPClassUID))
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
     assert assoc.send_c_store(ds).Status == 0
     assoc.release()
 

@@ -18,6 +18,7 @@ from support.store_destination import UNCOMPRESSED, StoreDestination
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, ENHANCED_SR, fallback_uid
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 from cxr_triage.dicom_node.service.node import Node
@@ -48,7 +49,7 @@ def _send(node: Node, path: Path) -> str:
     ds = dcmread(path)
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(str(ds.SOPClassUID))
-    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assoc = associate(ae, "127.0.0.1", node.port, ae_title=NODE_AET)
     assert assoc.send_c_store(ds).Status == 0
     assoc.release()
     return str(ds.StudyInstanceUID)

@@ -17,6 +17,7 @@ from support.node_peers import NODE_AET, wait_for
 
 from cxr_triage.config import ConfigError, load_config
 from cxr_triage.dicom_node.delivery.hl7 import build_oru
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 from cxr_triage.dicom_node.service.node import Node
 from cxr_triage.dicom_node.store.audit import read_audit
@@ -34,7 +35,7 @@ def _film(sample: Path) -> Dataset:
 def _send(port: int, ds: Dataset) -> None:
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(str(ds.SOPClassUID))
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
     assert assoc.send_c_store(ds).Status == 0
     assoc.release()
 

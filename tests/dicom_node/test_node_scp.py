@@ -22,6 +22,7 @@ from pynetdicom.sop_class import (
 from support.node_peers import DCMTK, NODE_AET, wait_for
 
 from cxr_triage.config import load_config
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.service.node import Node
 from cxr_triage.dicom_node.store.audit import read_audit
 from cxr_triage.dicom_node.store.jobs import JobStore
@@ -47,7 +48,7 @@ def _assoc(port: int, aet: str = "GOODSCU", contexts=None):
     for cx in contexts or [Verification, SecondaryCaptureImageStorage, DigitalXRayImageStorageForPresentation,
                            ComprehensiveSRStorage, Comprehensive3DSRStorage, CTImageStorage]:
         ae.add_requested_context(cx, ExplicitVRLittleEndian)
-    return ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    return associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
 
 
 def _dataset(sop_class: str = SecondaryCaptureImageStorage, study: str | None = None) -> Dataset:

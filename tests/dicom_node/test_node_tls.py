@@ -10,6 +10,7 @@ import pytest
 from support.node_peers import DCMTK, NODE_AET
 
 from cxr_triage.config import load_config
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.service.node import Node
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI needed to make certificates")
@@ -82,7 +83,7 @@ def test_results_delivered_over_tls(tmp_path: Path, tiny_model: Path, sample_dic
         node = Node(cfg).start()
         ae = AE(ae_title="SCU")
         ae.add_requested_context(SecondaryCaptureImageStorage)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        assoc = associate(ae, "127.0.0.1", node.port, ae_title=NODE_AET)
         assert assoc.send_c_store(dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])).Status == 0
         assoc.release()
         (sr,) = wait_for(lambda: [p for p in out.iterdir() if p.name.startswith("SR")], 60, 0.3, "SR over TLS")

@@ -12,6 +12,7 @@ from support.node_peers import NODE_AET, NodeProcess, free_port, write_node_conf
 
 from cxr_triage.cli import main
 from cxr_triage.contract.result import Decision, aggregate_study
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.evaluation import e2e, sources
 from cxr_triage.inference.pipeline import Triager
 
@@ -100,7 +101,7 @@ def test_result_receiver_keeps_the_whole_sr(chunked: bool, shared_data: Path, ti
         ae = AE(ae_title="CXRTRIAGE")
         ae.add_requested_context(srs[0][1].SOPClassUID)  # the SR class the builder writes (3D SR)
         ae.add_requested_context(DigitalXRayImageStorageForPresentation)
-        assoc = ae.associate(rx.host, rx.port, ae_title=rx.ae_title)
+        assoc = associate(ae, rx.host, rx.port, ae_title=rx.ae_title)
         assert assoc.is_established
         try:
             for film, sr in srs:

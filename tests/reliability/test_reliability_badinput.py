@@ -50,6 +50,7 @@ from support.reliability_harness import (
     write_config,
 )
 
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.receive.scp import ACSE_TIMEOUT_S
 
 CALLING = "RELSCU"
@@ -69,7 +70,7 @@ def _send_raw(port: int, case: Case, path: Path) -> int | None:
     ae = AE(ae_title=CALLING)
     ae.add_requested_context(case.sop_class_uid, case.transfer_syntax)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
     assert assoc.is_established, f"{case.name}: association refused"
     try:
         st = assoc.send_c_store(path)
@@ -116,7 +117,7 @@ def test_bad_input_gets_the_right_answer_and_the_node_keeps_serving(
         monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
         ae = AE(ae_title=CALLING)
         ae.add_requested_context(good.SOPClassUID, ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+        assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
         statuses["good_film"] = assoc.send_c_store(good).Status
         assoc.release()
 

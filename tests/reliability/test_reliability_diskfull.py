@@ -35,6 +35,8 @@ from support.reliability_harness import (
     write_config,
 )
 
+from cxr_triage.dicom_node.delivery.scu import associate
+
 FULL_FOR_S = 16.0   # longer than three triage retries of the worker
 
 
@@ -136,7 +138,7 @@ def _store_once(sender: Sender, ds) -> int | None:
     ae = sender._ae()
     uid = str(ds.SOPInstanceUID)
     sender.study_of[uid] = str(ds.StudyInstanceUID)
-    assoc = ae.associate("127.0.0.1", sender.port, ae_title="CXRTRIAGE")
+    assoc = associate(ae, "127.0.0.1", sender.port, ae_title="CXRTRIAGE")
     assert assoc.is_established, "the node stopped accepting associations while its disk was full"
     try:
         st = assoc.send_c_store(ds)

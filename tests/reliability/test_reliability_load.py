@@ -31,6 +31,8 @@ from support.reliability_harness import (
     write_config,
 )
 
+from cxr_triage.dicom_node.delivery.scu import associate
+
 ASSOCIATIONS, PER_ASSOCIATION, PER_STUDY = 16, 50, 20
 
 
@@ -63,7 +65,7 @@ def test_sixteen_concurrent_associations(tmp_path: Path, tiny_model: Path, share
             ae.add_requested_context(sop, ts)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
         start.wait()
-        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+        assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
         if not assoc.is_established:
             with lock:
                 errors.append(f"lane {a}: association not established")

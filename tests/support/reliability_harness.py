@@ -30,6 +30,7 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
+from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.paths import repo_root
 
 # the suite's process and port helpers are node_peers' (re-exported for the test modules)
@@ -178,7 +179,7 @@ def echo(port: int, aet: str = PROBE_AET, timeout: float = 5.0, tls_args: Any = 
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET, tls_args=tls_args)
+    assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET, tls_args=tls_args)
     if not assoc.is_established:
         return False
     try:
@@ -401,7 +402,7 @@ class Sender:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(todo)} instance(s) still unacknowledged")
-            assoc = ae.associate("127.0.0.1", self.port, ae_title=NODE_AET)
+            assoc = associate(ae, "127.0.0.1", self.port, ae_title=NODE_AET)
             if not assoc.is_established:
                 time.sleep(self.retry_delay_s)
                 continue
