@@ -310,6 +310,7 @@ def trunk_features(net, inputs: np.ndarray, k: int, views: int, transform, seed:
         if arr.shape[:2] == (views, len(inputs)):
             return arr
     net.eval()
+    device = next(net.parameters()).device
     out = None
     it: Any = range(views)
     if progress:
@@ -324,7 +325,7 @@ def trunk_features(net, inputs: np.ndarray, k: int, views: int, transform, seed:
                 chunk = np.asarray(inputs[i:i + 32], dtype=np.float32)
                 if v:
                     chunk = np.stack([np.asarray(transform({"image": c})["image"]) for c in chunk])
-                f = net.features.trunk(torch.from_numpy(chunk), k).numpy()
+                f = net.features.trunk(torch.from_numpy(chunk).to(device), k).float().cpu().numpy()
                 if out is None:
                     out = np.empty((views, len(inputs), *f.shape[1:]), dtype=np.float16)
                 out[v, i:i + len(chunk)] = f
@@ -353,7 +354,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train, early-stop on validation AUROC, calibrate on validation; returns the summary."""
     import torch
     from monai.data import DataLoader
-    from monai.losses import FocalLoss
     from torch.utils.data.distributed import DistributedSampler
 
     from cxr_triage.training.augment import PipelineAugment
@@ -366,6 +366,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         make_dataset,
         train_transforms,
     )
+    from cxr_triage.training.losses import build_losses
     from cxr_triage.training.network import build_network
     from cxr_triage.training.targets import n_outputs, nodule_known, nodule_truth, targets
 
@@ -486,38 +487,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     ema_steps = [0]
-    pos_share = float(y_train.mean())
-    if cfg.balance == "source_label":
-        groups = [(e.source, e.label) for e in train_e]
-        counts = {g: groups.count(g) for g in set(groups)}
-        w = np.array([len(groups) / (len(counts) * counts[g]) for g in groups], dtype=np.float32)
-        sample_w = torch.as_tensor(w)
-        unweighted = FocalLoss(gamma=cfg.focal_gamma, use_softmax=False, reduction="none")
-
-        def loss_fn(logit, y, idx=None):
-            per = unweighted(logit, y).reshape(-1)
-            return (per * sample_w[idx]).mean() if idx is not None else per.mean()
-    elif cfg.balance == "label":
-        # alpha weights abnormal films by the normal share: both classes count equally.
-        balanced = FocalLoss(gamma=cfg.focal_gamma, alpha=1.0 - pos_share, use_softmax=False)
-
-        def loss_fn(logit, y, idx=None):
-            return balanced(logit, y)
-    else:
-        raise ValueError(f"balance must be label or source_label, not {cfg.balance!r}")
-    task_w = torch.zeros(n_out)
-    if n_out > 1:
-        task_w[1] = cfg.nodule_weight
-        task_w[2:] = cfg.aux_weight / max(1, n_out - 2)
-
-    def multitask_loss(logits, y, known, idx=None):
-        """The abnormal loss (class- or source x label-balanced) plus masked BCE of the other tasks."""
-        loss = loss_fn(logits[:, :1], y[:, :1], idx)
-        if n_out > 1:
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 1:], y[:, 1:], reduction="none")
-            per_task = (bce * known[:, 1:]).sum(0) / known[:, 1:].sum(0).clamp(min=1.0)
-            loss = loss + (per_task * task_w[1:]).sum()
-        return loss
+    loss_fn, multitask_loss = build_losses(
+        cfg.balance, cfg.focal_gamma, n_out, cfg.nodule_weight, cfg.aux_weight, float(y_train.mean()),
+        [(e.source, e.label) for e in train_e], device)
 
     state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     if resume_ck is not None:
@@ -575,7 +547,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             x = batch["image"].to(device)
             y = batch["label"].to(device).float().reshape(len(x), -1)
             known = batch["known"].to(device).float().reshape(len(x), -1)
-            loss = multitask_loss(model(x), y, known, torch.as_tensor(np.asarray(batch["index"])))
+            loss = multitask_loss(model(x), y, known, torch.as_tensor(np.asarray(batch["index"]), device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -602,7 +574,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             val_auc = auroc(val_logits[sel], y_val[sel])
         row = {
             "epoch": epoch, "train_loss": round(train_loss, 5),
-            "val_loss": round(float(loss_fn(torch.as_tensor(val_logits[sel, None]), torch.as_tensor(y_val[sel, None]))), 5),
+            "val_loss": round(float(loss_fn(torch.as_tensor(val_logits[sel, None], device=device),
+                                             torch.as_tensor(y_val[sel, None], device=device))), 5),
             "val_auroc": round(auroc(val_logits[sel], y_val[sel]), 5), "val_select": round(val_auc, 5),
             "val_auroc_by_source": {k: round(v["auroc"], 4) for k, v in per_source(val_logits, val_e).items()},
             "val_nodule_auroc": round(nod_auc, 4),
@@ -772,7 +745,8 @@ def _model_file_dict(cfg: TrainConfig, net: Any, cal: dict[str, Any], split_csv:
     from cxr_triage.training.targets import TASKS, n_outputs
 
     return {
-        "architecture": cfg.architecture, "image_size": cfg.image_size, "model": net.state_dict(),
+        "architecture": cfg.architecture, "image_size": cfg.image_size,
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},  # loadable without a GPU
         "n_outputs": n_outputs(cfg.multitask), "tasks": list(TASKS[:n_outputs(cfg.multitask)]),
         "preprocessing": cfg.spec().to_dict(), **cal,
         "training_manifest_sha256": file_sha256(cfg.manifest) if Path(cfg.manifest).is_file() else "",
