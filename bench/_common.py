@@ -277,6 +277,21 @@ def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     return proc
 
 
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid`` (Linux /proc)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -312,6 +327,11 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30.0, sig: int = signal.
             _signal_group(proc.pid, signal.SIGKILL)
             wait_exited(proc.pid, 10.0)
         _signal_group(proc.pid, signal.SIGKILL)  # leftovers of the group (leader is a zombie)
+        # SIGKILL is asynchronous: on a loaded machine a killed member can still be running for
+        # a moment; wait until the group is empty, so that what is found later really escaped it
+        deadline = time.monotonic() + 10.0
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
     try:
         proc.wait(10.0)
     except subprocess.TimeoutExpired:
