@@ -10,28 +10,18 @@ from pathlib import Path
 import highdicom as hd
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from support.node_peers import NODE_AET, wait_for
+from support.node_peers import c_store, wait_for
 from support.sr_checks import dciodvfy_errors, sc_dciodvfy_errors
 from support.store_destination import StoreDestination
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
-from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.results.sr import AMENDED_COMPLETION
 from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, fallback_uid
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 from cxr_triage.dicom_node.service.node import Node
 
 FILM = "nih_gcp_dx_chest_nofinding"
-
-
-def _send(port: int, ds: Dataset) -> None:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(str(ds.SOPClassUID))
-    assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
-    assert assoc.send_c_store(ds).Status == 0
-    assoc.release()
 
 
 def _predecessors(sr: Dataset) -> list[tuple[str, str, str, str]]:
@@ -60,11 +50,11 @@ def test_more_images_after_the_result_give_an_amended_result(
             web={"enabled": False})
         node = Node(cfg).start()
         try:
-            _send(node.port, first)
+            c_store(node.port, first)
             wait_for(lambda: node.queries.list_studies()
                      and node.queries.list_studies()[0]["delivery_status"] == "delivered", 90)
             assert node.queries.list_studies()[0]["amended"] is False
-            _send(node.port, later)
+            c_store(node.port, later)
             wait_for(lambda: (s := node.queries.list_studies()[0])["amended"]
                      and s["delivery_status"] == "delivered", 90, what="the amended result delivered")
             study = node.queries.get_study(study_uid)

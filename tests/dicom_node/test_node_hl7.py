@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from support.mllp_listener import MllpListener
-from support.node_peers import NODE_AET, wait_for
+from support.node_peers import c_store, wait_for
 
 from cxr_triage.config import ConfigError, load_config
 from cxr_triage.dicom_node.delivery.hl7 import build_oru
-from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 from cxr_triage.dicom_node.service.node import Node
 from cxr_triage.dicom_node.store.audit import read_audit
@@ -30,14 +28,6 @@ def _film(sample: Path) -> Dataset:
     ds = dcmread(sample)
     ds.PatientName, ds.PatientID, ds.AccessionNumber = NAME, PATIENT_ID, ACCESSION
     return ds
-
-
-def _send(port: int, ds: Dataset) -> None:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(str(ds.SOPClassUID))
-    assoc = associate(ae, "127.0.0.1", port, ae_title=NODE_AET)
-    assert assoc.send_c_store(ds).Status == 0
-    assoc.release()
 
 
 def _node(tmp_path: Path, model: Path, ris: MllpListener) -> Node:
@@ -75,14 +65,14 @@ def test_one_oru_per_result_retried_then_a_correction_for_the_amended_result(
     with MllpListener(ack_code=lambda n: "AR" if n == 1 else "AA") as ris:
         node = _node(tmp_path, tiny_model, ris)
         try:
-            _send(node.port, first)
+            c_store(node.port, first)
             wait_for(lambda: node.queries.list_studies()
                      and [d["state"] for d in _hl7_deliveries(node, study_uid)] == ["delivered"], 90,
                      what="the ORU acknowledged")
             (d1,) = _hl7_deliveries(node, study_uid)
             first_sr = read_result_sr(dcmread(next(
                 o["path"] for o in node.queries.get_study(study_uid)["objects"])))
-            _send(node.port, later)
+            c_store(node.port, later)
             wait_for(lambda: node.queries.list_studies()[0]["amended"]
                      and [d["state"] for d in _hl7_deliveries(node, study_uid)] == ["delivered"], 90,
                      what="the correction acknowledged")
@@ -139,7 +129,7 @@ def test_an_application_error_is_a_permanent_refusal(
         node = _node(tmp_path, tiny_model, ris)
         try:
             first = _film(sample_dicoms[FILM])
-            _send(node.port, first)
+            c_store(node.port, first)
             wait_for(lambda: node.queries.list_studies()
                      and node.queries.list_studies()[0]["delivery_status"] == "refused", 90)
             time.sleep(1.5)                                # several back-off periods

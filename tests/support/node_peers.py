@@ -171,6 +171,19 @@ def echo(port: int, aet: str, aec: str) -> bool:
     return r.returncode == 0
 
 
+def c_store(port: int, ds: Any, aet: str = "MODALITY", aec: str = NODE_AET) -> None:
+    """One data set over one pynetdicom association (the node's SCU helper); asserts Success."""
+    from pynetdicom import AE
+
+    from cxr_triage.dicom_node.delivery.scu import associate
+
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(str(ds.SOPClassUID))
+    assoc = associate(ae, "127.0.0.1", port, ae_title=aec)
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+
+
 def storescu(files: list[Path], port: int, aet: str = "STORESCU", aec: str = NODE_AET,
              extra: list[str] | None = None) -> subprocess.CompletedProcess:
     """Send files with dcmtk, one association per transfer syntax group (proposing it)."""
