@@ -102,21 +102,8 @@ class StudyQueries:
         refused an object for good), ``dead``, ``none`` (nothing to deliver, e.g. shadow
         mode) or null before triage.
         """
-        where: list[str] = []
-        args: list[Any] = []
-        if decision:
-            where.append("s.decision=?")
-            args.append(decision)
-        if state:
-            where.append("s.state=?")
-            args.append(state)
-        if since is not None:
-            where.append("s.first_received_at>=?")
-            args.append(since)
-        if until is not None:
-            where.append("s.first_received_at<?")
-            args.append(until)
-        clause = ("WHERE " + " AND ".join(where) if where else "")
+        clause, args = _where(("s.decision=?", decision or None), ("s.state=?", state or None),
+                              ("s.first_received_at>=?", since), ("s.first_received_at<?", until))
         return self._summaries(clause + " ORDER BY s.first_received_at DESC LIMIT ? OFFSET ?",
                                [*args, limit, offset])
 
@@ -163,20 +150,9 @@ class StudyQueries:
                  until: float | None = None) -> list[dict[str, Any]]:
         """Radiologists' assessments of AI results (oldest first): one study's, or all given
         in [since, until)."""
-        where: list[str] = []
-        args: list[Any] = []
-        if study_uid is not None:
-            where.append("study_uid=?")
-            args.append(study_uid)
-        if since is not None:
-            where.append("at>=?")
-            args.append(since)
-        if until is not None:
-            where.append("at<?")
-            args.append(until)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        clause, args = _where(("study_uid=?", study_uid), ("at>=?", since), ("at<?", until))
         return [dict(r) for r in self._store.connection().execute(
-            "SELECT * FROM feedback" + clause + " ORDER BY id", args)]
+            "SELECT * FROM feedback " + clause + " ORDER BY id", args)]
 
     def first_instance_path(self, study_uid: str) -> str | None:
         row = self._store.connection().execute(
@@ -193,6 +169,14 @@ class StudyQueries:
             "SELECT o.sop_instance_uid, o.series_uid, o.sop_class_uid, o.path FROM result_objects o"
             " JOIN studies s ON s.result_id=o.result_id WHERE s.study_uid=?", (study_uid,)).fetchall()
         return [ResultObject(**dict(r)) for r in rows]
+
+
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """``WHERE a AND b ...`` of the conditions whose value is not None ("" when none), and
+    their values: each condition is (SQL with one ``?``, value)."""
+    given = [(sql, value) for sql, value in conditions if value is not None]
+    clause = "WHERE " + " AND ".join(sql for sql, _ in given) if given else ""
+    return clause, [value for _, value in given]
 
 
 _SUMMARY_SQL = (
