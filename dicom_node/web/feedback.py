@@ -16,12 +16,14 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
+from cxr_triage.dicom_node.store.jobs import FEEDBACK_VERDICTS
 from cxr_triage.dicom_node.web.auth import current_user
 from cxr_triage.dicom_node.web.deps import get_source
 
 log = logging.getLogger(__name__)
 
-VERDICTS = {"accept": "Accept the AI result", "reject": "Reject the AI result"}
+#: The verdicts the job store keeps (``FEEDBACK_VERDICTS``) -> the words on the form's buttons.
+VERDICTS = {v: f"{v.capitalize()} the AI result" for v in FEEDBACK_VERDICTS}
 #: What the radiologist saw (optional): key -> words on the page. "normal" makes the read
 #: normal; any other finding makes it abnormal (``evaluation/reconcile.py``).
 FINDINGS = {
