@@ -45,7 +45,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from cxr_triage.logs import redact_values
 
@@ -186,10 +186,23 @@ RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "
 PENDING, SENDING, DELIVERED, DEAD, CANCELLED = "pending", "sending", "delivered", "dead", "cancelled"
 REFUSED = "refused"  # permanently refused by the destination; retried slowly, reported
 FEEDBACK_VERDICTS = ("accept", "reject")
-#: The study as people know it (studies columns; PHI: the worklist shows them behind its login)
-IDENTITY_FIELDS = ("accession_number", "patient_id", "patient_name")
+#: The study as people know it: studies column -> the DICOM attribute it is read from (PHI: the
+#: worklist shows them behind its login, never logged)
+IDENTITY_KEYWORDS = {"accession_number": "AccessionNumber", "patient_id": "PatientID", "patient_name": "PatientName"}
+IDENTITY_FIELDS = tuple(IDENTITY_KEYWORDS)
 OUTBOX = "outbox"  # the destination name of the local outbox folder
 HL7_PREFIX = "hl7:"  # "hl7:APP@host:port": an HL7 v2 ORU^R01 to a RIS (one per result, no object)
+
+
+def identity_from_headers(headers: Iterable[Any]) -> dict[str, str]:
+    """:data:`IDENTITY_FIELDS` of a study from its instances' headers (pydicom data sets): each
+    from the first header that has it, "" where none has."""
+    out = dict.fromkeys(IDENTITY_FIELDS, "")
+    for ds in headers:
+        for key, keyword in IDENTITY_KEYWORDS.items():
+            if not out[key]:
+                out[key] = str(ds.get(keyword, "") or "").strip()
+    return out
 
 
 @dataclass(frozen=True)

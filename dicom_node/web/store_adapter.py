@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
-from cxr_triage.dicom_node.store.jobs import IDENTITY_FIELDS
+from cxr_triage.dicom_node.store.jobs import IDENTITY_FIELDS, IDENTITY_KEYWORDS, identity_from_headers
 from cxr_triage.dicom_node.web.worklist import DeliveryEvent, FilmEntry, QueueStats, StudyEntry
 
 #: How many studies one worklist query reads at most (the page shows ``[web] max_rows``).
@@ -151,12 +151,10 @@ def _identity_from_spool(path: str | None) -> dict[str, str]:
     try:
         from pydicom import dcmread
 
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["AccessionNumber", "PatientID", "PatientName"])
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=list(IDENTITY_KEYWORDS.values()))
     except Exception:  # noqa: BLE001 - a file still being written or unreadable: nothing to show yet
         return {}
-    return {"accession_number": str(ds.get("AccessionNumber", "") or ""),
-            "patient_id": str(ds.get("PatientID", "") or ""),
-            "patient_name": str(ds.get("PatientName", "") or "")}
+    return identity_from_headers([ds])
 
 
 def _film(fr: dict[str, Any], inst: dict[str, Any]) -> FilmEntry:

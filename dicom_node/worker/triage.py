@@ -51,7 +51,7 @@ from cxr_triage.dicom_node.results.sr import (  # imported here, not in the thre
 from cxr_triage.dicom_node.results.summary_image import summary_images_if_enabled
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.heatmaps import save_study_heatmaps
-from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore, ResultObject
+from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore, ResultObject, identity_from_headers
 from cxr_triage.dicom_node.store.polling import PollingThread
 from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs, safe_name, write_atomic
@@ -271,18 +271,6 @@ def score_instance(triager: FilmTriager, inst: InstanceRecord, ds: Dataset | Non
     return film
 
 
-def study_identity(sources: list[Dataset]) -> dict[str, str]:
-    """Accession number, patient ID and name of the study (its first film that has them),
-    for the worklist: PHI, never logged."""
-    out = {"accession_number": "", "patient_id": "", "patient_name": ""}
-    for ds in sources:
-        for key, keyword in (("accession_number", "AccessionNumber"), ("patient_id", "PatientID"),
-                             ("patient_name", "PatientName")):
-            if not out[key]:
-                out[key] = str(ds.get(keyword, "") or "").strip()
-    return out
-
-
 def _referenced(job: StudyJob) -> StudyResult:
     """The study result restricted to films whose file parsed."""
     study = job.study_result()
@@ -398,7 +386,7 @@ class TriageWorker(PollingThread):
                 job.objects, self.destinations(), nodule_score=result.nodule_score,
                 nodule_flag=result.nodule_flag,
                 amends_result_id=job.amends.result_id if job.amends else None,
-                identity=study_identity(job.sources))
+                identity=identity_from_headers(job.sources))
             job.timings_ms["commit"] = round((time.perf_counter() - start) * 1000.0, 3)
         except Exception as exc:
             transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy
