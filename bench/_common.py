@@ -277,9 +277,10 @@ def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     return proc
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live (not zombie) processes in process group ``pgid`` (Linux /proc)."""
-    found = []
+def live_processes() -> Iterable[tuple[int, Path, list[str]]]:
+    """(pid, its /proc folder, the fields of /proc/<pid>/stat after the command name: state,
+    ppid, pgrp, ...) of every process that has not exited (zombies, waiting to be reaped,
+    are left out); Linux /proc."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -287,9 +288,13 @@ def group_members(pgid: int) -> list[int]:
             fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
         except OSError:  # gone meanwhile
             continue
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
+        if len(fields) > 2 and fields[0] != "Z":
+            yield int(entry.name), Path(entry.path), fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid``."""
+    return [pid for pid, _, fields in live_processes() if int(fields[2]) == pgid]
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -88,20 +88,14 @@ def tagged_processes(token: str) -> list[tuple[int, str]]:
     """(pid, command) of every live process whose environment carries ``STEP_ENV=token``."""
     needle = f"{STEP_ENV}={token}".encode()
     found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for pid, proc_dir, _ in C.live_processes():
         try:
-            env = Path(entry.path, "environ").read_bytes().split(b"\0")
-            if needle not in env:
+            if needle not in (proc_dir / "environ").read_bytes().split(b"\0"):
                 continue
-            stat = Path(entry.path, "stat").read_text()
-            if stat.rpartition(")")[2].split()[0] == "Z":  # exited, waiting to be reaped
-                continue
-            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmd = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile, or not ours
             continue
-        found.append((int(entry.name), cmd.strip()[:200]))
+        found.append((pid, cmd.strip()[:200]))
     return found
 
 
