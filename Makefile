@@ -12,12 +12,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
 # The worker: no torch, no MONAI.
-$(VENV)/.worker: pyproject.toml | $(BIN)/python
+$(VENV)/.worker: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
 # Development: training extra (torch) and test tools.
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
+$(VENV)/.dev: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[train,test]'
 	touch $@ $(VENV)/.worker
@@ -32,7 +32,7 @@ run: $(VENV)/.worker
 ## Style and types: ruff over the tree, mypy (strict on the worker's packages), the import rules.
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	$(BIN)/python .ci/typecheck.py
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 ## The whole test suite (real dcmtk, Orthanc, dicom3tools peers; see .ci/run for the Debian packages), after lint.

@@ -30,6 +30,26 @@ class ModelError(RuntimeError):
     """The model file is missing, unreadable or does not follow the cxr-triage contract."""
 
 
+def onnx_session(model: str | Path | bytes, threads: int = 2) -> ort.InferenceSession:
+    """The one place an ONNX Runtime session is made (the worker, reports, checks, export).
+
+    model: a model file path, or a serialised ModelProto (e.g. a feature-output variant).
+    threads: intra-op threads (>= 1); inter-op 1, sequential, CPU provider, warnings only.
+    Raises :class:`ModelError` naming the file when ONNX Runtime cannot load it.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several types for a bad file
+        name = "model bytes" if isinstance(model, bytes) else str(model)
+        raise ModelError(f"cannot load model {name}: {type(exc).__name__}: {exc}") from exc
+
+
 class ModelOutputs(NamedTuple):
     """What one :meth:`Scorer.score` call returns, per film of the batch.
 
@@ -54,17 +74,7 @@ class Scorer:
         if not self.model_path.is_file():
             raise ModelError(f"model file not found: {self.model_path}")
         self.batch_size = max(1, int(batch_size))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise ModelError(f"cannot load model {self.model_path}: {exc}") from exc
+        self.session = onnx_session(self.model_path, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise ModelError(f"{self.model_path} has no '{METADATA_KEY}' metadata entry")

@@ -14,13 +14,12 @@ See docs/architecture.md.
 from __future__ import annotations
 
 import ast
-import os
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "cxr_triage"
 HEAVY = {"torch", "torchvision", "monai"}
 CORE = {"cxr_triage", "cxr_triage.config", "cxr_triage.paths", "cxr_triage.logs", "cxr_triage.cli"}
 
@@ -51,22 +50,20 @@ NODE_SEES_INFERENCE = {
 RUN_TIME = {"contract", "core", "model", "inference", "dicom_node"}
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE).with_suffix("")
-    parts = ["cxr_triage", *rel.parts]
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+def _package_map() -> dict[str, str]:
+    """setup.py's map of ``cxr_triage.*`` packages to folders (the one definition)."""
+    spec = importlib.util.spec_from_file_location("_cxr_setup", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    setup_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_module)
+    return setup_module.package_map()  # type: ignore[no-any-return]
 
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for root, dirs, files in os.walk(PACKAGE, followlinks=True):  # cxr_triage/<stage> are links
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = Path(root) / name
-                out[_module_name(path)] = path
+    for package, folder in _package_map().items():
+        for path in sorted((ROOT / folder).glob("*.py")):
+            out[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
     return out
 
 
@@ -137,3 +134,11 @@ def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
     found = dict(_imports(bad, "cxr_triage.contract.bad"))
     assert found == {1: "cxr_triage.inference.pipeline", 2: "torch"}
     assert "inference" not in ALLOWED["contract"] and stage_of("cxr_triage.inference.pipeline") == "inference"
+
+
+def test_one_path_per_module() -> None:
+    """The stage folders are mapped by setup.py, not linked: no module is reachable twice."""
+    links = [str(p.relative_to(ROOT)) for folder in set(_package_map().values())
+             for p in (ROOT / folder).iterdir() if p.is_symlink()]
+    assert links == []
+    assert len(set(MODULES.values())) == len(MODULES)
