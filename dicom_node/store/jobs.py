@@ -8,12 +8,8 @@ State machines::
     study:    receiving --(quiet period)--> processing --> triaged
                   ^   new instance (generation+1)  |         |
                   +--------------------------------+---------+      processing --(errors)--> failed
-    delivery: pending --> sending --> delivered
-                 ^           |  transient failure: back-off, attempts+1
-                 +-----------+--> dead (older than dead_letter_after_s)      pending --> cancelled
-                             |                                        (result superseded)
-                             +--> refused (a permanent refusal, e.g. 0xA9xx, 0xC000: retried
-                                  only every refused_retry_s, reported; dead when too old)
+
+(the delivery state machine is in :mod:`.deliveries`).
 
 One *result* per study (and per generation); a newer result supersedes the older one and
 cancels its undelivered deliveries. A delivery is one result *object* (the SR, one summary
@@ -31,8 +27,12 @@ new result supersedes the old one (docs/operations.md, "Changed instances").
 Exception text stored here (``last_error``, attempt details) is redacted like log lines
 (:func:`cxr_triage.logs.redact_values`): libraries quote header values in their messages.
 
-This module is the write side. The read side (counts, oldest pending, list/get studies,
-failures: the API of ``cxr-triage status``, the web worklist and metrics) is
+This module is the write side of receiving and triage: instances, study claims, results
+(:class:`JobStore`). Beside it: :mod:`.schema` (tables, migration, state names), :mod:`.db`
+(connections, transactions), :mod:`.deliveries` (the delivery queue, which :class:`JobStore`
+extends), :mod:`.identity` (accession number, patient ID and name), :mod:`.feedback` (the
+radiologist's assessment, the one thing the worklist writes). The read side (counts, oldest
+pending, list/get studies, failures: ``cxr-triage status``, the web worklist and metrics) is
 :class:`~cxr_triage.dicom_node.store.queries.StudyQueries`.
 """
 
@@ -40,169 +40,48 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+# Re-exported: the names callers import from here (receive, worker, delivery, service, tools).
+from cxr_triage.dicom_node.store.deliveries import (
+    HL7_PREFIX,
+    OUTBOX,
+    DeliveryQueue,
+    DueDelivery,
+    ResultObject,
+    cancel_owed,
+    queue_deliveries,
+)
+from cxr_triage.dicom_node.store.feedback import FEEDBACK_VERDICTS, AssessedResult, FeedbackWriter
+from cxr_triage.dicom_node.store.identity import (
+    IDENTITY_FIELDS,
+    IDENTITY_KEYWORDS,
+    identity_from_headers,
+    write_identity,
+)
+from cxr_triage.dicom_node.store.schema import (
+    CANCELLED,
+    DEAD,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    RECEIVING,
+    REFUSED,
+    SCHEMA_VERSION,
+    SENDING,
+    TRIAGED,
+)
 from cxr_triage.logs import redact_values
 
-SCHEMA_VERSION = 7
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid          TEXT PRIMARY KEY,
-    state              TEXT NOT NULL,
-    generation         INTEGER NOT NULL DEFAULT 1,
-    first_received_at  REAL NOT NULL,
-    last_received_at   REAL NOT NULL,
-    calling_ae         TEXT,
-    n_instances        INTEGER NOT NULL DEFAULT 0,
-    decision           TEXT,
-    score              REAL,
-    nodule_score       REAL,
-    nodule_flag        INTEGER,
-    result_id          INTEGER,
-    triaged_at         REAL,
-    errors             INTEGER NOT NULL DEFAULT 0,
-    retry_at           REAL NOT NULL DEFAULT 0,
-    last_error         TEXT,
-    accession_number   TEXT,              -- who and which order, for the people reading the
-    patient_id         TEXT,              -- worklist (PHI: shown behind the login, never
-    patient_name       TEXT               -- logged, never in metrics)
-);
-CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received_at);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid   TEXT PRIMARY KEY,
-    study_uid          TEXT NOT NULL,
-    series_uid         TEXT,
-    sop_class_uid      TEXT,
-    transfer_syntax    TEXT,
-    path               TEXT NOT NULL,
-    size               INTEGER,
-    calling_ae         TEXT,
-    received_at        REAL NOT NULL,
-    sha256             TEXT
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
-CREATE TABLE IF NOT EXISTS results (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_uid          TEXT NOT NULL,
-    generation         INTEGER NOT NULL,
-    decision           TEXT NOT NULL,
-    score              REAL,
-    result_json        TEXT NOT NULL,
-    created_at         REAL NOT NULL,
-    superseded         INTEGER NOT NULL DEFAULT 0,
-    amends             INTEGER                -- the result this one replaced (an amended result)
-);
-CREATE INDEX IF NOT EXISTS results_study ON results(study_uid);
-CREATE TABLE IF NOT EXISTS result_objects (
-    sop_instance_uid   TEXT PRIMARY KEY,
-    result_id          INTEGER NOT NULL REFERENCES results(id),
-    series_uid         TEXT NOT NULL,
-    sop_class_uid      TEXT NOT NULL,
-    path               TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS result_objects_series ON result_objects(series_uid);
-CREATE INDEX IF NOT EXISTS result_objects_result ON result_objects(result_id);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    result_id          INTEGER NOT NULL REFERENCES results(id),
-    destination        TEXT NOT NULL,
-    state              TEXT NOT NULL,
-    attempts           INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at    REAL NOT NULL,
-    created_at         REAL NOT NULL,
-    delivered_at       REAL,
-    last_error         TEXT,
-    sop_instance_uid   TEXT               -- the one result object sent (NULL: all, schema <= 3)
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_result ON deliveries(result_id);
-CREATE TABLE IF NOT EXISTS attempts (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    delivery_id        INTEGER NOT NULL REFERENCES deliveries(id),
-    at                 REAL NOT NULL,
-    ok                 INTEGER NOT NULL,
-    detail             TEXT
-);
-CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
-"""
-
-# Tables and indexes added after version 1 (2: instance_conflicts, 6: feedback); created by
-# _migrate on an existing database too.
-_SCHEMA_V2 = """
-CREATE TABLE IF NOT EXISTS instance_conflicts (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    sop_instance_uid   TEXT NOT NULL,
-    study_uid          TEXT NOT NULL,
-    old_path           TEXT NOT NULL,
-    old_sha256         TEXT,
-    new_path           TEXT NOT NULL,
-    new_sha256         TEXT NOT NULL,
-    calling_ae         TEXT,
-    detected_at        REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instance_conflicts_sop ON instance_conflicts(sop_instance_uid);
-CREATE TABLE IF NOT EXISTS feedback (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_uid          TEXT NOT NULL,
-    result_id          INTEGER NOT NULL REFERENCES results(id),
-    verdict            TEXT NOT NULL,      -- accept | reject (IHE AI Result Assessment)
-    finding            TEXT,               -- what the radiologist saw (a FINDINGS key), optional
-    user               TEXT NOT NULL,      -- the named login or the reverse proxy's user
-    at                 REAL NOT NULL,
-    decision           TEXT,               -- the AI result assessed: decision, score,
-    score              REAL,
-    model_name         TEXT,               -- model and operating point that made it
-    model_version      TEXT,
-    operating_point    TEXT,
-    threshold          REAL
-);
-CREATE INDEX IF NOT EXISTS feedback_study ON feedback(study_uid, id);
-"""
-
-# Columns added after version 1, (table, column, type), by the version that added them.
-# Version 3: the study's nodule/mass result (score; flag 1/0; both NULL when the model had no
-# nodule/mass output), so the worklist lists the flag without reading every result's JSON.
-_ADDED_COLUMNS = (
-    ("instances", "sha256", "TEXT"),            # 2
-    ("studies", "nodule_score", "REAL"),        # 3
-    ("studies", "nodule_flag", "INTEGER"),      # 3
-    ("deliveries", "sop_instance_uid", "TEXT"), # 4: one delivery per result object
-    ("results", "amends", "INTEGER"),           # 5: an amended result names the one it replaced
-    ("studies", "accession_number", "TEXT"),    # 7: the study as people know it
-    ("studies", "patient_id", "TEXT"),          # 7
-    ("studies", "patient_name", "TEXT"),        # 7
-)
-
-# study states
-RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "failed"
-# delivery states
-PENDING, SENDING, DELIVERED, DEAD, CANCELLED = "pending", "sending", "delivered", "dead", "cancelled"
-REFUSED = "refused"  # permanently refused by the destination; retried slowly, reported
-FEEDBACK_VERDICTS = ("accept", "reject")
-#: The study as people know it: studies column -> the DICOM attribute it is read from (PHI: the
-#: worklist shows them behind its login, never logged)
-IDENTITY_KEYWORDS = {"accession_number": "AccessionNumber", "patient_id": "PatientID", "patient_name": "PatientName"}
-IDENTITY_FIELDS = tuple(IDENTITY_KEYWORDS)
-OUTBOX = "outbox"  # the destination name of the local outbox folder
-HL7_PREFIX = "hl7:"  # "hl7:APP@host:port": an HL7 v2 ORU^R01 to a RIS (one per result, no object)
-
-
-def identity_from_headers(headers: Iterable[Any]) -> dict[str, str]:
-    """:data:`IDENTITY_FIELDS` of a study from its instances' headers (pydicom data sets): each
-    from the first header that has it, "" where none has."""
-    out = dict.fromkeys(IDENTITY_FIELDS, "")
-    for ds in headers:
-        for key, keyword in IDENTITY_KEYWORDS.items():
-            if not out[key]:
-                out[key] = str(ds.get(keyword, "") or "").strip()
-    return out
+__all__ = [
+    "CANCELLED", "DEAD", "DELIVERED", "FAILED", "FEEDBACK_VERDICTS", "HL7_PREFIX", "IDENTITY_FIELDS",
+    "IDENTITY_KEYWORDS", "OUTBOX", "PENDING", "PROCESSING", "RECEIVING", "REFUSED", "SCHEMA_VERSION",
+    "SENDING", "TRIAGED", "DueDelivery", "InstanceRecord", "JobStore", "ResultObject", "StoredInstance",
+    "identity_from_headers",
+]
 
 
 @dataclass(frozen=True)
@@ -229,106 +108,10 @@ class StoredInstance:
     sha256: str | None
 
 
-@dataclass(frozen=True)
-class ResultObject:
-    """One DICOM file a result consists of (the SR, optionally a summary image)."""
-
-    sop_instance_uid: str
-    series_uid: str
-    sop_class_uid: str
-    path: str
-
-
-@dataclass(frozen=True)
-class DueDelivery:
-    id: int
-    result_id: int
-    study_uid: str
-    destination: str
-    attempts: int
-    created_at: float
-    objects: tuple[ResultObject, ...]
-
-
-class JobStore:
-    """Thread-safe access to ``queue.sqlite3``: one connection per thread."""
-
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._busy = busy_timeout_s
-        self._local = threading.local()
-        con = self._con()
-        con.executescript(_SCHEMA)
-        self._migrate(con)
-
-    @staticmethod
-    def _migrate(con: sqlite3.Connection) -> None:
-        """Bring a database of any earlier schema version up to :data:`SCHEMA_VERSION`, in
-        one transaction (an existing ``queue.sqlite3`` keeps all its rows)."""
-        def current() -> bool:
-            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            return row is not None and row[0] == str(SCHEMA_VERSION)
-
-        if current():                                   # the usual case: no write lock taken
-            return
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else SCHEMA_VERSION
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"queue database schema version {version} is newer than this node's "
-                    f"({SCHEMA_VERSION})")
-            for table, column, sql_type in _ADDED_COLUMNS:          # versions 1 -> 2 -> 3
-                if column not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
-                    con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
-            for stmt in _SCHEMA_V2.split(";"):
-                if stmt.strip():
-                    con.execute(stmt)
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),))
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-
-    # -- connections -------------------------------------------------------------------
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None,
-                                  check_same_thread=True)
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")   # an acknowledged instance survives power loss
-            con.execute(f"PRAGMA busy_timeout={int(self._busy * 1000)}")
-            self._local.con = con
-        return con
-
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection, for read queries (:mod:`.queries`); writes go through
-        the methods of this class."""
-        return self._con()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken with BEGIN IMMEDIATE (no lock upgrades, no deadlocks)."""
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-
-    def close(self) -> None:
-        """Close this thread's connection."""
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+class JobStore(DeliveryQueue):
+    """The node's job store: receiving and triage writes here, the delivery queue
+    (:class:`~.deliveries.DeliveryQueue`) inherited; see :class:`~.db.Database` for the
+    connections (``path``, ``busy_timeout_s``)."""
 
     # -- receiving ---------------------------------------------------------------------
     def add_instance(self, rec: InstanceRecord) -> bool:
@@ -419,33 +202,14 @@ class JobStore:
     def set_identity(self, study_uid: str, identity: dict[str, str]) -> None:
         """The study's accession number, patient ID and name, as people know the study."""
         with self._tx() as con:
-            self._set_identity(con, study_uid, identity)
-
-    @staticmethod
-    def _set_identity(con: sqlite3.Connection, study_uid: str, identity: dict[str, str]) -> None:
-        values = [str(identity.get(k) or "") or None for k in IDENTITY_FIELDS]
-        con.execute("UPDATE studies SET accession_number=?, patient_id=?, patient_name=? WHERE study_uid=?",
-                    (*values, study_uid))
+            write_identity(con, study_uid, identity)
 
     def add_feedback(self, study_uid: str, result_id: int, verdict: str, user: str, *,
-                     finding: str | None = None, decision: str | None = None, score: float | None = None,
-                     model_name: str | None = None, model_version: str | None = None,
-                     operating_point: str | None = None, threshold: float | None = None,
-                     now: float | None = None) -> int:
-        """A radiologist's assessment of a study's AI result (accept / reject, optionally the
-        finding seen), with who, when, and the model and threshold behind the result."""
-        if verdict not in FEEDBACK_VERDICTS:
-            raise ValueError(f"verdict must be one of {', '.join(FEEDBACK_VERDICTS)}")
-        if not user:
-            raise ValueError("feedback needs the user who gave it")
-        now = time.time() if now is None else now
-        with self._tx() as con:
-            fid = con.execute(
-                "INSERT INTO feedback (study_uid, result_id, verdict, finding, user, at, decision, score,"
-                " model_name, model_version, operating_point, threshold) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (study_uid, result_id, verdict, finding or None, user, now, decision, score, model_name,
-                 model_version, operating_point, threshold)).lastrowid
-            return int(fid or 0)
+                     finding: str | None = None, now: float | None = None, **assessed: Any) -> int:
+        """A radiologist's assessment (:meth:`.feedback.FeedbackWriter.add`); ``assessed``:
+        the fields of :class:`~.feedback.AssessedResult` (decision, score, model, threshold)."""
+        return FeedbackWriter(self).add(study_uid, result_id, verdict, user, finding=finding,
+                                        assessed=AssessedResult(**assessed), now=now)
 
     def add_result_object(self, result_id: int, obj: ResultObject) -> None:
         """One more object of a result, made after it was stored (a fallback SR the
@@ -534,26 +298,15 @@ class JobStore:
                 "SELECT id FROM results WHERE study_uid=? AND id<>? AND superseded=0", (study_uid, rid))]
             for oid in old:
                 con.execute("UPDATE results SET superseded=1 WHERE id=?", (oid,))
-                con.execute("UPDATE deliveries SET state=? WHERE result_id=? AND state IN (?,?,?)",
-                            (CANCELLED, oid, PENDING, SENDING, REFUSED))
-            for dest in destinations:           # one delivery per object and destination
-                if dest.startswith(HL7_PREFIX):     # one message per result
-                    con.execute(
-                        "INSERT INTO deliveries (result_id, destination, state, next_attempt_at,"
-                        " created_at) VALUES (?,?,?,?,?)", (rid, dest, PENDING, now, now))
-                    continue
-                for o in objects:
-                    con.execute(
-                        "INSERT INTO deliveries (result_id, destination, state, next_attempt_at,"
-                        " created_at, sop_instance_uid) VALUES (?,?,?,?,?,?)",
-                        (rid, dest, PENDING, now, now, o.sop_instance_uid))
+                cancel_owed(con, oid)
+            queue_deliveries(con, int(rid), destinations, objects, now)
             con.execute(
                 "UPDATE studies SET state=?, decision=?, score=?, nodule_score=?, nodule_flag=?,"
                 " result_id=?, triaged_at=?, errors=0, last_error=NULL WHERE study_uid=?",
                 (TRIAGED, decision, score, nodule_score,
                  None if nodule_flag is None else int(bool(nodule_flag)), rid, now, study_uid))
             if identity:
-                self._set_identity(con, study_uid, identity)
+                write_identity(con, study_uid, identity)
             return int(rid)
 
     def fail_study(self, study_uid: str, generation: int, error: str, max_errors: int = 3,
@@ -573,83 +326,6 @@ class JobStore:
             con.execute("UPDATE studies SET state=?, errors=?, last_error=?, retry_at=? WHERE study_uid=?",
                         (state, errors, redact_values(error)[:500], now + delay, study_uid))
             return state
-
-    # -- delivery ----------------------------------------------------------------------
-    def due_deliveries(self, now: float | None = None, limit: int = 100) -> list[DueDelivery]:
-        """Pending (and refused) deliveries whose back-off has expired, oldest first, marked
-        ``sending``. Each carries its one object (every object of the result for a delivery
-        made before schema version 4)."""
-        now = time.time() if now is None else now
-        if self._con().execute("SELECT 1 FROM deliveries WHERE state IN (?,?) AND next_attempt_at<=?"
-                               " LIMIT 1", (PENDING, REFUSED, now)).fetchone() is None:
-            return []
-        with self._tx() as con:
-            rows = con.execute(
-                "SELECT d.id, d.result_id, r.study_uid, d.destination, d.attempts, d.created_at,"
-                " d.sop_instance_uid FROM deliveries d JOIN results r ON r.id=d.result_id"
-                " WHERE d.state IN (?,?) AND d.next_attempt_at<=? ORDER BY d.next_attempt_at, d.id"
-                " LIMIT ?", (PENDING, REFUSED, now, limit)).fetchall()
-            out = []
-            for r in rows:
-                objs = con.execute(
-                    "SELECT sop_instance_uid, series_uid, sop_class_uid, path FROM result_objects"
-                    " WHERE result_id=? AND (? IS NULL OR sop_instance_uid=?)"
-                    " ORDER BY sop_class_uid DESC", (r["result_id"], r["sop_instance_uid"],
-                                                     r["sop_instance_uid"])).fetchall()
-                con.execute("UPDATE deliveries SET state=? WHERE id=?", (SENDING, r["id"]))
-                out.append(DueDelivery(r["id"], r["result_id"], r["study_uid"], r["destination"],
-                                       r["attempts"], r["created_at"],
-                                       tuple(ResultObject(**dict(o)) for o in objs)))
-            return out
-
-    def delivery_succeeded(self, delivery_id: int, detail: str = "", now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        with self._tx() as con:
-            con.execute("UPDATE deliveries SET state=?, attempts=attempts+1, delivered_at=?,"
-                        " last_error=NULL WHERE id=?", (DELIVERED, now, delivery_id))
-            con.execute("INSERT INTO attempts (delivery_id, at, ok, detail) VALUES (?,?,1,?)",
-                        (delivery_id, now, redact_values(detail)))
-
-    def delivery_failed(self, delivery_id: int, error: str, retry_initial_s: float,
-                        retry_max_s: float, dead_letter_after_s: float,
-                        now: float | None = None, *, permanent: bool = False,
-                        refused_retry_s: float = 3600.0) -> str:
-        """A transient failure backs off exponentially (initial * 2^(n-1), capped); a
-        ``permanent`` refusal (the destination said this object will never be stored: 0xA9xx,
-        0xCxxx, SOP class not supported, ...) becomes ``refused``, tried again only every
-        ``refused_retry_s`` (a destination's configuration may change); ``dead`` once too old."""
-        now = time.time() if now is None else now
-        error = redact_values(error)
-        with self._tx() as con:
-            row = con.execute("SELECT attempts, created_at, state FROM deliveries WHERE id=?",
-                              (delivery_id,)).fetchone()
-            attempts = row["attempts"] + 1
-            delay = (refused_retry_s if permanent
-                     else min(retry_max_s, retry_initial_s * 2 ** (attempts - 1)))
-            if row["state"] == CANCELLED:
-                state = CANCELLED
-            elif now - row["created_at"] >= dead_letter_after_s:
-                state = DEAD
-            else:
-                state = REFUSED if permanent else PENDING
-            con.execute("UPDATE deliveries SET state=?, attempts=?, next_attempt_at=?, last_error=?"
-                        " WHERE id=?", (state, attempts, now + delay, error[:500], delivery_id))
-            con.execute("INSERT INTO attempts (delivery_id, at, ok, detail) VALUES (?,?,0,?)",
-                        (delivery_id, now, error[:500]))
-            return state
-
-    def next_delivery_time(self) -> float | None:
-        row = self._con().execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state IN (?,?)",
-                                  (PENDING, REFUSED)).fetchone()
-        return None if row[0] is None else float(row[0])
-
-    def retry_dead(self, now: float | None = None) -> int:
-        """Operator action: put dead and refused deliveries back in the queue (fresh age),
-        e.g. once the destination accepts what it refused."""
-        now = time.time() if now is None else now
-        with self._tx() as con:
-            return con.execute("UPDATE deliveries SET state=?, next_attempt_at=?, created_at=?"
-                               " WHERE state IN (?,?)", (PENDING, now, now, DEAD, REFUSED)).rowcount
 
     # -- restart -----------------------------------------------------------------------
     def recover(self, studies: bool = True, deliveries: bool = True) -> dict[str, int]:
