@@ -27,6 +27,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from cxr_triage.contract.decision import decide_many
+from cxr_triage.evaluation.metrics import proportion
+from cxr_triage.inference.scorer import onnx_session
+
 Box = tuple[float, float, float, float]  # x, y, width, height in pixels of the film
 
 
@@ -36,8 +40,6 @@ def twin_agreement(scores_a: npt.ArrayLike, scores_b: npt.ArrayLike, threshold: 
     """Pairs of scores of the same films through two pipelines -> {pairs, mean_abs_diff,
     median_abs_diff, max_abs_diff, decision_agreement, a_suspicious, b_suspicious} at
     ``threshold`` (score >= threshold: suspicious, as :func:`cxr_triage.contract.decision.decide`)."""
-    from cxr_triage.contract.decision import decide_many
-
     a = np.asarray(scores_a, dtype=np.float64)
     b = np.asarray(scores_b, dtype=np.float64)
     if a.shape != b.shape:
@@ -164,8 +166,6 @@ def pointing_game(heatmaps: np.ndarray, boxes: Sequence[Sequence[Box]], sides: S
     heatmap hits more often and p < 0.05."""
     from scipy.stats import binomtest
 
-    from cxr_triage.evaluation.metrics import proportion
-
     hm = pointing_hits(heatmaps, boxes, sides)
     fx = fixed_point_hits(guess, boxes, sides)
     n = int(hm.size)
@@ -213,11 +213,7 @@ def onnx_feature_model(model_path: str | Path) -> bytes:
 
 def onnx_features(model_path: str | Path, inputs: np.ndarray, batch: int = 32, threads: int = 2) -> np.ndarray:
     """(N, C) penultimate features of the model for preprocessed ``inputs`` (N, 1, S, S)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(onnx_feature_model(model_path), opts, providers=["CPUExecutionProvider"])
+    sess = onnx_session(onnx_feature_model(model_path), threads)
     name = sess.get_inputs()[0].name
     out = [sess.run(["features"], {name: np.asarray(inputs[i:i + batch], dtype=np.float32)})[0]
            for i in range(0, len(inputs), batch)]

@@ -17,7 +17,9 @@ from typing import Any, Iterable, Sequence
 from cxr_triage.contract import manifest as _manifest
 from cxr_triage.contract.files import file_sha256
 from cxr_triage.contract.manifest import ManifestError, ManifestRow
+from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
 from cxr_triage.contract.result import Decision
+from cxr_triage.inference.scorer import ModelError, onnx_session
 
 #: the columns a Film has fields for (the shared format's, :mod:`cxr_triage.contract.manifest`);
 #: every other column (``split``, UIDs, sizes...) is kept in ``Film.extra``. ``source`` is the
@@ -261,15 +263,15 @@ def scored_from_film_result(result: Any) -> Scored:
 
 
 def model_info(model_path: Path) -> dict[str, Any]:
-    """Name, version, SHA-256 and stored thresholds of an ONNX model (no session created)."""
-    import onnxruntime as ort
-
-    from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
-
+    """Name, version, SHA-256 and stored thresholds of an ONNX model: {path, sha256, name,
+    version, metadata (ModelMetadata)}. The session comes from the one factory
+    (:func:`cxr_triage.inference.scorer.onnx_session`). SourceError for a file ONNX Runtime
+    cannot load or one without the cxr-triage metadata entry."""
     model_path = Path(model_path)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    try:
+        sess = onnx_session(model_path, threads=1)
+    except ModelError as exc:
+        raise SourceError(str(exc)) from None
     props = sess.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
         raise SourceError(f"{model_path}: no {METADATA_KEY!r} metadata: not a cxr-triage model")

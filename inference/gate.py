@@ -119,11 +119,15 @@ def _species_refusal(ds: Dataset) -> str | None:
     return None
 
 
-def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
-    """Refuse, before decoding, what the model is not meant to read (raises NotAssessable).
+def check_object(ds: Dataset) -> None:
+    """Is this object a single-frame image of a class the model reads? Raises NotAssessable.
 
-    Order matters only for which reason is reported when several apply: what the object is,
-    then whose it is, then what it shows.
+    The one place that decides on the SOP class (the lists are
+    :mod:`cxr_triage.contract.sop_classes`; the reasons are docs/conformance.md's table):
+    no Pixel Data, Float or Double Float Pixel Data -> ``non_image``; Number of Frames > 1 or a
+    multi-frame Secondary Capture class (PS3.4 B.5, ``1.2.840.10008.5.1.4.1.1.7.1``-``.7.4``)
+    -> ``multi_frame``, whatever its frame count; any other class than CR, DX or Secondary
+    Capture -> ``unsupported_sop_class``. Checked in that order, on the header only.
     """
     sop = str(ds.get("SOPClassUID", "") or "")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -134,6 +138,15 @@ def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
     if sop not in TRIAGE_SOP_CLASSES:
         raise NotAssessable(R.UNSUPPORTED_SOP_CLASS,
                             f"SOP class {sop or 'missing'} is not CR, DX or Secondary Capture")
+
+
+def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
+    """Refuse, before decoding, what the model is not meant to read (raises NotAssessable).
+
+    Order matters only for which reason is reported when several apply: what the object is
+    (:func:`check_object`), then whose it is, then what it shows.
+    """
+    check_object(ds)
     why = _species_refusal(ds)
     if why:
         raise NotAssessable(R.NON_HUMAN, why)

@@ -13,7 +13,8 @@ TRIAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.1.1.1": "DX For Processing",
     "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
 }
-#: Multi-frame Secondary Capture classes: refused as multi-frame rather than as unsupported.
+#: Multi-frame Secondary Capture classes: refused as multi-frame rather than as unsupported, even
+#: with one frame (decided in one place: :func:`cxr_triage.inference.gate.check_object`).
 MULTI_FRAME_SOP_CLASSES: frozenset[str] = frozenset({
     "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
     "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",

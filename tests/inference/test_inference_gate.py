@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +12,14 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence
 
+from cxr_triage.cli import main
 from cxr_triage.contract.patient import parse_age_years
 from cxr_triage.contract.result import NotAssessable
 from cxr_triage.contract.result import NotAssessableReason as R
-from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom
+from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
 from cxr_triage.inference.gate import GateSettings, check_film, check_header, patient_age_years
 from cxr_triage.inference.reader import Film
+from cxr_triage.paths import repo_root
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +162,30 @@ def test_blank_film_is_undecodable():
     with pytest.raises(NotAssessable) as exc:
         check_film(Film(np.full((512, 512), 0.3, dtype=np.float32)))
     assert exc.value.reason is R.UNDECODABLE
+
+
+def _conformance_reason_for_multi_frame_sc() -> str:
+    """The reason docs/conformance.md gives multi-frame Secondary Capture classes."""
+    text = (repo_root() / "docs" / "conformance.md").read_text()
+    found = re.search(r"multi-frame SC classes [^:]*: `(\w+)`", text)
+    assert found, "docs/conformance.md no longer names the multi-frame SC reason"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_multi_frame_secondary_capture_gets_the_documented_reason_from_predict(
+        frames, chest, tiny_model, tmp_path, capsys, monkeypatch):
+    """One decision on SOP classes (inference.gate.check_object): a Multi-frame Grayscale Word
+    SC gets conformance.md's reason from ``predict``, with one frame or more."""
+    sop_class = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture
+    chest.SOPClassUID = chest.file_meta.MediaStorageSOPClassUID = sop_class
+    chest.NumberOfFrames = frames
+    if frames > 1:
+        chest.PixelData = bytes(chest.PixelData) * frames
+    path = write_dicom(chest, tmp_path / "multi_frame_sc.dcm")
+    monkeypatch.setattr(sys, "argv", ["cxr-triage"])
+    monkeypatch.delenv("CXR_TRIAGE_CONFIG", raising=False)
+    assert main(["predict", "--json", "--model", str(tiny_model), str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "not_assessable"
+    assert result["reason"] == _conformance_reason_for_multi_frame_sc() == R.MULTI_FRAME.value
