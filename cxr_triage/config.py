@@ -1,133 +1,65 @@
-"""One TOML configuration, documented in ``default_config.toml``, overridable by environment.
+"""One TOML configuration, typed, documented in ``default_config.toml``, overridable by environment.
 
-The embedded defaults are the schema: a key's default fixes its type, so a user file or an
-environment variable can only set known keys to values of the right type. Every bad value is
-reported at start, all at once, with the key it belongs to.
+Each ``[section]`` is a frozen dataclass below: its fields give every key's type (and, through
+``Annotated``, its check), so ``cfg.node.port`` is an ``int`` to mypy and at run time.
+``default_config.toml`` gives every key's default and its meaning, and nothing else does: the
+embedded defaults are validated like a user file, and a key in one but not the other is an
+error (``tests/test_config.py`` loads them). A user file or a ``CXR_TRIAGE__SECTION__KEY``
+environment variable can only set known keys to values of the right type; every bad value is
+reported at start, all at once, one line per key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping, get_args, get_origin, get_type_hints
 
 import tomllib
 
 ENV_PREFIX = "CXR_TRIAGE__"
 CONFIG_ENV = "CXR_TRIAGE_CONFIG"
 
+#: a value's check: None when good, else what is wrong with it (one line)
+Check = Callable[[Any], str | None]
+RawConfig = dict[str, dict[str, Any]]
+
 
 class ConfigError(ValueError):
     """Raised with one line per bad value."""
 
 
-class Section(Mapping[str, Any]):
-    """Read-only attribute access to one ``[section]``."""
-
-    def __init__(self, name: str, values: dict[str, Any]):
-        self._name = name
-        self._values = MappingProxyType(dict(values))
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise AttributeError(f"config section [{self._name}] has no key {key!r}") from None
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __repr__(self) -> str:
-        return f"Section({self._name!r}, {dict(self._values)!r})"
-
-
-class Config(Mapping[str, Section]):
-    """The whole validated configuration; ``cfg.node.port`` etc."""
-
-    def __init__(self, sections: dict[str, Section], source: Path | None):
-        self._sections = sections
-        self.source = source
-
-    def __getattr__(self, name: str) -> Section:
-        try:
-            return self._sections[name]
-        except KeyError:
-            raise AttributeError(f"no config section [{name}]") from None
-
-    def __getitem__(self, name: str) -> Section:
-        return self._sections[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._sections)
-
-    def __len__(self) -> int:
-        return len(self._sections)
-
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._sections.items()}
-
-    def replace(self, **overrides: dict[str, Any]) -> "Config":
-        """A copy with some keys changed (validated like a file), e.g. for tests."""
-        raw = self.as_dict()
-        for sec, vals in overrides.items():
-            raw.setdefault(sec, {}).update(vals)
-        return _build(raw, self.source)
-
-
-def _defaults() -> dict[str, dict[str, Any]]:
-    text = resources.files("cxr_triage").joinpath("default_config.toml").read_text()
-    return tomllib.loads(text)
-
-
-def _parse_env(raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        return raw
-    if isinstance(default, int):
-        try:
-            return int(raw)
-        except ValueError:
-            return raw
-    if isinstance(default, float):
-        try:
-            return float(raw)
-        except ValueError:
-            return raw
-    if isinstance(default, list):
-        return [p.strip() for p in raw.split(",") if p.strip()]
-    return raw
-
-
-def _positive(v: Any) -> str | None:
+def _positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
-def _non_negative(v: Any) -> str | None:
+def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
-def _port(v: Any) -> str | None:
+def _at_least(low: int) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _unit_interval(v: float) -> str | None:
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a TCP port 0-65535"
 
 
-def _ae_title(v: Any) -> str | None:
+def _ae_title(v: str) -> str | None:
     ok = 0 < len(v) <= 16 and v.isascii() and "\\" not in v and v.strip() == v
     return None if ok else "must be 1-16 ASCII characters without backslash or padding"
 
 
-def _destinations(v: Any) -> str | None:
+def _destinations(v: list[str]) -> str | None:
     for item in v:
         try:
             parse_destination(item)
@@ -136,68 +68,16 @@ def _destinations(v: Any) -> str | None:
     return None
 
 
-def _user_tokens(v: Any) -> str | None:
+def _user_tokens(v: list[str]) -> str | None:
     for n, entry in enumerate(v, start=1):
-        user, sep, token = str(entry).partition(":")
+        user, sep, token = entry.partition(":")
         if not sep or not user.strip() or len(token) < 16:
             return f"entry {n} is not 'name:token' with a token of at least 16 characters"
     return None
 
 
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-
-
-_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
-    ("inference", "threads"): _positive,
-    ("inference", "batch_size"): _positive,
-    ("inference", "min_age_years"): _non_negative,
-    ("inference", "min_image_size"): _positive,
-    ("inference", "max_pixels"): _positive,
-    ("node", "ae_title"): _ae_title,
-    ("node", "port"): _port,
-    ("node", "max_associations"): _positive,
-    ("node", "max_pdu_size"): _non_negative,
-    ("node", "network_timeout_s"): _positive,
-    ("node", "quiet_period_s"): _non_negative,
-    ("node", "max_instance_bytes"): _non_negative,
-    ("node", "audit_max_bytes"): _non_negative,
-    ("node", "audit_keep_files"): _positive,
-    ("node", "quarantine_max_files"): _non_negative,
-    ("node", "quarantine_max_bytes"): _non_negative,
-    ("delivery", "destinations"): _destinations,
-    ("delivery", "shadow_destinations"): _destinations,
-    ("delivery", "hl7_destinations"): _destinations,
-    ("delivery", "retry_initial_s"): _positive,
-    ("delivery", "retry_max_s"): _positive,
-    ("delivery", "refused_retry_s"): _positive,
-    ("delivery", "dead_letter_after_s"): _positive,
-    ("delivery", "summary_image_compression"): _one_of("jpeg-ls", "rle", "jpeg", "none"),
-    ("web", "port"): _port,
-    ("web", "user_tokens"): _user_tokens,
-    ("web", "max_wait_likely_normal_min"): _non_negative,
-    ("web", "refresh_s"): _positive,
-    ("web", "max_rows"): _positive,
-    ("monitoring", "psi_max"): _positive,
-    ("monitoring", "alpha"): lambda v: None if 0 < v < 1 else "must be in (0, 1)",
-    ("monitoring", "decision_share_delta"): _positive,
-    ("monitoring", "not_assessable_delta"): _positive,
-    ("monitoring", "min_films"): _positive,
-    ("monitoring", "psi_bins"): lambda v: None if v >= 2 else "must be >= 2",
-    ("training", "architecture"): _one_of("effnet_lite0", "densenet121", "tiny"),
-    ("training", "image_size"): lambda v: None if v >= 32 else "must be >= 32",
-    ("training", "epochs"): _positive,
-    ("training", "batch_size"): _positive,
-    ("training", "patience"): _positive,
-    ("training", "max_minutes"): _non_negative,
-    ("training", "threads"): _positive,
-    ("logging", "level"): _one_of("DEBUG", "INFO", "WARNING", "ERROR"),
-    ("logging", "format"): _one_of("json", "text"),
-}
-
-
 def parse_destination(text: str) -> tuple[str, str, int]:
-    """``"AE@host:port"`` -> (ae, host, port)."""
+    """``"AE@host:port"`` -> (ae, host, port); ValueError (one line) when malformed."""
     try:
         ae, rest = text.split("@", 1)
         host, port = rest.rsplit(":", 1)
@@ -209,56 +89,249 @@ def parse_destination(text: str) -> tuple[str, str, int]:
     return ae, host, port_i
 
 
-def _build(raw: dict[str, dict[str, Any]], source: Path | None) -> Config:
-    defaults = _defaults()
-    errors: list[str] = []
-    sections: dict[str, Section] = {}
-    for name in raw:
-        if name not in defaults:
-            errors.append(f"[{name}]: unknown section (known: {', '.join(defaults)})")
-    for name, dvals in defaults.items():
-        given = raw.get(name, {})
-        values = dict(dvals)
-        for key, val in given.items():
-            if key not in dvals:
-                errors.append(f"[{name}] {key}: unknown key")
-                continue
-            default = dvals[key]
-            if isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool):
-                val = float(val)
-            if type(val) is not type(default):
-                errors.append(
-                    f"[{name}] {key} = {val!r}: expected {type(default).__name__}"
-                )
-                continue
-            check = _CHECKS.get((name, key))
-            msg = check(val) if check else None
-            if msg:
-                errors.append(f"[{name}] {key} = {val!r}: {msg}")
-                continue
-            values[key] = val
-        sections[name] = Section(name, values)
+Positive = Annotated[int, _positive]
+PositiveFloat = Annotated[float, _positive]
+Count = Annotated[int, _non_negative]
+Seconds = Annotated[float, _non_negative]
+Port = Annotated[int, _port]
+Destinations = Annotated[list[str], _destinations]
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One ``[section]``; the keys' meanings and defaults are in ``default_config.toml``."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{key: value}`` (lists copied)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class InferenceSettings(_Section):
+    model_path: str
+    threads: Positive
+    batch_size: Positive
+    operating_point: str
+    nodule_operating_point: str
+    site_threshold_file: str
+    min_age_years: Count
+    min_image_size: Positive
+    max_pixels: Positive
+
+
+@dataclass(frozen=True)
+class NodeSettings(_Section):
+    ae_title: Annotated[str, _ae_title]
+    host: str
+    port: Port
+    allowed_calling_aets: list[str]
+    allowed_hosts: list[str]
+    max_associations: Positive
+    max_pdu_size: Count
+    network_timeout_s: PositiveFloat
+    quiet_period_s: Seconds
+    state_dir: str
+    max_instance_bytes: Count
+    audit_max_bytes: Count
+    audit_keep_files: Positive
+    quarantine_max_files: Count
+    quarantine_max_bytes: Count
+    shadow_mode: bool
+    tls_enabled: bool
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
+
+
+@dataclass(frozen=True)
+class DeliverySettings(_Section):
+    destinations: Destinations
+    shadow_destinations: Destinations
+    retry_initial_s: PositiveFloat
+    retry_max_s: PositiveFloat
+    refused_retry_s: PositiveFloat
+    dead_letter_after_s: PositiveFloat
+    summary_image: bool
+    summary_image_compression: Literal["jpeg-ls", "rle", "jpeg", "none"]
+    hl7_destinations: Destinations
+    hl7_sending_facility: str
+    tls_enabled: bool
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
+
+
+@dataclass(frozen=True)
+class WebSettings(_Section):
+    enabled: bool
+    host: str
+    port: Port
+    token: str
+    user_tokens: Annotated[list[str], _user_tokens]
+    trusted_user_header: str
+    trusted_proxies: list[str]
+    tls_cert: str
+    tls_key: str
+    max_wait_likely_normal_min: Annotated[float, _non_negative]
+    refresh_s: Positive
+    max_rows: Positive
+
+
+@dataclass(frozen=True)
+class MonitoringSettings(_Section):
+    psi_max: PositiveFloat
+    decision_share_delta: PositiveFloat
+    not_assessable_delta: PositiveFloat
+    alpha: Annotated[float, _unit_interval]
+    min_films: Positive
+    psi_bins: Annotated[int, _at_least(2)]
+    baseline_file: str
+
+
+@dataclass(frozen=True)
+class TrainingSettings(_Section):
+    architecture: Literal["effnet_lite0", "densenet121", "tiny"]
+    image_size: Annotated[int, _at_least(32)]
+    epochs: Positive
+    batch_size: Positive
+    patience: Positive
+    max_minutes: Seconds
+    threads: Positive
+    cache_dir: str
+    test_report: bool
+
+
+@dataclass(frozen=True)
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    format: Literal["json", "text"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration: ``cfg.node.port`` etc.; ``source`` is the user file."""
+
+    inference: InferenceSettings
+    node: NodeSettings
+    delivery: DeliverySettings
+    web: WebSettings
+    monitoring: MonitoringSettings
+    training: TrainingSettings
+    logging: LoggingSettings
+    source: Path | None = None
+
+    def as_dict(self) -> RawConfig:
+        """``{section: {key: value}}``, every key (a valid input for :func:`write_config_file`)."""
+        return {name: getattr(self, name).as_dict() for name in _sections()}
+
+    def replace(self, **overrides: dict[str, Any]) -> Config:
+        """A copy with some keys changed (validated like a file), e.g. for tests.
+
+        ``cfg.replace(inference={"threads": 1})``; ConfigError as :func:`load_config`.
+        """
+        raw = self.as_dict()
+        for sec, vals in overrides.items():
+            raw.setdefault(sec, {}).update(vals)
+        return _build(raw, self.source)
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One key's type as the checks see it: the plain type, choices or list, and its check."""
+
+    kind: type
+    choices: tuple[str, ...] = ()
+    check: Check | None = None
+
+
+def _key_of(hint: Any) -> _Key:
+    check = None
+    if get_origin(hint) is Annotated:
+        hint, check = get_args(hint)[:2]
+    if get_origin(hint) is Literal:
+        return _Key(str, tuple(get_args(hint)), check)
+    return _Key(get_origin(hint) or hint, (), check)
+
+
+@functools.cache
+def _sections() -> dict[str, dict[str, _Key]]:
+    """``{section: {key: _Key}}`` from the dataclasses above, in file order."""
+    hints = get_type_hints(Config)
+    return {f.name: {k: _key_of(h) for k, h in get_type_hints(hints[f.name], include_extras=True).items()}
+            for f in dataclasses.fields(Config) if f.name != "source"}
+
+
+@functools.cache
+def _defaults() -> RawConfig:
+    text = resources.files("cxr_triage").joinpath("default_config.toml").read_text()
+    return tomllib.loads(text)
+
+
+def _type_error(key: _Key, val: Any) -> str | None:
+    """Why ``val`` is not of the key's type, or None."""
+    if key.kind is list:
+        ok = isinstance(val, list) and all(isinstance(v, str) for v in val)
+        return None if ok else "expected list of str"
+    if type(val) is not key.kind:
+        return f"expected {key.kind.__name__}"
+    if key.choices and val not in key.choices:
+        return f"must be one of {', '.join(key.choices)}"
+    return None
+
+
+def _check(name: str, key: str, spec: _Key, val: Any) -> str | None:
+    """The error line for ``[name] key = val``, or None when it is good."""
+    if spec.kind is float and type(val) is int:
+        val = float(val)
+    msg = _type_error(spec, val) or (spec.check(val) if spec.check else None)
+    return f"[{name}] {key} = {val!r}: {msg}" if msg else None
+
+
+def _section(name: str, keys: dict[str, _Key], given: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """The section's values: the defaults with ``given`` applied; bad keys appended to ``errors``."""
+    values = dict(_defaults().get(name, {}))
+    errors += [f"[{name}] {key}: no default in default_config.toml" for key in keys if key not in values]
+    for key, val in {**values, **given}.items():
+        if key not in keys:
+            errors.append(f"[{name}] {key}: unknown key")
+        elif (msg := _check(name, key, keys[key], val)) is not None:
+            errors.append(msg)
+        else:
+            values[key] = float(val) if keys[key].kind is float else val
+    return values
+
+
+def _build(raw: RawConfig, source: Path | None) -> Config:
+    """Validate ``raw`` over the defaults; ConfigError with every bad key, one line each."""
+    schema = _sections()
+    errors = [f"[{name}]: unknown section (known: {', '.join(schema)})" for name in raw if name not in schema]
+    values = {name: _section(name, keys, raw.get(name, {}), errors) for name, keys in schema.items()}
     if errors:
         where = f" in {source}" if source else ""
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(errors))
-    return Config(sections, source)
+    hints = get_type_hints(Config)
+    return Config(**{name: hints[name](**vals) for name, vals in values.items()}, source=source)
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Defaults <- TOML file (``path`` or ``$CXR_TRIAGE_CONFIG``) <- ``CXR_TRIAGE__SEC__KEY``."""
-    environ = os.environ if environ is None else environ
-    path = path or environ.get(CONFIG_ENV) or None
-    raw: dict[str, dict[str, Any]] = {}
-    source = None
-    if path:
-        source = Path(path)
+def _parse_env(text: str, key: _Key | None) -> Any:
+    """An environment string as the key's type; left a string when it does not parse."""
+    kind = key.kind if key else str
+    if kind is bool:
+        low = text.strip().lower()
+        return True if low in ("1", "true", "yes", "on") else False if low in ("0", "false", "no", "off") else text
+    if kind is list:
+        return [p.strip() for p in text.split(",") if p.strip()]
+    if kind in (int, float):
         try:
-            raw = tomllib.loads(source.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file not found: {source}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {source} is not valid TOML: {exc}") from None
-    defaults = _defaults()
+            return kind(text)
+        except ValueError:
+            return text
+    return text
+
+
+def _env_overrides(environ: Mapping[str, str]) -> RawConfig:
+    """``CXR_TRIAGE__SEC__KEY=value`` -> ``{sec: {key: value}}``; ConfigError for a bad name."""
+    out: RawConfig = {}
     for var, text in environ.items():
         if not var.startswith(ENV_PREFIX):
             continue
@@ -266,10 +339,31 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if len(parts) != 2:
             raise ConfigError(f"{var}: expected {ENV_PREFIX}<SECTION>__<KEY>")
         sec, key = parts
-        default = defaults.get(sec, {}).get(key, "")
-        raw.setdefault(sec, {})[key] = _parse_env(text, default)
-    cfg = _build(raw, source)
-    return cfg
+        out.setdefault(sec, {})[key] = _parse_env(text, _sections().get(sec, {}).get(key))
+    return out
+
+
+def _read_file(source: Path) -> RawConfig:
+    try:
+        return tomllib.loads(source.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {source}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {source} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults <- TOML file (``path`` or ``$CXR_TRIAGE_CONFIG``) <- ``CXR_TRIAGE__SEC__KEY``.
+
+    ConfigError (one line per bad key, all at once) for an unreadable file or bad values.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV) or None
+    source = Path(path) if path else None
+    raw = _read_file(source) if source else {}
+    for sec, vals in _env_overrides(environ).items():
+        raw.setdefault(sec, {}).update(vals)
+    return _build(raw, source)
 
 
 def resolve_path(cfg: Config, value: str) -> Path:
@@ -281,15 +375,13 @@ def resolve_path(cfg: Config, value: str) -> Path:
     return (base / p).resolve()
 
 
-def write_config_file(path: str | Path, defaults: dict[str, dict[str, Any]],
+def write_config_file(path: str | Path, defaults: RawConfig,
                       overrides: Mapping[str, dict[str, Any]] | None = None) -> Path:
     """Write ``defaults`` updated per section by ``overrides`` as a TOML config file.
 
     For tests, benchmarks and tools that start a node with a generated configuration. Values
     are strings, numbers, booleans or lists of those (their JSON spelling is valid TOML).
     """
-    import json
-
     sections = {sec: dict(vals) for sec, vals in defaults.items()}
     for sec, vals in (overrides or {}).items():
         sections.setdefault(sec, {}).update(vals)

@@ -1,8 +1,11 @@
+import dataclasses
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from cxr_triage.config import ConfigError, load_config, parse_destination
+from cxr_triage.config import Config, ConfigError, load_config, parse_destination
 
 
 def test_defaults_load_without_file():
@@ -35,3 +38,42 @@ def test_every_bad_value_is_reported(tmp_path: Path):
 def test_bad_destination_rejected():
     with pytest.raises(ConfigError, match="AE@host:port"):
         load_config(environ={"CXR_TRIAGE__DELIVERY__DESTINATIONS": "nohost"})
+
+
+def test_dataclass_fields_and_default_toml_keys_agree():
+    """default_config.toml documents every key: the same keys as the typed sections."""
+    toml = tomllib.loads(resources.files("cxr_triage").joinpath("default_config.toml").read_text())
+    cfg = load_config(environ={})
+    sections = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+    assert sections == list(toml)
+    for name in sections:
+        assert [f.name for f in dataclasses.fields(getattr(cfg, name))] == list(toml[name]), name
+    assert cfg.as_dict() == toml
+
+
+def test_values_have_their_declared_types():
+    cfg = load_config(environ={"CXR_TRIAGE__NODE__QUIET_PERIOD_S": "3", "CXR_TRIAGE__WEB__ENABLED": "off"})
+    assert cfg.node.quiet_period_s == 3.0 and isinstance(cfg.node.quiet_period_s, float)
+    assert cfg.web.enabled is False and isinstance(cfg.node.port, int)
+    with pytest.raises(ConfigError) as exc:
+        load_config(environ={"CXR_TRIAGE__WEB__ENABLED": "maybe", "CXR_TRIAGE__NODE__PORT": "true"})
+    assert str(exc.value).splitlines()[1:] == ["  [node] port = 'true': expected int",
+                                               "  [web] enabled = 'maybe': expected bool"]
+
+
+def test_replace_validates_and_the_config_is_frozen():
+    cfg = load_config(environ={})
+    changed = cfg.replace(node={"port": 2000}, web={"enabled": False})
+    assert (changed.node.port, changed.web.enabled, cfg.node.port) == (2000, False, 11112)
+    assert changed.as_dict()["node"]["port"] == 2000
+    with pytest.raises(ConfigError, match=r"\[node\] port = -1: must be a TCP port"):
+        cfg.replace(node={"port": -1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.node.port = 1  # type: ignore[misc]
+
+
+def test_list_items_must_be_strings(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text("[node]\nallowed_hosts = [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"\[node\] allowed_hosts = \[1, 2\]: expected list of str"):
+        load_config(f, environ={})

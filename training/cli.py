@@ -95,7 +95,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig(manifest="", out="")
     try:
-        section = dict(load_config(None, environ={}).training)  # the embedded defaults, for the help
+        section = load_config(None, environ={}).training.as_dict()  # the embedded defaults, for the help
     except Exception:  # noqa: BLE001 - the help must not fail on a config problem
         section = {}
 
@@ -185,8 +185,8 @@ def config_from_args(args: argparse.Namespace, cfg: Any = None):
     from cxr_triage.training.train import TrainConfig
 
     section: dict[str, Any] = {}
-    if cfg is not None and "training" in cfg:
-        section = dict(cfg.training)
+    if cfg is not None:
+        section = cfg.training.as_dict()
     fields = TrainConfig.__dataclass_fields__
     values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
     d = TrainConfig(manifest="", out="")
