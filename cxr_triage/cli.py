@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cxr_triage.evaluation.cli", "measure sensitivity, specificity, workload saved"),
     "commission": ("cxr_triage.evaluation.commission_cli", "choose a site operating point bound to a model"),
     "reconcile": ("cxr_triage.evaluation.commission_cli", "compare live results with radiologist outcomes"),
-    "wrap": ("cxr_triage.dicom_node.tools.film_to_dicom", "wrap PNG/JPEG films into CR/DX/SC DICOM files"),
+    "wrap": ("cxr_triage.dicom_node.tools.wrap", "wrap PNG/JPEG films into CR/DX/SC DICOM files"),
 }
 
 

@@ -1,11 +1,9 @@
 """Wrap a film (PNG/JPEG or array) into a CR / DX / SC DICOM dataset, in any transfer syntax.
 
-`cxr-triage wrap` (and ``python -m cxr_triage.dicom_node.tools.film_to_dicom``) is its command
-line. Tests, benchmarks, the evaluation's end-to-end runs and the demo need real films as the DICOM a
-PACS would send, in all the variants the reader must handle (bit depth, sign, MONOCHROME1,
-rescale, window, VOI LUT Sequence, padding, compression). Encoding uses library codecs only:
-pydicom's encoders (RLE, JPEG-LS via pyjpegls, JPEG 2000 via pylibjpeg-openjpeg), Pillow for
-JPEG Baseline, dcmtk's ``dcmcjpeg`` for JPEG Lossless / Extended, pydicom's writer for deflate.
+The test-film factory. Tests, benchmarks, the evaluation's end-to-end runs and the demo need real
+films as the DICOM a PACS would send, in all the variants the reader must handle (bit depth, sign,
+MONOCHROME1, rescale, window, VOI LUT Sequence, padding, compression). The encoders are in
+:mod:`film_encoding`; `cxr-triage wrap` (:mod:`wrap`) is the command line.
 
 The stored values are a linear function of the film's brightness (inverted for MONOCHROME1), so
 a correct reader recovers the film up to an affine intensity change (and codec error).
@@ -14,35 +12,24 @@ a correct reader recovers the film up to an affine intensity change (and codec e
 from __future__ import annotations
 
 import datetime as _dt
-import io
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
-from pydicom import Dataset, FileMetaDataset, dcmread
-from pydicom.encaps import encapsulate
+from pydicom import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
-    JPEG2000,
     PYDICOM_IMPLEMENTATION_UID,
     UID,
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
     generate_uid,
 )
+
+from cxr_triage.dicom_node.tools.film_encoding import SUPPORTED_SYNTAXES, encode_pixels
 
 SopClassName = Literal["CR", "DX_PRES", "DX_PROC", "SC"]
 
@@ -60,22 +47,6 @@ VIEW_CODES: dict[str, tuple[str, str]] = {
     "LL": ("399173006", "left lateral"),
     "RL": ("399198007", "right lateral"),
 }
-
-NATIVE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
-#: pydicom's own encoders (``Dataset.compress``)
-PYDICOM_ENCODED = (RLELossless, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000)
-#: dcmtk ``dcmcjpeg`` flags per syntax (pydicom cannot encode these)
-DCMCJPEG_FLAGS: dict[str, list[str]] = {
-    JPEGLosslessSV1: ["+e1"],
-    JPEGLossless: ["+el", "+sv", "6"],
-    JPEGExtended12Bit: ["+ee", "+q", "95", "+sr"],  # +sr: keep the stored range (no stretch)
-}
-LOSSLESS_SYNTAXES = (*NATIVE_SYNTAXES, RLELossless, JPEGLSLossless, JPEG2000Lossless,
-                     JPEGLosslessSV1, JPEGLossless)
-#: every transfer syntax :func:`png_to_dicom` can write
-SUPPORTED_SYNTAXES = (*NATIVE_SYNTAXES, *PYDICOM_ENCODED, JPEGBaseline8Bit, *DCMCJPEG_FLAGS)
-
-DCMCJPEG = "/usr/bin/dcmcjpeg"
 
 
 def load_film_image(source: str | Path | np.ndarray) -> np.ndarray:
@@ -244,7 +215,7 @@ def png_to_dicom(
     if sop_class.startswith("DX"):
         ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
 
-    _encode(ds, stored, tsyntax, jpeg_quality)
+    encode_pixels(ds, stored, tsyntax, jpeg_quality)
     return ds
 
 
@@ -318,57 +289,6 @@ def _header(*, sop_class: str, study_uid: str | None, series_uid: str | None,
     return ds
 
 
-def _encode(ds: Dataset, stored: np.ndarray, tsyntax: UID, jpeg_quality: int) -> None:
-    """Put ``stored`` into ``ds`` in ``tsyntax`` (sets Lossy Image Compression as it goes)."""
-    lossy = tsyntax in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000, JPEGLSNearLossless)
-    if tsyntax in NATIVE_SYNTAXES:
-        ds.file_meta.TransferSyntaxUID = tsyntax
-    elif tsyntax in PYDICOM_ENCODED:
-        j2k_psnr: list[float] | None = None  # None: pydicom's default (lossless)
-        jls_error: int | None = None
-        if tsyntax == JPEG2000:
-            j2k_psnr = [80]
-        elif tsyntax == JPEGLSNearLossless:
-            jls_error = 2
-        ds.compress(tsyntax, stored, generate_instance_uid=False, jls_error=jls_error, j2k_psnr=j2k_psnr)
-    elif tsyntax == JPEGBaseline8Bit:
-        buf = io.BytesIO()
-        Image.fromarray(stored.astype(np.uint8), mode="L").save(
-            buf, format="JPEG", quality=jpeg_quality, subsampling=0
-        )
-        ds.PixelData = encapsulate([buf.getvalue()])
-        ds["PixelData"].VR = "OB"
-        ds.file_meta.TransferSyntaxUID = tsyntax
-    else:
-        _dcmcjpeg(ds, tsyntax)
-    if lossy:
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = (
-            "ISO_15444_1" if tsyntax == JPEG2000 else
-            "ISO_14495_1" if tsyntax == JPEGLSNearLossless else "ISO_10918_1"
-        )
-
-
-def _dcmcjpeg(ds: Dataset, tsyntax: UID) -> None:
-    """JPEG Lossless / Extended through dcmtk (no Python encoder exists for them)."""
-    with tempfile.TemporaryDirectory(prefix="cxrt-jpeg-") as tmp:
-        src, dst = Path(tmp) / "in.dcm", Path(tmp) / "out.dcm"
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.save_as(src, enforce_file_format=True)
-        proc = subprocess.run([DCMCJPEG, *DCMCJPEG_FLAGS[tsyntax], str(src), str(dst)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"dcmcjpeg failed ({proc.returncode}): {proc.stderr.strip()}")
-        out = dcmread(dst)
-    ds.PixelData = out.PixelData
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = out.file_meta.TransferSyntaxUID
-    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio",
-                    "LossyImageCompressionMethod", "DerivationDescription"):
-        if keyword in out:
-            ds[keyword] = out[keyword]
-
-
 def write_dicom(ds: Dataset, path: str | Path) -> Path:
     """Write ``ds`` as a DICOM Part 10 file (deflated when its syntax says so)."""
     path = Path(path)
@@ -388,178 +308,3 @@ def films_to_study(sources: Sequence[str | Path | np.ndarray], out_dir: str | Pa
                           instance_number=i, **kwargs)  # type: ignore[arg-type]
         paths.append(write_dicom(ds, Path(out_dir) / f"{i:04d}.dcm"))
     return paths
-
-
-# --------------------------------------------------------------------------- command line
-
-#: ``--sop-class`` spellings -> :data:`SOP_CLASS_UIDS` keys
-SOP_CLASS_OPTIONS: dict[str, SopClassName] = {"CR": "CR", "DX": "DX_PRES", "DX_PRES": "DX_PRES",
-                                               "DX_PROC": "DX_PROC", "SC": "SC"}
-FILM_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def syntax_from_text(text: str) -> UID:
-    """A supported transfer syntax from its UID or its pydicom keyword (``JPEGBaseline8Bit``,
-    ``JPEG2000Lossless``, ``ExplicitVRLittleEndian``...); ValueError listing them otherwise."""
-    for ts in map(UID, SUPPORTED_SYNTAXES):
-        if text in (str(ts), ts.keyword, ts.name):
-            return ts
-    names = ", ".join(UID(ts).keyword for ts in SUPPORTED_SYNTAXES)
-    raise ValueError(f"unsupported transfer syntax {text!r}: one of {names} (or its UID)")
-
-
-def _film_paths(items: Sequence[str]) -> list[Path]:
-    """PNG/JPEG files named, and those under named folders (recursively, sorted)."""
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in FILM_SUFFIXES)
-        else:
-            out.append(p)
-    return out
-
-
-def _manifest_info(path: Path) -> dict[Path, dict[str, str]]:
-    """Resolved film path -> its manifest row (patient_id, age, sex, view, ...)."""
-    import csv
-
-    rows: dict[Path, dict[str, str]] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for row in csv.DictReader(fh):
-            name = (row.get("file") or "").strip()
-            if name:
-                p = Path(name)
-                rows[(p if p.is_absolute() else path.parent / p).resolve()] = {k: (v or "") for k, v in row.items() if k}
-    return rows
-
-
-def _dicom_age(text: str) -> str | None:
-    """Years (``"45"``, ``"45.0"``) or a DICOM AS (``"045Y"``) -> DICOM AS; None when empty/unreadable."""
-    from cxr_triage.contract.patient import parse_age_years
-
-    t = text.strip()
-    if not t:
-        return None
-    years = parse_age_years(t)
-    if years is None:
-        try:
-            years = float(t)
-        except ValueError:
-            return None
-    return f"{int(years):03d}Y" if years >= 2 else f"{int(round(years * 12)):03d}M"
-
-
-def register(subparsers: Any, name: str, help_text: str) -> None:
-    """``cxr-triage wrap``: the command-line face of :func:`png_to_dicom`."""
-    import argparse
-
-    p = subparsers.add_parser(
-        name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Wrap PNG/JPEG chest films into DICOM (CR, DX For Presentation/Processing or Secondary "
-                    "Capture) in any supported transfer syntax, e.g. to send a labelled folder through a node "
-                    "with dcmtk storescu. Writes <out>/<film>.dcm and <out>/wrapped.csv (film, dicom file, "
-                    "SOP/Study Instance UID, accession number), which `evaluate --sr-dir` can match SRs by.")
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
-def add_arguments(p: Any) -> None:
-    p.add_argument("films", nargs="+", help="PNG/JPEG files, or folders searched recursively")
-    p.add_argument("--out", required=True, help="folder for the DICOM files")
-    p.add_argument("--sop-class", default="DX", choices=sorted(SOP_CLASS_OPTIONS),
-                   help="CR, DX (For Presentation), DX_PROC (For Processing) or SC (Secondary Capture)")
-    p.add_argument("--transfer-syntax", default="ExplicitVRLittleEndian",
-                   help="keyword or UID: " + ", ".join(UID(ts).keyword for ts in SUPPORTED_SYNTAXES))
-    p.add_argument("--bits-stored", type=int, default=None,
-                   help="8..16 (default: 8 for JPEG Baseline, else 12)")
-    p.add_argument("--monochrome1", action="store_true", help="write MONOCHROME1 (inverted) pixels")
-    p.add_argument("--manifest", help="manifest CSV (file, patient_id, age, sex, view): per-film header values")
-    p.add_argument("--patient-id", default="", help="Patient ID of every film (default: the manifest's, else a "
-                   "pseudonym made from the file name)")
-    p.add_argument("--age", default="", help="age in years or DICOM AS (045Y) (default: the manifest's, else none)")
-    p.add_argument("--sex", default="", help="M, F or O (default: the manifest's, else O)")
-    p.add_argument("--view", default="", help="PA or AP (default: the manifest's, else PA)")
-    p.add_argument("--accession-number", default="", help="Accession Number of every film (default: none)")
-    p.add_argument("--one-study", action="store_true", help="all films in one study (default: one study per film)")
-
-
-def run(args: Any, cfg: Any = None) -> int:
-    """Wrap every film; one line per unreadable film; exit 0, 1 (some failed) or 2 (bad options)."""
-    import csv
-    import hashlib
-    import logging
-    import sys
-
-    logging.getLogger("openjpeg").setLevel(logging.WARNING)  # one INFO line per encoded tile
-    try:
-        tsyntax = syntax_from_text(args.transfer_syntax)
-    except ValueError as exc:
-        print(f"cxr-triage wrap: {exc}", file=sys.stderr)
-        return 2
-    bits = args.bits_stored or (8 if tsyntax == JPEGBaseline8Bit else 12)
-    films = _film_paths(args.films)
-    missing = [str(p) for p in films if not p.is_file()]
-    if missing or not films:
-        print(f"cxr-triage wrap: {len(missing)} film(s) not found: {', '.join(missing[:5])}" if missing
-              else "cxr-triage wrap: no PNG/JPEG films found", file=sys.stderr)
-        return 2
-    try:
-        info = _manifest_info(Path(args.manifest)) if args.manifest else {}
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"cxr-triage wrap: manifest not readable: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    study = generate_uid() if args.one_study else None
-    series = generate_uid() if args.one_study else None
-    failed: list[str] = []
-    rows: list[tuple[str, str, str, str, str]] = []
-    used: set[str] = set()
-    for n, film in enumerate(films, start=1):
-        row = info.get(film.resolve(), {})
-        pid = args.patient_id or row.get("patient_id", "") or "WRAP-" + hashlib.sha256(film.name.encode()).hexdigest()[:10]
-        try:
-            ds = png_to_dicom(
-                film, sop_class=SOP_CLASS_OPTIONS[args.sop_class], transfer_syntax_uid=tsyntax, bits_stored=bits,
-                photometric="MONOCHROME1" if args.monochrome1 else "MONOCHROME2",
-                study_uid=study, series_uid=series, patient_name="Anonymous", patient_id=pid[:64],
-                patient_age=_dicom_age(args.age or row.get("age", "")),
-                patient_sex=(args.sex or row.get("sex", "") or "O").upper()[:1],
-                view_position=(args.view or row.get("view", "") or "PA").upper(),
-                accession_number=args.accession_number, instance_number=n if args.one_study else 1)
-            name = film.stem if film.stem not in used else f"{film.stem}_{n}"
-            used.add(name)
-            path = write_dicom(ds, out / f"{name}.dcm")
-        except (OSError, ValueError, RuntimeError) as exc:
-            failed.append(f"{film} ({type(exc).__name__}: {exc})")
-            continue
-        rows.append((str(film), str(path), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), args.accession_number))
-    with (out / "wrapped.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["film", "dicom", "sop_instance_uid", "study_instance_uid", "accession_number"])
-        w.writerows(rows)
-    for line in failed[:5]:
-        print(f"cxr-triage wrap: not wrapped: {line}", file=sys.stderr)
-    if len(failed) > 5:
-        print(f"cxr-triage wrap: ... and {len(failed) - 5} more not wrapped", file=sys.stderr)
-    print(f"wrapped {len(rows)} of {len(films)} film(s) as {args.sop_class} {tsyntax.name} into {out} "
-          f"(index: {out / 'wrapped.csv'})")
-    return 1 if failed else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cxr_triage.dicom_node.tools.film_to_dicom`` (the same as ``cxr-triage wrap``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m cxr_triage.dicom_node.tools.film_to_dicom",
-                                description="Wrap PNG/JPEG films into CR/DX/SC DICOM (same as `cxr-triage wrap`).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

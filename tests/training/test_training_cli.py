@@ -270,6 +270,6 @@ def test_wrap_command_and_module_help(site: Path, tmp_path: Path, capsys: pytest
     assert index[0]["sop_instance_uid"] == ds.SOPInstanceUID
     assert cli_main(["wrap", str(big), "--out", str(tmp_path / "e"), "--transfer-syntax", "Nope"]) == 2
     assert "unsupported transfer syntax" in capsys.readouterr().err
-    helped = subprocess.run([sys.executable, "-m", "cxr_triage.dicom_node.tools.film_to_dicom", "--help"],
+    helped = subprocess.run([sys.executable, "-m", "cxr_triage.dicom_node.tools.wrap", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "--transfer-syntax" in helped.stdout
