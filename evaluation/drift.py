@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cxr_triage.dicom_node.service.drift import (
+from cxr_triage.dicom_node.monitoring.drift import (
     DECISIONS,
     DriftBounds,
     DriftCollector,

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from cxr_triage.dicom_node.service.drift import LiveResult as LiveResult
-from cxr_triage.dicom_node.service.drift import live_from_store as live_from_store
-from cxr_triage.dicom_node.service.drift import utc_day_bounds as utc_day_bounds
+from cxr_triage.dicom_node.monitoring.drift import LiveResult as LiveResult
+from cxr_triage.dicom_node.monitoring.drift import live_from_store as live_from_store
+from cxr_triage.dicom_node.monitoring.drift import utc_day_bounds as utc_day_bounds
 from cxr_triage.evaluation import metrics
 from cxr_triage.evaluation.sources import parse_label  # the harness's label spellings
 

@@ -27,7 +27,8 @@ from pydicom import dcmread
 from cxr_triage.config import Config, resolve_path
 from cxr_triage.contract.sop_classes import is_sr_class
 from cxr_triage.dicom_node.delivery.deliverer import Deliverer, destinations_for
-from cxr_triage.dicom_node.receive.scp import StoreHandler, start_scp
+from cxr_triage.dicom_node.receive.scp import StoreHandler
+from cxr_triage.dicom_node.receive.server import start_scp
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.store.queries import StudyQueries
@@ -102,7 +103,7 @@ class Node:
 
             info = {"name": meta.name, "version": meta.version,
                     "operating_point": str(getattr(triager, "operating_point", "") or "")}
-            from cxr_triage.dicom_node.service.drift import DriftCollector
+            from cxr_triage.dicom_node.monitoring.drift import DriftCollector
 
             # drift gauges against the commissioning baseline (none without a baseline)
             return start_web(self.cfg, self.queries, model_info=info,

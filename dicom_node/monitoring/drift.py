@@ -24,6 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cxr_triage.config import Config, resolve_path
+
 log = logging.getLogger(__name__)
 
 DECISIONS = ("suspicious", "likely_normal", "not_assessable")
@@ -45,7 +47,7 @@ class DriftBounds:
     psi_bins: int = 10
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "DriftBounds":
+    def from_config(cls, cfg: Config) -> "DriftBounds":
         m = cfg.monitoring
         return cls(psi_max=m.psi_max, alpha=m.alpha, decision_share_delta=m.decision_share_delta,
                    not_assessable_delta=m.not_assessable_delta, min_films=m.min_films,
@@ -73,10 +75,8 @@ def population_stability_index(expected: Sequence[float] | np.ndarray, actual: S
         return float(np.sum((a_frac - e_frac) * np.log(a_frac / e_frac)))
 
 
-def load_baseline(cfg: Any) -> dict[str, Any] | None:
+def load_baseline(cfg: Config) -> dict[str, Any] | None:
     """``[monitoring] baseline_file`` if set, else the site threshold file's baseline, else None."""
-    from cxr_triage.config import resolve_path
-
     if cfg.monitoring.baseline_file:
         loaded: dict[str, Any] = json.loads(resolve_path(cfg, cfg.monitoring.baseline_file).read_text())
         return loaded
@@ -249,7 +249,7 @@ def film_rows_from_store(store: Any, since: float | None = None,
     return rows
 
 
-def drift_report_for_day(cfg: Any, store: Any, day: str | None = None) -> DriftReport | None:
+def drift_report_for_day(cfg: Config, store: Any, day: str | None = None) -> DriftReport | None:
     """The report of one UTC day (default today) from the node's store against the configured
     baseline; None when no baseline is configured."""
     baseline = load_baseline(cfg)
@@ -268,7 +268,7 @@ class DriftCollector:
     ``build_registry(source, model_info, extra=[DriftCollector(cfg, store)])``. Recomputed at
     most every ``ttl_s`` seconds; one WARNING log line per day when the day turns drifted."""
 
-    def __init__(self, cfg: Any, store: Any, ttl_s: float = 60.0, clock: Any = None):
+    def __init__(self, cfg: Config, store: Any, ttl_s: float = 60.0, clock: Any = None):
         import time
 
         self._cfg, self._store, self._ttl = cfg, store, ttl_s

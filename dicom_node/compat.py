@@ -1,0 +1,147 @@
+"""Every place the node reaches into pynetdicom beyond its public API, behind one version check.
+
+The node relies on three pynetdicom internals; each was written for, and tested on, pynetdicom
+3.0.x (:data:`SUPPORTED_PYNETDICOM`), and each function here first calls
+:func:`require_supported_pynetdicom`, which raises :class:`UnsupportedPynetdicom` (a
+:class:`~cxr_triage.config.ConfigError`: ``cxr-triage serve`` prints its one line and exits 2)
+on any other version, rather than run with a patch that may silently no longer apply.
+
+1. **Streamed C-STORE data sets** (:func:`stream_c_store_data_sets`, receiving side). With
+   ``_config.STORE_RECV_CHUNKED_DATASET``, pynetdicom 3.0 (``dimse_messages.DIMSEMessage.
+   decode_msg``) opens ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")`` in the
+   system temporary folder for each C-STORE-RQ, writes the preamble, a File Meta Information it
+   builds and every data set fragment as it arrives (``write`` then ``file.flush()``), calls the
+   EVT_C_STORE handler with ``event.dataset_path``, then closes the file and unlinks it
+   (ignoring OSError). The factory installed here runs in the association's DUL thread
+   (``DULServiceProvider``, whose ``assoc.ae`` tells the AE), so the node can put the file in
+   its own spool (same file system: the handler renames it; see ``receive/incoming.py``); any
+   other AE in the process gets pynetdicom's own temporary file.
+2. **TLS handshake off the accept loop** (:func:`deferred_handshake_server_context`, receiving
+   side).
+   pynetdicom's ``ThreadedAssociationServer`` wraps each accepted socket in its accept loop;
+   with the default handshake on wrap, one connection that never spoke TLS froze every later
+   connection. The context defers the handshake to the association's first read, in its own
+   thread, under its timeouts.
+3. **DIMSE responses kept for the sender** (:func:`keep_responses_for_the_sender`, sending
+   side). pynetdicom 3.0 runs a reactor thread per association beside the thread that calls
+   ``send_c_store()``. Before sending, ``send_*()`` pauses the reactor: it clears
+   ``_reactor_checkpoint`` and waits for the reactor's ``_is_paused`` flag. The reactor sets
+   that flag, passes the checkpoint and only then clears the flag and polls the DIMSE queue, so
+   a sender that looks in between sees "paused" while the reactor is about to poll. When the
+   peer answers within that window (a fast SCP on loopback, a busy machine that descheduled the
+   reactor), the reactor takes the C-STORE-RSP off the queue, logs "Received unexpected C-STORE
+   service message" and drops it; the sender waits for the DIMSE timeout and aborts the
+   association (pynetdicom issue #435 describes the same race on the acceptor side). Seen once
+   in ~10,000 C-STOREs of the 16-association load test under CI load. The guard puts a DIMSE
+   *response* that reaches ``_serve_request`` while a ``send_*()`` has the reactor paused back
+   on the DIMSE queue, where that call waits for it; requests from the peer and responses with
+   nobody waiting still go to pynetdicom's own handling.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from typing import Any, Callable
+
+import pynetdicom
+from pynetdicom import AE, _config, dimse_messages
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+from cxr_triage.config import ConfigError
+
+#: the pynetdicom release series these patches were written for (``major.minor``)
+SUPPORTED_PYNETDICOM = "3.0"
+
+
+class UnsupportedPynetdicom(ConfigError):
+    """The installed pynetdicom is not a version the node's patches were written for."""
+
+
+def pynetdicom_version() -> str:
+    """The installed pynetdicom's version string (``pynetdicom.__version__``, e.g. ``3.0.4``)."""
+    return str(pynetdicom.__version__)
+
+
+def require_supported_pynetdicom() -> None:
+    """Raise :class:`UnsupportedPynetdicom` (one line) unless pynetdicom is 3.0.x."""
+    version = pynetdicom_version()
+    if version.split(".")[:2] != SUPPORTED_PYNETDICOM.split("."):
+        raise UnsupportedPynetdicom(
+            f"pynetdicom {version} is installed, but the node's pynetdicom patches"
+            f" (dicom_node/compat.py) were written for {SUPPORTED_PYNETDICOM}.x:"
+            f" install pynetdicom>={SUPPORTED_PYNETDICOM},<3.1")
+
+
+# -- 1. streamed C-STORE data sets ----------------------------------------------------------
+
+#: ``factory(ae) -> file object`` for this AE's C-STORE data sets, or None for pynetdicom's own
+IncomingFactory = Callable[[AE], Any]
+
+_incoming_factories: list[IncomingFactory] = []
+_pynetdicom_tempfile = dimse_messages.NamedTemporaryFile
+
+
+def _incoming_file(*args: Any, **kwargs: Any) -> Any:
+    """What pynetdicom calls for each C-STORE-RQ's data set file (in the DUL thread)."""
+    thread = threading.current_thread()
+    if isinstance(thread, DULServiceProvider):
+        ae = thread.assoc.ae
+        for factory in list(_incoming_factories):
+            made = factory(ae)
+            if made is not None:
+                return made
+    return _pynetdicom_tempfile(*args, **kwargs)
+
+
+def stream_c_store_data_sets(factory: IncomingFactory) -> None:
+    """Make pynetdicom stream every received C-STORE data set to a file (``event.dataset_path``),
+    made by ``factory(ae)`` where it returns one (an object with pynetdicom's ``NTF`` protocol:
+    ``name``, ``write``, ``file.flush()``, ``close``). Idempotent per factory."""
+    require_supported_pynetdicom()
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = _incoming_file
+    if factory not in _incoming_factories:
+        _incoming_factories.append(factory)
+
+
+# -- 2. TLS handshake off the accept loop ---------------------------------------------------
+
+class _DeferredHandshakeContext(ssl.SSLContext):
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        return super().wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False,
+                                   suppress_ragged_eofs=suppress_ragged_eofs,
+                                   server_hostname=server_hostname, session=session)
+
+
+def deferred_handshake_server_context() -> ssl.SSLContext:
+    """A server ``SSLContext`` (``PROTOCOL_TLS_SERVER``) whose sockets shake hands on their
+    first read, in the association's thread, not when pynetdicom's accept loop wraps them."""
+    require_supported_pynetdicom()
+    return _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+
+
+# -- 3. DIMSE responses kept for the sender -------------------------------------------------
+
+def keep_responses_for_the_sender(assoc: Association) -> Association:
+    """Install the response guard on ``assoc`` (idempotent) and return it."""
+    require_supported_pynetdicom()
+    if getattr(assoc, "_cxr_response_guard", False):
+        return assoc
+    serve = assoc._serve_request
+
+    def serve_or_requeue(msg: Any, context_id: int) -> None:
+        waiting = not assoc._reactor_checkpoint.is_set()   # a send_*() paused the reactor
+        if waiting and msg is not None and not msg.is_valid_request and msg.is_valid_response:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+    assoc._cxr_response_guard = True  # type: ignore[attr-defined]
+    return assoc
