@@ -6,7 +6,9 @@ JPEG Extended) is encoded once per syntax with ``png_to_dicom``. Timed per film,
   handlers and plugins, Modality/VOI LUT, float32 [0, 1]); ``pixel_array`` alone is reported too;
 - dcmtk: ``dcmdjpeg`` / ``dcmdjpls`` / ``dcmdrle`` (``dcmconv +te`` for native and deflated)
   to an uncompressed file, then read into a numpy array with pydicom. dcmtk has no JPEG 2000
-  codec, so those rows have no reference.
+  codec, so those rows have no dcmtk reference; they give pylibjpeg-openjpeg's ``pixel_array``
+  (pydicom's own first choice, the reader's fallback) beside the reader's imagecodecs instead.
+``--syntaxes`` limits the run to some rows (e.g. ``jpeg_2000_lossless,jpeg_2000``).
 Prints one JSON object.
 """
 
@@ -39,11 +41,12 @@ SYNTAXES = {
 }
 
 
-def encode_all(work: Path, film16: np.ndarray) -> dict[str, Path]:
+def encode_all(work: Path, film16: np.ndarray, names: list[str]) -> dict[str, Path]:
     from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
 
     out = {}
-    for name, (ts, bits, _) in SYNTAXES.items():
+    for name in names:
+        ts, bits, _ = SYNTAXES[name]
         film = film16 if bits == 16 else (film16 >> (16 - bits)).astype(np.uint16 if bits > 8 else np.uint8)
         ds = png_to_dicom(film if bits != 12 else film.astype(np.float64) / 4095.0,
                           sop_class="DX_PRES", transfer_syntax_uid=ts, bits_stored=bits)
@@ -66,6 +69,17 @@ def time_reader(path: Path) -> tuple[float, float]:
     return full, raw
 
 
+def time_plugin(path: Path, plugin: str) -> float:
+    """dcmread + ``pixel_array`` through one pydicom plugin, seconds."""
+    from pydicom.pixels import pixel_array
+
+    start = time.perf_counter()
+    arr = pixel_array(dcmread(path), decoding_plugin=plugin)
+    seconds = time.perf_counter() - start
+    assert arr.shape == (C.FILM_ROWS, C.FILM_COLS)
+    return seconds
+
+
 def time_dcmtk(path: Path, tool: list[str], work: Path) -> float:
     out = work / "dcmtk_out.dcm"
     start = time.perf_counter()
@@ -81,25 +95,34 @@ def time_dcmtk(path: Path, tool: list[str], work: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="timed decodes per syntax and decoder")
+    ap.add_argument("--syntaxes", default=",".join(SYNTAXES),
+                    help="comma-separated rows to run (default: all)")
     args = ap.parse_args()
+    wanted = [name for name in args.syntaxes.split(",") if name]
+    unknown = sorted(set(wanted) - set(SYNTAXES))
+    if unknown:
+        ap.error(f"unknown syntaxes {unknown}; known: {', '.join(SYNTAXES)}")
     work = C.tempdir("cxrt-bench-decode-")
     try:
         film16 = C.detector_film(C.shared_pngs(1)[0])
-        C.note(f"decode: encoding one film in {len(SYNTAXES)} transfer syntaxes")
-        files = encode_all(work, film16)
+        C.note(f"decode: encoding one film in {len(wanted)} transfer syntaxes")
+        files = encode_all(work, film16, wanted)
         rows = {}
         for name, path in files.items():
             ts, bits, tool = SYNTAXES[name]
+            j2k = ts in (U.JPEG2000Lossless, U.JPEG2000)
             time_reader(path)  # warm-up: imports, plugin discovery, page cache
             if tool:
                 time_dcmtk(path, tool, work)
-            full, raw, ref = [], [], []
+            full, raw, ref, fallback = [], [], [], []
             for _ in range(args.reps):
                 f, r = time_reader(path)
                 full.append(f)
                 raw.append(r)
                 if tool:
                     ref.append(time_dcmtk(path, tool, work))
+                if j2k:
+                    fallback.append(time_plugin(path, "pylibjpeg"))
             reader_fps = 1.0 / float(np.median(full))
             ref_fps = 1.0 / float(np.median(ref)) if ref else None
             rows[name] = {
@@ -111,12 +134,15 @@ def main() -> int:
                 "dcmtk_films_per_s": round(ref_fps, 2) if ref_fps else None,
                 "ratio_reader_vs_dcmtk": C.ratio(reader_fps, ref_fps),
             }
+            if fallback:
+                rows[name]["pylibjpeg_openjpeg_pixel_array_films_per_s"] = round(1.0 / float(np.median(fallback)), 2)
             C.note(f"  {name}: reader {rows[name]['reader_read_film_films_per_s']} films/s, "
                    f"dcmtk {rows[name]['dcmtk_films_per_s']}")
         ratios = [r["ratio_reader_vs_dcmtk"] for r in rows.values() if r["ratio_reader_vs_dcmtk"]]
         C.emit({"benchmark": "decode", "film": f"{C.FILM_ROWS}x{C.FILM_COLS} DX, one real NIH film upscaled",
                 "reps": args.reps, "syntaxes": rows,
-                "ratio_reader_vs_dcmtk_min": min(ratios), "ratio_reader_vs_dcmtk_median": round(float(np.median(ratios)), 3),
+                "ratio_reader_vs_dcmtk_min": min(ratios) if ratios else None,
+                "ratio_reader_vs_dcmtk_median": round(float(np.median(ratios)), 3) if ratios else None,
                 "machine": C.machine()})
     finally:
         C.rmtree(work)

@@ -12,16 +12,19 @@ back to pydicom's own order (``ds.pixel_array``) when none is installed or all f
 package costs speed, never a film.
 
 pydicom has no plugin for libjpeg-turbo's 12- and 16-bit JPEG (libjpeg-turbo 3 decodes lossless
-and 12-bit JPEG; Pillow only 8-bit), which is what makes JPEG Lossless fast: this module is that
-plugin too (``"imagecodecs"``, through imagecodecs' ``jpeg8_decode``), registered with pydicom's
-JPEG decoders on import (pydicom's decoder plugin interface: ``is_available``,
-``DECODER_DEPENDENCIES``, ``_decode_frame``). It decodes greyscale frames only; colour frames
-fall through to the next plugin.
+and 12-bit JPEG; Pillow only 8-bit), which is what makes JPEG Lossless fast, nor one that runs
+OpenJPEG on several threads, which is what makes JPEG 2000 fast (pylibjpeg-openjpeg and Pillow
+decode a frame on one): this module is that plugin (``"imagecodecs"``: imagecodecs'
+``jpeg8_decode`` for JPEG, ``jpeg2k_decode`` with :data:`J2K_THREADS` threads for JPEG 2000),
+registered with pydicom's JPEG and JPEG 2000 decoders on import (pydicom's decoder plugin
+interface: ``is_available``, ``DECODER_DEPENDENCIES``, ``_decode_frame``). It decodes greyscale
+frames only; colour frames fall through to the next plugin.
 
 The stored values are the same as pydicom's default decoding: exactly for the lossless syntaxes
-(and JPEG-LS near-lossless, whose decoding is fully specified), within one stored value for
-JPEG Baseline and two (of 4096) for 12-bit JPEG Extended (libjpeg-turbo and libjpeg round the
-inverse DCT differently), as tests/inference/test_inference_decoders.py checks for every syntax.
+and for JPEG 2000 lossy (the same OpenJPEG inverse wavelet as pylibjpeg-openjpeg) and JPEG-LS
+near-lossless (decoding fully specified), within one stored value for JPEG Baseline and two (of
+4096) for 12-bit JPEG Extended (libjpeg-turbo and libjpeg round the inverse DCT differently), as
+tests/inference/test_inference_decoders.py checks for every syntax.
 """
 
 from __future__ import annotations
@@ -59,42 +62,61 @@ PREFERRED: dict[str, tuple[str, ...]] = {
     U.JPEGLSLossless: ("pyjpegls", "pylibjpeg"),
     # pyjpegls 183 ms; GDCM 403; pylibjpeg-libjpeg 632; dcmtk dcmdjpls 375
     U.JPEGLSNearLossless: ("pyjpegls", "pylibjpeg"),
-    # lossless / lossy: pylibjpeg-openjpeg 1024 / 516 ms; Pillow (openjpeg) 1010 / 576;
-    # GDCM 1287 / 814; dcmtk has no JPEG 2000 codec, so pydicom's own first choice stays
-    U.JPEG2000Lossless: ("pylibjpeg",),
-    U.JPEG2000: ("pylibjpeg",),
+    # lossless: imagecodecs (OpenJPEG 2.5.4, 2 threads) ~220 ms wall, pylibjpeg-openjpeg (one
+    # thread) ~450 (issue 21, a quiet machine); under load average 3 on the 2 cores, wall ms
+    # (min of 7) lossless / lossy: imagecodecs 785 / 479, pylibjpeg-openjpeg 926 / 922; CPU ms
+    # in the first measurement: pylibjpeg-openjpeg 1024 / 516, Pillow (openjpeg) 1010 / 576,
+    # GDCM 1287 / 814; dcmtk has no JPEG 2000 codec. Same values (exact): pylibjpeg is the fallback
+    U.JPEG2000Lossless: (IMAGECODECS, "pylibjpeg"),
+    U.JPEG2000: (IMAGECODECS, "pylibjpeg"),
 }
 
-#: the syntaxes this module's libjpeg-turbo plugin decodes (ISO 10918-1 processes 1, 2/4, 14)
-_IMAGECODECS_SYNTAXES = (U.JPEGBaseline8Bit, U.JPEGExtended12Bit, U.JPEGLossless, U.JPEGLosslessSV1)
+#: the syntaxes this module's libjpeg-turbo path decodes (ISO 10918-1 processes 1, 2/4, 14)
+_JPEG_SYNTAXES = (U.JPEGBaseline8Bit, U.JPEGExtended12Bit, U.JPEGLossless, U.JPEGLosslessSV1)
+#: the syntaxes its OpenJPEG path decodes (ISO 15444-1, PS3.5 A.4.4)
+_J2K_SYNTAXES = (U.JPEG2000Lossless, U.JPEG2000)
+#: OpenJPEG threads per JPEG 2000 frame: a 2500 x 2048 lossless film decodes in about half the
+#: time on 2 threads; more gave nothing on the 2-core machine the node runs on
+J2K_THREADS = 2
 
 #: pydicom's plugin interface: what the plugin needs, per syntax, when it is unavailable
-DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs>=2024.1") for ts in _IMAGECODECS_SYNTAXES}
+DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs>=2024.1") for ts in (*_JPEG_SYNTAXES, *_J2K_SYNTAXES)}
 
 
 def is_available(uid: str) -> bool:
-    """pydicom's plugin interface: True if imagecodecs with libjpeg-turbo 3 is installed."""
-    if uid not in _IMAGECODECS_SYNTAXES:
+    """pydicom's plugin interface: True if imagecodecs is installed with the codec of ``uid``'s
+    syntax (libjpeg-turbo 3 for JPEG, OpenJPEG for JPEG 2000)."""
+    if uid not in _JPEG_SYNTAXES and uid not in _J2K_SYNTAXES:
         return False
     try:
         import imagecodecs
     except ImportError:
         return False
-    return bool(imagecodecs.JPEG8.available)
+    codec = imagecodecs.JPEG8 if uid in _JPEG_SYNTAXES else imagecodecs.JPEG2K
+    return bool(codec.available)
 
 
 def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes | bytearray:
-    """pydicom's plugin interface: one JPEG frame -> its samples, native byte order."""
+    """pydicom's plugin interface: one JPEG or JPEG 2000 frame -> its samples, native byte order.
+
+    Raises NotImplementedError for colour frames (pydicom then tries its next plugin) and
+    ValueError for a decoded array that is not one 2-D frame of 8 to 32-bit integers.
+    """
     import imagecodecs
 
     if runner.samples_per_pixel != 1:
         # colour transforms stay with the plugins pydicom ships (its `raw` and YBR handling)
         raise NotImplementedError("the imagecodecs plugin decodes greyscale frames only")
-    arr = imagecodecs.jpeg8_decode(src)
-    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
+    if runner.transfer_syntax in _J2K_SYNTAXES:
+        # signed codestreams come back as signed integers of the same width: the same bytes as
+        # pylibjpeg-openjpeg's, and pydicom applies its J2K sign correction to both alike
+        arr = imagecodecs.jpeg2k_decode(src, numthreads=J2K_THREADS)
+    else:
+        arr = imagecodecs.jpeg8_decode(src)
+    if arr.ndim != 2 or arr.dtype.kind not in "ui" or arr.dtype.itemsize > 4:
         raise ValueError(f"imagecodecs decoded a {arr.dtype} frame of shape {arr.shape}")
     # the container follows the codestream's precision (8-bit JPEG in 16-bit Bits Allocated
-    # comes back as uint8), as pydicom's other JPEG plugins report it
+    # comes back as uint8), as pydicom's other JPEG and JPEG 2000 plugins report it
     runner.set_option("bits_allocated", 8 * arr.dtype.itemsize)
     # pydicom reads the frame with np.frombuffer and copies it into its own array: a flat byte
     # view of the decoded array saves a copy of the frame (tobytes) on the way
@@ -102,7 +124,7 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes | bytearray:
 
 
 def _register() -> None:
-    for ts in _IMAGECODECS_SYNTAXES:
+    for ts in (*_JPEG_SYNTAXES, *_J2K_SYNTAXES):
         try:
             get_decoder(ts).add_plugin(IMAGECODECS, (__name__, "_decode_frame"))
         except ValueError:  # already registered (this module imported under a second name)

@@ -40,8 +40,8 @@ from cxr_triage.inference.decoders import IMAGECODECS, PREFERRED, decode_pixels,
 
 LOSSLESS = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
             RLELossless, JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless]
-#: decoding is fully specified for these lossy syntaxes (JPEG-LS) or uses the same plugin as
-#: pydicom's default (JPEG 2000): exact too
+#: decoding is fully specified for these lossy syntaxes (JPEG-LS) or done by the same OpenJPEG
+#: (JPEG 2000: imagecodecs against pydicom's default, pylibjpeg-openjpeg): exact too
 LOSSY_EXACT = [JPEGLSNearLossless, JPEG2000]
 #: lossy JPEG (DCT): at most this many stored values apart (of 256 / of 4096 for 12-bit)
 LOSSY_DCT = {JPEGBaseline8Bit: 1, JPEGExtended12Bit: 2}
@@ -151,17 +151,40 @@ def test_uninstalled_plugin_is_skipped(files, monkeypatch):
     assert used == ["pylibjpeg"]
 
 
-def test_failing_plugin_falls_back_to_the_next(files, monkeypatch):
+@pytest.mark.parametrize("codec,tsyntax", [("jpeg8_decode", JPEGLosslessSV1), ("jpeg2k_decode", JPEG2000Lossless),
+                                           ("jpeg2k_decode", JPEG2000)])
+def test_failing_plugin_falls_back_to_the_next(codec, tsyntax, files, monkeypatch):
+    """imagecodecs failing (JPEG or JPEG 2000): pylibjpeg decodes, same values."""
     import imagecodecs
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated decoder failure")
 
-    monkeypatch.setattr(imagecodecs, "jpeg8_decode", broken)
+    monkeypatch.setattr(imagecodecs, codec, broken)
     used = _record_plugins(monkeypatch)
-    path = files[(JPEGLosslessSV1, "u12")]
+    path = files[(tsyntax, "u12")]
     np.testing.assert_array_equal(decode_pixels(pydicom.dcmread(path)), _default(path))
     assert used == [IMAGECODECS, "pylibjpeg"]
+
+
+def test_jpeg_2000_is_decoded_by_imagecodecs_on_threads(files, monkeypatch):
+    """The first choice for JPEG 2000 is imagecodecs' OpenJPEG with J2K_THREADS threads, and
+    pydicom's default order (the reference of the value checks above) is another plugin."""
+    import imagecodecs
+
+    threads: list[int] = []
+    real = imagecodecs.jpeg2k_decode
+
+    def spy(src, **kwargs):
+        threads.append(kwargs.get("numthreads"))
+        return real(src, **kwargs)
+
+    monkeypatch.setattr(imagecodecs, "jpeg2k_decode", spy)
+    used = _record_plugins(monkeypatch)
+    for ts in (JPEG2000Lossless, JPEG2000):
+        decode_pixels(pydicom.dcmread(files[(ts, "s16")]))
+    assert used == [IMAGECODECS, IMAGECODECS] and threads == [decoders.J2K_THREADS] * 2
+    assert next(iter(get_decoder(JPEG2000Lossless)._available)) != IMAGECODECS
 
 
 def test_every_chosen_plugin_failing_falls_back_to_pydicom_default(files, monkeypatch):
