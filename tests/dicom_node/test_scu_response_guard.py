@@ -1,4 +1,4 @@
-"""The SCU guard against pynetdicom's reactor race (cxr_triage.dicom_node.delivery.scu).
+"""The SCU guard against pynetdicom's reactor race (cxr_triage.dicom_node.compat, used by delivery.scu).
 
 The race itself needs a thread switch inside a few bytecodes, so it is replayed here step by
 step on a real association with dcmtk ``storescp``: a ``send_*()`` call has paused the reactor,
@@ -18,7 +18,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from support.node_peers import StoreSCP, free_port
 
-from cxr_triage.dicom_node.delivery.scu import associate, keep_responses_for_the_sender
+from cxr_triage.dicom_node.compat import keep_responses_for_the_sender
+from cxr_triage.dicom_node.delivery.scu import associate
 
 
 def _response() -> C_STORE:

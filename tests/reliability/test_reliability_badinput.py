@@ -51,7 +51,7 @@ from support.reliability_harness import (
 )
 
 from cxr_triage.dicom_node.delivery.scu import associate
-from cxr_triage.dicom_node.receive.scp import ACSE_TIMEOUT_S
+from cxr_triage.dicom_node.receive.server import ACSE_TIMEOUT_S
 
 CALLING = "RELSCU"
 MAX_ASSOCIATIONS = 4
