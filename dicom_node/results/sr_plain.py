@@ -87,8 +87,8 @@ def sr_summary(source: str | Path | Dataset) -> list[str]:
 
     Read back with ``sr_reader`` from the coded content, so the page tells what the PACS got.
     """
+    from cxr_triage.contract.study import PLAIN_DECISION, PLAIN_REASON
     from cxr_triage.dicom_node.results.sr_reader import read_result_sr
-    from cxr_triage.dicom_node.web.worklist import PLAIN_DECISION, PLAIN_REASON
 
     ds = source if isinstance(source, Dataset) else pydicom.dcmread(str(source))
     try:

@@ -8,23 +8,12 @@ is deliberately narrow so the web holds no other write access to the job store.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+from cxr_triage.contract.study import AssessedResult
 from cxr_triage.dicom_node.store.db import Database
 
 FEEDBACK_VERDICTS = ("accept", "reject")
-
-
-@dataclass(frozen=True)
-class AssessedResult:
-    """The AI result a feedback row is about, as it was shown (stored beside the verdict)."""
-
-    decision: str | None = None
-    score: float | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    operating_point: str | None = None
-    threshold: float | None = None
 
 
 class FeedbackWriter:

@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cxr_triage.contract.study import AssessedResult
+
 # Re-exported: the names callers import from here (receive, worker, delivery, service, tools).
 from cxr_triage.dicom_node.store.deliveries import (
     HL7_PREFIX,
@@ -54,7 +56,7 @@ from cxr_triage.dicom_node.store.deliveries import (
     cancel_owed,
     queue_deliveries,
 )
-from cxr_triage.dicom_node.store.feedback import FEEDBACK_VERDICTS, AssessedResult, FeedbackWriter
+from cxr_triage.dicom_node.store.feedback import FEEDBACK_VERDICTS, FeedbackWriter
 from cxr_triage.dicom_node.store.identity import (
     IDENTITY_FIELDS,
     IDENTITY_KEYWORDS,
@@ -207,7 +209,7 @@ class JobStore(DeliveryQueue):
     def add_feedback(self, study_uid: str, result_id: int, verdict: str, user: str, *,
                      finding: str | None = None, now: float | None = None, **assessed: Any) -> int:
         """A radiologist's assessment (:meth:`.feedback.FeedbackWriter.add`); ``assessed``:
-        the fields of :class:`~.feedback.AssessedResult` (decision, score, model, threshold)."""
+        the fields of :class:`~cxr_triage.contract.study.AssessedResult` (decision, score, model, threshold)."""
         return FeedbackWriter(self).add(study_uid, result_id, verdict, user, finding=finding,
                                         assessed=AssessedResult(**assessed), now=now)
 

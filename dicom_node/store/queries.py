@@ -1,5 +1,10 @@
 """The read side of the job store: what ``cxr-triage status``, the web worklist, metrics and
-drift reports ask of ``queue.sqlite3``. Writes (and the state machines) are in :mod:`.jobs`."""
+drift reports ask of ``queue.sqlite3``. Writes (and the state machines) are in :mod:`.jobs`
+and :mod:`.deliveries`.
+
+Studies come as plain rows (``list_studies``, ``get_study``: the JSON of ``cxr-triage
+status``) or as the typed read model (``studies``, ``study``: :class:`StudyRecord`, built from
+the same rows by :mod:`.read_model`), which the worklist reads."""
 
 from __future__ import annotations
 
@@ -7,22 +12,19 @@ import json
 import time
 from typing import Any
 
-from cxr_triage.dicom_node.store.jobs import (
-    DEAD,
-    PENDING,
-    PROCESSING,
-    RECEIVING,
-    REFUSED,
-    SENDING,
-    JobStore,
-    ResultObject,
-)
+from cxr_triage.contract.study import FeedbackRecord, StudyRecord
+from cxr_triage.dicom_node.store import read_model
+from cxr_triage.dicom_node.store.db import Database
+from cxr_triage.dicom_node.store.deliveries import ResultObject
+from cxr_triage.dicom_node.store.feedback import FeedbackWriter
+from cxr_triage.dicom_node.store.schema import DEAD, PENDING, PROCESSING, RECEIVING, REFUSED, SENDING
 
 
 class StudyQueries:
-    """Read-only queries over a :class:`JobStore` (its per-thread connection)."""
+    """Read-only queries over the job store's :class:`~.db.Database` (its per-thread
+    connection), and the one writer the worklist may use (:meth:`feedback_writer`)."""
 
-    def __init__(self, store: JobStore):
+    def __init__(self, store: Database):
         self._store = store
 
     def counts(self) -> dict[str, Any]:
@@ -141,10 +143,31 @@ class StudyQueries:
         rows = self._store.connection().execute(_SUMMARY_SQL + " " + clause, args).fetchall()
         return [_study_summary(dict(r)) for r in rows]
 
-    @property
-    def store(self) -> JobStore:
-        """The job store these queries read (its writes, e.g. feedback, go through it)."""
-        return self._store
+    def feedback_writer(self) -> FeedbackWriter:
+        """The radiologists' feedback writer over the same database (the worklist's one write)."""
+        return FeedbackWriter(self._store)
+
+    def studies(self, since: float | None = None, until: float | None = None,
+                limit: int = 200) -> list[StudyRecord]:
+        """:meth:`list_studies` as the typed read model (no films, deliveries or feedback); a
+        study not yet triaged has its identity read from its first spooled instance."""
+        rows = self.list_studies(since=since, until=until, limit=limit)
+        return [read_model.study_record(r, spool_header=self.first_instance_path) for r in rows]
+
+    def study(self, study_uid: str) -> StudyRecord | None:
+        """:meth:`get_study` as the typed read model, films, delivery history and feedback
+        included; None for an unknown study."""
+        row = self.get_study(study_uid)
+        return None if row is None else read_model.study_record(row, row, spool_header=self.first_instance_path)
+
+    def feedback_records(self, study_uid: str) -> list[FeedbackRecord]:
+        """One study's assessments, oldest first, typed."""
+        return [read_model.feedback_record(f) for f in self.feedback(study_uid)]
+
+    def latest_model(self) -> dict[str, str]:
+        """Name, version and operating point of the model behind the newest result (empty
+        before the first result)."""
+        return read_model.model_of(self.latest_result_json())
 
     def feedback(self, study_uid: str | None = None, since: float | None = None,
                  until: float | None = None) -> list[dict[str, Any]]:
@@ -180,7 +203,7 @@ def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
 
 
 _SUMMARY_SQL = (
-    "SELECT s.study_uid, s.state, s.decision, s.score, s.nodule_score, s.nodule_flag,"
+    "SELECT s.study_uid, s.state, s.generation, s.decision, s.score, s.nodule_score, s.nodule_flag,"
     " s.first_received_at, s.last_received_at,"
     " s.triaged_at, s.n_instances, s.calling_ae, s.result_id, s.last_error,"
     " s.accession_number, s.patient_id, s.patient_name,"

@@ -12,11 +12,11 @@ The form posts to ``POST /studies/{uid}/feedback`` (``routes_pages``), scripts t
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import HTTPException, Request
 
-from cxr_triage.dicom_node.store.jobs import FEEDBACK_VERDICTS
+from cxr_triage.contract.study import FeedbackRecord
+from cxr_triage.dicom_node.store.feedback import FEEDBACK_VERDICTS
 from cxr_triage.dicom_node.web.auth import current_user
 from cxr_triage.dicom_node.web.deps import get_source
 
@@ -40,7 +40,7 @@ NAMED_LOGIN_NEEDED = ("feedback needs a named login: a per-user token ([web] use
                       "user header of a trusted reverse proxy ([web] trusted_user_header)")
 
 
-def give_feedback(request: Request, study_uid: str, verdict: str, finding: str = "") -> dict[str, Any]:
+def give_feedback(request: Request, study_uid: str, verdict: str, finding: str = "") -> FeedbackRecord:
     """Check, store and audit one assessment; the stored record. HTTPException: 400 for a
     bad verdict or finding, 403 without a named user, 404/409 for no such study / no result
     yet, 501 when the source keeps no feedback."""
@@ -55,7 +55,7 @@ def give_feedback(request: Request, study_uid: str, verdict: str, finding: str =
     if record is None:
         raise HTTPException(status_code=501, detail="this worklist keeps no feedback")
     try:
-        stored: dict[str, Any] | None = record(study_uid, verdict, finding or None, user)
+        stored: FeedbackRecord | None = record(study_uid, verdict, finding or None, user)
     except LookupError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
     if stored is None:
@@ -65,8 +65,8 @@ def give_feedback(request: Request, study_uid: str, verdict: str, finding: str =
         from cxr_triage.dicom_node.store import audit as A
 
         audit.record(A.PATIENT_RECORD, A.SUCCESS, action="C", user=user, study_uid=study_uid,
-                     result_id=stored["result_id"], verdict=verdict, finding=finding or None,
-                     model_version=stored.get("model_version"), detail="AI result assessment")
-    log.info("AI result assessed", extra={"study_uid": study_uid, "result_id": stored["result_id"],
+                     result_id=stored.result_id, verdict=verdict, finding=finding or None,
+                     model_version=stored.model_version, detail="AI result assessment")
+    log.info("AI result assessed", extra={"study_uid": study_uid, "result_id": stored.result_id,
                                           "verdict": verdict, "user": user})
     return stored

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, overload
 
 from fastapi import HTTPException
+from pydantic import BaseModel
 
+from cxr_triage.contract.study import FeedbackRecord, FilmRecord, Outcome, StudyRecord
 from cxr_triage.dicom_node.store import heatmaps
 from cxr_triage.dicom_node.web.schemas import (
     DeliveryOut,
@@ -22,8 +25,6 @@ from cxr_triage.dicom_node.web.settings import WebSettings
 from cxr_triage.dicom_node.web.worklist import (
     PLAIN_DECISION,
     PLAIN_REASON,
-    FilmEntry,
-    StudyEntry,
     WorklistSource,
     band,
     filter_studies,
@@ -81,17 +82,34 @@ def form_date(text: str) -> dt.date | None:
         return None
 
 
-def display_film(entry: StudyEntry) -> FilmEntry | None:
+def display_film(entry: StudyRecord) -> FilmRecord | None:
     """The film that represents the study: the highest-scoring assessed one, else the first."""
     films = [f for f in entry.films if f.spool_path]
-    scored = [f for f in films if f.score is not None]
+    scored = [f for f in films if f.outcome is not None and f.outcome.score is not None]
     if scored:
-        return max(scored, key=lambda f: f.score if f.score is not None else 0.0)
+        return max(scored, key=lambda f: f.outcome.score if f.outcome and f.outcome.score is not None else 0.0)
     return films[0] if films else None
 
 
-def feedback_out(f: dict[str, Any]) -> FeedbackOut:
-    return FeedbackOut(**{**f, "at": utc(float(f["at"]))})
+def feedback_out(f: FeedbackRecord) -> FeedbackOut:
+    return FeedbackOut(**{**asdict(f), "at": utc(f.at)})
+
+
+def outcome_fields(o: Outcome | None, model: type[BaseModel]) -> dict[str, Any]:
+    """What triage said (:class:`Outcome`, None while pending) as the fields ``model`` (an API
+    schema) declares: the coded values and their plain words (``decision_text``,
+    ``reason_text``). The one mapping of an outcome to the API, for films and studies."""
+    reasons = [r.value for r in o.reasons] if o else []
+    words = "; ".join(PLAIN_REASON.get(r, r) for r in reasons)
+    detail = o.reason_detail if o else None
+    every = {
+        **({k: v for k, v in asdict(o).items() if k not in ("decision", "reasons")} if o else {}),
+        "decision": o.decision.value if o else None,
+        "decision_text": PLAIN_DECISION[o.decision.value if o else "pending"],
+        "reason": ", ".join(reasons) or None,
+        "reason_text": (words + (f" ({detail})" if detail else "")) if reasons else None,
+    }
+    return {k: v for k, v in every.items() if k in model.model_fields}
 
 
 class StudyViews:
@@ -102,14 +120,13 @@ class StudyViews:
         self.settings = settings
         self.clock = clock
 
-    def summary(self, rank: int, band_name: str, e: StudyEntry, now: float) -> StudySummaryOut:
-        uid = e.study_instance_uid
+    def summary(self, rank: int, band_name: str, e: StudyRecord, now: float) -> StudySummaryOut:
+        """One worklist row: the study's outcome, identity, times, delivery and feedback."""
+        uid = e.study_uid
         has_image = bool(e.films) or e.n_instances > 0  # list rows carry no films: checked on request
         return StudySummaryOut(
-            rank=rank, band=band_name, study_instance_uid=uid, accession_number=e.accession_number,
-            patient_id=e.patient_id, patient_name=e.patient_name, decision=e.status,
-            decision_text=PLAIN_DECISION.get(e.status, e.status), score=e.score,
-            nodule_flag=e.nodule_flag, nodule_score=e.nodule_score,
+            **{**outcome_fields(e.outcome, StudySummaryOut), "decision": e.status}, **asdict(e.identity),
+            rank=rank, band=band_name, study_instance_uid=uid,
             received_at=utc(e.received_at), triaged_at=utc(e.triaged_at),
             wait_minutes=round(e.wait_s(now) / 60.0, 1), overdue=band_name == "overdue",
             delivery_status=e.delivery_status, amended=e.amended, feedback_verdict=e.feedback_verdict,
@@ -128,17 +145,13 @@ class StudyViews:
         cap = min(limit or settings.max_rows, settings.max_rows)
         return now, [self.summary(i + 1, b, e, now) for i, (b, e) in enumerate(ordered[:cap])]
 
-    def film_out(self, e: StudyEntry, f: FilmEntry) -> FilmOut:
-        uid, sop = e.study_instance_uid, f.sop_instance_uid
+    def film_out(self, e: StudyRecord, f: FilmRecord) -> FilmOut:
+        uid, sop = e.study_uid, f.sop_instance_uid
         state_dir = self.settings.state_dir
         has_heat = state_dir is not None and heatmaps.load_heatmap(state_dir, uid, sop) is not None
         return FilmOut(
-            sop_instance_uid=sop, series_instance_uid=f.series_instance_uid, sop_class_uid=f.sop_class_uid,
-            decision=f.decision, decision_text=PLAIN_DECISION.get(f.decision or "pending", f.decision or ""),
-            score=f.score, threshold=f.threshold, operating_point=f.operating_point, reason=f.reason,
-            reason_text=(PLAIN_REASON.get(f.reason, f.reason) + (f" ({f.reason_detail})" if f.reason_detail else ""))
-            if f.reason else None,
-            nodule_score=f.nodule_score, nodule_threshold=f.nodule_threshold, nodule_flag=f.nodule_flag,
+            **outcome_fields(f.outcome, FilmOut), sop_instance_uid=sop,
+            series_instance_uid=f.series_instance_uid, sop_class_uid=f.sop_class_uid,
             heatmap_available=has_heat,
             image_url=f"/studies/{uid}/films/{sop}/film.png" if f.spool_path else None,
             heatmap_url=f"/studies/{uid}/films/{sop}/heatmap.png" if has_heat and f.spool_path else None,
@@ -152,25 +165,26 @@ class StudyViews:
         now = self.clock()
         # Rank within the whole worklist, so the page says where the study stands.
         ordered = order_worklist(self.source.list_studies(None, None), now, settings.max_wait_s)
-        rank = next((i + 1 for i, (_, x) in enumerate(ordered) if x.study_instance_uid == uid), 0)
+        rank = next((i + 1 for i, (_, x) in enumerate(ordered) if x.study_uid == uid), 0)
         base = self.summary(rank, band(e, now, settings.max_wait_s), e, now)
         sr: list[dict[str, Any]] | None = None
         said: list[str] = []
-        if e.result_path and Path(e.result_path).is_file():
+        if e.sr_path and Path(e.sr_path).is_file():
             try:
                 import pydicom
 
                 from cxr_triage.dicom_node.results.sr_plain import sr_lines, sr_summary
 
-                ds = pydicom.dcmread(e.result_path)
+                ds = pydicom.dcmread(e.sr_path)
                 sr = [vars(line) for line in sr_lines(ds)]
                 said = sr_summary(ds)
             except Exception:  # an unreadable SR must not hide the rest of the page
                 log.warning("study page: result SR unreadable", extra={"study_uid": uid}, exc_info=True)
         return StudyDetailOut(
-            **base.model_dump(), model_name=e.model_name, model_version=e.model_version,
-            reason=e.reason, films=[self.film_out(e, f) for f in e.films],
-            deliveries=[DeliveryOut(time=utc(d.time), destination=d.destination, outcome=d.outcome,
-                                    detail=d.detail) for d in e.deliveries],
+            **base.model_dump(), model_name=e.result.model_name if e.result else None,
+            model_version=e.result.model_version if e.result else None,
+            reason=outcome_fields(e.outcome, StudyDetailOut).get("reason"),
+            films=[self.film_out(e, f) for f in e.films],
+            deliveries=[DeliveryOut(**{**asdict(d), "time": utc(d.time)}) for d in e.deliveries],
             result_sr=sr, result_summary=said, feedback=[feedback_out(f) for f in e.feedback],
         )

@@ -28,7 +28,7 @@ from support.web_node import CANINE, screen_films
 
 from cxr_triage.config import load_config
 from cxr_triage.dicom_node.store.audit import read_audit
-from cxr_triage.dicom_node.web.worklist import StudyEntry, order_worklist
+from cxr_triage.dicom_node.web.worklist import order_worklist
 
 pytestmark = pytest.mark.browser
 
@@ -227,8 +227,8 @@ def test_worklist_order_heatmap_toggle_and_study_page(browser, running_node, tmp
     # What the page shows is the reading order of the store's real results at the page's time.
     stored = node.queries.list_studies(limit=100)
     assert len(rows) == len(stored) == 5
-    entries = [StudyEntry(s["study_uid"], s["first_received_at"], s["decision"]) for s in stored]
-    expected = [(b, e.study_instance_uid) for b, e in order_worklist(entries, now, MAX_WAIT_S)]
+    entries = node.queries.studies(limit=100)      # the same studies, as the worklist reads them
+    expected = [(b, e.study_uid) for b, e in order_worklist(entries, now, MAX_WAIT_S)]
     assert [(r["band"], r["uid"]) for r in rows] == expected
     # The first likely-normal study waited past the maximum: it is on top, marked overdue.
     first = min(stored, key=lambda s: s["first_received_at"])

@@ -20,9 +20,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from support.web_node import build_triaged_node
 
+from cxr_triage.contract.result import Decision
+from cxr_triage.contract.study import Outcome, ResultPart, StudyRecord
 from cxr_triage.dicom_node.store.heatmaps import heatmap_path
 from cxr_triage.dicom_node.web.app import WebSettings, create_app
-from cxr_triage.dicom_node.web.worklist import BANDS, StudyEntry, band, order_worklist
+from cxr_triage.dicom_node.web.worklist import BANDS, band, order_worklist
 
 RANK = {b: i for i, b in enumerate(BANDS)}
 
@@ -45,8 +47,10 @@ def client(node):
 
 
 # ----------------------------------------------------------------------- ordering logic
-def _entry(uid: str, decision: str | None, age_s: float, now: float) -> StudyEntry:
-    return StudyEntry(study_instance_uid=uid, received_at=now - age_s, decision=decision)
+def _entry(uid: str, decision: str | None, age_s: float, now: float) -> StudyRecord:
+    result = ResultPart(outcome=Outcome(decision=Decision(decision))) if decision else None
+    return StudyRecord(study_uid=uid, state="triaged" if decision else "receiving", received_at=now - age_s,
+                       result=result)
 
 
 def test_max_wait_boundary_lifts_a_likely_normal_study_to_the_top():
@@ -58,11 +62,11 @@ def test_max_wait_boundary_lifts_a_likely_normal_study_to_the_top():
         _entry("1.4", None, 10, now),                     # still being triaged
         _entry("1.5", "likely_normal", 120 * 60, now),    # at the cap
     ]
-    order = [(b, e.study_instance_uid) for b, e in order_worklist(entries, now, 120 * 60)]
+    order = [(b, e.study_uid) for b, e in order_worklist(entries, now, 120 * 60)]
     assert order == [("overdue", "1.5"), ("suspicious", "1.1"), ("not_assessable", "1.3"),
                      ("pending", "1.4"), ("likely_normal", "1.2")]
     # cap off: the long-waiting likely normal study stays in its band (oldest first there)
-    off = [e.study_instance_uid for _, e in order_worklist(entries, now, 0)]
+    off = [e.study_uid for _, e in order_worklist(entries, now, 0)]
     assert off == ["1.1", "1.3", "1.4", "1.5", "1.2"]
 
 
@@ -74,11 +78,11 @@ def test_order_properties(rows, max_wait_s):
     now = 5_000_000.0
     entries = [_entry(f"2.{i}", d, a, now) for i, (d, a) in enumerate(rows)]
     ordered = order_worklist(entries, now, max_wait_s)
-    assert sorted(e.study_instance_uid for _, e in ordered) == sorted(e.study_instance_uid for e in entries)
+    assert sorted(e.study_uid for _, e in ordered) == sorted(e.study_uid for e in entries)
     keys = [(RANK[b], e.received_at) for b, e in ordered]
     assert keys == sorted(keys)  # bands in order, the longest wait first within a band
     for b, e in ordered:
-        over = max_wait_s > 0 and now - e.received_at >= max_wait_s and e.decision != "suspicious"
+        over = max_wait_s > 0 and now - e.received_at >= max_wait_s and e.status != "suspicious"
         assert (b == "overdue") == over
         assert b == band(e, now, max_wait_s)
 
@@ -237,7 +241,7 @@ def test_only_a_validated_model_heatmaps_are_kept_for_the_page(tmp_path):
     from cxr_triage.contract.model_file import ModelMetadata
     from cxr_triage.contract.result import Decision, FilmResult, StudyResult
     from cxr_triage.dicom_node.store.spool import StateDirs
-    from cxr_triage.dicom_node.worker.triage import StudyContext, StudyJob, keep_heatmaps
+    from cxr_triage.dicom_node.worker.stages import StudyContext, StudyJob, keep_heatmaps
 
     film = FilmResult(Decision.SUSPICIOUS, sop_instance_uid="1.2.3.1", score=0.9,
                       heatmap=np.full((7, 7), 0.8, np.float32))
