@@ -13,7 +13,7 @@ import numpy as np
 
 from cxr_triage.contract.decision import decide_many
 from cxr_triage.contract.result import Decision
-from cxr_triage.evaluation import metrics
+from cxr_triage.evaluation import metrics, subgroups
 from cxr_triage.evaluation.sources import Film, Scored
 from cxr_triage.evaluation.thresholds import ThresholdSet, provenance
 
@@ -238,12 +238,12 @@ def _subgroups(films: Sequence[Film], y: np.ndarray, s: np.ndarray, threshold: f
     out: dict[str, Any] = {}
     for name, values, order in (
         ("sex", [f.sex or "unknown" for f in films], ()),
-        ("age_band", [metrics.age_band(f.age) for f in films], metrics.AGE_BANDS),
+        ("age_band", [subgroups.age_band(f.age) for f in films], subgroups.AGE_BANDS),
         ("view", [f.view or "unknown" for f in films], ()),
         ("source", [f.source or "unknown" for f in films], ()),
     ):
         if len(set(values)) > 1 or values[0] != "unknown":
-            out[name] = metrics.subgroup_metrics(y, s, values, threshold, order=order)
+            out[name] = subgroups.subgroup_metrics(y, s, values, threshold, order=order)
     # Findings: a film with several findings counts for each; sensitivity only (all abnormal).
     by_finding: dict[str, list[int]] = {}
     for i, f in enumerate(films):

@@ -25,12 +25,14 @@ from cxr_triage.contract.operating_points import threshold_for_sensitivity
 
 SENSITIVITY_TARGETS: tuple[float, ...] = (0.90, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 
-#: labels (0/1) and scores: a sequence or a 1-D numpy array (both go through :func:`_arrays`)
+#: labels (0/1) and scores: a sequence or a 1-D numpy array (both go through :func:`label_score_arrays`)
 Labels: TypeAlias = Sequence[int] | np.ndarray
 Scores: TypeAlias = Sequence[float] | np.ndarray
 
 
-def _arrays(y: Labels, s: Scores) -> tuple[np.ndarray, np.ndarray]:
+def label_score_arrays(y: Labels, s: Scores) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int (N,), scores float (N,)); ValueError unless both are 1-D of one length,
+    labels 0/1 and scores finite."""
     y_arr = np.asarray(y, dtype=int)
     s_arr = np.asarray(s, dtype=float)
     if y_arr.shape != s_arr.shape or y_arr.ndim != 1:
@@ -123,7 +125,7 @@ def delong_covariance(y: Labels, *score_sets: Scores) -> tuple[np.ndarray, np.nd
     """AUROCs and their DeLong (1988) covariance matrix for scores of several models on the
     same films."""
     y_arr = np.asarray(y, dtype=int)
-    rows = np.vstack([_arrays(y_arr, s)[1] for s in score_sets])
+    rows = np.vstack([label_score_arrays(y_arr, s)[1] for s in score_sets])
     auc, v10, v01 = _delong_components(y_arr, rows)
     m, n = v10.shape[1], v01.shape[1]
     s10 = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((len(rows), len(rows)))
@@ -183,7 +185,7 @@ def auroc_bootstrap(
     n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
 ) -> AUC:
     """AUROC with a percentile interval from the patient-level bootstrap."""
-    y_arr, s_arr = _arrays(y, s)
+    y_arr, s_arr = label_score_arrays(y, s)
     value = float(roc_auc_score(y_arr, s_arr))
     reps = bootstrap_statistic(lambda i: _fast_auc(y_arr[i], s_arr[i]), len(y_arr), groups, n_boot, seed)
     alpha = (1 - confidence) / 2
@@ -222,7 +224,7 @@ class OperatingPoint:
 
 def confusion_at(y: Labels, s: Scores, threshold: float) -> tuple[int, int, int, int]:
     """(tp, fn, tn, fp) with suspicious = score >= threshold."""
-    y_arr, s_arr = _arrays(y, s)
+    y_arr, s_arr = label_score_arrays(y, s)
     flagged = decide_many(s_arr, threshold)
     tp = int(np.sum(flagged & (y_arr == 1)))
     fn = int(np.sum(~flagged & (y_arr == 1)))
@@ -258,7 +260,7 @@ def threshold_sweep(
 ) -> list[dict[str, Any]]:
     """For each sensitivity target, the threshold that reaches it on these films and what it
     costs in specificity. Descriptive: thresholds picked here are fitted to these films."""
-    _arrays(y, s)
+    label_score_arrays(y, s)
     rows = []
     for target in targets:
         t = threshold_for_sensitivity(y, s, target)
@@ -270,7 +272,7 @@ def threshold_sweep(
 
 def reliability_bins(y: Labels, s: Scores, n_bins: int = 10) -> list[dict[str, Any]]:
     """Equal-width score bins: count, mean score, observed abnormal rate with Wilson CI."""
-    y_arr, s_arr = _arrays(y, s)
+    y_arr, s_arr = label_score_arrays(y, s)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.digitize(s_arr, edges[1:-1], right=False), 0, n_bins - 1)
     bins = []
@@ -289,7 +291,7 @@ def reliability_bins(y: Labels, s: Scores, n_bins: int = 10) -> list[dict[str, A
 
 def expected_calibration_error(y: Labels, s: Scores, n_bins: int = 10) -> float:
     """ECE: film-weighted mean |observed rate - mean score| over equal-width bins."""
-    y_arr, _ = _arrays(y, s)
+    y_arr, _ = label_score_arrays(y, s)
     total = len(y_arr)
     if total == 0:
         return math.nan
@@ -330,8 +332,8 @@ def compare_models(
     """Two models on the same films: AUROC difference (paired DeLong and patient bootstrap)
     and difference in workload saved at equal sensitivity (each model's threshold set to reach
     the target on these films, re-chosen inside every bootstrap replicate)."""
-    y_arr, a = _arrays(y, s_a)
-    _, b = _arrays(y, s_b)
+    y_arr, a = label_score_arrays(y, s_a)
+    _, b = label_score_arrays(y, s_b)
     alpha = (1 - confidence) / 2
     delong = compare_auroc_delong(y_arr, a, b, confidence)
 
@@ -359,45 +361,3 @@ def compare_models(
             "auroc_bootstrap": {"difference": delong["difference"], "low": boot_ci[0], "high": boot_ci[1],
                                 "replicates": int(len(reps))},
             "workload_at_equal_sensitivity": workload}
-
-
-# --------------------------------------------------------------------------- subgroups
-
-def subgroup_metrics(
-    y: Labels, s: Scores, group_values: Sequence[str], threshold: float,
-    confidence: float = 0.95, min_auc_class: int = 2, order: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """Per subgroup value: counts, AUROC (DeLong CI, when each class has >= ``min_auc_class``
-    films), sensitivity and specificity at ``threshold`` with Wilson CIs. Small groups get
-    wide intervals rather than being hidden."""
-    y_arr, s_arr = _arrays(y, s)
-    vals = np.asarray([str(v) for v in group_values])
-    if len(vals) != len(y_arr):
-        raise ValueError("one group value per film is needed")
-    rows = []
-    rank = {v: i for i, v in enumerate(order)}
-    for value in sorted(set(vals.tolist()), key=lambda v: (rank.get(v, len(rank)), v)):
-        sel = vals == value
-        yg, sg = y_arr[sel], s_arr[sel]
-        n_abn, n_norm = int(yg.sum()), int(len(yg) - yg.sum())
-        auc = auroc_delong(yg, sg, confidence).to_dict() if min(n_abn, n_norm) >= min_auc_class else None
-        tp, fn, tn, fp = confusion_at(yg, sg, threshold)
-        rows.append({
-            "value": value, "n": int(sel.sum()), "n_abnormal": n_abn, "n_normal": n_norm, "auroc": auc,
-            "sensitivity": proportion(tp, tp + fn, confidence).to_dict(),
-            "specificity": proportion(tn, tn + fp, confidence).to_dict(),
-        })
-    return rows
-
-
-AGE_BANDS = ("<16", "16-39", "40-59", "60-79", "80+", "unknown")
-
-
-def age_band(age: float | None) -> str:
-    """Bands used in subgroup tables; under-16s are outside the intended use."""
-    if age is None or not math.isfinite(age):
-        return "unknown"
-    for upper, name in ((16, "<16"), (40, "16-39"), (60, "40-59"), (80, "60-79")):
-        if age < upper:
-            return name
-    return "80+"

@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score, roc_curve
 
 from cxr_triage.evaluation import metrics as M
+from cxr_triage.evaluation import subgroups
 
 
 def _synthetic(n: int = 400, seed: int = 0, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -228,11 +229,11 @@ def test_paired_comparison() -> None:
 def test_subgroups_add_up() -> None:
     y, s = _synthetic(300, seed=8)
     groups = np.where(np.arange(300) % 3 == 0, "AP", "PA")
-    rows = M.subgroup_metrics(y, s, groups, 0.5)
+    rows = subgroups.subgroup_metrics(y, s, groups, 0.5)
     assert [r["value"] for r in rows] == ["AP", "PA"]
     assert sum(r["n"] for r in rows) == 300
     assert sum(r["sensitivity"]["k"] for r in rows) == M.operating_point(y, s, 0.5).tp
     for r in rows:
         sel = groups == r["value"]
         assert r["auroc"]["value"] == pytest.approx(roc_auc_score(y[sel], s[sel]))
-    assert M.age_band(15) == "<16" and M.age_band(45) == "40-59" and M.age_band(None) == "unknown"
+    assert subgroups.age_band(15) == "<16" and subgroups.age_band(45) == "40-59" and subgroups.age_band(None) == "unknown"
