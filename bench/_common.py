@@ -1,65 +1,33 @@
-"""Shared helpers for the benchmarks: the model under test, realistic films, real peers.
+"""Shared helpers for the benchmarks: the one JSON result, the model under test, realistic films.
 
 Every benchmark compares against a reference measured in the same run (dcmtk, PyTorch), because
 absolute times on a shared 2-core machine are noisy. Films are real NIH chest films from the
 shared data, upscaled to a detector-sized 2500 x 2048 16-bit image with a little detector noise,
 then wrapped into DICOM by the project's own ``png_to_dicom`` (dcmtk ``dcmcjpeg`` for JPEG
-Lossless). Nothing here is imported by the worker.
+Lossless). Process control is in ``_procs.py``, the peers (node, storescp, storescu) in
+``_peers.py``. Nothing here is imported by the worker.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import platform
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
+import _procs  # noqa: F401 - SIGTERM/SIGHUP -> SystemExit: a stopped benchmark still removes its scratch
 import numpy as np
-
-from cxr_triage.config import write_config_file
-
-
-def _exit_on_signal(signum: int, frame: Any) -> None:
-    """SIGTERM/SIGHUP -> SystemExit: ``finally`` blocks and atexit run (peers stopped, scratch
-    removed). One-shot: a second signal does not interrupt that cleanup."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    sys.exit(128 + signum)
-
-
-# A benchmark stopped with SIGTERM (run_all's time limit) still runs its ``finally`` blocks and
-# the atexit hook below: the peers it started are stopped and its scratch folder removed.
-signal.signal(signal.SIGTERM, _exit_on_signal)
-signal.signal(signal.SIGHUP, _exit_on_signal)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = Path(sys.executable)
-CLI = PY.parent / "cxr-triage"
 DCMTK = Path("/usr/bin")  # never the pynetdicom scripts of the same name in .venv/bin
 DEV_MODEL = ROOT / "runs" / "bench" / "dev_effnet_lite0.onnx"
-NODE_AET = "CXRTRIAGE"
 FILM_ROWS, FILM_COLS = 2500, 2048
-
-# storescu option proposing a transfer syntax (plus the uncompressed ones)
-STORESCU_TS = {
-    "1.2.840.10008.1.2.1": "-x=",
-    "1.2.840.10008.1.2": "-x=",
-    "1.2.840.10008.1.2.4.70": "-xs",
-    "1.2.840.10008.1.2.4.57": "-xs",
-    "1.2.840.10008.1.2.4.80": "-xt",
-    "1.2.840.10008.1.2.4.90": "-xv",
-    "1.2.840.10008.1.2.5": "-xr",
-}
 
 
 # ----------------------------------------------------------------------------- output
@@ -236,245 +204,6 @@ def transfer_syntax(path: Path) -> str:
     from pydicom import dcmread
 
     return str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-
-
-# ----------------------------------------------------------------------------- peers
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        val = pred()
-        if val:
-            return val
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-# Peers (node, storescp) run in a session of their own, so that a signal meant for the
-# benchmark does not reach them half-way and stopping one stops everything it started; each is
-# stopped by the benchmark's ``finally`` and, whatever happens, by the atexit hook (also after
-# SIGTERM, see _exit_on_signal). run_all additionally sweeps up anything a step left behind.
-_CHILDREN: list[subprocess.Popen] = []
-
-
-def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
-    """Popen in a new session (process group = its pid), remembered for the atexit stop."""
-    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
-    _CHILDREN.append(proc)
-    return proc
-
-
-def live_processes() -> Iterable[tuple[int, Path, list[str]]]:
-    """(pid, its /proc folder, the fields of /proc/<pid>/stat after the command name: state,
-    ppid, pgrp, ...) of every process that has not exited (zombies, waiting to be reaped,
-    are left out); Linux /proc."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
-        except OSError:  # gone meanwhile
-            continue
-        if len(fields) > 2 and fields[0] != "Z":
-            yield int(entry.name), Path(entry.path), fields
-
-
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live processes in process group ``pgid``."""
-    return [pid for pid, _, fields in live_processes() if int(fields[2]) == pgid]
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _exited(pid: int) -> bool:
-    """Has ``pid`` (our child) exited? Does not reap it: while it is a zombie its pid, and so
-    its process group id, cannot be reused."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def wait_exited(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not _exited(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 30.0, sig: int = signal.SIGTERM) -> None:
-    """``sig`` to the whole process group led by ``proc`` (started with a new session), wait up
-    to ``timeout``, then SIGKILL the group; once the leader has exited, SIGKILL whatever is
-    left in its group, then reap the leader."""
-    if proc.returncode is None:  # not reaped yet: its pid still names its group
-        _signal_group(proc.pid, sig)
-        if not wait_exited(proc.pid, timeout):
-            _signal_group(proc.pid, signal.SIGKILL)
-            wait_exited(proc.pid, 10.0)
-        _signal_group(proc.pid, signal.SIGKILL)  # leftovers of the group (leader is a zombie)
-        # SIGKILL is asynchronous: on a loaded machine a killed member can still be running for
-        # a moment; wait until the group is empty, so that what is found later really escaped it
-        deadline = time.monotonic() + 10.0
-        while group_members(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    try:
-        proc.wait(10.0)
-    except subprocess.TimeoutExpired:
-        pass
-    if proc in _CHILDREN:
-        _CHILDREN.remove(proc)
-
-
-def stop_proc(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    """SIGTERM, wait, SIGKILL if it will not stop (only the processes we started: the child
-    and, when it was started by :func:`spawn`, its process group)."""
-    if proc is None:
-        return
-    if proc in _CHILDREN:
-        stop_group(proc, timeout)
-        return
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@atexit.register
-def _stop_children() -> None:
-    for proc in reversed(list(_CHILDREN)):
-        stop_group(proc, 10.0)
-
-
-def start_storescp(out_dir: Path, port: int, aet: str = "SINK", extra: list[str] | None = None,
-                   log: Path | None = None) -> subprocess.Popen:
-    """dcmtk storescp writing every received instance to ``out_dir`` (all syntaxes accepted)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [str(DCMTK / "storescp"), "--aetitle", aet, "+xa", "--output-directory", str(out_dir),
-           *(extra or []), str(port)]
-    sink = log.open("ab") if log else subprocess.DEVNULL
-    proc = spawn(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: listening(port) or proc.poll() is not None, 30, what=f"storescp :{port}")
-    except BaseException:
-        stop_proc(proc)
-        raise
-    if proc.poll() is not None:
-        raise RuntimeError(f"storescp exited with {proc.returncode}")
-    return proc
-
-
-def storescu_cmd(files: list[Path], port: int, ts_option: str, aec: str = NODE_AET,
-                 aet: str = "BENCHSCU") -> list[str]:
-    return [str(DCMTK / "storescu"), "-R", ts_option, "-aet", aet, "-aec", aec,
-            "-to", "60", "-ta", "60", "-td", "120", "127.0.0.1", str(port), *map(str, files)]
-
-
-def write_node_config(path: Path, port: int, model: Path, state_dir: Path,
-                      **sections: dict[str, Any]) -> Path:
-    """A node config for a bench run (loopback, web off, JSON logs); overrides per section."""
-    cfg: dict[str, dict[str, Any]] = {
-        "inference": {"model_path": str(model), "threads": 2},
-        "node": {"host": "127.0.0.1", "port": port, "state_dir": str(state_dir),
-                 "network_timeout_s": 60.0},
-        "delivery": {"summary_image": False},
-        "web": {"enabled": False},
-        "logging": {"format": "json", "level": "INFO"},
-    }
-    return write_config_file(path, cfg, sections)
-
-
-class Node:
-    """``cxr-triage --config CFG serve`` as a subprocess (the real serving process)."""
-
-    def __init__(self, config: Path, port: int, log: Path):
-        self.config, self.port, self.log = config, port, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> "Node":
-        with self.log.open("ab") as log:
-            self.proc = spawn([str(CLI), "--config", str(self.config), "serve"],
-                              stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        try:
-            deadline = time.monotonic() + timeout
-            while not listening(self.port):
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.tail()}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"node did not start:\n{self.tail()}")
-                time.sleep(0.1)
-        except BaseException:
-            self.stop(graceful=False)
-            raise
-        return self
-
-    def stop(self, graceful: bool = True) -> None:
-        """SIGTERM and wait (the node finishes in-flight work), or SIGKILL once the figures
-        are taken (the node's last association thread lingers for network_timeout_s)."""
-        if self.proc is None:
-            return
-        if graceful:
-            stop_proc(self.proc, 60.0)
-        else:
-            stop_group(self.proc, 10.0, signal.SIGKILL)
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def log_records(self, msg: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if not line.startswith("{"):
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if msg is None or rec.get("msg") == msg:
-                out.append(rec)
-        return out
-
-    def rss_kb(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS) of the serving process, in kB."""
-        assert self.proc is not None
-        fields = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            m = re.match(r"(VmRSS|VmHWM):\s+(\d+) kB", line)
-            if m:
-                fields[m.group(1)] = int(m.group(2))
-        return fields
-
-    def __enter__(self) -> "Node":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def tempdir(prefix: str) -> Path:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import _common as C
+import _peers as peers
+import _procs as procs
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
 STORESCP_OPTIONS = ["+B", "--max-pdu", "131072"]
@@ -28,7 +30,7 @@ SYNTAXES = {"explicit_vr_little_endian": str(ExplicitVRLittleEndian),
 
 def send(files: list[Path], port: int, ts: str, aec: str) -> float:
     """Seconds for one storescu run carrying ``files``; raises when it fails."""
-    cmd = C.storescu_cmd(files, port, C.STORESCU_TS[ts], aec=aec)
+    cmd = peers.storescu_cmd(files, port, peers.STORESCU_TS[ts], aec=aec)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - start
@@ -38,12 +40,12 @@ def send(files: list[Path], port: int, ts: str, aec: str) -> float:
 
 
 def to_storescp(files: list[Path], ts: str, work: Path) -> dict:
-    out, port = work / "storescp_out", C.free_port()
-    proc = C.start_storescp(out, port, aet="SINK", extra=STORESCP_OPTIONS, log=work / "storescp.log")
+    out, port = work / "storescp_out", procs.free_port()
+    proc = peers.start_storescp(out, port, aet="SINK", extra=STORESCP_OPTIONS, log=work / "storescp.log")
     try:
         seconds = send(files, port, ts, "SINK")
     finally:
-        C.stop_proc(proc)
+        procs.stop_proc(proc)
     got = sum(1 for p in out.rglob("*") if p.is_file())
     C.rmtree(out)
     if got != len(files):
@@ -52,12 +54,12 @@ def to_storescp(files: list[Path], ts: str, work: Path) -> dict:
 
 
 def to_node(files: list[Path], ts: str, work: Path, model: Path) -> dict:
-    port, state = C.free_port(), work / "node_state"
-    cfg = C.write_node_config(work / "node.toml", port, model, state,
+    port, state = procs.free_port(), work / "node_state"
+    cfg = peers.write_node_config(work / "node.toml", port, model, state,
                               node={"quiet_period_s": 1.0e7})  # worker idle: nothing becomes due
-    node = C.Node(cfg, port, work / "node.log").start()
+    node = peers.Node(cfg, port, work / "node.log").start()
     try:
-        seconds = send(files, port, ts, C.NODE_AET)
+        seconds = send(files, port, ts, peers.NODE_AET)
     finally:
         node.stop(graceful=False)  # acknowledged = durable; a graceful stop waits network_timeout_s
     with sqlite3.connect(state / "queue.sqlite3") as con:

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 import _common as C
+import _peers as peers
+import _procs as procs
 from pydicom.uid import ExplicitVRLittleEndian
 
 
@@ -46,19 +48,19 @@ def main() -> int:
         files = C.clone_instances([base], work / "instances", args.n)
         C.rmtree(work / "base")
         sizes = [f.stat().st_size for f in files]
-        port, state = C.free_port(), work / "state"
-        cfg = C.write_node_config(work / "node.toml", port, model, state,
+        port, state = procs.free_port(), work / "state"
+        cfg = peers.write_node_config(work / "node.toml", port, model, state,
                                   node={"quiet_period_s": 1.0e7})  # worker idle
-        node = C.Node(cfg, port, work / "node.log").start()
+        node = peers.Node(cfg, port, work / "node.log").start()
         time.sleep(1.0)
         idle = node.rss_kb()
         C.note(f"large_instances: sending {args.n} x {sizes[0] / 1e6:.0f} MB at once")
         start = time.perf_counter()
-        procs = [subprocess.Popen(C.storescu_cmd([f], port, "-x="), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for f in files]
-        outputs = [p.communicate(timeout=900)[0] for p in procs]
+        senders = [subprocess.Popen(peers.storescu_cmd([f], port, "-x="), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True) for f in files]
+        outputs = [p.communicate(timeout=900)[0] for p in senders]
         seconds = time.perf_counter() - start
-        failed = [o[-2000:] for p, o in zip(procs, outputs) if p.returncode != 0]
+        failed = [o[-2000:] for p, o in zip(senders, outputs) if p.returncode != 0]
         if failed:
             raise RuntimeError(f"storescu failed: {failed}")
         n_stored = stored(state / "queue.sqlite3")

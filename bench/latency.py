@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import _common as C
+import _peers as peers
+import _procs as procs
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -81,7 +83,7 @@ def _stats(values: list[float]) -> dict[str, float]:
             "mean": round(sum(values) / len(values), 1)}
 
 
-def breakdown(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def breakdown(node: peers.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per-stage times (ms) for every study from the job store and the node's timer lines."""
     stages: dict[str, dict[str, float]] = {uid: {} for uid in sent}
     con = sqlite3.connect(state / "queue.sqlite3")
@@ -125,7 +127,7 @@ def breakdown(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dic
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def object_figures(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def object_figures(node: peers.Node, state: Path, sent: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Size and send time of the result objects of the measured studies: from the deliverer's
     "result delivered" lines (bytes, object_ms per object) and the stored summary images
     (transfer syntax, uncompressed RGB size)."""
@@ -160,7 +162,7 @@ def object_figures(node: C.Node, state: Path, sent: dict[str, dict[str, Any]]) -
     return out
 
 
-def wait_delivered(node: C.Node, state: Path, sent: dict[str, dict[str, Any]], timeout_s: float = 30.0) -> None:
+def wait_delivered(node: peers.Node, state: Path, sent: dict[str, dict[str, Any]], timeout_s: float = 30.0) -> None:
     """Until every result object of the measured studies is logged as delivered (the SR
     reaches the sink first; the summary image follows on the same association)."""
     def missing() -> int:
@@ -228,12 +230,12 @@ def main() -> int:
         total = args.n + args.warmup
         files = {ts: C.clone_instances(bases[ts], work / ts, (total + 1) // 2) for ts in syntaxes}
         order = [files[syntaxes[i % 2]][i // 2] for i in range(total)]
-        sink = SRSink(C.free_port())
-        port, state = C.free_port(), work / "state"
-        cfg = C.write_node_config(work / "node.toml", port, model, state,
+        sink = SRSink(procs.free_port())
+        port, state = procs.free_port(), work / "state"
+        cfg = peers.write_node_config(work / "node.toml", port, model, state,
                                   node={"quiet_period_s": 0.0},
                                   delivery={"destinations": [sink.destination], "summary_image": True})
-        node = C.Node(cfg, port, work / "node.log").start()
+        node = peers.Node(cfg, port, work / "node.log").start()
         if args.profile:
             assert node.proc is not None
             prof = start_profiler(node.proc.pid, work / "profile.raw")
@@ -245,7 +247,7 @@ def main() -> int:
 
             hdr = dcmread(path, stop_before_pixels=True)
             uid, ts = str(hdr.StudyInstanceUID), str(hdr.file_meta.TransferSyntaxUID)
-            cmd = C.storescu_cmd([path], port, C.STORESCU_TS[ts])
+            cmd = peers.storescu_cmd([path], port, peers.STORESCU_TS[ts])
             t0 = time.time()
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             t_sent = time.time()

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import _common as C
+import _peers as peers
+import _procs as procs
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
 
@@ -33,7 +35,7 @@ def done_count(db: Path) -> int:
 
 
 def send(files: list[Path], port: int, ts_option: str) -> None:
-    proc = subprocess.run(C.storescu_cmd(files, port, ts_option), capture_output=True, text=True,
+    proc = subprocess.run(peers.storescu_cmd(files, port, ts_option), capture_output=True, text=True,
                           timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -52,13 +54,13 @@ def main() -> int:
     try:
         small = C.base_films(work / "small", [str(ExplicitVRLittleEndian)], 4, args.side, args.side)
         files = C.clone_instances(small[str(ExplicitVRLittleEndian)], work / "studies", args.studies)
-        sink_port, port, state = C.free_port(), C.free_port(), work / "state"
-        sink = C.start_storescp(work / "sink", sink_port, aet="PACS", extra=["--ignore"])
-        cfg = C.write_node_config(work / "node.toml", port, model, state,
+        sink_port, port, state = procs.free_port(), procs.free_port(), work / "state"
+        sink = peers.start_storescp(work / "sink", sink_port, aet="PACS", extra=["--ignore"])
+        cfg = peers.write_node_config(work / "node.toml", port, model, state,
                                   node={"quiet_period_s": 0.0},
                                   delivery={"destinations": [f"PACS@127.0.0.1:{sink_port}"],
                                             "summary_image": True})
-        node = C.Node(cfg, port, work / "node.log").start()
+        node = peers.Node(cfg, port, work / "node.log").start()
         time.sleep(1.0)
         idle = node.rss_kb()
         series = []
@@ -67,7 +69,7 @@ def main() -> int:
             chunk = files[i:i + args.chunk]
             send(chunk, port, "-x=")
             target = i + len(chunk)
-            C.wait_for(lambda target=target: done_count(state / "queue.sqlite3") >= target, 600, 0.2,
+            procs.wait_for(lambda target=target: done_count(state / "queue.sqlite3") >= target, 600, 0.2,
                        f"{i + len(chunk)} studies triaged and delivered")
             rss = node.rss_kb()
             series.append({"studies": i + len(chunk), "rss_mb": round(rss["VmRSS"] / 1024, 1)})
@@ -79,9 +81,9 @@ def main() -> int:
         n_done = len(files)
         for ts, paths in big.items():
             large = C.clone_instances(paths, work / f"large_{ts}", len(paths))
-            send(large, port, C.STORESCU_TS[ts])
+            send(large, port, peers.STORESCU_TS[ts])
             n_done += len(large)
-            C.wait_for(lambda n_done=n_done: done_count(state / "queue.sqlite3") >= n_done, 600, 0.2, "large films")
+            procs.wait_for(lambda n_done=n_done: done_count(state / "queue.sqlite3") >= n_done, 600, 0.2, "large films")
         final = node.rss_kb()
         at = {s["studies"]: s["rss_mb"] for s in series}
         first, last = series[0], series[-1]
@@ -110,7 +112,7 @@ def main() -> int:
     finally:
         if node:
             node.stop(graceful=False)
-        C.stop_proc(sink)
+        procs.stop_proc(sink)
         C.rmtree(work)
     return 0
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import _common as C
+import _procs as procs
 
 # name -> (script, arguments, time limit in seconds; see "Time limits" above)
 BENCHMARKS: dict[str, tuple[str, list[str], int]] = {
@@ -88,7 +89,7 @@ def tagged_processes(token: str) -> list[tuple[int, str]]:
     """(pid, command) of every live process whose environment carries ``STEP_ENV=token``."""
     needle = f"{STEP_ENV}={token}".encode()
     found = []
-    for pid, proc_dir, _ in C.live_processes():
+    for pid, proc_dir, _ in procs.live_processes():
         try:
             if needle not in (proc_dir / "environ").read_bytes().split(b"\0"):
                 continue
@@ -137,16 +138,16 @@ def run_step(cmd: list[str], limit: float, grace: float = GRACE_S, cwd: Path | N
         t.start()
     timed_out = False
     try:
-        if not C.wait_exited(proc.pid, limit):
+        if not procs.wait_exited(proc.pid, limit):
             timed_out = True
             C.note(f"run_all: past {limit:.0f} s: SIGTERM to the step's process group")
-            C.stop_group(proc, grace)
+            procs.stop_group(proc, grace)
     finally:
         if proc.returncode is None:
-            if C.wait_exited(proc.pid, 0.0):
+            if procs.wait_exited(proc.pid, 0.0):
                 proc.wait()                 # ended by itself
             else:
-                C.stop_group(proc, grace)   # run_all itself interrupted (Ctrl-C, SIGTERM)
+                procs.stop_group(proc, grace)   # run_all itself interrupted (Ctrl-C, SIGTERM)
         leftovers = sweep(token)            # whatever the step started and left running
         for t in readers:
             t.join(10.0)

@@ -94,18 +94,18 @@ def test_a_step_past_its_limit_leaves_no_process_behind(tmp_path: Path, ignores_
 
 
 def test_a_bench_helper_child_is_stopped_by_the_script_itself_on_sigterm(tmp_path: Path) -> None:
-    """bench/_common.spawn children (node, storescp) run in sessions of their own and are
+    """bench/_procs.spawn children (node, storescp) run in sessions of their own and are
     stopped by the script's atexit hook when run_all's SIGTERM ends it: nothing left to sweep."""
     pids_file = tmp_path / "pids.txt"
     script = _script(tmp_path, "dummy_peer.py", f"""
         import sys, time
         sys.path.insert(0, {str(BENCH)!r})
-        import _common as C
-        peer = C.spawn({SLEEPER!r})
+        import _procs
+        peer = _procs.spawn({SLEEPER!r})
         record({str(pids_file)!r}, peer)
         time.sleep(600)
     """)
-    # the limit leaves time to import _common (numpy, cxr_triage) on a loaded machine
+    # the limit leaves time to start Python and import _procs on a loaded machine
     step = run_all.run_step([sys.executable, str(script)], limit=20, grace=10)
     assert step.timed_out and step.seconds < 90
     pids = _read_pids(pids_file)
