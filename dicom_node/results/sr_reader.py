@@ -20,30 +20,19 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from cxr_triage.contract.result import Decision, NotAssessableReason
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
+from cxr_triage.contract.study import Outcome, ResultPart
 from cxr_triage.dicom_node.results import sr_codes as C
 from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, ENHANCED_SR
 
 
-@dataclass
-class ParsedGroup:
-    """One result: a film's (TID 1410 group, or a non-image result) or the study's
-    (the report-level Qualitative Evaluations)."""
+@dataclass(frozen=True, kw_only=True)
+class ParsedGroup(Outcome):
+    """One result read back: a film's (TID 1410 group, or a non-image result) or the study's
+    (the report-level Qualitative Evaluations); the contract's :class:`Outcome` plus what it
+    references: a film its image (or refused non-image instance), the study every film's."""
 
-    decision: Decision
-    score: float | None
-    threshold: float | None
-    operating_point: str | None
-    reason: NotAssessableReason | None
-    reason_detail: str | None
-    # a film: its image (or refused non-image instance); the study: every film's, in order
-    referenced_sop_instance_uids: list[str]
-    # the nodule/mass output (None when the model had none, or the film was not scored):
-    # score = calibrated P(nodule or mass), threshold, flag (score >= threshold)
-    nodule_score: float | None = None
-    nodule_threshold: float | None = None
-    nodule_flag: bool | None = None
+    referenced_sop_instance_uids: list[str] = field(default_factory=list)
 
     @property
     def sop_instance_uid(self) -> str | None:
@@ -52,26 +41,34 @@ class ParsedGroup:
         return uids[0] if len(uids) == 1 else None
 
 
-@dataclass
-class ParsedResult:
-    """What a result SR says, in the project's own types."""
+@dataclass(frozen=True, kw_only=True)
+class ParsedResult(ResultPart):
+    """What a result SR says: the contract's :class:`ResultPart` (the study outcome, model,
+    ``sr_uid``) plus the SR's series, study, film groups and evidence."""
 
-    sr_sop_instance_uid: str
+    outcome: ParsedGroup
     sr_series_instance_uid: str
     study_instance_uid: str
-    decision: Decision
-    score: float | None
-    threshold: float | None
-    operating_point: str | None
-    model_name: str | None
-    model_version: str | None
-    study: ParsedGroup
     films: list[ParsedGroup] = field(default_factory=list)
     evidence_sop_instance_uids: list[str] = field(default_factory=list)
-    # the study's nodule/mass result: the highest film score, the threshold, any film flagged
-    nodule_score: float | None = None
-    nodule_threshold: float | None = None
-    nodule_flag: bool | None = None
+
+    @property
+    def study(self) -> ParsedGroup:
+        """The study's group (the report-level evaluations)."""
+        return self.outcome
+
+    @property
+    def sr_sop_instance_uid(self) -> str:
+        return str(self.sr_uid)
+
+    # the study outcome's values, as attributes of the result (hl7, sr_plain, evaluation read them)
+    decision = property(lambda self: self.outcome.decision)
+    score = property(lambda self: self.outcome.score)
+    threshold = property(lambda self: self.outcome.threshold)
+    operating_point = property(lambda self: self.outcome.operating_point)
+    nodule_score = property(lambda self: self.outcome.nodule_score)
+    nodule_threshold = property(lambda self: self.outcome.nodule_threshold)
+    nodule_flag = property(lambda self: self.outcome.nodule_flag)
 
     def film(self, sop_instance_uid: str) -> ParsedGroup:
         """The film group referencing this SOP Instance UID (KeyError if none)."""
@@ -144,21 +141,14 @@ def _read(ds: Dataset) -> ParsedResult:
         for inst in series.get("ReferencedSOPSequence", [])
     ]
     return ParsedResult(
-        sr_sop_instance_uid=str(ds.SOPInstanceUID),
+        sr_uid=str(ds.SOPInstanceUID),
         sr_series_instance_uid=str(ds.SeriesInstanceUID),
         study_instance_uid=str(ds.StudyInstanceUID),
-        decision=study_group.decision,
-        score=study_group.score,
-        threshold=study_group.threshold,
-        operating_point=study_group.operating_point,
+        outcome=study_group,
         model_name=_text(summary, codes.DCM.AlgorithmName),
         model_version=_text(summary, codes.DCM.AlgorithmVersion),
-        study=study_group,
         films=[g for _, g in films],
         evidence_sop_instance_uids=evidence,
-        nodule_score=study_group.nodule_score,
-        nodule_threshold=study_group.nodule_threshold,
-        nodule_flag=study_group.nodule_flag,
     )
 
 
@@ -175,14 +165,13 @@ def _parse(item: Dataset, referenced: list[str]) -> ParsedGroup:
     decision_code = _code(item, C.TRIAGE_DECISION)
     if decision_code is None:
         raise ValueError("result without a triage decision")
-    reason_code = _code(item, C.NOT_ASSESSABLE_REASON)
     nodule_code = _code(item, C.NODULE_MASS_FLAG)
     return ParsedGroup(
         decision=C.decision_from_code(decision_code),
         score=_num(item, C.ABNORMALITY_SCORE),
         threshold=_num(item, C.OPERATING_POINT_THRESHOLD),
         operating_point=_text(item, C.OPERATING_POINT),
-        reason=C.reason_from_code(reason_code) if reason_code is not None else None,
+        reasons=tuple(C.reason_from_code(code) for code in _codes(item, C.NOT_ASSESSABLE_REASON)),
         reason_detail=_text(item, C.NOT_ASSESSABLE_DETAIL),
         referenced_sop_instance_uids=referenced,
         nodule_score=_num(item, C.NODULE_MASS_SCORE),
@@ -220,9 +209,13 @@ def _num(item: Dataset, name: Code) -> float | None:
 
 
 def _code(item: Dataset, name: Code) -> Code | None:
-    found = _one(item, name, ValueTypeValues.CODE)
-    if not isinstance(found, hd.sr.CodeContentItem):
-        return None
-    concept = found.value
-    return Code(value=str(concept.value), scheme_designator=str(concept.scheme_designator),
-                meaning=str(concept.meaning))
+    found = _codes(item, name)
+    return found[0] if found else None
+
+
+def _codes(item: Dataset, name: Code) -> list[Code]:
+    """The values of every CODE item named ``name`` among ``item``'s children, in order."""
+    return [Code(value=str(c.value.value), scheme_designator=str(c.value.scheme_designator),
+                 meaning=str(c.value.meaning))
+            for c in find_content_items(item, name=name, value_type=ValueTypeValues.CODE)
+            if isinstance(c, hd.sr.CodeContentItem)]
