@@ -97,7 +97,8 @@ class StudyQueries:
                      since: float | None = None, until: float | None = None,
                      limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
         """Studies, newest first: decision, score, nodule/mass score and flag (null when the
-        model has no nodule/mass output), times, instance count, delivery status.
+        model has no nodule/mass output), the not-assessable reasons (codes, film order; empty
+        for an assessed study), times, instance count, delivery status.
 
         ``delivery_status`` is ``delivered`` (every object to every destination),
         ``pending``, ``failing`` (retrying after an error), ``refused`` (a destination
@@ -215,6 +216,8 @@ _SUMMARY_SQL = (
     "   AND d.attempts>0) AS n_failing,"
     " (SELECT MAX(delivered_at) FROM deliveries d WHERE d.result_id=s.result_id) AS delivered_at,"
     " (SELECT amends FROM results r WHERE r.id=s.result_id) AS amends_result_id,"
+    " (SELECT result_json FROM results r WHERE r.id=s.result_id AND s.decision='not_assessable')"
+    "   AS not_assessable_json,"
     " (SELECT verdict FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1)"
     "   AS feedback_verdict,"
     " (SELECT user FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1) AS feedback_user"
@@ -242,4 +245,5 @@ def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
     r["delivery_status"] = status
     r["amended"] = r["amends_result_id"] is not None   # the current result replaced an earlier one
     r["nodule_flag"] = None if r["nodule_flag"] is None else bool(r["nodule_flag"])
+    r["reasons"] = read_model.reasons_of(r.pop("not_assessable_json"))   # why not assessable
     return r

@@ -102,19 +102,28 @@ def _result_part(row: dict[str, Any], films: list[dict[str, Any]],
                  objects: list[dict[str, Any]]) -> ResultPart | None:
     if row.get("result_id") is None or not row.get("decision"):
         return None
-    decision = Decision(row["decision"])
     by = made_by(films)
     named = next((f for f in films if f.get("model_version")), {})
     outcome = Outcome(
-        decision=decision, score=row.get("score"), threshold=by.get("threshold"),
+        decision=Decision(row["decision"]), score=row.get("score"), threshold=by.get("threshold"),
         operating_point=by.get("operating_point"),
-        reasons=_reasons(films) if decision is Decision.NOT_ASSESSABLE else (),
+        reasons=tuple(NotAssessableReason(r) for r in row.get("reasons") or ()),
         nodule_score=row.get("nodule_score"), nodule_threshold=by.get("nodule_threshold"),
         nodule_flag=None if row.get("nodule_flag") is None else bool(row["nodule_flag"]))
     srs = _srs(objects)
     return ResultPart(outcome=outcome, model_name=named.get("model_name"),
                       model_version=named.get("model_version"),
                       sr_uid=srs[0]["sop_instance_uid"] if srs else None)
+
+
+def reasons_of(result_json: str | None) -> list[str]:
+    """The not-assessable reason codes of a stored result's films, distinct, in film order
+    ([] for none or an unreadable result)."""
+    try:
+        films = json.loads(result_json or "{}").get("films", [])
+    except (ValueError, AttributeError):
+        return []
+    return [r.value for r in _reasons(f for f in films if isinstance(f, dict))]
 
 
 def _reasons(films: Iterable[dict[str, Any]]) -> tuple[NotAssessableReason, ...]:

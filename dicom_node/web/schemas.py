@@ -75,6 +75,9 @@ class StudySummaryOut(BaseModel):
     patient_name: str | None = Field(None, description="DICOM person name, family^given^middle^prefix^suffix")
     decision: str = Field(description="likely_normal | suspicious | not_assessable | pending")
     decision_text: str
+    reason: str | None = Field(None, description="why the study is not assessable: the coded reasons of its "
+                               "films (comma-separated, film order); null for an assessed or pending study")
+    reason_text: str | None = Field(None, description="the reasons in plain words")
     score: float | None = None
     nodule_flag: bool | None = Field(
         None, description="any film flagged for a nodule or mass (an added finding, not the decision); "
@@ -108,7 +111,6 @@ class StudyDetailOut(StudySummaryOut):
 
     model_name: str | None = None
     model_version: str | None = None
-    reason: str | None = None
     films: list[FilmOut]
     deliveries: list[DeliveryOut]
     feedback: list[FeedbackOut] = Field(default_factory=list, description="every radiologist assessment, oldest first")

@@ -183,7 +183,6 @@ class StudyViews:
         return StudyDetailOut(
             **base.model_dump(), model_name=e.result.model_name if e.result else None,
             model_version=e.result.model_version if e.result else None,
-            reason=outcome_fields(e.outcome, StudyDetailOut).get("reason"),
             films=[self.film_out(e, f) for f in e.films],
             deliveries=[DeliveryOut(**{**asdict(d), "time": utc(d.time)}) for d in e.deliveries],
             result_sr=sr, result_summary=said, feedback=[feedback_out(f) for f in e.feedback],

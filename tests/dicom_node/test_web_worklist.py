@@ -166,6 +166,20 @@ def test_api_study_has_films_sr_in_words_and_delivery_history(node, client):
     assert client.get("/api/studies/1.2.3.4.5").status_code == 404
 
 
+def test_worklist_rows_say_why_a_study_is_not_assessable(node, client):
+    """The not-assessable reason is on the worklist row (API and page), in codes and plain
+    words; assessed studies carry none."""
+    canine = next(u for u, d in node.decisions.items() if d == "not_assessable")
+    rows = {r["study_instance_uid"]: r for r in client.get("/api/studies").json()["studies"]}
+    assert rows[canine]["reason"] == "non_human"
+    assert rows[canine]["reason_text"] == "patient is not human"
+    assert all(r["reason"] is None and r["reason_text"] is None for u, r in rows.items() if u != canine)
+    html = client.get("/").text
+    row = html[html.index(f'data-uid="{canine}"'):]
+    assert '<span class="reason meta">patient is not human</span>' in row[:row.index("</tr>")]
+    assert html.count('class="reason meta"') == 1
+
+
 def test_api_and_pages_expose_the_nodule_mass_flag(node, client):
     """Each worklist row carries the study's nodule/mass flag and score as the worker stored
     them (null for a study no film of which was scored); the study API each film's; the
