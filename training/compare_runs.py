@@ -18,17 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cxr_triage.training.export import export_checkpoint
+from cxr_triage.training.heatmap import heatmap_validation
+from cxr_triage.training.manifest import read_manifest
+from cxr_triage.training.report import test_report
+from cxr_triage.training.train_config import TrainConfig
+
 SOURCES = ("nih-cxr14", "nih-extra", "rsna-pneumonia")
 
 
 def evaluate_run(run: Path, data: Path, split: str = "val", n_boot: int = 200, force: bool = False) -> dict[str, Any]:
     """``<run>/<split>_report.json`` (made when missing or ``force``)."""
-    import torch
-
-    from cxr_triage.training.export import export_checkpoint
-    from cxr_triage.training.heatmap import heatmap_validation
-    from cxr_triage.training.report import test_report
-    from cxr_triage.training.train import TrainConfig
+    import torch  # torch only once a run is evaluated
 
     out = run / f"{split}_report.json"
     if out.exists() and not force:
@@ -36,7 +37,7 @@ def evaluate_run(run: Path, data: Path, split: str = "val", n_boot: int = 200, f
     boxes = data / "rsna-pneumonia" / "boxes.csv"
     ck = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
     if "heatmap" not in ck and boxes.exists():
-        from cxr_triage.training.manifest import read_manifest
+        # network imports torch at module level: only when the heatmap is checked here
         from cxr_triage.training.network import build_network
 
         cfg = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})

@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from cxr_triage.training.checkpoints import batch_logits
+from cxr_triage.training.dataset import load_inputs
+from cxr_triage.training.heatmap import heatmap_validation
 from cxr_triage.training.manifest import read_manifest, write_manifest
+from cxr_triage.training.progress import say
+from cxr_triage.training.targets import TASKS
+from cxr_triage.training.train_config import TrainConfig
+from cxr_triage.training.val_calibration import calibration
 
 
 def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
@@ -19,12 +26,10 @@ def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
     metrics. Raises ValueError when the runs differ in input size, outputs or split."""
     import os
 
-    import torch
+    import torch  # torch only once training runs
 
-    from cxr_triage.training.dataset import load_inputs
-    from cxr_triage.training.heatmap import heatmap_validation
+    # network imports torch at module level: only once an ensemble is made
     from cxr_triage.training.network import EnsembleNet, network_from_checkpoint
-    from cxr_triage.training.train import TrainConfig, _say, calibration
 
     cks = [torch.load(Path(r) / "model.pt", map_location="cpu", weights_only=False) for r in runs]
     first = cks[0]
@@ -52,15 +57,11 @@ def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
     val_e = [e for e in entries if e.split == "val" and (not cfg.train_sources or e.source in cfg.train_sources)]
     sel = np.array([not cfg.select_sources or e.source in cfg.select_sources for e in val_e])
     x = load_inputs(val_e, entries_root, cfg.spec(), Path(runs[0]) / "cache", progress=False)
-    with torch.no_grad():
-        logits = np.concatenate([net(torch.from_numpy(np.asarray(x[i:i + 64], dtype=np.float32))).numpy()
-                                 for i in range(0, len(x), 64)]).astype(np.float64)
+    logits = batch_logits(net, x).astype(np.float64)
     cal = calibration(cfg, val_e, logits, sel, 0)
     if cfg.boxes_csv:
         cal["heatmap"] = heatmap_validation(cfg, entries, entries_root, net, cal, "cpu")
         cal["validation_metrics"]["heatmap"] = {k: v for k, v in cal["heatmap"].items() if k != "mask"}
-    from cxr_triage.training.targets import TASKS
-
     n_out = int(first.get("n_outputs", 1))
     model_file = {
         "architecture": "ensemble", "image_size": first["image_size"], "n_outputs": n_out,
@@ -74,6 +75,6 @@ def ensemble_runs(runs: list[Path], out: Path) -> dict[str, Any]:
     }
     torch.save(model_file, out / "model.pt")
     members = ", ".join(f"{ck.get('validation_metrics', {}).get('auroc', float('nan')):.4f}" for ck in cks)
-    _say(f"ensemble of {len(cks)} runs: validation AUROC {cal['validation_metrics']['auroc']:.4f} "
+    say(f"ensemble of {len(cks)} runs: validation AUROC {cal['validation_metrics']['auroc']:.4f} "
          f"(members: {members})")
     return dict(cal["validation_metrics"])

@@ -42,7 +42,7 @@ class ExportCheckError(RuntimeError):
 def load_checkpoint(path: str | Path, ck: dict[str, Any] | None = None):
     """(ExportWrapper in eval mode, checkpoint dict) from a training ``model.pt`` (or from ``ck``,
     the same dict already loaded, e.g. a calibrated ``best.pt``:
-    :func:`cxr_triage.training.train.calibrate_checkpoint`)."""
+    :func:`cxr_triage.training.checkpoints.calibrate_checkpoint`)."""
     import torch
 
     from cxr_triage.training.network import ExportWrapper, network_from_checkpoint

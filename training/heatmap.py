@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_triage.evaluation import model_checks as mc
 from cxr_triage.training import calibrate
+from cxr_triage.training.dataset import load_inputs, read_pixels
 from cxr_triage.training.manifest import Entry, resolve
+from cxr_triage.training.progress import say
 
 if TYPE_CHECKING:
-    from cxr_triage.training.train import TrainConfig
+    from cxr_triage.training.train_config import TrainConfig
 
 
 def _film_side(path: Path) -> float:
@@ -28,8 +31,6 @@ def _film_side(path: Path) -> float:
         with Image.open(path) as im:
             return float(max(im.size))
     except OSError:
-        from cxr_triage.training.dataset import read_pixels
-
         return float(max(read_pixels(path).shape))
 
 
@@ -39,11 +40,7 @@ def heatmap_validation(cfg: TrainConfig, entries: list[Entry], root: Path, net: 
     boxes gives the mask and the fixed guess; on the validation films with boxes, the masked
     calibrated CAM's maximum must land in a box more often than the guess
     (:func:`cxr_triage.evaluation.model_checks.pointing_game`) for ``validated``."""
-    import torch
-
-    from cxr_triage.evaluation import model_checks as mc
-    from cxr_triage.training.dataset import load_inputs
-    from cxr_triage.training.train import _say
+    import torch  # torch only once training runs
 
     boxes = mc.read_boxes(cfg.boxes_csv)
 
@@ -74,7 +71,7 @@ def heatmap_validation(cfg: TrainConfig, entries: list[Entry], root: Path, net: 
                 "validation": masked, "validation_unmasked": mc.pointing_game(heat, vboxes, sides, guess),
                 "validated": bool(masked["beats_guess"]),
                 "scale": "sigmoid((cam + logit_shift) / temperature): calibrated local P(abnormal), fixed scale"})
-    _say(f"heatmap pointing game (validation, {masked['films']} films with boxes): heatmap "
+    say(f"heatmap pointing game (validation, {masked['films']} films with boxes): heatmap "
          f"{mc.wilson_text(masked['heatmap_hit_rate'])} vs fixed guess {mc.wilson_text(masked['fixed_guess_hit_rate'])}"
          f", McNemar p {masked['mcnemar_exact_p']}: {'validated' if out['validated'] else 'NOT validated (not shown)'}")
     return out

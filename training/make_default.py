@@ -26,12 +26,17 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cxr_triage.paths import repo_root
-
-if TYPE_CHECKING:
-    from cxr_triage.training.train import TrainConfig
+from cxr_triage.training.adapters import shared_data
+from cxr_triage.training.ensemble import ensemble_runs
+from cxr_triage.training.export import export_checkpoint
+from cxr_triage.training.manifest import read_manifest, write_manifest
+from cxr_triage.training.report import terminal_summary, test_report
+from cxr_triage.training.split import SPLITS, assign_splits
+from cxr_triage.training.train import train
+from cxr_triage.training.train_config import TrainConfig
 
 NIH_SOURCES = ["nih-cxr14", "nih-extra"]
 #: the sources with both classes: training, validation selection and the per-source headline
@@ -43,8 +48,6 @@ RECIPE: dict[str, Any] = {"image_size": 224, "epochs": 10, "pipeline_augment": 0
 
 
 def default_recipe(manifest: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:
-    from cxr_triage.training.train import TrainConfig
-
     cfg = TrainConfig(
         manifest=str(manifest), out=str(out), data_root=str(data), architecture="effnet_lite0",
         image_size=RECIPE["image_size"], harmonise_size=RECIPE["image_size"],
@@ -65,9 +68,6 @@ def build_split(data: Path, path: Path, seed: int = 0, previous: Path | None = N
     With ``previous`` (an earlier split file), films it lists keep their split, so test figures
     stay comparable across versions; a film whose twin (the same film through the other
     pipeline) already has a split takes that one; the rest are split afresh (seeded)."""
-    from cxr_triage.training.adapters import shared_data
-    from cxr_triage.training.manifest import read_manifest, write_manifest
-    from cxr_triage.training.split import SPLITS, assign_splits
 
     entries = shared_data(data)
     if previous is not None and previous.exists():
@@ -154,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         overrides["train_sources"] = list(args.train_sources)
     if args.architecture != "effnet_lite0":
         overrides["freeze_blocks"] = 0
-    from cxr_triage.training.ensemble import ensemble_runs
-    from cxr_triage.training.train import train
-
     if args.seeds <= 1:
         summary = train(default_recipe(manifest, data, out, **overrides), resume=args.resume)
         print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_auroc", "temperature", "thresholds",
@@ -177,17 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         "argv": list(argv) if argv is not None else sys.argv[1:]}, indent=2))
     if args.no_export:
         return 0
-    from cxr_triage.training.export import export_checkpoint
-    from cxr_triage.training.report import test_report
-
     onnx_path = out / "cxr_triage_effnet_lite0.onnx"
     export_checkpoint(out / "model.pt", onnx_path, data_root=data, check_manifest=manifest,
                       name="cxr-triage-effnet-lite0")
     boxes = data / "rsna-pneumonia" / "boxes.csv"
     report = test_report(onnx_path, manifest, data, out / "test_report.json", headline_sources=TRAIN_SOURCES,
                          boxes=boxes if boxes.exists() else None)
-    from cxr_triage.training.report import terminal_summary
-
     print(terminal_summary(report))
     minutes = round((time.time() - started) / 60, 2)
     info = json.loads((out / "make_train.json").read_text())

@@ -1,0 +1,133 @@
+"""The model side of a training run: network, optimiser, schedule, weight average, losses.
+
+AdamW with the pretrained trunk at ``backbone_lr`` x ``lr``, a cosine schedule with half an
+epoch of linear warm-up, and (``ema`` > 0) an exponential moving average of the weights
+(``torch.optim.swa_utils.AveragedModel``): the averaged weights are the ones validated,
+checkpointed and exported. torch is imported inside the functions (the command line imports
+this module and must start without torch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cxr_triage.training.distributed import Runtime
+from cxr_triage.training.losses import build_losses
+from cxr_triage.training.progress import say
+from cxr_triage.training.train_config import TrainConfig
+from cxr_triage.training.train_data import Loaders, TrainData
+from cxr_triage.training.trunk import upper_model
+
+
+@dataclass
+class Model:
+    """What one training step touches.
+
+    ``net``: the trained network; ``model``: what the batches run through (``core`` of the
+    loaders, DDP-wrapped under torchrun); ``ema``: the AveragedModel of ``net`` (None when
+    ``ema`` is 0); ``eval_net``: the weights validated and saved (the average, else ``net``);
+    ``eval_core``: ``eval_net`` as the validation loader's input needs it."""
+
+    net: Any
+    model: Any
+    ema: Any
+    eval_net: Any
+    eval_core: Any
+    opt: Any
+    sched: Any
+    loss_fn: Callable[..., Any]
+    multitask_loss: Callable[..., Any]
+
+    def step(self, loss: Any) -> None:
+        """One optimiser and schedule step on ``loss``, then the weight average's update."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+
+def build_net(cfg: TrainConfig, rt: Runtime, n_out: int) -> Any:
+    """The network of ``cfg.architecture`` with ``n_out`` outputs, on the run's device."""
+    # network imports torch at module level: only once training runs
+    from cxr_triage.training.network import build_network
+
+    return build_network(cfg.architecture, pretrained=cfg.pretrained, image_size=cfg.image_size,
+                         freeze_blocks=cfg.freeze_blocks, n_outputs=n_out).to(rt.device)
+
+
+def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any, loaders: Loaders) -> Model:
+    """DDP wrap (under torchrun), AdamW (trunk at ``backbone_lr`` x ``lr``, heads at ``lr``),
+    the weight average, the warm-up + cosine schedule over ``epochs`` x ``steps_per_epoch``
+    and the losses (:func:`cxr_triage.training.losses.build_losses`)."""
+    import torch  # torch only once training runs
+
+    model = torch.nn.parallel.DistributedDataParallel(loaders.core) if rt.distributed else loaders.core
+    head = [p for p in net.fc.parameters() if p.requires_grad]
+    trunk = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("fc.")]
+    opt = torch.optim.AdamW([{"params": trunk, "lr": cfg.lr * cfg.backbone_lr}, {"params": head, "lr": cfg.lr}],
+                            weight_decay=cfg.weight_decay)
+    # The weights that are validated and saved: an exponential moving average of the trained
+    # ones (cfg.ema > 0; steadier on small validation sets) or the trained ones themselves.
+    ema = ema_model(net, cfg.ema) if cfg.ema > 0 else None
+    eval_net = ema.module if ema is not None else net
+    total = max(1, cfg.epochs * loaders.steps_per_epoch)
+    warm = max(1, loaders.steps_per_epoch // 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    loss_fn, multitask_loss = build_losses(
+        cfg.balance, cfg.focal_gamma, data.n_out, cfg.nodule_weight, cfg.aux_weight, float(data.y_train.mean()),
+        [(e.source, e.label) for e in data.train_e], rt.device)
+    return Model(net=net, model=model, ema=ema, eval_net=eval_net,
+                 eval_core=upper_model(eval_net, cfg.freeze_blocks) if loaders.use_trunk else eval_net,
+                 opt=opt, sched=sched, loss_fn=loss_fn, multitask_loss=multitask_loss)
+
+
+def ema_decay(max_decay: float, step: int) -> float:
+    """The average's decay at update ``step`` (1, 2, ...): ``min(max_decay, (1 + step) / (10 + step))``,
+    so the first updates follow the trained weights closely (warm-up of the average)."""
+    return min(max_decay, (1 + step) / (10 + step))
+
+
+def ema_model(net: Any, max_decay: float) -> Any:
+    """An ``AveragedModel`` of ``net``: after update ``s``, each parameter is
+    ``d * average + (1 - d) * trained`` with ``d = ema_decay(max_decay, s)`` (PyTorch's EMA
+    update, ``get_ema_multi_avg_fn``); buffers (batch-norm statistics) are copied from ``net``.
+    It starts from ``net``'s current weights (counted as the first average), frozen."""
+    import torch  # torch only once training runs
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    def warmed_up_ema(averaged: Any, current: Any, n_averaged: Any) -> None:
+        get_ema_multi_avg_fn(ema_decay(max_decay, int(n_averaged)))(averaged, current, n_averaged)
+
+    ema = AveragedModel(net, multi_avg_fn=warmed_up_ema, use_buffers=False)
+    ema.requires_grad_(False)
+    with torch.no_grad():
+        ema.n_averaged.fill_(1)  # the copy of net is the first average: update s sees n_averaged == s
+    return ema
+
+
+def restore(model: Model, ck: dict[str, Any], cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
+    """Load a ``last.pt`` (trained and averaged weights, optimiser, schedule) into ``model``;
+    returns the run's state (epoch, best AUROC and epoch, bad epochs, history) with a fresh
+    patience."""
+    model.net.load_state_dict(ck.get("trained", ck["model"]))
+    if model.ema is not None:
+        model.ema.module.load_state_dict(ck["model"])
+    model.opt.load_state_dict(ck["optimizer"])
+    model.sched.load_state_dict(ck["scheduler"])
+    state: dict[str, Any] = ck["state"]
+    if state["bad_epochs"] >= cfg.patience:  # a resumed run gets a fresh patience
+        state["bad_epochs"] = 0
+    if rt.main:
+        say(f"resumed after epoch {state['epoch']} (best validation AUROC {state['best_auroc']:.4f} "
+            f"at epoch {state['best_epoch']}); running to epoch {cfg.epochs}")
+    return state
+
+
+def new_state() -> dict[str, Any]:
+    """The state of a run before its first epoch."""
+    return {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
