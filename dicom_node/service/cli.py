@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cxr_triage.config import Config, resolve_path
+from cxr_triage.config import Config, ConfigError, resolve_path
 from cxr_triage.contract.sop_classes import is_sr_class
+from cxr_triage.dicom_node.store.jobs import JobStore
+from cxr_triage.dicom_node.store.queries import StudyQueries
+from cxr_triage.dicom_node.store.spool import StateDirs
 
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
@@ -65,7 +68,12 @@ def _override_inference(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def run_serve(args: argparse.Namespace, cfg: Config) -> int:
+    """``cxr-triage serve``: 2 with one line on stderr when the node refuses to start (a missing
+    model or site threshold file, one made for another model, an unsupported pynetdicom)."""
+    # pynetdicom, ONNX Runtime and the worker load only for `serve` (`status` stays light)
+    from cxr_triage.dicom_node.compat import require_supported_pynetdicom
     from cxr_triage.dicom_node.service.node import serve
+    from cxr_triage.inference.site_threshold import SiteThresholdError
 
     cfg = _override_inference(_override(cfg, args), args)
     for what, value in (("model", cfg.inference.model_path), ("site threshold file", cfg.inference.site_threshold_file)):
@@ -79,21 +87,16 @@ def run_serve(args: argparse.Namespace, cfg: Config) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    from cxr_triage.inference.site_threshold import SiteThresholdError
-
     try:
+        require_supported_pynetdicom()
         return serve(cfg, stop)
-    except SiteThresholdError as exc:  # e.g. made for another model: never serve with it
+    except (SiteThresholdError, ConfigError) as exc:  # never serve with them
         print(f"cxr-triage serve: refusing to start: {exc}", file=sys.stderr)
         return 2
 
 
 def status_report(cfg: Config, studies: int = 10) -> dict[str, Any]:
     """What ``status`` prints, as data (also handy for the demo and tests)."""
-    from cxr_triage.dicom_node.store.jobs import JobStore
-    from cxr_triage.dicom_node.store.queries import StudyQueries
-    from cxr_triage.dicom_node.store.spool import StateDirs
-
     dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir))
     if not dirs.queue_db.exists():
         return {"state_dir": str(dirs.root), "error": "no job store yet (the node has not run here)"}
@@ -119,9 +122,6 @@ def _ts(t: float | None) -> str:
 def run_status(args: argparse.Namespace, cfg: Config) -> int:
     cfg = _override(cfg, args)
     if args.retry_dead:
-        from cxr_triage.dicom_node.store.jobs import JobStore
-        from cxr_triage.dicom_node.store.spool import StateDirs
-
         n = JobStore(StateDirs(resolve_path(cfg, cfg.node.state_dir)).queue_db).retry_dead()
         print(f"{n} dead or refused deliveries re-queued")
     rep = status_report(cfg, args.studies)

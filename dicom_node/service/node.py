@@ -1,17 +1,33 @@
-"""The node assembled: the whole path of a film in one place.
+"""The node assembled: the whole path of a film in one place (read this first, then
+``inference/pipeline.py``). Every arrow is a file or a row on disk, so a restart resumes where
+the node stopped (:meth:`Node.recover`).
 
-    receive (scp.StoreHandler, association thread)
-      -> spool   (spool.Spool: fsync + atomic rename)          } before Success is answered
-      -> queue   (queue.JobStore: SQLite WAL, synchronous=FULL) }
-    quiet period per study, then (worker.TriageWorker thread)
-      -> decode -> gate -> score   (inference.pipeline.Triager, per instance)
-      -> aggregate                 (inference.result.aggregate_study: one result per study)
-      -> report                    (sr.build_result_sr, written once to results/)
-    -> deliver (delivery.Deliverer thread: C-STORE or outbox, back-off, dead letter)
+    receive          association threads (pynetdicom AE: ``receive/server.py``)
+      who may associate     ``receive/associations.py``: AE titles, hosts, shutdown, audited
+      C-STORE data set      streamed to ``<spool>/.incoming/`` (``receive/incoming.py``)
+      store + enqueue       ``receive/scp.StoreHandler``: header checked, file moved into the
+                            spool (``store/spool.Spool``: fsync + atomic rename) and recorded
+                            (``store/jobs.JobStore``: SQLite WAL), *then* Success; else 0xA700
+                            or an error status (``receive/statuses.py``), quarantined
+    triage           the worker thread (``worker/triage.TriageWorker``), woken by each store,
+                     claims a study after its quiet period and runs ``worker/stages.STUDY_STAGES``:
+      read -> score         each film: gate -> decode -> preprocess -> ONNX Runtime -> decision
+                            (``inference/pipeline.Triager``: one ONNX session per process)
+      aggregate             one result per study (``cxr_triage.contract.result.aggregate_study``)
+      heatmaps, sr,         the result SR (``results/sr.build_result_sr``; amended when the
+      summary_image, save   study had one), the summary images, each file written once
+      commit                result + one delivery per object and destination, one transaction
+    deliver          the deliverer thread (``delivery/deliverer.Deliverer``), woken by each
+                     result: everything due, per destination: C-STORE over one association
+                     (``delivery/dicom_send.py``), HL7 ORU^R01 to the RIS (``delivery/hl7.py``)
+                     or the local outbox; back-off, refusals, dead letter
+    worklist         optional HTTP(S) pages, JSON API and metrics (``web/app.py``), with drift
+                     gauges (``monitoring/drift.py``)
 
-Every arrow is a row or a file on disk, so a restart resumes where the node stopped
-(:meth:`Node.start` runs :meth:`JobStore.recover`). SIGTERM (``cxr-triage serve``) stops
-accepting, lets open associations and the study in hand finish, then exits.
+pynetdicom internals the node relies on are patched in one place, ``dicom_node/compat.py``,
+which refuses to start the node on a pynetdicom other than the 3.0.x they were written for.
+SIGTERM (``cxr-triage serve``) stops accepting, lets open associations, the study in hand and
+its delivery finish, then exits (:meth:`Node.stop`).
 """
 
 from __future__ import annotations
@@ -26,7 +42,9 @@ from pydicom import dcmread
 
 from cxr_triage.config import Config, resolve_path
 from cxr_triage.contract.sop_classes import is_sr_class
+from cxr_triage.dicom_node.compat import require_supported_pynetdicom
 from cxr_triage.dicom_node.delivery.deliverer import Deliverer, destinations_for
+from cxr_triage.dicom_node.monitoring.drift import DriftCollector
 from cxr_triage.dicom_node.receive.scp import StoreHandler
 from cxr_triage.dicom_node.receive.server import start_scp
 from cxr_triage.dicom_node.store import audit as A
@@ -65,13 +83,17 @@ class Node:
         return int(self.server.server_address[1]) if self.server else int(self.cfg.node.port)
 
     def start(self) -> "Node":
-        """Recover, load the model, start the worker and deliverer, then listen."""
+        """Check pynetdicom, recover, load the model, start delivering and triaging, then
+        listen. Raises :class:`~cxr_triage.dicom_node.compat.UnsupportedPynetdicom` (a
+        ``ConfigError``) on a pynetdicom other than 3.0.x, before anything starts."""
         cfg = self.cfg
+        require_supported_pynetdicom()
         # highdicom narrates every copied module at INFO: one line per module per result.
         logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
         resumed = self.recover()
         triager = self._triager or load_triager(cfg)                  # one ONNX session
         meta = triager.meta
+        # deliver <- triage <- receive: each stage is running before the one that feeds it
         self.deliverer = Deliverer(cfg, self.store, self.dirs.outbox, self.audit)
         self.worker = TriageWorker(cfg, self.store, self.dirs, self.quarantine, self.audit,
                                    triager, destinations=lambda: destinations_for(cfg))
@@ -99,12 +121,11 @@ class Node:
         if not self.cfg.web.enabled:
             return None
         try:
+            # the web stack takes ~0.8 s to import: only a node with the worklist loads it
             from cxr_triage.dicom_node.web.app import start_web
 
             info = {"name": meta.name, "version": meta.version,
                     "operating_point": str(getattr(triager, "operating_point", "") or "")}
-            from cxr_triage.dicom_node.monitoring.drift import DriftCollector
-
             # drift gauges against the commissioning baseline (none without a baseline)
             return start_web(self.cfg, self.queries, model_info=info,
                              collectors=[DriftCollector(self.cfg, self.queries)], audit=self.audit)

@@ -1,6 +1,6 @@
 """Delivery per object: each result object (SR, summary image) is sent and retried on its own;
 a destination without Comprehensive 3D SR gets a fallback SR; permanent refusals are reported
-and not retried at the back-off rate. The destinations are pynetdicom SCPs started here."""
+and not retried at the back-off rate; a batch goes over one association per destination. The destinations are pynetdicom SCPs started here."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
-from pynetdicom import AE
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pynetdicom import AE, evt
 from support.node_peers import NODE_AET, wait_for
 from support.sr_checks import dciodvfy_errors, sc_dciodvfy_errors
 from support.store_destination import UNCOMPRESSED, StoreDestination
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+from cxr_triage.dicom_node.delivery.dicom_send import send_c_store
 from cxr_triage.dicom_node.delivery.scu import associate
 from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, ENHANCED_SR, fallback_uid
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 from cxr_triage.dicom_node.service.node import Node
 from cxr_triage.dicom_node.store.audit import read_audit
+from cxr_triage.dicom_node.store.jobs import DueDelivery, ResultObject
 
 FILM = "nih_gcp_dx_chest_nofinding"
 
@@ -168,3 +170,35 @@ def test_compressed_summary_image_goes_compressed_or_decompressed(
     assert got.file_meta.TransferSyntaxUID == (JPEGLSLossless if accepts_jpeg_ls else ExplicitVRLittleEndian)
     assert np.array_equal(got.pixel_array, stored.pixel_array)
     assert got.SOPInstanceUID == stored.SOPInstanceUID
+
+
+def test_a_batch_goes_over_one_association_per_destination(
+        tmp_path: Path, tiny_model: Path, sample_dicoms: dict[str, Path]) -> None:
+    """Everything due to one destination in a deliverer run (here two studies' SR and summary
+    image) goes over one association, the fallback SR class negotiated in it; each object
+    still gets its own outcome."""
+    node = _node(tmp_path, tiny_model, "", destinations=[])           # results to the outbox
+    try:
+        other = dcmread(sample_dicoms[FILM])                          # the film in a second study
+        other.StudyInstanceUID, other.SeriesInstanceUID = generate_uid(), generate_uid()
+        other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        other.save_as(tmp_path / "other.dcm")
+        studies = [_send(node, path) for path in (sample_dicoms[FILM], tmp_path / "other.dcm")]
+        assert node.wait_idle(90)
+        objects = [(uid, o) for uid in studies for o in node.queries.get_study(uid)["objects"]]
+    finally:
+        node.stop(timeout_s=10)
+    batch = [DueDelivery(i, 1, uid, "", 0, 0.0, (ResultObject(o["sop_instance_uid"], o["series_uid"],
+                                                              o["sop_class_uid"], o["path"]),))
+             for i, (uid, o) in enumerate(objects)]
+    assert sorted(o["sop_class_uid"] for _, o in objects) == sorted([COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE] * 2)
+    associations: list[object] = []
+    with StoreDestination(tmp_path / "pacs", [SECONDARY_CAPTURE, COMPREHENSIVE_SR]) as dest:
+        dest._server.bind(evt.EVT_ACCEPTED, lambda event: associations.append(event.assoc))
+        outcomes = send_c_store(batch, dest.destination, "CXRTRIAGE", timeout_s=30)
+    assert len(associations) == 1
+    assert [outcomes[item.id].error for item in batch] == [None] * 4
+    assert sorted(outcomes[item.id].detail for item in batch
+                  if item.objects[0].sop_class_uid == COMPREHENSIVE_3D_SR) == ["sent as Comprehensive SR"] * 2
+    assert sorted(str(ds.SOPClassUID) for ds in dest.received_datasets()) == sorted(
+        [COMPREHENSIVE_SR, SECONDARY_CAPTURE] * 2)
