@@ -82,6 +82,9 @@ class Triager:
     Nodule/mass threshold (models with that output only): ``nodule_operating_point``, else
     ``[inference] nodule_operating_point``, else the model's default nodule/mass operating
     point. ``nodule_operating_point`` / ``nodule_threshold`` are None for a model without it.
+
+    ``keep_pixels``: each decoded film's pixels stay on its result (``FilmResult.pixels``), for
+    a caller that shows the film afterwards (the node's summary image) without decoding it again.
     """
 
     def __init__(
@@ -94,8 +97,10 @@ class Triager:
         nodule_operating_point: str | None = None,
         threads: int | None = None,
         batch_size: int | None = None,
+        keep_pixels: bool = False,
     ):
         cfg = cfg if cfg is not None else load_config()
+        self.keep_pixels = keep_pixels
         inf = cfg.inference
         path = resolve_model_path(cfg, model_path)
         self.scorer = get_scorer(
@@ -215,6 +220,8 @@ class Triager:
         return self._prepare_film(film, result, timings)
 
     def _prepare_film(self, film: Film, result: FilmResult, timings: dict[str, float]) -> _Pending:
+        if self.keep_pixels:
+            result.pixels = film.pixels
         start = time.perf_counter()
         try:
             gate.check_film(film, self.gate_settings)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -44,7 +44,7 @@ class NotAssessable(Exception):
 
 @dataclass
 class FilmResult:
-    """Triage of one film. ``heatmap`` is (h, w) in [0, 1], not serialised to JSON."""
+    """Triage of one film. ``heatmap`` is (h, w) in [0, 1]; it and ``pixels`` are not serialised to JSON."""
 
     decision: Decision
     source: str = ""                          # file path or spool path
@@ -64,10 +64,14 @@ class FilmResult:
     reason_detail: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: the film as decoded for scoring, float32 (H, W) in [0, 1], MONOCHROME2; kept only on
+    #: request (``Triager(keep_pixels=True)``: the node's summary image), not serialised
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, heatmap=None, pixels=None))  # arrays: not serialised, not copied
         data.pop("heatmap")
+        data.pop("pixels")
         data["decision"] = self.decision.value
         data["reason"] = self.reason.value if self.reason else None
         return data

@@ -19,13 +19,9 @@ from cxr_triage.contract.result import (
     aggregate_study,
 )
 from cxr_triage.dicom_node.results import sr_codes
-from cxr_triage.dicom_node.results.sr import (
-    SERIES_PREFIX,
-    build_result_sr,
-    device_uid,
-    header_description,
-    study_reasons,
-)
+from cxr_triage.dicom_node.results.sr import SERIES_PREFIX, build_result_sr
+from cxr_triage.dicom_node.results.sr_content import study_reasons
+from cxr_triage.dicom_node.results.sr_header import device_uid, header_description
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 
 PATIENT_STUDY = (

@@ -19,10 +19,9 @@ from cxr_triage.dicom_node.results.summary_image import (
     SERIES_PREFIX,
     build_summary_image,
     build_summary_images,
-    nodule_text,
-    render_summary,
     summary_images_if_enabled,
 )
+from cxr_triage.dicom_node.results.summary_render import nodule_text, render_summary
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
