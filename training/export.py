@@ -30,6 +30,9 @@ from cxr_triage.contract.model_file import (
 )
 from cxr_triage.contract.operating_points import operating_point_name
 from cxr_triage.contract.preprocessing import PreprocessSpec, preprocess
+from cxr_triage.inference.scorer import ModelError, onnx_session
+from cxr_triage.training.dataset import read_pixels
+from cxr_triage.training.manifest import read_manifest, resolve
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 40 * 1024 * 1024  # a two-member ensemble of EfficientNet-Lite0 is ~26 MiB
@@ -43,8 +46,9 @@ def load_checkpoint(path: str | Path, ck: dict[str, Any] | None = None):
     """(ExportWrapper in eval mode, checkpoint dict) from a training ``model.pt`` (or from ``ck``,
     the same dict already loaded, e.g. a calibrated ``best.pt``:
     :func:`cxr_triage.training.checkpoints.calibrate_checkpoint`)."""
-    import torch
+    import torch  # torch only once a checkpoint is exported
 
+    # network imports torch at module level: only once a checkpoint is exported
     from cxr_triage.training.network import ExportWrapper, network_from_checkpoint
 
     if ck is None:
@@ -97,7 +101,7 @@ def build_metadata(ck: dict[str, Any], name: str | None = None, version: str | N
 
 def export_onnx(wrapper, meta: ModelMetadata, out: str | Path, opset: int = 17) -> Path:
     """Write the ONNX graph with dynamic batch and the metadata JSON."""
-    import onnx
+    import onnx  # onnx and torch only once a checkpoint is exported
     import torch
 
     out = Path(out)
@@ -121,11 +125,13 @@ def export_onnx(wrapper, meta: ModelMetadata, out: str | Path, opset: int = 17) 
 
 def check_export(wrapper, onnx_path: str | Path, inputs: np.ndarray, tolerance: float = 1e-4) -> dict[str, float]:
     """Max |ORT - torch| over every output on ``inputs`` (N, 1, S, S); raises when above."""
-    import onnxruntime as ort
-    import torch
+    import torch  # torch only once a checkpoint is exported
 
     names = output_names(wrapper)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    try:
+        sess = onnx_session(onnx_path)
+    except ModelError as exc:
+        raise ExportCheckError(str(exc)) from exc
     got = dict(zip(names, sess.run(names, {INPUT_NAME: inputs.astype(np.float32)})))
     with torch.no_grad():
         ref = dict(zip(names, (t.numpy() for t in wrapper(torch.from_numpy(inputs.astype(np.float32))))))
@@ -145,8 +151,6 @@ def check_export(wrapper, onnx_path: str | Path, inputs: np.ndarray, tolerance: 
 
 def check_films(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
     """Real films through the worker's reader and the shared preprocess()."""
-    from cxr_triage.training.dataset import read_pixels
-
     return np.stack([preprocess(read_pixels(Path(p)), spec) for p in paths])
 
 
@@ -166,8 +170,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, films: Sequence[P
     meta = build_metadata(ck, name, version)
     paths = list(films or [])
     if not paths and check_manifest is not None:
-        from cxr_triage.training.manifest import read_manifest, resolve
-
         root = Path(data_root) if data_root else Path(check_manifest).resolve().parent
         rows = read_manifest(check_manifest)
         pick = [e for e in rows if e.split == "val"] or rows

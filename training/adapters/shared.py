@@ -1,0 +1,102 @@
+"""This project's shared data folder (``../shared/data``): NIH, RSNA pneumonia and the
+RSNA normals through another pipeline, with teacher soft targets and twin films."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxr_triage.contract.manifest import parse_age
+from cxr_triage.training.adapters.common import DatasetError, ImportProblems, open_csv
+from cxr_triage.training.manifest import Entry, parse_label
+
+SHARED_FOLDERS = ("nih-cxr14", "nih-extra", "rsna-pneumonia", "rsna-normals")
+#: the 14 NIH ChestX-ray14 findings, in the order of the CheXNet teacher's columns
+NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+                "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
+#: manifest column prefix of a teacher's soft target for a finding (``teacher_Nodule``...)
+TEACHER_PREFIX = "teacher_"
+
+
+def _teacher(folder: Path) -> dict[str, dict[str, str]]:
+    """``teacher_chexnet_repro.csv`` of a shared NIH folder: file -> {teacher_<finding>: prob}."""
+    path = folder / "teacher_chexnet_repro.csv"
+    if not path.exists():
+        return {}
+    return {row["file"]: {TEACHER_PREFIX + f: row[f"prob_{f}"] for f in NIH_FINDINGS if row.get(f"prob_{f}")}
+            for row in open_csv(path)}
+
+
+def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | None = None) -> list[Entry]:
+    """This project's ``../shared/data`` (README there): nih-cxr14/, nih-extra/, rsna-pneumonia/,
+    rsna-normals/.
+
+    * NIH folders: patient ids are NIH ids shared by both folders (a few patients are in both);
+      ``findings`` are the NIH labels; a folder's ``teacher_chexnet_repro.csv`` (the CheXNet
+      reproduction's 14 finding probabilities) becomes ``teacher_<finding>`` columns.
+    * ``rsna-pneumonia/``: radiologist labels (``rsna_class`` column); ``findings`` is
+      "No Finding" for the Normal class and empty (unknown) for the others, whose NIH findings
+      are not given. Patient id ``rsna-<patientId>``.
+    * ``rsna-normals/``: radiologist-read normals through another pipeline. A film that is the
+      twin of an rsna-pneumonia film (``twin`` column: the twin's manifest path) takes the twin's
+      patient id, so both copies of one film always share a split.
+
+    Films of patients under ``min_age`` are marked ``split="excluded_paediatric"`` (outside the
+    intended use; the worker's gate refuses them), so every split tool leaves them out. Any
+    other sub-folder (e.g. ``dicom/``, a site's own folder) is not read: it is reported in
+    ``problems`` with the command that imports it (``--dataset folder``).
+    """
+    root = Path(root)
+    if not (root / "nih-cxr14" / "labels.csv").exists():
+        raise DatasetError(f"{root}: no nih-cxr14/labels.csv: not the shared data folder "
+                           "(a folder of films with a labels CSV: use --dataset folder)")
+    if problems is not None:
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if sub.name not in (*SHARED_FOLDERS, "dicom"):
+                problems.add("sub-folder(s) not part of the 'shared' layout, not read "
+                             "(import one with --dataset folder --root <it>)", sub.name)
+            elif sub.name in SHARED_FOLDERS and not (sub / "labels.csv").exists():
+                problems.add("shared sub-folder(s) without labels.csv, not read", sub.name)
+    entries = []
+    for folder in ("nih-cxr14", "nih-extra"):
+        teacher = _teacher(root / folder)
+        for row in open_csv(root / folder / "labels.csv"):
+            findings = row.get("findings", "")
+            entries.append(Entry(
+                file=f"{folder}/{row['file']}", label=parse_label(row["label"]),
+                patient_id=f"nih-{int(row['patient_id'])}", source=folder,
+                age=parse_age(row.get("age")), sex=row.get("sex", ""),
+                view=row.get("view", ""), findings=findings,
+                nodule_or_mass=int(row.get("nodule_or_mass") or
+                                   any(f in ("Nodule", "Mass") for f in findings.split("|"))),
+                extra=dict(teacher.get(row["file"], {})),
+            ))
+    twins: dict[str, Entry] = {}  # rsna-normals file -> its rsna-pneumonia twin
+    pneumonia = root / "rsna-pneumonia" / "labels.csv"
+    if pneumonia.exists():
+        for row in open_csv(pneumonia):
+            pid = f"rsna-{row['patient_id']}"
+            label = parse_label(row["label"])
+            entries.append(Entry(
+                file=f"rsna-pneumonia/{row['file']}", label=label, patient_id=pid, source="rsna-pneumonia",
+                age=parse_age(row.get("age")), sex=row.get("sex", ""), view=row.get("view", ""),
+                findings="No Finding" if label == 0 else "",
+                extra={"rsna_class": row.get("rsna_class", ""),
+                       "twin": f"rsna-normals/{row['twin_in_rsna_normals']}" if row.get("twin_in_rsna_normals") else ""},
+            ))
+            if row.get("twin_in_rsna_normals"):
+                twins[row["twin_in_rsna_normals"]] = entries[-1]
+    rsna = root / "rsna-normals" / "labels.csv"
+    if rsna.exists():
+        for row in open_csv(rsna):
+            twin = twins.get(row["file"])  # the same film: same patient, age, sex and view
+            entries.append(Entry(
+                file=f"rsna-normals/{row['file']}", label=parse_label(row["label"]),
+                patient_id=twin.patient_id if twin else f"rsna-{Path(row['file']).stem}", source="rsna-normals",
+                age=twin.age if twin else None, sex=twin.sex if twin else "", view=twin.view if twin else "",
+                findings="No Finding",
+                extra={"rsna_class": "Normal", "twin": twin.file if twin else ""},
+            ))
+    for e in entries:
+        if e.age is not None and e.age < min_age:
+            e.split = "excluded_paediatric"
+    return entries

@@ -1,0 +1,114 @@
+"""What a site's own folders share: the labels CSV's column names and reading, the site's
+label spellings, DICOM headers (view, age, sex, a pseudonymised patient id) and a cheap
+PNG/JPEG check."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cxr_triage.contract.manifest import ManifestError
+from cxr_triage.contract.patient import parse_age_years
+from cxr_triage.training.adapters.common import DatasetError, ImportProblems
+from cxr_triage.training.manifest import parse_label
+
+
+@dataclass
+class Columns:
+    """Names of the labels CSV's columns (``--file-column`` ...); an empty name: not present."""
+
+    file: str = "file"
+    label: str = "label"
+    patient_id: str = "patient_id"
+    view: str = "view"
+    age: str = "age"
+    sex: str = "sex"
+    source: str = "source"
+    findings: str = "findings"
+    split: str = "split"
+
+
+def hash_id(value: str) -> str:
+    """A stable pseudonym for a patient id read from a DICOM header (no PHI in the manifest)."""
+    return "pid-" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def label_reader(abnormal_values: Sequence[str], normal_values: Sequence[str]) -> Callable[[str, str], int]:
+    """label text -> 1 (abnormal) / 0 (normal).
+
+    Without site spellings: the manifest's shared ones (normal/abnormal, 0/1, ...). With
+    ``abnormal_values`` only: those are abnormal, any other non-empty value normal; with
+    ``normal_values`` only: the reverse; with both: a value in neither is an error."""
+    abn = {v.strip().lower() for v in abnormal_values if v.strip()}
+    nor = {v.strip().lower() for v in normal_values if v.strip()}
+
+    def read(value: str, where: str) -> int:
+        v = (value or "").strip().lower()
+        if not v:
+            raise ManifestError(f"{where}: empty label")
+        if not abn and not nor:
+            return parse_label(value)
+        if v in abn or (nor and not abn and v not in nor):
+            return 1
+        if v in nor or (abn and not nor):
+            return 0
+        raise ManifestError(f"{where}: label {value!r} is in neither --abnormal-values nor --normal-values")
+
+    return read
+
+
+def dicom_header(path: Path):  # -> pydicom Dataset | None
+    """The header of a DICOM file (no pixels), or None when it is not DICOM."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError):
+        return None
+
+
+def image_readable(path: Path) -> bool:
+    """PNG/JPEG whose header Pillow can read (cheap: the pixels are not decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - touching the header is the check
+        return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
+def header_fields(ds) -> dict[str, object]:
+    """view, age, sex and a pseudonymised patient id from a DICOM header ('' / None when absent)."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    return {"view": str(ds.get("ViewPosition", "") or "").strip().upper(),
+            "age": parse_age_years(str(ds.get("PatientAge", "") or "")),
+            "sex": str(ds.get("PatientSex", "") or "").strip().upper(),
+            "patient_id": hash_id(pid) if pid else ""}
+
+
+def read_labels(labels: Path, cols: Columns, problems: ImportProblems) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line, row), ...]) of a labels CSV; DatasetError when it cannot be used at all."""
+    if not labels.is_file():
+        raise DatasetError(f"labels CSV not found: {labels}")
+    try:
+        with labels.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = [(line, {k: (v or "") for k, v in row.items() if k is not None})
+                    for line, row in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{labels}: not a readable CSV ({exc})") from None
+    missing = [f"{what} column {name!r}" for what, name in (("file", cols.file), ("label", cols.label))
+               if name not in header]
+    if missing:
+        raise DatasetError(f"{labels}: no {' and no '.join(missing)} (columns: {', '.join(header) or 'none'}); "
+                           "name them with --file-column / --label-column")
+    if not rows:
+        raise DatasetError(f"{labels}: no rows")
+    return header, rows
