@@ -297,7 +297,7 @@ def _section(name: str, keys: dict[str, _Key], given: dict[str, Any], errors: li
         elif (msg := _check(name, key, keys[key], val)) is not None:
             errors.append(msg)
         else:
-            values[key] = float(val) if keys[key].kind is float else val
+            values[key] = keys[key].kind(val) if keys[key].kind in (float, list) else val  # ints as floats; own lists
     return values
 
 

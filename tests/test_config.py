@@ -70,6 +70,8 @@ def test_replace_validates_and_the_config_is_frozen():
         cfg.replace(node={"port": -1})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.node.port = 1  # type: ignore[misc]
+    cfg.web.trusted_proxies.append("10.0.0.1")  # each config owns its lists: the defaults stay
+    assert load_config(environ={}).web.trusted_proxies == ["127.0.0.1", "::1"]
 
 
 def test_list_items_must_be_strings(tmp_path: Path):
