@@ -1,20 +1,30 @@
-"""Import rules between the stages, read from the source (AST), lazy imports included.
+"""Import rules between the stages, and between the parts of the node, read from the source (AST,
+imports inside functions included).
 
+Between the stages (``cxr_triage.<stage>``):
 - the domain contract (``cxr_triage.contract``) imports nothing else of ours;
 - inference imports the contract and the core (config, paths, logs) only;
-- the node (``dicom_node``) sees inference only through the film triager
-  (``inference.pipeline``, imported by ``dicom_node/worker``), the film reader for display
-  pixels (``inference.reader``) and the site threshold file format (``inference.site_threshold``);
+- the node (``dicom_node``) sees inference only through the film triager (``inference.pipeline``,
+  from the worker), the film reader for display pixels (``inference.reader``, from the result
+  objects and the worklist) and the site threshold file (``inference.site_threshold``, from the
+  service and monitoring);
 - evaluation and training are imported by nothing that runs in the worker;
 - torch, torchvision and MONAI are imported under ``training/`` only.
 
-See docs/architecture.md.
+Inside the node (``cxr_triage.dicom_node.<part>``), :data:`NODE_PARTS`: the node proper
+(receive, store, worker, delivery), the result objects (which know nothing of the node), the
+worklist/web (the store's read side and the one feedback writer only), monitoring (drift), the
+tools, and the service that wires them; no cycles between parts.
+
+The checker is :func:`violations`; ``test_the_checker_reports_a_real_violation`` runs it on a
+module written to break each kind of rule. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -25,10 +35,16 @@ CORE = {"cxr_triage", "cxr_triage.config", "cxr_triage.paths", "cxr_triage.logs"
 
 
 def stage_of(module: str) -> str:
-    if module in CORE:
+    if module in CORE or module.startswith("cxr_triage.settings"):
         return "core"
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "cxr_triage" else "external"
+
+
+def part_of(module: str) -> str | None:
+    """``cxr_triage.dicom_node.<part>...`` -> part (a sub-package or a top-level module)."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["cxr_triage", "dicom_node"] else None
 
 
 #: stage -> the stages it may import (itself always allowed)
@@ -41,12 +57,30 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"contract", "core", "model", "inference", "evaluation", "dicom_node"},
     "evaluation": {"contract", "core", "model", "inference", "dicom_node"},
 }
-#: what the node may use of inference, and from where
-NODE_SEES_INFERENCE = {
-    "cxr_triage.inference.pipeline": ("cxr_triage.dicom_node.worker.",),   # the film triager
-    "cxr_triage.inference.reader": ("cxr_triage.dicom_node.results.", "cxr_triage.dicom_node.web."),
-    "cxr_triage.inference.site_threshold": ("cxr_triage.dicom_node.service.",),
+#: what the node may use of inference, and from which of its parts
+NODE_SEES_INFERENCE: dict[str, set[str]] = {
+    "cxr_triage.inference.pipeline": {"worker"},                       # the film triager
+    "cxr_triage.inference.reader": {"results", "web"},                 # display pixels
+    "cxr_triage.inference.site_threshold": {"service", "monitoring"},  # the commissioned threshold file
 }
+#: the node's parts -> the parts each may import (itself always allowed). ``compat`` is the one
+#: module that patches pynetdicom; ``results`` (codes -> content -> document -> header -> read-back,
+#: fallback classes, summary image) knows nothing of the node; ``service`` wires everything.
+NODE_PARTS: dict[str, set[str]] = {
+    "compat": set(),
+    "store": set(),
+    "results": set(),
+    "receive": {"compat", "store"},
+    "worker": {"store", "results"},
+    "delivery": {"compat", "store", "results"},
+    "web": {"store", "results"},
+    "monitoring": {"store"},
+    "tools": {"compat", "store", "delivery", "results"},
+    "service": {"compat", "store", "results", "receive", "worker", "delivery", "web", "monitoring"},
+}
+#: what the worklist and monitoring may use of the store: its read side and one narrow writer
+STORE_READ_SIDE = {"queries", "read_model", "feedback", "heatmaps", "audit", "schema"}
+READS_STORE_ONLY = {"web", "monitoring"}
 RUN_TIME = {"contract", "core", "model", "inference", "dicom_node"}
 
 
@@ -67,6 +101,9 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+MODULES = _modules()
+
+
 def _imports(path: Path, module: str) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found: list[tuple[int, str]] = []
@@ -82,41 +119,79 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
             else:
                 target = node.module or ""
             found.append((node.lineno, target))
-            # "from cxr_triage.dicom_node import audit": the sub-module is what is imported
+            # "from cxr_triage.dicom_node.store import audit": the sub-module is what is imported
             found += [(node.lineno, f"{target}.{a.name}") for a in node.names
                       if f"{target}.{a.name}" in MODULES]
     return found
 
 
-MODULES = _modules()
+def _node_violations(module: str, target: str) -> list[str]:
+    """Rules inside ``dicom_node`` for one import of ``module``."""
+    mine, theirs = part_of(module), part_of(target)
+    if mine is None or theirs is None or mine == theirs:
+        return []
+    if theirs not in NODE_PARTS.get(mine, set()):
+        return [f"the node's {mine} may not import its {theirs} ({target})"]
+    if mine in READS_STORE_ONLY and theirs == "store" and target.count(".") >= 3:
+        # ("from ...store import queries" also records the package itself: its modules are judged)
+        if target.split(".")[3] not in STORE_READ_SIDE:
+            return [f"{mine} reads the store only through its read side {sorted(STORE_READ_SIDE)} ({target})"]
+    return []
 
 
-def test_the_package_is_seen_whole() -> None:
-    stages = {stage_of(m) for m in MODULES}
-    assert {"contract", "core", "inference", "dicom_node", "training", "evaluation"} <= stages
-    assert "cxr_triage.dicom_node.worker.triage" in MODULES and "cxr_triage.inference.pipeline" in MODULES
-
-
-@pytest.mark.parametrize("module", sorted(MODULES))
-def test_stage_imports_follow_the_rules(module: str) -> None:
+def violations(module: str, path: Path) -> list[str]:
+    """Every broken rule in one module, as ``line N: why`` (empty when it follows them all)."""
     stage = stage_of(module)
     broken = []
-    for line, target in _imports(MODULES[module], module):
+    for line, target in _imports(path, module):
         top = target.split(".")[0]
         if top in HEAVY and stage != "training":
             broken.append(f"line {line}: {target} (torch/MONAI only under training/)")
         if top != "cxr_triage":
             continue
         other = stage_of(target)
-        if other == stage or other == "external":
+        if other == stage:
+            broken += [f"line {line}: {why}" for why in _node_violations(module, target)]
             continue
         if other not in ALLOWED[stage]:
             broken.append(f"line {line}: {stage} may not import {other} ({target})")
         if stage == "dicom_node" and other == "inference":
             base = next((m for m in NODE_SEES_INFERENCE if target == m or target.startswith(m + ".")), None)
-            if base is None or not module.startswith(NODE_SEES_INFERENCE[base]):
-                broken.append(f"line {line}: the node sees inference only through the film triager ({target})")
+            if base is None or part_of(module) not in NODE_SEES_INFERENCE[base]:
+                broken.append(f"line {line}: the node sees inference only through the film triager, "
+                              f"the reader and the site threshold file ({target})")
+    return broken
+
+
+def test_the_package_is_seen_whole() -> None:
+    stages = {stage_of(m) for m in MODULES}
+    assert {"contract", "core", "inference", "dicom_node", "training", "evaluation"} <= stages
+    assert "cxr_triage.dicom_node.worker" in MODULES and "cxr_triage.inference.pipeline" in MODULES
+    parts = {part_of(m) for m in MODULES} - {None}
+    unknown = parts - set(NODE_PARTS)
+    assert not unknown, f"dicom_node parts without rules: {sorted(p for p in unknown if p)}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_stage_imports_follow_the_rules(module: str) -> None:
+    broken = violations(module, MODULES[module])
     assert not broken, f"{module}:\n" + "\n".join(broken)
+
+
+def test_the_node_parts_have_no_cycle() -> None:
+    """The allowed imports between the node's parts, and those actually made, form no cycle."""
+    used: dict[str, set[str]] = {p: set() for p in NODE_PARTS}
+    for module, path in MODULES.items():
+        mine = part_of(module)
+        for _, target in _imports(path, module):
+            theirs = part_of(target)
+            if mine and theirs and theirs != mine:
+                used.setdefault(mine, set()).add(theirs)
+    for graph in (NODE_PARTS, used):
+        try:
+            tuple(TopologicalSorter(graph).static_order())
+        except CycleError as exc:  # pragma: no cover - the failure message is the point
+            pytest.fail(f"cycle between the node's parts: {exc.args[1]}")
 
 
 def test_nothing_at_run_time_imports_training_or_evaluation() -> None:
@@ -127,13 +202,27 @@ def test_nothing_at_run_time_imports_training_or_evaluation() -> None:
     assert offenders == []
 
 
-def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
-    """The checker itself: a contract module importing inference is reported."""
+@pytest.mark.parametrize(("module", "source", "expected"), [
+    ("cxr_triage.contract.bad", "from cxr_triage.inference.pipeline import Triager\n",
+     "line 1: contract may not import inference"),
+    ("cxr_triage.inference.bad", "def f():\n    import torch\n", "line 2: torch (torch/MONAI only"),
+    ("cxr_triage.dicom_node.results.bad", "def f():\n    from cxr_triage.dicom_node.web import worklist\n",
+     "line 2: the node's results may not import its web"),
+    ("cxr_triage.dicom_node.web.bad", "from cxr_triage.dicom_node.store.jobs import JobStore\n",
+     "line 1: web reads the store only through its read side"),
+    ("cxr_triage.dicom_node.store.bad", "from cxr_triage.dicom_node.worker import triage\n",
+     "line 1: the node's store may not import its worker"),
+    ("cxr_triage.dicom_node.delivery.bad", "from cxr_triage.inference.pipeline import Triager\n",
+     "line 1: the node sees inference only through"),
+    ("cxr_triage.dicom_node.bad", "from cxr_triage.training.train import train\n",
+     "line 1: dicom_node may not import training"),
+])
+def test_the_checker_reports_a_real_violation(tmp_path: Path, module: str, source: str, expected: str) -> None:
+    """The checker itself, run on a module written to break one rule: it says which and where."""
     bad = tmp_path / "bad.py"
-    bad.write_text("from cxr_triage.inference.pipeline import Triager\nimport torch\n")
-    found = dict(_imports(bad, "cxr_triage.contract.bad"))
-    assert found == {1: "cxr_triage.inference.pipeline", 2: "torch"}
-    assert "inference" not in ALLOWED["contract"] and stage_of("cxr_triage.inference.pipeline") == "inference"
+    bad.write_text(source)
+    found = violations(module, bad)
+    assert any(v.startswith(expected) for v in found), found
 
 
 def test_one_path_per_module() -> None:
