@@ -29,6 +29,27 @@ def _files(paths: list[str]) -> list[Path]:
     return out
 
 
+def demo_films(files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The films a demo sends, and those it leaves out with the reason.
+
+    A file whose SOP Instance UID another file already has is a test variant of that film (the
+    shared samples' MONOCHROME1 variant is one), not a new image: sending it would replace the
+    first film as a changed instance (DICOM PS3.4 B.4.1: one SOP Instance UID, one image), so a
+    newcomer's worklist would show the variant and fewer studies than files.
+    """
+    chosen: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: dict[str, Path] = {}
+    for f in files:
+        uid = str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID", ""))
+        if uid and uid in seen:
+            skipped.append((f, f"same SOP Instance UID as {seen[uid].name}: a test variant, not a demo film"))
+            continue
+        seen[uid] = f
+        chosen.append(f)
+    return chosen, skipped
+
+
 def send(files: list[Path], host: str, port: int, called: str, calling: str) -> dict[str, str]:
     """C-STORE every file; returns {study uid: status text of its last instance}."""
     datasets = [dcmread(f) for f in files]
@@ -67,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host = args.host or (cfg.node.host if cfg.node.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
     port = args.port or cfg.node.port
-    files = _files(args.paths)
+    files, skipped = demo_films(_files(args.paths))
+    for f, why in skipped:
+        print(f"left out {f.name}: {why}")
     if not files:
         print("demo: no DICOM files found", file=sys.stderr)
         return 2

@@ -25,7 +25,9 @@ def test_demo_prints_each_study_decision(tmp_path: Path, tiny_model: Path, share
     assert rc == 0, out
     table = out.split("decision", 1)[1]
     rows = [line for line in table.splitlines()[1:] if line.startswith("...")]
-    assert len(rows) == 3                               # three studies among the four samples
+    assert len(rows) == 3                               # three studies: one per film sent
+    assert "left out siim_cr_chest_pa_MONOCHROME1_variant.dcm: same SOP Instance UID" in out
+    assert "MONOCHROME1_variant" not in out.split("left out", 1)[1].split("\n", 1)[1]  # never sent
     assert sum("not_assessable" in r and "non_human" in r for r in rows) == 1
     assert sum(("suspicious" in r or "likely_normal" in r) and "delivered" in r for r in rows) == 2
 
