@@ -13,6 +13,9 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from cxr_triage.contract.study import PLAIN_DECISION, PLAIN_REASON
+from cxr_triage.dicom_node.results.sr_reader import read_result_sr
+
 
 @dataclass
 class SRLine:
@@ -87,9 +90,6 @@ def sr_summary(source: str | Path | Dataset) -> list[str]:
 
     Read back with ``sr_reader`` from the coded content, so the page tells what the PACS got.
     """
-    from cxr_triage.contract.study import PLAIN_DECISION, PLAIN_REASON
-    from cxr_triage.dicom_node.results.sr_reader import read_result_sr
-
     ds = source if isinstance(source, Dataset) else pydicom.dcmread(str(source))
     try:
         r = read_result_sr(ds)
