@@ -232,3 +232,35 @@ def test_summary_image_compression_is_configured(meta):
     assert im.file_meta.TransferSyntaxUID == RLELossless
     with pytest.raises(ValueError, match="compression"):
         build_summary_image(study.films[0], sources[0], meta, series_uid=generate_uid(), compression="gif")
+
+
+def test_summary_shows_the_film_decoded_for_scoring(sample_dicoms, meta, tmp_path, monkeypatch):
+    """Each film decoded once per study: a Triager asked to keep the pixels leaves them on the
+    film result, and the summary image shows those without decoding the source again."""
+    from cxr_triage.dicom_node.results import summary_image
+    from cxr_triage.inference.reader import read_film
+
+    source = pydicom.dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])
+    film = result(source, Decision.LIKELY_NORMAL, meta, score=0.1)
+    film.pixels = read_film(source).pixels
+    assert "pixels" not in film.to_dict()
+
+    def decode_again(ds):
+        raise AssertionError("the summary decoded the film a second time")
+
+    monkeypatch.setattr(summary_image, "film_pixels", decode_again)
+    kept = build_summary_image(film, source, meta, series_uid=generate_uid())
+    monkeypatch.undo()
+    decoded = build_summary_image(dataclasses.replace(film, pixels=None), source, meta,
+                                  series_uid=generate_uid())
+    assert np.array_equal(kept.pixel_array, decoded.pixel_array)
+
+
+def test_triager_keeps_pixels_only_when_asked(sample_dicoms, tiny_model):
+    from cxr_triage.inference.pipeline import Triager
+
+    cfg = load_config(environ={}).replace(inference={"model_path": str(tiny_model), "threads": 1})
+    ds = pydicom.dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])
+    assert Triager(cfg).triage_dataset(ds, "a").pixels is None
+    kept = Triager(cfg, keep_pixels=True).triage_dataset(ds, "b").pixels
+    assert kept is not None and kept.dtype == np.float32 and kept.shape == (int(ds.Rows), int(ds.Columns))
