@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from cxr_triage.evaluation import analysis, report, sources, thresholds
+from cxr_triage.evaluation.report import summary_lines
+from cxr_triage.evaluation.sources import film_key, read_manifest
 from cxr_triage.paths import bundled_model_path, repo_root, shared_data_dir
 
 DEFAULT_SPLIT = repo_root() / "model" / "default_split.csv"
@@ -32,8 +35,6 @@ RSNA = "rsna-normals"
 
 def split_films(split_csv: Path, data: Path, split: str) -> list[Any]:
     """Films of one split, keyed by content hash; ``source`` is the data source."""
-    from cxr_triage.evaluation.sources import film_key, read_manifest
-
     films = [f for f in read_manifest(split_csv, data, hash_files=False) if f.extra.get("split") == split]
     for f in films:
         f.key = film_key(f.path, f.file)
@@ -51,8 +52,6 @@ def _limit(films: Sequence[Any], n: int) -> list[Any]:
 def make_reports(data: Path, out: Path, model: Path, split_csv: Path = DEFAULT_SPLIT, n_boot: int = 2000,
                  limit: int | None = None, screenshot: bool = True, cfg: Any = None) -> dict[str, Path]:
     """Score the test split, write report(.json/.html) and report_nih(.json/.html); returns paths."""
-    from cxr_triage.evaluation import analysis, report, sources, thresholds
-
     if not split_csv.is_file():
         raise FileNotFoundError(f"{split_csv} not found: it is committed with the shipped model (`make train`)")
     if not model.is_file():
@@ -101,8 +100,6 @@ def make_reports(data: Path, out: Path, model: Path, split_csv: Path = DEFAULT_S
 
 def _print(stem: str, rep: dict[str, Any]) -> None:
     """Per source first, then the pooled figures labelled as pooled (report.summary_lines)."""
-    from cxr_triage.evaluation.report import summary_lines
-
     print(f"{stem}: {rep['title']}")
     for line in summary_lines(rep):
         print(f"  {line}")

@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from cxr_triage.evaluation import analysis, report, sources, thresholds
 from cxr_triage.evaluation.metrics import SENSITIVITY_TARGETS
+from cxr_triage.evaluation.report import summary_lines
+from cxr_triage.evaluation.sources import SourceError
+from cxr_triage.paths import bundled_model_path
 
 
 def _floats(text: str) -> list[float]:
@@ -74,9 +78,6 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Any) -> int:
-    from cxr_triage.evaluation import analysis, report, sources
-    from cxr_triage.evaluation.sources import SourceError
-
     if not args.verbose:  # one log line per film drowns the summary
         logging.getLogger("cxr_triage.inference").setLevel(logging.WARNING)
     data_warnings: list[str] = []
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
             inputs["source"] = {"kind": "result SRs", "path": str(args.sr_dir)}
             scored = sources.scores_from_srs(films, sources.read_sr_folder(args.sr_dir))
         else:
+            # start-up time: pynetdicom and the DICOM wrapping tools load for --e2e only
             from cxr_triage.evaluation import e2e
 
             inputs["source"] = {"kind": "end-to-end through a running node", "node": args.e2e}
@@ -155,8 +157,6 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def _cfg_model(cfg: Any) -> Path:
-    from cxr_triage.paths import bundled_model_path
-
     return Path(cfg.inference.model_path) if cfg.inference.model_path else bundled_model_path()
 
 
@@ -166,8 +166,6 @@ def _model_inputs(info: dict[str, Any]) -> dict[str, Any]:
 
 def _resolve_thresholds(args: argparse.Namespace, cfg: Any, films: Sequence[Any], scored: Sequence[Any]) -> Any:
     """The ThresholdSet to report with, from the one source the options name."""
-    from cxr_triage.evaluation import sources, thresholds
-
     if args.thresholds:
         return thresholds.load_threshold_file(args.thresholds)
     if args.choose_on or args.choose_on_eval:
@@ -207,8 +205,6 @@ def _resolve_thresholds(args: argparse.Namespace, cfg: Any, films: Sequence[Any]
 
 def _print_summary(rep: dict[str, Any], paths: dict[str, Path]) -> None:
     """Per source first, then the pooled figures labelled as pooled (report.summary_lines)."""
-    from cxr_triage.evaluation.report import summary_lines
-
     for line in summary_lines(rep):
         print(line)
     for w in rep["warnings"]:

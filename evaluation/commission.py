@@ -23,12 +23,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cxr_triage import __version__
 from cxr_triage.contract.decision import decide
 from cxr_triage.contract.files import file_sha256, json_safe
 from cxr_triage.contract.operating_points import operating_point_name
 from cxr_triage.evaluation import metrics, thresholds
 from cxr_triage.evaluation.drift import make_baseline
-from cxr_triage.evaluation.sources import Film, Scored
+from cxr_triage.evaluation.sources import Film, Scored, model_info
 from cxr_triage.inference.site_threshold import SiteThreshold
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,6 @@ def table_sha256(films: Sequence[Film], scored: Sequence[Scored]) -> str:
 
 def _model_identity(model_path: Path) -> dict[str, Any]:
     """Name, version and stored thresholds (evidence only: the SHA-256 is what binds)."""
-    from cxr_triage.evaluation.sources import model_info
-
     try:
         info = model_info(model_path)
         meta = info["metadata"]
@@ -83,8 +82,6 @@ def commission(
     on them, same order) and return the site threshold file's content (not yet written).
 
     Raises :class:`InsufficientEvidence` when the rule cannot be met (the message says why)."""
-    from cxr_triage import __version__
-
     if method not in CI_METHODS:
         raise ValueError(f"method must be one of {', '.join(CI_METHODS)} (exact = Clopper-Pearson)")
     if len(films) != len(scored):

@@ -21,7 +21,22 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Sequence
 
-from cxr_triage.evaluation.sources import Film, Scored, SourceError, scored_from_film_result, sr_results_by_uid
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from cxr_triage.config import load_config, parse_destination
+from cxr_triage.dicom_node.delivery.scu import associate
+from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
+from cxr_triage.evaluation.sources import (
+    Film,
+    Scored,
+    SourceError,
+    read_sr_folder,
+    scored_from_film_result,
+    sr_results_by_uid,
+)
+from cxr_triage.inference.pipeline import Triager
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +151,6 @@ class ResultReceiver:
             with self._lock:
                 self.n_other += 1
             return 0x0000
-        from pydicom import dcmread
 
         data = received_file_bytes(event)
         ds = dcmread(BytesIO(data), stop_before_pixels=True)
@@ -151,7 +165,6 @@ class ResultReceiver:
         return 0x0000
 
     def start(self) -> "ResultReceiver":
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         self.folder.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.ae_title)
@@ -199,10 +212,6 @@ def wrap_films(films: Sequence[Film], out_dir: Path, transfer_syntax_uid: str | 
     """One DICOM study per film (DX For Presentation), with the manifest's age, sex and view so
     the node's intended-use gate sees what it would see in a department. Patient IDs are
     pseudonymous (``EVAL-<n>``)."""
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
-
     out_dir = Path(out_dir)
     sent = []
     for i, film in enumerate(films, start=1):
@@ -223,12 +232,6 @@ def wrap_films(films: Sequence[Film], out_dir: Path, transfer_syntax_uid: str | 
 def send_films(sent: Sequence[SentFilm], node: str, calling_aet: str = "EVALSCU", timeout_s: float = 60.0) -> None:
     """C-STORE every wrapped film to ``AE@host:port`` over one association (re-opened if
     lost); each film's DIMSE status is kept on it."""
-    from pydicom import dcmread
-    from pynetdicom import AE
-
-    from cxr_triage.config import parse_destination
-    from cxr_triage.dicom_node.delivery.scu import associate
-
     ae_title, host, port = parse_destination(node)
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -258,9 +261,6 @@ def offline_results(sent: Sequence[SentFilm], model_path: Path, cfg: Any, thresh
                     operating_point: str | None) -> tuple[list[Scored], list[Scored]]:
     """Offline inference at the threshold the node delivered with: on the same DICOM files
     (the comparison that isolates the node), and on the manifest's own files."""
-    from cxr_triage.config import load_config
-    from cxr_triage.inference.pipeline import Triager
-
     cfg = cfg if cfg is not None else load_config(None)
     triager = Triager(cfg.replace(inference={"site_threshold_file": ""}), model_path=model_path,
                       threshold=threshold, operating_point=operating_point)
@@ -277,8 +277,6 @@ def run_end_to_end(
 ) -> EndToEndRun:
     """Wrap, send, collect the SRs, match them to films, and run offline inference to compare.
     Pass a started ``receiver`` to reuse one; otherwise one is started on ``results_port``."""
-    from cxr_triage.evaluation.sources import read_sr_folder
-
     work_dir = Path(work_dir)
     own = receiver is None
     rx = receiver or ResultReceiver(work_dir / "srs", results_aet, results_port, results_host).start()

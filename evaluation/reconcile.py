@@ -29,7 +29,10 @@ from cxr_triage.dicom_node.monitoring.drift import LiveResult as LiveResult
 from cxr_triage.dicom_node.monitoring.drift import live_from_store as live_from_store
 from cxr_triage.dicom_node.monitoring.drift import utc_day_bounds as utc_day_bounds
 from cxr_triage.evaluation import metrics
-from cxr_triage.evaluation.sources import parse_label  # the harness's label spellings
+from cxr_triage.evaluation.sources import (
+    parse_label,  # the harness's label spellings
+    read_sr_folder,
+)
 
 KEYS = ("study_instance_uid", "sop_instance_uid")
 
@@ -73,8 +76,6 @@ def read_outcomes(path: str | Path) -> tuple[str, dict[str, Outcome]]:
 def live_from_srs(folder: str | Path) -> list[LiveResult]:
     """Study and film results from the result SRs under ``folder`` (the node's outbox, or what
     the PACS received), parsed with the node's SR reader."""
-    from cxr_triage.evaluation.sources import read_sr_folder
-
     out: list[LiveResult] = []
     for sr in read_sr_folder(Path(folder)):
         study = sr.study_instance_uid

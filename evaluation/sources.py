@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cxr_triage.config import load_config
 from cxr_triage.contract import manifest as _manifest
 from cxr_triage.contract.files import file_sha256
 from cxr_triage.contract.manifest import ManifestError, ManifestRow
 from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
 from cxr_triage.contract.result import Decision
+from cxr_triage.inference.pipeline import Triager
 from cxr_triage.inference.scorer import ModelError, onnx_session
 
 #: the columns a Film has fields for (the shared format's, :mod:`cxr_triage.contract.manifest`);
@@ -289,9 +291,6 @@ def scores_from_model(films: Sequence[Film], model_path: Path, cfg: Any = None,
     The decision uses the model's stored operating point (``operating_point`` or its default);
     a configured site threshold file applies only with ``keep_site_threshold`` (it is bound to
     one model file, and the evaluation's thresholds come from its own ThresholdSet anyway)."""
-    from cxr_triage.config import load_config
-    from cxr_triage.inference.pipeline import Triager
-
     cfg = cfg if cfg is not None else load_config(None)
     if not keep_site_threshold:
         cfg = cfg.replace(inference={"site_threshold_file": ""})
@@ -309,6 +308,7 @@ def read_sr_folder(folder: Path) -> list[Any]:
     SR reader (``ParsedResult``); other files and other SRs are skipped."""
     import pydicom
 
+    # start-up time: highdicom (the node's SR reader) loads only where SRs are read
     from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 
     parsed = []

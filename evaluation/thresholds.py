@@ -22,6 +22,7 @@ import numpy as np
 
 from cxr_triage.contract.operating_points import operating_point_name, threshold_for_sensitivity
 from cxr_triage.evaluation import metrics
+from cxr_triage.inference.site_threshold import load_site_threshold
 
 SCHEMA = "cxr-triage-thresholds/1"
 RULES = ("point", "lower_bound")
@@ -265,8 +266,6 @@ def load_threshold_file(path: Path) -> ThresholdSet:
     data = json.loads(Path(path).read_text())
     if isinstance(data, dict) and data.get("schema") == SCHEMA:
         return ThresholdSet.load(path)
-    from cxr_triage.inference.site_threshold import load_site_threshold
-
     site = load_site_threshold(path)
     return ThresholdSet(
         thresholds={site.operating_point: site.threshold}, default=site.operating_point,

@@ -39,6 +39,8 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    # start-up time: `cxr-triage predict --help` and bad arguments load no ONNX Runtime or
+    # pydicom (the command line imports this module to register `predict`)
     from cxr_triage.inference.pipeline import Triager
     from cxr_triage.inference.scorer import ModelError
     from cxr_triage.inference.site_threshold import SiteThresholdError

@@ -37,6 +37,7 @@ from cxr_triage.inference.reader import (
     sniff_kind,
 )
 from cxr_triage.inference.scorer import ModelError, get_scorer
+from cxr_triage.inference.site_threshold import site_threshold_from_config
 from cxr_triage.paths import bundled_model_path
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,6 @@ class Triager:
             self.operating_point, self.threshold = operating_point or "explicit", float(threshold)
         elif inf.site_threshold_file and not operating_point:
             # a commissioned site threshold, refused when it was made for another model file
-            from cxr_triage.inference.site_threshold import site_threshold_from_config
-
             site = site_threshold_from_config(cfg, path)
             if site is None:  # pragma: no cover - the key was checked just above
                 raise ModelError("site_threshold_file is empty")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_triage.config import resolve_path
 from cxr_triage.contract.files import file_sha256, write_json_atomic
 from cxr_triage.contract.operating_points import operating_point_name
 
@@ -167,6 +168,4 @@ def site_threshold_from_config(cfg: Any, model_path: str | Path,
     value = cfg.inference.site_threshold_file
     if not value:
         return None
-    from cxr_triage.config import resolve_path
-
     return check_matches_model(resolve_path(cfg, value), model_path, model_sha256)
