@@ -202,6 +202,15 @@ class TrainingSettings(_Section):
 
 
 @dataclass(frozen=True)
+class StoreSettings(_Section):
+    backend: Literal["sqlite", "postgresql"]
+    dsn: str
+    node_name: str
+    lease_s: PositiveFloat
+    connect_timeout_s: PositiveFloat
+
+
+@dataclass(frozen=True)
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
     format: Literal["json", "text"]
@@ -218,6 +227,7 @@ class Config:
     monitoring: MonitoringSettings
     training: TrainingSettings
     logging: LoggingSettings
+    store: StoreSettings
     source: Path | None = None
 
     def as_dict(self) -> RawConfig:

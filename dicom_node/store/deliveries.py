@@ -17,12 +17,11 @@ Instance UIDs. Error text is redacted like log lines (:func:`cxr_triage.logs.red
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from cxr_triage.dicom_node.store.db import Database
+from cxr_triage.dicom_node.store.db import Connection, Database
 from cxr_triage.dicom_node.store.schema import CANCELLED, DEAD, DELIVERED, PENDING, REFUSED, SENDING
 from cxr_triage.logs import redact_values
 
@@ -51,7 +50,7 @@ class DueDelivery:
     objects: tuple[ResultObject, ...]
 
 
-def queue_deliveries(con: sqlite3.Connection, result_id: int, destinations: Iterable[str],
+def queue_deliveries(con: Connection, result_id: int, destinations: Iterable[str],
                      objects: Iterable[ResultObject], now: float) -> None:
     """Inside the caller's transaction: one pending delivery per object and DICOM destination
     (or the outbox), one per result for each RIS (``hl7:...``)."""
@@ -67,7 +66,7 @@ def queue_deliveries(con: sqlite3.Connection, result_id: int, destinations: Iter
                         (result_id, dest, PENDING, now, now, o.sop_instance_uid))
 
 
-def cancel_owed(con: sqlite3.Connection, result_id: int) -> None:
+def cancel_owed(con: Connection, result_id: int) -> None:
     """Inside the caller's transaction: a superseded result's undelivered deliveries."""
     con.execute("UPDATE deliveries SET state=? WHERE result_id=? AND state IN (?,?,?)",
                 (CANCELLED, result_id, PENDING, SENDING, REFUSED))
@@ -77,19 +76,25 @@ class DeliveryQueue(Database):
     """The deliverer's side of the job store (:mod:`cxr_triage.dicom_node.delivery.deliverer`)."""
 
     def due_deliveries(self, now: float | None = None, limit: int = 100) -> list[DueDelivery]:
-        """Pending (and refused) deliveries whose back-off has expired, oldest first, marked
-        ``sending``. Each carries its one object (every object of the result for a delivery
-        made before schema version 4)."""
+        """Pending (and refused) deliveries whose back-off has expired, and (shared database)
+        sends whose node's lease ran out, oldest first, claimed: ``sending`` under this node's
+        name and lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: no two nodes send one
+        delivery at once). Each carries its one object (every object of the result for a
+        delivery made before schema version 4)."""
         now = time.time() if now is None else now
-        if self._con().execute("SELECT 1 FROM deliveries WHERE state IN (?,?) AND next_attempt_at<=?"
-                               " LIMIT 1", (PENDING, REFUSED, now)).fetchone() is None:
+        due = "(d.state IN (?,?) AND d.next_attempt_at<=?)" + (
+            " OR (d.state=? AND d.lease_until<?)" if self.shared else "")
+        args = (PENDING, REFUSED, now) + ((SENDING, now) if self.shared else ())
+        if self._con().execute("SELECT 1 FROM deliveries d WHERE " + due + " LIMIT 1",
+                               args).fetchone() is None:
             return []
+        self.start_heartbeat()
         with self._tx() as con:
             rows = con.execute(
                 "SELECT d.id, d.result_id, r.study_uid, d.destination, d.attempts, d.created_at,"
                 " d.sop_instance_uid FROM deliveries d JOIN results r ON r.id=d.result_id"
-                " WHERE d.state IN (?,?) AND d.next_attempt_at<=? ORDER BY d.next_attempt_at, d.id"
-                " LIMIT ?", (PENDING, REFUSED, now, limit)).fetchall()
+                " WHERE " + due + " ORDER BY d.next_attempt_at, d.id LIMIT ?" + self.lock_rows("d"),
+                (*args, limit)).fetchall()
             out = []
             for r in rows:
                 objs = con.execute(
@@ -97,7 +102,8 @@ class DeliveryQueue(Database):
                     " WHERE result_id=? AND (? IS NULL OR sop_instance_uid=?)"
                     " ORDER BY sop_class_uid DESC", (r["result_id"], r["sop_instance_uid"],
                                                      r["sop_instance_uid"])).fetchall()
-                con.execute("UPDATE deliveries SET state=? WHERE id=?", (SENDING, r["id"]))
+                con.execute("UPDATE deliveries SET state=?, claimed_by=?, lease_until=? WHERE id=?",
+                            (SENDING, self.node_name, now + self.options.lease_s, r["id"]))
                 out.append(DueDelivery(r["id"], r["result_id"], r["study_uid"], r["destination"],
                                        r["attempts"], r["created_at"],
                                        tuple(ResultObject(**dict(o)) for o in objs)))
@@ -149,5 +155,5 @@ class DeliveryQueue(Database):
         e.g. once the destination accepts what it refused."""
         now = time.time() if now is None else now
         with self._tx() as con:
-            return con.execute("UPDATE deliveries SET state=?, next_attempt_at=?, created_at=?"
-                               " WHERE state IN (?,?)", (PENDING, now, now, DEAD, REFUSED)).rowcount
+            return int(con.execute("UPDATE deliveries SET state=?, next_attempt_at=?, created_at=?"
+                                   " WHERE state IN (?,?)", (PENDING, now, now, DEAD, REFUSED)).rowcount)

@@ -34,8 +34,9 @@ class FeedbackWriter:
         a = asdict(assessed)
         with self._db.transaction() as con:
             fid = con.execute(
-                "INSERT INTO feedback (study_uid, result_id, verdict, finding, user, at, decision, score,"
-                " model_name, model_version, operating_point, threshold) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO feedback (study_uid, result_id, verdict, finding, \"user\", at, decision, score,"
+                " model_name, model_version, operating_point, threshold) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " RETURNING id",
                 (study_uid, result_id, verdict, finding or None, user, now, a["decision"], a["score"],
-                 a["model_name"], a["model_version"], a["operating_point"], a["threshold"])).lastrowid
-            return int(fid or 0)
+                 a["model_name"], a["model_version"], a["operating_point"], a["threshold"])).fetchall()
+            return int(fid[0][0])

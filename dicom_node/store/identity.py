@@ -7,8 +7,9 @@ the worker at triage and by the worklist before triage, and kept on the study ro
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Iterable
+
+from cxr_triage.dicom_node.store.db import Connection
 
 #: studies column -> the DICOM attribute it is read from
 IDENTITY_KEYWORDS = {"accession_number": "AccessionNumber", "patient_id": "PatientID", "patient_name": "PatientName"}
@@ -26,7 +27,7 @@ def identity_from_headers(headers: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-def write_identity(con: sqlite3.Connection, study_uid: str, identity: dict[str, str]) -> None:
+def write_identity(con: Connection, study_uid: str, identity: dict[str, str]) -> None:
     """Set the study row's identity columns inside the caller's transaction ("" -> NULL)."""
     values = [str(identity.get(k) or "") or None for k in IDENTITY_FIELDS]
     con.execute("UPDATE studies SET accession_number=?, patient_id=?, patient_name=? WHERE study_uid=?",

@@ -1,4 +1,5 @@
-"""The node's job store: an embedded SQLite database (WAL, synchronous=FULL).
+"""The node's job store: an embedded SQLite database (WAL, synchronous=FULL) or one
+PostgreSQL database shared by several nodes (:mod:`.db`, :mod:`.nodes`).
 
 It is the single source of truth for what was received and what is owed to whom, so a
 restart (or ``kill -9``) resumes every unfinished job: see :meth:`JobStore.recover`.
@@ -39,12 +40,12 @@ pending, list/get studies, failures: ``cxr-triage status``, the web worklist and
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from cxr_triage.contract.study import AssessedResult
+from cxr_triage.dicom_node.store.db import Connection
 
 # Re-exported: the names callers import from here (receive, worker, delivery, service, tools).
 from cxr_triage.dicom_node.store.deliveries import (
@@ -110,6 +111,19 @@ class StoredInstance:
     sha256: str | None
 
 
+_UPSERT_INSTANCE = (
+    "INSERT INTO instances (sop_instance_uid, study_uid, series_uid, sop_class_uid, transfer_syntax,"
+    " path, size, calling_ae, received_at, sha256) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (sop_instance_uid) DO UPDATE SET study_uid=excluded.study_uid,"
+    " series_uid=excluded.series_uid, sop_class_uid=excluded.sop_class_uid,"
+    " transfer_syntax=excluded.transfer_syntax, path=excluded.path, size=excluded.size,"
+    " calling_ae=excluded.calling_ae, received_at=excluded.received_at, sha256=excluded.sha256")
+_UPSERT_RESULT_OBJECT = (
+    "INSERT INTO result_objects VALUES (?,?,?,?,?) ON CONFLICT (sop_instance_uid) DO UPDATE SET"
+    " result_id=excluded.result_id, series_uid=excluded.series_uid,"
+    " sop_class_uid=excluded.sop_class_uid, path=excluded.path")
+
+
 class JobStore(DeliveryQueue):
     """The node's job store: receiving and triage writes here, the delivery queue
     (:class:`~.deliveries.DeliveryQueue`) inherited; see :class:`~.db.Database` for the
@@ -128,6 +142,13 @@ class JobStore(DeliveryQueue):
         ``instance_conflicts`` as well (its old file stays where it was).
         """
         with self._tx() as con:
+            # the study row first, then locked: two nodes receiving one study take turns here
+            opened = con.execute(
+                "INSERT INTO studies (study_uid, state, first_received_at, last_received_at,"
+                " calling_ae, n_instances) VALUES (?,?,?,?,?,0) ON CONFLICT (study_uid) DO NOTHING",
+                (rec.study_uid, RECEIVING, rec.received_at, rec.received_at, rec.calling_ae)).rowcount == 1
+            study = con.execute("SELECT state FROM studies WHERE study_uid=?" + self.lock_row(),
+                                (rec.study_uid,)).fetchone()
             old = con.execute("SELECT study_uid, path, sha256 FROM instances WHERE sop_instance_uid=?",
                               (rec.sop_instance_uid,)).fetchone()
             changed = (old is not None and rec.sha256 is not None and old["sha256"] is not None
@@ -139,23 +160,14 @@ class JobStore(DeliveryQueue):
                     " new_path, new_sha256, calling_ae, detected_at) VALUES (?,?,?,?,?,?,?,?)",
                     (rec.sop_instance_uid, rec.study_uid, old["path"], old["sha256"], rec.path,
                      rec.sha256, rec.calling_ae, rec.received_at))
-            con.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (rec.sop_instance_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid,
-                 rec.transfer_syntax, rec.path, rec.size, rec.calling_ae, rec.received_at,
-                 rec.sha256),
-            )
-            duplicate = old is not None and old["study_uid"] == rec.study_uid and not changed
-            if old is not None and old["study_uid"] != rec.study_uid:
+            con.execute(_UPSERT_INSTANCE, (rec.sop_instance_uid, rec.study_uid, rec.series_uid,
+                                           rec.sop_class_uid, rec.transfer_syntax, rec.path, rec.size,
+                                           rec.calling_ae, rec.received_at, rec.sha256))
+            duplicate = old is not None and not moved and not changed
+            if moved:
                 self._count_instances(con, old["study_uid"])
-            study = con.execute("SELECT state FROM studies WHERE study_uid=?",
-                                (rec.study_uid,)).fetchone()
-            if study is None:
-                con.execute(
-                    "INSERT INTO studies (study_uid, state, first_received_at, last_received_at,"
-                    " calling_ae, n_instances) VALUES (?,?,?,?,?,1)",
-                    (rec.study_uid, RECEIVING, rec.received_at, rec.received_at, rec.calling_ae),
-                )
+            if opened:
+                self._count_instances(con, rec.study_uid)
                 return True
             if duplicate and study["state"] in (TRIAGED, FAILED):
                 return False
@@ -170,7 +182,7 @@ class JobStore(DeliveryQueue):
             return True
 
     @staticmethod
-    def _count_instances(con: sqlite3.Connection, study_uid: str) -> None:
+    def _count_instances(con: Connection, study_uid: str) -> None:
         con.execute("UPDATE studies SET n_instances=(SELECT COUNT(*) FROM instances WHERE"
                     " study_uid=?) WHERE study_uid=?", (study_uid, study_uid))
 
@@ -217,7 +229,7 @@ class JobStore(DeliveryQueue):
         """One more object of a result, made after it was stored (a fallback SR the
         deliverer wrote): the own-output check and the study page then know it."""
         with self._tx() as con:
-            con.execute("INSERT OR IGNORE INTO result_objects VALUES (?,?,?,?,?)",
+            con.execute("INSERT INTO result_objects VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                         (obj.sop_instance_uid, result_id, obj.series_uid, obj.sop_class_uid, obj.path))
 
     def is_own_output(self, sop_instance_uid: str, series_uid: str | None) -> bool:
@@ -230,18 +242,24 @@ class JobStore(DeliveryQueue):
 
     # -- triage ------------------------------------------------------------------------
     def claim_due_study(self, quiet_period_s: float, now: float | None = None) -> tuple[str, int] | None:
-        """Take the oldest study that has been quiet long enough: (study_uid, generation)."""
+        """Claim the oldest study that has been quiet long enough, or (shared database) whose
+        claim's lease ran out: (study_uid, generation), now ``processing`` under this node's
+        name and lease. On PostgreSQL the row is taken with ``FOR UPDATE SKIP LOCKED``, so
+        nodes claiming together never get the same study."""
         now = time.time() if now is None else now
-        sql = ("SELECT study_uid, generation FROM studies WHERE state=? AND last_received_at<=?"
-               " AND retry_at<=? ORDER BY last_received_at LIMIT 1")
-        args = (RECEIVING, now - quiet_period_s, now)
+        sql = ("SELECT study_uid, generation FROM studies WHERE (state=? AND last_received_at<=?"
+               " AND retry_at<=?)" + (" OR (state=? AND lease_until<?)" if self.shared else "")
+               + " ORDER BY last_received_at LIMIT 1")
+        args = (RECEIVING, now - quiet_period_s, now) + ((PROCESSING, now) if self.shared else ())
         if self._con().execute(sql, args).fetchone() is None:   # cheap poll without the write lock
             return None
+        self.start_heartbeat()
         with self._tx() as con:
-            row = con.execute(sql, args).fetchone()
+            row = con.execute(sql + self.lock_rows(), args).fetchone()
             if row is None:
                 return None
-            con.execute("UPDATE studies SET state=? WHERE study_uid=?", (PROCESSING, row["study_uid"]))
+            con.execute("UPDATE studies SET state=?, claimed_by=?, lease_until=? WHERE study_uid=?",
+                        (PROCESSING, self.node_name, now + self.options.lease_s, row["study_uid"]))
             return row["study_uid"], row["generation"]
 
     def study_instances(self, study_uid: str) -> list[InstanceRecord]:
@@ -279,29 +297,31 @@ class JobStore(DeliveryQueue):
         """
         now = time.time() if now is None else now
         with self._tx() as con:
-            cur = con.execute("SELECT generation FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
-            current = cur is not None and cur["generation"] == generation
-            rid = con.execute(
-                "INSERT INTO results (study_uid, generation, decision, score, result_json, created_at,"
-                " superseded, amends) VALUES (?,?,?,?,?,?,?,?)",
-                (study_uid, generation, decision, score, json.dumps(result), now, 0 if current else 1,
-                 amends_result_id),
-            ).lastrowid
-            if rid is None:  # pragma: no cover - an INSERT always sets lastrowid
-                raise sqlite3.DatabaseError("result row not inserted")
-            for o in objects:
-                con.execute("INSERT OR REPLACE INTO result_objects VALUES (?,?,?,?,?)",
-                            (o.sop_instance_uid, rid, o.series_uid, o.sop_class_uid, o.path))
-            if not current:
-                con.execute("UPDATE studies SET state=? WHERE study_uid=?", (RECEIVING, study_uid))
-                return int(rid)
-            # supersede older results and cancel what they still owed
+            cur = con.execute("SELECT generation, state, claimed_by FROM studies WHERE study_uid=?"
+                              + self.lock_row(), (study_uid,)).fetchone()
+            # another node took the study over (this node's lease ran out): its result counts
+            held = cur is not None and (not self.shared or (
+                cur["state"] == PROCESSING and cur["claimed_by"] == self.node_name))
+            current = held and cur["generation"] == generation
             old = [r[0] for r in con.execute(
-                "SELECT id FROM results WHERE study_uid=? AND id<>? AND superseded=0", (study_uid, rid))]
-            for oid in old:
+                "SELECT id FROM results WHERE study_uid=? AND superseded=0", (study_uid,))] if current else []
+            for oid in old:             # supersede older results and cancel what they still owed
                 con.execute("UPDATE results SET superseded=1 WHERE id=?", (oid,))
                 cancel_owed(con, oid)
-            queue_deliveries(con, int(rid), destinations, objects, now)
+            rid = int(con.execute(
+                "INSERT INTO results (study_uid, generation, decision, score, result_json, created_at,"
+                " superseded, amends) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+                (study_uid, generation, decision, score, json.dumps(result), now, 0 if current else 1,
+                 amends_result_id),
+            ).fetchall()[0][0])
+            for o in objects:
+                con.execute(_UPSERT_RESULT_OBJECT, (o.sop_instance_uid, rid, o.series_uid,
+                                                    o.sop_class_uid, o.path))
+            if not current:
+                if held:
+                    con.execute("UPDATE studies SET state=? WHERE study_uid=?", (RECEIVING, study_uid))
+                return rid
+            queue_deliveries(con, rid, destinations, objects, now)
             con.execute(
                 "UPDATE studies SET state=?, decision=?, score=?, nodule_score=?, nodule_flag=?,"
                 " result_id=?, triaged_at=?, errors=0, last_error=NULL WHERE study_uid=?",
@@ -309,7 +329,7 @@ class JobStore(DeliveryQueue):
                  None if nodule_flag is None else int(bool(nodule_flag)), rid, now, study_uid))
             if identity:
                 write_identity(con, study_uid, identity)
-            return int(rid)
+            return rid
 
     def fail_study(self, study_uid: str, generation: int, error: str, max_errors: int = 3,
                    retry_after_s: float = 5.0, transient: bool = False,
@@ -332,10 +352,13 @@ class JobStore(DeliveryQueue):
     # -- restart -----------------------------------------------------------------------
     def recover(self, studies: bool = True, deliveries: bool = True) -> dict[str, int]:
         """After a crash or restart (or an error in the one thread that owns that state):
-        interrupted triage and sends go back in the queue."""
+        interrupted triage and sends go back in the queue. On a shared database only this
+        node's claims (and claims whose lease ran out): other nodes' work goes on."""
+        mine, args = ((" AND (claimed_by=? OR claimed_by IS NULL OR lease_until<?)",
+                       (self.node_name, time.time())) if self.shared else ("", ()))
         with self._tx() as con:
-            n_studies = con.execute("UPDATE studies SET state=? WHERE state=?",
-                                    (RECEIVING, PROCESSING)).rowcount if studies else 0
-            n_sends = con.execute("UPDATE deliveries SET state=? WHERE state=?",
-                                  (PENDING, SENDING)).rowcount if deliveries else 0
+            n_studies = con.execute("UPDATE studies SET state=?, claimed_by=NULL WHERE state=?" + mine,
+                                    (RECEIVING, PROCESSING, *args)).rowcount if studies else 0
+            n_sends = con.execute("UPDATE deliveries SET state=?, claimed_by=NULL WHERE state=?" + mine,
+                                  (PENDING, SENDING, *args)).rowcount if deliveries else 0
         return {"studies_resumed": n_studies, "deliveries_resumed": n_sends}

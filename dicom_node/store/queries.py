@@ -220,7 +220,7 @@ _SUMMARY_SQL = (
     "   AS not_assessable_json,"
     " (SELECT verdict FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1)"
     "   AS feedback_verdict,"
-    " (SELECT user FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1) AS feedback_user"
+    " (SELECT f.\"user\" FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1) AS feedback_user"
     " FROM studies s"
 )
 

@@ -1,17 +1,27 @@
 """The job store's tables, their migration and the state names the rows carry.
 
-The one place the SQL schema of ``queue.sqlite3`` is written (SQLite dialect; a later
-PostgreSQL backend adds its own DDL here). Versions: 1 the first layout; 2 changed instances
-(``instances.sha256``, ``instance_conflicts``); 3 the nodule/mass result on the study row;
-4 one delivery per result object; 5 amended results; 6 radiologist feedback; 7 the study's
-identity (accession number, patient ID and name).
+The one place the SQL schema is written, in SQLite's dialect; :func:`pg_ddl` turns it into
+PostgreSQL's (64-bit integers, double precision timestamps, identity columns). Versions: 1 the
+first layout; 2 changed instances (``instances.sha256``, ``instance_conflicts``); 3 the
+nodule/mass result on the study row; 4 one delivery per result object; 5 amended results;
+6 radiologist feedback; 7 the study's identity (accession number, patient ID and name);
+8 several nodes on one database: claims with leases (``claimed_by``, ``lease_until`` on studies
+and deliveries), the ``nodes`` table, one current result per study generation (a unique index).
+
+Migrations are versioned by ``meta.schema_version`` and additive only (new tables, indexes and
+nullable columns), applied at start by :func:`migrate` (SQLite) or :func:`migrate_pg` (under an
+advisory lock, so nodes starting together migrate once). Alembic was not used: it brings
+SQLAlchemy and a migration-script tree for what is, eight versions on, a list of added columns
+and ``CREATE ... IF NOT EXISTS`` statements both engines run as they are.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from typing import Any, Callable
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +44,9 @@ CREATE TABLE IF NOT EXISTS studies (
     last_error         TEXT,
     accession_number   TEXT,              -- who and which order, for the people reading the
     patient_id         TEXT,              -- worklist (PHI: shown behind the login, never
-    patient_name       TEXT               -- logged, never in metrics)
+    patient_name       TEXT,              -- logged, never in metrics)
+    claimed_by         TEXT,              -- the node triaging it (state processing) ...
+    lease_until        REAL               -- ... until then, unless its heartbeat renews it
 );
 CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received_at);
 CREATE TABLE IF NOT EXISTS instances (
@@ -81,7 +93,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at         REAL NOT NULL,
     delivered_at       REAL,
     last_error         TEXT,
-    sop_instance_uid   TEXT               -- the one result object sent (NULL: all, schema <= 3)
+    sop_instance_uid   TEXT,              -- the one result object sent (NULL: all, schema <= 3)
+    claimed_by         TEXT,              -- the node sending it (state sending) ...
+    lease_until        REAL               -- ... until then, unless its heartbeat renews it
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_result ON deliveries(result_id);
@@ -95,7 +109,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
 """
 
-# Tables and indexes added after version 1 (2: instance_conflicts, 6: feedback); created by
+# Tables and indexes added after version 1 (2: instance_conflicts, 6: feedback, 8: nodes and the
+# unique current result); created by
 # _migrate on an existing database too.
 _SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS instance_conflicts (
@@ -116,7 +131,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     result_id          INTEGER NOT NULL REFERENCES results(id),
     verdict            TEXT NOT NULL,      -- accept | reject (IHE AI Result Assessment)
     finding            TEXT,               -- what the radiologist saw (a FINDINGS key), optional
-    user               TEXT NOT NULL,      -- the named login or the reverse proxy's user
+    "user"             TEXT NOT NULL,      -- the named login or the reverse proxy's user
     at                 REAL NOT NULL,
     decision           TEXT,               -- the AI result assessed: decision, score,
     score              REAL,
@@ -126,6 +141,16 @@ CREATE TABLE IF NOT EXISTS feedback (
     threshold          REAL
 );
 CREATE INDEX IF NOT EXISTS feedback_study ON feedback(study_uid, id);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_name          TEXT PRIMARY KEY,
+    host               TEXT,
+    pid                INTEGER,
+    started_at         REAL NOT NULL,
+    last_heartbeat     REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS results_current ON results(study_uid, generation) WHERE superseded=0;
+CREATE INDEX IF NOT EXISTS studies_claims ON studies(claimed_by, state);
+CREATE INDEX IF NOT EXISTS deliveries_claims ON deliveries(claimed_by, state);
 """
 
 # Columns added after version 1, (table, column, type), by the version that added them.
@@ -140,7 +165,16 @@ _ADDED_COLUMNS = (
     ("studies", "accession_number", "TEXT"),    # 7: the study as people know it
     ("studies", "patient_id", "TEXT"),          # 7
     ("studies", "patient_name", "TEXT"),        # 7
+    ("studies", "claimed_by", "TEXT"),          # 8: claims with leases
+    ("studies", "lease_until", "REAL"),         # 8
+    ("deliveries", "claimed_by", "TEXT"),       # 8
+    ("deliveries", "lease_until", "REAL"),      # 8
 )
+_SET_VERSION = ("INSERT INTO meta VALUES ('schema_version', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value=excluded.value")
+_PG_TYPES = ((r"INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+             (r"\bREAL\b", "DOUBLE PRECISION"), (r"\bINTEGER\b", "BIGINT"))
+_MIGRATION_LOCK = 0x63787274  # pg_advisory_xact_lock key ("cxrt"): one node migrates at a time
 
 # study states
 RECEIVING, PROCESSING, TRIAGED, FAILED = "receiving", "processing", "triaged", "failed"
@@ -167,16 +201,49 @@ def migrate(con: sqlite3.Connection) -> None:
         for table, column, sql_type in _ADDED_COLUMNS:          # versions 1 -> 2 -> 3 ...
             if column not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
-        for stmt in _SCHEMA_V2.split(";"):
-            if stmt.strip():
-                con.execute(stmt)
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        for stmt in statements(_SCHEMA_V2):
+            con.execute(stmt)
+        con.execute(_SET_VERSION, (str(SCHEMA_VERSION),))
     except BaseException:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
 
 
-def _version(con: sqlite3.Connection) -> str | None:
+def statements(script: str) -> list[str]:
+    """The statements of a DDL script (split at ``;``, blank ones dropped)."""
+    return [s for s in script.split(";") if s.strip()]
+
+
+def pg_ddl(script: str) -> str:
+    """SQLite DDL as PostgreSQL DDL: 64-bit integers, identity keys, double precision
+    (PostgreSQL's ``REAL`` is 4 bytes: Unix seconds would lose minutes)."""
+    for pattern, repl in _PG_TYPES:
+        script = re.sub(pattern, repl, script)
+    return script
+
+
+def migrate_pg(transaction: Callable[[], Any]) -> None:
+    """:func:`migrate` for PostgreSQL: ``transaction()`` gives a connection context
+    (:meth:`.pg.PgPool.transaction`); all in one transaction under an advisory lock.
+    ``sqlite3.DatabaseError`` for a database newer than this node."""
+    with transaction() as con:
+        con.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        for stmt in statements(pg_ddl(_SCHEMA)):
+            con.execute(stmt)
+        found = _version(con)
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"job store schema version {found} is newer than this "
+                                        f"node's ({SCHEMA_VERSION})")
+        if found == str(SCHEMA_VERSION):
+            return
+        for table, column, sql_type in _ADDED_COLUMNS:
+            con.execute(pg_ddl(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {sql_type}"))
+        for stmt in statements(pg_ddl(_SCHEMA_V2)):
+            con.execute(stmt)
+        con.execute(_SET_VERSION, (str(SCHEMA_VERSION),))
+
+
+def _version(con: Any) -> str | None:
     row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     return None if row is None else str(row[0])
