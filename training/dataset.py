@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cxr_triage.contract.preprocessing import PreprocessSpec, preprocess
+from cxr_triage.inference.reader import read_film
 from cxr_triage.training.manifest import Entry, resolve
 
 log = logging.getLogger(__name__)
@@ -24,17 +25,7 @@ log = logging.getLogger(__name__)
 
 def read_pixels(path: Path) -> np.ndarray:
     """Decode a film to float32 (H, W) in [0, 1], MONOCHROME2, with the worker's reader."""
-    try:
-        from cxr_triage.inference.reader import read_film
-    except ImportError:  # pragma: no cover - shim until the worker's reader exists
-        pass
-    else:
-        return np.asarray(read_film(path).pixels, dtype=np.float32)
-    from PIL import Image  # pragma: no cover
-
-    with Image.open(path) as im:  # pragma: no cover
-        arr = np.asarray(im.convert("I;16") if im.mode.startswith("I") else im.convert("L"))
-        return (arr.astype(np.float32) / (65535.0 if arr.dtype == np.uint16 else 255.0))
+    return np.asarray(read_film(path).pixels, dtype=np.float32)
 
 
 def cache_key(entries: Sequence[Entry], root: Path, spec: PreprocessSpec) -> str:
@@ -87,7 +78,7 @@ def train_transforms(strength: float = 1.0, spatial_only: bool = False):
     blur/noise/contrast jitter that make resolution and pipeline differences less useful
     (``spatial_only``: pose/scale alone, when :class:`~cxr_triage.training.augment.PipelineAugment`
     already varies the pixels before preprocessing)."""
-    from monai.transforms import (
+    from monai.transforms import (  # MONAI only once training runs
         Compose,
         EnsureTyped,
         RandAdjustContrastd,
@@ -117,7 +108,7 @@ def train_transforms(strength: float = 1.0, spatial_only: bool = False):
 
 
 def eval_transforms():
-    from monai.transforms import Compose, EnsureTyped
+    from monai.transforms import Compose, EnsureTyped  # MONAI only once training runs
 
     return Compose([EnsureTyped(keys="image", dtype=np.float32, track_meta=False)])
 
@@ -126,7 +117,7 @@ def make_dataset(inputs: np.ndarray, labels: Sequence[float] | np.ndarray, trans
                  known: np.ndarray | None = None):
     """A MONAI Dataset of {"image": (1, S, S), "label": (K,) targets, "known": (K,) mask,
     "index": int} items (``labels`` (N,) or (N, K); ``known`` defaults to all ones)."""
-    from monai.data import Dataset
+    from monai.data import Dataset  # MONAI only once training runs
 
     y = np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
     k = np.ones_like(y) if known is None else np.asarray(known, dtype=np.float32).reshape(y.shape)
@@ -139,12 +130,10 @@ def load_films(entries: Sequence[Entry], root: Path, max_side: int = 512, cache_
     """Decoded films as uint8 (H, W) arrays (MONOCHROME2), larger ones area-reduced so the
     short side is ``max_side``: the input of train-time pipeline augmentation. Cached like
     :func:`load_inputs` (one ``.npz`` keyed by the file list)."""
-    import hashlib as _hashlib
-
     from PIL import Image
 
     key = cache_key(entries, root, PreprocessSpec(size=max_side, harmonise_size=max_side))
-    cache = Path(cache_dir) / f"films_{key}_{_hashlib.sha256(b'uint8').hexdigest()[:4]}.npz" if cache_dir else None
+    cache = Path(cache_dir) / f"films_{key}_{hashlib.sha256(b'uint8').hexdigest()[:4]}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         with np.load(cache) as z:
             films = [z[f"f{i}"] for i in range(len(entries))] if len(z.files) == len(entries) else None

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,16 @@ class Runtime:
             import torch.distributed as dist  # torch only once training runs
 
             dist.barrier()
+
+    def rank0_first(self, make: Callable[[bool], T]) -> T:
+        """``make(True)`` on rank 0 first (it fills a shared cache), then ``make(False)`` on the
+        other ranks (they read it); the argument says whether this rank is the main one."""
+        if self.main:
+            out = make(True)
+        self.barrier()
+        if not self.main:
+            out = make(False)
+        return out
 
 
 def start(threads: int) -> Runtime:

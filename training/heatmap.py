@@ -9,7 +9,7 @@ the lung-field prior the heatmap is masked to and the guess itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -18,9 +18,7 @@ from cxr_triage.training import calibrate
 from cxr_triage.training.dataset import load_inputs, read_pixels
 from cxr_triage.training.manifest import Entry, resolve
 from cxr_triage.training.progress import say
-
-if TYPE_CHECKING:
-    from cxr_triage.training.train_config import TrainConfig
+from cxr_triage.training.train_config import TrainConfig
 
 
 def _film_side(path: Path) -> float:

@@ -29,7 +29,7 @@ def build_losses(balance: str, focal_gamma: float, n_out: int, nodule_weight: fl
     All tensors given must be on ``device`` (``idx`` may be on the CPU).
     Raises ValueError for another ``balance``.
     """
-    import torch
+    import torch  # torch and MONAI only once training runs
     from monai.losses import FocalLoss
 
     loss_fn: Callable[..., Any]

@@ -154,14 +154,8 @@ def _load_inputs(cfg: TrainConfig, rt: Runtime, train_e: list[Entry], val_e: lis
                  cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(training, validation) preprocessed films; rank 0 fills the cache first, the others then read it."""
     spec = cfg.spec()
-    if rt.main:
-        x_train = load_inputs(train_e, root, spec, cache_dir, cfg.progress)
-        x_val = load_inputs(val_e, root, spec, cache_dir, cfg.progress)
-    rt.barrier()
-    if not rt.main:
-        x_train = load_inputs(train_e, root, spec, cache_dir, False)
-        x_val = load_inputs(val_e, root, spec, cache_dir, False)
-    return x_train, x_val
+    return rt.rank0_first(lambda main: (load_inputs(train_e, root, spec, cache_dir, cfg.progress and main),
+                                        load_inputs(val_e, root, spec, cache_dir, cfg.progress and main)))
 
 
 @dataclass
@@ -211,8 +205,9 @@ def build_loaders(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any) -> L
         ds_train, ds_val = _trunk_datasets(cfg, rt, data, net, tf_train)
         core = upper_model(net, cfg.freeze_blocks)
     elif use_films:
-        films = load_films(data.train_e, data.root, max(512, 2 * cfg.image_size), data.cache_dir,
-                           cfg.progress and rt.main)
+        # rank 0 decodes and caches the films first: ranks writing one cache file at once collide
+        films = rt.rank0_first(lambda main: load_films(data.train_e, data.root, max(512, 2 * cfg.image_size),
+                                                       data.cache_dir, cfg.progress and main))
         ds_train = FilmDataset(films, data.t_train, data.k_train, cfg.spec(), PipelineAugment(cfg.pipeline_augment),
                                tf_train, seed=cfg.seed * 100 + rt.rank)
         ds_val = make_dataset(data.x_val, data.t_val, eval_transforms(), data.k_val)
