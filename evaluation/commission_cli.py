@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cxr_triage.config import resolve_path
+from cxr_triage.paths import bundled_model_path
+
 EXIT_INSUFFICIENT = 3
 
 
@@ -63,9 +66,6 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
 
 
 def _model_path(args: argparse.Namespace, cfg: Any) -> Path:
-    from cxr_triage.config import resolve_path
-    from cxr_triage.paths import bundled_model_path
-
     if args.model:
         return args.model
     return resolve_path(cfg, cfg.inference.model_path) if cfg.inference.model_path else bundled_model_path()
@@ -74,6 +74,8 @@ def _model_path(args: argparse.Namespace, cfg: Any) -> Path:
 def _check_sr_model(parsed: list[Any], model: Path) -> None:
     """The SRs' scores must come from the model the file will be bound to: refuse SRs written
     by another model name/version (the SR records both)."""
+    # start-up time, here and in the two commands below: `commission --help` and `reconcile
+    # --help` load no ONNX Runtime, scipy or job store (this module registers both commands)
     from cxr_triage.evaluation.sources import model_info
 
     meta = model_info(model)["metadata"]
@@ -145,7 +147,6 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
-    from cxr_triage.config import resolve_path
     from cxr_triage.evaluation import drift
     from cxr_triage.evaluation import reconcile as rc
 
