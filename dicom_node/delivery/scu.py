@@ -2,8 +2,10 @@
 
 :func:`associate` is ``AE.associate`` plus the response guard of
 :func:`cxr_triage.dicom_node.compat.keep_responses_for_the_sender` (pynetdicom 3.0.x's reactor
-race, explained there) on the returned association. The deliverer, the demo, the e2e
-evaluation and the tests' senders all associate through it.
+race, explained there) on the returned association, and TCP_NODELAY on its socket
+(:func:`~cxr_triage.dicom_node.compat.send_without_delay`: no Nagle delay before a small
+object's last segment). The deliverer, the demo, the e2e evaluation and the tests' senders all
+associate through it.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from cxr_triage.dicom_node.compat import keep_responses_for_the_sender, require_supported_pynetdicom
+from cxr_triage.dicom_node.compat import (
+    keep_responses_for_the_sender,
+    require_supported_pynetdicom,
+    send_without_delay,
+)
 
 
 def associate(ae: AE, host: str, port: int, **kwargs: Any) -> Association:
-    """``ae.associate(host, port, **kwargs)`` with the response guard installed.
+    """``ae.associate(host, port, **kwargs)`` with the response guard and TCP_NODELAY.
 
     The guard is installed before the caller can send anything; an association that was not
     established is returned as pynetdicom made it. Raises
     :class:`~cxr_triage.dicom_node.compat.UnsupportedPynetdicom` on a pynetdicom other than 3.0.x.
     """
     require_supported_pynetdicom()                  # before any connection is made
-    return keep_responses_for_the_sender(ae.associate(host, port, **kwargs))
+    return send_without_delay(keep_responses_for_the_sender(ae.associate(host, port, **kwargs)))

@@ -4,11 +4,14 @@ written for: on another version (faked here) the node refuses to start with one 
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
+from typing import Any
 
 import pynetdicom
 import pytest
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxr_triage import cli
 from cxr_triage.config import ConfigError, load_config
@@ -46,6 +49,11 @@ def test_every_patch_checks_the_version(other_pynetdicom: str) -> None:
         compat.stream_c_store_data_sets(lambda ae: None)
     with pytest.raises(compat.UnsupportedPynetdicom):
         compat.deferred_handshake_server_context()
+    not_used: Any = None                              # refused before the association is read
+    with pytest.raises(compat.UnsupportedPynetdicom):
+        compat.keep_responses_for_the_sender(not_used)
+    with pytest.raises(compat.UnsupportedPynetdicom):
+        compat.send_without_delay(not_used)
     with pytest.raises(compat.UnsupportedPynetdicom):        # before any connection is made
         associate(AE(ae_title="SCU"), "127.0.0.1", 9, ae_title="ANY")
 
@@ -72,3 +80,20 @@ def test_serve_refuses_with_one_line(tmp_path: Path, tiny_model: Path, other_pyn
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("cxr-triage serve: refusing to start: pynetdicom 3.1.0")
+
+
+def test_sent_objects_wait_for_no_delayed_ack() -> None:
+    """The SCU's association socket has TCP_NODELAY (compat.send_without_delay)."""
+    scp = AE(ae_title="PEER")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification)
+        assoc = associate(scu, "127.0.0.1", server.server_address[1], ae_title="PEER")
+        assert assoc.is_established
+        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        server.shutdown()
