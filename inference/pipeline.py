@@ -165,6 +165,14 @@ class Triager:
             results.extend(self._finish(chunk))
         return results
 
+    def prepare_path(self, path: str | Path) -> tuple[FilmResult, np.ndarray | None]:
+        """One DICOM or PNG/JPEG file through the reader, the gate and the preprocessing, not
+        scored: (its result so far, the model input (1, S, S) float32), or (the not-assessable
+        result with its reason, None) when the gate or the reader refuses it. For a caller that
+        runs the model itself (e.g. with extra outputs) on exactly what the node would score."""
+        pending = self._prepare_path(Path(path))
+        return pending.result, pending.tensor
+
     # ------------------------------------------------------------------ stages
 
     def _prepare_path(self, path: Path) -> _Pending:
