@@ -182,7 +182,11 @@ class StoreHandler(AssociationPolicy):
             return self._reject(src, DATASET_MISMATCH, "SOP Instance UID differs from the request", ctx)
         ctx["study_uid"] = study_uid
 
-        if is_sr_class(sop_class) or self.store.is_own_output(sop_uid, series_uid):
+        try:
+            ignored = is_sr_class(sop_class) or self.store.is_own_output(sop_uid, series_uid)
+        except Exception as exc:  # noqa: BLE001 - the job store unreachable (database down)
+            return self._out_of_resources(exc, ctx)
+        if ignored:
             # Acknowledge (a router must not retry it forever) but never triage: a PACS that
             # sends results back would otherwise loop.
             self.audit.record(A.INSTANCES_TRANSFERRED, A.SUCCESS, A.INSTANCES_TRANSFERRED,

@@ -13,6 +13,7 @@ from typing import Any
 
 from cxr_triage.config import Config, ConfigError, resolve_path
 from cxr_triage.contract.sop_classes import is_sr_class
+from cxr_triage.dicom_node.store.db import StoreOptions
 from cxr_triage.dicom_node.store.jobs import JobStore
 from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import StateDirs
@@ -98,9 +99,9 @@ def run_serve(args: argparse.Namespace, cfg: Config) -> int:
 def status_report(cfg: Config, studies: int = 10) -> dict[str, Any]:
     """What ``status`` prints, as data (also handy for the demo and tests)."""
     dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir))
-    if not dirs.queue_db.exists():
+    if cfg.store.backend == "sqlite" and not dirs.queue_db.exists():
         return {"state_dir": str(dirs.root), "error": "no job store yet (the node has not run here)"}
-    store = JobStore(dirs.queue_db)
+    store = JobStore(dirs.queue_db, options=StoreOptions.from_settings(cfg.store))
     queries = StudyQueries(store)
     try:
         return {
@@ -109,6 +110,7 @@ def status_report(cfg: Config, studies: int = 10) -> dict[str, Any]:
             "oldest_pending": queries.oldest_pending(),
             "delivery_failures": queries.delivery_failures(),
             "quarantined": len(list(dirs.quarantine.glob("*.json"))),
+            "nodes": queries.nodes(),
             "studies": queries.list_studies(limit=studies) if studies else [],
         }
     finally:
@@ -122,7 +124,8 @@ def _ts(t: float | None) -> str:
 def run_status(args: argparse.Namespace, cfg: Config) -> int:
     cfg = _override(cfg, args)
     if args.retry_dead:
-        n = JobStore(StateDirs(resolve_path(cfg, cfg.node.state_dir)).queue_db).retry_dead()
+        n = JobStore(StateDirs(resolve_path(cfg, cfg.node.state_dir)).queue_db,
+                     options=StoreOptions.from_settings(cfg.store)).retry_dead()
         print(f"{n} dead or refused deliveries re-queued")
     rep = status_report(cfg, args.studies)
     if args.json:
@@ -145,6 +148,9 @@ def run_status(args: argparse.Namespace, cfg: Config) -> int:
                                            f"{old.get('last_error')}" if old["kind"] == "delivery" else "") + "\n")
     else:
         out("oldest pending: none\n")
+    for n in rep["nodes"]:
+        out(f"node {n['node_name']} ({n['host']}, pid {n['pid']}): heartbeat {_ts(n['last_heartbeat'])},"
+            f" holds {n['studies_held']} studies, {n['deliveries_held']} deliveries\n")
     fails = rep["delivery_failures"]
     out(f"delivery failures: {len(fails)}\n")
     for f in fails:

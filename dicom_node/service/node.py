@@ -48,6 +48,7 @@ from cxr_triage.dicom_node.monitoring.drift import DriftCollector
 from cxr_triage.dicom_node.receive.scp import StoreHandler
 from cxr_triage.dicom_node.receive.server import start_scp
 from cxr_triage.dicom_node.store import audit as A
+from cxr_triage.dicom_node.store.db import StoreOptions
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs, dataset_sha256
@@ -62,7 +63,7 @@ class Node:
     def __init__(self, cfg: Config, triager: Any = None):
         self.cfg = cfg
         self.dirs = StateDirs(resolve_path(cfg, cfg.node.state_dir)).create()
-        self.store = JobStore(self.dirs.queue_db)
+        self.store = JobStore(self.dirs.queue_db, options=StoreOptions.from_settings(cfg.store))
         self.queries = StudyQueries(self.store)
         self.spool = Spool(self.dirs.spool)
         self.quarantine = Quarantine(self.dirs.quarantine, max_files=cfg.node.quarantine_max_files,
@@ -201,7 +202,7 @@ class Node:
                           called_ae=self.cfg.node.ae_title)
         log.info("node stopped", extra={"ae_title": self.cfg.node.ae_title})
         self.audit.close()
-        self.store.close()
+        self.store.dispose()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """For tests and the demo: True once nothing is waiting to be triaged or sent."""

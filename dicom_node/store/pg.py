@@ -129,12 +129,17 @@ class PgConnection:
 
 class PgPool:
     """The pool of one node's connections to the shared database (``min_size`` kept open,
-    each checked before use, so a restarted server is reconnected to transparently)."""
+    each checked before use, so a restarted server is reconnected to transparently). The
+    pool's reconnection backs off exponentially; it gives up after ``reconnect_s`` and the next
+    statement starts again from a one-second delay, so a node resumes within seconds of the
+    server's return however long it was away."""
 
-    def __init__(self, dsn: str, connect_timeout_s: float = 5.0, max_size: int = 8):
+    def __init__(self, dsn: str, connect_timeout_s: float = 5.0, max_size: int = 8,
+                 reconnect_s: float = 8.0):
         self.dsn = dsn
         self._pool = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=max_size, timeout=connect_timeout_s, open=False,
+            reconnect_timeout=reconnect_s,
             check=psycopg_pool.ConnectionPool.check_connection,
             kwargs={"connect_timeout": max(1, int(connect_timeout_s)), "application_name": "cxr-triage"})
         self._pool.open(wait=False)

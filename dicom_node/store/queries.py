@@ -17,6 +17,7 @@ from cxr_triage.dicom_node.store import read_model
 from cxr_triage.dicom_node.store.db import Database
 from cxr_triage.dicom_node.store.deliveries import ResultObject
 from cxr_triage.dicom_node.store.feedback import FeedbackWriter
+from cxr_triage.dicom_node.store.nodes import NODES_SQL
 from cxr_triage.dicom_node.store.schema import DEAD, PENDING, PROCESSING, RECEIVING, REFUSED, SENDING
 
 
@@ -64,6 +65,12 @@ class StudyQueries:
         oldest = min(items, key=lambda i: i["since"])
         oldest["age_s"] = max(0.0, now - oldest["since"])
         return oldest
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The nodes that claimed work in this store (:mod:`.nodes`): name, host, pid,
+        ``started_at`` and ``last_heartbeat`` (Unix s), and the studies and deliveries each
+        holds now (``studies_held``, ``deliveries_held``). Empty for the embedded store."""
+        return [dict(r) for r in self._store.connection().execute(NODES_SQL)]
 
     def failed_attempts(self) -> int:
         """Delivery attempts that failed, ever (the metrics counter)."""
