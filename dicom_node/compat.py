@@ -155,13 +155,26 @@ def keep_responses_for_the_sender(assoc: Association) -> Association:
 
 # -- 4. no Nagle delay on sent objects ------------------------------------------------------
 
-def send_without_delay(assoc: Association) -> Association:
-    """Set TCP_NODELAY on an established association's socket (TLS or not) and return it; an
-    association that is not established, or a socket that refuses the option, is left as is."""
-    require_supported_pynetdicom()
-    if assoc.is_established and assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
+def _no_delay(assoc: Association) -> None:
+    if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
         try:
             assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass                                 # only a delay is lost
+
+
+def send_without_delay(assoc: Association) -> Association:
+    """Set TCP_NODELAY on an established association's socket (TLS or not) and return it; an
+    association that is not established, or a socket that refuses the option, is left as is."""
+    require_supported_pynetdicom()
+    if assoc.is_established:
+        _no_delay(assoc)
     return assoc
+
+
+def respond_without_delay(event: Any) -> None:
+    """EVT_ACCEPTED handler of the node's AE: TCP_NODELAY on the accepted association's socket,
+    so a C-STORE-RSP (a few dozen bytes) leaves at once instead of waiting for the peer's
+    delayed ACK (Nagle's algorithm, RFC 896; RFC 1122 4.2.3.2)."""
+    require_supported_pynetdicom()
+    _no_delay(event.assoc)

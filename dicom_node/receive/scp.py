@@ -35,6 +35,7 @@ from pydicom import dcmread
 from pynetdicom import evt
 
 from cxr_triage.contract.sop_classes import is_sr_class
+from cxr_triage.dicom_node.compat import respond_without_delay
 from cxr_triage.dicom_node.receive.associations import AssociationPolicy
 from cxr_triage.dicom_node.receive.incoming import live_file
 from cxr_triage.dicom_node.receive.statuses import (
@@ -95,6 +96,7 @@ class StoreHandler(AssociationPolicy):
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_FSM_TRANSITION, self.on_fsm_transition),
+            (evt.EVT_ACCEPTED, respond_without_delay),
         ]
 
     # -- services ----------------------------------------------------------------------

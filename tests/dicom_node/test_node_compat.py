@@ -12,6 +12,7 @@ import pynetdicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from support.node_peers import free_port, write_node_config
 
 from cxr_triage import cli
 from cxr_triage.config import ConfigError, load_config
@@ -97,3 +98,20 @@ def test_sent_objects_wait_for_no_delayed_ack() -> None:
         assoc.release()
     finally:
         server.shutdown()
+
+
+def test_responses_wait_for_no_delayed_ack(tmp_path: Path, tiny_model: Path) -> None:
+    """The node's accepted association sockets have TCP_NODELAY (compat.respond_without_delay on
+    EVT_ACCEPTED), so a C-STORE-RSP of a few dozen bytes leaves at once."""
+    port = free_port()
+    node = Node(load_config(write_node_config(tmp_path / "node.toml", port, tiny_model))).start()
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", port, ae_title="CXRTRIAGE")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        (accepted,) = node.server.active_associations
+        assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assoc.release()
+    finally:
+        node.stop(timeout_s=10)
