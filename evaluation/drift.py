@@ -1,7 +1,7 @@
 """Drift, offline: baselines from a reference period and day-by-day reports over a past period.
 
 The run-time half (bounds, PSI / KS comparison, the ``/metrics`` collector, reading the node's
-store) is :mod:`cxr_triage.dicom_node.service.drift`; its names are re-exported here so offline
+store) is :mod:`cxr_triage.dicom_node.monitoring.drift`; its names are re-exported here so offline
 code and tests have one place to import drift from.
 """
 
