@@ -165,14 +165,6 @@ class Triager:
             results.extend(self._finish(chunk))
         return results
 
-    def prepare_path(self, path: str | Path) -> tuple[FilmResult, np.ndarray | None]:
-        """One DICOM or PNG/JPEG file through the reader, the gate and the preprocessing, not
-        scored: (its result so far, the model input (1, S, S) float32), or (the not-assessable
-        result with its reason, None) when the gate or the reader refuses it. For a caller that
-        runs the model itself (e.g. with extra outputs) on exactly what the node would score."""
-        pending = self._prepare_path(Path(path))
-        return pending.result, pending.tensor
-
     # ------------------------------------------------------------------ stages
 
     def _prepare_path(self, path: Path) -> _Pending:
@@ -273,8 +265,10 @@ class Triager:
                     nodule = float(nodules[i])
                     p.result.nodule_score = nodule
                     p.result.nodule_threshold = self.nodule_threshold
-                    # the rule of decide(): at or above the threshold, and a NaN is flagged
-                    p.result.nodule_flag = math.isnan(nodule) or nodule >= self.nodule_threshold
+                    # the rule of decide(): at or above the threshold, and a NaN is flagged;
+                    # no flag at all from a model whose flag is not to be shown (score only)
+                    p.result.nodule_flag = ((math.isnan(nodule) or nodule >= self.nodule_threshold)
+                                            if self.meta.nodule_flag_shown else None)
                     extra.update(nodule_score=round(nodule, 4), nodule_flag=p.result.nodule_flag)
                 p.timings["model"] = round(per_film, 3)
                 log.info("film triaged", extra=extra)

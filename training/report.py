@@ -43,7 +43,14 @@ from cxr_triage.training.manifest import Entry, read_manifest, resolve
 from cxr_triage.training.report_checks import model_checks
 from cxr_triage.training.report_figures import build_report, nodule_block
 from cxr_triage.training.report_render import markdown, terminal_summary, write_report
-from cxr_triage.training.report_scoring import ReportError, check_films, model_identity, model_outputs, model_session
+from cxr_triage.training.report_scoring import (
+    GATE_BYPASS,
+    ReportError,
+    check_films,
+    model_identity,
+    model_outputs,
+    model_session,
+)
 
 __all__ = ["ReportError", "add_arguments", "build_report", "markdown", "run", "terminal_summary", "test_report",
            "write_report"]
@@ -73,7 +80,8 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
         site = check_matches_model(site_threshold, model_path)
         thresholds[site.operating_point] = float(site.threshold)
     paths = [resolve(e, root) for e in entries]
-    outputs = model_outputs(model_path, paths)
+    gate_refusals: dict[str, int] = {}
+    outputs = model_outputs(model_path, paths, gate_refusals=gate_refusals)
     scores = outputs["score"]
     b = ident_b = None
     out_b: dict[str, np.ndarray] = {}
@@ -86,6 +94,8 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
                        compare_model=f"{ident_b['name']} {ident_b['version']} ({compare})" if ident_b else "",
                        compare_thresholds=ident_b["thresholds"] if ident_b else None, n_boot=n_boot, seed=seed)
     rep["model_file"] = {k: ident[k] for k in ("path", "sha256", "name", "version")}
+    rep["intended_use_gate"] = {"applied": False, "why": GATE_BYPASS, "films": len(paths),
+                                "the_gate_would_refuse": dict(sorted(gate_refusals.items()))}
     _, meta = model_session(model_path, threads=1)
     box_map = read_boxes(boxes) if boxes else None
     default_t = thresholds.get(meta.default_operating_point, next(iter(thresholds.values()), 0.5))

@@ -57,6 +57,10 @@ def terminal_summary(rep: dict[str, Any]) -> str:
     """The report in the terminal: one block per headline/source/view/source x view, the
     operating points under it, then the comparison."""
     lines = [f"test report: model {rep['model']}, split {rep['split']}, thresholds {rep['thresholds_from']}"]
+    gate = rep.get("intended_use_gate")
+    if gate:
+        refused = ", ".join(f"{n} {why}" for why, n in gate["the_gate_would_refuse"].items()) or "none"
+        lines.append(f"{gate['why']} (of {gate['films']} films the node would refuse: {refused})")
     for label, f in _rows(rep):
         lines.append(f"{label}: {f['films']} films ({f['abnormal']} abnormal, {f['normal']} normal), "
                      f"AUROC {_ci(f['auroc'], pct=False)}")

@@ -15,9 +15,11 @@ import numpy as np
 from cxr_triage.contract.files import file_sha256
 from cxr_triage.contract.model_file import INPUT_NAME, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
 from cxr_triage.contract.preprocessing import PreprocessSpec, preprocess
+from cxr_triage.contract.result import NotAssessable
 from cxr_triage.evaluation.model_checks import onnx_feature_model
+from cxr_triage.inference.gate import GateSettings, check_film
+from cxr_triage.inference.reader import read_film
 from cxr_triage.inference.scorer import ModelError, onnx_session
-from cxr_triage.training.dataset import read_pixels
 from cxr_triage.training.manifest import Entry, resolve
 
 MAX_NAMED = 5
@@ -59,18 +61,34 @@ def model_identity(model_path: str | Path) -> dict[str, Any]:
             "default_operating_point": meta.default_operating_point}
 
 
-def _input_batches(paths: Sequence[Path], spec: PreprocessSpec, batch: int) -> Iterator[np.ndarray]:
+#: why the report scores every film of the split, and the node would not (``intended_use_gate``)
+GATE_BYPASS = ("scored without the intended-use gate: the shared development films are downsampled "
+               "copies (224-512 px) that the gate's pixel checks would refuse, while the figures are meant "
+               "for the films' content; `cxr-triage evaluate` applies the gate as the node does")
+
+
+def _input_batches(paths: Sequence[Path], spec: PreprocessSpec, batch: int,
+                   gate_refusals: dict[str, int] | None = None) -> Iterator[np.ndarray]:
     """(n, 1, S, S) preprocessed films, ``batch`` at a time. Once a film cannot be read the
     rest are only read (to name them all): ReportError naming them (the first few, then a
-    count) at the end."""
+    count) at the end. ``gate_refusals``, when given, counts per reason code the films the
+    gate's pixel checks (:func:`cxr_triage.inference.gate.check_film`, default limits) would
+    refuse; they are scored all the same (:data:`GATE_BYPASS`)."""
     bad: list[str] = []
     for i in range(0, len(paths), batch):
         xs = []
         for p in paths[i:i + batch]:
             try:
-                xs.append(preprocess(read_pixels(p), spec))
+                film = read_film(p)
+                xs.append(preprocess(np.asarray(film.pixels, dtype=np.float32), spec))
             except Exception as exc:  # noqa: BLE001 - one unreadable film is reported, not a traceback
                 bad.append(f"{p.name} ({type(exc).__name__})")
+                continue
+            if gate_refusals is not None:
+                try:
+                    check_film(film, GateSettings())
+                except NotAssessable as refusal:
+                    gate_refusals[refusal.reason.value] = gate_refusals.get(refusal.reason.value, 0) + 1
         if not bad:
             yield np.stack(xs)
     if bad:
@@ -87,17 +105,18 @@ def score_films(model_path: str | Path, paths: Sequence[Path], batch: int = 32, 
 
 
 def model_outputs(model_path: str | Path, paths: Sequence[Path], batch: int = 32,
-                  threads: int = 2) -> dict[str, np.ndarray]:
+                  threads: int = 2, gate_refusals: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """One ONNX Runtime pass over the films: ``score`` (N,), ``nodule_score`` (N,) when the
     model has that output, ``heatmap`` (N, h, w) and ``features`` (N, C) (the pooled last
     feature map, :func:`cxr_triage.evaluation.model_checks.onnx_feature_model`).
+    ``gate_refusals``: see :func:`_input_batches`.
 
     Raises ReportError naming the films that cannot be read."""
     _, meta = model_session(model_path, threads=1)
     sess = onnx_session(onnx_feature_model(model_path), threads)
     names = [o.name for o in sess.get_outputs()]
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for x in _input_batches(paths, meta.preprocessing, batch):
+    for x in _input_batches(paths, meta.preprocessing, batch, gate_refusals):
         for n, v in zip(names, sess.run(names, {INPUT_NAME: x})):
             out[n].append(np.asarray(v))
     return {n: (np.concatenate(v) if v else np.zeros(0)).astype(np.float64) for n, v in out.items()}

@@ -226,6 +226,11 @@ def test_budget_resume_history_and_every_checkpoint_exports(site_manifest: Path,
     assert "choose with --name" in capsys.readouterr().err
 
 
+def _split_paths(split_csv: Path) -> list[Path]:
+    with split_csv.open() as fh:
+        return [(split_csv.parent / row["file"]).resolve() for row in csv.DictReader(fh)]
+
+
 def test_report_command_per_source_view_and_paired_comparison(site_manifest: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
@@ -248,6 +253,12 @@ def test_report_command_per_source_view_and_paired_comparison(site_manifest: Pat
     lo, hi = head["paired_bootstrap_ci95"]
     assert lo <= head["difference"] <= hi
     assert "paired comparison with site-b" in out and "view AP" in out
+    # the report says it scores without the intended-use gate, and what the gate would refuse
+    gate = rep["intended_use_gate"]
+    assert gate["applied"] is False and "scored without the intended-use gate" in out
+    small = sum(min(Image.open(p).size) < 256 for p in _split_paths(run / "split.csv"))
+    assert gate["films"] == len(_split_paths(run / "split.csv"))
+    assert gate["the_gate_would_refuse"].get("too_small", 0) == small
     html = (tmp_path / "rep" / "test_report.html").read_text()
     assert "Paired comparison" in html and "site-a 2" in html
     # missing films: named, exit 2, one line
