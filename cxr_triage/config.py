@@ -68,6 +68,10 @@ def _destinations(v: list[str]) -> str | None:
     return None
 
 
+def _optional_destination(v: str) -> str | None:
+    return _destinations([v]) if v else None
+
+
 def _user_tokens(v: list[str]) -> str | None:
     for n, entry in enumerate(v, start=1):
         user, sep, token = entry.partition(":")
@@ -211,6 +215,16 @@ class StoreSettings(_Section):
 
 
 @dataclass(frozen=True)
+class PriorsSettings(_Section):
+    enabled: bool
+    query_destination: Annotated[str, _optional_destination]
+    years: Positive
+    query_timeout_s: PositiveFloat
+    escalate: bool
+    escalation_days: Positive
+
+
+@dataclass(frozen=True)
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
     format: Literal["json", "text"]
@@ -228,6 +242,7 @@ class Config:
     training: TrainingSettings
     logging: LoggingSettings
     store: StoreSettings
+    priors: PriorsSettings
     source: Path | None = None
 
     def as_dict(self) -> RawConfig:

@@ -33,6 +33,13 @@ class NotAssessableReason(str, Enum):
     UNDECODABLE = "undecodable"              # pixel data missing, corrupt or unsupported codec
 
 
+class EscalationReason(str, Enum):
+    """Why a study's own likely-normal call was raised to suspicious (stable codes, coded in the
+    SR, the HL7 message and the worklist)."""
+
+    PRIOR_SUSPICIOUS = "prior_suspicious_result"   # the same patient's recent suspicious / nodule-flagged result
+
+
 class NotAssessable(Exception):
     """Raised by the reader or gate; carries the coded reason and a human sentence."""
 
@@ -85,6 +92,67 @@ class FilmResult:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True, kw_only=True)
+class PriorStudy:
+    """An earlier study of the same patient: this node's result of it (``decision`` and
+    ``nodule_flag``, None when the node made none) and what the PACS said of it (C-FIND).
+
+    ``study_date``: DICOM DA (YYYYMMDD, "" when unknown); ``source``: "node" (this node's
+    result), "pacs" (a C-FIND answer) or "node+pacs"; ``sr_*``: the node's result SR of it.
+    Holds no patient identity: it was matched before it got here."""
+
+    study_uid: str
+    source: str
+    study_date: str = ""
+    accession_number: str = ""
+    modalities: tuple[str, ...] = ()
+    description: str = ""
+    decision: Decision | None = None
+    nodule_flag: bool | None = None
+    sr_uid: str | None = None
+    sr_series_uid: str | None = None
+    sr_class_uid: str | None = None
+
+    @property
+    def suspicious(self) -> bool:
+        """The node called it suspicious or flagged a nodule/mass."""
+        return self.decision is Decision.SUSPICIOUS or bool(self.nodule_flag)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["decision"] = self.decision.value if self.decision else None
+        data["modalities"] = list(self.modalities)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PriorStudy":
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        data["decision"] = Decision(data["decision"]) if data.get("decision") else None
+        data["modalities"] = tuple(data.get("modalities") or ())
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Escalation:
+    """A study raised to suspicious by an earlier result (``decision.escalate_for_priors``):
+    the coded reason and the prior it used (its study, date, the node's SR of it, and what
+    that result said: "suspicious" or "nodule_mass")."""
+
+    reason: EscalationReason
+    prior_study_uid: str
+    prior_study_date: str = ""
+    prior_sr_uid: str | None = None
+    prior_finding: str = "suspicious"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reason": self.reason.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Escalation":
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**data, "reason": EscalationReason(data["reason"])})
+
+
 @dataclass
 class StudyResult:
     """One result per study: the most severe decision over its assessable films."""
@@ -95,6 +163,10 @@ class StudyResult:
     films: list[FilmResult]
     nodule_score: float | None = None   # the highest film nodule/mass score
     nodule_flag: bool | None = None     # any assessable film flagged; None: no nodule/mass output
+    #: the same patient's earlier studies looked at (``[priors]``), newest first
+    priors: list[PriorStudy] = field(default_factory=list)
+    #: set when a prior result raised a likely-normal call to suspicious
+    escalation: Escalation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +176,8 @@ class StudyResult:
             "nodule_score": self.nodule_score,
             "nodule_flag": self.nodule_flag,
             "films": [f.to_dict() for f in self.films],
+            "priors": [p.to_dict() for p in self.priors],
+            "escalation": self.escalation.to_dict() if self.escalation else None,
         }
 
 

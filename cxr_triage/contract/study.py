@@ -7,7 +7,7 @@ worklist, its JSON API and the result SR read back.
 - :class:`ResultPart` — a study's current result: its :class:`Outcome`, the model behind it and
   the result SR;
 - :class:`StudyRecord` — a study row: identity, state, times, result, delivery, feedback, and
-  (for one study) its films, delivery history and every assessment.
+  (for one study) its films, delivery history, every assessment and the patient's prior studies.
 
 Frozen dataclasses; times are Unix seconds (UTC); decisions and reasons are the contract's
 enums (:mod:`.result`). Imports nothing else of ours but :mod:`.result`.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cxr_triage.contract.result import Decision, NotAssessableReason
+from cxr_triage.contract.result import Decision, Escalation, NotAssessableReason, PriorStudy
 
 #: What a reader is told: a decision's value (or "pending") and a reason's value in plain words.
 PLAIN_DECISION: dict[str, str] = {
@@ -38,6 +38,11 @@ PLAIN_REASON: dict[str, str] = {
     "non_human": "patient is not human",
     "too_small": "image too small to read",
     "undecodable": "pixel data could not be decoded",
+}
+
+#: Why a likely-normal call was raised to suspicious, in plain words (``EscalationReason`` values).
+PLAIN_ESCALATION: dict[str, str] = {
+    "prior_suspicious_result": "prior suspicious result",
 }
 
 
@@ -70,12 +75,14 @@ class Outcome:
 @dataclass(frozen=True, kw_only=True)
 class ResultPart:
     """A study's current result: the study :class:`Outcome`, the model that made it and the
-    result SR's SOP Instance UID (None where unknown, e.g. a worklist row)."""
+    result SR's SOP Instance UID (None where unknown, e.g. a worklist row); ``escalation``: set
+    when a prior result raised the study's likely-normal call to suspicious."""
 
     outcome: Outcome
     model_name: str | None = None
     model_version: str | None = None
     sr_uid: str | None = None
+    escalation: Escalation | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class StudyRecord:
     films: tuple[FilmRecord, ...] = ()
     deliveries: tuple[DeliveryEvent, ...] = ()
     feedback: tuple[FeedbackRecord, ...] = ()
+    priors: tuple[PriorStudy, ...] = ()   # the same patient's earlier studies the result looked at
 
     @property
     def outcome(self) -> Outcome | None:
