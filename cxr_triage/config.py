@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import tomllib
 
@@ -72,6 +73,18 @@ def _optional_destination(v: str) -> str | None:
     return _destinations([v]) if v else None
 
 
+def _result_destinations(v: list[str]) -> str | None:
+    for item in v:
+        try:
+            if item.startswith(DICOMWEB_PREFIX):
+                parse_dicomweb_destination(item)
+            else:
+                parse_destination(item)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def _user_tokens(v: list[str]) -> str | None:
     for n, entry in enumerate(v, start=1):
         user, sep, token = entry.partition(":")
@@ -93,12 +106,31 @@ def parse_destination(text: str) -> tuple[str, str, int]:
     return ae, host, port_i
 
 
+#: a result destination that is a DICOMweb service: ``dicomweb:https://host[:port]/path``
+DICOMWEB_PREFIX = "dicomweb:"
+
+
+def parse_dicomweb_destination(text: str) -> str:
+    """``"dicomweb:https://pacs:8042/dicom-web"`` -> the service URL (STOW-RS posts to
+    ``<url>/studies``, PS3.18 10.5); ValueError (one line) unless http(s) with a host."""
+    url = text[len(DICOMWEB_PREFIX):] if text.startswith(DICOMWEB_PREFIX) else ""
+    try:
+        parts = urlsplit(url)
+        parts.port                               # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"destination {text!r} is not of the form dicomweb:http(s)://host[:port]/path")
+    return url.rstrip("/")
+
+
 Positive = Annotated[int, _positive]
 PositiveFloat = Annotated[float, _positive]
 Count = Annotated[int, _non_negative]
 Seconds = Annotated[float, _non_negative]
 Port = Annotated[int, _port]
 Destinations = Annotated[list[str], _destinations]
+ResultDestinations = Annotated[list[str], _result_destinations]   # AE@host:port or dicomweb:URL
 
 
 @dataclass(frozen=True)
@@ -149,8 +181,8 @@ class NodeSettings(_Section):
 
 @dataclass(frozen=True)
 class DeliverySettings(_Section):
-    destinations: Destinations
-    shadow_destinations: Destinations
+    destinations: ResultDestinations
+    shadow_destinations: ResultDestinations
     retry_initial_s: PositiveFloat
     retry_max_s: PositiveFloat
     refused_retry_s: PositiveFloat

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from cxr_triage.config import Config, parse_destination
+from cxr_triage.config import DICOMWEB_PREFIX, Config, parse_destination
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
 from cxr_triage.dicom_node.delivery.dicom_send import Outcome, elapsed_ms, send_c_store, tls_client_context
+from cxr_triage.dicom_node.delivery.stow_send import send_stow
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import (
     HL7_PREFIX,
@@ -129,6 +130,8 @@ class Deliverer(PollingThread):
                     outcome = send_to_outbox(batch, self.outbox)
                 elif dest.startswith(HL7_PREFIX):
                     outcome = send_hl7(batch, dest[len(HL7_PREFIX):], self.cfg)
+                elif dest.startswith(DICOMWEB_PREFIX):    # STOW-RS (delivery/stow_send.py)
+                    outcome = send_stow(batch, dest, self.cfg)
                 else:
                     outcome = send_c_store(batch, dest, self.cfg.node.ae_title,
                                            self.cfg.node.network_timeout_s, self.tls,

@@ -117,11 +117,11 @@ class StoreHandler(AssociationPolicy):
             try:
                 src, received, over_limit, owned, digest = self._received_file(event)
             except _StorageError as exc:          # disk full while receiving
-                return self._out_of_resources(exc.error, ctx)
+                return self.out_of_resources(exc.error, ctx)
             except Exception as exc:  # noqa: BLE001 - anything odd from the peer
-                return self._reject(None, CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", ctx)
-            return self._store_file(src, received, over_limit, digest, sop_uid, sop_class, calling,
-                                    ctx)
+                return self.reject(None, CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", ctx)
+            return self.store_file(src, received, over_limit, digest, sop_uid, sop_class, calling,
+                                   ctx)
         finally:
             if owned is not None:                 # our own copy, unless it was moved on
                 try:
@@ -166,8 +166,16 @@ class StoreHandler(AssociationPolicy):
         return (part, len(raw), bool(self.max_instance_bytes and len(raw) > self.max_instance_bytes),
                 part, None)
 
-    def _store_file(self, src: Path, received: int, over_limit: bool, digest: str | None,
-                    sop_uid: str, sop_class: str, calling: str, ctx: dict[str, Any]) -> int:
+    def store_file(self, src: Path, received: int, over_limit: bool, digest: str | None,
+                   sop_uid: str, sop_class: str, calling: str, ctx: dict[str, Any],
+                   study_uid_wanted: str | None = None) -> int:
+        """Store one received instance (a Part 10 file at ``src``, ``received`` bytes): checked,
+        moved into the spool (fsync), recorded, audited, *then* its status (PS3.4 B.2.3):
+        SUCCESS, OUT_OF_RESOURCES (too large, not durably stored), DATASET_MISMATCH or
+        CANNOT_UNDERSTAND (quarantined). The one commit path of C-STORE and STOW-RS
+        (``receive/stow.py``): ``sop_uid``/``sop_class`` "" take the data set's own (STOW-RS
+        has no request UIDs; they are put in ``ctx``), ``study_uid_wanted`` is the study of a
+        STOW-RS URL (another study: DATASET_MISMATCH). Never raises."""
         if over_limit:
             return self._refuse_too_large(received, ctx)
         try:
@@ -176,18 +184,23 @@ class StoreHandler(AssociationPolicy):
             series_uid = str(hdr.get("SeriesInstanceUID", "") or "").strip()
             ds_sop_uid = str(hdr.get("SOPInstanceUID", "") or "").strip()
             ts = str(hdr.file_meta.get("TransferSyntaxUID", "") or "")
+            sop_uid = sop_uid or ds_sop_uid
+            sop_class = sop_class or str(hdr.get("SOPClassUID", "") or "").strip()
         except Exception as exc:  # noqa: BLE001 - malformed header of any kind
-            return self._reject(src, CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}", ctx)
+            return self.reject(src, CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}", ctx)
+        ctx.update(sop_instance_uid=sop_uid, sop_class_uid=sop_class)
         if not _valid_uid(study_uid) or not _valid_uid(sop_uid):
-            return self._reject(src, DATASET_MISMATCH, "missing or invalid Study/SOP Instance UID", ctx)
+            return self.reject(src, DATASET_MISMATCH, "missing or invalid Study/SOP Instance UID", ctx)
         if ds_sop_uid and ds_sop_uid != sop_uid:
-            return self._reject(src, DATASET_MISMATCH, "SOP Instance UID differs from the request", ctx)
+            return self.reject(src, DATASET_MISMATCH, "SOP Instance UID differs from the request", ctx)
+        if study_uid_wanted and study_uid != study_uid_wanted:
+            return self.reject(src, DATASET_MISMATCH, "Study Instance UID differs from the request URL", ctx)
         ctx["study_uid"] = study_uid
 
         try:
             ignored = is_sr_class(sop_class) or self.store.is_own_output(sop_uid, series_uid)
         except Exception as exc:  # noqa: BLE001 - the job store unreachable (database down)
-            return self._out_of_resources(exc, ctx)
+            return self.out_of_resources(exc, ctx)
         if ignored:
             # Acknowledge (a router must not retry it forever) but never triage: a PACS that
             # sends results back would otherwise loop.
@@ -204,7 +217,7 @@ class StoreHandler(AssociationPolicy):
             if outcome != "identical" and self.on_stored is not None:
                 self.on_stored()
         except Exception as exc:  # noqa: BLE001 - disk full, read-only, locked database...
-            return self._out_of_resources(exc, ctx)
+            return self.out_of_resources(exc, ctx)
         self.audit.record(A.INSTANCES_TRANSFERRED, A.SUCCESS, action="C", direction="received",
                           status=hex_status(SUCCESS), size=received,
                           detail="identical re-send: nothing changed" if outcome == "identical" else None,
@@ -251,7 +264,8 @@ class StoreHandler(AssociationPolicy):
             return "changed"
         return "new"
 
-    def _out_of_resources(self, exc: BaseException, ctx: dict[str, Any]) -> int:
+    def out_of_resources(self, exc: BaseException, ctx: dict[str, Any]) -> int:
+        """Log and audit an instance not durably stored (disk full, store down): 0xA700."""
         log.error("cannot store instance: answering Out of Resources",
                   extra={**ctx, "error": f"{type(exc).__name__}: {exc}"})
         self.audit.record(A.INSTANCES_TRANSFERRED, A.SERIOUS_FAILURE, action="C",
@@ -269,7 +283,9 @@ class StoreHandler(AssociationPolicy):
                           detail="refused: instance larger than max_instance_bytes", **ctx)
         return OUT_OF_RESOURCES
 
-    def _reject(self, src: Path | None, status: int, reason: str, ctx: dict[str, Any]) -> int:
+    def reject(self, src: Path | None, status: int, reason: str, ctx: dict[str, Any]) -> int:
+        """Quarantine ``src`` (None: nothing readable arrived) with why, log and audit it;
+        returns ``status`` (PS3.4 B.2.3: 0xA900 or 0xC000)."""
         qpath = self.quarantine.put_file(src, reason, status=hex_status(status), **ctx)
         log.warning("instance refused and quarantined",
                     extra={**ctx, "status": hex_status(status), "reason": reason, "quarantine": qpath.name})

@@ -127,9 +127,14 @@ class Node:
 
             info = {"name": meta.name, "version": meta.version,
                     "operating_point": str(getattr(triager, "operating_point", "") or "")}
+            # STOW-RS (receive/stow.py, FastAPI too) on the same server, behind its login
+            from cxr_triage.dicom_node.receive.stow import StowReceiver
+
+            assert self.handler is not None
             # drift gauges against the commissioning baseline (none without a baseline)
             return start_web(self.cfg, self.queries, model_info=info,
-                             collectors=[DriftCollector(self.cfg, self.queries)], audit=self.audit)
+                             collectors=[DriftCollector(self.cfg, self.queries)], audit=self.audit,
+                             services=[StowReceiver(self.handler).router()])
         except Exception as exc:  # noqa: BLE001 - port busy, no token on a public host...
             log.error("worklist not started", extra={"error": f"{type(exc).__name__}: {exc}"})
             return None

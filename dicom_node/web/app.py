@@ -25,7 +25,7 @@ import time
 from importlib import resources
 from typing import Any, Callable, Iterable
 
-from fastapi import FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import Collector
 
@@ -55,13 +55,16 @@ log = logging.getLogger(__name__)
 def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = None,
                model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
                collectors: Iterable[Collector] = (),
-               clock: Callable[[], float] = time.time, audit: Any = None) -> FastAPI:
+               clock: Callable[[], float] = time.time, audit: Any = None,
+               services: Iterable[APIRouter] = ()) -> FastAPI:
     """The worklist app over ``store`` (a WorklistSource, or the node's job store).
 
     ``cfg`` (the validated Config) supplies ``[web]`` and the state dir unless ``settings``
     is given. ``model_info`` (name, version, operating point) labels ``cxr_triage_model_info``;
     ``collectors`` are further Prometheus collectors for ``/metrics`` (e.g. drift monitoring).
     ``audit``: the node's audit log (radiologists' feedback is audited there).
+    ``services``: further routers behind the same login, the caller named in
+    ``request.state.user`` (the node's STOW-RS receiver, ``receive/stow.py``).
     """
     if settings is None:
         settings = WebSettings.from_config(cfg) if cfg is not None else WebSettings()
@@ -87,8 +90,15 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
               name="static")
     for router in (routes_api.router, routes_pages.router, routes_media.router, auth.router):
         app.include_router(router)
+    for service in services:
+        app.include_router(service, dependencies=[Depends(auth.require_login), Depends(_name_caller)])
     app.exception_handler(HTTPException)(auth.http_errors)
     return app
+
+
+def _name_caller(request: Request) -> None:
+    """``request.state.user``: the named user of a service request (None: shared token)."""
+    request.state.user = auth.current_user(request)
 
 
 def _package_version() -> str:
@@ -164,7 +174,7 @@ class WebServer:
 
 def start_web(cfg: Any, store: Any, *, model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
               collectors: Iterable[Collector] = (), settings: WebSettings | None = None,
-              audit: Any = None) -> WebServer | None:
+              audit: Any = None, services: Iterable[APIRouter] = ()) -> WebServer | None:
     """Start the worklist for a node when ``[web] enabled``; None when disabled.
 
     Off loopback the worklist shows patient names and IDs, so it is served over HTTPS
@@ -178,7 +188,8 @@ def start_web(cfg: Any, store: Any, *, model_info: Callable[[], dict[str, str]] 
         return None
     settings = settings or WebSettings.from_config(cfg)
     check_web_tls(settings)
-    app = create_app(store, cfg, settings=settings, model_info=model_info, collectors=collectors, audit=audit)
+    app = create_app(store, cfg, settings=settings, model_info=model_info, collectors=collectors, audit=audit,
+                     services=services)
     return WebServer(app, settings.host, settings.port, tls_cert=settings.tls_cert,
                      tls_key=settings.tls_key).start()
 
