@@ -27,7 +27,8 @@ the node stopped (:meth:`Node.recover`).
 pynetdicom internals the node relies on are patched in one place, ``dicom_node/compat.py``,
 which refuses to start the node on a pynetdicom other than the 3.0.x they were written for.
 SIGTERM (``cxr-triage serve``) stops accepting, lets open associations, the study in hand and
-its delivery finish, then exits (:meth:`Node.stop`).
+its delivery finish for up to ``STOP_GRACE_S``, aborts what is left, then exits
+(:meth:`Node.stop`: within 10 s whatever the peers do).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ from cxr_triage.dicom_node.store.spool import Quarantine, Spool, StateDirs, data
 from cxr_triage.dicom_node.worker.triage import TriageWorker, load_triager
 
 log = logging.getLogger(__name__)
+SHARED_SPOOL_GRACE_S = 600.0   # partial files younger than this may be another node's C-STORE
+# SIGTERM: the node is gone within 10 s whatever its peers do (a grace, then sends are aborted)
+STOP_GRACE_S = 6.0
 
 
 class Node:
@@ -144,7 +148,8 @@ class Node:
         spool files that never reached the database imported (never acknowledged, but
         durable; the duplicate check makes a re-send harmless). The quarantine is brought
         within its bounds."""
-        partials = self.spool.sweep_partials()
+        # a spool shared by several nodes (PostgreSQL store) holds their files in progress
+        partials = self.spool.sweep_partials(min_age_s=SHARED_SPOOL_GRACE_S if self.store.shared else 0.0)
         out = self.store.recover()
         out["partials_removed"] = partials
         out["orphans_imported"] = self._import_orphans()
@@ -179,7 +184,10 @@ class Node:
         return n
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        """Stop accepting; let open associations, the study and the batch in hand finish."""
+        """Stop accepting; let open associations, the study and the batches in hand finish
+        until ``timeout_s``, then abort what is left: associations still open, sends still in
+        flight (their deliveries resume at the next start). Returns within about
+        ``timeout_s`` + 2 s whatever the peers do."""
         if self.handler:
             self.handler.accepting = False
         if self.server:
@@ -194,15 +202,14 @@ class Node:
                 assoc.abort()
         if self.worker:                                 # the study in hand is finished...
             self.worker.stop()
-            self.worker.join(max(1.0, deadline - time.monotonic()))
+            self.worker.join(max(0.5, deadline - time.monotonic()))
         if self.deliverer:                              # ...and its result sent, if it can be now
             self.deliverer.stop()
-            self.deliverer.join(max(1.0, deadline - time.monotonic()))
-            if not self.deliverer.is_alive() and time.monotonic() < deadline:
-                try:
-                    self.deliverer.run_once()
-                except Exception as exc:  # noqa: BLE001 - it stays queued for the next start
-                    log.warning("last delivery pass failed", extra={"error": str(exc)})
+            self.deliverer.join(max(0.5, deadline - time.monotonic()))
+            cut = self.deliverer.finish(deadline)       # silent peers: their sends aborted
+            if cut:
+                log.warning("sends still in flight at the stop were aborted; resumed at the next"
+                            " start", extra={"destinations": ",".join(cut)})
         self.audit.record(A.APPLICATION_ACTIVITY, A.SUCCESS, A.APPLICATION_STOP,
                           called_ae=self.cfg.node.ae_title)
         log.info("node stopped", extra={"ae_title": self.cfg.node.ae_title})
@@ -231,5 +238,5 @@ def serve(cfg: Config, stop_event: threading.Event) -> int:
         stop_event.wait()
     finally:
         log.info("stopping: no new associations, finishing in-flight work")
-        node.stop()
+        node.stop(timeout_s=STOP_GRACE_S)
     return 0

@@ -242,12 +242,17 @@ class Spool:
         os.fchmod(fd, 0o640)
         return os.fdopen(fd, "wb"), Path(name)
 
-    def sweep_partials(self) -> int:
+    def sweep_partials(self, min_age_s: float = 0.0) -> int:
         """Remove ``.part`` files left by a crash mid-write or mid-receive (never
-        acknowledged): every writer's temporary file and ``.incoming/``."""
+        acknowledged): every writer's temporary file and ``.incoming/``. ``min_age_s``: keep
+        files written to in the last so many seconds (a spool shared by several nodes holds
+        other nodes' files in progress)."""
         n = 0
+        cutoff = time.time() - min_age_s
         for part in self.root.rglob(f"*{PART}"):
             try:
+                if min_age_s and part.stat().st_mtime > cutoff:
+                    continue
                 part.unlink()
                 n += 1
             except OSError:
