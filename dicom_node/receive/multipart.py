@@ -20,6 +20,7 @@ from email.message import Message
 #: a part's header block longer than this is malformed (PS3.18 parts carry one or two headers)
 MAX_HEADER_BYTES = 16 * 1024
 DICOM = "application/dicom"
+MAX_BOUNDARY = 200
 
 
 class MultipartError(ValueError):
@@ -63,7 +64,8 @@ def boundary_of(content_type: str) -> bytes:
     if kind != DICOM:
         raise UnsupportedMediaType(f"multipart/related of type {kind!r}: only {DICOM} is accepted")
     boundary = msg.get_param("boundary")
-    if not isinstance(boundary, str) or not 0 < len(boundary) <= 70:
+    # RFC 2046 allows 70 characters; some senders use more (Orthanc: two UUIDs, 73)
+    if not isinstance(boundary, str) or not 0 < len(boundary) <= MAX_BOUNDARY:
         raise MultipartError("multipart/related without a valid boundary parameter")
     return boundary.encode("latin-1")
 

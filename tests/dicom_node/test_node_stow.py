@@ -190,3 +190,23 @@ def test_stow_delivery_judges_each_answer(node: Node, tmp_path: Path) -> None:
     assert refused.error is not None and "401" in refused.error and refused.permanent
     down = send_stow([item], "dicomweb:http://127.0.0.1:9/dicomweb", cfg)[1]
     assert down.error is not None and not down.permanent
+
+
+def test_multipart_reader_any_chunking() -> None:
+    """The same parts whatever the chunk size (a delimiter straddling two chunks included)."""
+    from cxr_triage.dicom_node.receive.multipart import MultipartReader, PartData, PartEnd, PartStart
+
+    payloads = [b"\r\n--not-the-boundary\r\n" + bytes(range(256)) * 3, b"", b"tail\r\n-"]
+    body = b"preamble\r\n" + _body(*(("application/dicom", p) for p in payloads)) + b"epilogue"
+    for size in (1, 2, 7, 64, len(body)):
+        reader, parts = MultipartReader(BOUNDARY.encode()), []
+        for at in range(0, len(body), size):
+            for event in reader.feed(body[at:at + size]):
+                if isinstance(event, PartStart):
+                    parts.append(b"")
+                elif isinstance(event, PartData):
+                    parts[-1] += event.data
+                else:
+                    assert isinstance(event, PartEnd)
+        reader.close()
+        assert parts == payloads, size

@@ -249,8 +249,10 @@ class StoreSCP:
 class Orthanc:
     """Orthanc with a temp JSON config (per ../shared/docs/dicom-conventions.md)."""
 
-    def __init__(self, work: Path, node_port: int, node_aet: str = NODE_AET):
+    def __init__(self, work: Path, node_port: int, node_aet: str = NODE_AET,
+                 extra: dict[str, Any] | None = None):
         self.work = work
+        self.extra = extra or {}            # further configuration keys (e.g. the DICOMweb plugin)
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.node_port = node_port
@@ -273,6 +275,7 @@ class Orthanc:
             "DicomModalities": {"triage": {"AET": self.node_aet, "Host": "127.0.0.1",
                                            "Port": self.node_port}},
         }
+        cfg.update(self.extra)
         (self.work / "orthanc.json").write_text(json.dumps(cfg))
         self.proc = subprocess.Popen([str(ORTHANC), str(self.work / "orthanc.json")],
                                      stdout=(self.work / "orthanc.log").open("ab"),
