@@ -5,6 +5,9 @@
     score          each instance: gate -> decode -> preprocess -> model -> decision
                    (``cxr_triage.inference.pipeline.Triager``); broken films are quarantined
     aggregate      one study result (``cxr_triage.contract.result.aggregate_study``)
+    priors         the patient's earlier studies (``[priors]``) and the prior-result safety
+                   rule: likely normal -> suspicious after a recent suspicious prior
+                   (``prior_results.with_priors``)
     heatmaps       kept for the worklist page, a validated model's only (never fails triage)
     sr             the result SR (``cxr_triage.dicom_node.results.sr.build_result_sr``); a
                    study that already had a result gets an *amended* one (same series, next
@@ -38,12 +41,14 @@ from cxr_triage.contract.result import (
     aggregate_study,
 )
 from cxr_triage.contract.sop_classes import is_triage_class
+from cxr_triage.dicom_node.priors.lookup import PriorLookup
 from cxr_triage.dicom_node.results.sr import Amendment, build_result_sr
 from cxr_triage.dicom_node.results.sr_header import conform_for_report
 from cxr_triage.dicom_node.results.summary_image import summary_images_if_enabled
 from cxr_triage.dicom_node.store.heatmaps import save_study_heatmaps
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, ResultObject
 from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs
+from cxr_triage.dicom_node.worker.prior_results import with_priors
 from cxr_triage.dicom_node.worker.result_files import save_result_objects
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,8 @@ class StudyContext:
     triager: FilmTriager
     dirs: StateDirs
     quarantine: Quarantine
+    #: the patient's earlier studies (``[priors] enabled``); None: no priors stage
+    priors: PriorLookup | None = None
 
 
 @dataclass
@@ -127,6 +134,12 @@ def aggregate(ctx: StudyContext, job: StudyJob) -> None:
     job.result = aggregate_study(job.study_uid, job.films)
 
 
+def look_at_priors(ctx: StudyContext, job: StudyJob) -> None:
+    """The patient's earlier studies and the prior-result safety rule (``prior_results``)."""
+    if ctx.priors is not None:
+        job.result = with_priors(ctx.cfg, ctx.priors, job.study_result(), job.sources)
+
+
 def keep_heatmaps(ctx: StudyContext, job: StudyJob) -> None:
     """[web] hook: heatmaps for the worklist page (``store/heatmaps.py``); never fails triage.
     Only a model whose heatmap passed validation has its heatmaps shown, so kept."""
@@ -176,6 +189,7 @@ STUDY_STAGES: tuple[tuple[str, Stage], ...] = (
     ("read", read_instances),
     ("score", score_instances),
     ("aggregate", aggregate),
+    ("priors", look_at_priors),
     ("heatmaps", keep_heatmaps),
     ("sr", build_sr),
     ("summary_image", build_summary_images),
@@ -197,15 +211,12 @@ def score_instance(triager: FilmTriager, inst: InstanceRecord, ds: Dataset | Non
                    parse_error: str | None = None) -> FilmResult:
     """One received instance -> its film result.
 
-    Instances outside the triage classes are recorded as not assessable without decoding.
+    Which objects are films the model reads is the intended-use gate's decision alone
+    (``inference.gate.check_object``, run by the triager before decoding).
     Any error of the pipeline becomes a not-assessable film (undecodable), never a crash.
     """
     if ds is None:
         return _not_assessable(inst, NotAssessableReason.UNDECODABLE, parse_error or "cannot parse")
-    if not is_triage_class(inst.sop_class_uid):
-        reason = (NotAssessableReason.UNSUPPORTED_SOP_CLASS if "PixelData" in ds
-                  else NotAssessableReason.NON_IMAGE)
-        return _not_assessable(inst, reason, f"SOP class {inst.sop_class_uid} is not triaged")
     try:
         film = triager.triage_dataset(ds, inst.path)
     except (KeyboardInterrupt, SystemExit):

@@ -189,3 +189,24 @@ def test_multi_frame_secondary_capture_gets_the_documented_reason_from_predict(
     result = json.loads(capsys.readouterr().out)
     assert result["decision"] == "not_assessable"
     assert result["reason"] == _conformance_reason_for_multi_frame_sc() == R.MULTI_FRAME.value
+
+
+def test_the_node_worker_gives_the_gate_reason_for_a_multi_frame_secondary_capture(chest, tiny_model):
+    """The worker decides nothing about SOP classes itself: a multi-frame SC instance scored by
+    the worker gets the gate's reason, the same as from ``predict`` (issue 21)."""
+    from cxr_triage.config import load_config
+    from cxr_triage.dicom_node.store.jobs import InstanceRecord
+    from cxr_triage.dicom_node.worker.stages import score_instance
+    from cxr_triage.inference.pipeline import Triager
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.7.3"
+    chest.SOPClassUID = chest.file_meta.MediaStorageSOPClassUID = sop_class
+    chest.NumberOfFrames = 2
+    chest.PixelData = bytes(chest.PixelData) * 2
+    inst = InstanceRecord(sop_instance_uid=str(chest.SOPInstanceUID), study_uid=str(chest.StudyInstanceUID),
+                          series_uid=str(chest.SeriesInstanceUID), sop_class_uid=sop_class,
+                          transfer_syntax=str(chest.file_meta.TransferSyntaxUID), path="mf.dcm", size=None,
+                          calling_ae=None, received_at=0.0)
+    triager = Triager(load_config(None, environ={}), model_path=tiny_model, threads=1)
+    film = score_instance(triager, inst, chest)
+    assert film.reason is R.MULTI_FRAME == R(_conformance_reason_for_multi_frame_sc())
