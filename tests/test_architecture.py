@@ -71,12 +71,14 @@ NODE_PARTS: dict[str, set[str]] = {
     "store": set(),
     "results": set(),
     "receive": {"compat", "store"},
-    "worker": {"store", "results"},
+    "worker": {"store", "results", "priors"},
+    "priors": {"store", "delivery"},
     "delivery": {"compat", "store", "results"},
     "web": {"store", "results"},
     "monitoring": {"store"},
     "tools": {"compat", "store", "delivery", "results"},
-    "service": {"compat", "store", "results", "receive", "worker", "delivery", "web", "monitoring"},
+    "service": {"compat", "store", "results", "receive", "worker", "delivery", "web", "monitoring",
+                "priors"},
 }
 #: what the worklist and monitoring may use of the store: its read side and one narrow writer
 STORE_READ_SIDE = {"queries", "read_model", "feedback", "heatmaps", "audit", "schema"}

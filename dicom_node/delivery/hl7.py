@@ -19,7 +19,8 @@ call is not a report).
     NTE  "AI triage - research output, not for diagnosis"
     TQ1  TQ1-9 priority (HL7 table 0027): A (ASAP) for suspicious, R (routine) otherwise
     OBX  decision (CWE, OBX-8 abnormal flag A / N), AI triage rank (NM: 1 suspicious,
-         2 not assessable, 3 likely normal: a RIS sorts on it), not-assessable reasons (CWE),
+         2 not assessable, 3 likely normal: a RIS sorts on it), [escalation reason (CWE,
+         "prior suspicious result", flag A) and the prior result's SR (ST)], not-assessable reasons (CWE),
          abnormality score and threshold (NM, unit 1), operating point (ST), nodule/mass flag,
          score and threshold (models with that output), model name and version (ST),
          Study Instance UID (ST, DCM 110180), result SR SOP Instance UID (ST)
@@ -156,6 +157,10 @@ def _observations(result: ParsedResult, sr: Dataset) -> list[tuple[str, tuple[st
          ABNORMAL_FLAG.get(result.decision, "")),
         ("NM", code(C.TRIAGE_RANK), RANK[result.decision], ""),
     ]
+    if result.escalation is not None:     # raised to suspicious by a prior result
+        out.append(("CWE", code(C.ESCALATION_REASON), code(C.ESCALATION_CODES[result.escalation.reason]), "A"))
+        if result.escalation.prior_sr_uid:
+            out.append(("ST", code(C.PRIOR_RESULT_SR), result.escalation.prior_sr_uid, ""))
     if result.decision is Decision.NOT_ASSESSABLE:
         reasons = []
         for film in result.films:

@@ -8,6 +8,8 @@ Built with highdicom's templates, never by hand, so the tree is conformant by co
         [AI nodule/mass flag (CODE)], study score and threshold (NUM), operating point
         (TEXT), [nodule/mass score and threshold (NUM)], Algorithm Identification
         Non-image instance result (CONTAINER) per refused instance that is not an image
+        {escalation reason (CODE) after the decision; Prior AI triage result used
+        (CONTAINER): the prior's Study Instance UID, Study Date, result SR (UIDREF), finding}
       observation context: device observer (the model, a fixed UID per model version)
       procedure reported: the source's Procedure Code Sequence, else LN 43468-8
       Image Library: every source image
@@ -22,6 +24,8 @@ Built with highdicom's templates, never by hand, so the tree is conformant by co
 
 [...]: only when the model has a nodule/mass output (``FilmResult.nodule_score`` set); the
 flag is an added finding beside the decision, never a change of it.
+{...}: only when a prior result raised the study to suspicious (``StudyResult.escalation``,
+``[priors]``); that prior's SR is also in the Pertinent Other Evidence Sequence.
 
 This module is the document: it assembles the tree and makes the Comprehensive 3D SR, a
 first result or an :class:`Amendment` of an earlier one. The layers below it, each importing
@@ -170,7 +174,30 @@ def build_result_sr(
     if amends is not None:
         sr.CompletionFlagDescription = AMENDED_COMPLETION
     mark_equipment(sr, meta)
+    cite_prior(sr, study)
     return sr
+
+
+def cite_prior(sr: Dataset, study: StudyResult) -> None:
+    """The prior result SR a study was escalated by (``study.escalation``), listed in the
+    Pertinent Other Evidence Sequence (PS3.3 C.17.2.3: study -> series -> SOP class and
+    instance); nothing when the study was not escalated or that SR is not known."""
+    escalation = study.escalation
+    prior = next((p for p in study.priors if escalation is not None
+                  and p.study_uid == escalation.prior_study_uid
+                  and p.sr_uid and p.sr_series_uid and p.sr_class_uid), None)
+    if prior is None:
+        return
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = prior.sr_class_uid
+    instance.ReferencedSOPInstanceUID = prior.sr_uid
+    series = Dataset()
+    series.SeriesInstanceUID = prior.sr_series_uid
+    series.ReferencedSOPSequence = [instance]
+    cited = Dataset()
+    cited.StudyInstanceUID = prior.study_uid
+    cited.ReferencedSeriesSequence = [series]
+    sr.PertinentOtherEvidenceSequence = [*sr.get("PertinentOtherEvidenceSequence", []), cited]
 
 
 def _checked_headers(study: StudyResult, sources: Sequence[Dataset]) -> list[Dataset]:

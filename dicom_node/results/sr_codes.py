@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from cxr_triage.contract.result import Decision, NotAssessableReason
+from cxr_triage.contract.result import Decision, EscalationReason, NotAssessableReason
 
 SCHEME = "99CXRT"
 SCHEME_NAME = "cxr-triage result codes"
@@ -56,6 +56,20 @@ TRIAGE_RANK = _cxrt("CXRT030", "AI triage rank")
 # ST: the SOP Instance UID of the result SR the message reports.
 RESULT_SR = _cxrt("CXRT031", "AI triage result SR")
 
+# The prior-result safety rule (CXRT04x): why a likely-normal call was raised to suspicious,
+# and the prior result it used (report-level evaluations; also in the HL7 OBX).
+# CODE: the escalation reason (values: ESCALATION_CODES).
+ESCALATION_REASON = _cxrt("CXRT040", "AI triage escalation reason")
+# CONTAINER: the prior result used; holds Study Instance UID (DCM 110180, UIDREF), Study Date
+# (DCM 111060, DATE), PRIOR_RESULT_SR (UIDREF) and PRIOR_FINDING (CODE).
+PRIOR_RESULT = _cxrt("CXRT042", "Prior AI triage result used")
+# UIDREF: the SOP Instance UID of this node's result SR of the prior study.
+PRIOR_RESULT_SR = _cxrt("CXRT043", "Prior AI triage result SR")
+# CODE: what that result said: Suspicious (CXRT011) or AI nodule/mass flag (CXRT022).
+PRIOR_FINDING = _cxrt("CXRT044", "Prior AI triage finding")
+STUDY_UID = codes.DCM.StudyInstanceUID           # 110180
+STUDY_DATE = codes.DCM.StudyDate                 # 111060
+
 # --- Triage decisions (values of TRIAGE_DECISION) ---------------------------------------
 DECISION_CODES: dict[Decision, Code] = {
     Decision.LIKELY_NORMAL: _cxrt("CXRT010", "Likely normal"),
@@ -75,6 +89,11 @@ REASON_CODES: dict[NotAssessableReason, Code] = {
     NotAssessableReason.NON_HUMAN: _cxrt("CXRT108", "Not a human patient"),
     NotAssessableReason.TOO_SMALL: _cxrt("CXRT109", "Image too small"),
     NotAssessableReason.UNDECODABLE: _cxrt("CXRT110", "Pixel data not decodable"),
+}
+
+# --- Escalation reasons (values of ESCALATION_REASON) -----------------------------------
+ESCALATION_CODES: dict[EscalationReason, Code] = {
+    EscalationReason.PRIOR_SUSPICIOUS: _cxrt("CXRT041", "Prior suspicious result"),
 }
 
 # --- Standard codes -----------------------------------------------------------------------
@@ -113,6 +132,7 @@ def _key(code: Code) -> tuple[str, str]:
 
 _DECISION_BY_KEY = {_key(c): d for d, c in DECISION_CODES.items()}
 _REASON_BY_KEY = {_key(c): r for r, c in REASON_CODES.items()}
+_ESCALATION_BY_KEY = {_key(c): r for r, c in ESCALATION_CODES.items()}
 
 
 def decision_from_code(code: Code) -> Decision:
@@ -123,6 +143,11 @@ def decision_from_code(code: Code) -> Decision:
 def reason_from_code(code: Code) -> NotAssessableReason:
     """The NotAssessableReason a coded value stands for; KeyError when unknown."""
     return _REASON_BY_KEY[_key(code)]
+
+
+def escalation_from_code(code: Code) -> EscalationReason:
+    """The EscalationReason a coded value stands for; KeyError when unknown."""
+    return _ESCALATION_BY_KEY[_key(code)]
 
 
 def same_code(a: Code, b: Code) -> bool:
@@ -146,9 +171,16 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("concept: nodule/mass flag (value Present / Absent)", *_row(NODULE_MASS_FLAG)),
         ("HL7 OBX only: triage rank (NM: 1 suspicious, 2 not assessable, 3 likely normal)", *_row(TRIAGE_RANK)),
         ("HL7 OBX only: the result SR's SOP Instance UID (ST)", *_row(RESULT_SR)),
+        ("concept: escalation reason (prior-result safety rule)", *_row(ESCALATION_REASON)),
+        ("container: the prior result used", *_row(PRIOR_RESULT)),
+        ("concept: the prior result's SR (UIDREF; also HL7 OBX ST)", *_row(PRIOR_RESULT_SR)),
+        ("concept: what the prior result said (value Suspicious / AI nodule/mass flag)", *_row(PRIOR_FINDING)),
+        ("concept: the prior's Study Instance UID (UIDREF)", *_row(STUDY_UID)),
+        ("concept: the prior's Study Date (DATE)", *_row(STUDY_DATE)),
     ]
     rows += [(f"decision {d.value}", *_row(c)) for d, c in DECISION_CODES.items()]
     rows += [(f"reason {r.value}", *_row(c)) for r, c in REASON_CODES.items()]
+    rows += [(f"escalation {r.value}", *_row(c)) for r, c in ESCALATION_CODES.items()]
     rows += [
         ("Finding (121071) when suspicious", *_row(FINDING_ABNORMAL)),
         ("Finding (121071) when likely normal", *_row(FINDING_NORMAL)),

@@ -1,7 +1,8 @@
 """The TID 1500 content items of the result SR, built with highdicom's templates.
 
 One function per part of the tree that ``sr`` assembles (PS3.16 TID 1500 "Measurement
-Report"): :func:`study_evaluations` (row 12, report-level Qualitative Evaluations),
+Report"): :func:`study_evaluations` (row 12, report-level Qualitative Evaluations, with
+:func:`prior_result`, the prior result a study was escalated by),
 :func:`film_group` (TID 1410, one per film), :func:`non_image_result` (a refused instance
 that is not an image), :func:`image_library` (TID 1600), and :func:`separate_everywhere`.
 
@@ -12,6 +13,7 @@ so the round trip is exact. Codes are ``sr_codes``. Imports nothing above ``sr_c
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.valuerep import DSfloat
 
-from cxr_triage.contract.result import Decision, NotAssessableReason, StudyResult
+from cxr_triage.contract.result import Decision, Escalation, NotAssessableReason, StudyResult
 from cxr_triage.dicom_node.results import sr_codes as C
 
 DISPLAY_DECIMALS = 4  # Numeric Value as shown; Floating Point Value keeps the exact double
@@ -126,6 +128,8 @@ def study_evaluations(
     not-assessable reasons, score, threshold and operating point, the algorithm, and the
     results of refused non-image instances."""
     items: list[hd.sr.ContentItem] = [_code(C.TRIAGE_DECISION, C.DECISION_CODES[study.decision])]
+    if study.escalation is not None:
+        items.append(_code(C.ESCALATION_REASON, C.ESCALATION_CODES[study.escalation.reason]))
     items += [_code(C.NOT_ASSESSABLE_REASON, C.REASON_CODES[r]) for r in study_reasons(study)]
     nodule = nodule_of(study.nodule_score, _study_nodule_threshold(study), study.nodule_flag)
     if nodule is not None:
@@ -142,7 +146,29 @@ def study_evaluations(
             items.append(_num(C.NODULE_MASS_THRESHOLD, nodule.threshold))
     items += [item for item in algorithm if isinstance(item, hd.sr.ContentItem)]
     items += list(non_image)
+    if study.escalation is not None:
+        items.append(prior_result(study.escalation))
     container = _container(C.QUALITATIVE_EVALUATIONS)
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def prior_result(escalation: Escalation) -> hd.sr.ContainerContentItem:
+    """The prior result a study was escalated by: its Study Instance UID, Study Date (when
+    known), this node's SR of it (when known) and what that result said."""
+    items: list[hd.sr.ContentItem] = [hd.sr.UIDRefContentItem(
+        name=C.STUDY_UID, value=escalation.prior_study_uid, relationship_type=_CONTAINS)]
+    if escalation.prior_study_date:
+        items.append(hd.sr.DateContentItem(
+            name=C.STUDY_DATE, value=dt.datetime.strptime(escalation.prior_study_date, "%Y%m%d").date(),
+            relationship_type=_CONTAINS))
+    if escalation.prior_sr_uid:
+        items.append(hd.sr.UIDRefContentItem(name=C.PRIOR_RESULT_SR, value=escalation.prior_sr_uid,
+                                             relationship_type=_CONTAINS))
+    said = C.DECISION_CODES[Decision.SUSPICIOUS] if escalation.prior_finding == "suspicious" \
+        else C.NODULE_MASS_FLAG
+    items.append(_code(C.PRIOR_FINDING, said))
+    container = _container(C.PRIOR_RESULT)
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 

@@ -20,6 +20,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from cxr_triage.contract.result import Escalation
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
 from cxr_triage.contract.study import Outcome, ResultPart
 from cxr_triage.dicom_node.results import sr_codes as C
@@ -149,7 +150,30 @@ def _read(ds: Dataset) -> ParsedResult:
         model_version=_text(summary, codes.DCM.AlgorithmVersion),
         films=[g for _, g in films],
         evidence_sop_instance_uids=evidence,
+        escalation=_escalation(summary),
     )
+
+
+def _escalation(summary: Dataset) -> Escalation | None:
+    """The escalation reason and the prior result used (report-level evaluations), if any."""
+    reason = _code(summary, C.ESCALATION_REASON)
+    if reason is None:
+        return None
+    prior = find_content_items(summary, name=C.PRIOR_RESULT, value_type=ValueTypeValues.CONTAINER)
+    item = prior[0] if prior else Dataset()
+    date = _one(item, C.STUDY_DATE, ValueTypeValues.DATE) if prior else None
+    said = _code(item, C.PRIOR_FINDING) if prior else None
+    return Escalation(
+        reason=C.escalation_from_code(reason), prior_study_uid=_uid(item, C.STUDY_UID) or "",
+        prior_study_date=str(date.Date) if date is not None else "",
+        prior_sr_uid=_uid(item, C.PRIOR_RESULT_SR),
+        prior_finding="nodule_mass" if said is not None and C.same_code(said, C.NODULE_MASS_FLAG)
+        else "suspicious")
+
+
+def _uid(item: Dataset, name: Code) -> str | None:
+    found = _one(item, name, ValueTypeValues.UIDREF) if "ContentSequence" in item else None
+    return str(found.UID) if found is not None else None
 
 
 def _index(identifier: str) -> int:

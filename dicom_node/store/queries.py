@@ -12,9 +12,10 @@ import json
 import time
 from typing import Any
 
+from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
 from cxr_triage.contract.study import FeedbackRecord, StudyRecord
 from cxr_triage.dicom_node.store import read_model
-from cxr_triage.dicom_node.store.db import Database
+from cxr_triage.dicom_node.store.db import Database, StoreOptions
 from cxr_triage.dicom_node.store.deliveries import ResultObject
 from cxr_triage.dicom_node.store.feedback import FeedbackWriter
 from cxr_triage.dicom_node.store.nodes import NODES_SQL
@@ -195,11 +196,31 @@ class StudyQueries:
             "SELECT result_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
+    def patient_results(self, patient_id: str, exclude_study_uid: str = "") -> list[dict[str, Any]]:
+        """The current results of other studies of this Patient ID, newest first: study UID,
+        accession number, patient name, decision, nodule flag (bool or None), ``triaged_at``
+        (Unix s) and the result's SR as built (``sr_uid``, ``sr_series_uid``, ``sr_class_uid``,
+        ``sr_path``; None when it has none). Issuer and birth date are in the SR's header."""
+        rows = self._store.connection().execute(
+            "SELECT s.study_uid, s.accession_number, s.patient_name, s.decision, s.nodule_flag,"
+            " s.triaged_at, o.sop_instance_uid AS sr_uid, o.series_uid AS sr_series_uid,"
+            " o.sop_class_uid AS sr_class_uid, o.path AS sr_path FROM studies s"
+            " LEFT JOIN result_objects o ON o.result_id=s.result_id AND o.sop_class_uid=?"
+            " WHERE s.patient_id=? AND s.study_uid<>? AND s.result_id IS NOT NULL"
+            " ORDER BY s.triaged_at DESC", (COMPREHENSIVE_3D_SR, patient_id, exclude_study_uid)).fetchall()
+        return [{**dict(r), "nodule_flag": None if r["nodule_flag"] is None else bool(r["nodule_flag"])}
+                for r in rows]
+
     def current_result_objects(self, study_uid: str) -> list[ResultObject]:
         rows = self._store.connection().execute(
             "SELECT o.sop_instance_uid, o.series_uid, o.sop_class_uid, o.path FROM result_objects o"
             " JOIN studies s ON s.result_id=o.result_id WHERE s.study_uid=?", (study_uid,)).fetchall()
         return [ResultObject(**dict(r)) for r in rows]
+
+
+def configured_node_name(store_settings: Any) -> str:
+    """This node's name in claims and metrics, from ``cfg.store`` ("" there: the host name)."""
+    return StoreOptions.from_settings(store_settings).name
 
 
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
@@ -225,6 +246,8 @@ _SUMMARY_SQL = (
     " (SELECT amends FROM results r WHERE r.id=s.result_id) AS amends_result_id,"
     " (SELECT result_json FROM results r WHERE r.id=s.result_id AND s.decision='not_assessable')"
     "   AS not_assessable_json,"
+    " (SELECT result_json FROM results r WHERE r.id=s.result_id AND s.decision='suspicious')"
+    "   AS suspicious_json,"
     " (SELECT verdict FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1)"
     "   AS feedback_verdict,"
     " (SELECT f.\"user\" FROM feedback f WHERE f.result_id=s.result_id ORDER BY f.id DESC LIMIT 1) AS feedback_user"
@@ -253,4 +276,5 @@ def _study_summary(r: dict[str, Any]) -> dict[str, Any]:
     r["amended"] = r["amends_result_id"] is not None   # the current result replaced an earlier one
     r["nodule_flag"] = None if r["nodule_flag"] is None else bool(r["nodule_flag"])
     r["reasons"] = read_model.reasons_of(r.pop("not_assessable_json"))   # why not assessable
+    r["escalation"] = read_model.escalation_of(r.pop("suspicious_json"))  # raised by a prior result
     return r

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterable
 
-from cxr_triage.contract.result import Decision, NotAssessableReason
+from cxr_triage.contract.result import Decision, Escalation, NotAssessableReason, PriorStudy
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
 from cxr_triage.contract.study import (
     DeliveryEvent,
@@ -47,6 +47,8 @@ def study_record(row: dict[str, Any], detail: dict[str, Any] | None = None, *,
         films=tuple(_films(films, detail.get("instances", []))),
         deliveries=tuple(delivery_events(detail.get("deliveries", []))),
         feedback=tuple(feedback_record(f) for f in detail.get("feedback", [])),
+        priors=tuple(PriorStudy.from_dict(p) for p in (detail.get("result") or {}).get("priors") or ()
+                     if isinstance(p, dict)),
     )
 
 
@@ -111,9 +113,21 @@ def _result_part(row: dict[str, Any], films: list[dict[str, Any]],
         nodule_score=row.get("nodule_score"), nodule_threshold=by.get("nodule_threshold"),
         nodule_flag=None if row.get("nodule_flag") is None else bool(row["nodule_flag"]))
     srs = _srs(objects)
+    escalation = row.get("escalation")
     return ResultPart(outcome=outcome, model_name=named.get("model_name"),
                       model_version=named.get("model_version"),
-                      sr_uid=srs[0]["sop_instance_uid"] if srs else None)
+                      sr_uid=srs[0]["sop_instance_uid"] if srs else None,
+                      escalation=Escalation.from_dict(escalation) if isinstance(escalation, dict) else None)
+
+
+def escalation_of(result_json: str | None) -> dict[str, Any] | None:
+    """The escalation of a stored result (``StudyResult.to_dict``'s "escalation": reason and
+    the prior used), None when the result was not raised by a prior or is unreadable."""
+    try:
+        escalation = json.loads(result_json or "{}").get("escalation")
+    except (ValueError, AttributeError):
+        return None
+    return escalation if isinstance(escalation, dict) else None
 
 
 def reasons_of(result_json: str | None) -> list[str]:

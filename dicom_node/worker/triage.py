@@ -19,6 +19,7 @@ from pydicom import dcmread
 
 from cxr_triage.config import Config
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+from cxr_triage.dicom_node.priors.lookup import PriorLookup
 from cxr_triage.dicom_node.results.sr import Amendment
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import JobStore, identity_from_headers
@@ -86,7 +87,8 @@ class TriageWorker(PollingThread):
         super().__init__("triage-worker", store, poll_s)
         self.cfg = cfg
         self.audit = audit
-        self.context = StudyContext(cfg, triager, dirs, quarantine)
+        self.context = StudyContext(cfg, triager, dirs, quarantine,
+                                    PriorLookup(cfg, StudyQueries(store)) if cfg.priors.enabled else None)
         self.destinations = destinations
         # self.wake: set by the SCP when an instance is stored (look for due studies now)
         # called after each result is committed (the node kicks the deliverer with it)
@@ -128,6 +130,7 @@ class TriageWorker(PollingThread):
             self.on_result()
         log.info("study triaged", extra={
             "study_uid": study_uid, "result_id": rid, "decision": result.decision.value,
+            "escalation": result.escalation.reason.value if result.escalation else None,
             "score": result.score, "nodule_flag": result.nodule_flag, "films": len(result.films),
             "ms": round((time.perf_counter() - t0) * 1000, 1),
             "stage_ms": job.timings_ms, "claimed_at": claimed_at, "committed_at": committed_at,
