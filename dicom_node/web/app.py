@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import Collector
 
+from cxr_triage.dicom_node.store.queries import configured_node_name
 from cxr_triage.dicom_node.web import auth, metrics, routes_api, routes_media, routes_pages
 from cxr_triage.dicom_node.web.auth import COOKIE, new_token
 from cxr_triage.dicom_node.web.schemas import (
@@ -82,7 +83,8 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
     )
     app.state.source = source
     app.state.settings = settings
-    app.state.registry = metrics.build_registry(source, model_info, extra=collectors)
+    node_name = configured_node_name(cfg.store) if cfg is not None else ""
+    app.state.registry = metrics.build_registry(source, model_info, extra=collectors, node_name=node_name)
     app.state.templates = routes_pages.build_templates()
     app.state.clock = clock
     app.state.audit = audit

@@ -50,8 +50,9 @@ class NodeCollector(Collector):
     """Turns :class:`QueueStats` into metric families on every scrape."""
 
     def __init__(self, source: WorklistSource, model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, node_name: str = ""):
         self._source = source
+        self._node_name = node_name
         self._model_info = model_info
         self._clock = clock
 
@@ -97,6 +98,10 @@ class NodeCollector(Collector):
                                 value=float(s.dead_letters))
 
     def _model_family(self) -> Iterator[Metric]:
+        if self._node_name:            # several nodes on one database: which one answers
+            node = InfoMetricFamily(f"{PREFIX}_node", "The node this scrape reads (its [store] node_name)")
+            node.add_metric([], {"node": self._node_name})
+            yield node
         info = self._model()
         if info:
             fam = InfoMetricFamily(f"{PREFIX}_model", "The model the node triages with")
@@ -105,10 +110,11 @@ class NodeCollector(Collector):
 
 
 def build_registry(source: WorklistSource, model_info: Callable[[], dict[str, str]] | dict[str, str] | None = None,
-                   extra: Iterable[Collector] = ()) -> CollectorRegistry:
-    """A fresh registry (never the global one) holding this node's collector(s)."""
+                   extra: Iterable[Collector] = (), node_name: str = "") -> CollectorRegistry:
+    """A fresh registry (never the global one) holding this node's collector(s);
+    ``node_name`` (when given) as ``cxr_triage_node_info{node="..."}``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(source, model_info))
+    registry.register(NodeCollector(source, model_info, node_name=node_name))
     for collector in extra:
         registry.register(collector)
     return registry

@@ -224,3 +224,14 @@ def test_password_is_masked_in_the_logged_dsn() -> None:
     masked = mask_dsn("host=db1 dbname=cxr user=cxr password=s3cret")
     assert "s3cret" not in masked and "***" in masked and "host=db1" in masked
     assert "s3cret" not in mask_dsn("postgresql://cxr:s3cret@db1:5432/cxr")
+
+
+def test_metrics_name_the_node() -> None:
+    from cxr_triage.dicom_node.web.metrics import build_registry, render
+
+    class _Down:
+        def stats(self) -> None:
+            raise sqlite3.OperationalError("database unavailable")
+
+    text = render(build_registry(_Down(), node_name="triage-a")).decode()  # type: ignore[arg-type]
+    assert 'cxr_triage_node_info{node="triage-a"} 1.0' in text and "cxr_triage_store_up 0.0" in text
