@@ -210,3 +210,33 @@ def test_multipart_reader_any_chunking() -> None:
                     assert isinstance(event, PartEnd)
         reader.close()
         assert parts == payloads, size
+
+
+def test_stow_destinations_follow_the_delivery_rules(tmp_path: Path, model_path: Path,
+                                                     sample_dicoms: dict[str, Path]) -> None:
+    """A film received over STOW-RS is triaged; its result goes to two DICOMweb destinations:
+    one that refuses (the node's own endpoint, no login: 401) is ``refused``, one that does not
+    answer (a closed port) stays ``pending`` with back-off: per object, as for C-STORE."""
+    from support.node_peers import free_port, wait_for
+
+    web_port = free_port()
+    refusing, silent = f"dicomweb:http://127.0.0.1:{web_port}/dicomweb", "dicomweb:http://127.0.0.1:9/dicomweb"
+    cfg = load_config(environ={}).replace(
+        node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "state"), "quiet_period_s": 0.2},
+        inference={"model_path": str(model_path), "threads": 1},
+        delivery={"summary_image": False, "destinations": [refusing, silent], "retry_initial_s": 30.0},
+        web={"enabled": True, "host": "127.0.0.1", "port": web_port, "token": TOKEN})
+    n = Node(cfg).start()
+    try:
+        film = dcmread(sample_dicoms["nih_gcp_dx_chest_nofinding"])
+        assert len(_client(n).store_instances([film]).ReferencedSOPSequence) == 1
+
+        def settled() -> Any:
+            study = n.queries.get_study(str(film.StudyInstanceUID))
+            states = {d["destination"]: d["state"] for d in (study or {}).get("deliveries", [])
+                      if d.get("attempts")}
+            return states if len(states) == 2 else None
+        states = wait_for(settled, 60, 0.2, "both deliveries attempted")
+        assert states == {refusing: "refused", silent: "pending"}
+    finally:
+        n.stop(timeout_s=5)
