@@ -42,10 +42,22 @@ on any other version, rather than run with a patch that may silently no longer a
    the peer's delayed ACK: ~45 ms per SR on loopback (against dcmtk storescp: SR 93 -> 47 ms,
    SR + summary image over one association 189 -> 116 ms). TCP_NODELAY is set on the
    association's socket (``assoc.dul.socket.socket``) once it is established.
+5. **Connection failures as a cause, not ERROR lines** (:func:`connection_failure`, sending
+   side). pynetdicom 3.0 (``transport.AssociationSocket.connect``, in the association's DUL
+   thread) logs a refused or failed connection as two ERROR lines ("Association request
+   failed: unable to connect to remote", "TCP Initialisation Error: <OSError>"), plus a
+   traceback for a TLS error, and the association only says "aborted". A filter on the
+   ``pynetdicom.transport`` logger keeps the OSError text per DUL thread instead of logging it;
+   the sender reads it back for its one WARNING line and ``cxr-triage status``.
+
+The TLS handshake of (2) also reports its failures (plain TCP on the TLS port, an untrusted
+certificate): ``deferred_handshake_server_context(on_refused=...)`` is called with the peer
+address and the SSL error, once per connection, so the node can audit the refusal.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -115,7 +127,47 @@ def stream_c_store_data_sets(factory: IncomingFactory) -> None:
 
 # -- 2. TLS handshake off the accept loop ---------------------------------------------------
 
+#: ``on_refused(peer_host, error)``: a TLS handshake that failed (the connection is refused)
+TlsRefused = Callable[[str, BaseException], None]
+
+
+class _HandshakeReportingSocket(ssl.SSLSocket):
+    """An accepted TLS socket whose (deferred, implicit) handshake failure is reported once to
+    its context's ``on_refused`` before pynetdicom sees the error."""
+
+    _cxr_reported = False
+
+    def _report(self, exc: BaseException) -> None:
+        if self._cxr_reported:
+            return
+        self._cxr_reported = True
+        on_refused = getattr(self.context, "on_refused", None)
+        if on_refused is not None:
+            try:
+                host = str(self.getpeername()[0])
+            except OSError:
+                host = "?"
+            on_refused(host, exc)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self._report(exc)
+            raise
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        try:
+            return super().recv_into(buffer, nbytes, flags)
+        except ssl.SSLError as exc:
+            self._report(exc)
+            raise
+
+
 class _DeferredHandshakeContext(ssl.SSLContext):
+    on_refused: TlsRefused | None = None
+    sslsocket_class = _HandshakeReportingSocket
+
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,
                     do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
                     server_hostname: str | bytes | None = None,
@@ -125,11 +177,14 @@ class _DeferredHandshakeContext(ssl.SSLContext):
                                    server_hostname=server_hostname, session=session)
 
 
-def deferred_handshake_server_context() -> ssl.SSLContext:
+def deferred_handshake_server_context(on_refused: TlsRefused | None = None) -> ssl.SSLContext:
     """A server ``SSLContext`` (``PROTOCOL_TLS_SERVER``) whose sockets shake hands on their
-    first read, in the association's thread, not when pynetdicom's accept loop wraps them."""
+    first read, in the association's thread, not when pynetdicom's accept loop wraps them.
+    ``on_refused(peer_host, error)`` is called once per connection whose handshake failed."""
     require_supported_pynetdicom()
-    return _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.on_refused = on_refused
+    return ctx
 
 
 # -- 3. DIMSE responses kept for the sender -------------------------------------------------
@@ -178,3 +233,74 @@ def respond_without_delay(event: Any) -> None:
     delayed ACK (Nagle's algorithm, RFC 896; RFC 1122 4.2.3.2)."""
     require_supported_pynetdicom()
     _no_delay(event.assoc)
+
+
+# -- 5. connection failures as a cause ------------------------------------------------------
+
+_CONNECT_FAILED = "Association request failed: unable to connect to remote"
+_TCP_ERROR = "TCP Initialisation Error: "
+_ACSE_TIMEOUT = "ACSE timeout reached while waiting for response to association request"
+_causes: dict[int, str] = {}        # DUL thread ident -> the OSError of its failed connection
+_causes_lock = threading.Lock()
+
+
+class _ConnectionFailureFilter(logging.Filter):
+    """Keeps pynetdicom's connection failure (and its TLS traceback) as a cause per thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        message = record.getMessage()
+        cause = (message[len(_TCP_ERROR):] if message.startswith(_TCP_ERROR)
+                 else "no answer to the association request (ACSE time-out)"
+                 if message == _ACSE_TIMEOUT else None)
+        if cause is not None:
+            with _causes_lock:
+                _causes[record.thread or 0] = cause
+            return False
+        return not (message == _CONNECT_FAILED
+                    or (record.exc_info is not None and isinstance(record.exc_info[1], OSError)))
+
+
+_FILTER = _ConnectionFailureFilter()
+
+
+def quiet_connection_failures() -> None:
+    """Install the filter on ``pynetdicom.transport`` and ``pynetdicom.acse`` (idempotent)."""
+    require_supported_pynetdicom()
+    for name in ("pynetdicom.transport", "pynetdicom.acse"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+def connection_failure(assoc: Association) -> str | None:
+    """Why a requested association was not established: its connection failed ("connection
+    refused", "timed out", "[SSL: CERTIFICATE_VERIFY_FAILED] ...") or the peer never answered
+    the request (ACSE time-out); None for another cause (rejected, aborted by the peer)."""
+    # the connection fails in the DUL thread; the ACSE time-out is logged in the caller's
+    with _causes_lock:
+        found = [_causes.pop(ident or 0, None) for ident in (assoc.dul.ident, threading.get_ident())]
+    cause = next((c for c in found if c is not None), None)
+    if cause is None:
+        return None
+    # "[Errno 111] Connection refused" -> "connection refused"
+    text = cause.split("] ", 1)[1] if cause.startswith("[Errno") else cause
+    return text[:1].lower() + text[1:]
+
+
+def close_transports(ae: AE) -> int:
+    """Close the transport of every association of ``ae`` (requested or accepted, being set up
+    or established); pynetdicom then ends each as aborted (Evt17 -> A-P-ABORT, PS3.8 9.2), also
+    one waiting for the peer's A-ASSOCIATE-AC, which neither ``abort()`` nor a shorter ACSE
+    time-out ends sooner. pynetdicom 3.0 negotiates a requested association in the caller's
+    thread, so its only thread is the DUL's (``DULServiceProvider.assoc``). Returns how many."""
+    require_supported_pynetdicom()
+    n = 0
+    for thread in threading.enumerate():
+        if isinstance(thread, DULServiceProvider) and thread.assoc.ae is ae:
+            transport = thread.socket
+            if transport is not None:
+                transport.close()
+                n += 1
+    return n

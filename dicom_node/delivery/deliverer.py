@@ -4,9 +4,11 @@ Each result's files were written once by the worker, so every retry sends the sa
 Instance UIDs (a PACS keeps one copy). A delivery is **one object** (the SR, or one summary
 image) to one destination, sent and retried on its own: a destination that refuses one object
 still gets the others. Each run (:meth:`Deliverer.run_once`) takes every delivery due now and
-groups them by destination: a DICOM destination gets them all over **one association**
-(``delivery/dicom_send.py``, fallback SR classes proposed in it too), the RIS one ORU^R01 per
-result over MLLP (``delivery/hl7.py``), the local outbox a copy of each file.
+groups them by destination, and each destination is served by its own thread (a *lane*,
+``delivery/lanes.py``): a silent or slow peer never delays another's results. A DICOM
+destination gets them all over **one association** (``delivery/dicom_send.py``, fallback SR
+classes proposed in it too), the RIS one ORU^R01 per result over MLLP (``delivery/hl7.py``),
+the local outbox a copy of each file.
 
 - A transient failure (no association, 0xA7xx Out of Resources, processing failure) backs
   off exponentially (``retry_initial_s`` doubling up to ``retry_max_s``); a *permanent
@@ -21,12 +23,14 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, Callable
 
 from pydicom import dcmread
 
 from cxr_triage.config import DICOMWEB_PREFIX, Config, parse_destination
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
 from cxr_triage.dicom_node.delivery.dicom_send import Outcome, elapsed_ms, send_c_store, tls_client_context
+from cxr_triage.dicom_node.delivery.lanes import InFlight, Lanes
 from cxr_triage.dicom_node.delivery.stow_send import send_stow
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import (
@@ -68,9 +72,11 @@ def send_to_outbox(batch: list[DueDelivery], outbox: Path) -> dict[int, Outcome]
     return out
 
 
-def send_hl7(batch: list[DueDelivery], destination: str, cfg: Config) -> dict[int, Outcome]:
+def send_hl7(batch: list[DueDelivery], destination: str, cfg: Config,
+             track: Callable[[Any], None] | None = None) -> dict[int, Outcome]:
     """One ORU^R01 per due result to the RIS ``APP@host:port`` (``delivery/hl7.py``), built
-    from the result's SR file; {delivery id: outcome}."""
+    from the result's SR file; {delivery id: outcome}. ``track`` is given each MLLP socket
+    (so a stop can close it)."""
     # hl7apy takes ~0.3 s to import: only a node with hl7_destinations loads it
     from cxr_triage.dicom_node.delivery.hl7 import build_oru, send_mllp
 
@@ -91,7 +97,7 @@ def send_hl7(batch: list[DueDelivery], destination: str, cfg: Config) -> dict[in
         except Exception as exc:  # noqa: BLE001 - unreadable SR, a message that does not validate
             out[item.id] = Outcome(f"HL7 message not built: {type(exc).__name__}", permanent=True)
             continue
-        got = send_mllp(message, host, port, cfg.node.network_timeout_s)
+        got = send_mllp(message, host, port, cfg.node.network_timeout_s, track)
         correction = "PredecessorDocumentsSequence" in sr
         detail = f"ORU^R01 {'correction (C)' if correction else 'preliminary (P)'}, ACK {got.ack_code}"
         out[item.id] = Outcome(got.error, got.permanent, detail if got.error is None else "", (),
@@ -111,12 +117,33 @@ class Deliverer(PollingThread):
         self.outbox = outbox
         self.audit = audit
         self.tls = tls_client_context(cfg)
+        self._lanes: Lanes | None = None
+
+    def run(self) -> None:
+        """The thread: each destination's batches go to its own lane (``delivery/lanes.py``)."""
+        self._lanes = Lanes(self.send_batch, self.store.close)
+        super().run()
+
+    def finish(self, deadline: float) -> list[str]:
+        """After :meth:`stop` and ``join``: what is due now (the result of the study finished
+        during the stop) goes to the lanes, which send until ``deadline``
+        (``time.monotonic()``); then every send still in flight is cut (``delivery/lanes.py``).
+        Returns the destinations whose send was cut."""
+        if self._lanes is None:
+            return []
+        try:
+            self.run_once()
+        except Exception as exc:  # noqa: BLE001 - it stays queued for the next start
+            log.warning("last delivery pass failed", extra={"error": str(exc)})
+        return self._lanes.stop(deadline)
 
     def recover(self) -> None:
-        self.store.recover(studies=False, deliveries=True)
+        if self._lanes is None:          # a lane's claimed deliveries are in its hands
+            self.store.recover(studies=False, deliveries=True)
 
     def run_once(self) -> bool:
-        """Send everything due now; False when nothing was due."""
+        """Claim everything due now, one batch per destination: handed to the destination's
+        lane in the deliverer thread, sent here and now otherwise. False when nothing was due."""
         due = self.store.due_deliveries()
         if not due:
             return False
@@ -124,26 +151,37 @@ class Deliverer(PollingThread):
         for item in due:
             by_dest[item.destination].append(item)
         for dest, batch in by_dest.items():
-            started_at, start = time.time(), time.perf_counter()
-            try:
-                if dest == OUTBOX:
-                    outcome = send_to_outbox(batch, self.outbox)
-                elif dest.startswith(HL7_PREFIX):
-                    outcome = send_hl7(batch, dest[len(HL7_PREFIX):], self.cfg)
-                elif dest.startswith(DICOMWEB_PREFIX):    # STOW-RS (delivery/stow_send.py)
-                    outcome = send_stow(batch, dest, self.cfg)
-                else:
-                    outcome = send_c_store(batch, dest, self.cfg.node.ae_title,
-                                           self.cfg.node.network_timeout_s, self.tls,
-                                           on_fallback=self._fallback_written)
-            except Exception as exc:  # noqa: BLE001 - never lose track of a batch
-                outcome = {item.id: Outcome(f"{type(exc).__name__}: {exc}") for item in batch}
-            # the send's timing is data (the latency benchmark reads it from the log)
-            timing = {"send_started_at": started_at, "batch": len(batch),
-                      "send_ms": elapsed_ms(start)}
-            for item in batch:
-                self._record(item, outcome.get(item.id, Outcome("not attempted")), timing)
+            if self._lanes is not None:
+                self._lanes.put(dest, batch)
+            else:
+                self.send_batch(dest, batch, InFlight())
         return True
+
+    def send_batch(self, dest: str, batch: list[DueDelivery], in_flight: InFlight) -> None:
+        """Send one destination's batch and record each delivery's outcome; a send cut by a
+        stop (``in_flight.cut``) records nothing (its deliveries are resumed at the next start)."""
+        started_at, start = time.time(), time.perf_counter()
+        try:
+            if dest == OUTBOX:
+                outcome = send_to_outbox(batch, self.outbox)
+            elif dest.startswith(HL7_PREFIX):
+                outcome = send_hl7(batch, dest[len(HL7_PREFIX):], self.cfg, in_flight.track)
+            elif dest.startswith(DICOMWEB_PREFIX):        # STOW-RS (delivery/stow_send.py)
+                outcome = send_stow(batch, dest, self.cfg)
+            else:
+                outcome = send_c_store(batch, dest, self.cfg.node.ae_title,
+                                       self.cfg.node.network_timeout_s, self.tls,
+                                       on_fallback=self._fallback_written, track=in_flight.track)
+        except Exception as exc:  # noqa: BLE001 - never lose track of a batch
+            outcome = {item.id: Outcome(f"{type(exc).__name__}: {exc}") for item in batch}
+        if in_flight.cut_done.is_set():
+            log.warning("delivery interrupted by the stop: resumed at the next start",
+                        extra={"destination": dest, "batch": len(batch)})
+            return
+        # the send's timing is data (the latency benchmark reads it from the log)
+        timing = {"send_started_at": started_at, "batch": len(batch), "send_ms": elapsed_ms(start)}
+        for item in batch:
+            self._record(item, outcome.get(item.id, Outcome("not attempted")), timing)
 
     def _fallback_written(self, item: DueDelivery, obj: ResultObject) -> None:
         """A fallback SR belongs to the result too (own-output check, study page)."""

@@ -37,7 +37,7 @@ from pynetdicom.status import (
 )
 
 from cxr_triage.config import Config, parse_destination, resolve_path
-from cxr_triage.dicom_node.delivery.scu import associate
+from cxr_triage.dicom_node.delivery.scu import associate, not_established_reason
 from cxr_triage.dicom_node.results.sr_classes import FALLBACKS, SR_CLASS_NAMES, as_sr_class, fits
 from cxr_triage.dicom_node.store.jobs import DueDelivery, ResultObject
 from cxr_triage.dicom_node.store.spool import safe_name, write_atomic
@@ -136,20 +136,24 @@ def _accepted(assoc: Any) -> dict[str, set[str]]:
 def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
                  timeout_s: float = 30.0, tls: ssl.SSLContext | None = None,
                  on_fallback: Callable[[DueDelivery, ResultObject], None] | None = None,
-                 ) -> dict[int, Outcome]:
+                 track: Callable[[Any], None] | None = None) -> dict[int, Outcome]:
     """One association for the whole batch, each delivery (object) sent on its own:
     {delivery id: outcome}. A Comprehensive 3D SR goes as a fallback class when the
     destination accepts no context for it (or answers SOP Class Not Supported);
-    ``on_fallback`` is told of each fallback object written."""
+    ``on_fallback`` is told of each fallback object written; ``track`` is given the AE before
+    it associates (so a stop can abort the association: ``delivery/lanes.py``)."""
     ae_title, host, port = parse_destination(destination)
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = min(timeout_s, 10.0)
     _requested_contexts(ae, [o for item in batch for o in item.objects])
+    if track is not None:
+        track(ae)
     assoc = associate(ae, host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
-        return {item.id: Outcome(f"association {why}") for item in batch}
+        why = not_established_reason(assoc)
+        return {item.id: Outcome(why if why.startswith("association") else f"no association: {why}")
+                for item in batch}
     accepted = _accepted(assoc)
     out: dict[int, Outcome] = {}
     try:

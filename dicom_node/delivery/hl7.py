@@ -36,7 +36,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pydicom import Dataset
 
@@ -231,12 +231,22 @@ def _person_name(field: Any, name: Any) -> None:
                 setattr(field, component, _st(value))
 
 
-def send_mllp(message: str, host: str, port: int, timeout_s: float = 30.0) -> Hl7Outcome:
-    """One message over MLLP (a TCP connection per message), then its ACK read and judged."""
+def _os_error_text(exc: OSError) -> str:
+    """"ConnectionRefusedError (connection refused)", "TimeoutError (timed out)"."""
+    cause = (exc.strerror or str(exc) or "").strip()
+    return f"{type(exc).__name__} ({cause[:1].lower() + cause[1:]})" if cause else type(exc).__name__
+
+
+def send_mllp(message: str, host: str, port: int, timeout_s: float = 30.0,
+              track: Callable[[socket.socket], None] | None = None) -> Hl7Outcome:
+    """One message over MLLP (a TCP connection per message), then its ACK read and judged.
+    ``track`` is given the connected socket (so a stop can close it)."""
     from hl7apy.parser import parse_message
 
     try:
         with socket.create_connection((host, port), timeout=min(timeout_s, 10.0)) as sock:
+            if track is not None:
+                track(sock)
             sock.settimeout(timeout_s)
             sock.sendall(START + message.encode("utf-8") + END)
             data = b""
@@ -246,7 +256,7 @@ def send_mllp(message: str, host: str, port: int, timeout_s: float = 30.0) -> Hl
                     break
                 data += chunk
     except OSError as exc:
-        return Hl7Outcome(f"MLLP: {type(exc).__name__}")
+        return Hl7Outcome(f"MLLP: {_os_error_text(exc)}")
     if START not in data or END not in data:
         return Hl7Outcome("MLLP: no acknowledgement")
     text = data[data.index(START) + 1:data.index(END)].decode("utf-8", errors="replace")

@@ -1,5 +1,6 @@
 """Who may associate: host allow-list, shutdown, and a Security Alert for every association
-turned away (IHE ATNA; audit event 110113), including those pynetdicom ends before negotiation.
+turned away (IHE ATNA; audit event 110113), including those pynetdicom ends before negotiation
+and TLS connections refused in their handshake (:meth:`AssociationPolicy.on_tls_refused`).
 
 pynetdicom itself checks the called and calling AE titles (``require_called_aet``,
 ``require_calling_aet``, set in ``receive/server.py``) and the association limit; its rejects
@@ -78,6 +79,13 @@ class AssociationPolicy:
         except Exception:  # noqa: BLE001 - the alert matters more than the address
             host = ""
         self._security_alert("", host, f"aborted before negotiation: {reason}")
+
+    def on_tls_refused(self, host: str, error: BaseException) -> None:
+        """A TLS connection refused in its handshake (plain TCP on the TLS port, an untrusted
+        or missing client certificate, no shared protocol): a Security Alert, never an
+        association (``compat.deferred_handshake_server_context``)."""
+        reason = getattr(error, "reason", None) or type(error).__name__
+        self._security_alert("", host, f"TLS handshake failed: {reason}")
 
     def on_rejected(self, event: Any) -> None:
         """Audit pynetdicom's own rejects (AE titles, too many associations)."""

@@ -5,11 +5,13 @@ transfer syntaxes the inference reader decodes; every other storage class in any
 syntax (accepted and recorded as not assessable: a router sends whole studies; SR is
 acknowledged and skipped, loop prevention). Called AE title required, calling AE titles from
 ``[node] allowed_calling_aets`` (pynetdicom rejects the others; ``receive/associations.py``
-audits it). Conformance: docs/conformance.md.
+audits it). Bound to loopback unless the allow-lists or ``[node] host`` say otherwise
+(:func:`listen_host`). Conformance: docs/conformance.md.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 from pydicom import uid as dcm_uid
@@ -20,9 +22,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from cxr_triage.config import Config, resolve_path
 from cxr_triage.contract.sop_classes import TRIAGE_SOP_CLASSES
-from cxr_triage.dicom_node.compat import deferred_handshake_server_context
+from cxr_triage.dicom_node.compat import TlsRefused, deferred_handshake_server_context
 from cxr_triage.dicom_node.receive.incoming import stream_to_spool
 from cxr_triage.dicom_node.receive.scp import StoreHandler
+
+log = logging.getLogger(__name__)
 
 # What the inference reader decodes (pydicom pixel handlers + pylibjpeg/openjpeg/pyjpegls).
 DECODABLE_TRANSFER_SYNTAXES = [
@@ -45,6 +49,22 @@ DECODABLE_TRANSFER_SYNTAXES = [
 ]
 
 ACSE_TIMEOUT_S = 5.0  # longest wait for the A-ASSOCIATE-RQ after a connection opens
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+
+
+def listen_host(cfg: Config) -> tuple[str, str]:
+    """(address to bind, why): ``[node] host`` when set; when it is empty (the embedded
+    default), loopback unless ``allowed_calling_aets`` or ``allowed_hosts`` restrict who may
+    store, then every interface. Without either list any host on the network could store PHI
+    into the node, so that takes an explicit ``host``."""
+    node = cfg.node
+    if node.host.strip():
+        return node.host.strip(), "[node] host"
+    if node.allowed_calling_aets or node.allowed_hosts:
+        return ALL_INTERFACES, "allow-lists set ([node] allowed_calling_aets/allowed_hosts)"
+    return LOOPBACK, ("loopback only: no [node] allowed_calling_aets or allowed_hosts; set them,"
+                      " or [node] host, to accept other hosts")
 
 
 def build_ae(cfg: Config) -> AE:
@@ -70,14 +90,15 @@ def build_ae(cfg: Config) -> AE:
     return ae
 
 
-def tls_context(cfg: Config) -> ssl.SSLContext | None:
+def tls_context(cfg: Config, on_refused: TlsRefused | None = None) -> ssl.SSLContext | None:
     """Server TLS from config (TLS 1.2+); with ``tls_ca`` set, client certificates are
     required and only that CA is trusted for them (never the operating system's store).
-    The handshake happens in the association's thread (``compat.deferred_handshake_server_context``)."""
+    The handshake happens in the association's thread (``compat.deferred_handshake_server_context``);
+    ``on_refused(peer_host, error)`` is told of each connection whose handshake failed."""
     node = cfg.node
     if not node.tls_enabled:
         return None
-    ctx = deferred_handshake_server_context()
+    ctx = deferred_handshake_server_context(on_refused)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(resolve_path(cfg, node.tls_cert), resolve_path(cfg, node.tls_key))
     if node.tls_ca:
@@ -87,12 +108,17 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 def start_scp(cfg: Config, handler: StoreHandler) -> tuple[AE, ThreadedAssociationServer]:
-    """Start listening on ``[node] host:port`` (non-blocking); returns the AE and its server.
-    C-STORE data sets stream into ``handler.spool``'s incoming folder (``receive/incoming.py``)."""
+    """Start listening on :func:`listen_host` ``:[node] port`` (non-blocking); returns the AE
+    and its server. C-STORE data sets stream into ``handler.spool``'s incoming folder
+    (``receive/incoming.py``); a refused TLS handshake is audited (``handler.on_tls_refused``)."""
     ae = build_ae(cfg)
     stream_to_spool(ae, handler.spool, handler.max_instance_bytes)
-    server = ae.start_server((cfg.node.host, cfg.node.port), block=False,
-                             ssl_context=tls_context(cfg), evt_handlers=list(handler.handlers()))
+    host, why = listen_host(cfg)
+    log.log(logging.WARNING if host == LOOPBACK and not cfg.node.host.strip() else logging.INFO,
+            "DICOM port bound", extra={"host": host, "port": cfg.node.port, "why": why})
+    server = ae.start_server((host, cfg.node.port), block=False,
+                             ssl_context=tls_context(cfg, handler.on_tls_refused),
+                             evt_handlers=list(handler.handlers()))
     if server is None:  # pragma: no cover - block=False always returns the server
         raise RuntimeError("pynetdicom returned no server")
     return ae, server

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.node_peers import DCMTK, NODE_AET
+from support.node_peers import DCMTK, NODE_AET, wait_for
 
 from cxr_triage.config import load_config
 from cxr_triage.dicom_node.delivery.scu import associate
@@ -33,7 +33,9 @@ def _signed(d: Path, name: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
     return key, crt
 
 
-def test_mutual_tls(tmp_path: Path, tiny_model: Path) -> None:
+def _tls_node(tmp_path: Path, tiny_model: Path) -> tuple[Node, Path, tuple[Path, Path], tuple[Path, Path]]:
+    """A node with mutual TLS: (node, CA certificate, a trusted client's and a rogue CA's
+    client's (key, certificate))."""
     ca = _ca(tmp_path, "ca")
     server = _signed(tmp_path, "server", ca)
     client = _signed(tmp_path, "client", ca)
@@ -43,17 +45,44 @@ def test_mutual_tls(tmp_path: Path, tiny_model: Path) -> None:
         node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "s"), "tls_enabled": True,
               "tls_cert": str(server[1]), "tls_key": str(server[0]), "tls_ca": str(ca[1])},
         inference={"model_path": str(tiny_model)}, web={"enabled": False})
-    node = Node(cfg).start()
+    return Node(cfg).start(), ca[1], client, rogue
 
-    def echo(*tls: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(DCMTK / "echoscu"), "-to", "10", *tls, "-aet", "TLSSCU", "-aec", NODE_AET,
-                               "127.0.0.1", str(node.port)], capture_output=True, text=True, timeout=60)
+
+def _echoscu(node: Node, *tls: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(DCMTK / "echoscu"), "-to", "10", *tls, "-aet", "TLSSCU", "-aec", NODE_AET,
+                           "127.0.0.1", str(node.port)], capture_output=True, text=True, timeout=60)
+
+
+def test_mutual_tls(tmp_path: Path, tiny_model: Path) -> None:
+    node, ca, client, rogue = _tls_node(tmp_path, tiny_model)
     try:
-        good = echo("+tls", str(client[0]), str(client[1]), "+cf", str(ca[1]))
+        good = _echoscu(node, "+tls", str(client[0]), str(client[1]), "+cf", str(ca))
         assert good.returncode == 0, good.stderr
-        assert echo().returncode != 0                                              # plain TCP
-        assert echo("+tls", str(rogue[0]), str(rogue[1]), "+cf", str(ca[1])).returncode != 0
-        assert echo("+tla", "+cf", str(ca[1])).returncode != 0                     # anonymous TLS
+        assert _echoscu(node).returncode != 0                                          # plain TCP
+        assert _echoscu(node, "+tls", str(rogue[0]), str(rogue[1]), "+cf", str(ca)).returncode != 0
+        assert _echoscu(node, "+tla", "+cf", str(ca)).returncode != 0                 # anonymous TLS
+    finally:
+        node.stop(timeout_s=5)
+
+
+def test_refused_tls_connections_are_audited(tmp_path: Path, tiny_model: Path) -> None:
+    """Issue 23, class 8: plain TCP on the TLS port, a client certificate from another CA and
+    anonymous TLS each leave a Security Alert naming the TLS refusal; the trusted client none."""
+    from cxr_triage.dicom_node.store.audit import read_audit
+
+    node, ca_crt, client, rogue = _tls_node(tmp_path, tiny_model)
+    try:
+        assert _echoscu(node, "+tls", str(client[0]), str(client[1]), "+cf", str(ca_crt)).returncode == 0
+        tls_alerts = lambda: [e for e in read_audit(node.dirs.audit_log)  # noqa: E731
+                              if "TLS handshake failed" in str(e.get("detail", ""))]
+        assert tls_alerts() == []
+        for refused in ([], ["+tls", str(rogue[0]), str(rogue[1]), "+cf", str(ca_crt)], ["+tla", "+cf", str(ca_crt)]):
+            before = len(tls_alerts())
+            assert _echoscu(node, *refused).returncode != 0
+            wait_for(lambda before=before: len(tls_alerts()) > before, 10, 0.1, f"audit of {refused[:1]}")
+        alerts = tls_alerts()
+        assert len(alerts) == 3, alerts
+        assert all(e["peer"] == "127.0.0.1" for e in alerts), alerts
     finally:
         node.stop(timeout_s=5)
 
