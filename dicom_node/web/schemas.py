@@ -64,6 +64,23 @@ class FeedbackIn(BaseModel):
     finding: str | None = Field(None, description="optional: the finding seen (see FeedbackOut)")
 
 
+class PriorOut(BaseModel):
+    """One of the patient's earlier studies the result looked at (``[priors]``)."""
+
+    study_instance_uid: str
+    study_date: dt.date | None = None
+    source: str = Field(description="node (this node's result) | pacs (the PACS's C-FIND answer) | node+pacs")
+    accession_number: str | None = None
+    modalities: list[str] = Field(default_factory=list)
+    description: str | None = None
+    decision: str | None = Field(None, description="this node's result of it; null when the node made none")
+    decision_text: str
+    nodule_flag: bool | None = None
+    sr_sop_instance_uid: str | None = Field(None, description="this node's result SR of it")
+    cited: bool = Field(False, description="the prior result that raised this study to suspicious")
+    url: str | None = Field(None, description="its study page, when this node triaged it")
+
+
 class StudySummaryOut(BaseModel):
     """A worklist row."""
 
@@ -93,6 +110,10 @@ class StudySummaryOut(BaseModel):
     feedback_verdict: str | None = Field(None, description="the latest radiologist assessment of the current "
                                          "AI result: accept | reject; null when none")
     feedback_user: str | None = None
+    escalation: str | None = Field(None, description="why a likely-normal call was raised to suspicious: "
+                                   "prior_suspicious_result (the same patient's recent suspicious or "
+                                   "nodule/mass-flagged result); null when not raised")
+    escalation_text: str | None = None
     n_instances: int
     url: str
     api_url: str
@@ -114,6 +135,8 @@ class StudyDetailOut(StudySummaryOut):
     films: list[FilmOut]
     deliveries: list[DeliveryOut]
     feedback: list[FeedbackOut] = Field(default_factory=list, description="every radiologist assessment, oldest first")
+    priors: list[PriorOut] = Field(default_factory=list, description="the patient's earlier studies the "
+                                   "result looked at, newest first ([priors])")
     result_summary: list[str] = Field(
         default_factory=list, description="what the result SR states, in plain sentences (read back from the SR)")
     result_sr: list[dict[str, Any]] | None = Field(

@@ -12,12 +12,14 @@ from typing import Any, Callable, overload
 from fastapi import HTTPException
 from pydantic import BaseModel
 
-from cxr_triage.contract.study import FeedbackRecord, FilmRecord, Outcome, StudyRecord
+from cxr_triage.contract.result import PriorStudy
+from cxr_triage.contract.study import PLAIN_ESCALATION, FeedbackRecord, FilmRecord, Outcome, StudyRecord
 from cxr_triage.dicom_node.store import heatmaps
 from cxr_triage.dicom_node.web.schemas import (
     DeliveryOut,
     FeedbackOut,
     FilmOut,
+    PriorOut,
     StudyDetailOut,
     StudySummaryOut,
 )
@@ -112,6 +114,33 @@ def outcome_fields(o: Outcome | None, model: type[BaseModel]) -> dict[str, Any]:
     return {k: v for k, v in every.items() if k in model.model_fields}
 
 
+def escalation_fields(e: StudyRecord) -> dict[str, Any]:
+    """``escalation`` (the coded reason a likely-normal call was raised) and its plain words."""
+    escalation = e.result.escalation if e.result else None
+    code = escalation.reason.value if escalation else None
+    return {"escalation": code, "escalation_text": PLAIN_ESCALATION.get(code, code) if code else None}
+
+
+def prior_out(p: PriorStudy, e: StudyRecord) -> PriorOut:
+    """One earlier study of the patient, with this node's result of it (if any)."""
+    cited = e.result is not None and e.result.escalation is not None \
+        and e.result.escalation.prior_study_uid == p.study_uid
+    return PriorOut(
+        study_instance_uid=p.study_uid, study_date=_da(p.study_date), source=p.source,
+        accession_number=p.accession_number or None, modalities=list(p.modalities),
+        description=p.description or None, decision=p.decision.value if p.decision else None,
+        decision_text=PLAIN_DECISION[p.decision.value] if p.decision else "No result from this node",
+        nodule_flag=p.nodule_flag, sr_sop_instance_uid=p.sr_uid, cited=cited,
+        url=f"/studies/{p.study_uid}" if "node" in p.source else None)
+
+
+def _da(text: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date() if text else None
+    except ValueError:
+        return None
+
+
 class StudyViews:
     """Worklist rows and study detail over one source, settings and clock."""
 
@@ -130,7 +159,7 @@ class StudyViews:
             received_at=utc(e.received_at), triaged_at=utc(e.triaged_at),
             wait_minutes=round(e.wait_s(now) / 60.0, 1), overdue=band_name == "overdue",
             delivery_status=e.delivery_status, amended=e.amended, feedback_verdict=e.feedback_verdict,
-            feedback_user=e.feedback_user, n_instances=e.n_instances or len(e.films),
+            feedback_user=e.feedback_user, **escalation_fields(e), n_instances=e.n_instances or len(e.films),
             url=f"/studies/{uid}", api_url=f"/api/studies/{uid}",
             thumbnail_url=f"/studies/{uid}/thumbnail.png" if has_image else None,
         )
@@ -186,4 +215,5 @@ class StudyViews:
             films=[self.film_out(e, f) for f in e.films],
             deliveries=[DeliveryOut(**{**asdict(d), "time": utc(d.time)}) for d in e.deliveries],
             result_sr=sr, result_summary=said, feedback=[feedback_out(f) for f in e.feedback],
+            priors=[prior_out(p, e) for p in e.priors],
         )
