@@ -15,7 +15,8 @@ The response (PS3.18 10.5.3, ``application/dicom+json``): Referenced SOP Sequenc
 URL's), 0xC000 (cannot understand: not DICOM, another media type, a part cut off midway).
 HTTP status: 200 all stored, 202 some stored and some failed, 409 none stored, 400 a body
 with no complete part (wrong boundary, truncated), 413 a declared Content-Length over the
-request limit, 415 not ``multipart/related`` of ``application/dicom``.
+request limit, 415 not ``multipart/related`` of ``application/dicom``, 503 the node is stopping
+(as C-STORE associations are then refused as transient congestion).
 
 Access (tokens, TLS off loopback) is the worklist's: the web server mounts :func:`stow_router`
 behind its login (``web/app.py``), and names the caller in ``request.state.user``.
@@ -121,6 +122,8 @@ class StowReceiver:
     async def receive(self, request: Request, study_uid: str | None) -> JSONResponse:
         """Read the body part by part, store each instance, answer the outcome."""
         ctx = self._context(request)
+        if not self.handler.accepting:
+            return self._refuse(503, "the node is stopping", ctx)
         try:
             boundary = boundary_of(request.headers.get("content-type", ""))
             self._check_length(request)

@@ -240,3 +240,10 @@ def test_stow_destinations_follow_the_delivery_rules(tmp_path: Path, model_path:
         assert states == {refusing: "refused", silent: "pending"}
     finally:
         n.stop(timeout_s=5)
+
+
+def test_a_stopping_node_answers_503(node: Node, tmp_path: Path) -> None:
+    node.handler.accepting = False                  # what Node.stop does first
+    got = _post(node, _body(("application/dicom", _instance(tmp_path, "s").read_bytes())))
+    assert got.status_code == 503
+    node.handler.accepting = True
