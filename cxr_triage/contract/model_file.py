@@ -29,7 +29,13 @@ class ModelMetadata:
     nodule_thresholds: the same for the ``nodule_score`` output (target sensitivity on
     validation Nodule/Mass films); a film at or above it gets the *nodule/mass* flag, an added
     finding that does not change the triage decision. Empty: the model has no usable
-    nodule/mass output.
+    nodule/mass output. Its points are named for a target sensitivity (``sens_0.9``) or for
+    the share of validation normals they flag (``normals_0.15``,
+    :func:`cxr_triage.contract.operating_points.flag_rate_point_name`).
+
+    nodule_flag_shown: False when the nodule/mass output could not catch enough Nodule/Mass
+    films at its default point while flagging few normals (the figures are in
+    ``validation_metrics["nodule"]``): consumers then show its score without a flag.
 
     heatmap_validated: the ``heatmap`` output passed the pointing-game test against
     radiologists' boxes (it points at findings more often than a fixed guess; the figures are
@@ -43,6 +49,7 @@ class ModelMetadata:
     default_operating_point: str = "sens_0.98"
     nodule_thresholds: dict[str, float] = field(default_factory=dict)
     nodule_default_operating_point: str = "sens_0.9"
+    nodule_flag_shown: bool = True
     heatmap_validated: bool = False
     temperature: float = 1.0
     architecture: str = ""
