@@ -12,7 +12,10 @@ correlated with the label:
   random kernel (nearest, bilinear, bicubic, box, Hamming, Lanczos);
 * JPEG re-encoding at a random quality (40-95);
 * blur (Gaussian) or sharpening (unsharp mask);
-* gamma (0.7-1.5) and Gaussian noise.
+* gamma (0.7-1.5) and Gaussian noise;
+* first of all, with probability ``film_look``, a digitised screen-film look
+  (:func:`cxr_triage.training.film_look.screen_film`: characteristic curve, grain, scanner
+  blur, low resolution, 6-8 bit quantisation).
 
 Geometric jitter (rotation, scale, shift) stays in the MONAI transforms that act on the
 preprocessed tensor (:func:`cxr_triage.training.dataset.train_transforms`).
@@ -26,19 +29,26 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from cxr_triage.training.film_look import screen_film
+
 _KERNELS = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
             Image.Resampling.BOX, Image.Resampling.HAMMING, Image.Resampling.LANCZOS)
 
 
 @dataclass(frozen=True)
 class PipelineAugment:
-    """Random pipeline chain; ``p`` scales every step's probability (0 disables the chain)."""
+    """Random pipeline chain; ``p`` scales every step's probability (0 disables the chain);
+    ``film_look``: the probability of the screen-film look before it (0: never, and no random
+    draw for it, so a chain without it is the same as before it existed)."""
 
     p: float = 1.0
     min_side: int = 160
+    film_look: float = 0.0
 
     def __call__(self, film: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Film (H, W) uint8 or float in [0, 1] -> float32 (H', W') in [0, 1]."""
+        if self.film_look > 0 and rng.random() < self.film_look:
+            film = screen_film(film, rng)
         img = Image.fromarray(_to_uint8(film), mode="L")
         p = self.p
         if p <= 0:

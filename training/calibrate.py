@@ -22,6 +22,12 @@ from cxr_triage.contract.operating_points import operating_point_name, threshold
 TARGET_SENSITIVITIES = (0.95, 0.98, 0.99)
 #: operating points of the nodule/mass output (its flag is an added finding, not the triage decision)
 NODULE_SENSITIVITIES = (0.8, 0.9, 0.95)
+#: nodule/mass operating points by the share of validation normals they may flag; the default
+#: is the 0.15 one, and its flag is shown only when it catches MIN_FLAG_SENSITIVITY of
+#: validation Nodule/Mass films (otherwise the score is shown without a flag)
+NODULE_FLAG_RATES = (0.1, 0.15, 0.2)
+DEFAULT_FLAG_RATE = 0.15
+MIN_FLAG_SENSITIVITY = 0.6
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -88,4 +94,5 @@ def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
 
 
 __all__ = ["fit_temperature", "fit_temperature_and_shift", "calibrated", "stored_threshold", "operating_points",
-           "rates", "TARGET_SENSITIVITIES", "NODULE_SENSITIVITIES", "expit"]
+           "rates", "TARGET_SENSITIVITIES", "NODULE_SENSITIVITIES", "NODULE_FLAG_RATES", "DEFAULT_FLAG_RATE",
+           "MIN_FLAG_SENSITIVITY", "expit"]

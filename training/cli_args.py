@@ -117,6 +117,12 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline-augment", type=float, default=d.pipeline_augment,
                    help="probability scale of the random image-pipeline chain (resampling, JPEG, blur/sharpen, "
                         "gamma, noise, crops, borders) applied before preprocessing; 0: off")
+    p.add_argument("--film-look", type=float, default=d.film_look,
+                   help="share of the pipeline-chain draws given a digitised screen-film look first "
+                        "(characteristic curve, grain, scanner blur, low resolution, 6-8 bits)")
+    p.add_argument("--synthetic-lesions", type=float, default=d.synthetic_lesions,
+                   help="share of a normal training film's draws given a synthetic nodule (5-30 mm) or mass "
+                        "(30-60 mm) in its lung field, before the pipeline chain (needs --pipeline-augment > 0)")
     p.add_argument("--ema", type=float, default=d.ema,
                    help="decay of the exponential moving average of the weights that is validated and exported "
                         "(e.g. 0.98; 0: the trained weights themselves)")

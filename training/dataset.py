@@ -168,10 +168,13 @@ class FilmDataset:
     "known": (K,) target mask, "index": i}. Deterministic for a given ``set_epoch`` seed."""
 
     def __init__(self, films: Sequence[np.ndarray], targets: np.ndarray, known: np.ndarray, spec: PreprocessSpec,
-                 pipeline: Any, transform: Any, seed: int = 0):
+                 pipeline: Any, transform: Any, seed: int = 0, lesions: Any = None):
         self.films, self.targets, self.known = films, targets, known
         self.spec, self.pipeline, self.transform = spec, pipeline, transform
         self.seed, self.epoch = seed, 0
+        #: a :class:`~cxr_triage.training.synthetic.LesionDraws` (synthetic nodules/masses in
+        #: normal films, before the pipeline chain) or None
+        self.lesions = lesions
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -182,7 +185,10 @@ class FilmDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-        film = self.pipeline(self.films[i], rng)
+        film, label, known = self.films[i], self.targets[i], self.known[i]
+        if self.lesions is not None:  # its own random stream: the chain draws stay the same
+            film, label, known = self.lesions(i, film, label, known, (self.seed, self.epoch))
+        film = self.pipeline(film, rng)
         x = preprocess(film, self.spec)
         x = np.asarray(self.transform({"image": x})["image"], dtype=np.float32)
-        return {"image": x, "label": self.targets[i], "known": self.known[i], "index": i}
+        return {"image": x, "label": label, "known": known, "index": i}

@@ -28,13 +28,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cxr_triage.contract.preprocessing import preprocess
 from cxr_triage.paths import repo_root
 from cxr_triage.training.adapters import shared_data
+from cxr_triage.training.dataset import read_pixels
 from cxr_triage.training.ensemble import ensemble_runs
 from cxr_triage.training.export import export_checkpoint
-from cxr_triage.training.manifest import read_manifest, write_manifest
+from cxr_triage.training.export_fp16 import check_half, halve_weights
+from cxr_triage.training.manifest import read_manifest, resolve, write_manifest
 from cxr_triage.training.report import terminal_summary, test_report
-from cxr_triage.training.split import SPLITS, assign_splits
+from cxr_triage.training.report_domain import film_domain_check, synthetic_lesion_check
+from cxr_triage.training.report_scoring import model_session
+from cxr_triage.training.split import SPLITS, assign_splits, keep_previous_splits
 from cxr_triage.training.train import train
 from cxr_triage.training.train_config import TrainConfig
 
@@ -44,7 +51,7 @@ TRAIN_SOURCES = [*NIH_SOURCES, "rsna-pneumonia"]
 DEFAULT_SPLIT = repo_root() / "model" / "default_split.csv"
 #: the shipped recipe's choices, each measured on the validation split (model/MODEL_CARD.md)
 RECIPE: dict[str, Any] = {"image_size": 224, "epochs": 10, "pipeline_augment": 0.5, "distill": 0.5,
-                          "ema": 0.98, "backbone_lr": 0.3, "seeds": 2}
+                          "ema": 0.98, "backbone_lr": 0.3, "seeds": 2, "synthetic_lesions": 0.3, "film_look": 0.2}
 
 
 def default_recipe(manifest: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:
@@ -56,6 +63,7 @@ def default_recipe(manifest: Path, data: Path, out: Path, **overrides: Any) -> T
         balance="label", select_metric="source_mean_auroc_nodule",
         multitask=True, pipeline_augment=RECIPE["pipeline_augment"], distill=RECIPE["distill"],
         ema=RECIPE["ema"], backbone_lr=RECIPE["backbone_lr"],
+        synthetic_lesions=RECIPE["synthetic_lesions"], film_look=RECIPE["film_look"],
         boxes_csv=str(data / "rsna-pneumonia" / "boxes.csv"),
         test_report=False,  # the report below scores the exported ONNX file itself
     )
@@ -65,24 +73,49 @@ def default_recipe(manifest: Path, data: Path, out: Path, **overrides: Any) -> T
 def build_split(data: Path, path: Path, seed: int = 0, previous: Path | None = None) -> Path:
     """The shared films as a manifest with a patient-level split (children excluded).
 
-    With ``previous`` (an earlier split file), films it lists keep their split, so test figures
-    stay comparable across versions; a film whose twin (the same film through the other
-    pipeline) already has a split takes that one; the rest are split afresh (seeded)."""
-
+    Patients are NIH patients across every source (rsna-pneumonia films carry their NIH
+    patient id; a twin in rsna-normals shares its film's patient). With ``previous`` (an
+    earlier split file), films keep their split where their patient's films agree; a patient
+    the earlier split spread over several parts goes to training if any of its films was
+    trained on, else to validation (:func:`keep_previous_splits`), so no film an earlier model
+    trained on enters the new validation or test part; the rest are split afresh (seeded)."""
     entries = shared_data(data)
     if previous is not None and previous.exists():
         before = {e.file: e.split for e in read_manifest(previous) if e.split in SPLITS}
-        for e in entries:
-            if not e.split and e.file in before:
-                e.split = before[e.file]
-        by_file = {e.file: e for e in entries}
-        for e in entries:
-            twin = by_file.get(e.extra.get("twin", ""))
-            if twin is not None and twin.split and not e.split:
-                e.split = twin.split
-            elif twin is not None and e.split and not twin.split:
-                twin.split = e.split
+        moved = keep_previous_splits(entries, before)
+        if moved:
+            print(f"split: {len(moved)} patient(s) had films in several parts of {previous.name}: "
+                  "moved to one part", file=sys.stderr)
     return write_manifest(assign_splits(entries, 0.2, 0.2, seed), path)
+
+
+def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
+    """Export ``out/model.pt`` (float32, checked against PyTorch), store its weights as float16
+    and check that file against the float32 one on every validation film
+    (:mod:`cxr_triage.training.export_fp16`); then the film-domain and synthetic-lesion checks
+    on the validation films of the training sources. Writes ``out/export_checks.json``;
+    returns the float16 file, the one to ship. Raises ExportCheckError when a check fails."""
+    full = out / "cxr_triage_effnet_lite0_fp32.onnx"
+    half = out / "cxr_triage_effnet_lite0.onnx"
+    checks: dict[str, Any] = {"fp32": export_checkpoint(out / "model.pt", full, data_root=data,
+                                                        check_manifest=manifest, name="cxr-triage-effnet-lite0")}
+    halve_weights(full, half)
+    val = [e for e in read_manifest(manifest) if e.split == "val"]
+    meta_spec = default_spec(full)
+    inputs = np.stack([preprocess(read_pixels(resolve(e, data)), meta_spec) for e in val])
+    checks["fp16"] = {**check_half(full, half, inputs, np.array([e.label for e in val])),
+                      "bytes_fp32": full.stat().st_size, "bytes_fp16": half.stat().st_size}
+    trained = [e for e in val if e.source in TRAIN_SOURCES]
+    checks["film_domain_val"] = film_domain_check(half, trained, data)
+    checks["synthetic_lesions_val"] = synthetic_lesion_check(half, trained, data)
+    (out / "export_checks.json").write_text(json.dumps(checks, indent=2, default=float))
+    print(json.dumps(checks, indent=2, default=float))
+    return half
+
+
+def default_spec(model: Path) -> Any:
+    """The PreprocessSpec stored in a model file."""
+    return model_session(model, threads=1)[1].preprocessing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["auroc", "source_mean_auroc", "source_mean_auroc_nodule"])
     ap.add_argument("--pipeline-augment", type=float, default=RECIPE["pipeline_augment"],
                     help="pipeline randomisation (0: off)")
+    ap.add_argument("--synthetic-lesions", type=float, default=RECIPE["synthetic_lesions"],
+                    help="share of a normal training film's draws given a synthetic nodule/mass (0: off)")
+    ap.add_argument("--film-look", type=float, default=RECIPE["film_look"],
+                    help="share of training draws given a digitised screen-film look (0: off)")
     ap.add_argument("--no-multitask", action="store_true", help="abnormal output only")
     ap.add_argument("--distill", type=float, default=RECIPE["distill"], help="teacher soft-target weight")
     ap.add_argument("--aux-weight", type=float, default=0.3)
@@ -145,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "harmonise_size": args.harmonise_size or args.image_size, "pipeline_augment": args.pipeline_augment,
         "multitask": not args.no_multitask, "distill": args.distill, "aux_weight": args.aux_weight,
         "nodule_weight": args.nodule_weight, "freeze_blocks": args.freeze_blocks, "lr": args.lr,
-        "max_minutes": args.max_minutes, "backbone_lr": args.backbone_lr, "ema": args.ema}
+        "max_minutes": args.max_minutes, "backbone_lr": args.backbone_lr, "ema": args.ema,
+        "synthetic_lesions": args.synthetic_lesions, "film_look": args.film_look}
     if args.patience:
         overrides["patience"] = args.patience
     if args.epochs:
@@ -174,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": list(argv) if argv is not None else sys.argv[1:]}, indent=2))
     if args.no_export:
         return 0
-    onnx_path = out / "cxr_triage_effnet_lite0.onnx"
-    export_checkpoint(out / "model.pt", onnx_path, data_root=data, check_manifest=manifest,
-                      name="cxr-triage-effnet-lite0")
+    onnx_path = export_half_checked(out, data, manifest)
     boxes = data / "rsna-pneumonia" / "boxes.csv"
     report = test_report(onnx_path, manifest, data, out / "test_report.json", headline_sources=TRAIN_SOURCES,
                          boxes=boxes if boxes.exists() else None)

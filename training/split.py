@@ -59,6 +59,30 @@ def assign_splits(entries: list[Entry], val_fraction: float = 0.2, test_fraction
     return entries
 
 
+#: a patient whose films an earlier split put in several parts goes to the first of these: a
+#: film the earlier model trained on never lands in the new validation or test part
+REGROUP_ORDER = ("train", "val", "test")
+
+
+def keep_previous_splits(entries: list[Entry], previous: dict[str, str]) -> list[str]:
+    """Give ``entries`` the split ``previous`` (file -> split) had, one part per patient.
+
+    Films of one patient (``patient_id``) that the earlier split put in different parts all go
+    to the first part of :data:`REGROUP_ORDER` among them; a film the earlier split did not
+    list takes its patient's part. Entries already split (e.g. ``excluded_paediatric``) are
+    left alone. Returns the patients moved, so a caller can say how many."""
+    parts: dict[str, set[str]] = {}
+    for e in entries:
+        if not e.split and previous.get(e.file) in SPLITS:
+            parts.setdefault(e.patient_id, set()).add(previous[e.file])
+    moved = sorted(p for p, s in parts.items() if len(s) > 1)
+    chosen = {p: next(x for x in REGROUP_ORDER if x in s) for p, s in parts.items()}
+    for e in entries:
+        if not e.split and e.patient_id in chosen:
+            e.split = chosen[e.patient_id]
+    return moved
+
+
 def check_no_leakage(entries: list[Entry]) -> None:
     """Raise if a patient has films in two splits."""
     seen: dict[str, str] = {}

@@ -11,6 +11,10 @@ A finding target is *known* for a film whose ``findings`` column is filled (NIH 
 "No Finding") or whose label is normal (a normal film has no finding); otherwise (e.g. an
 RSNA "Lung Opacity" film, whose NIH findings are not given) it is masked out of the loss.
 
+A film whose labels conflict (``label_conflict`` column: NIH's NLP labels say Nodule/Mass,
+the RSNA radiologists read it Normal; :mod:`cxr_triage.training.adapters.shared`) has its
+abnormal, nodule/mass, Nodule and Mass targets masked, and its nodule/mass status unknown.
+
 Knowledge distillation (Hinton et al. 2015): a manifest column ``teacher_<finding>`` holds a
 teacher model's probability for that finding (here the CheXNet reproduction's, trained on
 ~78k NIH films). With weight ``distill`` = λ the target becomes (1 - λ) hard + λ soft; for
@@ -24,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cxr_triage.training.adapters import NIH_FINDINGS, TEACHER_PREFIX
+from cxr_triage.training.adapters import LABEL_CONFLICT, NIH_FINDINGS, TEACHER_PREFIX
 from cxr_triage.training.manifest import Entry
 
 ABNORMAL, NODULE = 0, 1
@@ -70,7 +74,18 @@ def targets(entries: Sequence[Entry], multitask: bool = True, distill: float = 0
         pn, pm = soft["Nodule"], soft["Mass"]
         soft_nm = None if pn is None or pm is None else 1.0 - (1.0 - pn) * (1.0 - pm)
         y[i, NODULE], known[i, NODULE] = _mix(hard_nm, soft_nm, distill)
+        if conflicting(e):
+            known[i, [ABNORMAL, NODULE, *NODULE_FINDINGS]] = 0.0
     return y, known
+
+
+#: the output columns of the Nodule and Mass findings
+NODULE_FINDINGS = tuple(2 + NIH_FINDINGS.index(f) for f in ("Nodule", "Mass"))
+
+
+def conflicting(e: Entry) -> bool:
+    """Whether the film's labels conflict (its ``label_conflict`` column is set)."""
+    return bool(e.extra.get(LABEL_CONFLICT))
 
 
 def _mix(hard: float | None, soft: float | None, distill: float) -> tuple[float, float]:
@@ -85,9 +100,10 @@ def _mix(hard: float | None, soft: float | None, distill: float) -> tuple[float,
 
 
 def nodule_known(entries: Sequence[Entry]) -> np.ndarray:
-    """(N,) bool: films whose nodule/mass status is known from labels (not the teacher): the
-    films the nodule/mass output is calibrated and measured on."""
-    return np.array([bool(_finding_set(e.findings)) or e.label == 0 for e in entries], dtype=bool)
+    """(N,) bool: films whose nodule/mass status is known from labels (not the teacher), label
+    conflicts left out: the films the nodule/mass output is calibrated and measured on."""
+    return np.array([(bool(_finding_set(e.findings)) or e.label == 0) and not conflicting(e) for e in entries],
+                    dtype=bool)
 
 
 def nodule_truth(entries: Sequence[Entry]) -> np.ndarray:

@@ -42,6 +42,10 @@ class TrainConfig:
     distill: float = 0.0                # weight of teacher soft targets (teacher_<finding> columns), 0..1
     pipeline_augment: float = 0.5       # >0: random image-pipeline chain on the decoded film before
                                         # preprocessing (training/augment.py), scaled by this probability
+    film_look: float = 0.0              # share of those draws given a digitised screen-film look first
+                                        # (training/film_look.py; needs pipeline_augment > 0)
+    synthetic_lesions: float = 0.0      # share of a normal training film's draws given a synthetic
+                                        # nodule/mass (training/lesions.py; needs pipeline_augment > 0)
     ema: float = 0.98                   # >0: decay of an exponential moving average of the weights,
                                         # the weights validated, checkpointed and exported
     backbone_lr: float = 0.3            # learning rate of the pretrained trunk as a multiple of lr

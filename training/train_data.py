@@ -29,6 +29,7 @@ from cxr_triage.training.distributed import Runtime
 from cxr_triage.training.manifest import Entry, read_manifest, resolve, write_manifest
 from cxr_triage.training.progress import say, split_table
 from cxr_triage.training.split import assign_splits, check_no_leakage
+from cxr_triage.training.synthetic import LesionDraws
 from cxr_triage.training.targets import n_outputs, nodule_known, nodule_truth, targets
 from cxr_triage.training.train_config import TrainConfig
 from cxr_triage.training.trunk import ViewDataset, trunk_features, upper_model
@@ -208,8 +209,10 @@ def build_loaders(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any) -> L
         # rank 0 decodes and caches the films first: ranks writing one cache file at once collide
         films = rt.rank0_first(lambda main: load_films(data.train_e, data.root, max(512, 2 * cfg.image_size),
                                                        data.cache_dir, cfg.progress and main))
-        ds_train = FilmDataset(films, data.t_train, data.k_train, cfg.spec(), PipelineAugment(cfg.pipeline_augment),
-                               tf_train, seed=cfg.seed * 100 + rt.rank)
+        lesions = LesionDraws.of(data.train_e, cfg.synthetic_lesions) if cfg.synthetic_lesions > 0 else None
+        ds_train = FilmDataset(films, data.t_train, data.k_train, cfg.spec(),
+                               PipelineAugment(cfg.pipeline_augment, film_look=cfg.film_look),
+                               tf_train, seed=cfg.seed * 100 + rt.rank, lesions=lesions)
         ds_val = make_dataset(data.x_val, data.t_val, eval_transforms(), data.k_val)
         core = net
     else:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_triage.contract.operating_points import flag_rate_point_name, operating_point_name, threshold_for_flag_rate
 from cxr_triage.evaluation.metrics import expected_calibration_error
 from cxr_triage.training import calibrate
 from cxr_triage.training.manifest import Entry
@@ -57,9 +58,13 @@ def calibration(cfg: TrainConfig, val_e: list[Entry], val_logits_all: np.ndarray
 
 
 def nodule_calibration(val_e: list[Entry], logits: np.ndarray, sel: np.ndarray) -> dict[str, Any]:
-    """Temperature + shift and operating points (targets :data:`calibrate.NODULE_SENSITIVITIES`)
-    of the nodule/mass output (N,) on the ``sel`` validation films whose nodule/mass status is
-    known; ``nodule_thresholds`` is empty (the output is not used) when those films hold no
+    """Temperature + shift and operating points (targets :data:`calibrate.NODULE_SENSITIVITIES`,
+    and the shares of validation normals :data:`calibrate.NODULE_FLAG_RATES`,
+    :func:`flag_rate_points`) of the nodule/mass output (N,) on the ``sel`` validation films
+    whose nodule/mass status is known. The default point flags at most
+    :data:`calibrate.DEFAULT_FLAG_RATE` of the normals; ``nodule_flag_shown`` says whether it
+    catches :data:`calibrate.MIN_FLAG_SENSITIVITY` of the Nodule/Mass films (else the
+    worker shows the score without a flag). ``nodule_thresholds`` is empty (the output is not used) when those films hold no
     Nodule/Mass film or no film without one."""
     m = nodule_known(val_e) & sel
     y = nodule_truth(val_e)[m]
@@ -71,6 +76,31 @@ def nodule_calibration(val_e: list[Entry], logits: np.ndarray, sel: np.ndarray) 
     t, shift = calibrate.fit_temperature_and_shift(z, y)
     scores = calibrate.calibrated(z + shift, t)
     thresholds = calibrate.operating_points(scores, y, calibrate.NODULE_SENSITIVITIES)
+    normal = np.array([e.label == 0 for e in val_e])[m] & (y == 0)
+    flag_points = flag_rate_points(scores, y, normal) if normal.any() else {}
+    thresholds.update({k: v["threshold"] for k, v in flag_points.items()})
+    default = flag_rate_point_name(calibrate.DEFAULT_FLAG_RATE) if flag_points else operating_point_name(0.9)
+    shown = not flag_points or flag_points[default]["sensitivity"] >= calibrate.MIN_FLAG_SENSITIVITY
+    metrics = {"films": int(m.sum()), "positive": int(y.sum()), "normals": int(normal.sum()),
+               "auroc": auroc(scores, y), "auroc_vs_normals": auroc(scores[normal | (y == 1)], y[normal | (y == 1)]),
+               "operating_points": {k: calibrate.rates(scores, y, v) for k, v in thresholds.items()},
+               "flag_rate_points": flag_points, "default_operating_point": default, "flag_shown": bool(shown),
+               "flag_rule": f"default point flags <= {calibrate.DEFAULT_FLAG_RATE:g} of validation normals; "
+                            f"flag shown only if it catches >= {calibrate.MIN_FLAG_SENSITIVITY:g} of "
+                            "validation Nodule/Mass films"}
     return {"nodule_temperature": t, "nodule_shift": shift, "nodule_thresholds": thresholds,
-            "nodule_metrics": {"films": int(m.sum()), "positive": int(y.sum()), "auroc": auroc(scores, y),
-                               "operating_points": {k: calibrate.rates(scores, y, v) for k, v in thresholds.items()}}}
+            "nodule_default_operating_point": default, "nodule_flag_shown": bool(shown), "nodule_metrics": metrics}
+
+
+def flag_rate_points(scores: np.ndarray, truth: np.ndarray, normal: np.ndarray) -> dict[str, dict[str, float]]:
+    """{"normals_0.15": {threshold, normals_flagged, sensitivity}, ...}: for each share of
+    :data:`calibrate.NODULE_FLAG_RATES`, the threshold flagging at most that share of the
+    ``normal`` films (N,) bool (validation normals), its share of normals flagged and its
+    sensitivity on the Nodule/Mass films (``truth`` == 1) among ``scores`` (N,)."""
+    out = {}
+    for rate in calibrate.NODULE_FLAG_RATES:
+        thr = threshold_for_flag_rate(scores[normal], rate)
+        out[flag_rate_point_name(rate)] = {
+            "threshold": thr, "normals_flagged": float((scores[normal] >= thr).mean()),
+            "sensitivity": float((scores[truth == 1] >= thr).mean()) if (truth == 1).any() else float("nan")}
+    return out

@@ -54,10 +54,13 @@ def test_values_label_balance_plus_masked_tasks() -> None:
     logits, y, known = _batch("cpu")
     L, Y, K = logits.double().numpy(), y.double().numpy(), known.double().numpy()
     alpha = 1.0 - pos_share
-    main = np.mean([(alpha if Y[i, 0] else 1 - alpha) * _bce(L[i, 0], Y[i, 0]) for i in range(4)])
+    per_film = [(alpha if Y[i, 0] else 1 - alpha) * _bce(L[i, 0], Y[i, 0]) for i in range(4)]
+    main = np.mean(per_film)
+    # column 0 counts only where known (a label conflict is masked, issue 22)
+    main_known = sum(K[i, 0] * per_film[i] for i in range(4)) / max(1.0, K[:, 0].sum())
     per_task = [sum(K[i, j] * _bce(L[i, j], Y[i, j]) for i in range(4)) / max(1.0, K[:, j].sum())
                 for j in range(1, N_OUT)]
-    expected = main + 2.0 * per_task[0] + (0.7 / (N_OUT - 2)) * sum(per_task[1:])
+    expected = main_known + 2.0 * per_task[0] + (0.7 / (N_OUT - 2)) * sum(per_task[1:])
     assert float(mt(logits, y, known)) == pytest.approx(expected, rel=1e-5)
     assert float(loss_fn(logits[:, :1], y[:, :1])) == pytest.approx(main, rel=1e-5)
 

@@ -114,7 +114,8 @@ def test_multitask_run_exports_a_nodule_output_the_worker_reads(multitask_data: 
                       boxes_csv=str(multitask_data / "boxes.csv"), test_report=False)
     summary = train(cfg)
     nodule = summary["validation_metrics"]["nodule"]
-    assert nodule["positive"] >= 1 and set(nodule["operating_points"]) == {"sens_0.8", "sens_0.9", "sens_0.95"}
+    assert nodule["positive"] >= 1 and set(nodule["operating_points"]) == {
+        "sens_0.8", "sens_0.9", "sens_0.95", "normals_0.1", "normals_0.15", "normals_0.2"}
     heat = summary["validation_metrics"]["heatmap"]
     assert heat["validation"]["films"] >= 1 and isinstance(heat["validated"], bool)
     assert len(heat["guess_point"]) == 2

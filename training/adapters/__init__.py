@@ -31,12 +31,20 @@ from cxr_triage.training.adapters.public import (
     shenzhen_montgomery,
     vindr_cxr,
 )
-from cxr_triage.training.adapters.shared import NIH_FINDINGS, SHARED_FOLDERS, TEACHER_PREFIX, shared_data
+from cxr_triage.training.adapters.shared import (
+    FIELD_MM,
+    LABEL_CONFLICT,
+    NIH_FINDINGS,
+    NODULE_READ_NORMAL,
+    SHARED_FOLDERS,
+    TEACHER_PREFIX,
+    shared_data,
+)
 from cxr_triage.training.adapters.site import Columns
 from cxr_triage.training.manifest import Entry
 
 __all__ = ["ADAPTERS", "CHEXPERT_FINDINGS", "DICOM_KEYS", "DICOM_SUFFIXES", "FRONTAL_VIEWS", "IMAGE_SUFFIXES",
-           "NIH_FINDINGS", "SHARED_FOLDERS", "TEACHER_PREFIX", "Columns", "DatasetError", "ImportProblems",
+           "FIELD_MM", "LABEL_CONFLICT", "NIH_FINDINGS", "NODULE_READ_NORMAL", "SHARED_FOLDERS", "TEACHER_PREFIX", "Columns", "DatasetError", "ImportProblems",
            "chexpert", "dicom_folder", "drop_missing", "folder", "jsrt", "mimic_cxr_jpg", "nih_chestxray14",
            "shared_data", "shenzhen_montgomery", "vindr_cxr"]
 

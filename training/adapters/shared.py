@@ -15,6 +15,12 @@ NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass
                 "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
 #: manifest column prefix of a teacher's soft target for a finding (``teacher_Nodule``...)
 TEACHER_PREFIX = "teacher_"
+#: manifest column: the film's long side in mm (from the original pixel spacing), for lesions of a true size
+FIELD_MM = "field_mm"
+#: manifest column marking a film whose labels disagree (see :func:`_rsna_pneumonia_entry`)
+LABEL_CONFLICT = "label_conflict"
+#: :data:`LABEL_CONFLICT` value: NIH's NLP labels say Nodule/Mass, the RSNA radiologists read Normal
+NODULE_READ_NORMAL = "nodule_read_normal"
 
 
 def _teacher(folder: Path) -> dict[str, dict[str, str]]:
@@ -33,9 +39,8 @@ def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | No
     * NIH folders: patient ids are NIH ids shared by both folders (a few patients are in both);
       ``findings`` are the NIH labels; a folder's ``teacher_chexnet_repro.csv`` (the CheXNet
       reproduction's 14 finding probabilities) becomes ``teacher_<finding>`` columns.
-    * ``rsna-pneumonia/``: radiologist labels (``rsna_class`` column); ``findings`` is
-      "No Finding" for the Normal class and empty (unknown) for the others, whose NIH findings
-      are not given. Patient id ``rsna-<patientId>``.
+    * ``rsna-pneumonia/``: radiologist labels (``rsna_class`` column), see
+      :func:`_rsna_pneumonia_entry` (NIH patient ids, NIH findings, the label conflict).
     * ``rsna-normals/``: radiologist-read normals through another pipeline. A film that is the
       twin of an rsna-pneumonia film (``twin`` column: the twin's manifest path) takes the twin's
       patient id, so both copies of one film always share a split.
@@ -61,6 +66,9 @@ def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | No
         teacher = _teacher(root / folder)
         for row in open_csv(root / folder / "labels.csv"):
             findings = row.get("findings", "")
+            extra = dict(teacher.get(row["file"], {}))
+            if row.get("orig_pixel_spacing_mm") and row.get("orig_width") and row.get("orig_height"):
+                extra[FIELD_MM] = f"{_field_mm(row):.1f}"
             entries.append(Entry(
                 file=f"{folder}/{row['file']}", label=parse_label(row["label"]),
                 patient_id=f"nih-{int(row['patient_id'])}", source=folder,
@@ -68,21 +76,13 @@ def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | No
                 view=row.get("view", ""), findings=findings,
                 nodule_or_mass=int(row.get("nodule_or_mass") or
                                    any(f in ("Nodule", "Mass") for f in findings.split("|"))),
-                extra=dict(teacher.get(row["file"], {})),
+                extra=extra,
             ))
     twins: dict[str, Entry] = {}  # rsna-normals file -> its rsna-pneumonia twin
     pneumonia = root / "rsna-pneumonia" / "labels.csv"
     if pneumonia.exists():
         for row in open_csv(pneumonia):
-            pid = f"rsna-{row['patient_id']}"
-            label = parse_label(row["label"])
-            entries.append(Entry(
-                file=f"rsna-pneumonia/{row['file']}", label=label, patient_id=pid, source="rsna-pneumonia",
-                age=parse_age(row.get("age")), sex=row.get("sex", ""), view=row.get("view", ""),
-                findings="No Finding" if label == 0 else "",
-                extra={"rsna_class": row.get("rsna_class", ""),
-                       "twin": f"rsna-normals/{row['twin_in_rsna_normals']}" if row.get("twin_in_rsna_normals") else ""},
-            ))
+            entries.append(_rsna_pneumonia_entry(row))
             if row.get("twin_in_rsna_normals"):
                 twins[row["twin_in_rsna_normals"]] = entries[-1]
     rsna = root / "rsna-normals" / "labels.csv"
@@ -100,3 +100,39 @@ def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | No
         if e.age is not None and e.age < min_age:
             e.split = "excluded_paediatric"
     return entries
+
+
+def _field_mm(row: dict[str, str]) -> float:
+    """An NIH film's long side in mm: original pixel spacing x original long side (pixels)."""
+    return float(row["orig_pixel_spacing_mm"]) * max(float(row["orig_width"]), float(row["orig_height"]))
+
+
+def _rsna_pneumonia_entry(row: dict[str, str]) -> Entry:
+    """One ``rsna-pneumonia/labels.csv`` row (../shared/data/README.md).
+
+    * Patient id: ``nih-<nih_patient_id>``, the id the NIH folders use, so one NIH patient's
+      films share a split across all sources; ``rsna-<patientId>`` without an NIH match.
+    * ``label``: the RSNA radiologists' read (Normal vs the rest), always.
+    * ``findings``: "No Finding" for a radiologist-read Normal film; NIH's NLP labels
+      (``nih_findings``) for the other films, so their nodule/mass status and the 14 finding
+      targets are known; ``nodule_or_mass`` from the column.
+    * The conflict: a film read Normal by the RSNA radiologists whose NIH labels include
+      Nodule/Mass (25 films) keeps its normal label (the radiologist's read of this film) but
+      gets ``label_conflict = nodule_read_normal``: training masks its abnormal and nodule/mass
+      targets (it teaches neither "nodule = normal" nor a nodule nobody saw on the film) and
+      the nodule/mass figures leave it out of both classes (:mod:`cxr_triage.training.targets`).
+    """
+    label = parse_label(row["label"])
+    nodule = int(row.get("nodule_or_mass") or 0)
+    nih_pid = (row.get("nih_patient_id") or "").strip()
+    extra = {"rsna_class": row.get("rsna_class", ""),
+             "twin": f"rsna-normals/{row['twin_in_rsna_normals']}" if row.get("twin_in_rsna_normals") else ""}
+    if label == 0 and nodule:
+        extra[LABEL_CONFLICT] = NODULE_READ_NORMAL
+    return Entry(
+        file=f"rsna-pneumonia/{row['file']}", label=label,
+        patient_id=f"nih-{int(nih_pid)}" if nih_pid else f"rsna-{row['patient_id']}", source="rsna-pneumonia",
+        age=parse_age(row.get("age")), sex=row.get("sex", ""), view=row.get("view", ""),
+        findings="No Finding" if label == 0 else (row.get("nih_findings") or ""),
+        nodule_or_mass=nodule, extra=extra,
+    )
