@@ -5,12 +5,16 @@ Other Evidence Sequence and the HL7 OBX."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from pydicom.uid import generate_uid
 from support.sr_checks import dciodvfy_errors, dsrdump_tree, make_film, reread, save
 
+from cxr_triage.config import load_config
 from cxr_triage.contract.decision import escalate_for_priors
 from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.patient import PatientKey
@@ -24,6 +28,7 @@ from cxr_triage.contract.result import (
 )
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
 from cxr_triage.dicom_node.delivery.hl7 import build_oru
+from cxr_triage.dicom_node.priors.lookup import PriorLookup
 from cxr_triage.dicom_node.results import sr_codes
 from cxr_triage.dicom_node.results.sr import build_result_sr
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
@@ -120,3 +125,27 @@ def test_an_escalated_result_in_the_sr_and_the_hl7_message(meta: ModelMetadata, 
     assert any(f"{reason.value}^{reason.meaning}^99CXRT" in s and s.split("|")[8] == "A" for s in obx)
     assert any(sr_codes.PRIOR_RESULT_SR.value in s and "1.2.3.9" in s for s in obx)
     assert "TQ1|1||||||||A^ASAP^HL70027" in message
+
+
+class _OneSuspiciousResult:
+    """The store's read side with one earlier suspicious result of the patient (no SR file)."""
+
+    def patient_results(self, patient_id: str, exclude_study_uid: str = "") -> list[dict]:
+        return [{"study_uid": "1.2.3.1", "patient_id": patient_id, "patient_name": "Doe^Jane",
+                 "accession_number": "A1", "decision": "suspicious", "nodule_flag": None,
+                 "triaged_at": time.time() - 86400, "sr_uid": None, "sr_series_uid": None,
+                 "sr_class_uid": None, "sr_path": None}]
+
+
+def test_a_pacs_that_cannot_be_asked_leaves_the_node_results(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = load_config(environ={}).replace(
+        priors={"query_destination": f"PACS@127.0.0.1:{free_port()}", "query_timeout_s": 2.0})
+    lookup = PriorLookup(cfg, _OneSuspiciousResult())  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        found = lookup.find("1.2.3.2", PatientKey(patient_id="P1", name="Doe^Jane"), dt.date.today())
+    assert [(p.study_uid, p.source, p.decision) for p in found] == [("1.2.3.1", "node", D.SUSPICIOUS)]
+    assert found[0].study_date == f"{dt.date.today() - dt.timedelta(days=1):%Y%m%d}"  # triaged_at
+    assert "prior studies: PACS not asked" in caplog.text
+    with caplog.at_level(logging.WARNING):
+        other = lookup.find("1.2.3.2", PatientKey(patient_id="P1", name="Roe^Ann"), dt.date.today())
+    assert other == [] and "prior study left out" in caplog.text
