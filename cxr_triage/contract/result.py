@@ -112,11 +112,13 @@ class PriorStudy:
     sr_uid: str | None = None
     sr_series_uid: str | None = None
     sr_class_uid: str | None = None
+    escalated: bool = False          # its suspicious call came from a prior of its own
 
     @property
     def suspicious(self) -> bool:
-        """The node called it suspicious or flagged a nodule/mass."""
-        return self.decision is Decision.SUSPICIOUS or bool(self.nodule_flag)
+        """The node called it suspicious on its own films (not only by escalation: that would
+        chain one old result forward for ever), or flagged a nodule/mass."""
+        return (self.decision is Decision.SUSPICIOUS and not self.escalated) or bool(self.nodule_flag)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -55,7 +55,8 @@ class PriorLookup:
                     study_uid=row["study_uid"], source="node", study_date=study_date,
                     accession_number=row.get("accession_number") or "",
                     decision=Decision(row["decision"]) if row.get("decision") else None,
-                    nodule_flag=row.get("nodule_flag"), sr_uid=row.get("sr_uid"),
+                    nodule_flag=row.get("nodule_flag"), escalated=bool(row.get("escalated")),
+                    sr_uid=row.get("sr_uid"),
                     sr_series_uid=row.get("sr_series_uid"), sr_class_uid=row.get("sr_class_uid")))
         return out
 

@@ -199,17 +199,19 @@ class StudyQueries:
     def patient_results(self, patient_id: str, exclude_study_uid: str = "") -> list[dict[str, Any]]:
         """The current results of other studies of this Patient ID, newest first: study UID,
         accession number, patient name, decision, nodule flag (bool or None), ``triaged_at``
-        (Unix s) and the result's SR as built (``sr_uid``, ``sr_series_uid``, ``sr_class_uid``,
+        (Unix s), ``escalated`` (suspicious only by an earlier prior) and the result's SR as built (``sr_uid``, ``sr_series_uid``, ``sr_class_uid``,
         ``sr_path``; None when it has none). Issuer and birth date are in the SR's header."""
         rows = self._store.connection().execute(
             "SELECT s.study_uid, s.accession_number, s.patient_name, s.decision, s.nodule_flag,"
             " s.triaged_at, o.sop_instance_uid AS sr_uid, o.series_uid AS sr_series_uid,"
-            " o.sop_class_uid AS sr_class_uid, o.path AS sr_path FROM studies s"
+            " o.sop_class_uid AS sr_class_uid, o.path AS sr_path, r.result_json FROM studies s"
+            " JOIN results r ON r.id=s.result_id"
             " LEFT JOIN result_objects o ON o.result_id=s.result_id AND o.sop_class_uid=?"
             " WHERE s.patient_id=? AND s.study_uid<>? AND s.result_id IS NOT NULL"
             " ORDER BY s.triaged_at DESC", (COMPREHENSIVE_3D_SR, patient_id, exclude_study_uid)).fetchall()
-        return [{**dict(r), "nodule_flag": None if r["nodule_flag"] is None else bool(r["nodule_flag"])}
-                for r in rows]
+        return [{**{k: v for k, v in dict(r).items() if k != "result_json"},
+                 "nodule_flag": None if r["nodule_flag"] is None else bool(r["nodule_flag"]),
+                 "escalated": read_model.escalation_of(r["result_json"]) is not None} for r in rows]
 
     def current_result_objects(self, study_uid: str) -> list[ResultObject]:
         rows = self._store.connection().execute(

@@ -110,6 +110,8 @@ def test_prior_suspicious_result_escalates_and_the_page_lists_the_pacs_priors(si
     assert by_uid[old_uid].source == "pacs" and by_uid[old_uid].decision is None
     assert by_uid[old_uid].modalities == ("DX",)
 
+    escalated = {r["study_uid"]: r["escalated"] for r in StudyQueries(site.store).patient_results(jane[0])}
+    assert escalated == {prior_uid: False, later_uid: True}          # a later study does not chain on it
     sr = read_result_sr(dcmread(record.sr_path))                      # the SR cites the prior
     assert sr.escalation is not None and sr.escalation.prior_study_uid == prior_uid
     prior_sr = StudyQueries(site.store).study(prior_uid)

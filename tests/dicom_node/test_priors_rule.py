@@ -56,6 +56,7 @@ def normal(uid: str = "1.2.3.2") -> StudyResult:
     ([prior(30, D.LIKELY_NORMAL, nodule=True)], True),     # a nodule/mass flag
     ([prior(30, None)], False),                            # a PACS study the node never triaged
     ([prior(-3)], False),                                  # "prior" dated after the study
+    ([PriorStudy(**{**prior(30).__dict__, "escalated": True})], False),  # itself raised: no chain
     ([], False),
 ])
 def test_the_rule(priors: list[PriorStudy], escalated: bool) -> None:
