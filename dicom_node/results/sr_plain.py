@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from cxr_triage.contract.study import PLAIN_DECISION, PLAIN_REASON
+from cxr_triage.contract.study import PLAIN_DECISION, PLAIN_ESCALATION, PLAIN_REASON
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 
 
@@ -101,6 +101,14 @@ def sr_summary(source: str | Path | Dataset) -> list[str]:
            f" (operating point {r.operating_point})" if r.score is not None else "")
         + (f"; model {r.model_name} {r.model_version}." if r.model_name else ".")
     ]
+    if r.escalation is not None:
+        e = r.escalation
+        out.append(f"Raised to suspicious: {PLAIN_ESCALATION.get(e.reason.value, e.reason.value)}"
+                   f" (the same patient's study {e.prior_study_uid}"
+                   + (f" of {e.prior_study_date[:4]}-{e.prior_study_date[4:6]}-{e.prior_study_date[6:]}"
+                      if len(e.prior_study_date) == 8 else "")
+                   + (f", result SR {e.prior_sr_uid}" if e.prior_sr_uid else "")
+                   + "); its own films scored below the threshold.")
     if r.nodule_flag is not None:
         out.append(f"Nodule/mass flag: {'flagged' if r.nodule_flag else 'not flagged'}"
                    f" (highest nodule/mass score {_fmt(r.nodule_score)} against threshold"

@@ -31,6 +31,8 @@ from cxr_triage.dicom_node.delivery.hl7 import build_oru
 from cxr_triage.dicom_node.priors.lookup import PriorLookup
 from cxr_triage.dicom_node.results import sr_codes
 from cxr_triage.dicom_node.results.sr import build_result_sr
+from cxr_triage.dicom_node.results.sr_classes import COMPREHENSIVE_SR, ENHANCED_SR, as_sr_class
+from cxr_triage.dicom_node.results.sr_plain import sr_summary
 from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 
 D = Decision
@@ -119,6 +121,11 @@ def test_an_escalated_result_in_the_sr_and_the_hl7_message(meta: ModelMetadata, 
     assert parsed.decision is D.SUSPICIOUS and parsed.score == 0.05
     assert parsed.escalation == study.escalation
     assert parsed.films[0].decision is D.LIKELY_NORMAL            # the film's own call stays
+
+    said = " ".join(sr_summary(back))                         # the study page's plain words
+    assert "Raised to suspicious: prior suspicious result" in said and "1.2.3.9" in said
+    for fallback in (COMPREHENSIVE_SR, ENHANCED_SR):           # a PACS without 3D SR gets the same
+        assert read_result_sr(as_sr_class(back, fallback)).escalation == study.escalation
 
     message = build_oru(back, control_id="C1", sending_application="CXRTRIAGE", receiving_application="RIS")
     obx = [s for s in message.split("\r") if s.startswith("OBX|")]
