@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import Collector
 
 from cxr_triage.dicom_node.store.queries import configured_node_name
-from cxr_triage.dicom_node.web import auth, metrics, routes_api, routes_media, routes_pages
+from cxr_triage.dicom_node.web import auth, metrics, routes_api, routes_media, routes_pages, unavailable
 from cxr_triage.dicom_node.web.auth import COOKIE, new_token
 from cxr_triage.dicom_node.web.schemas import (
     DeliveryOut,
@@ -95,6 +95,7 @@ def create_app(store: Any, cfg: Any = None, *, settings: WebSettings | None = No
     for service in services:
         app.include_router(service, dependencies=[Depends(auth.require_login), Depends(_name_caller)])
     app.exception_handler(HTTPException)(auth.http_errors)
+    unavailable.install(app)  # the store down: 503 with a banner / one-line reason
     return app
 
 

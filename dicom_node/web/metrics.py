@@ -9,6 +9,7 @@ its own ``CollectorRegistry``, so several nodes (tests) can run in one process.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -57,7 +58,10 @@ class NodeCollector(Collector):
         self._clock = clock
 
     def _model(self) -> dict[str, str]:
-        info = self._model_info() if callable(self._model_info) else (self._model_info or {})
+        try:  # the store's latest result names the model: none while the store is down
+            info = self._model_info() if callable(self._model_info) else (self._model_info or {})
+        except sqlite3.OperationalError:
+            info = {}
         return {k: str(v) for k, v in info.items() if v is not None}
 
     def collect(self) -> Iterator[Metric]:
