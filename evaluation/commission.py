@@ -27,6 +27,7 @@ from cxr_triage import __version__
 from cxr_triage.contract.decision import decide
 from cxr_triage.contract.files import file_sha256, json_safe
 from cxr_triage.contract.operating_points import operating_point_name
+from cxr_triage.evaluation import commission_advice as advice
 from cxr_triage.evaluation import metrics, thresholds
 from cxr_triage.evaluation.drift import make_baseline
 from cxr_triage.evaluation.sources import Film, Scored, model_info
@@ -39,7 +40,12 @@ BASELINE_MAX_SCORES = 5000         # scores kept in the file as the drift refere
 
 
 class InsufficientEvidence(ValueError):
-    """No threshold can meet the rule on these films (e.g. too few abnormal films)."""
+    """No threshold can meet the rule on these films (e.g. too few abnormal films), or the one
+    that meets it would save no work; the message says why, with the numbers and the options."""
+
+
+class NoWorkSaved(InsufficientEvidence):
+    """The rule is met only by a threshold that sets aside (nearly) no normal film."""
 
 
 def _decision_at(sc: Scored, threshold: float) -> str:
@@ -76,12 +82,16 @@ def commission(
     films: Sequence[Film], scored: Sequence[Scored], model_path: str | Path, site: str,
     target: float = 0.98, confidence: float = 0.95, method: str = "exact",
     source_files: Sequence[str | Path] = (), also_targets: Sequence[float] = (0.95, 0.99),
-    now: _dt.datetime | None = None,
+    now: _dt.datetime | None = None, min_set_aside: float = advice.MIN_SET_ASIDE,
+    accept_no_savings: bool = False,
 ) -> SiteThreshold:
     """Choose the site operating point on ``films`` (labels) and ``scored`` (the model's output
     on them, same order) and return the site threshold file's content (not yet written).
 
-    Raises :class:`InsufficientEvidence` when the rule cannot be met (the message says why)."""
+    Raises :class:`InsufficientEvidence` when the rule cannot be met, and :class:`NoWorkSaved`
+    when the threshold that meets it calls fewer than ``min_set_aside`` of the normal films
+    likely normal (unless ``accept_no_savings``); both messages give what the rule demands of
+    this many abnormal films and the site's options (:mod:`commission_advice`)."""
     if method not in CI_METHODS:
         raise ValueError(f"method must be one of {', '.join(CI_METHODS)} (exact = Clopper-Pearson)")
     if len(films) != len(scored):
@@ -100,8 +110,15 @@ def commission(
             f"({len(na)} not assessable)")
 
     choice = thresholds.select_operating_point(y, s, target, "lower_bound", confidence, method)
+    demands = advice.demands(int(np.sum(y == 1)), target, confidence, method)
     if not choice.feasible or choice.threshold is None:
-        raise InsufficientEvidence(f"no threshold meets the rule on these films: {choice.note}")
+        raise InsufficientEvidence("\n".join([f"no threshold meets the rule on these films: {choice.note}",
+                                              *advice.refusal_lines(demands, y, s, None)]))
+    n_normal = int(np.sum(y == 0))
+    if not accept_no_savings and not advice.saves_work(choice.tn, n_normal, min_set_aside):
+        raise NoWorkSaved("\n".join([
+            f"refusing to write threshold {choice.threshold:.6f}: it sets aside {choice.tn} of {n_normal} "
+            f"normal films (less than {min_set_aside:.0%})", *advice.refusal_lines(demands, y, s, (choice.tn, n_normal))]))
     t = float(choice.threshold)
     at = metrics.operating_point(y, s, t, na_counts, confidence)
     model = _model_identity(model_path)
@@ -131,6 +148,8 @@ def commission(
         "at_threshold": {**at.to_dict(), "sensitivity_lower_bound": choice.sensitivity_low,
                          "sensitivity_lower_bound_method": method},
         "min_abnormal_needed": thresholds.min_abnormal_for_lower_bound(target, confidence, method),
+        "rule_demands": demands.to_dict(),
+        "saves_work": advice.saves_work(choice.tn, n_normal, min_set_aside),
         "alternatives": {
             operating_point_name(a): thresholds.select_operating_point(y, s, a, "lower_bound", confidence, method).to_dict()
             for a in also_targets if a != target

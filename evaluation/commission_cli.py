@@ -42,6 +42,11 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
                        help="exact = Clopper-Pearson (default, conservative) or Wilson")
         p.add_argument("--also-targets", default="0.95,0.99", metavar="LIST",
                        help="comma-separated further targets recorded as evidence (default 0.95,0.99; '' for none)")
+        p.add_argument("--min-set-aside", type=float, default=0.05, metavar="SHARE",
+                       help="refuse (exit 3, nothing written) a threshold that calls fewer than this share of "
+                            "the normal films likely normal: it would flag (nearly) every study (0.05)")
+        p.add_argument("--accept-no-savings", action="store_true",
+                       help="write such a threshold anyway (the node then calls (nearly) every study suspicious)")
         p.add_argument("--out", required=True, type=Path, help="site threshold file to write (JSON)")
         p.set_defaults(func=run_commission)
     elif name == "reconcile":
@@ -125,25 +130,41 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
         for line in sources.unassessable_lines(films, scored):
             print(f"cxr-triage commission: {line}", file=sys.stderr)
         site = commission(films, scored, model, args.site, args.target, args.confidence, args.interval,
-                          source_files=inputs, also_targets=also)
+                          source_files=inputs, also_targets=also, min_set_aside=args.min_set_aside,
+                          accept_no_savings=args.accept_no_savings)
     except InsufficientEvidence as exc:
         print(f"cxr-triage commission: {exc}", file=sys.stderr)
         return EXIT_INSUFFICIENT
     except (sources.SourceError, ValueError, FileNotFoundError) as exc:
         print(f"cxr-triage commission: {exc}", file=sys.stderr)
         return 2
+    for line in _result_lines(site):  # said before anything is written
+        print(line)
     write_site_threshold(site, args.out)
-    at = site.evidence["at_threshold"]
-    print(f"site {site.site}: threshold {site.threshold:.6f} for model {site.model_name} {site.model_version} "
-          f"(sha256 {site.model_sha256[:16]}...)")
-    print(f"  sensitivity {at['sensitivity']['value']:.4f} ({at['tp']}/{at['tp'] + at['fn']}), lower "
-          f"{site.confidence:.0%} bound ({site.ci_method}) {at['sensitivity_lower_bound']:.4f} >= {site.target_sensitivity:g}")
-    sp, wl = at["specificity"], at["workload_all"]
-    print(f"  specificity {sp['value']:.4f} (Wilson {sp['low']:.4f}-{sp['high']:.4f}); workload saved "
-          f"{wl['value']:.1%} of films ({wl['k']}/{wl['n']})")
     print(f"wrote {args.out}: serve with `cxr-triage serve --model {model} --site-threshold {args.out}` "
           "(or set [inference] model_path and site_threshold_file)")
     return 0
+
+
+def _result_lines(site: Any) -> list[str]:
+    """What the rule demanded of these films and what the chosen threshold does, for the console."""
+    from cxr_triage.evaluation.commission_advice import RuleDemands
+
+    at = site.evidence["at_threshold"]
+    sp, wl = at["specificity"], at["workload_all"]
+    lines = RuleDemands(**site.evidence["rule_demands"]).lines()
+    lines += [
+        f"site {site.site}: threshold {site.threshold:.6f} for model {site.model_name} {site.model_version} "
+        f"(sha256 {site.model_sha256[:16]}...)",
+        f"  sensitivity {at['sensitivity']['value']:.4f} ({at['tp']}/{at['tp'] + at['fn']}), lower "
+        f"{site.confidence:.0%} bound ({site.ci_method}) {at['sensitivity_lower_bound']:.4f} >= {site.target_sensitivity:g}",
+        f"  specificity {sp['value']:.4f} ({at['tn']}/{at['tn'] + at['fp']} normal films set aside, Wilson "
+        f"{sp['low']:.4f}-{sp['high']:.4f}); workload saved {wl['value']:.1%} of films ({wl['k']}/{wl['n']})",
+    ]
+    if not site.evidence["saves_work"]:
+        lines.append("  WARNING: written because of --accept-no-savings: this threshold flags (nearly) every "
+                     "study and saves no work")
+    return lines
 
 
 def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:

@@ -32,17 +32,26 @@ RULES = ("point", "lower_bound")
 op_name = operating_point_name
 
 
-def min_abnormal_for_lower_bound(target: float, confidence: float = 0.95, method: str = "wilson") -> int:
-    """Fewest abnormal films for which even 'all found' has a lower bound >= target: below
-    this, no threshold can satisfy the lower-bound rule (e.g. 189 for 0.98, Wilson 95%)."""
+def min_abnormal_for_lower_bound(target: float, confidence: float = 0.95, method: str = "wilson",
+                                 misses: int = 0) -> int:
+    """Fewest abnormal films for which finding all but ``misses`` of them still has a lower
+    bound >= target: below this, no threshold can satisfy the lower-bound rule with that many
+    misses (e.g. 189 for 0.98, Wilson 95%, no miss; 183 and 311 with Clopper-Pearson for no
+    miss and one miss). The bound of (n - misses) of n rises with n, hence the bisection."""
     if not 0 < target < 1:
         raise ValueError("target must be in (0, 1)")
-    n = 1
-    while metrics.lower_bound(n, n, confidence, method) < target:
+    if misses < 0:
+        raise ValueError("misses must be >= 0")
+
+    def meets(n: int) -> bool:
+        return n > misses and metrics.lower_bound(n - misses, n, confidence, method) >= target
+
+    n = misses + 1
+    while not meets(n):
         n = n * 2 if n < 4096 else n + 4096
         if n > 10_000_000:
             raise ValueError(f"target {target} is unreachable")
-    return _first_meeting(lambda k: metrics.lower_bound(k, k, confidence, method) >= target, n // 2, n)
+    return _first_meeting(meets, n // 2, n)
 
 
 def _first_meeting(meets: Callable[[int], bool], lo: int, hi: int) -> int:
@@ -57,7 +66,7 @@ def _first_meeting(meets: Callable[[int], bool], lo: int, hi: int) -> int:
     return hi
 
 
-def _fewest_found_meeting(m: int, target: float, confidence: float, method: str) -> int:
+def fewest_found_meeting(m: int, target: float, confidence: float, method: str) -> int:
     """Smallest k in 1..m whose lower bound (k of m found) is >= target, 0 if none.
 
     Binary search: the lower bound rises monotonically with k (Wilson and exact), so this is
@@ -133,7 +142,7 @@ def select_operating_point(
     if rule == "point":
         threshold = threshold_for_sensitivity(y_arr, s_arr, target)
     else:
-        k = _fewest_found_meeting(m, target, confidence, method)
+        k = fewest_found_meeting(m, target, confidence, method)
         if k == 0:
             need = min_abnormal_for_lower_bound(target, confidence, method)
             low = metrics.lower_bound(m, m, confidence, method)
