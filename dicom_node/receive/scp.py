@@ -16,6 +16,11 @@ An identical re-send changes nothing; other content under a known SOP Instance U
 *changed instance* (:meth:`StoreHandler._commit`): kept beside the old file, the study is
 re-opened, and the conflict audited.
 
+One study, one patient (``receive/patients.py``): an instance whose Patient ID differs from
+that of its study's first stored instance is held for reconciliation (quarantined, never
+triaged, audited by patient fingerprint) and acknowledged; the check and the store of one
+study are serialised.
+
 Who may associate (allow-lists, shutdown, Security Alerts) is ``receive/associations.py``; the
 AE, its contexts and TLS are ``receive/server.py``.
 """
@@ -34,10 +39,12 @@ from typing import Any, Callable
 from pydicom import dcmread
 from pynetdicom import evt
 
+from cxr_triage.contract.patient import PatientKey
 from cxr_triage.contract.sop_classes import is_sr_class
 from cxr_triage.dicom_node.compat import respond_without_delay
 from cxr_triage.dicom_node.receive.associations import AssociationPolicy
 from cxr_triage.dicom_node.receive.incoming import live_file
+from cxr_triage.dicom_node.receive.patients import PATIENT_TAGS, StudyPatients, fingerprint, patient_key
 from cxr_triage.dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
@@ -55,7 +62,7 @@ log = logging.getLogger(__name__)
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _COMMIT_LOCKS = 64
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", *PATIENT_TAGS]
 
 
 def _valid_uid(value: Any) -> bool:
@@ -87,6 +94,7 @@ class StoreHandler(AssociationPolicy):
         self.on_stored: Callable[[], None] | None = None
         # the decide-move-record step, serialised per SOP Instance UID (striped locks)
         self._commit_locks = [threading.Lock() for _ in range(_COMMIT_LOCKS)]
+        self.patients = StudyPatients(store)      # one study, one patient (receive/patients.py)
 
     def handlers(self) -> list[tuple[evt.NotificationEvent | evt.InterventionEvent, Callable[..., Any]]]:
         """(event, handler) pairs for ``AE.start_server(evt_handlers=...)``."""
@@ -184,6 +192,7 @@ class StoreHandler(AssociationPolicy):
             series_uid = str(hdr.get("SeriesInstanceUID", "") or "").strip()
             ds_sop_uid = str(hdr.get("SOPInstanceUID", "") or "").strip()
             ts = str(hdr.file_meta.get("TransferSyntaxUID", "") or "")
+            patient = patient_key(hdr)
             sop_uid = sop_uid or ds_sop_uid
             sop_class = sop_class or str(hdr.get("SOPClassUID", "") or "").strip()
         except Exception as exc:  # noqa: BLE001 - malformed header of any kind
@@ -210,10 +219,15 @@ class StoreHandler(AssociationPolicy):
             return SUCCESS
 
         try:
-            outcome = self._commit(src, InstanceRecord(
-                sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid or None,
-                sop_class_uid=sop_class, transfer_syntax=ts, path="", size=received,
-                calling_ae=calling, received_at=time.time()), digest, ctx)
+            with self.patients.lock(study_uid):       # check and store: one study at a time
+                owner = self.patients.conflict(study_uid, patient)
+                if owner is not None:
+                    return self._hold(src, patient, owner, ctx)
+                outcome = self._commit(src, InstanceRecord(
+                    sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid or None,
+                    sop_class_uid=sop_class, transfer_syntax=ts, path="", size=received,
+                    calling_ae=calling, received_at=time.time()), digest, ctx)
+                self.patients.remember(study_uid, patient)
             if outcome != "identical" and self.on_stored is not None:
                 self.on_stored()
         except Exception as exc:  # noqa: BLE001 - disk full, read-only, locked database...
@@ -263,6 +277,22 @@ class StoreHandler(AssociationPolicy):
                                      " kept, study re-opened (new generation)", **info)
             return "changed"
         return "new"
+
+    def _hold(self, src: Path, patient: PatientKey, owner: PatientKey, ctx: dict[str, Any]) -> int:
+        """Another patient's instance under a known Study Instance UID: held for
+        reconciliation (quarantined, never triaged), audited by patient fingerprint, and
+        acknowledged (Success: it is durably kept; 0xA700 if it could not be)."""
+        info = {**ctx, "conflict": "patient_conflict", "patient_fingerprint": fingerprint(patient),
+                "study_patient_fingerprint": fingerprint(owner)}
+        reason = ("held for reconciliation: another patient's instance under this Study Instance"
+                  " UID (not triaged)")
+        qpath = self.quarantine.put_file(src, reason, status=hex_status(SUCCESS), **info)
+        if not qpath.exists():
+            return self.out_of_resources(OSError("held instance not kept"), ctx)
+        log.warning("instance held: its patient differs from the study's", extra={**info, "quarantine": qpath.name})
+        self.audit.record(A.INSTANCES_TRANSFERRED, A.MINOR_FAILURE, action="C", direction="received",
+                          status=hex_status(SUCCESS), detail=reason, quarantine=qpath.name, **info)
+        return SUCCESS
 
     def out_of_resources(self, exc: BaseException, ctx: dict[str, Any]) -> int:
         """Log and audit an instance not durably stored (disk full, store down): 0xA700."""

@@ -33,6 +33,7 @@ from pydicom import Dataset, dcmread
 
 from cxr_triage.config import Config
 from cxr_triage.contract.model_file import ModelMetadata
+from cxr_triage.contract.patient import PatientKey
 from cxr_triage.contract.result import (
     Decision,
     FilmResult,
@@ -116,6 +117,29 @@ def read_instances(ctx: StudyContext, job: StudyJob) -> None:
             job.read.append((inst, dcmread(inst.path), None))
         except Exception as exc:  # noqa: BLE001 - any parser error is "cannot parse"
             job.read.append((inst, None, f"cannot parse: {type(exc).__name__}"))
+    _one_patient(job)
+
+
+def _one_patient(job: StudyJob) -> None:
+    """A result never mixes patients (issue 23): a film whose Patient ID is not that of the
+    study's first-received instance is left out (logged by UID). The receiving side holds such
+    instances already (``receive/patients.py``); this covers files stored before that check or
+    imported from the spool at start."""
+    def key(ds: Dataset) -> PatientKey:
+        return PatientKey.from_header(ds) or PatientKey(patient_id="")
+
+    parsed = [(inst, ds) for inst, ds, _ in job.read if ds is not None]
+    if not parsed:
+        return
+    owner = key(min(parsed, key=lambda item: item[0].received_at)[1])
+    kept = []
+    for inst, ds, error in job.read:
+        if ds is not None and not key(ds).same_id(owner):
+            log.warning("instance left out of the study's result: another patient's",
+                        extra={"study_uid": job.study_uid, "sop_instance_uid": inst.sop_instance_uid})
+            continue
+        kept.append((inst, ds, error))
+    job.read = kept
 
 
 def score_instances(ctx: StudyContext, job: StudyJob) -> None:
