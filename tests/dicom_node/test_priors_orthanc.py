@@ -131,6 +131,12 @@ def test_prior_suspicious_result_escalates_and_the_page_lists_the_pacs_priors(si
         "prior suspicious result"]
     assert "prior suspicious result" in site.web.get("/").text
 
+    # the same patient with the issuer named: the C-FIND carries Issuer of Patient ID too
+    again = StudyQueries(site.store).study(site.triage(site.film("likely_normal", *jane, _day(0), issuer="HOSP")))
+    assert again is not None and again.result is not None and again.result.escalation is not None
+    assert {p.study_uid: p.source for p in again.priors if p.study_uid in (prior_uid, old_uid)} == {
+        prior_uid: "node+pacs", old_uid: "pacs"}
+
 
 @pytest.mark.slow
 def test_same_name_other_patient_and_a_mismatched_birth_date_do_not_escalate(
