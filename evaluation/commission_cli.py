@@ -52,10 +52,14 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     elif name == "reconcile":
         p = subparsers.add_parser(
             name, help=help_text,
-            description="Join radiologist outcomes (CSV keyed by study_instance_uid or sop_instance_uid, "
-                        "with label) with the node's results; report live sensitivity, specificity and "
+            description="Join radiologist outcomes (CSV keyed by study_instance_uid, sop_instance_uid or "
+                        "accession number, with label) with the node's results; report live sensitivity, specificity and "
                         "workload saved with Wilson CIs, daily drift, and export the discordant films.")
-        p.add_argument("--outcomes", type=Path, help="CSV: study_instance_uid or sop_instance_uid, label")
+        p.add_argument("--outcomes", type=Path,
+                       help="CSV: study_instance_uid, sop_instance_uid or accession_number, and label")
+        p.add_argument("--accession-column", default="accession_number", metavar="NAME",
+                       help="the outcomes CSV's accession number column (default accession_number); used when "
+                            "it has no study_instance_uid / sop_instance_uid column")
         p.add_argument("--feedback", action="store_true",
                        help="use the radiologists' accept/reject feedback kept by the worklist (job store) as "
                             "study outcomes (a rejection is discordant); --outcomes rows win where both exist")
@@ -170,6 +174,7 @@ def _result_lines(site: Any) -> list[str]:
 def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
     from cxr_triage.evaluation import drift
     from cxr_triage.evaluation import reconcile as rc
+    from cxr_triage.evaluation import reconcile_keys as keys
 
     if not args.outcomes and not args.feedback:
         print("cxr-triage reconcile: give --outcomes CSV and/or --feedback", file=sys.stderr)
@@ -178,16 +183,18 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
     outcomes: dict[str, rc.Outcome] = {}
     if args.outcomes:
         try:
-            key, outcomes = rc.read_outcomes(args.outcomes)
+            key, outcomes = rc.read_outcomes(args.outcomes, args.accession_column)
         except (ValueError, FileNotFoundError) as exc:
             print(f"cxr-triage reconcile: {exc}", file=sys.stderr)
             return 2
-    if args.feedback and (args.srs or key != "study_instance_uid"):
+    if args.feedback and (args.srs or key == "sop_instance_uid"):
         print("cxr-triage reconcile: --feedback needs the job store and study-level outcomes", file=sys.stderr)
         return 2
     reports = []
     if args.srs:
         live = rc.live_from_srs(args.srs)
+        if key == "accession_number":
+            key, outcomes = "study_instance_uid", keys.by_study_uid(outcomes, keys.accessions_from_srs(args.srs))
     else:
         from cxr_triage.dicom_node.store.jobs import JobStore
         from cxr_triage.dicom_node.store.queries import StudyQueries
@@ -200,6 +207,8 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
         until = rc.utc_day_bounds(args.until)[1] if args.until else None
         store = StudyQueries(JobStore(Path(path)))
         live = rc.live_from_store(store, since, until)
+        if key == "accession_number":
+            key, outcomes = "study_instance_uid", keys.by_study_uid(outcomes, keys.accessions_from_store(store, since, until))
         if args.feedback:
             given = rc.feedback_from_store(store)
             print(f"radiologist feedback: {len(given)} studies with a read")

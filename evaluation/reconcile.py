@@ -2,7 +2,9 @@
 what commissioning promised, and which films did it get wrong?
 
 Inputs: an outcomes CSV keyed by ``study_instance_uid`` (the unit the node reports and a
-radiologist reads) or ``sop_instance_uid`` (per film), with ``label`` normal/abnormal; and the
+radiologist reads), ``sop_instance_uid`` (per film) or the study's accession number
+(``accession_number``, joined to the studies by :mod:`reconcile_keys`), with ``label``
+normal/abnormal; and the
 node's results, either from its job store (``StudyQueries``) or from the result SRs it
 produced (read with the node's own SR reader). Figures use the evaluation harness (Wilson
 intervals, DeLong AUROC) on the decisions the node actually delivered. The discordant films
@@ -29,6 +31,7 @@ from cxr_triage.dicom_node.monitoring.drift import LiveResult as LiveResult
 from cxr_triage.dicom_node.monitoring.drift import live_from_store as live_from_store
 from cxr_triage.dicom_node.monitoring.drift import utc_day_bounds as utc_day_bounds
 from cxr_triage.evaluation import metrics
+from cxr_triage.evaluation.reconcile_keys import ACCESSION_COLUMN
 from cxr_triage.evaluation.sources import (
     parse_label,  # the harness's label spellings
     read_sr_folder,
@@ -48,20 +51,33 @@ class Outcome:
 
 # ---------------------------------------------------------------- inputs
 
-def read_outcomes(path: str | Path) -> tuple[str, dict[str, Outcome]]:
-    """(key column, outcomes by UID). The key is ``sop_instance_uid`` when the CSV has it
-    filled, else ``study_instance_uid``."""
+def read_outcomes(path: str | Path, accession_column: str = ACCESSION_COLUMN) -> tuple[str, dict[str, Outcome]]:
+    """(key column, outcomes by key). The key is ``sop_instance_uid`` when the CSV has it
+    filled, else ``study_instance_uid`` when it has that column, else the accession number
+    (column ``accession_column``; the key returned is then ``accession_number``). ValueError
+    naming the file (and line) for a missing column, an empty or repeated key, a bad label."""
     path = Path(path)
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         cols = set(reader.fieldnames or [])
         rows = list(reader)
-    if "label" not in cols or not cols & set(KEYS):
-        raise ValueError(f"{path}: outcomes need a label column and study_instance_uid or sop_instance_uid")
+    if "label" not in cols or not cols & {*KEYS, accession_column}:
+        raise ValueError(f"{path}: outcomes need a label column and study_instance_uid or sop_instance_uid "
+                         f"(or the accession number: column {accession_column}, --accession-column to name "
+                         f"another); it has {', '.join(sorted(cols))}")
     key = "sop_instance_uid" if "sop_instance_uid" in cols and all(
         (r.get("sop_instance_uid") or "").strip() for r in rows) else "study_instance_uid"
+    if key not in cols and accession_column in cols:
+        by_accession = _keyed_rows(path, rows, accession_column)
+        for o in by_accession.values():
+            o.row[ACCESSION_COLUMN] = o.key
+        return ACCESSION_COLUMN, by_accession
     if key not in cols:
         raise ValueError(f"{path}: every row needs a {key}")
+    return key, _keyed_rows(path, rows, key)
+
+
+def _keyed_rows(path: Path, rows: list[dict[str, str]], key: str) -> dict[str, Outcome]:
     out: dict[str, Outcome] = {}
     for line, row in enumerate(rows, start=2):
         uid = (row.get(key) or "").strip()
@@ -70,7 +86,7 @@ def read_outcomes(path: str | Path) -> tuple[str, dict[str, Outcome]]:
         if uid in out:
             raise ValueError(f"{path}:{line}: {key} {uid} listed twice")
         out[uid] = Outcome(uid, parse_label(row["label"], f"{path}:{line}"), {k: v or "" for k, v in row.items() if k})
-    return key, out
+    return out
 
 
 def live_from_srs(folder: str | Path) -> list[LiveResult]:
@@ -229,6 +245,7 @@ def _discordant_rows(o: Outcome, r: LiveResult, kind: str, level: str,
             "findings": o.row.get("findings", ""),
             "study_instance_uid": f.study_instance_uid,
             "sop_instance_uid": f.sop_instance_uid or "",
+            ACCESSION_COLUMN: o.row.get(ACCESSION_COLUMN, ""),
             "decision": f.decision,
             "score": "" if f.score is None else f"{f.score:.6f}",
             "study_decision": r.decision,
@@ -241,7 +258,7 @@ def _discordant_rows(o: Outcome, r: LiveResult, kind: str, level: str,
 #: Where a radiologist's worklist feedback gave the read: who, when, what, and what it assessed.
 FEEDBACK_COLUMNS = ("reviewer", "reviewed_at", "verdict", "finding_seen", "model_version", "threshold")
 MANIFEST_COLUMNS = ("file", "label", "patient_id", "findings", "study_instance_uid", "sop_instance_uid",
-                    "decision", "score", "study_decision", "discordance", *FEEDBACK_COLUMNS)
+                    ACCESSION_COLUMN, "decision", "score", "study_decision", "discordance", *FEEDBACK_COLUMNS)
 
 
 def write_discordant_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
