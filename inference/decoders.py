@@ -30,6 +30,7 @@ tests/inference/test_inference_decoders.py checks for every syntax.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from typing import cast
 
 import numpy as np
@@ -69,15 +70,33 @@ PREFERRED: dict[str, tuple[str, ...]] = {
     # GDCM 1287 / 814; dcmtk has no JPEG 2000 codec. Same values (exact): pylibjpeg is the fallback
     U.JPEG2000Lossless: (IMAGECODECS, "pylibjpeg"),
     U.JPEG2000: (IMAGECODECS, "pylibjpeg"),
+    # HTJ2K (PS3.5 A.4.11): imagecodecs' OpenJPEG (2.5 decodes HT code-blocks) on J2K_THREADS
+    # threads, then pylibjpeg-openjpeg; bench/decode.py's HTJ2K rows give the times
+    U.HTJ2KLossless: (IMAGECODECS, "pylibjpeg"),
+    U.HTJ2KLosslessRPCL: (IMAGECODECS, "pylibjpeg"),
+    U.HTJ2K: (IMAGECODECS, "pylibjpeg"),
 }
 
 #: the syntaxes this module's libjpeg-turbo path decodes (ISO 10918-1 processes 1, 2/4, 14)
 _JPEG_SYNTAXES = (U.JPEGBaseline8Bit, U.JPEGExtended12Bit, U.JPEGLossless, U.JPEGLosslessSV1)
-#: the syntaxes its OpenJPEG path decodes (ISO 15444-1, PS3.5 A.4.4)
-_J2K_SYNTAXES = (U.JPEG2000Lossless, U.JPEG2000)
+#: the syntaxes its OpenJPEG path decodes (ISO 15444-1, PS3.5 A.4.4; HTJ2K: 15444-15, A.4.11)
+_J2K_SYNTAXES = (U.JPEG2000Lossless, U.JPEG2000, U.HTJ2KLossless, U.HTJ2KLosslessRPCL, U.HTJ2K)
 #: OpenJPEG threads per JPEG 2000 frame: a 2500 x 2048 lossless film decodes in about half the
 #: time on 2 threads; more gave nothing on the 2-core machine the node runs on
 J2K_THREADS = 2
+
+#: the codec errors of imagecodecs' decoders (checked by name: imagecodecs is imported lazily)
+_CODEC_ERRORS = ("Jpeg8Error", "Jpeg2kError", "Htj2kError")
+#: what other plugins' codecs say of a corrupt stream (pydicom passes the message on):
+#: CharLS (pyjpegls), OpenJPEG (pylibjpeg-openjpeg)
+_CODEC_PHRASES = ("Invalid JPEG-LS stream", "Error decoding the J2K data")
+#: what this thread's codecs said about the pixel stream during :func:`decode_pixels`
+_STREAM_ERRORS: ContextVar[list[str] | None] = ContextVar("stream_errors", default=None)
+
+
+class CorruptPixelStream(RuntimeError):
+    """A codec found the pixel stream corrupt (its message), whatever another plugin returned."""
+
 
 #: pydicom's plugin interface: what the plugin needs, per syntax, when it is unavailable
 DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs>=2024.1") for ts in (*_JPEG_SYNTAXES, *_J2K_SYNTAXES)}
@@ -107,12 +126,16 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes | bytearray:
     if runner.samples_per_pixel != 1:
         # colour transforms stay with the plugins pydicom ships (its `raw` and YBR handling)
         raise NotImplementedError("the imagecodecs plugin decodes greyscale frames only")
-    if runner.transfer_syntax in _J2K_SYNTAXES:
-        # signed codestreams come back as signed integers of the same width: the same bytes as
-        # pylibjpeg-openjpeg's, and pydicom applies its J2K sign correction to both alike
-        arr = imagecodecs.jpeg2k_decode(src, numthreads=J2K_THREADS)
-    else:
-        arr = imagecodecs.jpeg8_decode(src)
+    try:
+        if runner.transfer_syntax in _J2K_SYNTAXES:
+            # signed codestreams come back as signed integers of the same width: the same bytes
+            # as pylibjpeg-openjpeg's, and pydicom applies its J2K sign correction to both alike
+            arr = imagecodecs.jpeg2k_decode(src, numthreads=J2K_THREADS)
+        else:
+            arr = imagecodecs.jpeg8_decode(src)
+    except Exception as exc:
+        _note_stream_error(exc)
+        raise
     if arr.ndim != 2 or arr.dtype.kind not in "ui" or arr.dtype.itemsize > 4:
         raise ValueError(f"imagecodecs decoded a {arr.dtype} frame of shape {arr.shape}")
     # the container follows the codestream's precision (8-bit JPEG in 16-bit Bits Allocated
@@ -121,6 +144,19 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes | bytearray:
     # pydicom reads the frame with np.frombuffer and copies it into its own array: a flat byte
     # view of the decoded array saves a copy of the frame (tobytes) on the way
     return cast(bytes, arr.reshape(-1).view(np.uint8).data)
+
+
+def _note_stream_error(exc: Exception) -> None:
+    """Keep a codec's own error about the data for :func:`decode_pixels` (pydicom logs it and
+    tries its next plugin, which may return a film from the same corrupt stream)."""
+    errors = _STREAM_ERRORS.get()
+    if errors is not None and type(exc).__name__ in _CODEC_ERRORS:
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def _named_stream_errors(message: str) -> list[str]:
+    """The lines of a pydicom decoding error that are a codec's verdict on the data."""
+    return [line.strip() for line in message.splitlines() if any(p in line for p in _CODEC_PHRASES)]
 
 
 def _register() -> None:
@@ -151,13 +187,26 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     every plugin fails. Native (uncompressed) syntaxes need no plugin and go to pydicom as they
     are. The array is not cached on ``ds`` (``ds.pixel_array`` would keep a copy of it alive
     for as long as the dataset).
+
+    Raises :class:`CorruptPixelStream` when a codec (libjpeg-turbo, OpenJPEG) refused the data
+    itself (``Unsupported marker type``, a corrupt code-block...): another plugin would often
+    return a film from the same stream with part of it filled in, which must not be scored. A
+    plugin that fails otherwise (missing, colour, an internal error) still falls back.
     """
     file_meta = getattr(ds, "file_meta", None)
     tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-    for name in preferred_plugins(tsyntax) if tsyntax else ():
-        try:
-            return pixel_array(ds, decoding_plugin=name)
-        except Exception as exc:  # noqa: BLE001 - a plugin fails with anything; the next may succeed
-            LOG.debug("decoding plugin %s failed on %s (%s: %s); trying the next",
-                      name, tsyntax, type(exc).__name__, exc)
+    errors: list[str] = []
+    token = _STREAM_ERRORS.set(errors)
+    try:
+        for name in preferred_plugins(tsyntax) if tsyntax else ():
+            try:
+                return pixel_array(ds, decoding_plugin=name)
+            except Exception as exc:  # a plugin fails with anything; the next may succeed
+                errors.extend(_named_stream_errors(str(exc)))
+                if errors:
+                    raise CorruptPixelStream(errors[0]) from exc
+                LOG.debug("decoding plugin %s failed on %s (%s: %s); trying the next",
+                          name, tsyntax, type(exc).__name__, exc)
+    finally:
+        _STREAM_ERRORS.reset(token)
     return ds.pixel_array

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import Dataset, dcmread
 
 from cxr_triage.contract.result import NotAssessable, NotAssessableReason
-from cxr_triage.inference.decoders import decode_pixels
+from cxr_triage.inference.decoders import CorruptPixelStream, decode_pixels
 from cxr_triage.inference.dicom_values import (
     LookupTable,
     Window,
@@ -37,6 +37,7 @@ from cxr_triage.inference.dicom_values import (
     rescale,
     voi_lut,
 )
+from cxr_triage.inference.pixel_source import FrameCheck, frame_check, pixel_source
 
 #: default ceiling on Rows x Columns x Frames x Samples before anything is decoded
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -166,49 +167,10 @@ def _declared_pixels(ds: Dataset) -> int:
     return rows * cols * max(frames, 1) * max(samples, 1)
 
 
-def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
-    """(rows, cols) the first compressed frame declares, when it can be read cheaply.
-
-    Decoders size their output from the codestream, not from the header: a small header with a
-    huge codestream is a decompression bomb, so both must agree before decoding.
-    """
-    from pydicom.encaps import generate_frames
-    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
-
-    tsyntax = ds.file_meta.TransferSyntaxUID
-    if not tsyntax.is_transfer_syntax:  # pydicom raises ValueError on its properties
-        raise _undecodable("the file meta names no known transfer syntax")
-    if not tsyntax.is_encapsulated:
-        return None
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except Exception as exc:  # any framing error means undecodable
-        raise _undecodable(f"encapsulated pixel data unreadable ({type(exc).__name__}: {exc})") from exc
-    if tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes:
-        from pydicom.pixels.utils import _get_jpg_parameters
-
-        # A cut codestream decodes without error into a partial film (libjpeg fills the
-        # rest): insist on the end-of-image marker (byte stuffing keeps FFD9 out of the data).
-        if b"\xff\xd9" not in frame[-16:]:
-            raise _undecodable("compressed frame is truncated (no end-of-image marker)")
-        info = _get_jpg_parameters(frame)
-        if "height" in info and "width" in info:
-            return int(info["height"]), int(info["width"])
-        return None
-    if tsyntax in JPEG2000TransferSyntaxes:
-        # SIZ marker segment (ISO 15444-1 A.5.1) follows SOC: Xsiz at +8, Ysiz at +12
-        start = frame.find(b"\xff\x4f\xff\x51")
-        if start >= 0 and len(frame) >= start + 24:
-            xsiz = int.from_bytes(frame[start + 8:start + 12], "big")
-            ysiz = int.from_bytes(frame[start + 12:start + 16], "big")
-            xo = int.from_bytes(frame[start + 16:start + 20], "big")
-            yo = int.from_bytes(frame[start + 20:start + 24], "big")
-            return ysiz - yo, xsiz - xo
-    return None
-
-
-def check_decodable_size(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Refuse before decoding what would be too large or what misstates its size."""
+def check_decodable_size(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> FrameCheck:
+    """Refuse before decoding what would be too large, what misstates its size, and a cut or
+    corrupt JPEG / JPEG-LS codestream (:func:`~cxr_triage.inference.pixel_source.frame_check`,
+    whose result is returned). Raises NotAssessable."""
     if "PixelData" not in ds:
         raise NotAssessable(NotAssessableReason.NON_IMAGE, "no Pixel Data")
     declared = _declared_pixels(ds)
@@ -216,11 +178,13 @@ def check_decodable_size(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> N
         raise _undecodable("Rows/Columns missing or zero")
     if declared > max_pixels:
         raise _undecodable(f"declares {declared} pixel samples, above the {max_pixels} limit")
-    size = _codestream_size(ds)
+    checked = frame_check(ds)
+    size = checked.size
     if size is not None and size != (int(ds.Rows), int(ds.Columns)):
         raise _undecodable(
             f"compressed frame is {size[0]}x{size[1]} but the header says {ds.Rows}x{ds.Columns}"
         )
+    return checked
 
 
 def padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
@@ -248,7 +212,7 @@ def _as_int(value: Any, ds: Dataset) -> int:
 def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
     """DICOM dataset -> (film float32 [0, 1] MONOCHROME2, padding mask or None)."""
     try:
-        check_decodable_size(ds, max_pixels)
+        checked = check_decodable_size(ds, max_pixels)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         photometric = coded_attribute(ds, "PhotometricInterpretation")
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -262,9 +226,11 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         raise NotAssessable(NotAssessableReason.COLOR,
                             f"photometric interpretation {photometric or 'missing'}")
     try:
-        stored = decode_pixels(_pixel_source(ds, photometric))
+        stored = decode_pixels(pixel_source(ds, photometric, checked.trimmed))
     except (KeyboardInterrupt, SystemExit):
         raise
+    except CorruptPixelStream as exc:  # the decoder said so, whatever another one would return
+        raise _undecodable(f"the pixel stream is corrupt ({exc})") from exc
     except BaseException as exc:  # every decoder failure means the same to triage;
         # Rust decoders (pylibjpeg-rle) panic on some corrupt streams, and pyo3's PanicException
         # is a BaseException: uncaught it killed the node's triage thread
@@ -285,25 +251,6 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
     if mask is not None:
         unit[mask] = 0.0
     return unit.astype(np.float32), mask
-
-
-def _pixel_source(ds: Dataset, photometric: str) -> Dataset:
-    """``ds``, or when its Photometric Interpretation is not written canonically (lower case,
-    NUL padding: the gate accepts it, :func:`coded_string`) a new dataset sharing ds's Image
-    Pixel Module elements (group 0028, PS3.3 C.7.6.3) and Pixel Data with the canonical value,
-    so pydicom's decoders accept it too and the caller's dataset is left as it was."""
-    if ds.get("PhotometricInterpretation") == photometric:
-        return ds
-    src = Dataset()
-    src.file_meta = ds.file_meta
-    for elem in ds.group_dataset(0x0028):
-        if elem.tag != 0x00280004:  # a new element below: assigning would change the shared one
-            src.add(elem)
-    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "PixelData"):
-        if keyword in ds:
-            src.add(ds[keyword])
-    src.add_new(0x00280004, "CS", photometric)
-    return src
 
 
 def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
