@@ -114,6 +114,12 @@ def _incoming_file(*args: Any, **kwargs: Any) -> Any:
     return _pynetdicom_tempfile(*args, **kwargs)
 
 
+def receiving_association() -> Association | None:
+    """In a DUL thread (where pynetdicom asks for a data set's file): its association."""
+    thread = threading.current_thread()
+    return thread.assoc if isinstance(thread, DULServiceProvider) else None
+
+
 def stream_c_store_data_sets(factory: IncomingFactory) -> None:
     """Make pynetdicom stream every received C-STORE data set to a file (``event.dataset_path``),
     made by ``factory(ae)`` where it returns one (an object with pynetdicom's ``NTF`` protocol:

@@ -5,8 +5,11 @@ pynetdicom streams each received data set to a file (see
 node's AE (:func:`stream_to_spool`) the file is an :class:`IncomingFile` in the spool's
 incoming folder, on the spool's file system, so the C-STORE handler reads only the header and
 *moves* the file into the spool: an instance is never held in memory whole. A transfer cut off
-midway leaves nothing behind (the file is removed when its object is collected, and the crash
-sweep removes ``.part`` leftovers). A data set larger than ``max_bytes`` stops being written
+midway (the sender killed, the network cut) leaves nothing behind: each file is known by its
+association, marked complete when pynetdicom has the whole message (EVT_DIMSE_RECV,
+:func:`message_received`), and a file still incomplete when the connection closes
+(EVT_CONN_CLOSE, :func:`cut_off`) is removed at once, for the handler to audit. Beside that the
+file is removed when its object is collected, and the crash sweep removes ``.part`` leftovers. A data set larger than ``max_bytes`` stops being written
 once over the limit (the handler answers 0xA700).
 """
 
@@ -17,11 +20,11 @@ import os
 import tempfile
 import weakref
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pynetdicom import AE
 
-from cxr_triage.dicom_node.compat import stream_c_store_data_sets
+from cxr_triage.dicom_node.compat import receiving_association, stream_c_store_data_sets
 from cxr_triage.dicom_node.store.spool import PART, Spool
 
 #: the end of the File Meta Information group length element (128-byte preamble, "DICM", tag)
@@ -42,6 +45,7 @@ class IncomingFile:
         self.error: OSError | None = None
         self.file = self                        # pynetdicom calls ``.file.flush()``
         self._fp: IO[bytes] | None = None
+        self.complete = False                   # pynetdicom has the whole message
         # SHA-256 of the data set as it streams past (spool.dataset_sha256 of the finished
         # file, without reading it back): what follows the File Meta Information, whose
         # end the group length element (always first, as pydicom writes it) tells.
@@ -127,6 +131,14 @@ class IncomingFile:
             except OSError:
                 pass
 
+    def discard(self) -> None:
+        """A transfer cut off midway: close and remove the partial file."""
+        self.close()
+        try:
+            os.unlink(self.name)
+        except OSError:
+            pass
+
 
 def _remove_if_same(name: str, dev: int, ino: int) -> None:
     try:
@@ -140,6 +152,8 @@ def _remove_if_same(name: str, dev: int, ino: int) -> None:
 # the receiving AEs of this process: (incoming folder, size limit); the files being written
 _RECEIVERS: "weakref.WeakKeyDictionary[AE, tuple[Path, int]]" = weakref.WeakKeyDictionary()
 _LIVE: "weakref.WeakValueDictionary[str, IncomingFile]" = weakref.WeakValueDictionary()
+# the files of each receiving association not yet complete (DUL thread only: no lock needed)
+_PENDING: "weakref.WeakKeyDictionary[Any, list[IncomingFile]]" = weakref.WeakKeyDictionary()
 
 
 def _file_for(ae: AE) -> IncomingFile | None:
@@ -149,7 +163,27 @@ def _file_for(ae: AE) -> IncomingFile | None:
         return None
     f = IncomingFile(*target)
     _LIVE[f.name] = f
+    assoc = receiving_association()
+    if assoc is not None:
+        _PENDING.setdefault(assoc, []).append(f)
     return f
+
+
+def message_received(event: Any) -> None:
+    """EVT_DIMSE_RECV: the association's message is whole; its file is the handler's now."""
+    for f in _PENDING.pop(event.assoc, []):
+        f.complete = True
+
+
+def cut_off(assoc: Any) -> list[int]:
+    """EVT_CONN_CLOSE: remove the association's incomplete files at once; their sizes so far
+    (bytes received), for the audit. Called in the DUL thread, after its last write."""
+    out = []
+    for f in _PENDING.pop(assoc, []):
+        if not f.complete:
+            f.discard()
+            out.append(f.received)
+    return out
 
 
 def stream_to_spool(ae: AE, spool: Spool, max_instance_bytes: int) -> None:

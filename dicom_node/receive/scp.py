@@ -43,7 +43,7 @@ from cxr_triage.contract.patient import PatientKey
 from cxr_triage.contract.sop_classes import is_sr_class
 from cxr_triage.dicom_node.compat import respond_without_delay
 from cxr_triage.dicom_node.receive.associations import AssociationPolicy
-from cxr_triage.dicom_node.receive.incoming import live_file
+from cxr_triage.dicom_node.receive.incoming import cut_off, live_file, message_received
 from cxr_triage.dicom_node.receive.patients import PATIENT_TAGS, StudyPatients, fingerprint, patient_key
 from cxr_triage.dicom_node.receive.statuses import (
     CANNOT_UNDERSTAND,
@@ -105,12 +105,30 @@ class StoreHandler(AssociationPolicy):
             (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_FSM_TRANSITION, self.on_fsm_transition),
             (evt.EVT_ACCEPTED, respond_without_delay),
+            (evt.EVT_DIMSE_RECV, message_received),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
         ]
 
     # -- services ----------------------------------------------------------------------
     def on_echo(self, event: Any) -> int:
         """C-ECHO (Verification, PS3.4 Annex A): always Success."""
         return SUCCESS
+
+    def on_conn_close(self, event: Any) -> None:
+        """A connection closed with a C-STORE data set half received (the sender killed, the
+        network cut): its partial file is removed at once (``receive/incoming.py``) and the
+        cut-off transfer audited (never acknowledged: the sender must send it again)."""
+        sizes = cut_off(event.assoc)
+        if not sizes:
+            return
+        calling, host = self._peer(event)
+        for size in sizes:
+            log.warning("C-STORE transfer cut off: partial data removed",
+                        extra={"calling_ae": calling, "peer": host, "size": size})
+            self.audit.record(A.INSTANCES_TRANSFERRED, A.MINOR_FAILURE, action="C", direction="received",
+                              calling_ae=calling, peer=host, size=size,
+                              detail="transfer cut off mid-C-STORE (connection closed): partial data"
+                                     " removed, not acknowledged")
 
     def on_store(self, event: Any) -> int:
         """Spool, enqueue, then acknowledge. Never raises: pynetdicom would answer 0xC211."""
