@@ -15,6 +15,7 @@ from typing import Any
 
 from cxr_triage.contract.manifest import ManifestError
 from cxr_triage.training.adapters import ADAPTERS, Columns, DatasetError, ImportProblems, drop_missing
+from cxr_triage.training.adapters.site import LABEL_HINT
 from cxr_triage.training.manifest import read_manifest, write_manifest
 from cxr_triage.training.split import assign_splits, summarise
 
@@ -54,7 +55,8 @@ def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
             entries = drop_missing(entries, root, problems)
         if not entries:
             raise DatasetError(f"{root}: no films found for --dataset {args.dataset}"
-                               + (f" ({'; '.join(problems.lines())})" if problems else ""))
+                               + (f" ({'; '.join(problems.lines())})" if problems else "")
+                               + (f"; {LABEL_HINT}" if any("unreadable label" in k for k in problems.counts) else ""))
         if args.split:
             assign_splits(entries, args.val_fraction, args.test_fraction, seed=args.seed)
     except (DatasetError, ManifestError, ValueError, OSError, KeyError) as exc:
@@ -79,6 +81,8 @@ def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
     write_manifest(entries, out)
     for line in problems.lines():
         print(f"cxr-triage manifest: left out {line}", file=sys.stderr)
+    if any("unreadable label" in kind for kind in problems.counts):
+        print(f"cxr-triage manifest: hint: {LABEL_HINT}", file=sys.stderr)
     by_source: dict[str, dict[str, int]] = {}
     for e in entries:
         row = by_source.setdefault(e.source or "-", {"films": 0, "normal": 0, "abnormal": 0})

@@ -47,6 +47,12 @@ VIEW_CODES: dict[str, tuple[str, str]] = {
     "LL": ("399173006", "left lateral"),
     "RL": ("399198007", "right lateral"),
 }
+#: Series Description words for a View Position (PA and AP read as themselves).
+SERIES_VIEW_WORDS = {"LL": "LEFT LATERAL", "RL": "RIGHT LATERAL"}
+#: Patient Orientation (0020,0020) of an upright film as usually displayed (PS3.3 C.7.6.1.1.1):
+#: PA/AP viewed as facing the patient, a lateral with the patient's front to the viewer's left
+#: (left lateral) or right (right lateral).
+PATIENT_ORIENTATION = {"PA": ["R", "F"], "AP": ["L", "F"], "LL": ["P", "F"], "RL": ["A", "F"]}
 
 
 def load_film_image(source: str | Path | np.ndarray) -> np.ndarray:
@@ -244,7 +250,7 @@ def _header(*, sop_class: str, study_uid: str | None, series_uid: str | None,
     ds.Manufacturer = "cxr-triage film_to_dicom"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = study_description
-    ds.SeriesDescription = f"{view_position} {body_part}".strip()
+    ds.SeriesDescription = f"{SERIES_VIEW_WORDS.get(view_position, view_position)} {body_part}".strip()
     ds.PatientName = patient_name
     ds.PatientID = patient_id
     ds.PatientBirthDate = ""
@@ -269,7 +275,7 @@ def _header(*, sop_class: str, study_uid: str | None, series_uid: str | None,
     ds.StudyID = "1"
     ds.SeriesNumber = series_number
     ds.InstanceNumber = instance_number
-    ds.PatientOrientation = ["L", "F"] if view_position == "AP" else ["R", "F"]
+    ds.PatientOrientation = PATIENT_ORIENTATION.get(view_position, ["R", "F"])
     ds.ImageType = ["ORIGINAL", "PRIMARY"] if sop_class != "SC" else ["DERIVED", "SECONDARY"]
     ds.BurnedInAnnotation = "NO"
     if sop_class.startswith("DX"):
@@ -284,8 +290,8 @@ def _header(*, sop_class: str, study_uid: str | None, series_uid: str | None,
         ds.PositionerType = ""
         ds.AcquisitionContextSequence = DicomSequence()
     ds.LossyImageCompression = "00"
-    if sop_class == "SC":
-        ds.ConversionType = "WSD"
+    if sop_class == "SC":  # a film wrapped as Secondary Capture: a digitised film (PS3.3 C.8.6.1)
+        ds.ConversionType = "DF"
     return ds
 
 

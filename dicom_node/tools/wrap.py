@@ -20,6 +20,11 @@ from cxr_triage.dicom_node.tools.film_to_dicom import SopClassName, png_to_dicom
 SOP_CLASS_OPTIONS: dict[str, SopClassName] = {"CR": "CR", "DX": "DX_PRES", "DX_PRES": "DX_PRES",
                                                "DX_PROC": "DX_PROC", "SC": "SC"}
 FILM_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: ``--view`` / manifest view spellings -> DICOM View Position (0018,5101) defined terms
+VIEW_ALIASES = {"PA": "PA", "AP": "AP", "LL": "LL", "RL": "RL", "L": "LL", "LAT": "LL", "LATERAL": "LL",
+                "LEFT LATERAL": "LL", "RIGHT LATERAL": "RL"}
+#: manifest columns read as the view (first present wins); NIH's CSV says "View Position"
+VIEW_COLUMNS = ("view", "view_position", "View Position", "ViewPosition")
 
 def _film_paths(items: Sequence[str]) -> list[Path]:
     """PNG/JPEG files named, and those under named folders (recursively, sorted)."""
@@ -45,6 +50,19 @@ def _manifest_info(path: Path) -> dict[Path, dict[str, str]]:
                 p = Path(name)
                 rows[(p if p.is_absolute() else path.parent / p).resolve()] = {k: (v or "") for k, v in row.items() if k}
     return rows
+
+
+def _view_position(text: str) -> str:
+    """A view as written (``pa``, ``Lateral``, ``LL``) -> its View Position defined term; ValueError
+    for one that is none of PA, AP, lateral (LL, RL)."""
+    view = " ".join(text.replace("_", " ").upper().split())
+    if view not in VIEW_ALIASES:
+        raise ValueError(f"view {text!r} is not PA, AP or lateral (LL, RL, LATERAL)")
+    return VIEW_ALIASES[view]
+
+
+def _row_view(row: dict[str, str]) -> str:
+    return next((row[c] for c in VIEW_COLUMNS if (row.get(c) or "").strip()), "")
 
 
 def _dicom_age(text: str) -> str | None:
@@ -87,13 +105,18 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--bits-stored", type=int, default=None,
                    help="8..16 (default: 8 for JPEG Baseline, else 12)")
     p.add_argument("--monochrome1", action="store_true", help="write MONOCHROME1 (inverted) pixels")
-    p.add_argument("--manifest", help="manifest CSV (file, patient_id, age, sex, view): per-film header values")
+    p.add_argument("--manifest", help="manifest CSV (file, patient_id, patient_name, accession_number, age, sex, "
+                                      "view): per-film header values; an option given on the command line wins")
     p.add_argument("--patient-id", default="", help="Patient ID of every film (default: the manifest's, else a "
                    "pseudonym made from the file name)")
+    p.add_argument("--patient-name", default="", help="Patient's Name of every film, DICOM PN (Doe^Jane) "
+                   "(default: the manifest's patient_name, else Anonymous)")
     p.add_argument("--age", default="", help="age in years or DICOM AS (045Y) (default: the manifest's, else none)")
     p.add_argument("--sex", default="", help="M, F or O (default: the manifest's, else O)")
-    p.add_argument("--view", default="", help="PA or AP (default: the manifest's, else PA)")
-    p.add_argument("--accession-number", default="", help="Accession Number of every film (default: none)")
+    p.add_argument("--view", default="", help="PA, AP or lateral (LL, RL; LATERAL is read as LL) (default: the "
+                   "manifest's view or view_position, else PA)")
+    p.add_argument("--accession-number", default="", help="Accession Number of every film (default: the manifest's "
+                   "accession_number, else none)")
     p.add_argument("--one-study", action="store_true", help="all films in one study (default: one study per film)")
 
 
@@ -109,6 +132,11 @@ def run(args: Any, cfg: Any = None) -> int:
         tsyntax = syntax_from_text(args.transfer_syntax)
     except ValueError as exc:
         print(f"cxr-triage wrap: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _view_position(args.view or "PA")
+    except ValueError as exc:
+        print(f"cxr-triage wrap: --view: {exc}", file=sys.stderr)
         return 2
     bits = args.bits_stored or (8 if tsyntax == JPEGBaseline8Bit else 12)
     films = _film_paths(args.films)
@@ -132,22 +160,24 @@ def run(args: Any, cfg: Any = None) -> int:
     for n, film in enumerate(films, start=1):
         row = info.get(film.resolve(), {})
         pid = args.patient_id or row.get("patient_id", "") or "WRAP-" + hashlib.sha256(film.name.encode()).hexdigest()[:10]
+        accession = (args.accession_number or row.get("accession_number", "")).strip()
         try:
             ds = png_to_dicom(
                 film, sop_class=SOP_CLASS_OPTIONS[args.sop_class], transfer_syntax_uid=tsyntax, bits_stored=bits,
                 photometric="MONOCHROME1" if args.monochrome1 else "MONOCHROME2",
-                study_uid=study, series_uid=series, patient_name="Anonymous", patient_id=pid[:64],
+                study_uid=study, series_uid=series, patient_id=pid[:64],
+                patient_name=(args.patient_name or row.get("patient_name", "")).strip() or "Anonymous",
                 patient_age=_dicom_age(args.age or row.get("age", "")),
                 patient_sex=(args.sex or row.get("sex", "") or "O").upper()[:1],
-                view_position=(args.view or row.get("view", "") or "PA").upper(),
-                accession_number=args.accession_number, instance_number=n if args.one_study else 1)
+                view_position=_view_position(args.view or _row_view(row) or "PA"),
+                accession_number=accession[:16], instance_number=n if args.one_study else 1)
             name = film.stem if film.stem not in used else f"{film.stem}_{n}"
             used.add(name)
             path = write_dicom(ds, out / f"{name}.dcm")
         except (OSError, ValueError, RuntimeError) as exc:
             failed.append(f"{film} ({type(exc).__name__}: {exc})")
             continue
-        rows.append((str(film), str(path), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), args.accession_number))
+        rows.append((str(film), str(path), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.AccessionNumber)))
     with (out / "wrapped.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["film", "dicom", "sop_instance_uid", "study_instance_uid", "accession_number"])

@@ -26,8 +26,9 @@ class ImportProblems:
     """What an import left out, by kind: ``{kind: [example, ...]}`` plus a count per kind.
 
     Nothing is skipped silently: the ``manifest`` command prints :meth:`lines` and writes
-    :meth:`to_dict` into its JSON summary. Examples are file names or CSV line numbers, never
-    patient identifiers."""
+    :meth:`to_dict` into its JSON summary. Examples are file names, CSV line numbers and the
+    labels CSV's own keys (the accession number a user looks up), never patient identifiers
+    read from headers."""
 
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)

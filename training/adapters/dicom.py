@@ -24,8 +24,9 @@ def dicom_folder(root: Path, labels: Path | None = None, key: str = "accession_n
     row's label (a study's films all get the study's label); view, age and sex come from the
     header, the patient id is a SHA-256 pseudonym of the header's Patient ID.
 
-    Left out and counted in ``problems``: files that are not DICOM, films without a row,
-    laterals, rows no film matches, unreadable labels. DatasetError when nothing is usable."""
+    Left out and counted in ``problems`` (named by file and by key, as a user looks them up):
+    files that are not DICOM, films without a row, films whose row's label no spelling reads,
+    laterals, rows no film matches. DatasetError when nothing is usable."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"no such folder: {root}")
@@ -36,9 +37,10 @@ def dicom_folder(root: Path, labels: Path | None = None, key: str = "accession_n
     labels = Path(labels) if labels else root / "labels.csv"
     key_column = key_column or key
     cols_for_check = Columns(file=key_column, label=cols.label)
-    header, rows = read_labels(labels, cols_for_check, problems)
+    header, rows = read_labels(labels, cols_for_check, problems, key, "--key-column")
     name_of = label_reader(abnormal_values, normal_values)
     by_key: dict[str, tuple[int, int, dict[str, str]]] = {}
+    unreadable: dict[str, str] = {}   # key -> the label as written
     for line, row in rows:
         k = row.get(key_column, "").strip()
         where = f"{labels.name}:{line}"
@@ -48,7 +50,7 @@ def dicom_folder(root: Path, labels: Path | None = None, key: str = "accession_n
         try:
             by_key[k] = (line, name_of(row.get(cols.label, ""), where), row)
         except (ManifestError, ValueError):
-            problems.add("row(s) with an unreadable label", f"{where} ({row.get(cols.label, '')!r})")
+            unreadable[k] = row.get(cols.label, "")
     entries: list[Entry] = []
     matched: set[str] = set()
     src_default = source or root.resolve().name
@@ -61,15 +63,20 @@ def dicom_folder(root: Path, labels: Path | None = None, key: str = "accession_n
             problems.add("file(s) that are not DICOM, not read", rel)
             continue
         k = str(ds.get(DICOM_KEYS[key], "") or "").strip()
+        if k in unreadable:
+            matched.add(k)
+            problems.add("film(s) whose row has an unreadable label", f"{rel} ({key} {k}: {unreadable[k]!r})")
+            continue
         if k not in by_key:
-            problems.add(f"DICOM film(s) whose {key} has no row in the labels CSV, not read", rel)
+            problems.add(f"DICOM film(s) whose {key} has no row in the labels CSV, not read",
+                         f"{rel} ({key} {k or 'empty'})")
             continue
         matched.add(k)
         _, label, row = by_key[k]
         info = header_fields(ds)
         view = str(info["view"])
         if view not in FRONTAL_VIEWS:
-            problems.add("lateral or other non-frontal film(s), left out", f"{rel} ({view})")
+            problems.add("lateral or other non-frontal film(s), left out", f"{rel} ({view}, {key} {k})")
             continue
         age = info["age"] if isinstance(info["age"], float) else None
         src_col = cols.source if cols.source in header else ""
@@ -82,7 +89,9 @@ def dicom_folder(root: Path, labels: Path | None = None, key: str = "accession_n
         entries.append(entry)
     for k, (line, _, _) in by_key.items():
         if k not in matched:
-            problems.add(f"row(s) whose {key} matches no DICOM film", f"{labels.name}:{line}")
+            problems.add(f"row(s) whose {key} matches no DICOM film", f"{k} ({labels.name}:{line})")
+    for k in sorted(set(unreadable) - matched):
+        problems.add("row(s) with an unreadable label", f"{k} ({unreadable[k]!r}, no DICOM film either)")
     if not entries:
         raise DatasetError(f"{root}: no usable DICOM film ({'; '.join(problems.lines()) or 'no files'})")
     return entries

@@ -56,12 +56,12 @@ def folder(root: Path, labels: Path | None = None, columns: Columns | None = Non
         try:
             label = name_of(row.get(cols.label, ""), where)
         except (ManifestError, ValueError):
-            problems.add("row(s) with an unreadable label", f"{where} ({row.get(cols.label, '')!r})")
+            problems.add("row(s) with an unreadable label", f"{name} ({where}: {row.get(cols.label, '')!r})")
             continue
         path = Path(name) if Path(name).is_absolute() else root / name
         rel = name if not Path(name).is_absolute() else str(path)
         if rel in seen:
-            problems.add("duplicate row(s), first kept", where)
+            problems.add("duplicate row(s), first kept", f"{name} ({where})")
             continue
         seen.add(rel)
 

@@ -92,8 +92,15 @@ def header_fields(ds) -> dict[str, object]:
             "patient_id": hash_id(pid) if pid else ""}
 
 
-def read_labels(labels: Path, cols: Columns, problems: ImportProblems) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(header, [(line, row), ...]) of a labels CSV; DatasetError when it cannot be used at all."""
+#: the hint after a label no spelling reads (site spellings are options, not a column)
+LABEL_HINT = ("labels no spelling reads: give the site's own with --abnormal-values / --normal-values "
+              "(space-separated, e.g. --abnormal-values Finding Abnormal)")
+
+
+def read_labels(labels: Path, cols: Columns, problems: ImportProblems, key_what: str = "file",
+                key_option: str = "--file-column") -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line, row), ...]) of a labels CSV; DatasetError when it cannot be used at all,
+    naming the missing column as ``key_what`` and the option that names it (``key_option``)."""
     if not labels.is_file():
         raise DatasetError(f"labels CSV not found: {labels}")
     try:
@@ -104,11 +111,12 @@ def read_labels(labels: Path, cols: Columns, problems: ImportProblems) -> tuple[
                     for line, row in enumerate(reader, start=2)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{labels}: not a readable CSV ({exc})") from None
-    missing = [f"{what} column {name!r}" for what, name in (("file", cols.file), ("label", cols.label))
-               if name not in header]
+    missing = [(f"{what} column {name!r}", option) for what, name, option in
+               ((key_what, cols.file, key_option), ("label", cols.label, "--label-column")) if name not in header]
     if missing:
-        raise DatasetError(f"{labels}: no {' and no '.join(missing)} (columns: {', '.join(header) or 'none'}); "
-                           "name them with --file-column / --label-column")
+        raise DatasetError(f"{labels}: no {' and no '.join(m for m, _ in missing)} (columns: "
+                           f"{', '.join(header) or 'none'}); name {'them' if len(missing) > 1 else 'it'} with "
+                           f"{' / '.join(o for _, o in missing)}")
     if not rows:
         raise DatasetError(f"{labels}: no rows")
     return header, rows

@@ -1,0 +1,84 @@
+"""What `manifest --dataset dicom` and `wrap` tell a site (issue 24): the option that names a
+missing key column, films whose label no spelling reads (not "has no row"), the
+--abnormal-values hint, rows named by the accession a user looks up; `wrap` writes each film's
+patient name, accession number and view from its manifest."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from cxr_triage.cli import main as cli_main
+
+
+def _png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.random.default_rng(3).random((128, 128)) * 255).astype("uint8")).save(path)
+    return path
+
+
+def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    return path
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Path:
+    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
+
+    png = _png(tmp_path / "src.png")
+    root = tmp_path / "pacs"
+    for acc in ("A1", "A2", "A3"):
+        write_dicom(png_to_dicom(png, accession_number=acc, patient_id="SECRET"), root / f"{acc}.dcm")
+    return root
+
+
+def test_dicom_hints_name_the_right_option_and_the_accession(pacs: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    labels = _csv(tmp_path / "reads.csv", ["acc", "label"],
+                  [["A1", "Finding"], ["A2", "normal"], ["A3", "abnormal"], ["A8", "normal"], ["A9", "??"]])
+    out = tmp_path / "m.csv"
+    base = ["manifest", "--dataset", "dicom", "--root", str(pacs), "--labels", str(labels), "--out", str(out)]
+    assert cli_main(base) == 2
+    err = capsys.readouterr().err
+    assert "no accession_number column 'accession_number'" in err and "--key-column" in err
+    assert "--file-column" not in err
+
+    assert cli_main([*base, "--key-column", "acc"]) == 0
+    cap = capsys.readouterr()
+    left = json.loads(cap.out)["left_out"]
+    assert left["film(s) whose row has an unreadable label"]["examples"] == ["A1.dcm (accession_number A1: 'Finding')"]
+    assert left["row(s) whose accession_number matches no DICOM film"]["examples"] == ["A8 (reads.csv:5)"]
+    assert left["row(s) with an unreadable label"]["examples"] == ["A9 ('??', no DICOM film either)"]
+    assert not any("has no row" in k for k in left)
+    assert "hint: labels no spelling reads: give the site's own with --abnormal-values" in cap.err
+    assert "SECRET" not in cap.out + cap.err
+
+    assert cli_main([*base, "--key-column", "acc", "--abnormal-values", "Finding", "abnormal"]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 3
+
+
+def test_wrap_takes_name_accession_and_lateral_view_from_the_manifest(tmp_path: Path) -> None:
+    films = tmp_path / "films"
+    _png(films / "a.png")
+    _png(films / "b.png")
+    manifest = _csv(tmp_path / "films.csv", ["file", "patient_id", "patient_name", "accession_number", "view"],
+                    [["films/a.png", "P1", "Müller^Jürgen", "RIS-1", "PA"],
+                     ["films/b.png", "P2", "Doe^Jane", "RIS-2", "Lateral"]])
+    out = tmp_path / "dcm"
+    assert cli_main(["wrap", str(films), "--out", str(out), "--manifest", str(manifest)]) == 0
+    a, b = (pydicom.dcmread(out / f"{n}.dcm") for n in ("a", "b"))
+    assert (str(a.PatientName), a.AccessionNumber, a.ViewPosition, a.SeriesDescription) == (
+        "Müller^Jürgen", "RIS-1", "PA", "PA CHEST")
+    assert (str(b.PatientName), b.AccessionNumber, b.ViewPosition, b.SeriesDescription) == (
+        "Doe^Jane", "RIS-2", "LL", "LEFT LATERAL CHEST")
+    index = list(csv.DictReader((out / "wrapped.csv").open()))
+    assert [r["accession_number"] for r in index] == ["RIS-1", "RIS-2"]
+    assert cli_main(["wrap", str(films), "--out", str(out), "--view", "oblique"]) == 2
