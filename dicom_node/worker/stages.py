@@ -178,7 +178,11 @@ def keep_heatmaps(ctx: StudyContext, job: StudyJob) -> None:
 def build_sr(ctx: StudyContext, job: StudyJob) -> None:
     """The result SR over the films whose file parsed (only those can be evidence)."""
     for ds in job.sources:
-        conform_for_report(ds)
+        changed = conform_for_report(ds)            # the copy only: the spool keeps the file
+        if changed:
+            log.info("source header values made conformant for the result",
+                     extra={"study_uid": job.study_uid, "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+                            "changed": ",".join(sorted(set(changed)))})
     job.report = [build_result_sr(_referenced(job), job.sources, ctx.triager.meta, amends=job.amends)]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from support.node_peers import StoreSCP, free_port, storescu, wait_for
+from support.node_peers import StoreSCP, free_port, storescu, wait_for, write_node_config
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.patient import PatientKey
@@ -67,13 +67,9 @@ def test_a_second_patient_under_one_study_uid_is_held_not_mixed(
     p1b, p1b_uid = _film(src[1], out, study_uid, "P1", issuer="HOSP")  # same patient, issuer named
     p3, p3_uid = _film(src[1], out, study_uid, "P3")
     with StoreSCP(tmp_path / "pacs", free_port()) as pacs:
-        cfg = load_config(environ={}).replace(
-            node={"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "state"),
-                  "quiet_period_s": 0.5},
-            inference={"model_path": str(tiny_model), "threads": 1},
-            delivery={"destinations": [pacs.destination], "summary_image": False},
-            web={"enabled": False})
-        node = Node(cfg).start()
+        node = Node(load_config(write_node_config(tmp_path / "node.toml", 0, tiny_model,
+                                                  node={"quiet_period_s": 0.5},
+                                                  delivery={"destinations": [pacs.destination]}))).start()
         try:
             assert storescu([p1a, p2], node.port).returncode == 0          # one association
             wait_for(lambda: node.wait_idle(1) and node.queries.list_studies(), 90, what="the result")
