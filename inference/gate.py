@@ -53,6 +53,23 @@ NEUTRAL_POSITION_CODES: dict[str, str] = {
     "1240000": "prone", "F-10310": "prone", "10904000": "standing", "F-10320": "standing",
     "33586001": "sitting", "F-103A0": "sitting",
 }
+#: Conversion Type (0008,0064) defined terms (PS3.3 C.8.6.1, SC Equipment Module) of objects that
+#: are not a radiograph: scanned document, scanned image (a photograph, a page), workstation
+#: (a screen capture), drawing, synthetic image. DF (digitised film), DI (digital interface) and
+#: DV (digitised video, e.g. a modality's video output) may hold a film and are read.
+NOT_RADIOGRAPH_CONVERSIONS: dict[str, str] = {
+    "SD": "scanned document", "SI": "scanned image", "WSD": "workstation (screen capture)",
+    "DRW": "drawing", "SYN": "synthetic image",
+}
+#: Conversion Types that still hold a film when the Modality says so: a radiograph exported as
+#: SC from a workstation (SIIM's CR chest PA sample: SC, WSD, Modality CR), or a photographed film
+EXPORTED_FILM_CONVERSIONS = frozenset({"WSD", "SI"})
+#: Modality (0008,0060) values of projection radiographs (PS3.3 C.7.3.1.1.1)
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG"})
+#: Image Type (0008,0008) values beyond the first two that mark a page or a screen capture, as
+#: archives and capture software write them (no defined terms for SC in PS3.3 C.8.6.2)
+NOT_RADIOGRAPH_IMAGE_TYPES = frozenset({"SCREEN SHOT", "SCREENSHOT", "SCREEN_SHOT", "SCREEN CAPTURE",
+                                        "DOCUMENT", "REPORT", "REQUISITION", "SCANNED DOCUMENT"})
 #: words that, in a description, name a view other than PA/AP (used only when the header
 #: carries no view attribute at all)
 _NON_FRONTAL_TEXT = re.compile(
@@ -140,6 +157,24 @@ def check_object(ds: Dataset) -> None:
                             f"SOP class {sop or 'missing'} is not CR, DX or Secondary Capture")
 
 
+def check_radiograph(ds: Dataset) -> None:
+    """Refuse a page or a screen, whatever its SOP class: Conversion Type in
+    :data:`NOT_RADIOGRAPH_CONVERSIONS` (WSD and SI with a radiograph's Modality excepted:
+    :data:`EXPORTED_FILM_CONVERSIONS`) or an Image Type value (3rd on) in
+    :data:`NOT_RADIOGRAPH_IMAGE_TYPES` -> ``not_radiograph`` (NotAssessable)."""
+    conversion = coded_attribute(ds, "ConversionType")
+    exported_film = (conversion in EXPORTED_FILM_CONVERSIONS
+                     and coded_attribute(ds, "Modality") in RADIOGRAPH_MODALITIES)
+    if conversion in NOT_RADIOGRAPH_CONVERSIONS and not exported_film:
+        raise NotAssessable(R.NOT_RADIOGRAPH, f"Conversion Type is {conversion} "
+                            f"({NOT_RADIOGRAPH_CONVERSIONS[conversion]}), not a digitised film")
+    image_type = ds.get("ImageType") or []
+    values = [str(v).strip().upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
+    hits = [v for v in values[2:] if v in NOT_RADIOGRAPH_IMAGE_TYPES]
+    if hits:
+        raise NotAssessable(R.NOT_RADIOGRAPH, f"Image Type names a {hits[0].lower()}")
+
+
 def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
     """Refuse, before decoding, what the model is not meant to read (raises NotAssessable).
 
@@ -147,6 +182,7 @@ def check_header(ds: Dataset, settings: GateSettings = GateSettings()) -> None:
     (:func:`check_object`), then whose it is, then what it shows.
     """
     check_object(ds)
+    check_radiograph(ds)
     why = _species_refusal(ds)
     if why:
         raise NotAssessable(R.NON_HUMAN, why)

@@ -31,6 +31,7 @@ class NotAssessableReason(str, Enum):
     NON_HUMAN = "non_human"                  # Patient Species Description/Code present, not human
     TOO_SMALL = "too_small"                  # shorter side below the readable minimum
     UNDECODABLE = "undecodable"              # pixel data missing, corrupt or unsupported codec
+    NOT_RADIOGRAPH = "not_radiograph"        # a scanned document, screenshot, drawing or synthetic image
 
 
 class EscalationReason(str, Enum):

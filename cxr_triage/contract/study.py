@@ -38,6 +38,7 @@ PLAIN_REASON: dict[str, str] = {
     "non_human": "patient is not human",
     "too_small": "image too small to read",
     "undecodable": "pixel data could not be decoded",
+    "not_radiograph": "not a radiograph (a scanned document, screenshot or drawing)",
 }
 
 #: Why a likely-normal call was raised to suspicious, in plain words (``EscalationReason`` values).

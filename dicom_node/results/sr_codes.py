@@ -89,6 +89,7 @@ REASON_CODES: dict[NotAssessableReason, Code] = {
     NotAssessableReason.NON_HUMAN: _cxrt("CXRT108", "Not a human patient"),
     NotAssessableReason.TOO_SMALL: _cxrt("CXRT109", "Image too small"),
     NotAssessableReason.UNDECODABLE: _cxrt("CXRT110", "Pixel data not decodable"),
+    NotAssessableReason.NOT_RADIOGRAPH: _cxrt("CXRT111", "Not a radiograph"),
 }
 
 # --- Escalation reasons (values of ESCALATION_REASON) -----------------------------------
