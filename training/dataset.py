@@ -17,15 +17,28 @@ from typing import Any, Sequence
 import numpy as np
 
 from cxr_triage.contract.preprocessing import PreprocessSpec, preprocess
+from cxr_triage.contract.result import NotAssessable
 from cxr_triage.inference.reader import read_film
 from cxr_triage.training.manifest import Entry, resolve
 
 log = logging.getLogger(__name__)
 
 
+class FilmReadError(ValueError):
+    """A manifest film that cannot be decoded: one line naming the file (``train`` prints it,
+    exit 2, no traceback)."""
+
+
 def read_pixels(path: Path) -> np.ndarray:
-    """Decode a film to float32 (H, W) in [0, 1], MONOCHROME2, with the worker's reader."""
-    return np.asarray(read_film(path).pixels, dtype=np.float32)
+    """Decode a film to float32 (H, W) in [0, 1], MONOCHROME2, with the worker's reader.
+
+    Raises :class:`FilmReadError` naming ``path`` when it cannot be decoded (truncated, not a
+    film, missing)."""
+    try:
+        return np.asarray(read_film(path).pixels, dtype=np.float32)
+    except NotAssessable as exc:
+        raise FilmReadError(f"{path}: {exc}; leave it out of the manifest (`cxr-triage manifest` decodes "
+                            "every film and leaves broken ones out)") from None
 
 
 def cache_key(entries: Sequence[Entry], root: Path, spec: PreprocessSpec) -> str:

@@ -82,3 +82,26 @@ def test_wrap_takes_name_accession_and_lateral_view_from_the_manifest(tmp_path: 
     index = list(csv.DictReader((out / "wrapped.csv").open()))
     assert [r["accession_number"] for r in index] == ["RIS-1", "RIS-2"]
     assert cli_main(["wrap", str(films), "--out", str(out), "--view", "oblique"]) == 2
+
+
+def test_truncated_dicom_is_left_out_by_manifest_and_named_by_train(pacs: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from cxr_triage.contract.preprocessing import PreprocessSpec
+    from cxr_triage.training.dataset import FilmReadError, load_inputs
+    from cxr_triage.training.manifest import Entry
+
+    whole = (pacs / "A2.dcm").read_bytes()
+    (pacs / "A2.dcm").write_bytes(whole[: len(whole) * 2 // 3])
+    labels = _csv(tmp_path / "reads.csv", ["accession_number", "label"],
+                  [["A1", "normal"], ["A2", "abnormal"], ["A3", "abnormal"]])
+    out = tmp_path / "m.csv"
+    assert cli_main(["manifest", "--dataset", "dicom", "--root", str(pacs), "--labels", str(labels),
+                     "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert [Path(r["file"]).name for r in csv.DictReader(out.open())] == ["A1.dcm", "A3.dcm"]
+    left = json.loads(cap.out)["left_out"]["film(s) that cannot be decoded (truncated or corrupt), left out"]
+    assert left["count"] == 1 and left["examples"][0].startswith("A2.dcm (undecodable: ")
+
+    # a manifest made otherwise: train's reader names the file in one line (a ValueError: exit 2)
+    with pytest.raises(FilmReadError, match=r"A2\.dcm: undecodable: .*cxr-triage manifest"):
+        load_inputs([Entry(file="A2.dcm", label=1)], pacs, PreprocessSpec(size=64), progress=False)

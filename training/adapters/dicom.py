@@ -7,7 +7,15 @@ from typing import Sequence
 
 from cxr_triage.contract.manifest import ManifestError
 from cxr_triage.training.adapters.common import FRONTAL_VIEWS, DatasetError, ImportProblems
-from cxr_triage.training.adapters.site import Columns, dicom_header, header_fields, label_reader, read_labels
+from cxr_triage.training.adapters.site import (
+    UNDECODABLE,
+    Columns,
+    dicom_header,
+    film_problem,
+    header_fields,
+    label_reader,
+    read_labels,
+)
 from cxr_triage.training.manifest import Entry
 
 DICOM_KEYS = {"accession_number": "AccessionNumber", "sop_instance_uid": "SOPInstanceUID",
@@ -77,6 +85,10 @@ def dicom_folder(root: Path, labels: Path | None = None, key: str = "accession_n
         view = str(info["view"])
         if view not in FRONTAL_VIEWS:
             problems.add("lateral or other non-frontal film(s), left out", f"{rel} ({view}, {key} {k})")
+            continue
+        problem = film_problem(p)
+        if problem:
+            problems.add(UNDECODABLE, f"{rel} ({problem})")
             continue
         age = info["age"] if isinstance(info["age"], float) else None
         src_col = cols.source if cols.source in header else ""

@@ -8,8 +8,10 @@ from typing import Sequence
 from cxr_triage.contract.manifest import ManifestError, parse_age
 from cxr_triage.training.adapters.common import FRONTAL_VIEWS, IMAGE_SUFFIXES, DatasetError, ImportProblems
 from cxr_triage.training.adapters.site import (
+    UNDECODABLE,
     Columns,
     dicom_header,
+    film_problem,
     header_fields,
     image_readable,
     label_reader,
@@ -90,6 +92,10 @@ def folder(root: Path, labels: Path | None = None, columns: Columns | None = Non
         view = str(info["view"] or "")
         if view not in FRONTAL_VIEWS:
             problems.add("lateral or other non-frontal film(s), left out", f"{rel} ({view})")
+            continue
+        problem = film_problem(path) if check_files else None
+        if problem:
+            problems.add(UNDECODABLE, f"{rel} ({problem})")
             continue
         age = info["age"] if isinstance(info["age"], float) else None
         entry = Entry(file=rel, label=label, patient_id=str(info["patient_id"] or ""),
