@@ -75,13 +75,16 @@ def send_to_outbox(batch: list[DueDelivery], outbox: Path) -> dict[int, Outcome]
 def send_hl7(batch: list[DueDelivery], destination: str, cfg: Config,
              track: Callable[[Any], None] | None = None) -> dict[int, Outcome]:
     """One ORU^R01 per due result to the RIS ``APP@host:port`` (``delivery/hl7.py``), built
-    from the result's SR file; {delivery id: outcome}. ``track`` is given each MLLP socket
-    (so a stop can close it)."""
+    from the result's SR file; {delivery id: outcome}. After a connection that failed or got no
+    acknowledgement the rest of the batch is not tried (each would wait the network time-out
+    again): it fails with the same cause. ``track`` is given each MLLP socket (so a stop can
+    close it)."""
     # hl7apy takes ~0.3 s to import: only a node with hl7_destinations loads it
     from cxr_triage.dicom_node.delivery.hl7 import build_oru, send_mllp
 
     app, host, port = parse_destination(destination)
     out: dict[int, Outcome] = {}
+    unreachable: str | None = None
     for item in batch:
         start = time.perf_counter()
         srs = sorted((o for o in item.objects if is_sr_class(o.sop_class_uid)),
@@ -97,7 +100,12 @@ def send_hl7(batch: list[DueDelivery], destination: str, cfg: Config,
         except Exception as exc:  # noqa: BLE001 - unreadable SR, a message that does not validate
             out[item.id] = Outcome(f"HL7 message not built: {type(exc).__name__}", permanent=True)
             continue
+        if unreachable is not None:        # the RIS did not answer the previous message
+            out[item.id] = Outcome(f"{unreachable} (not sent: no answer to the previous message)")
+            continue
         got = send_mllp(message, host, port, cfg.node.network_timeout_s, track)
+        if got.error is not None and got.error.startswith("MLLP:") and "not understood" not in got.error:
+            unreachable = got.error
         correction = "PredecessorDocumentsSequence" in sr
         detail = f"ORU^R01 {'correction (C)' if correction else 'preliminary (P)'}, ACK {got.ack_code}"
         out[item.id] = Outcome(got.error, got.permanent, detail if got.error is None else "", (),

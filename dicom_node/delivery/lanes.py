@@ -97,15 +97,29 @@ class _Lane(threading.Thread):
     def run(self) -> None:
         try:
             while (batch := self.batches.get()) is not None:
-                if self.in_flight.cut_done.is_set():
-                    continue                    # stopping: left ``sending`` for the next start
-                try:
-                    self._send(self.destination, batch, self.in_flight)
-                except Exception:  # the lane must outlive any one batch
-                    log.exception("delivery lane error", extra={"destination": self.destination})
-                self.in_flight.clear()
+                batch, last = self._with_queued(batch)
+                if not self.in_flight.cut_done.is_set():   # else left ``sending`` for the next start
+                    try:
+                        self._send(self.destination, batch, self.in_flight)
+                    except Exception:  # the lane must outlive any one batch
+                        log.exception("delivery lane error", extra={"destination": self.destination})
+                    self.in_flight.clear()
+                if last:
+                    break
         finally:
             self._close_store()                 # this thread's database connection
+
+    def _with_queued(self, batch: list[DueDelivery]) -> tuple[list[DueDelivery], bool]:
+        """``batch`` and every batch queued behind it, as one (one association, one wait for
+        a slow peer, not one per batch); True when the stop sentinel was among them."""
+        while True:
+            try:
+                more = self.batches.get_nowait()
+            except queue.Empty:
+                return batch, False
+            if more is None:
+                return batch, True
+            batch = batch + more
 
 
 class Lanes:
