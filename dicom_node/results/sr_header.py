@@ -216,17 +216,41 @@ def _drop_invalid_copied_values(header: Dataset) -> None:
         header.PatientSex = ""
 
 
+#: A not-assessable reason in at most 16 characters: "AI triage: NOT ASSESSABLE (...) - not for
+#: diagnosis" must fit LO's 64 characters (PS3.5 6.2) with every reason, where the code
+#: meanings (up to 26 characters) do not.
+SHORT_REASONS: dict[NotAssessableReason, str] = {
+    NotAssessableReason.NON_IMAGE: "not an image",
+    NotAssessableReason.UNSUPPORTED_SOP_CLASS: "unsupported SOP",
+    NotAssessableReason.MULTI_FRAME: "multi-frame",
+    NotAssessableReason.COLOR: "not grayscale",
+    NotAssessableReason.LATERAL_VIEW: "lateral view",
+    NotAssessableReason.NON_CHEST: "not a chest",
+    NotAssessableReason.PAEDIATRIC: "below min. age",
+    NotAssessableReason.NON_HUMAN: "not human",
+    NotAssessableReason.TOO_SMALL: "image too small",
+    NotAssessableReason.UNDECODABLE: "not decodable",
+    NotAssessableReason.NOT_RADIOGRAPH: "not a radiograph",
+}
+
+
+def short_reason(reason: NotAssessableReason) -> str:
+    """:data:`SHORT_REASONS`' name of ``reason``, else its code meaning in lower case."""
+    return SHORT_REASONS.get(reason) or C.REASON_CODES[reason].meaning.lower()
+
+
 def header_description(prefix: str, decision: Decision,
                        reasons: Sequence[NotAssessableReason] = ()) -> str:
     """A Series Description (LO, at most 64 characters) that carries the decision, e.g.
     "AI triage: SUSPICIOUS - research, not for diagnosis", so that PACS lists, routing
     rules and viewers that never open the content tree still show it."""
     label = _HEADER_LABELS[decision]
-    names = [C.REASON_CODES[r].meaning.lower() for r in reasons]
     tails = (" - research, not for diagnosis", " - not for diagnosis")
-    shown = [", ".join(names)] if names else []
-    if len(names) > 1:
-        shown.append(f"{names[0]}, +{len(names) - 1}")
+    shown: list[str] = []
+    for names in ([C.REASON_CODES[r].meaning.lower() for r in reasons], [short_reason(r) for r in reasons]):
+        shown += [", ".join(names)] if names else []
+        if len(names) > 1:
+            shown.append(f"{names[0]}, +{len(names) - 1}")
     # the reason matters more than the word "research"; the decision most of all
     candidates = [f"{prefix}: {label} ({r}){t}" for r in shown for t in tails]
     candidates += [f"{prefix}: {label}{t}" for t in tails]

@@ -161,8 +161,16 @@ def run_status(args: argparse.Namespace, cfg: Config) -> int:
     if rep["studies"]:
         out("recent studies:\n")
         for s in rep["studies"]:
-            score = f"{s['score']:.3f}" if s["score"] is not None else "-"
-            out(f"  {_ts(s['first_received_at'])}  {s['state']:<10} {str(s['decision'] or '-'):<15}"
-                f" {score:>6}  {s['n_instances']:>3} inst  delivery {s['delivery_status'] or '-':<9}"
-                f" {s['study_uid']}" + ("  nodule/mass flagged" if s.get("nodule_flag") else "") + "\n")
+            out(_study_line(s) + "\n")
     return 0
+
+
+def _study_line(s: dict[str, Any]) -> str:
+    """One study of ``status``: when, state, decision, score, films, delivery, the accession
+    number a person looks up (or "-"), the Study Instance UID, and why it is not assessable."""
+    score = f"{s['score']:.3f}" if s["score"] is not None else "-"
+    why = ", ".join(str(r).replace("_", " ") for r in s.get("reasons") or [])
+    return (f"  {_ts(s['first_received_at'])}  {s['state']:<10} {str(s['decision'] or '-'):<15}"
+            f" {score:>6}  {s['n_instances']:>3} inst  delivery {s['delivery_status'] or '-':<9}"
+            f" acc {s.get('accession_number') or '-':<16} {s['study_uid']}"
+            + (f"  ({why})" if why else "") + ("  nodule/mass flagged" if s.get("nodule_flag") else ""))
