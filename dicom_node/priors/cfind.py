@@ -17,6 +17,7 @@ with the node's own results). Nothing of the answers is logged (PHI).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -79,17 +80,17 @@ def find_studies(destination: tuple[str, str, int], calling_ae: str, patient: Pa
     if not assoc.is_established:
         raise PriorQueryError(f"no association with {aet}@{host}:{port}")
     try:
-        answers = _answers(assoc.send_c_find(study_query(patient, since),
+        answers = answers_of(assoc.send_c_find(study_query(patient, since),
                                              StudyRootQueryRetrieveInformationModelFind))
     finally:
         assoc.release()
     return [s for s in answers if not s.modalities or FILM_MODALITIES & set(s.modalities)]
 
 
-def _answers(responses: object) -> list[FoundStudy]:
-    """The Pending identifiers up to a final Success; PriorQueryError otherwise."""
+def answers_of(responses: Iterable[tuple[Dataset | None, Dataset | None]]) -> list[FoundStudy]:
+    """The Pending identifiers up to a final Success (PS3.4 C.4.1.1.4); PriorQueryError otherwise."""
     found: list[FoundStudy] = []
-    for status, identifier in responses:  # type: ignore[attr-defined]
+    for status, identifier in responses:
         code = int(status.Status) if status is not None and "Status" in status else None
         if code in _PENDING and identifier is not None:
             found.append(_found(identifier))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from pydicom import Dataset
 from pydicom.uid import generate_uid
 from support.sr_checks import dciodvfy_errors, dsrdump_tree, make_film, reread, save
 
@@ -28,6 +29,7 @@ from cxr_triage.contract.result import (
 )
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR
 from cxr_triage.dicom_node.delivery.hl7 import build_oru
+from cxr_triage.dicom_node.priors.cfind import PriorQueryError, answers_of, study_query
 from cxr_triage.dicom_node.priors.lookup import PriorLookup
 from cxr_triage.dicom_node.results import sr_codes
 from cxr_triage.dicom_node.results.sr import build_result_sr
@@ -157,3 +159,27 @@ def test_a_pacs_that_cannot_be_asked_leaves_the_node_results(caplog: pytest.LogC
     with caplog.at_level(logging.WARNING):
         other = lookup.find("1.2.3.2", PatientKey(patient_id="P1", name="Roe^Ann"), dt.date.today())
     assert other == [] and "prior study left out" in caplog.text
+
+
+def _status(code: int | None) -> Dataset:
+    ds = Dataset()
+    if code is not None:
+        ds.Status = code
+    return ds
+
+
+def test_c_find_identifier_and_answers() -> None:
+    query = study_query(PatientKey(patient_id="P1", issuer="HOSP"), dt.date(2021, 6, 1))
+    assert (query.QueryRetrieveLevel, query.PatientID, query.IssuerOfPatientID, query.StudyDate) == (
+        "STUDY", "P1", "HOSP", "20210601-")
+    assert "IssuerOfPatientID" not in study_query(PatientKey(patient_id="P1"), dt.date(2021, 6, 1))
+    found = Dataset()
+    found.StudyInstanceUID, found.PatientID, found.ModalitiesInStudy = "1.1", "P1", ["CR", "SR"]
+    (study,) = answers_of([(_status(0xFF00), found), (_status(0x0000), None)])
+    assert study.study_uid == "1.1" and study.modalities == ("CR", "SR") and study.patient.patient_id == "P1"
+    with pytest.raises(PriorQueryError, match="0xA700"):
+        answers_of([(_status(0xFF00), found), (_status(0xA700), None)])
+    with pytest.raises(PriorQueryError, match="no response"):
+        answers_of([(_status(None), None)])
+    with pytest.raises(PriorQueryError, match="without a final status"):
+        answers_of([(_status(0xFF00), found)])
