@@ -52,7 +52,8 @@ on any other version, rather than run with a patch that may silently no longer a
 
 The TLS handshake of (2) also reports its failures (plain TCP on the TLS port, an untrusted
 certificate): ``deferred_handshake_server_context(on_refused=...)`` is called with the peer
-address and the SSL error, once per connection, so the node can audit the refusal.
+address and the SSL error, once per connection, so the node can audit the refusal; the two
+ERROR lines and the traceback pynetdicom's DUL logs for it are filtered out as well.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ class _HandshakeReportingSocket(ssl.SSLSocket):
         if self._cxr_reported:
             return
         self._cxr_reported = True
+        with _causes_lock:                  # pynetdicom's ERROR lines for it: not logged
+            _tls_refused_threads.add(threading.get_ident())
         on_refused = getattr(self.context, "on_refused", None)
         if on_refused is not None:
             try:
@@ -188,6 +191,7 @@ def deferred_handshake_server_context(on_refused: TlsRefused | None = None) -> s
     first read, in the association's thread, not when pynetdicom's accept loop wraps them.
     ``on_refused(peer_host, error)`` is called once per connection whose handshake failed."""
     require_supported_pynetdicom()
+    quiet_connection_failures()
     ctx = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.on_refused = on_refused
     return ctx
@@ -247,6 +251,7 @@ _CONNECT_FAILED = "Association request failed: unable to connect to remote"
 _TCP_ERROR = "TCP Initialisation Error: "
 _ACSE_TIMEOUT = "ACSE timeout reached while waiting for response to association request"
 _causes: dict[int, str] = {}        # DUL thread ident -> the OSError of its failed connection
+_tls_refused_threads: set[int] = set()   # DUL threads whose TLS handshake was refused (audited)
 _causes_lock = threading.Lock()
 
 
@@ -256,6 +261,13 @@ class _ConnectionFailureFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
+        if record.name == "pynetdicom.dul":     # a refused TLS handshake: "connection closed
+            with _causes_lock:                   # before the entire PDU", then its traceback
+                if record.exc_info is not None:
+                    refused = record.thread in _tls_refused_threads
+                    _tls_refused_threads.discard(record.thread or 0)
+                    return not refused
+                return record.thread not in _tls_refused_threads
         message = record.getMessage()
         cause = (message[len(_TCP_ERROR):] if message.startswith(_TCP_ERROR)
                  else "no answer to the association request (ACSE time-out)"
@@ -272,9 +284,9 @@ _FILTER = _ConnectionFailureFilter()
 
 
 def quiet_connection_failures() -> None:
-    """Install the filter on ``pynetdicom.transport`` and ``pynetdicom.acse`` (idempotent)."""
+    """Install the filter on ``pynetdicom.transport``, ``.acse`` and ``.dul`` (idempotent)."""
     require_supported_pynetdicom()
-    for name in ("pynetdicom.transport", "pynetdicom.acse"):
+    for name in ("pynetdicom.transport", "pynetdicom.acse", "pynetdicom.dul"):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)

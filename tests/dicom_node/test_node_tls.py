@@ -65,10 +65,16 @@ def test_mutual_tls(tmp_path: Path, tiny_model: Path) -> None:
         node.stop(timeout_s=5)
 
 
-def test_refused_tls_connections_are_audited(tmp_path: Path, tiny_model: Path) -> None:
+def test_refused_tls_connections_are_audited(tmp_path: Path, tiny_model: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     """Issue 23, class 8: plain TCP on the TLS port, a client certificate from another CA and
-    anonymous TLS each leave a Security Alert naming the TLS refusal; the trusted client none."""
+    anonymous TLS each leave a Security Alert naming the TLS refusal (the trusted client
+    none), logged as one WARNING line each: no ERROR line, no traceback."""
+    import logging
+
     from cxr_triage.dicom_node.store.audit import read_audit
+
+    caplog.set_level(logging.INFO)
 
     node, ca_crt, client, rogue = _tls_node(tmp_path, tiny_model)
     try:
@@ -85,6 +91,10 @@ def test_refused_tls_connections_are_audited(tmp_path: Path, tiny_model: Path) -
         assert all(e["peer"] == "127.0.0.1" for e in alerts), alerts
     finally:
         node.stop(timeout_s=5)
+    loud = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert loud == []
+    said = [r for r in caplog.records if r.levelno == logging.WARNING and "association rejected" in r.getMessage()]
+    assert len(said) == 3 and all("TLS handshake failed" in r.reason for r in said), said
 
 
 def test_results_delivered_over_tls(tmp_path: Path, tiny_model: Path, sample_dicoms: dict[str, Path]) -> None:
