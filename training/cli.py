@@ -23,6 +23,7 @@ from typing import Any
 from cxr_triage.config import load_config
 from cxr_triage.contract.manifest import ManifestError
 from cxr_triage.training.cli_args import CONFIG_KEYS, DESCRIPTIONS, Help, export_args, manifest_args, train_args
+from cxr_triage.training.progress import EPOCHS_UNDER_BUDGET, log_to_file
 from cxr_triage.training.train_config import TrainConfig
 
 
@@ -61,6 +62,8 @@ def config_from_args(args: argparse.Namespace, cfg: Any = None):
         if values.get(key) is None:
             values[key] = section.get(key, getattr(d, key))
     values["manifest"] = args.manifest or ""
+    if args.max_minutes and args.epochs is None:  # the budget the user gave rules, not a default count
+        values["epochs"] = EPOCHS_UNDER_BUDGET
     values["pretrained"] = not args.no_pretrained
     values["progress"] = not args.no_progress
     values["test_report"] = (not args.no_test_report) and bool(section.get("test_report", True))
@@ -76,6 +79,8 @@ def run_train(args: argparse.Namespace, cfg: Any = None) -> int:
         return 2
     if cfg is None:
         cfg = load_config(None)
+    if not args.log_json:
+        log_to_file(Path(args.out) / "train_log.jsonl", cfg.logging.level)
     try:
         summary = train(config_from_args(args, cfg), resume=args.resume)
     except (ManifestError, ValueError, FileNotFoundError) as exc:

@@ -72,10 +72,12 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None, help="network input side in pixels " + cfg_default("image_size"))
     p.add_argument("--harmonise-size", type=int, default=d.harmonise_size,
                    help="films are first resampled to this side (one resolution for every source)")
-    p.add_argument("--epochs", type=int, default=None, help="most epochs " + cfg_default("epochs"))
+    p.add_argument("--epochs", type=int, default=None,
+                   help="most epochs " + cfg_default("epochs") + "; no limit when only --max-minutes is given")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-clock budget of the epochs in minutes, checked after every batch; 0: none "
-                        + cfg_default("max_minutes"))
+                   help="wall-clock budget of the epochs in minutes, checked after every batch: given alone, the "
+                        "run trains until it is used (or patience stops it); with --epochs, whichever comes "
+                        "first; 0: none " + cfg_default("max_minutes"))
     p.add_argument("--patience", type=int, default=None,
                    help="stop after this many epochs without a validation AUROC gain " + cfg_default("patience"))
     p.add_argument("--batch-size", type=int, default=None, help="films per batch " + cfg_default("batch_size"))
@@ -142,6 +144,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
                         "--max-minutes, --patience, --threads, --cache-dir may change; a fresh patience; "
                         "train_summary.json appends the run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
+    p.add_argument("--log-json", action="store_true",
+                   help="JSON log lines and library warnings on stderr, mixed with the progress (default: "
+                        "appended to <out>/train_log.jsonl, only errors on stderr)")
 
 
 def export_args(p: argparse.ArgumentParser) -> None:

@@ -1,14 +1,21 @@
 """What the person running a training sees and what each epoch leaves behind.
 
 Progress lines go to stderr (the command's JSON result is stdout): the split per source at
-the start, one line per epoch with the validation AUROC and the time left. Each epoch's row
-is appended to ``metrics.jsonl`` and ``metrics.csv`` in the run folder.
+the start, a bar over the whole run with its ETA (epochs, or minutes of the time budget), one
+line per epoch with the validation AUROC and the time left. JSON log lines and library warnings
+(torch, MONAI) go to ``<out>/train_log.jsonl`` (:func:`log_to_file`), not between them. Each
+epoch's row is appended to ``metrics.jsonl`` and ``metrics.csv`` in the run folder.
+
+The rule that ends the epochs is the one the user gave: ``--epochs`` (a count), ``--max-minutes``
+(a budget: the epochs are then unbounded, :data:`EPOCHS_UNDER_BUDGET`), or both (whichever
+comes first); patience stops either early.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -18,10 +25,71 @@ import numpy as np
 
 from cxr_triage.training.manifest import Entry
 
+#: ``epochs`` of a run given only a time budget: the budget ends it (or patience), never the count.
+EPOCHS_UNDER_BUDGET = 10_000
+
 
 def say(line: str) -> None:
-    """A progress line for the person running the command (stderr; the JSON result is stdout)."""
-    print(line, file=sys.stderr, flush=True)
+    """A progress line for the person running the command (stderr; the JSON result is stdout),
+    printed above any progress bar (``tqdm.write``)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def epoch_of(epoch: int, epochs: int) -> str:
+    """``epoch 3/12``, or ``epoch 3`` when the time budget rules (:data:`EPOCHS_UNDER_BUDGET`)."""
+    return f"epoch {epoch}" if epochs >= EPOCHS_UNDER_BUDGET else f"epoch {epoch}/{epochs}"
+
+
+def plan_line(first_epoch: int, epochs: int, max_minutes: float, patience: int) -> str:
+    """What will end the run, in words: the epochs, the time budget or both, and patience."""
+    if epochs >= EPOCHS_UNDER_BUDGET:
+        until = f"until the {max_minutes:g} min budget is used (no epoch limit given)"
+    elif max_minutes > 0:
+        until = f"to epoch {epochs} or until the {max_minutes:g} min budget is used, whichever comes first"
+    else:
+        until = f"to epoch {epochs}"
+    return f"training from epoch {first_epoch} {until}; early stop after {patience} epochs without a gain"
+
+
+def run_bar(enabled: bool, first_epoch: int, epochs: int, max_minutes: float) -> Any:
+    """A tqdm bar over the whole run (epochs, or minutes of the budget when it rules) with its
+    ETA; None when progress bars are off. Advance it with :func:`advance`."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    if epochs >= EPOCHS_UNDER_BUDGET:
+        return tqdm(total=max_minutes, desc="training", unit="min", file=sys.stderr, mininterval=5,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}]")
+    return tqdm(total=epochs - first_epoch + 1, desc="training", unit="epoch", file=sys.stderr, mininterval=5)
+
+
+def advance(bar: Any, seconds: float) -> None:
+    """One epoch done that took ``seconds``: a minute bar moves by its minutes, an epoch bar by one."""
+    if bar is not None:
+        bar.update(min(seconds / 60, bar.total - bar.n) if bar.unit == "min" else 1)
+
+
+def log_to_file(path: Path, level: str = "INFO") -> None:
+    """Send the log's JSON lines and Python warnings (torch, MONAI) to ``path`` (appended) and
+    only errors to stderr, so the progress stays readable (``--log-json`` keeps them on stderr)."""
+    from cxr_triage.logs import JsonFormatter, RedactValues
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(JsonFormatter())
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    errors.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for h in (to_file, errors):
+        h.addFilter(RedactValues())
+    root = logging.getLogger()
+    root.handlers[:] = [to_file, errors]
+    root.setLevel(level)
+    logging.captureWarnings(True)
 
 
 def split_table(entries: list[Entry]) -> str:
@@ -59,7 +127,7 @@ def epoch_line(row: dict[str, Any], epochs: int, state: dict[str, Any], select: 
     """The one line printed after an epoch: losses, validation AUROC (overall, per source, of
     the nodule/mass output ``nod_auc``), the selection metric ``select`` and the best so far,
     seconds and ETA (``left_s``: seconds of the time budget left, None without one)."""
-    return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, validation AUROC "
+    return (f"{epoch_of(row['epoch'], epochs)}: train loss {row['train_loss']:.4f}, validation AUROC "
             f"{row['val_auroc']:.4f} (by source: "
             + ", ".join(f"{k} {v:.3f}" for k, v in row["val_auroc_by_source"].items() if not math.isnan(v))
             + (f"; nodule/mass {nod_auc:.3f}" if not math.isnan(nod_auc) else "")

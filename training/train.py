@@ -15,9 +15,11 @@ test split scored by the calibrated model, :mod:`cxr_triage.training.report`).
 Every checkpoint carries its config, so any of them exports (``best.pt``/``last.pt`` of a
 stopped run are calibrated on the validation split at export, :func:`calibrate_checkpoint`).
 
-Budget: ``epochs`` and, optionally, ``max_minutes`` of wall-clock time (checked after every
-batch: the epoch under way is validated and the run calibrates and stops). Each epoch prints
-one line with the validation AUROC, the epoch's seconds and the estimated time left.
+Budget: the one the user gave: ``epochs``, ``max_minutes`` of wall-clock time (checked after
+every batch: the epoch under way is validated and the run calibrates and stops; given alone,
+the epochs are unbounded, ``progress.EPOCHS_UNDER_BUDGET``), or both, whichever comes first;
+``patience`` stops either early (fresh on --resume). A bar shows the whole run with its ETA and
+each epoch prints one line with the validation AUROC, the epoch's seconds and the time left.
 """
 
 
@@ -36,7 +38,7 @@ from cxr_triage.training.checkpoints import (
     save_epoch,
 )
 from cxr_triage.training.distributed import Runtime
-from cxr_triage.training.progress import epoch_line, log_epoch, say
+from cxr_triage.training.progress import advance, epoch_line, log_epoch, plan_line, run_bar, say
 from cxr_triage.training.train_config import TrainConfig
 from cxr_triage.training.train_data import Loaders, TrainData, build_loaders, load_data
 from cxr_triage.training.train_epoch import TimeBudget, record, train_epoch, validate
@@ -87,19 +89,26 @@ def run_epochs(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders,
     least one epoch, so there is something to export)."""
     first_epoch = state["epoch"] + 1
     info = checkpoint_info(cfg, data)
+    bar = None
     if rt.main:
-        plan = f"training epochs {first_epoch}..{cfg.epochs}, {loaders.steps_per_epoch} batches of {cfg.batch_size} each"
-        say(plan + (f", time budget {cfg.max_minutes:g} min" if budget.deadline is not None else "")
-            + f" (on {rt.device})")
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        if state["bad_epochs"] >= cfg.patience:
-            return "patience"
-        if epoch > first_epoch and budget.over():
-            return "time budget"
-        run_epoch(cfg, rt, data, loaders, model, state, budget, epoch, info)
-        if epoch < cfg.epochs and budget.over():
-            return "time budget"
-    return "epochs"
+        say(plan_line(first_epoch, cfg.epochs, cfg.max_minutes if budget.deadline is not None else 0.0, cfg.patience)
+            + f"; {loaders.steps_per_epoch} batches of {cfg.batch_size} an epoch (on {rt.device})")
+        bar = run_bar(cfg.progress, first_epoch, cfg.epochs, cfg.max_minutes)
+    try:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            if state["bad_epochs"] >= cfg.patience:
+                return "patience"
+            if epoch > first_epoch and budget.over():
+                return "time budget"
+            t0 = time.time()
+            run_epoch(cfg, rt, data, loaders, model, state, budget, epoch, info)
+            advance(bar, time.time() - t0)
+            if epoch < cfg.epochs and budget.over():
+                return "time budget"
+        return "epochs"
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def run_epoch(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders, model: Model,

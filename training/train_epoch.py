@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cxr_triage.training.distributed import Runtime, any_rank, gather
-from cxr_triage.training.progress import eta_minutes
+from cxr_triage.training.progress import epoch_of, eta_minutes
 from cxr_triage.training.train_config import TrainConfig
 from cxr_triage.training.train_data import Loaders, TrainData
 from cxr_triage.training.train_metrics import auroc, per_source, selection_score
@@ -54,8 +54,8 @@ def train_epoch(cfg: TrainConfig, rt: Runtime, loaders: Loaders, model: Model, e
     if cfg.progress and rt.main:
         from tqdm import tqdm
 
-        it = tqdm(loaders.train, total=loaders.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                  mininterval=10)
+        it = tqdm(loaders.train, total=loaders.steps_per_epoch, desc=epoch_of(epoch, cfg.epochs), unit="batch",
+                  mininterval=10, leave=False)
     for step, batch in enumerate(it):
         if step >= loaders.steps_per_epoch:
             break

@@ -120,11 +120,10 @@ def restore(model: Model, ck: dict[str, Any], cfg: TrainConfig, rt: Runtime) -> 
     model.opt.load_state_dict(ck["optimizer"])
     model.sched.load_state_dict(ck["scheduler"])
     state: dict[str, Any] = ck["state"]
-    if state["bad_epochs"] >= cfg.patience:  # a resumed run gets a fresh patience
-        state["bad_epochs"] = 0
+    state["bad_epochs"] = 0  # a resumed run gets a fresh patience, however the last one stopped
     if rt.main:
         say(f"resumed after epoch {state['epoch']} (best validation AUROC {state['best_auroc']:.4f} "
-            f"at epoch {state['best_epoch']}); running to epoch {cfg.epochs}")
+            f"at epoch {state['best_epoch']}); patience starts afresh ({cfg.patience} epochs)")
     return state
 
 

@@ -1,0 +1,78 @@
+"""The time budget as documented (issue 24): the rule the user gave ends the run (the budget
+alone: no epoch count; both: whichever first), a resumed run gets a fresh patience however the
+last one stopped, and the progress a person reads (plan in words, a run bar with ETA) with the
+JSON log lines in a file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cxr_triage.config import load_config
+from cxr_triage.training.cli import config_from_args, register
+from cxr_triage.training.progress import EPOCHS_UNDER_BUDGET, advance, epoch_of, log_to_file, plan_line, run_bar
+
+
+def _config(*argv: str):
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub, "train", "train")
+    return config_from_args(sub.choices["train"].parse_args(["--manifest", "m.csv", "--out", "o", *argv]),
+                            load_config(None, environ={}))
+
+
+def test_the_rule_the_user_gave_ends_the_run() -> None:
+    only_budget = _config("--max-minutes", "4")
+    assert (only_budget.epochs, only_budget.max_minutes) == (EPOCHS_UNDER_BUDGET, 4.0)
+    both = _config("--max-minutes", "4", "--epochs", "30")
+    assert (both.epochs, both.max_minutes) == (30, 4.0)
+    assert _config("--epochs", "5").epochs == 5 and _config().epochs == 12   # the default count
+    assert "until the 4 min budget is used (no epoch limit given)" in plan_line(1, only_budget.epochs, 4, 4)
+    assert "to epoch 30 or until the 4 min budget is used, whichever comes first" in plan_line(1, 30, 4, 4)
+    assert epoch_of(3, EPOCHS_UNDER_BUDGET) == "epoch 3" and epoch_of(3, 12) == "epoch 3/12"
+
+
+def test_resume_gets_a_fresh_patience_however_the_last_run_stopped() -> None:
+    from cxr_triage.training.train_model import restore
+
+    loads = SimpleNamespace(load_state_dict=lambda _: None)
+    model = SimpleNamespace(net=loads, ema=None, opt=loads, sched=loads)
+    for bad in (1, 2, 4):   # stopped by the budget with 1 or 2 epochs without a gain, or by patience
+        ck = {"model": {}, "optimizer": {}, "scheduler": {},
+              "state": {"epoch": 5, "best_auroc": 0.8, "best_epoch": 3, "bad_epochs": bad, "history": []}}
+        assert restore(model, ck, SimpleNamespace(patience=4, epochs=12), SimpleNamespace(main=False))["bad_epochs"] == 0
+
+
+def test_run_bar_counts_minutes_under_a_budget_and_epochs_otherwise() -> None:
+    minutes = run_bar(True, 1, EPOCHS_UNDER_BUDGET, 4.0)
+    advance(minutes, 90.0)
+    assert (minutes.unit, minutes.total, minutes.n) == ("min", 4.0, 1.5)
+    minutes.close()
+    epochs = run_bar(True, 3, 12, 0.0)
+    advance(epochs, 90.0)
+    assert (epochs.total, epochs.n) == (10, 1)
+    epochs.close()
+    assert run_bar(False, 1, 12, 0.0) is None
+
+
+def test_json_log_lines_go_to_the_file_not_between_the_progress(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    try:
+        log_to_file(tmp_path / "train_log.jsonl")
+        logging.getLogger("cxr_triage.training").info("epoch saved", extra={"epoch": 1})
+        logging.getLogger("py.warnings").warning("a MONAI deprecation")
+        for h in root.handlers:
+            h.flush()
+        lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+        assert [x["msg"] for x in lines] == ["epoch saved", "a MONAI deprecation"]
+        assert capsys.readouterr().err == ""
+    finally:
+        root.handlers[:], _ = before
+        root.setLevel(before[1])
+
