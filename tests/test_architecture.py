@@ -31,11 +31,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = {"torch", "torchvision", "monai"}
-CORE = {"cxr_triage", "cxr_triage.config", "cxr_triage.paths", "cxr_triage.logs", "cxr_triage.cli"}
+CORE = {"cxr_triage", "cxr_triage.config", "cxr_triage.settings", "cxr_triage.paths", "cxr_triage.logs", "cxr_triage.cli"}
 
 
 def stage_of(module: str) -> str:
-    if module in CORE or module.startswith("cxr_triage.settings"):
+    if module in CORE:
         return "core"
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "cxr_triage" else "external"
