@@ -110,6 +110,18 @@ def split_table(entries: list[Entry]) -> str:
     return "\n".join(fmt.format(*r) for r in (head, *body))
 
 
+def warn_small_test_split(entries: list[Entry]) -> None:
+    """Say so when the test split is too small to compare the trained model with another one
+    (:func:`cxr_triage.evaluation.sample_size.test_split_warning`)."""
+    # start-up time: scipy loads only once a run starts, not for `train --help`
+    from cxr_triage.evaluation.sample_size import test_split_warning
+
+    test = [e for e in entries if e.split == "test"]
+    line = test_split_warning(sum(e.label == 1 for e in test), sum(e.label == 0 for e in test))
+    if line:
+        say(f"WARNING: {line}")
+
+
 def eta_minutes(history: list[dict[str, Any]], epochs_left: int, budget_left_s: float | None) -> float:
     """Minutes left: mean epoch time so far (last 3 epochs' ``seconds``) x epochs left, capped
     by the time budget left (seconds; None: no budget). NaN before the first epoch."""

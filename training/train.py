@@ -38,7 +38,15 @@ from cxr_triage.training.checkpoints import (
     save_epoch,
 )
 from cxr_triage.training.distributed import Runtime
-from cxr_triage.training.progress import advance, epoch_line, log_epoch, plan_line, run_bar, say
+from cxr_triage.training.progress import (
+    advance,
+    epoch_line,
+    log_epoch,
+    plan_line,
+    run_bar,
+    say,
+    warn_small_test_split,
+)
 from cxr_triage.training.train_config import TrainConfig
 from cxr_triage.training.train_data import Loaders, TrainData, build_loaders, load_data
 from cxr_triage.training.train_epoch import TimeBudget, record, train_epoch, validate
@@ -57,6 +65,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     cfg, resume_ck = load_resume(cfg, resume)
     rt = start(cfg)
     data = load_data(cfg, rt, resumed=resume_ck is not None)
+    if rt.main:
+        warn_small_test_split(data.entries)
     net = build_net(cfg, rt, data.n_out)
     loaders = build_loaders(cfg, rt, data, net)
     model = build_model(cfg, rt, data, net, loaders)
