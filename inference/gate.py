@@ -19,6 +19,7 @@ from cxr_triage.contract.result import NotAssessable
 from cxr_triage.contract.result import NotAssessableReason as R
 from cxr_triage.contract.sop_classes import MULTI_FRAME_SOP_CLASSES, TRIAGE_SOP_CLASSES
 from cxr_triage.inference.dicom_values import CodedEntry, coded_attribute, coded_entries
+from cxr_triage.inference.orientation import header_turn, pixel_turn
 from cxr_triage.inference.reader import Film
 
 HUMAN_SPECIES_CODES = {("337915000", "SCT"), ("L-85B00", "SRT")}  # Homo sapiens
@@ -269,3 +270,16 @@ def check_film(film: Film, settings: GateSettings = GateSettings()) -> None:
         raise NotAssessable(R.TOO_SMALL, f"{h}x{w} pixels, shorter side under {settings.min_image_size}")
     if float(film.pixels.max()) - float(film.pixels.min()) < 1e-3:
         raise NotAssessable(R.UNDECODABLE, "the decoded film is blank (a single intensity)")
+    check_upright(film)
+
+
+def check_upright(film: Film) -> None:
+    """A film whose header does not give its orientation (no usable Patient Orientation; every
+    PNG/JPEG) is checked from its pixels (:func:`pixel_turn`): clearly turned -> ``not_upright``.
+    Films the header orients were turned upright by the reader."""
+    if film.dataset is not None and header_turn(film.dataset) is not None:
+        return
+    k = pixel_turn(film.pixels)
+    if k:
+        raise NotAssessable(R.NOT_UPRIGHT, f"no Patient Orientation, and the film looks turned "
+                            f"{90 * k} degrees clockwise (the layout of its pixels)")

@@ -28,6 +28,7 @@ from pydicom import Dataset, dcmread
 
 from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 from cxr_triage.inference.decoders import CorruptPixelStream, decode_pixels
+from cxr_triage.inference.deflated import DeflateBomb, check_inflated_size
 from cxr_triage.inference.dicom_values import (
     LookupTable,
     Window,
@@ -37,6 +38,7 @@ from cxr_triage.inference.dicom_values import (
     rescale,
     voi_lut,
 )
+from cxr_triage.inference.orientation import apply_turn, header_turn
 from cxr_triage.inference.pixel_source import FrameCheck, frame_check, pixel_source
 
 #: default ceiling on Rows x Columns x Frames x Samples before anything is decoded
@@ -81,10 +83,15 @@ def sniff_kind(path: str | Path) -> str:
 
 
 def load_dataset(path: str | Path) -> Dataset:
-    """Read a DICOM file (Part 10, or a bare dataset without preamble) without decoding pixels."""
+    """Read a DICOM file (Part 10, or a bare dataset without preamble) without decoding pixels.
+    A deflated data set is first inflated in bounded pieces and refused (undecodable) past
+    :data:`~cxr_triage.inference.deflated.DEFAULT_MAX_INFLATED_BYTES` (a deflate bomb)."""
     path = Path(path)
     try:
+        check_inflated_size(path)
         ds = dcmread(path, force=sniff_kind(path) != "dicom")
+    except DeflateBomb as exc:
+        raise _undecodable(str(exc)) from exc
     except Exception as exc:  # any parser failure (struct, EOF, VR...) is the same
         raise _undecodable(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     # force=True (and a bare preamble) accept any bytes: insist on what every object has
@@ -118,14 +125,24 @@ def _read_film(source: str | Path | Dataset, max_pixels: int) -> Film:
     if isinstance(source, Dataset):
         name = str(getattr(source, "filename", "") or "")
         pixels, mask = decode_dicom(source, max_pixels=max_pixels)
-        return Film(pixels, name, source, mask)
+        return _upright(Film(pixels, name, source, mask))
     path = Path(source)
     kind = sniff_kind(path)
     if kind == "image" or (kind == "unknown" and path.suffix.lower() in IMAGE_SUFFIXES):
         return Film(read_image_file(path, max_pixels=max_pixels), str(path), None, None)
     ds = load_dataset(path)
     pixels, mask = decode_dicom(ds, max_pixels=max_pixels)
-    return Film(pixels, str(path), ds, mask)
+    return _upright(Film(pixels, str(path), ds, mask))
+
+
+def _upright(film: Film) -> Film:
+    """The film turned upright as its Patient Orientation says (:func:`header_turn`); as it is
+    when the header is silent (the gate checks those films' pixels)."""
+    k = header_turn(film.dataset) if film.dataset is not None else None
+    if k:
+        film.pixels = apply_turn(film.pixels, k)
+        film.padding_mask = apply_turn(film.padding_mask, k) if film.padding_mask is not None else None
+    return film
 
 
 # ----------------------------------------------------------------------------- PNG / JPEG

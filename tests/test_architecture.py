@@ -6,8 +6,9 @@ Between the stages (``cxr_triage.<stage>``):
 - inference imports the contract and the core (config, paths, logs) only;
 - the node (``dicom_node``) sees inference only through the film triager (``inference.pipeline``,
   from the worker), the film reader for display pixels (``inference.reader``, from the result
-  objects and the worklist) and the site threshold file (``inference.site_threshold``, from the
-  service and monitoring);
+  objects and the worklist), the site threshold file (``inference.site_threshold``, from the
+  service and monitoring) and the bounded inflate of deflated data sets (``inference.deflated``,
+  from the receiver and the worker);
 - evaluation and training are imported by nothing that runs in the worker;
 - torch, torchvision and MONAI are imported under ``training/`` only.
 
@@ -62,6 +63,7 @@ NODE_SEES_INFERENCE: dict[str, set[str]] = {
     "cxr_triage.inference.pipeline": {"worker"},                       # the film triager
     "cxr_triage.inference.reader": {"results", "web"},                 # display pixels
     "cxr_triage.inference.site_threshold": {"service", "monitoring"},  # the commissioned threshold file
+    "cxr_triage.inference.deflated": {"receive", "worker"},            # bounded inflate (deflate bombs)
 }
 #: the node's parts -> the parts each may import (itself always allowed). ``compat`` is the one
 #: module that patches pynetdicom; ``results`` (codes -> content -> document -> header -> read-back,

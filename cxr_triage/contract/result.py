@@ -32,6 +32,7 @@ class NotAssessableReason(str, Enum):
     TOO_SMALL = "too_small"                  # shorter side below the readable minimum
     UNDECODABLE = "undecodable"              # pixel data missing, corrupt or unsupported codec
     NOT_RADIOGRAPH = "not_radiograph"        # a scanned document, screenshot, drawing or synthetic image
+    NOT_UPRIGHT = "not_upright"              # header silent and the pixels clearly turned
 
 
 class EscalationReason(str, Enum):

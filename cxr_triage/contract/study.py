@@ -39,6 +39,7 @@ PLAIN_REASON: dict[str, str] = {
     "too_small": "image too small to read",
     "undecodable": "pixel data could not be decoded",
     "not_radiograph": "not a radiograph (a scanned document, screenshot or drawing)",
+    "not_upright": "film stored sideways or upside down (no Patient Orientation)",
 }
 
 #: Why a likely-normal call was raised to suspicious, in plain words (``EscalationReason`` values).

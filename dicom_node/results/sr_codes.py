@@ -90,6 +90,7 @@ REASON_CODES: dict[NotAssessableReason, Code] = {
     NotAssessableReason.TOO_SMALL: _cxrt("CXRT109", "Image too small"),
     NotAssessableReason.UNDECODABLE: _cxrt("CXRT110", "Pixel data not decodable"),
     NotAssessableReason.NOT_RADIOGRAPH: _cxrt("CXRT111", "Not a radiograph"),
+    NotAssessableReason.NOT_UPRIGHT: _cxrt("CXRT112", "Film not upright"),
 }
 
 # --- Escalation reasons (values of ESCALATION_REASON) -----------------------------------

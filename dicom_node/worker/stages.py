@@ -51,6 +51,7 @@ from cxr_triage.dicom_node.store.jobs import InstanceRecord, ResultObject
 from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs
 from cxr_triage.dicom_node.worker.prior_results import with_priors
 from cxr_triage.dicom_node.worker.result_files import save_result_objects
+from cxr_triage.inference.deflated import DeflateBomb, check_inflated_size
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,10 @@ def read_instances(ctx: StudyContext, job: StudyJob) -> None:
     that does not parse is recorded (not raised)."""
     for inst in job.instances:
         try:
+            check_inflated_size(inst.path)
             job.read.append((inst, dcmread(inst.path), None))
+        except DeflateBomb as exc:  # refused before pydicom inflates it whole
+            job.read.append((inst, None, str(exc)))
         except Exception as exc:  # noqa: BLE001 - any parser error is "cannot parse"
             job.read.append((inst, None, f"cannot parse: {type(exc).__name__}"))
     _one_patient(job)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
+from pydicom import uid as U
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -100,3 +101,45 @@ def htj2k(png: Path, ts: str = "1.2.840.10008.1.2.4.201") -> Dataset:
     ds.file_meta.TransferSyntaxUID = UID(ts)
     ds.LossyImageCompression = "00"
     return ds
+
+
+def deflate_bomb(png: Path, path: Path, zeros: int) -> Path:
+    """A Part 10 file in Deflated Explicit VR Little Endian (PS3.5 A.5) holding the film and a
+    private OB element (0009,1000) of ``zeros`` zero bytes: about zeros / 1000 bytes on disk.
+    Written in pieces, so ``zeros`` may be far more than this process could hold."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = png_to_dicom(png, transfer_syntax_uid=U.DeflatedExplicitVRLittleEndian)
+    ds.add_new(0x00090010, "LO", "CXRT BOMB")
+
+    def explicit_le(part: Dataset) -> bytes:
+        buf = DicomBytesIO()
+        buf.is_little_endian, buf.is_implicit_VR = True, False
+        write_dataset(buf, part)
+        return buf.getvalue()
+
+    before = Dataset()
+    after = Dataset()
+    for elem in ds:
+        (before if elem.tag < 0x00091000 else after).add(elem)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    meta.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta)
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunk = bytes(1 << 24)
+    with open(path, "wb") as out:
+        out.write(meta.getvalue())
+        out.write(deflater.compress(explicit_le(before)))
+        out.write(deflater.compress(b"\x09\x00\x00\x10OB\0\0" + zeros.to_bytes(4, "little")))
+        left = zeros
+        while left:
+            n = min(left, len(chunk))
+            out.write(deflater.compress(chunk[:n]))
+            left -= n
+        out.write(deflater.compress(explicit_le(after)))
+        out.write(deflater.flush())
+    return path
