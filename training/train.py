@@ -69,10 +69,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         warn_small_test_split(data.entries)
     net = build_net(cfg, rt, data.n_out)
     loaders = build_loaders(cfg, rt, data, net)
-    model = build_model(cfg, rt, data, net, loaders)
+    budget = TimeBudget.of(cfg, started)
+    model = build_model(cfg, rt, data, net, loaders, budget.deadline)
     state = restore(model, resume_ck, cfg, rt) if resume_ck is not None else new_state()
     first_epoch = state["epoch"] + 1
-    stopped = run_epochs(cfg, rt, data, loaders, model, state, TimeBudget.of(cfg, started))
+    stopped = run_epochs(cfg, rt, data, loaders, model, state, budget)
     summary: dict[str, Any] = {}
     if rt.main:
         ensure_best(Path(cfg.out), model, state, checkpoint_info(cfg, data))

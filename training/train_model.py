@@ -10,6 +10,7 @@ this module and must start without torch).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -59,10 +60,12 @@ def build_net(cfg: TrainConfig, rt: Runtime, n_out: int) -> Any:
                          freeze_blocks=cfg.freeze_blocks, n_outputs=n_out).to(rt.device)
 
 
-def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any, loaders: Loaders) -> Model:
+def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any, loaders: Loaders,
+                deadline: float | None = None) -> Model:
     """DDP wrap (under torchrun), AdamW (trunk at ``backbone_lr`` x ``lr``, heads at ``lr``),
-    the weight average, the warm-up + cosine schedule over ``epochs`` x ``steps_per_epoch``
-    and the losses (:func:`cxr_triage.training.losses.build_losses`)."""
+    the weight average, the warm-up + cosine schedule (:func:`schedule_fraction`: over ``epochs``
+    x ``steps_per_epoch``, or the time budget up to ``deadline`` when that ends first) and the
+    losses (:func:`cxr_triage.training.losses.build_losses`)."""
     import torch  # torch only once training runs
 
     model = torch.nn.parallel.DistributedDataParallel(loaders.core) if rt.distributed else loaders.core
@@ -76,14 +79,28 @@ def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any, loader
     eval_net = ema.module if ema is not None else net
     total = max(1, cfg.epochs * loaders.steps_per_epoch)
     warm = max(1, loaders.steps_per_epoch // 2)
+    done = schedule_fraction(total, time.time(), deadline)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * done(s))))
     loss_fn, multitask_loss = build_losses(
         cfg.balance, cfg.focal_gamma, data.n_out, cfg.nodule_weight, cfg.aux_weight, float(data.y_train.mean()),
         [(e.source, e.label) for e in data.train_e], rt.device)
     return Model(net=net, model=model, ema=ema, eval_net=eval_net,
                  eval_core=upper_model(eval_net, cfg.freeze_blocks) if loaders.use_trunk else eval_net,
                  opt=opt, sched=sched, loss_fn=loss_fn, multitask_loss=multitask_loss)
+
+
+def schedule_fraction(total_steps: int, start: float, deadline: float | None) -> Callable[[int], float]:
+    """Step -> the share of the run done, in [0, 1]: of ``total_steps``, or of the time from
+    ``start`` to ``deadline`` (epoch seconds) when that is further along, so the cosine reaches
+    its end with whichever rule ends the run (a budget alone has no meaningful step count)."""
+    span = None if deadline is None else max(1e-6, deadline - start)
+
+    def done(step: int) -> float:
+        by_steps = min(step, total_steps) / total_steps
+        return by_steps if span is None else max(by_steps, min(1.0, (time.time() - start) / span))
+
+    return done
 
 
 def ema_decay(max_decay: float, step: int) -> float:

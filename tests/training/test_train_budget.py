@@ -76,3 +76,17 @@ def test_json_log_lines_go_to_the_file_not_between_the_progress(tmp_path: Path,
         root.handlers[:], _ = before
         root.setLevel(before[1])
 
+
+
+def test_the_learning_rate_schedule_ends_with_the_rule_that_ends_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxr_triage.training import train_model
+
+    now = [1000.0]
+    monkeypatch.setattr(train_model.time, "time", lambda: now[0])
+    by_steps = train_model.schedule_fraction(100, 1000.0, None)
+    assert (by_steps(0), by_steps(50), by_steps(500)) == (0.0, 0.5, 1.0)
+    budget = train_model.schedule_fraction(100 * EPOCHS_UNDER_BUDGET, 1000.0, 1240.0)  # 4 minutes, no count
+    now[0] = 1120.0
+    assert budget(3) == pytest.approx(0.5)
+    now[0] = 2000.0
+    assert budget(4) == 1.0
