@@ -8,6 +8,8 @@ JPEG Extended) is encoded once per syntax with ``png_to_dicom``. Timed per film,
   to an uncompressed file, then read into a numpy array with pydicom. dcmtk has no JPEG 2000
   codec, so those rows have no dcmtk reference; they give pylibjpeg-openjpeg's ``pixel_array``
   (pydicom's own first choice, the reader's fallback) beside the reader's imagecodecs instead.
+  The HTJ2K rows (PS3.5 A.4.11; encoded by imagecodecs' OpenJPH, as pydicom has no HTJ2K
+  encoder) sit beside JPEG 2000 the same way.
 ``--syntaxes`` limits the run to some rows (e.g. ``jpeg_2000_lossless,jpeg_2000``).
 Prints one JSON object.
 """
@@ -38,7 +40,24 @@ SYNTAXES = {
     "jpeg_ls_near_lossless": (U.JPEGLSNearLossless, 16, ["dcmdjpls"]),
     "jpeg_2000_lossless": (U.JPEG2000Lossless, 16, None),
     "jpeg_2000": (U.JPEG2000, 16, None),
+    "htj2k_lossless": (U.HTJ2KLossless, 16, None),
+    "htj2k_lossless_rpcl": (U.HTJ2KLosslessRPCL, 16, None),
 }
+#: the rows without a dcmtk codec: the reader (imagecodecs' OpenJPEG) against pylibjpeg-openjpeg
+_J2K_ROWS = (U.JPEG2000Lossless, U.JPEG2000, U.HTJ2KLossless, U.HTJ2KLosslessRPCL)
+
+
+def _htj2k(ds, ts: str):
+    """``ds`` (native) re-encoded as HTJ2K by imagecodecs (OpenJPH, reversible, RPCL progression:
+    right for .201 and .202, PS3.5 A.4.11): pydicom has no HTJ2K encoder."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    frame = imagecodecs.htj2k_encode(ds.pixel_array, reversible=True)  # OpenJPH writes RPCL
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = ts
+    return ds
 
 
 def encode_all(work: Path, film16: np.ndarray, names: list[str]) -> dict[str, Path]:
@@ -48,8 +67,11 @@ def encode_all(work: Path, film16: np.ndarray, names: list[str]) -> dict[str, Pa
     for name in names:
         ts, bits, _ = SYNTAXES[name]
         film = film16 if bits == 16 else (film16 >> (16 - bits)).astype(np.uint16 if bits > 8 else np.uint8)
-        ds = png_to_dicom(film if bits != 12 else film.astype(np.float64) / 4095.0,
-                          sop_class="DX_PRES", transfer_syntax_uid=ts, bits_stored=bits)
+        htj2k = ts in (U.HTJ2KLossless, U.HTJ2KLosslessRPCL)
+        ds = png_to_dicom(film if bits != 12 else film.astype(np.float64) / 4095.0, sop_class="DX_PRES",
+                          transfer_syntax_uid=U.ExplicitVRLittleEndian if htj2k else ts, bits_stored=bits)
+        if htj2k:
+            ds = _htj2k(ds, ts)
         out[name] = write_dicom(ds, work / f"{name}.dcm")
     return out
 
@@ -110,7 +132,7 @@ def main() -> int:
         rows = {}
         for name, path in files.items():
             ts, bits, tool = SYNTAXES[name]
-            j2k = ts in (U.JPEG2000Lossless, U.JPEG2000)
+            j2k = ts in _J2K_ROWS
             time_reader(path)  # warm-up: imports, plugin discovery, page cache
             if tool:
                 time_dcmtk(path, tool, work)
