@@ -90,6 +90,9 @@ class Database:
         self._pg: Any = None
         self._heartbeat: Any = None
         self._heartbeat_lock = threading.Lock()
+        # claims this node works on now, by table ("studies": Study UIDs, "deliveries": ids)
+        self._held: dict[str, set[Any]] = {"studies": set(), "deliveries": set()}
+        self._held_lock = threading.Lock()
         if self.shared:
             self._open_pg()
         else:
@@ -161,6 +164,27 @@ class Database:
     def lock_row(self) -> str:
         """``FOR UPDATE`` on PostgreSQL (wait for the row), "" on SQLite."""
         return " FOR UPDATE" if self.shared else ""
+
+    def hold(self, table: str, *keys: Any) -> None:
+        """Claims this node has just taken (``table`` "studies" or "deliveries"): the heartbeat
+        renews their leases until :meth:`let_go`."""
+        with self._held_lock:
+            self._held[table].update(keys)
+
+    def let_go(self, table: str, *keys: Any) -> None:
+        """Claims this node no longer works on (finished, failed, or dropped after an error it
+        could not record): the heartbeat stops renewing them, so one left behind by an error
+        lapses after ``lease_s`` and any node takes it over. No keys: all of ``table``."""
+        with self._held_lock:
+            if keys:
+                self._held[table].difference_update(keys)
+            else:
+                self._held[table].clear()
+
+    def held(self, table: str) -> list[Any]:
+        """The claims of ``table`` this node works on now (see :meth:`hold`)."""
+        with self._held_lock:
+            return sorted(self._held[table])
 
     def start_heartbeat(self) -> None:
         """Start renewing this node's leases (once; only on a shared database): called by the

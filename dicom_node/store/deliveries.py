@@ -107,10 +107,12 @@ class DeliveryQueue(Database):
                 out.append(DueDelivery(r["id"], r["result_id"], r["study_uid"], r["destination"],
                                        r["attempts"], r["created_at"],
                                        tuple(ResultObject(**dict(o)) for o in objs)))
-            return out
+        self.hold("deliveries", *(d.id for d in out))
+        return out
 
     def delivery_succeeded(self, delivery_id: int, detail: str = "", now: float | None = None) -> None:
         now = time.time() if now is None else now
+        self.let_go("deliveries", delivery_id)  # if this write fails the claim lapses (nodes.py)
         with self._tx() as con:
             con.execute("UPDATE deliveries SET state=?, attempts=attempts+1, delivered_at=?,"
                         " last_error=NULL WHERE id=?", (DELIVERED, now, delivery_id))
@@ -127,6 +129,7 @@ class DeliveryQueue(Database):
         ``refused_retry_s`` (a destination's configuration may change); ``dead`` once too old."""
         now = time.time() if now is None else now
         error = redact_values(error)
+        self.let_go("deliveries", delivery_id)
         with self._tx() as con:
             row = con.execute("SELECT attempts, created_at, state FROM deliveries WHERE id=?",
                               (delivery_id,)).fetchone()

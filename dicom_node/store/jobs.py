@@ -260,7 +260,8 @@ class JobStore(DeliveryQueue):
                 return None
             con.execute("UPDATE studies SET state=?, claimed_by=?, lease_until=? WHERE study_uid=?",
                         (PROCESSING, self.node_name, now + self.options.lease_s, row["study_uid"]))
-            return row["study_uid"], row["generation"]
+        self.hold("studies", row["study_uid"])
+        return row["study_uid"], row["generation"]
 
     def study_instances(self, study_uid: str) -> list[InstanceRecord]:
         rows = self._con().execute(
@@ -296,6 +297,7 @@ class JobStore(DeliveryQueue):
         for the record but superseded at once and not delivered: the study is triaged again.
         """
         now = time.time() if now is None else now
+        self.let_go("studies", study_uid)  # finished here; if this write fails the claim lapses
         with self._tx() as con:
             cur = con.execute("SELECT generation, state, claimed_by FROM studies WHERE study_uid=?"
                               + self.lock_row(), (study_uid,)).fetchone()
@@ -338,6 +340,7 @@ class JobStore(DeliveryQueue):
         ``max_errors``. A ``transient`` error (disk full, database busy) never gives up: the
         study waits, backing off up to a minute, until storage works again."""
         now = time.time() if now is None else now
+        self.let_go("studies", study_uid)  # if this write fails too, the claim lapses (nodes.py)
         with self._tx() as con:
             row = con.execute("SELECT errors, generation FROM studies WHERE study_uid=?",
                               (study_uid,)).fetchone()
@@ -356,6 +359,9 @@ class JobStore(DeliveryQueue):
         node's claims (and claims whose lease ran out): other nodes' work goes on."""
         mine, args = ((" AND (claimed_by=? OR claimed_by IS NULL OR lease_until<?)",
                        (self.node_name, time.time())) if self.shared else ("", ()))
+        for table, wanted in (("studies", studies), ("deliveries", deliveries)):
+            if wanted:
+                self.let_go(table)
         with self._tx() as con:
             n_studies = con.execute("UPDATE studies SET state=?, claimed_by=NULL WHERE state=?" + mine,
                                     (RECEIVING, PROCESSING, *args)).rowcount if studies else 0

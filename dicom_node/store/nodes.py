@@ -2,8 +2,10 @@
 
 A node claims a study (state ``processing``) or a delivery (state ``sending``) with its name
 and a lease (``claimed_by``, ``lease_until``, Unix seconds). :class:`Heartbeat`, a daemon
-thread per node started by its first claim, renews every lease the node holds and its row in
-``nodes`` every ``lease_s / 3``; a node that dies (SIGKILL, power, network) stops renewing,
+thread per node started by its first claim, renews the leases of the claims the node works on
+(:meth:`.db.Database.hold`, until :meth:`.db.Database.let_go`) and its row in ``nodes`` every
+``lease_s / 3``; a claim a live node dropped after an error it could not record (the database
+down at that moment) is no longer renewed, so it lapses and is taken over like a dead node's; a node that dies (SIGKILL, power, network) stops renewing,
 and once its leases run out another node's claim takes the work over
 (:meth:`.jobs.JobStore.claim_due_study`, :meth:`.deliveries.DeliveryQueue.due_deliveries`).
 Only shared databases (PostgreSQL) use leases; the embedded SQLite store has one node, and its
@@ -46,11 +48,19 @@ def renew(db: Any, now: float | None = None) -> dict[str, int]:
     until = now + db.options.lease_s
     con = db.connection()
     con.execute(_UPSERT_NODE, (db.node_name, socket.gethostname(), os.getpid(), now, now))
-    studies = con.execute("UPDATE studies SET lease_until=? WHERE claimed_by=? AND state=?",
-                          (until, db.node_name, PROCESSING)).rowcount
-    sends = con.execute("UPDATE deliveries SET lease_until=? WHERE claimed_by=? AND state=?",
-                        (until, db.node_name, SENDING)).rowcount
+    studies = _renew(con, "studies", "study_uid", db.held("studies"), (until, db.node_name, PROCESSING))
+    sends = _renew(con, "deliveries", "id", db.held("deliveries"), (until, db.node_name, SENDING))
     return {"studies": studies, "deliveries": sends}
+
+
+def _renew(con: Any, table: str, key: str, keys: list[Any], args: tuple[float, str, str]) -> int:
+    """Push the leases of ``keys`` (rows of ``table`` still claimed by this node in the
+    claimed state); the number renewed."""
+    if not keys:
+        return 0
+    marks = ",".join("?" * len(keys))
+    return int(con.execute(f"UPDATE {table} SET lease_until=? WHERE claimed_by=? AND state=?"
+                           f" AND {key} IN ({marks})", (*args, *keys)).rowcount)
 
 
 class Heartbeat(threading.Thread):

@@ -121,7 +121,7 @@ class TriageWorker(PollingThread):
             try:
                 state = self.store.fail_study(study_uid, generation, f"{type(exc).__name__}: {exc}",
                                               transient=transient)
-            except sqlite3.Error:  # the store itself is unavailable: recover() re-queues it
+            except sqlite3.Error:  # the store unavailable: the claim was let go, so it lapses and is retried
                 state = "processing"
             log.exception("study triage failed", extra={"study_uid": study_uid, "state": state})
             return True

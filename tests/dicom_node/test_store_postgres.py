@@ -170,6 +170,31 @@ def test_expired_delivery_claim_is_taken_over(dsn: str) -> None:
     b.dispose()
 
 
+def test_claims_dropped_after_an_unrecorded_error_lapse_while_the_node_lives(dsn: str,
+                                                                           server: PostgresServer) -> None:
+    """The database down just when node a records the end of a claim (a triage failure, a
+    delivery sent): a lives on and beats, but no longer renews those claims, so they lapse and
+    node b takes them over (a heartbeat renewing all of a's claims kept them for ever)."""
+    study, other = "2.25.10", "2.25.11"
+    a, b, gen = _two_nodes_a_claimed(dsn, study)                   # a triages study ...
+    _receive(a, other, other + ".1")
+    claimed = a.claim_due_study(0)
+    assert claimed is not None
+    _complete(a, other, claimed[1])
+    (due,) = a.due_deliveries()                                    # ... and sends other's result
+    server.stop()
+    with pytest.raises(sqlite3.OperationalError):
+        a.fail_study(study, gen, "OSError: spool unreadable", transient=True)
+    with pytest.raises(sqlite3.OperationalError):
+        a.delivery_succeeded(due.id)
+    server.start()
+    assert wait_for(lambda: _retry(lambda: b.claim_due_study(0) == (study, gen)), 20, 0.3)
+    assert wait_for(lambda: _retry(lambda: [d.id for d in b.due_deliveries()] == [due.id]), 20, 0.3)
+    assert a.held("studies") == [] and a.held("deliveries") == []
+    a.dispose()
+    b.dispose()
+
+
 def test_database_restart_statements_fail_transiently_then_resume(dsn: str, server: PostgresServer) -> None:
     a = _node(dsn, "node-a")
     _receive(a, "2.25.9", "2.25.9.1")

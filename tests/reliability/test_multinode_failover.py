@@ -2,7 +2,8 @@
 
 60 studies (2 instances each) are sent round robin over the three nodes, every fourth study
 split across two nodes (its two instances over two associations to two nodes). One node is
-SIGKILLed while it triages a study, another while one of its C-STOREs to the destination waits
+SIGKILLed while it triages a study (stopped first, so that it cannot finish the study between
+the check and the kill), another while one of its C-STOREs to the destination waits
 for the answer, and the database is restarted once; the senders of a dead node move to the
 next node (what a TCP load balancer does). The last node takes over the dead nodes' claims
 once their leases run out. Afterwards every acknowledged instance must be referenced by its
@@ -12,6 +13,8 @@ and none lost. Spool and results are one folder all nodes share (docs/operations
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -65,6 +68,14 @@ class SharedStoreView:
             return False
         return not open_studies and owed[0]["n"] == 0 and studies <= known
 
+    def unsettled(self) -> str:
+        """What keeps the run from settling: open studies and owed deliveries, as rows."""
+        studies = self.rows("SELECT study_uid, state, generation, claimed_by, lease_until, retry_at, errors, last_error"
+                            " FROM studies WHERE state<>'triaged'")
+        owed = self.rows("SELECT id, state, claimed_by, lease_until, attempts, next_attempt_at, last_error"
+                         " FROM deliveries WHERE state<>'delivered'")
+        return f"now {time.time():.1f}\nstudies: {studies}\ndeliveries: {owed}"
+
 
 def _nodes(tmp_path: Path, model: Path, dsn: str, dest: H.RecordingSCP) -> list[H.NodeProc]:
     shared = tmp_path / "shared"                  # the folder every node mounts: spool + results
@@ -83,6 +94,46 @@ def _nodes(tmp_path: Path, model: Path, dsn: str, dest: H.RecordingSCP) -> list[
                                   "lease_s": LEASE_S, "connect_timeout_s": 3.0})
         nodes.append(H.NodeProc(cfg, port))
     return nodes
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of ``pid`` in the stopped state (SIGSTOP is delivered asynchronously)."""
+    try:
+        states = [Path(t, "stat").read_text().rpartition(")")[2].split()[0]
+                  for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return False
+    return bool(states) and all(st in ("T", "t") for st in states)
+
+
+def freeze_holder(view: SharedStoreView, nodes: list[H.NodeProc]) -> dict[str, Any] | None:
+    """A study in triage whose node is now stopped (SIGSTOP) while it still holds the claim;
+    None, and the node let go on, when it finished the study first (the study was found in
+    triage, but it can be committed before the node stops: then there is nothing to take over)."""
+    row = view.claim("SELECT study_uid, claimed_by FROM studies WHERE state='processing' LIMIT 1")
+    if row is None:
+        return None
+    node = nodes[int(row["claimed_by"].removeprefix("node"))]
+    if node.proc is None or not node.alive:
+        return None
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    H.wait_for(lambda: _stopped(node.proc.pid), 10, 0.01, "the node stopped")  # type: ignore[union-attr]
+    time.sleep(0.3)  # a COMMIT sent just before the stop reaches the server meanwhile
+    if view.claim("SELECT study_uid FROM studies WHERE study_uid=%s AND state='processing' AND claimed_by=%s",
+                  (row["study_uid"], row["claimed_by"])):
+        return row
+    os.kill(node.proc.pid, signal.SIGCONT)
+    return None
+
+
+def _wait_ready(node: H.NodeProc, timeout: float = 120.0) -> None:
+    """Until ``node`` answers C-ECHO; a node that exits meanwhile fails at once, with its log."""
+    deadline = time.monotonic() + timeout
+    while not node.ready():
+        if not node.alive or time.monotonic() > deadline:
+            state = "exited" if not node.alive else f"not ready after {timeout:.0f} s"
+            raise AssertionError(f"{node.config.parent.name} {state}:\n{node.tail(60)}")
+        time.sleep(0.3)
 
 
 def _round_robin(studies: list[list[Any]]) -> list[list[list[Any]]]:
@@ -139,7 +190,7 @@ def test_three_nodes_survive_losing_two_and_a_database_restart(tmp_path: Path, t
         for n in nodes:
             n.spawn()
         for n in nodes:
-            H.wait_for(n.ready, 120, 0.3, "a node ready")
+            _wait_ready(n)
         contexts = H.contexts_for(ds for s in studies for ds in s)
         senders = [H.Sender(n.port, contexts) for n in nodes]
         threads = [H.run_in_thread(lambda s=s, p=p: s.send_all(p, timeout=150))
@@ -159,10 +210,8 @@ def test_three_nodes_survive_losing_two_and_a_database_restart(tmp_path: Path, t
 
         # 1. a node while it triages a study
         H.wait_for(lambda: acked() >= 30, 120, 0.05, "30 instances acknowledged")
-        triaging = H.wait_for(lambda: view.claim(
-            "SELECT study_uid, claimed_by FROM studies WHERE state='processing' LIMIT 1"), 60, 0.01,
-            "a study in triage")
-        kill(triaging["claimed_by"], "triaging")
+        triaging = H.wait_for(lambda: freeze_holder(view, nodes), 60, 0.01, "a study in triage")
+        kill(triaging["claimed_by"], "triaging")              # SIGKILL ends a stopped process too
 
         # 2. another node while its C-STORE of an SR waits for the destination's answer
         trap.arm()
@@ -182,7 +231,11 @@ def test_three_nodes_survive_losing_two_and_a_database_restart(tmp_path: Path, t
             th.join(160)
             assert not th.is_alive() and not errors, errors
         acked_uids = {u: st for s in senders for u, st in s.acked().items()}
-        H.wait_for(lambda: view.settled(set(acked_uids.values())), 120, 0.5, "every study triaged and sent")
+        try:
+            H.wait_for(lambda: view.settled(set(acked_uids.values())), 120, 0.5, "every study triaged and sent")
+        except TimeoutError:
+            alive = [n for n in nodes if n.alive]
+            raise AssertionError(f"not settled: {view.unsettled()}\n{alive[0].tail(80) if alive else ''}") from None
         acc = H.account(acked_uids, view, dest)  # type: ignore[arg-type]
         doubled = view.rows("SELECT study_uid, generation FROM results WHERE superseded=0"
                             " GROUP BY study_uid, generation HAVING COUNT(*)>1")
