@@ -152,6 +152,7 @@ def run_commission(args: argparse.Namespace, cfg: Any) -> int:
 
 def _result_lines(site: Any) -> list[str]:
     """What the rule demanded of these films and what the chosen threshold does, for the console."""
+    # start-up time, as above: the advice module loads scipy
     from cxr_triage.evaluation.commission_advice import RuleDemands
 
     at = site.evidence["at_threshold"]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_triage.logs import JsonFormatter, RedactValues
 from cxr_triage.training.manifest import Entry
 
 #: ``epochs`` of a run given only a time budget: the budget ends it (or patience), never the count.
@@ -76,8 +77,6 @@ def advance(bar: Any, seconds: float) -> None:
 def log_to_file(path: Path, level: str = "INFO") -> None:
     """Send the log's JSON lines and Python warnings (torch, MONAI) to ``path`` (appended) and
     only errors to stderr, so the progress stays readable (``--log-json`` keeps them on stderr)."""
-    from cxr_triage.logs import JsonFormatter, RedactValues
-
     path.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(JsonFormatter())
