@@ -205,7 +205,9 @@ class Deliverer(PollingThread):
         error = outcome.error
         if error is None:
             sent = outcome.sent or item.objects
-            detail = "; ".join(filter(None, (f"{len(sent)} object(s)", outcome.detail)))
+            # an HL7 delivery sends one message, not the result's objects: its detail says which
+            count = "" if item.destination.startswith(HL7_PREFIX) else f"{len(sent)} object(s)"
+            detail = "; ".join(filter(None, (count, outcome.detail)))
             self.store.delivery_succeeded(item.id, detail=detail)
             log.info("result delivered", extra={**ctx, "object_ms": outcome.send_ms,
                                                 "bytes": outcome.nbytes, "detail": outcome.detail})
