@@ -25,6 +25,7 @@ from support.postgres_server import PostgresServer, skip_reason, started_server
 from support.receive_support import instance_of_size
 
 from cxr_triage.dicom_node.receive.scp import StoreHandler
+from cxr_triage.dicom_node.store import nodes
 from cxr_triage.dicom_node.store.audit import AuditLog
 from cxr_triage.dicom_node.store.db import StoreOptions
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore, ResultObject
@@ -188,6 +189,7 @@ def test_claims_dropped_after_an_unrecorded_error_lapse_while_the_node_lives(dsn
     with pytest.raises(sqlite3.OperationalError):
         a.delivery_succeeded(due.id)
     server.start()
+    assert wait_for(lambda: _retry(lambda: nodes.renew(a) is not None), 20, 0.3)   # a beats again
     assert wait_for(lambda: _retry(lambda: b.claim_due_study(0) == (study, gen)), 20, 0.3)
     assert wait_for(lambda: _retry(lambda: [d.id for d in b.due_deliveries()] == [due.id]), 20, 0.3)
     assert a.held("studies") == [] and a.held("deliveries") == []
