@@ -38,6 +38,8 @@ from support.film_faults import (
 from support.node_peers import CLI, NODE_AET, storescu
 
 from cxr_triage.config import load_config
+from cxr_triage.contract.result import NotAssessableReason
+from cxr_triage.dicom_node.results.sr_reader import read_result_sr
 from cxr_triage.dicom_node.service.node import Node
 from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
 
@@ -190,8 +192,12 @@ def test_node(klass: str, films: dict[str, Path], node: Node) -> None:
         assert film["sop_instance_uid"] == ds.SOPInstanceUID
         scores[case.name] = film.get("score")
         _check(case, film, scores)
-        if case.expect != SCORED:  # a study holding only this film is not assessable either
+        if case.expect != SCORED:  # a study holding only this film is not assessable either,
             assert study["result"]["decision"] == "not_assessable", (case.name, study["result"])
+            # and its SR carries the coded reason
+            (sr_file,) = (node.dirs.outbox / str(ds.StudyInstanceUID)).glob("*.dcm")
+            parsed = read_result_sr(dcmread(sr_file)).film(str(ds.SOPInstanceUID))
+            assert parsed.reason is NotAssessableReason(case.expect), (case.name, parsed)
 
 
 def test_predict_on_a_folder_of_every_class(films: dict[str, Path], tiny_model: Path, shared_data: Path,
