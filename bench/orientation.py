@@ -5,7 +5,8 @@ the first ``--per-set`` of rsna-normals and rsna-pneumonia, each read by the pro
 (``read_image_file``) and stored turned 0, 90, 180, 270 degrees counter-clockwise, plain and
 mirrored left-right. For each stored turn: the share the check calls upright (scored as is), the
 share refused as not upright, and the share of refusals that name the wrong turn, at the margin
-the node uses and at the others of ``--margins``. Prints one JSON object.
+and least match the node uses and at the others of ``--margins`` / ``--matches``. Prints one
+JSON object.
 
     .venv/bin/python bench/orientation.py --per-set 500
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_triage.inference.orientation import MIN_MARGIN, turn_scores
+from cxr_triage.inference.orientation import MIN_MARGIN, MIN_MATCH, turn_scores
 from cxr_triage.inference.reader import read_image_file
 from cxr_triage.paths import shared_data_dir
 
@@ -43,11 +44,11 @@ def scores_of(paths: list[Path]) -> np.ndarray:
     return out
 
 
-def confusion(scores: np.ndarray, margin: float) -> dict[str, dict[str, float]]:
+def confusion(scores: np.ndarray, margin: float, match: float) -> dict[str, dict[str, float]]:
     """Per stored turn (and mirror): shares called upright, refused, refused with a wrong turn."""
     best = scores.argmax(axis=-1)
-    gain = np.take_along_axis(scores, best[..., None], axis=-1)[..., 0] - scores[..., 0]
-    refused = (best != 0) & (gain >= margin)
+    top = np.take_along_axis(scores, best[..., None], axis=-1)[..., 0]
+    refused = (best != 0) & (top - scores[..., 0] >= margin) & (top >= match)
     rows = {}
     for m, mirrored in enumerate(("", "_mirrored")):
         for stored in range(4):
@@ -65,14 +66,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-set", type=int, default=500, help="films from each RSNA selection")
     ap.add_argument("--margins", default="0.1,0.2,0.3", help="margins to report beside the node's")
+    ap.add_argument("--matches", default="0,0.4,0.5", help="least matches to report beside the node's")
     args = ap.parse_args()
     sets = validation_films(args.per_set)
     scores = np.concatenate([scores_of(paths) for paths in sets.values()])
     margins = sorted({MIN_MARGIN, *(float(m) for m in args.margins.split(","))})
+    matches = sorted({MIN_MATCH, *(float(m) for m in args.matches.split(","))})
     print(json.dumps({
         "benchmark": "orientation", "films": {k: len(v) for k, v in sets.items()},
-        "node_margin": MIN_MARGIN,
-        "by_margin": {str(m): confusion(scores, m) for m in margins},
+        "node_margin": MIN_MARGIN, "node_match": MIN_MATCH,
+        "by_margin_and_match": {f"margin {m} match {t}": confusion(scores, m, t)
+                                for m in margins for t in matches},
     }, indent=1))
     return 0
 
