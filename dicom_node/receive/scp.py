@@ -194,14 +194,15 @@ class StoreHandler(AssociationPolicy):
                 part, None)
 
     def store_file(self, src: Path, received: int, over_limit: bool, digest: str | None,
-                   sop_uid: str, sop_class: str, calling: str, ctx: dict[str, Any],
+                   sop_uid: str | None, sop_class: str | None, calling: str, ctx: dict[str, Any],
                    study_uid_wanted: str | None = None) -> int:
         """Store one received instance (a Part 10 file at ``src``, ``received`` bytes): checked,
         moved into the spool (fsync), recorded, audited, *then* its status (PS3.4 B.2.3):
         SUCCESS, OUT_OF_RESOURCES (too large, not durably stored), DATASET_MISMATCH or
         CANNOT_UNDERSTAND (quarantined). The one commit path of C-STORE and STOW-RS
-        (``receive/stow.py``): ``sop_uid``/``sop_class`` "" take the data set's own (STOW-RS
-        has no request UIDs; they are put in ``ctx``), ``study_uid_wanted`` is the study of a
+        (``receive/stow.py``): ``sop_uid``/``sop_class`` None take the data set's own (STOW-RS
+        has no request UIDs; they are put in ``ctx``), while a C-STORE request's empty Affected
+        SOP Instance UID (Type 1, PS3.7 9.3.1.1) is refused as invalid, ``study_uid_wanted`` is the study of a
         STOW-RS URL (another study: DATASET_MISMATCH). Never raises."""
         if over_limit:
             return self._refuse_too_large(received, ctx)
@@ -213,8 +214,8 @@ class StoreHandler(AssociationPolicy):
             ds_sop_uid = str(hdr.get("SOPInstanceUID", "") or "").strip()
             ts = str(hdr.file_meta.get("TransferSyntaxUID", "") or "")
             patient = patient_key(hdr)
-            sop_uid = sop_uid or ds_sop_uid
-            sop_class = sop_class or str(hdr.get("SOPClassUID", "") or "").strip()
+            sop_uid = ds_sop_uid if sop_uid is None else sop_uid
+            sop_class = str(hdr.get("SOPClassUID", "") or "").strip() if sop_class is None else sop_class
         except Exception as exc:  # noqa: BLE001 - malformed header of any kind
             return self.reject(src, CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}", ctx)
         ctx.update(sop_instance_uid=sop_uid, sop_class_uid=sop_class)

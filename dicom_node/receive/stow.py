@@ -188,7 +188,7 @@ class StowReceiver:
             elif f.error is not None:              # disk full while receiving
                 status = self.handler.out_of_resources(f.error, ctx)
             else:
-                status = self.handler.store_file(src, f.received, f.over_limit, f.sha256(), "", "",
+                status = self.handler.store_file(src, f.received, f.over_limit, f.sha256(), None, None,
                                                  str(ctx["calling_ae"]), ctx, study_uid_wanted=study_uid)
         finally:
             src.unlink(missing_ok=True)            # still here unless moved into the spool or quarantine
