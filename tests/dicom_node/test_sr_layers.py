@@ -1,5 +1,5 @@
 """The result objects are layered like highdicom: each module of dicom_node/results imports only
-modules of its own layer or below (codes -> header -> content -> document -> summary image),
+modules of its own layer or below (codes and header text values -> header -> content -> document -> summary image),
 never the web, the worker or delivery."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ PACKAGE = "cxr_triage.dicom_node.results"
 
 #: module -> its layer; a module may import results modules of a lower or equal layer only
 LAYERS = {
-    "sr_codes": 0,
+    "sr_codes": 0, "header_text": 0,
     "sr_header": 1, "sr_classes": 1, "summary_compression": 1, "summary_render": 1,
     "sr_content": 2,
     "sr": 3,
