@@ -238,6 +238,7 @@ def limits(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "ceiling_studies_per_s": round(cores / per_study, 2) if per_study else None,
         "machine_busy_share_1_node": one["cpu"]["machine_busy_share"],
         "machine_busy_share_3_nodes": three["cpu"]["machine_busy_share"],
+        "our_share_of_cores_1_node": one["cpu"]["our_share_of_cores"],
         "our_share_of_cores_3_nodes": three["cpu"]["our_share_of_cores"],
         "database_cpu_share_3_nodes": C.ratio(three["cpu"]["database_cpu_s"],
                                               three["cpu"]["nodes_cpu_s"] + three["cpu"]["database_cpu_s"])})
@@ -245,8 +246,9 @@ def limits(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["verdict"] = (
             "CPU: the machine's cores are busy (load average above the core count means other work "
             "beside the nodes); every node decodes its films and runs ONNX Runtime (2 threads) on "
-            "the same cores, so more nodes on one machine share the CPU rather than add to it. Nodes "
-            "on separate machines each bring their own cores; the database's CPU share is the part "
+            "the same cores, so more nodes on one machine share the CPU rather than add to it (what "
+            "they gain is the CPU time they take from other work: our_share_of_cores). Nodes on "
+            "separate machines each bring their own cores; the database's CPU share is the part "
             "that does not scale out.")
     else:
         out["verdict"] = ("not the CPU alone (the cores were not kept busy): the senders, "

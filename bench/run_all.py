@@ -55,6 +55,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], int]] = {
     "latency": ("latency.py", ["--n", "100"], 300),                                    # quiet: 55 s
     "memory": ("memory.py", ["--studies", "1000"], 900),                               # quiet: 203 s
     "large_instances": ("large_instances.py", [], 300),
+    # issue 25: 1-3 nodes on one PostgreSQL vs one SQLite node; one round of 40 studies here
+    # (bench/multinode.py alone: two rounds of 60, 250 s on the loaded 2-core machine): 117 s there
+    "multinode": ("multinode.py", ["--n", "40", "--rounds", "1"], 600),
 }
 
 
@@ -221,6 +224,9 @@ def summary(res: dict) -> dict:
         "memory_growth_100_to_1000": get("memory", "rss_growth_100_to_last"),
         "memory_target_growth_le_5pct_met": get("memory", "target_growth_met"),
         "decode_ratio_reader_vs_dcmtk_median": get("decode", "ratio_reader_vs_dcmtk_median"),
+        "multinode_ratios_vs_sqlite_1": get("multinode", "ratios_vs_sqlite_1"),
+        "multinode_claim_latency_idle_p50_ms_3_nodes": get("multinode", "configs", "postgresql_3",
+                                                           "claim_latency_ms", "idle", "p50"),
     }
 
 
