@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -126,12 +127,16 @@ def _type_error(key: _Key, val: Any) -> str | None:
     return None
 
 
+#: ``user:password@`` of a URL in a value echoed in an error line (never shown)
+_CREDENTIALS = re.compile(r"//[^/@\s'\"]*@")
+
+
 def _check(name: str, key: str, spec: _Key, val: Any) -> str | None:
     """The error line for ``[name] key = val``, or None when it is good."""
     if spec.kind is float and type(val) is int:
         val = float(val)
     msg = _type_error(spec, val) or (spec.check(val) if spec.check else None)
-    return f"[{name}] {key} = {val!r}: {msg}" if msg else None
+    return f"[{name}] {key} = {_CREDENTIALS.sub('//', repr(val))}: {msg}" if msg else None
 
 
 def _section(name: str, keys: dict[str, _Key], given: dict[str, Any], errors: list[str]) -> dict[str, Any]:

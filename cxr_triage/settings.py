@@ -95,7 +95,12 @@ DICOMWEB_PREFIX = "dicomweb:"
 
 def parse_dicomweb_destination(text: str) -> str:
     """``"dicomweb:https://pacs:8042/dicom-web"`` -> the service URL (STOW-RS posts to
-    ``<url>/studies``, PS3.18 10.5); ValueError (one line) unless http(s) with a host."""
+    ``<url>/studies``, PS3.18 10.5); ValueError (one line) unless http(s) with a host.
+
+    A user name or password in the URL is refused: the destination string is stored with each
+    delivery and shown in logs, ``status``, the audit trail and the worklist. Credentials for
+    HTTP Basic authentication come from the service account's netrc file (``~/.netrc`` or
+    ``$NETRC``, read by ``requests`` for the destination's host)."""
     url = text[len(DICOMWEB_PREFIX):] if text.startswith(DICOMWEB_PREFIX) else ""
     try:
         parts = urlsplit(url)
@@ -104,6 +109,10 @@ def parse_dicomweb_destination(text: str) -> str:
         parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ValueError(f"destination {text!r} is not of the form dicomweb:http(s)://host[:port]/path")
+    if parts.username is not None or parts.password is not None:
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        raise ValueError(f"destination dicomweb:{shown} carries credentials in its URL, which would be shown in "
+                         "logs and the worklist: put them in the service account's ~/.netrc (or $NETRC) instead")
     return url.rstrip("/")
 
 

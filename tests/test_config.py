@@ -79,3 +79,16 @@ def test_list_items_must_be_strings(tmp_path: Path):
     f.write_text("[node]\nallowed_hosts = [1, 2]\n")
     with pytest.raises(ConfigError, match=r"\[node\] allowed_hosts = \[1, 2\]: expected list of str"):
         load_config(f, environ={})
+
+
+def test_dicomweb_destination_credentials_are_refused_without_being_shown():
+    """A password in a DICOMweb destination URL would be stored with every delivery and shown in
+    logs, status and the worklist: refused at start, one line, the password not repeated."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, environ={"CXR_TRIAGE__DELIVERY__DESTINATIONS":
+                                   'dicomweb:https://alice:s3cret@pacs.example:8042/dicom-web'})
+    text = str(exc.value)
+    assert "credentials" in text and "netrc" in text and "pacs.example:8042/dicom-web" in text
+    assert "s3cret" not in text and "alice" not in text and len(text.splitlines()) == 2  # heading + the key
+    ok = load_config(None, environ={"CXR_TRIAGE__DELIVERY__DESTINATIONS": "dicomweb:https://pacs.example/dicom-web"})
+    assert ok.delivery.destinations == ["dicomweb:https://pacs.example/dicom-web"]

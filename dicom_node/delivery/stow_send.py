@@ -12,8 +12,9 @@ failures retried at the back-off rate, others *permanent*); without one, HTTP 40
 at all (refused connection, time-out) is transient.
 
 HTTPS: the destination's certificate is checked against ``[delivery] tls_ca`` (or the system
-CAs), ``tls_cert``/``tls_key`` are the client certificate; a ``user:password@`` in the URL is
-sent as HTTP Basic authentication (``requests``).
+CAs), ``tls_cert``/``tls_key`` are the client certificate; HTTP Basic authentication comes from
+the service account's netrc file (``~/.netrc`` or ``$NETRC``, read by ``requests``): credentials
+in the destination URL are refused at start (they would be shown wherever the destination is).
 """
 
 from __future__ import annotations

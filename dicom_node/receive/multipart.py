@@ -94,8 +94,10 @@ class MultipartReader:
     def close(self) -> None:
         """The body has ended: MultipartError unless it ended with the close delimiter."""
         if self._state != "done":
-            where = "inside a part" if self._state in ("body", "headers") else "before any part"
-            raise MultipartError(f"multipart body truncated {where} (no close delimiter)")
+            if self._state in ("body", "headers"):
+                raise MultipartError("multipart body truncated inside a part (no close delimiter)")
+            raise MultipartError("no part found: the boundary of the Content-Type header never appears in "
+                                 "the body (wrong boundary), or the body ends before its first part")
 
     def _step(self, out: list[Event]) -> bool:
         """Advance one state if the buffer allows; False when more data is needed."""

@@ -115,6 +115,7 @@ def test_wrong_boundary_is_a_bad_request_with_nothing_stored(node: Node, tmp_pat
     uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
     got = _post(node, _body(("application/dicom", path.read_bytes()), boundary="another"))
     assert got.status_code == 400
+    assert "wrong boundary" in got.text          # says what is wrong, not "truncated"
     _nothing_left(node, uid)
 
 
