@@ -65,6 +65,20 @@ def send_stow(batch: list[DueDelivery], destination: str, cfg: Config,
     return out
 
 
+def no_answer_cause(exc: BaseException) -> str:
+    """The cause of a request that got no answer, as the DIMSE side names it ("connection
+    refused", "timed out", ...), for the one WARNING line and ``cxr-triage status``."""
+    text = f"{type(exc).__name__}: {exc}"
+    for cause, needles in (("connection refused", ("Connection refused", "ConnectionRefusedError")),
+                           ("timed out", ("timed out", "Timeout")),
+                           ("name not resolved", ("Name or service not known", "NameResolutionError")),
+                           ("TLS handshake failed", ("SSLError", "CERTIFICATE_VERIFY_FAILED")),
+                           ("connection reset", ("Connection reset", "RemoteDisconnected"))):
+        if any(n in text for n in needles):
+            return cause
+    return text
+
+
 def _merged(results: list[Outcome]) -> Outcome:
     """One delivery's outcome from its objects' (the last one's error, if any)."""
     last = results[-1] if results else Outcome()
@@ -86,7 +100,7 @@ def send_object(client: DICOMwebClient, obj: ResultObject) -> Outcome:
     except requests.HTTPError as exc:
         return refused(exc.response, obj)
     except (requests.RequestException, OSError) as exc:     # no answer: try again later
-        return Outcome(f"STOW-RS: {type(exc).__name__}: {exc}")
+        return Outcome(f"STOW-RS: {no_answer_cause(exc)}")
     except Exception as exc:  # noqa: BLE001 - a response the client cannot read
         return Outcome(f"STOW-RS: unreadable response: {type(exc).__name__}: {exc}")
     failure = _reason(reply, "FailedSOPSequence", _FAILURE_REASON, obj)

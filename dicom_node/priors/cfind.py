@@ -25,7 +25,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from cxr_triage.contract.patient import PatientKey
-from cxr_triage.dicom_node.delivery.scu import associate
+from cxr_triage.dicom_node.delivery.scu import associate, not_established_reason
 
 #: the modalities of a chest film (PS3.3 C.7.3.1.1.1): Computed and Digital Radiography
 FILM_MODALITIES = frozenset({"CR", "DX"})
@@ -78,7 +78,7 @@ def find_studies(destination: tuple[str, str, int], calling_ae: str, patient: Pa
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     assoc = associate(ae, host, port, ae_title=aet)
     if not assoc.is_established:
-        raise PriorQueryError(f"no association with {aet}@{host}:{port}")
+        raise PriorQueryError(f"no association with {aet}@{host}:{port}: {not_established_reason(assoc)}")
     try:
         answers = answers_of(assoc.send_c_find(study_query(patient, since),
                                              StudyRootQueryRetrieveInformationModelFind))

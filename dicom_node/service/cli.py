@@ -121,6 +121,15 @@ def _ts(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
+def _stale(heartbeat: float | None, lease_s: float) -> str:
+    """`` STALE: ...`` for a node whose heartbeat is older than a lease (stopped or cut off:
+    what it held is taken over once its leases run out), else ""."""
+    age = None if heartbeat is None else time.time() - float(heartbeat)
+    if age is None or age <= lease_s:
+        return ""
+    return f"  STALE: no heartbeat for {age:.0f} s (lease {lease_s:.0f} s): stopped or cut off"
+
+
 def run_status(args: argparse.Namespace, cfg: Config) -> int:
     cfg = _override(cfg, args)
     if args.retry_dead:
@@ -150,7 +159,8 @@ def run_status(args: argparse.Namespace, cfg: Config) -> int:
         out("oldest pending: none\n")
     for n in rep["nodes"]:
         out(f"node {n['node_name']} ({n['host']}, pid {n['pid']}): heartbeat {_ts(n['last_heartbeat'])},"
-            f" holds {n['studies_held']} studies, {n['deliveries_held']} deliveries\n")
+            f" holds {n['studies_held']} studies, {n['deliveries_held']} deliveries"
+            f"{_stale(n['last_heartbeat'], cfg.store.lease_s)}\n")
     fails = rep["delivery_failures"]
     out(f"delivery failures: {len(fails)}\n")
     for f in fails:

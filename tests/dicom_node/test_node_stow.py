@@ -190,7 +190,7 @@ def test_stow_delivery_judges_each_answer(node: Node, tmp_path: Path) -> None:
     refused = send_stow([item], f"dicomweb:{node.web.url}/dicomweb", cfg)[1]
     assert refused.error is not None and "401" in refused.error and refused.permanent
     down = send_stow([item], "dicomweb:http://127.0.0.1:9/dicomweb", cfg)[1]
-    assert down.error is not None and not down.permanent
+    assert down.error == "STOW-RS: connection refused" and not down.permanent   # the cause, as for DIMSE
 
 
 def test_multipart_reader_any_chunking() -> None:
