@@ -9,7 +9,7 @@ Errors name the real files. Exit status: 0 clean, 1 type errors, 2 usage/crash.
 
 from __future__ import annotations
 
-import importlib.util
+import runpy
 import sys
 from pathlib import Path
 
@@ -24,11 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def package_map() -> dict[str, str]:
-    spec = importlib.util.spec_from_file_location("_cxr_setup", ROOT / "setup.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.package_map()  # type: ignore[no-any-return]
+    """setup.py's map of ``cxr_triage.*`` packages to folders (run without its ``setup()`` call)."""
+    return runpy.run_path(str(ROOT / "setup.py"))["package_map"]()  # type: ignore[no-any-return]
 
 
 def sources() -> list[BuildSource]:

@@ -24,7 +24,7 @@ module written to break each kind of rule. See docs/architecture.md.
 from __future__ import annotations
 
 import ast
-import importlib.util
+import runpy
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -89,12 +89,9 @@ RUN_TIME = {"contract", "core", "model", "inference", "dicom_node"}
 
 
 def _package_map() -> dict[str, str]:
-    """setup.py's map of ``cxr_triage.*`` packages to folders (the one definition)."""
-    spec = importlib.util.spec_from_file_location("_cxr_setup", ROOT / "setup.py")
-    assert spec is not None and spec.loader is not None
-    setup_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(setup_module)
-    return setup_module.package_map()  # type: ignore[no-any-return]
+    """setup.py's map of ``cxr_triage.*`` packages to folders (the one definition; run without
+    its ``setup()`` call)."""
+    return runpy.run_path(str(ROOT / "setup.py"))["package_map"]()  # type: ignore[no-any-return]
 
 
 def _modules() -> dict[str, Path]:
