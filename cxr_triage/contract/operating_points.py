@@ -63,14 +63,17 @@ def flag_rate_of(name: str) -> float | None:
 
 
 def threshold_for_flag_rate(normal_scores: Sequence[float] | np.ndarray, max_share: float) -> float:
-    """The lowest threshold that flags (score >= threshold) at most ``max_share`` of these
-    normal films' scores (N,): just above the score of the normal film at rank
-    floor(max_share * N) + 1 (highest first), as a float32 value, so the films above it stay
-    the only ones flagged after a float32 round trip. Raises ValueError without normal films."""
+    """A threshold that flags (score >= threshold) at most ``max_share`` of these normal
+    films' scores (N,): halfway between the score of the normal film at rank
+    floor(max_share * N) + 1 (highest first, the first one left unflagged) and the one above
+    it, as a float32 value (at least one float32 step above the unflagged score), so a score
+    the model file computes in float32 lands on the same side. Raises ValueError without
+    normal films."""
     s = np.sort(np.asarray(normal_scores, dtype=np.float64).reshape(-1))[::-1]
     if s.size == 0:
         raise ValueError("no normal films: cannot choose a threshold for a share of normals")
     k = int(math.floor(max_share * s.size + 1e-9))
     if k >= s.size:
         return float(np.nextafter(np.float32(s[-1]), np.float32(0)))
-    return float(np.nextafter(np.float32(s[k]), np.float32(np.inf)))
+    above = np.nextafter(np.float32(s[k]), np.float32(np.inf))
+    return float(max(above, np.float32((s[k] + s[k - 1]) / 2)) if k > 0 else above)
