@@ -198,6 +198,7 @@ def aggregate_study(study_instance_uid: str, films: list[FilmResult]) -> StudyRe
         else Decision.LIKELY_NORMAL
     )
     nodule = [f for f in assessed if f.nodule_score is not None]
+    flags = [f.nodule_flag for f in nodule if f.nodule_flag is not None]  # none: the model shows no flag
     return StudyResult(study_instance_uid, decision, top.score, films,
                        nodule_score=max(f.nodule_score for f in nodule if f.nodule_score is not None) if nodule else None,
-                       nodule_flag=any(bool(f.nodule_flag) for f in nodule) if nodule else None)
+                       nodule_flag=any(flags) if flags else None)
