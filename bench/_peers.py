@@ -80,13 +80,14 @@ def write_node_config(path: Path, port: int, model: Path, state_dir: Path,
 class Node:
     """``cxr-triage --config CFG serve`` as a subprocess (the real serving process)."""
 
-    def __init__(self, config: Path, port: int, log: Path):
-        self.config, self.port, self.log = config, port, log
+    def __init__(self, config: Path, port: int, log: Path, cli: Path = CLI):
+        """``cli``: the ``cxr-triage`` executable (another tree's, to measure it side by side)."""
+        self.config, self.port, self.log, self.cli = config, port, log, cli
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> "Node":
         with self.log.open("ab") as log:
-            self.proc = spawn([str(CLI), "--config", str(self.config), "serve"],
+            self.proc = spawn([str(self.cli), "--config", str(self.config), "serve"],
                               stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         try:
             deadline = time.monotonic() + timeout

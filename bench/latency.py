@@ -5,12 +5,16 @@ as data) with quiet period 0 and the shipped defaults otherwise (summary image o
 study is one realistic 2500 x 2048 16-bit DX film, alternately uncompressed and JPEG Lossless,
 sent by dcmtk storescu; the result goes to a pynetdicom SCP in this process that notes when the
 SR has fully arrived. The clock starts just before storescu is launched, so the figure includes
-starting storescu and negotiating its association (an upper bound on the node's share).
+starting storescu and negotiating its association (an upper bound on the node's share). The
+next study is sent once every result object of the last one has arrived (an idle node).
+``--node-cli`` runs another tree's ``cxr-triage`` (e.g. an old commit's) under this harness.
 
 Breakdown per study: receive (start -> spooled and recorded), claim wait (worker poll),
 read (spooled file parsed), decode, gate, preprocess, model (pipeline ``timings_ms``),
 SR build, summary image, save + heatmaps, commit, delivery wait (deliverer poll), send
 (association + C-STORE of the result objects; the SR, delivered first, arrives during it).
+A node that sends the SR before making the summary image (its worker logs ``summary_save``)
+has the summary stages off the SR's path: reported under ``after_sr_ms``, not in the sum.
 Result objects: the size of the summary image as stored (lossless JPEG-LS by default) against
 its uncompressed RGB size, and the C-STORE time of each object (the deliverer's per-object
 ``object_ms``), SR and summary image.
@@ -34,39 +38,54 @@ import _procs as procs
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+#: what the node sends: Comprehensive 3D SR, its fallbacks Comprehensive and Enhanced SR, and
+#: the Secondary Capture summary image
+RESULT_CLASSES = (SR_PREFIX + "34", SR_PREFIX + "33", SR_PREFIX + "22", "1.2.840.10008.5.1.4.1.1.7")
 
 
 class SRSink:
-    """A pynetdicom storage SCP noting when each study's SR has arrived."""
+    """A pynetdicom storage SCP noting when each study's SR (and each object) has arrived.
+
+    It accepts only the result classes (in every transfer syntax): pynetdicom deep-copies an
+    acceptor's supported contexts for every association (``transport.RequestHandler``), which
+    took ~60 ms of this process's CPU per association with every storage class in every
+    syntax, counted in the node's ``send`` (a real PACS, Orthanc or dcmtk storescp, answers an
+    association in ~6 ms)."""
 
     def __init__(self, port: int, aet: str = "PACS"):
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-        from pynetdicom.presentation import StoragePresentationContexts
 
         self.port, self.aet = port, aet
         self.arrived: dict[str, float] = {}
+        self.objects: dict[str, int] = {}
         self.cond = threading.Condition()
         ae = AE(ae_title=aet)
         # a PACS that takes compressed objects as they are (the summary image is JPEG-LS)
-        for cx in StoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for uid in RESULT_CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
     def _on_store(self, event: Any) -> int:
         now = time.time()  # the whole dataset is in when the handler runs
         req = event.request
-        if str(req.AffectedSOPClassUID).startswith(SR_PREFIX):
-            ds = event.dataset
-            with self.cond:
-                self.arrived.setdefault(str(ds.StudyInstanceUID), now)
-                self.cond.notify_all()
+        study = str(event.dataset.StudyInstanceUID)
+        with self.cond:
+            if str(req.AffectedSOPClassUID).startswith(SR_PREFIX):
+                self.arrived.setdefault(study, now)
+            self.objects[study] = self.objects.get(study, 0) + 1
+            self.cond.notify_all()
         return 0x0000
 
     def wait(self, study_uid: str, timeout: float) -> float | None:
         with self.cond:
             self.cond.wait_for(lambda: study_uid in self.arrived, timeout)
             return self.arrived.get(study_uid)
+
+    def wait_objects(self, study_uid: str, count: int, timeout: float) -> bool:
+        """Until ``count`` objects of the study have arrived (False on time-out)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.objects.get(study_uid, 0) >= count, timeout)
 
     @property
     def destination(self) -> str:
@@ -119,9 +138,17 @@ def breakdown(node: peers.Node, state: Path, sent: dict[str, dict[str, Any]]) ->
         s["delivery_wait"] = (t["send_started_at"] - t["committed_at"]) * 1000
         s["send"] = t["send_ms"]
         s["total"] = (info["t_sr"] - info["t0"]) * 1000
-        s["unaccounted"] = s["total"] - sum(v for k, v in s.items() if k not in ("total", "send")) \
+        off_path = AFTER_SR if "summary_save_ms" in t else ()
+        if off_path:  # the summary image made after the SR's commit: not on the SR's path
+            s["summary_save"] = t["summary_save_ms"]
+            s["summary_commit"] = t.get("summary_commit_ms", 0.0)
+        s["unaccounted"] = s["total"] - sum(v for k, v in s.items() if k not in ("total", "send", *off_path)) \
             - (info["t_sr"] - t["send_started_at"]) * 1000
     return {uid: s for uid, s in stages.items() if s}
+
+
+#: stages a node that sends the SR first runs after the SR's commit
+AFTER_SR = ("summary_image", "summary_save", "summary_commit")
 
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -220,6 +247,9 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="sample the serving process with py-spy and add the top functions "
                          "(the profiler costs CPU: latencies of a profiled run are not headline figures)")
+    ap.add_argument("--node-cli", type=Path, default=peers.CLI,
+                    help="the cxr-triage executable to serve (default: this tree's); e.g. an old "
+                         "commit's worktree venv, to measure it under the same harness")
     args = ap.parse_args()
     model, model_kind = C.model_under_test()
     work = C.tempdir("cxrt-bench-latency-")
@@ -235,7 +265,7 @@ def main() -> int:
         cfg = peers.write_node_config(work / "node.toml", port, model, state,
                                   node={"quiet_period_s": 0.0},
                                   delivery={"destinations": [sink.destination], "summary_image": True})
-        node = peers.Node(cfg, port, work / "node.log").start()
+        node = peers.Node(cfg, port, work / "node.log", cli=args.node_cli).start()
         if args.profile:
             assert node.proc is not None
             prof = start_profiler(node.proc.pid, work / "profile.raw")
@@ -258,6 +288,8 @@ def main() -> int:
                 continue
             if i >= args.warmup:
                 sent[uid] = {"t0": t0, "t_sent": t_sent, "t_sr": t_sr, "syntax": ts}
+            if not sink.wait_objects(uid, 2, 10.0):   # the SR and the summary image
+                C.note(f"  study {i}: summary image not received within 10 s")
         wait_delivered(node, state, sent)
         rss = node.rss_kb()
         if prof is not None:
@@ -270,8 +302,10 @@ def main() -> int:
         by_ts = {name: _stats([(v["t_sr"] - v["t0"]) * 1000 for v in sent.values() if v["syntax"] == ts])
                  for name, ts in zip(("explicit_vr_little_endian", "jpeg_lossless_sv1"), syntaxes)}
         keys = ["receive", "claim_wait", "read", "decode", "gate", "preprocess", "model", "sr_build",
-                "summary_image", "save", "commit", "delivery_wait", "send", "unaccounted"]
+                "summary_image", "save", "commit", "delivery_wait", "send", "unaccounted",
+                "summary_save", "summary_commit"]
         stage_stats = {k: _stats([s[k] for s in per_study.values() if k in s]) for k in keys}
+        sr_first = bool(stage_stats["summary_save"])
         mean_total = sum(totals) / len(totals) if totals else None
         model_mean = stage_stats["model"].get("mean")
         out = {
@@ -282,12 +316,14 @@ def main() -> int:
             "clock": "from just before storescu starts to the SR fully received at the destination",
             "model": model_kind,
             "latency_ms": _stats(totals), "latency_ms_by_syntax": by_ts,
-            "breakdown_ms": stage_stats,
+            "node_cli": str(args.node_cli),
+            "breakdown_ms": {k: v for k, v in stage_stats.items() if not (sr_first and k in AFTER_SR)},
+            "after_sr_ms": {k: stage_stats[k] for k in AFTER_SR} if sr_first else None,
             "result_objects": objects,
             "model_share_of_mean_total": C.ratio(model_mean, mean_total),
             "pipeline_share_of_mean_total": C.ratio(sum(stage_stats[k].get("mean", 0.0) for k in (
-                "read", "decode", "gate", "preprocess", "sr_build", "summary_image", "save", "commit")),
-                mean_total),
+                "read", "decode", "gate", "preprocess", "sr_build", "summary_image", "save", "commit")
+                if not (sr_first and k in AFTER_SR)), mean_total),
             "polling_share_of_mean_total": C.ratio(sum(stage_stats[k].get("mean", 0.0) for k in (
                 "claim_wait", "delivery_wait")), mean_total),
             "serving_process_rss_mb": round(rss.get("VmRSS", 0) / 1024, 1),

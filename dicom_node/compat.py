@@ -1,6 +1,6 @@
 """Every place the node reaches into pynetdicom beyond its public API, behind one version check.
 
-The node relies on four pynetdicom internals; each was written for, and tested on, pynetdicom
+The node relies on six pynetdicom internals; each was written for, and tested on, pynetdicom
 3.0.x (:data:`SUPPORTED_PYNETDICOM`), and each function here first calls
 :func:`require_supported_pynetdicom`, which raises :class:`UnsupportedPynetdicom` (a
 :class:`~cxr_triage.config.ConfigError`: ``cxr-triage serve`` prints its one line and exits 2)
@@ -49,6 +49,13 @@ on any other version, rather than run with a patch that may silently no longer a
    traceback for a TLS error, and the association only says "aborted". A filter on the
    ``pynetdicom.transport`` logger keeps the OSError text per DUL thread instead of logging it;
    the sender reads it back for its one WARNING line and ``cxr-triage status``.
+6. **Supported contexts shared, not copied per association** (:func:`share_supported_contexts`,
+   receiving side). pynetdicom 3.0's ``transport.RequestHandler._create_association`` gives
+   each accepted association ``deepcopy(server.contexts)``: for the node's ~150 storage classes
+   in every transfer syntax that is ~28,000 UIDs re-made and re-validated, ~50-60 ms of CPU per
+   incoming association (a single-film study's receive: ~110 ms). Negotiation only reads them
+   (``presentation.negotiate_as_acceptor`` builds new contexts for the answer), so the server's
+   list is one whose deep copy is itself.
 
 The TLS handshake of (2) also reports its failures (plain TCP on the TLS port, an untrusted
 certificate): ``deferred_handshake_server_context(on_refused=...)`` is called with the peer
@@ -322,3 +329,19 @@ def close_transports(ae: AE) -> int:
                 transport.close()
                 n += 1
     return n
+
+
+# -- 6. supported contexts shared by the accepted associations ------------------------------
+
+class _SharedContexts(list):  # type: ignore[type-arg]
+    """The acceptor's supported contexts: read-only during negotiation, so not copied."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_SharedContexts":
+        return self
+
+
+def share_supported_contexts(server: Any) -> None:
+    """Let every association ``server`` (a pynetdicom ``AssociationServer``) accepts share its
+    supported presentation contexts instead of deep-copying them (section 6 above)."""
+    require_supported_pynetdicom()
+    server.contexts = _SharedContexts(server.contexts)

@@ -104,18 +104,61 @@ def tls_client_context(cfg: Config) -> ssl.SSLContext | None:
 _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
-def _requested_contexts(ae: AE, objects: list[ResultObject]) -> None:
-    """Per SOP class of the batch (and the fallback SR classes of a Comprehensive 3D SR): one
-    context for each compressed transfer syntax the files are in, and one uncompressed."""
-    by_class: dict[str, set[str]] = defaultdict(set)
+Contexts = dict[str, set[str]]      # {SOP class: transfer syntaxes proposed for it}
+
+
+def _needed_contexts(objects: list[ResultObject]) -> Contexts:
+    """Per SOP class of the batch (and the fallback SR classes of a Comprehensive 3D SR): each
+    transfer syntax the files are in, and the uncompressed ones."""
+    by_class: Contexts = defaultdict(set)
     for obj in objects:
         by_class[obj.sop_class_uid].add(_transfer_syntax(obj.path))
         for fallback in FALLBACKS.get(obj.sop_class_uid, ()):
             by_class[fallback]
-    for sop_class in sorted(by_class):
-        for ts in sorted(by_class[sop_class] - set(_UNCOMPRESSED)):
+    return {sop_class: syntaxes | set(_UNCOMPRESSED) for sop_class, syntaxes in by_class.items()}
+
+
+def _request_contexts(ae: AE, contexts: Contexts) -> None:
+    """One context for each compressed transfer syntax of a class, and one uncompressed."""
+    for sop_class in sorted(contexts):
+        for ts in sorted(contexts[sop_class] - set(_UNCOMPRESSED)):
             ae.add_requested_context(sop_class, [ts])
         ae.add_requested_context(sop_class, _UNCOMPRESSED)
+
+
+class HeldAssociation:
+    """A destination's association kept open between batches by its lane
+    (``delivery/lanes.py``), so that the objects of a result, committed one after another
+    (the SR, then its summary image), go over one association. A new association proposes
+    what the held one proposed as well. Not thread-safe: one lane's."""
+
+    def __init__(self) -> None:
+        self.assoc: Any = None
+        self.key: tuple[str, str, bool] = ("", "", False)   # destination, calling AE, TLS
+        self.contexts: Contexts = {}
+
+    def usable(self, key: tuple[str, str, bool], needed: Contexts) -> bool:
+        """Still established, to the same peer, and proposing every context ``needed``."""
+        return (self.assoc is not None and self.assoc.is_established and key == self.key
+                and all(ts <= self.contexts.get(c, set()) for c, ts in needed.items()))
+
+    def proposal(self, key: tuple[str, str, bool], needed: Contexts) -> Contexts:
+        """``needed`` plus what the held association to the same peer proposed."""
+        old = self.contexts if key == self.key else {}
+        return {c: needed.get(c, set()) | old.get(c, set()) for c in {*needed, *old}}
+
+    def hold(self, assoc: Any, key: tuple[str, str, bool], contexts: Contexts) -> None:
+        self.assoc, self.key, self.contexts = assoc, key, contexts
+
+    def release(self, abort: bool = False) -> None:
+        """A-RELEASE (or A-ABORT) of the held association, if any."""
+        assoc, self.assoc = self.assoc, None
+        if assoc is None or not assoc.is_established:
+            return
+        try:
+            assoc.abort() if abort else assoc.release()
+        except Exception:  # noqa: BLE001 - the peer is gone already
+            pass
 
 
 def _transfer_syntax(path: str) -> str:
@@ -136,44 +179,66 @@ def _accepted(assoc: Any) -> dict[str, set[str]]:
 def send_c_store(batch: list[DueDelivery], destination: str, calling_ae: str,
                  timeout_s: float = 30.0, tls: ssl.SSLContext | None = None,
                  on_fallback: Callable[[DueDelivery, ResultObject], None] | None = None,
-                 track: Callable[[Any], None] | None = None) -> dict[int, Outcome]:
+                 track: Callable[[Any], None] | None = None,
+                 held: HeldAssociation | None = None) -> dict[int, Outcome]:
     """One association for the whole batch, each delivery (object) sent on its own:
     {delivery id: outcome}. A Comprehensive 3D SR goes as a fallback class when the
     destination accepts no context for it (or answers SOP Class Not Supported);
     ``on_fallback`` is told of each fallback object written; ``track`` is given the AE before
-    it associates (so a stop can abort the association: ``delivery/lanes.py``)."""
-    ae_title, host, port = parse_destination(destination)
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    ae.connection_timeout = min(timeout_s, 10.0)
-    _requested_contexts(ae, [o for item in batch for o in item.objects])
-    if track is not None:
-        track(ae)
-    assoc = associate(ae, host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
-    if not assoc.is_established:
-        why = not_established_reason(assoc)
-        return {item.id: Outcome(why if why.startswith("association") else f"no association: {why}")
-                for item in batch}
+    it associates (so a stop can abort the association: ``delivery/lanes.py``). With ``held``
+    the association is reused when it fits and left open afterwards (the lane releases it)."""
+    key = (destination, calling_ae, tls is not None)
+    needed = _needed_contexts([o for item in batch for o in item.objects])
+    if held is not None and held.usable(key, needed):
+        assoc = held.assoc
+    else:
+        contexts = held.proposal(key, needed) if held is not None else needed
+        if held is not None:
+            held.release()
+        assoc = _associate(destination, calling_ae, timeout_s, tls, contexts, track)
+        if not assoc.is_established:
+            why = not_established_reason(assoc)
+            return {item.id: Outcome(why if why.startswith("association") else f"no association: {why}")
+                    for item in batch}
+        if held is not None:
+            held.hold(assoc, key, contexts)
     accepted = _accepted(assoc)
     out: dict[int, Outcome] = {}
     try:
         for item in batch:
-            outcome = Outcome(sent=())
-            for obj in item.objects:
-                if not assoc.is_established:
-                    outcome = Outcome("association lost")
-                    break
-                got = _send_object(assoc, accepted, item, obj, on_fallback)
-                outcome = Outcome(got.error, got.permanent, "; ".join(filter(None, (outcome.detail, got.detail))),
-                                  outcome.sent + got.sent, outcome.nbytes + got.nbytes,
-                                  outcome.send_ms + got.send_ms)
-                if got.error is not None:
-                    break
-            out[item.id] = outcome
+            out[item.id] = _send_delivery(assoc, accepted, item, on_fallback)
     finally:
-        if assoc.is_established:
+        if held is None and assoc.is_established:
             assoc.release()
     return out
+
+
+def _associate(destination: str, calling_ae: str, timeout_s: float, tls: ssl.SSLContext | None,
+               contexts: Contexts, track: Callable[[Any], None] | None) -> Any:
+    ae_title, host, port = parse_destination(destination)
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = min(timeout_s, 10.0)
+    _request_contexts(ae, contexts)
+    if track is not None:
+        track(ae)
+    return associate(ae, host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
+
+
+def _send_delivery(assoc: Any, accepted: Contexts, item: DueDelivery,
+                   on_fallback: Callable[[DueDelivery, ResultObject], None] | None) -> Outcome:
+    """Every object of one delivery, until one fails."""
+    outcome = Outcome(sent=())
+    for obj in item.objects:
+        if not assoc.is_established:
+            return Outcome("association lost")
+        got = _send_object(assoc, accepted, item, obj, on_fallback)
+        outcome = Outcome(got.error, got.permanent, "; ".join(filter(None, (outcome.detail, got.detail))),
+                          outcome.sent + got.sent, outcome.nbytes + got.nbytes,
+                          outcome.send_ms + got.send_ms)
+        if got.error is not None:
+            break
+    return outcome
 
 
 def _send_object(assoc: Any, accepted: dict[str, set[str]], item: DueDelivery, obj: ResultObject,

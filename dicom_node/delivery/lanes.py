@@ -1,5 +1,9 @@
 """One sending thread per destination, so a slow or silent peer never delays another.
 
+A lane keeps its DICOM association open for :data:`KEEP_OPEN_S` after a batch
+(``dicom_send.HeldAssociation``): the objects of a result, committed one after another (the
+SR first, then its summary image), go over one association.
+
 A destination that accepts TCP and never answers (a hung PACS, a RIS whose MLLP listener
 stopped reading) holds its send for the network time-out. Sent from one loop, every other
 destination's results waited behind it (issue 23, class 3). Here each destination has its
@@ -26,11 +30,15 @@ from typing import Any, Callable
 from pynetdicom import AE
 
 from cxr_triage.dicom_node.compat import close_transports
+from cxr_triage.dicom_node.delivery.dicom_send import HeldAssociation
 from cxr_triage.dicom_node.store.jobs import DueDelivery
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 1.0      # connect/ACSE/DIMSE time-out of a send started after the cut
+#: a lane keeps its DICOM association open this long without a batch: a result's summary
+#: image, committed after its SR, goes over the SR's association
+KEEP_OPEN_S = 2.0
 
 # (destination, batch, in-flight registry) -> None; sends the batch and records each outcome
 SendBatch = Callable[[str, list[DueDelivery], "InFlight"], None]
@@ -38,12 +46,14 @@ SendBatch = Callable[[str, list[DueDelivery], "InFlight"], None]
 
 class InFlight:
     """The open handles of one lane's current send (pynetdicom AEs, MLLP sockets), so that a
-    stop can cut them. Senders call :meth:`track` with each handle right after making it."""
+    stop can cut them. Senders call :meth:`track` with each handle right after making it.
+    ``held``: the lane's DICOM association kept open between batches (a lane's only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self._lock = threading.Lock()
         self._handles: list[Any] = []
         self.cut_done = threading.Event()
+        self.held: HeldAssociation | None = HeldAssociation() if keep else None
 
     def track(self, handle: Any) -> None:
         """Register an AE (before it associates) or a connected socket; after a cut it is
@@ -66,6 +76,8 @@ class InFlight:
             handles, self._handles = self._handles, []
         for handle in handles:
             _cut(handle)
+        if self.held is not None:
+            self.held.release(abort=True)
 
 
 def _cut(handle: Any) -> None:
@@ -90,13 +102,13 @@ class _Lane(threading.Thread):
         super().__init__(name=f"deliver:{destination}", daemon=True)
         self.destination = destination
         self.batches: queue.Queue[list[DueDelivery] | None] = queue.Queue()
-        self.in_flight = InFlight()
+        self.in_flight = InFlight(keep=True)
         self._send = send
         self._close_store = close_store
 
     def run(self) -> None:
         try:
-            while (batch := self.batches.get()) is not None:
+            while (batch := self._next()) is not None:
                 batch, last = self._with_queued(batch)
                 if not self.in_flight.cut_done.is_set():   # else left ``sending`` for the next start
                     try:
@@ -107,7 +119,19 @@ class _Lane(threading.Thread):
                 if last:
                     break
         finally:
+            if self.in_flight.held is not None:
+                self.in_flight.held.release()
             self._close_store()                 # this thread's database connection
+
+    def _next(self) -> list[DueDelivery] | None:
+        """The next batch; a held association is released after :data:`KEEP_OPEN_S` without one."""
+        held = self.in_flight.held
+        while held is not None and held.assoc is not None:
+            try:
+                return self.batches.get(timeout=KEEP_OPEN_S)
+            except queue.Empty:
+                held.release()
+        return self.batches.get()
 
     def _with_queued(self, batch: list[DueDelivery]) -> tuple[list[DueDelivery], bool]:
         """``batch`` and every batch queued behind it, as one (one association, one wait for

@@ -22,7 +22,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from cxr_triage.config import Config, resolve_path
 from cxr_triage.contract.sop_classes import TRIAGE_SOP_CLASSES
-from cxr_triage.dicom_node.compat import TlsRefused, deferred_handshake_server_context
+from cxr_triage.dicom_node.compat import (
+    TlsRefused,
+    deferred_handshake_server_context,
+    share_supported_contexts,
+)
 from cxr_triage.dicom_node.receive.incoming import stream_to_spool
 from cxr_triage.dicom_node.receive.scp import StoreHandler
 
@@ -121,4 +125,5 @@ def start_scp(cfg: Config, handler: StoreHandler) -> tuple[AE, ThreadedAssociati
                              evt_handlers=list(handler.handlers()))
     if server is None:  # pragma: no cover - block=False always returns the server
         raise RuntimeError("pynetdicom returned no server")
+    share_supported_contexts(server)       # not deep-copied per association (~50 ms each)
     return ae, server

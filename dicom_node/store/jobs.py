@@ -118,6 +118,8 @@ _UPSERT_INSTANCE = (
     " series_uid=excluded.series_uid, sop_class_uid=excluded.sop_class_uid,"
     " transfer_syntax=excluded.transfer_syntax, path=excluded.path, size=excluded.size,"
     " calling_ae=excluded.calling_ae, received_at=excluded.received_at, sha256=excluded.sha256")
+#: how long deliveries of a result's later objects wait for them (then tried anyway: refused)
+LATER_HOLD_S = 120.0
 _UPSERT_RESULT_OBJECT = (
     "INSERT INTO result_objects VALUES (?,?,?,?,?) ON CONFLICT (sop_instance_uid) DO UPDATE SET"
     " result_id=excluded.result_id, series_uid=excluded.series_uid,"
@@ -232,6 +234,25 @@ class JobStore(DeliveryQueue):
             con.execute("INSERT INTO result_objects VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                         (obj.sop_instance_uid, result_id, obj.series_uid, obj.sop_class_uid, obj.path))
 
+    def add_later_objects(self, result_id: int, objects: list[ResultObject], reserved: tuple[str, ...],
+                          now: float | None = None) -> None:
+        """Objects made after their result's commit (``complete_study(later=reserved)``): recorded,
+        their held deliveries due now; a reserved UID without an object (its image could not be
+        made) loses its deliveries. A superseded result's deliveries stay cancelled."""
+        now = time.time() if now is None else now
+        made = {o.sop_instance_uid for o in objects}
+        with self._tx() as con:
+            for o in objects:
+                con.execute(_UPSERT_RESULT_OBJECT, (o.sop_instance_uid, result_id, o.series_uid,
+                                                    o.sop_class_uid, o.path))
+            for uid in reserved:
+                if uid in made:
+                    con.execute("UPDATE deliveries SET next_attempt_at=? WHERE result_id=? AND"
+                                " sop_instance_uid=? AND state=?", (now, result_id, uid, PENDING))
+                else:
+                    con.execute("DELETE FROM deliveries WHERE result_id=? AND sop_instance_uid=?"
+                                " AND state=?", (result_id, uid, PENDING))
+
     def is_own_output(self, sop_instance_uid: str, series_uid: str | None) -> bool:
         """True for an object this node produced (a PACS sending our results back)."""
         row = self._con().execute(
@@ -284,6 +305,7 @@ class JobStore(DeliveryQueue):
         nodule_flag: bool | None = None,
         amends_result_id: int | None = None,
         identity: dict[str, str] | None = None,
+        later: tuple[str, ...] = (),
     ) -> int:
         """Store a result and its deliveries atomically; returns the result id.
 
@@ -291,7 +313,11 @@ class JobStore(DeliveryQueue):
         has no nodule/mass output), kept on the study row for the worklist.
         ``amends_result_id``: the earlier result this one replaces (its SR names that
         result's SR as predecessor). ``identity``: the study's accession number, patient ID
-        and name (:data:`IDENTITY_FIELDS`) for the worklist.
+        and name (:data:`IDENTITY_FIELDS`) for the worklist. ``later``: SOP Instance UIDs of
+        objects still to be made (the summary images): their deliveries are queued now, held
+        for :data:`LATER_HOLD_S` until :meth:`add_later_objects` makes them due, so the study
+        never looks delivered without them. Were the node to stop in between, they become due
+        without an object, and the deliverer reports them refused.
 
         If new instances arrived while triaging (generation moved on), the result is kept
         for the record but superseded at once and not delivered: the study is triaged again.
@@ -324,6 +350,10 @@ class JobStore(DeliveryQueue):
                     con.execute("UPDATE studies SET state=? WHERE study_uid=?", (RECEIVING, study_uid))
                 return rid
             queue_deliveries(con, rid, destinations, objects, now)
+            for dest, uid in ((d, u) for d in destinations if not d.startswith(HL7_PREFIX) for u in later):
+                con.execute("INSERT INTO deliveries (result_id, destination, state, next_attempt_at,"
+                            " created_at, sop_instance_uid) VALUES (?,?,?,?,?,?)",
+                            (rid, dest, PENDING, now + LATER_HOLD_S, now, uid))
             con.execute(
                 "UPDATE studies SET state=?, decision=?, score=?, nodule_score=?, nodule_flag=?,"
                 " result_id=?, triaged_at=?, errors=0, last_error=NULL WHERE study_uid=?",

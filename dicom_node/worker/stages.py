@@ -12,10 +12,18 @@
     sr             the result SR (``cxr_triage.dicom_node.results.sr.build_result_sr``); a
                    study that already had a result gets an *amended* one (same series, next
                    Instance Number, Predecessor Documents Sequence naming the replaced SR)
+    save           the SR written once (fsync + rename): retries resend this file
+    reserve        a SOP Instance UID per summary image to come
+
+The worker then commits the result with the SR's deliveries, so the SR (the clinical result)
+goes out at once (the summary images' deliveries are committed with it, held until their
+files exist), and runs :data:`AFTER_RESULT_STAGES` once the SR was sent::
+
     summary_image  Secondary Capture per film (``[delivery] summary_image``; a courtesy),
                    showing the film decoded in ``score`` (``FilmResult.pixels``): each film
                    is decoded once per study
-    save           each object written once (fsync + rename): retries resend these files
+    summary_save   each summary image written once; the worker then adds them to the
+                   committed result and makes their deliveries due (``JobStore.add_later_objects``)
 
 Each stage's time is data: :attr:`StudyJob.timings_ms` (``run_stages``), logged with every
 ``study triaged`` line by ``triage.TriageWorker`` (the latency benchmark's breakdown reads it).
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from pydicom import Dataset, dcmread
+from pydicom.uid import UID, generate_uid
 
 from cxr_triage.config import Config
 from cxr_triage.contract.model_file import ModelMetadata
@@ -92,10 +101,17 @@ class StudyJob:
     result: StudyResult | None = None
     report: list[Dataset] = field(default_factory=list)
     objects: list[ResultObject] = field(default_factory=list)
+    #: the summary images (made after the SR's commit), their SOP Instance UIDs (allocated
+    #: before it: their deliveries are committed with the SR's) and their files
+    summaries: list[Dataset] = field(default_factory=list)
+    summary_uids: tuple[str, ...] = ()
+    summary_objects: list[ResultObject] = field(default_factory=list)
     #: the study's earlier (current) result, which this one amends; None for a first result
     amends: Amendment | None = None
-    #: milliseconds per stage (``read`` ... ``save``; the worker adds ``commit``)
+    #: milliseconds per stage (``read`` ... ``summary_save``; the worker adds ``commit`` and
+    #: ``summary_commit``)
     timings_ms: dict[str, float] = field(default_factory=dict)
+
 
     def study_result(self) -> StudyResult:
         if self.result is None:
@@ -190,17 +206,32 @@ def build_sr(ctx: StudyContext, job: StudyJob) -> None:
     job.report = [build_result_sr(_referenced(job), job.sources, ctx.triager.meta, amends=job.amends)]
 
 
+def reserve_summaries(ctx: StudyContext, job: StudyJob) -> None:
+    """A SOP Instance UID for each summary image to come (``[delivery] summary_image``: one
+    per referenced film of the triage classes), so that their deliveries are committed with
+    the SR's (``JobStore.complete_study(later=...)``)."""
+    if ctx.cfg.delivery.summary_image:
+        job.summary_uids = tuple(generate_uid() for _ in _summary_films(job)[1])
+
+
+def _summary_films(job: StudyJob) -> tuple[StudyResult, list[FilmResult]]:
+    referenced = _referenced(job)
+    return referenced, [f for f in referenced.films if is_triage_class(f.sop_class_uid)]
+
+
 def build_summary_images(ctx: StudyContext, job: StudyJob) -> None:
     """One Secondary Capture per film of the triage classes (``[delivery] summary_image``),
-    showing the film decoded in ``score`` (``FilmResult.pixels``), which is then released.
-    The picture is a courtesy: an error is logged and the SR still goes."""
-    referenced = _referenced(job)
-    films = [f for f in referenced.films if is_triage_class(f.sop_class_uid)]
+    showing the film decoded in ``score`` (``FilmResult.pixels``), which is then released;
+    each takes its reserved SOP Instance UID. The picture is a courtesy: an error is logged
+    (its deliveries are dropped) and the SR goes anyway."""
+    referenced, films = _summary_films(job)
     try:
-        if films:
-            job.report.extend(summary_images_if_enabled(
-                ctx.cfg, replace(referenced, films=films), job.sources, ctx.triager.meta,
-                amends=job.amends))
+        if films and job.summary_uids:
+            images = summary_images_if_enabled(ctx.cfg, replace(referenced, films=films), job.sources,
+                                               ctx.triager.meta, amends=job.amends)
+            for image, uid in zip(images, job.summary_uids, strict=True):
+                image.SOPInstanceUID = image.file_meta.MediaStorageSOPInstanceUID = UID(uid)
+            job.summaries.extend(images)
     except Exception as exc:  # noqa: BLE001 - any rendering problem
         log.warning("summary images not made", extra={
             "study_uid": job.study_uid, "error": f"{type(exc).__name__}: {exc}"})
@@ -210,8 +241,13 @@ def build_summary_images(ctx: StudyContext, job: StudyJob) -> None:
 
 
 def save_objects(ctx: StudyContext, job: StudyJob) -> None:
-    """Each result object written once (``result_files.save_result_objects``)."""
+    """The SR written once (``result_files.save_result_objects``)."""
     job.objects = save_result_objects(job.report, ctx.dirs.results, job.study_uid)
+
+
+def save_summaries(ctx: StudyContext, job: StudyJob) -> None:
+    """Each summary image written once (``result_files.save_result_objects``)."""
+    job.summary_objects = save_result_objects(job.summaries, ctx.dirs.results, job.study_uid)
 
 
 Stage = Callable[[StudyContext, StudyJob], None]
@@ -224,14 +260,21 @@ STUDY_STAGES: tuple[tuple[str, Stage], ...] = (
     ("priors", look_at_priors),
     ("heatmaps", keep_heatmaps),
     ("sr", build_sr),
-    ("summary_image", build_summary_images),
     ("save", save_objects),
+    ("reserve", reserve_summaries),
+)
+
+#: After the result (and the SR's deliveries) was committed: the courtesy objects.
+AFTER_RESULT_STAGES: tuple[tuple[str, Stage], ...] = (
+    ("summary_image", build_summary_images),
+    ("summary_save", save_summaries),
 )
 
 
-def run_stages(ctx: StudyContext, job: StudyJob) -> StudyJob:
-    """Run :data:`STUDY_STAGES` over ``job``, timing each (ms)."""
-    for name, stage in STUDY_STAGES:
+def run_stages(ctx: StudyContext, job: StudyJob,
+               stages: tuple[tuple[str, Stage], ...] = STUDY_STAGES) -> StudyJob:
+    """Run ``stages`` (by default :data:`STUDY_STAGES`) over ``job``, timing each (ms)."""
+    for name, stage in stages:
         start = time.perf_counter()
         stage(ctx, job)
         job.timings_ms[name] = round((time.perf_counter() - start) * 1000.0, 3)

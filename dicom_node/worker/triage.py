@@ -1,11 +1,14 @@
 """Background triage, off the association threads: studies complete after a quiet period.
 
 :class:`TriageWorker` is the thread that claims due studies from the job store, runs one
-study's stages (``stages.STUDY_STAGES``: read, score, aggregate, heatmaps, sr,
-summary_image, save; each timed into ``StudyJob.timings_ms``), and commits result +
-deliveries in one transaction (``commit``, also timed). A study that already has a result
-gets an amended one (:func:`find_amendment`). Every study ends in one ``study triaged`` log
-line with its stage timings (the latency benchmark's breakdown reads it).
+study's stages (``stages.STUDY_STAGES``: read, score, aggregate, priors, heatmaps, sr, save;
+each timed into ``StudyJob.timings_ms``), and commits result + the SR's deliveries in one
+transaction (``commit``, also timed), so the deliverer sends the SR at once. Then the summary
+images (``stages.AFTER_RESULT_STAGES``) are made, written and added to the committed result
+with their own deliveries (``summary_commit``). A crash in between leaves the result and its
+SR intact and the study without its (courtesy) summary image. A study that already has a
+result gets an amended one (:func:`find_amendment`). Every study ends in one ``study
+triaged`` log line with its stage timings (the latency benchmark's breakdown reads it).
 """
 
 from __future__ import annotations
@@ -26,9 +29,19 @@ from cxr_triage.dicom_node.store.jobs import JobStore, identity_from_headers
 from cxr_triage.dicom_node.store.polling import PollingThread
 from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs
-from cxr_triage.dicom_node.worker.stages import FilmTriager, StudyContext, StudyJob, run_stages
+from cxr_triage.dicom_node.worker.stages import (
+    AFTER_RESULT_STAGES,
+    FilmTriager,
+    StudyContext,
+    StudyJob,
+    run_stages,
+)
 
 log = logging.getLogger(__name__)
+
+#: at most this long the worker waits for the SR's send before it renders the summary images
+#: (a hung destination costs each study this much, not more)
+SR_SEND_WAIT_S = 0.3
 
 
 def load_triager(cfg: Config) -> FilmTriager:
@@ -76,8 +89,8 @@ def find_amendment(store: JobStore, study_uid: str) -> Amendment | None:
 
 # -- the thread ---------------------------------------------------------------------------------
 class TriageWorker(PollingThread):
-    """Claims quiet studies, runs :data:`STUDY_STAGES`, stores result + deliveries in one
-    transaction."""
+    """Claims quiet studies, runs :data:`STUDY_STAGES`, stores result + the SR's deliveries in
+    one transaction, then adds the summary images (:data:`AFTER_RESULT_STAGES`)."""
 
     error_msg = "triage worker error; retrying"
 
@@ -93,6 +106,9 @@ class TriageWorker(PollingThread):
         # self.wake: set by the SCP when an instance is stored (look for due studies now)
         # called after each result is committed (the node kicks the deliverer with it)
         self.on_result: Callable[[], None] | None = None
+        # the deliverer's progress counter and its wait (``Deliverer.progress`` and
+        # ``wait_for_progress``): the summary images are made once the SR was sent
+        self.delivery_progress: tuple[Callable[[], int], Callable[[int, float], bool]] | None = None
 
     def recover(self) -> None:
         self.store.recover(studies=True, deliveries=False)
@@ -114,7 +130,7 @@ class TriageWorker(PollingThread):
                 job.objects, self.destinations(), nodule_score=result.nodule_score,
                 nodule_flag=result.nodule_flag,
                 amends_result_id=job.amends.result_id if job.amends else None,
-                identity=identity_from_headers(job.sources))
+                identity=identity_from_headers(job.sources), later=job.summary_uids)
             job.timings_ms["commit"] = round((time.perf_counter() - start) * 1000.0, 3)
         except Exception as exc:
             transient = isinstance(exc, (OSError, sqlite3.OperationalError))  # disk full, busy
@@ -126,8 +142,12 @@ class TriageWorker(PollingThread):
             log.exception("study triage failed", extra={"study_uid": study_uid, "state": state})
             return True
         committed_at = time.time()
+        mark = self.delivery_progress[0]() if self.delivery_progress else 0
         if self.on_result is not None:
             self.on_result()
+        if job.summary_uids and self.delivery_progress is not None:
+            self.delivery_progress[1](mark, SR_SEND_WAIT_S)
+        self._add_summaries(job, rid)
         log.info("study triaged", extra={
             "study_uid": study_uid, "result_id": rid, "decision": result.decision.value,
             "escalation": result.escalation.reason.value if result.escalation else None,
@@ -137,3 +157,26 @@ class TriageWorker(PollingThread):
             "amends_sr": job.amends.sr_sop_instance_uid if job.amends else None,
             "sr_sop_instance_uid": job.objects[0].sop_instance_uid if job.objects else None})
         return True
+
+    def _add_summaries(self, job: StudyJob, result_id: int) -> None:
+        """The summary images of a committed result: made, written, added, their deliveries
+        made due (the deliverer is woken again). A failure here is logged: the result and its
+        SR stand (the held deliveries are tried when their hold ends, and reported refused)."""
+        if not job.summary_uids:
+            return
+        try:
+            run_stages(self.context, job, AFTER_RESULT_STAGES)
+            start = time.perf_counter()
+            self.store.add_later_objects(result_id, job.summary_objects, job.summary_uids)
+            job.timings_ms["summary_commit"] = round((time.perf_counter() - start) * 1000.0, 3)
+        except Exception as exc:  # noqa: BLE001 - disk full, store unavailable: a courtesy lost
+            log.warning("summary images not added to the result", extra={
+                "study_uid": job.study_uid, "result_id": result_id,
+                "error": f"{type(exc).__name__}: {exc}"})
+            try:   # their held deliveries dropped (else reported refused when the hold ends)
+                self.store.add_later_objects(result_id, [], job.summary_uids)
+            except Exception:  # noqa: BLE001 - the store itself is down
+                pass
+            return
+        if self.on_result is not None:
+            self.on_result()
