@@ -9,7 +9,9 @@ JPEG Extended) is encoded once per syntax with ``png_to_dicom``. Timed per film,
   codec, so those rows have no dcmtk reference; they give pylibjpeg-openjpeg's ``pixel_array``
   (pydicom's own first choice, the reader's fallback) beside the reader's imagecodecs instead.
   The HTJ2K rows (PS3.5 A.4.11; encoded by imagecodecs' OpenJPH, as pydicom has no HTJ2K
-  encoder) sit beside JPEG 2000 the same way.
+  encoder) sit beside JPEG 2000 the same way. Those rows also time ``read_film(path,
+  floor=WORKER_FLOOR)``: the film decoded with resolution levels left out
+  (``inference/resolution.py``; 1250 x 1024 here).
 ``--syntaxes`` limits the run to some rows (e.g. ``jpeg_2000_lossless,jpeg_2000``).
 Prints one JSON object.
 """
@@ -25,6 +27,8 @@ import _common as C
 import numpy as np
 from pydicom import dcmread
 from pydicom import uid as U
+
+from cxr_triage.inference.resolution import WORKER_FLOOR
 
 # name -> (transfer syntax, bits stored, dcmtk tool + args or None)
 SYNTAXES = {
@@ -78,17 +82,25 @@ def encode_all(work: Path, film16: np.ndarray, names: list[str]) -> dict[str, Pa
 
 def time_reader(path: Path) -> tuple[float, float]:
     """(read_film seconds, dcmread + pixel_array seconds)."""
-    from cxr_triage.inference.reader import read_film
-
-    start = time.perf_counter()
-    film = read_film(path)
-    full = time.perf_counter() - start
-    assert film.pixels.shape == (C.FILM_ROWS, C.FILM_COLS)
+    full = time_read_film(path, None)
     start = time.perf_counter()
     arr = dcmread(path).pixel_array
     raw = time.perf_counter() - start
     assert arr.shape == (C.FILM_ROWS, C.FILM_COLS)
     return full, raw
+
+
+def time_read_film(path: Path, floor: tuple[int, int] | None) -> float:
+    """``read_film(path, floor=floor)`` seconds (the shape checked: full, or reduced by the
+    levels the film says it left out)."""
+    from cxr_triage.inference.reader import read_film
+
+    start = time.perf_counter()
+    film = read_film(path, floor=floor)
+    seconds = time.perf_counter() - start
+    scale = 2 ** film.reduction
+    assert film.pixels.shape == (-(-C.FILM_ROWS // scale), -(-C.FILM_COLS // scale))
+    return seconds
 
 
 def time_plugin(path: Path, plugin: str) -> float:
@@ -136,7 +148,7 @@ def main() -> int:
             time_reader(path)  # warm-up: imports, plugin discovery, page cache
             if tool:
                 time_dcmtk(path, tool, work)
-            full, raw, ref, fallback = [], [], [], []
+            full, raw, ref, fallback, reduced = [], [], [], [], []
             for _ in range(args.reps):
                 f, r = time_reader(path)
                 full.append(f)
@@ -145,6 +157,7 @@ def main() -> int:
                     ref.append(time_dcmtk(path, tool, work))
                 if j2k:
                     fallback.append(time_plugin(path, "pylibjpeg"))
+                    reduced.append(time_read_film(path, WORKER_FLOOR))
             reader_fps = 1.0 / float(np.median(full))
             ref_fps = 1.0 / float(np.median(ref)) if ref else None
             rows[name] = {
@@ -158,6 +171,8 @@ def main() -> int:
             }
             if fallback:
                 rows[name]["pylibjpeg_openjpeg_pixel_array_films_per_s"] = round(1.0 / float(np.median(fallback)), 2)
+                rows[name]["reader_read_film_worker_floor_films_per_s"] = round(1.0 / float(np.median(reduced)), 2)
+                rows[name]["read_film_seconds_full_reduced"] = [[round(x, 3) for x in full], [round(x, 3) for x in reduced]]
             C.note(f"  {name}: reader {rows[name]['reader_read_film_films_per_s']} films/s, "
                    f"dcmtk {rows[name]['dcmtk_films_per_s']}")
         ratios = [r["ratio_reader_vs_dcmtk"] for r in rows.values() if r["ratio_reader_vs_dcmtk"]]

@@ -14,7 +14,8 @@ JPEG-LS (ISO/IEC 14495-1 C.1) marker structure from SOI to EOI:
   as dcmtk's decoders do. Only padding may follow (0x00 or 0xFF bytes): other bytes there mean
   the EOI found was an overwritten byte pair, and the frame is corrupt.
 
-JPEG 2000 and HTJ2K frames (ISO/IEC 15444-1 A.5.1, 15444-15) are only read for their size (SIZ).
+JPEG 2000 and HTJ2K frames (ISO/IEC 15444-1 A.5.1, 15444-15) are only read for their main
+header (:func:`j2k_header`: size, sample format, wavelet levels).
 """
 
 from __future__ import annotations
@@ -120,14 +121,118 @@ def _scan_end(frame: bytes, start: int, jpeg_ls: bool) -> int:
     return start + int(candidates[0])
 
 
-def j2k_size(frame: bytes) -> tuple[int, int] | None:
-    """(rows, cols) from a JPEG 2000 / HTJ2K codestream's SIZ segment (15444-1 A.5.1: Xsiz at
-    +8, Ysiz at +12, XOsiz, YOsiz after them), or None when SOC + SIZ is not found."""
+@dataclass(frozen=True)
+class J2kHeader:
+    """What a JPEG 2000 / HTJ2K main header says of the image (15444-1 A.5.1, A.6.1, A.6.2).
+
+    ``rows``, ``cols``: the image area (Ysiz - YOsiz, Xsiz - XOsiz); ``origin_zero``: XOsiz and
+    YOsiz are 0 (the reduced sizes are then ceil(side / 2**r), B.5); ``components``: Csiz;
+    ``signed``, ``precision``: the first component's Ssiz; ``levels``: the fewest wavelet
+    decomposition levels the main header's COD / COC segments give (None: no COD read), the
+    most resolution levels a decoder can discard (tile-part headers may give fewer)."""
+
+    rows: int
+    cols: int
+    origin_zero: bool
+    components: int
+    signed: bool
+    precision: int
+    levels: int | None
+
+
+def j2k_header(frame: bytes) -> J2kHeader | None:
+    """The main header of a JPEG 2000 / HTJ2K codestream, or None when SOC + SIZ is not found or
+    is cut short. SIZ (A.5.1) from SOC: Xsiz at +8, Ysiz +12, XOsiz +16, YOsiz +20, Csiz +40,
+    the first Ssiz +42; COD's SPcod (A.6.1) and COC's SPcoc (A.6.2) start with the number of
+    decomposition levels."""
     start = frame.find(b"\xff\x4f\xff\x51")
-    if start < 0 or len(frame) < start + 24:
+    if start < 0 or len(frame) < start + 43:
         return None
-    xsiz = int.from_bytes(frame[start + 8:start + 12], "big")
-    ysiz = int.from_bytes(frame[start + 12:start + 16], "big")
-    xo = int.from_bytes(frame[start + 16:start + 20], "big")
-    yo = int.from_bytes(frame[start + 20:start + 24], "big")
-    return ysiz - yo, xsiz - xo
+    xsiz, ysiz, xo, yo = (int.from_bytes(frame[at:at + 4], "big") for at in range(start + 8, start + 24, 4))
+    components = int.from_bytes(frame[start + 40:start + 42], "big")
+    ssiz = frame[start + 42]
+    return J2kHeader(ysiz - yo, xsiz - xo, xo == 0 and yo == 0, components, bool(ssiz & 0x80),
+                     (ssiz & 0x7F) + 1, _j2k_levels(frame, start + 2, components))
+
+
+def _j2k_levels(frame: bytes, pos: int, components: int) -> int | None:
+    """The fewest decomposition levels of the main header's COD and COC segments, from the SIZ
+    marker at ``pos`` up to the first tile-part (SOT, 0xFF90)."""
+    levels: list[int] = []
+    while pos + 4 <= len(frame) and frame[pos] == 0xFF and frame[pos + 1] != 0x90:
+        length = int.from_bytes(frame[pos + 2:pos + 4], "big")
+        if frame[pos + 1] == 0x52 and pos + 10 <= len(frame):  # COD: Scod, SGcod (4), SPcod
+            levels.append(frame[pos + 9])
+        elif frame[pos + 1] == 0x53:  # COC: Ccoc (1 or 2 bytes), Scoc, SPcoc
+            at = pos + 6 + (1 if components >= 257 else 0)
+            if at < len(frame):
+                levels.append(frame[at])
+        pos += 2 + length
+    return min(levels) if levels else None
+
+
+def j2k_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, cols) from a JPEG 2000 / HTJ2K codestream's SIZ segment (:func:`j2k_header`), or
+    None when SOC + SIZ is not found."""
+    header = j2k_header(frame)
+    return (header.rows, header.cols) if header is not None else None
+
+
+def check_j2k_frame(frame: bytes) -> None:
+    """Walk a JPEG 2000 / HTJ2K codestream that starts the frame: the main header's marker
+    segments, then each tile-part (SOT, its Psot length, 15444-1 A.4.2) up to the
+    end-of-codestream marker (EOC, A.4.4), after which only padding may follow.
+
+    Packet data never holds a byte pair from 0xFF90 up (15444-1 B.10.1, D.4.1 and A.1:
+    bit stuffing after every 0xFF; 15444-15 keeps that rule) but for the SOP and EPH markers
+    (0xFF91, 0xFF92) that may sit between packets: a tile-part body holding another pair was
+    overwritten. Raises :class:`CodestreamError` for such a pair, a tile-part or segment running
+    past the frame's end, or no EOC (truncated). A frame that does not start with SOC (a JP2
+    wrapper some writers add) is not walked; data overwritten with bytes that form no such pair
+    is not found here (OpenJPEG decodes it without complaint).
+    """
+    data = memoryview(frame)
+    if len(data) < 4 or bytes(data[:4]) != b"\xff\x4f\xff\x51":
+        return
+    pos = 2
+    while _marker_at(data, pos) != 0x90:  # main header segments up to the first SOT
+        pos += 2 + _segment_length(data, pos)
+    while _marker_at(data, pos) == 0x90:
+        pos = _check_tile_part(frame, pos)
+    if data[pos + 1] != 0xD9:
+        raise CodestreamError(f"marker 0xFF{data[pos + 1]:02X} at byte {pos} where a tile-part or the "
+                              "end of the codestream belongs")
+    _check_tail(data, pos + 2)
+
+
+def _marker_at(data: memoryview, pos: int) -> int:
+    """The marker code at ``pos`` (the byte after 0xFF)."""
+    if pos + 2 > len(data):
+        raise CodestreamError("the JPEG 2000 codestream is truncated (no end-of-codestream marker)")
+    if data[pos] != 0xFF:
+        raise CodestreamError(f"byte {pos} of the frame is 0x{data[pos]:02X} where a marker belongs")
+    return int(data[pos + 1])
+
+
+def _check_tile_part(frame: bytes, pos: int) -> int:
+    """Check the tile-part whose SOT is at ``pos``; the offset just past it. Psot 0 (the last
+    tile-part, length not written) runs to the frame's last EOC marker."""
+    data = memoryview(frame)
+    if pos + 12 > len(data):
+        raise CodestreamError("the JPEG 2000 codestream is truncated inside a tile-part header")
+    psot = int.from_bytes(data[pos + 6:pos + 10], "big")
+    end = pos + psot if psot else frame.rfind(b"\xff\xd9")
+    if psot and end > len(data) or end < pos + 14:
+        raise CodestreamError(f"the tile-part at byte {pos} runs past the end of the frame (truncated)")
+    body = pos + 2 + _segment_length(data, pos)
+    while _marker_at(data, body) != 0x93:  # tile-part header segments up to SOD
+        body += 2 + _segment_length(data, body)
+    arr = np.frombuffer(frame, dtype=np.uint8, count=end - body - 2, offset=body + 2)
+    ff = np.flatnonzero(arr[:-1] == 0xFF)
+    following = arr[ff + 1]
+    bad = ff[(following >= 0x90) & (following != 0x91) & (following != 0x92)]
+    if bad.size:
+        at = body + 2 + int(bad[0])
+        raise CodestreamError(f"byte pair 0xFF{frame[at + 1]:02X} at byte {at}, inside the packet data of "
+                              f"the tile-part at byte {pos}: the data is corrupt")
+    return end

@@ -5,8 +5,10 @@ with a canonical Image Pixel Module.
 (:mod:`cxr_triage.inference.codestreams`): decoders size their output from the codestream, not
 from the header, so a small header with a huge codestream is a decompression bomb, and a cut or
 corrupt JPEG / JPEG-LS codestream decodes without error into a partial film. Both are refused
-as ``undecodable``. Padding after the end-of-image marker is not part of the codestream and is
-left out of what the decoder gets (:func:`pixel_source`), as dcmtk does.
+as ``undecodable``, and so is a JPEG 2000 / HTJ2K codestream whose tile-parts are cut or hold a
+byte pair no encoder writes (:func:`~cxr_triage.inference.codestreams.check_j2k_frame`).
+Padding after the end-of-image marker is not part of the codestream and is left out of what the
+decoder gets (:func:`pixel_source`), as dcmtk does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from pydicom.uid import (
 )
 
 from cxr_triage.contract.result import NotAssessable, NotAssessableReason
-from cxr_triage.inference.codestreams import CodestreamError, inspect_frame, j2k_size
+from cxr_triage.inference.codestreams import (
+    CodestreamError,
+    J2kHeader,
+    check_j2k_frame,
+    inspect_frame,
+    j2k_header,
+)
 
 #: High-Throughput JPEG 2000 (PS3.5 A.4.11, 2023): Lossless, RPCL Lossless, (lossy)
 HTJ2K_SYNTAXES = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
@@ -31,10 +39,13 @@ HTJ2K_SYNTAXES = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840
 @dataclass(frozen=True)
 class FrameCheck:
     """The first frame's (rows, cols) as its codestream declares them (None: not read), and the
-    codestream without trailing padding when padding followed it (None: decode as stored)."""
+    codestream without trailing padding when padding followed it (None: decode as stored); for
+    JPEG 2000 and HTJ2K, the first frame and its main header (None for the other syntaxes)."""
 
     size: tuple[int, int] | None
     trimmed: bytes | None
+    frame: bytes | None = None
+    j2k: J2kHeader | None = None
 
 
 def _undecodable(detail: str) -> NotAssessable:
@@ -45,7 +56,8 @@ def frame_check(ds: Dataset) -> FrameCheck:
     """Size and structure of ``ds``'s first compressed frame (native data: nothing to check).
 
     Raises NotAssessable (undecodable) for an unknown transfer syntax, unreadable encapsulation,
-    or a JPEG / JPEG-LS codestream that is truncated or corrupt (:func:`inspect_frame`).
+    or a JPEG / JPEG-LS codestream (:func:`inspect_frame`) or JPEG 2000 / HTJ2K codestream
+    (:func:`check_j2k_frame`) that is truncated or corrupt.
     """
     tsyntax = ds.file_meta.TransferSyntaxUID
     if not tsyntax.is_transfer_syntax:  # pydicom raises ValueError on its properties
@@ -65,7 +77,12 @@ def frame_check(ds: Dataset) -> FrameCheck:
         # one byte after EOI is the even-length padding of the fragment (PS3.5 A.4)
         return FrameCheck(size, frame[:info.end] if len(frame) - info.end > 1 else None)
     if tsyntax in JPEG2000TransferSyntaxes or tsyntax in HTJ2K_SYNTAXES:
-        return FrameCheck(j2k_size(frame), None)
+        try:
+            check_j2k_frame(frame)
+        except CodestreamError as exc:
+            raise _undecodable(f"compressed frame is corrupt or truncated: {exc}") from exc
+        header = j2k_header(frame)
+        return FrameCheck((header.rows, header.cols) if header else None, None, frame, header)
     return FrameCheck(None, None)
 
 

@@ -40,6 +40,7 @@ from cxr_triage.inference.dicom_values import (
 )
 from cxr_triage.inference.orientation import apply_turn, header_turn
 from cxr_triage.inference.pixel_source import FrameCheck, frame_check, pixel_source
+from cxr_triage.inference.resolution import decode_reduced
 
 #: default ceiling on Rows x Columns x Frames x Samples before anything is decoded
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -52,12 +53,17 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 @dataclass
 class Film:
-    """A decoded film. ``dataset`` is the DICOM header (None for PNG/JPEG)."""
+    """A decoded film. ``dataset`` is the DICOM header (None for PNG/JPEG). ``reduction``: the
+    resolution levels left out of a JPEG 2000 film read with a ``floor``
+    (:mod:`~cxr_triage.inference.resolution`): its pixels are then ceil(Rows / 2**reduction) x
+    ceil(Columns / 2**reduction) (before turning upright), each 2**reduction times the header's
+    Pixel Spacing / Imager Pixel Spacing."""
 
     pixels: np.ndarray                    # float32 (H, W) in [0, 1], MONOCHROME2
     source: str = ""
     dataset: Dataset | None = None
     padding_mask: np.ndarray | None = None  # True where Pixel Padding Value marked a pixel
+    reduction: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,32 +113,38 @@ def load_dataset(path: str | Path) -> Dataset:
     return ds
 
 
-def read_film(source: str | Path | Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Film:
+def read_film(source: str | Path | Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              floor: tuple[int, int] | None = None) -> Film:
     """Decode a DICOM file or dataset, or a PNG/JPEG file, into a :class:`Film`.
+
+    ``floor`` (shorter side, longer side in pixels; e.g.
+    :data:`~cxr_triage.inference.resolution.WORKER_FLOOR`): a JPEG 2000 / HTJ2K film may be
+    decoded at a reduced resolution that keeps at least these sides (``Film.reduction``); None
+    (the default): every film at full resolution.
 
     Raises :class:`NotAssessable` and nothing else (but KeyboardInterrupt/SystemExit): an
     unexpected exception from any library while this film is read is ``undecodable``.
     """
     try:
-        return _read_film(source, max_pixels)
+        return _read_film(source, max_pixels, floor)
     except NotAssessable:
         raise
     except Exception as exc:  # one film must never abort a batch or a worker
         raise _undecodable(f"the film could not be read ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_film(source: str | Path | Dataset, max_pixels: int) -> Film:
+def _read_film(source: str | Path | Dataset, max_pixels: int, floor: tuple[int, int] | None) -> Film:
     if isinstance(source, Dataset):
-        name = str(getattr(source, "filename", "") or "")
-        pixels, mask = decode_dicom(source, max_pixels=max_pixels)
-        return _upright(Film(pixels, name, source, mask))
+        film = decode_dicom(source, max_pixels=max_pixels, floor=floor)
+        film.source = str(getattr(source, "filename", "") or "")
+        return _upright(film)
     path = Path(source)
     kind = sniff_kind(path)
     if kind == "image" or (kind == "unknown" and path.suffix.lower() in IMAGE_SUFFIXES):
         return Film(read_image_file(path, max_pixels=max_pixels), str(path), None, None)
-    ds = load_dataset(path)
-    pixels, mask = decode_dicom(ds, max_pixels=max_pixels)
-    return _upright(Film(pixels, str(path), ds, mask))
+    film = decode_dicom(load_dataset(path), max_pixels=max_pixels, floor=floor)
+    film.source = str(path)
+    return _upright(film)
 
 
 def _upright(film: Film) -> Film:
@@ -226,8 +238,10 @@ def _as_int(value: Any, ds: Dataset) -> int:
     return int(value)
 
 
-def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
-    """DICOM dataset -> (film float32 [0, 1] MONOCHROME2, padding mask or None)."""
+def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 floor: tuple[int, int] | None = None) -> Film:
+    """DICOM dataset -> :class:`Film` (float32 [0, 1] MONOCHROME2, padding mask or None, as
+    stored: not turned upright), reduced to ``floor`` where :func:`read_film` says."""
     try:
         checked = check_decodable_size(ds, max_pixels)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -242,8 +256,9 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise NotAssessable(NotAssessableReason.COLOR,
                             f"photometric interpretation {photometric or 'missing'}")
+    reduced = decode_reduced(ds, checked.frame, checked.j2k, floor) if floor is not None else None
     try:
-        stored = decode_pixels(pixel_source(ds, photometric, checked.trimmed))
+        stored = reduced[0] if reduced else decode_pixels(pixel_source(ds, photometric, checked.trimmed))
     except (KeyboardInterrupt, SystemExit):
         raise
     except CorruptPixelStream as exc:  # the decoder said so, whatever another one would return
@@ -267,7 +282,7 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         unit = 1.0 - unit
     if mask is not None:
         unit[mask] = 0.0
-    return unit.astype(np.float32), mask
+    return Film(unit.astype(np.float32), "", ds, mask, reduced[1] if reduced else 0)
 
 
 def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
