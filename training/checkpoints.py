@@ -94,7 +94,19 @@ def model_file_dict(cfg: TrainConfig, net: Any, cal: dict[str, Any], split_csv: 
         "preprocessing": cfg.spec().to_dict(), **cal,
         "training_manifest_sha256": file_sha256(cfg.manifest) if Path(cfg.manifest).is_file() else "",
         "config": asdict(cfg), "split_csv": str(split_csv), "films_root": str(root.resolve()),
+        **ensemble_layout(cfg, net),
     }
+
+
+def ensemble_layout(cfg: TrainConfig, net: Any) -> dict[str, Any]:
+    """A fine-tuned ensemble's ``model.pt`` keys (``cfg.members`` > 1): ``architecture``
+    "ensemble" and one {architecture, image_size, n_outputs, model} dict per member, as
+    :func:`cxr_triage.training.network.network_from_checkpoint` reads them; {} otherwise."""
+    if cfg.members <= 1:
+        return {}
+    return {"architecture": "ensemble",
+            "members": [{"architecture": cfg.architecture, "image_size": cfg.image_size, "n_outputs": m.n_outputs,
+                         "model": {k: v.detach().cpu() for k, v in m.state_dict().items()}} for m in net.nets]}
 
 
 def batch_logits(net: Any, x: np.ndarray, device: Any = "cpu") -> np.ndarray:
@@ -116,8 +128,8 @@ def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) 
     FileNotFoundError when the split or validation films are not found."""
     import torch  # torch only once training runs
 
-    # network imports torch at module level: only once a checkpoint is read
-    from cxr_triage.training.network import build_network
+    # finetune's network structures import torch: only once a checkpoint is read
+    from cxr_triage.training.finetune import network_for
 
     path = Path(path)
     ck = torch.load(path, map_location="cpu", weights_only=False)
@@ -137,8 +149,7 @@ def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) 
     if not val_e:
         raise ValueError(f"{split_csv}: no validation films to calibrate {path.name} on")
     check_films(val_e, root)
-    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size,
-                        n_outputs=int(ck.get("n_outputs", 1)))
+    net = network_for(cfg, int(ck.get("n_outputs", 1)))
     net.load_state_dict(ck["model"])
     cache = Path(cfg.cache_dir) if cfg.cache_dir else path.parent / "cache"
     logits = batch_logits(net, load_inputs(val_e, root, cfg.spec(), cache, progress=False))

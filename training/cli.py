@@ -22,7 +22,15 @@ from typing import Any
 
 from cxr_triage.config import load_config
 from cxr_triage.contract.manifest import ManifestError
-from cxr_triage.training.cli_args import CONFIG_KEYS, DESCRIPTIONS, Help, export_args, manifest_args, train_args
+from cxr_triage.training.cli_args import (
+    CONFIG_KEYS,
+    DESCRIPTIONS,
+    FINETUNE,
+    Help,
+    export_args,
+    manifest_args,
+    train_args,
+)
 from cxr_triage.training.progress import EPOCHS_UNDER_BUDGET, log_to_file
 from cxr_triage.training.train_config import TrainConfig
 
@@ -58,6 +66,9 @@ def config_from_args(args: argparse.Namespace, cfg: Any = None):
     fields = TrainConfig.__dataclass_fields__
     values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
     d = TrainConfig(manifest="", out="")
+    for key, value in FINETUNE.items():  # a fine-tune's defaults, where the user gave none
+        if values.get(key) is None and (args.init_from or key not in CONFIG_KEYS):
+            values[key] = value if args.init_from else getattr(d, key)
     for key in CONFIG_KEYS:
         if values.get(key) is None:
             values[key] = section.get(key, getattr(d, key))
@@ -92,7 +103,7 @@ def run_train(args: argparse.Namespace, cfg: Any = None) -> int:
         return 130
     if summary:
         keys = ("epochs_run", "best_epoch", "best_val_auroc", "temperature", "thresholds", "minutes", "stopped_by",
-                "test_report")
+                "test_report", *(["init_comparison"] if "init_comparison" in summary else []))
         print(json.dumps({k: summary.get(k) for k in keys}, indent=2, default=float))
     return 0
 

@@ -16,6 +16,10 @@ CONFIG_KEYS = ("architecture", "image_size", "epochs", "batch_size", "patience",
                "cache_dir")
 
 
+#: the defaults of a fine-tune (``--init-from``) where the user gave none
+FINETUNE = {"lr": 1e-4, "epochs": 8, "patience": 3, "head_epochs": 1}
+
+
 class Help(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown for every option, unless the help text already says where it comes from."""
 
@@ -69,6 +73,21 @@ def train_args(p: argparse.ArgumentParser) -> None:
                    help="network: EfficientNet-Lite0 (ImageNet weights), DenseNet-121, or a tiny CNN for smoke "
                         "runs " + cfg_default("architecture"))
     p.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet's")
+    g = p.add_argument_group("fine-tuning a model that works (docs/training.md, 'Fine-tuning the shipped model')")
+    g.add_argument("--init-from", default="", metavar="MODEL",
+                   help="start from this model instead of ImageNet: 'bundled' (the shipped model), a cxr-triage ONNX "
+                        "file or a run's model.pt. Its architecture, input size, preprocessing and outputs are kept "
+                        "(an ensemble is fine-tuned as one), BatchNorm statistics are frozen, and the run ends by "
+                        "pairing the site model with it on the test films. Defaults become: --lr "
+                        f"{FINETUNE['lr']:g}, --epochs {FINETUNE['epochs']}, --patience {FINETUNE['patience']}, "
+                        f"--head-epochs {FINETUNE['head_epochs']}")
+    g.add_argument("--mix-bundled", type=int, default=d.mix_bundled, metavar="N",
+                   help="add N training films of the bundled model's split (model/default_split.csv, from the "
+                        "shared data: ../shared/data or $CXR_TRIAGE_DATA) to the training split only, so the model "
+                        "keeps seeing what it learnt from; validation and test stay the site's films (0: none)")
+    g.add_argument("--head-epochs", type=int, default=None,
+                   help="the first N epochs train the output layers only, the trunk frozen (default: 0; "
+                        f"{FINETUNE['head_epochs']} with --init-from)")
     p.add_argument("--image-size", type=int, default=None, help="network input side in pixels " + cfg_default("image_size"))
     p.add_argument("--harmonise-size", type=int, default=d.harmonise_size,
                    help="films are first resampled to this side (one resolution for every source)")
@@ -83,7 +102,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="films per batch " + cfg_default("batch_size"))
     p.add_argument("--max-steps-per-epoch", type=int, default=d.max_steps_per_epoch,
                    help="cap on batches per epoch (0: every training film once)")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (cosine schedule, half an epoch warm-up)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (cosine schedule, half an epoch "
+                   f"warm-up) (default: {d.lr:g}) ({FINETUNE['lr']:g} with --init-from)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--focal-gamma", type=float, default=d.focal_gamma,
                    help="focal loss gamma (0: class-balanced cross-entropy)")

@@ -25,6 +25,7 @@ each epoch prints one line with the validation AUROC, the epoch's seconds and th
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from cxr_triage.training.checkpoints import (
     save_epoch,
 )
 from cxr_triage.training.distributed import Runtime
+from cxr_triage.training.finetune import apply_init, check_inputs, compare_with_init, load_init, mix_bundled
 from cxr_triage.training.progress import (
     advance,
     epoch_line,
@@ -63,11 +65,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     Raises ValueError (no manifest, unusable split) and FileNotFoundError (missing films)."""
     started = time.time()
     cfg, resume_ck = load_resume(cfg, resume)
+    init = None
+    if cfg.mix_bundled and resume_ck is None:
+        cfg = mix_bundled(cfg)
+    if cfg.init_from and resume_ck is None:
+        init = load_init(cfg.init_from)
+        cfg = apply_init(cfg, init)
     rt = start(cfg)
     data = load_data(cfg, rt, resumed=resume_ck is not None)
     if rt.main:
         warn_small_test_split(data.entries)
-    net = build_net(cfg, rt, data.n_out)
+    net = build_net(cfg, rt, data.n_out, init, check_inputs(cfg, data.entries, data.root) if init else None)
     loaders = build_loaders(cfg, rt, data, net)
     budget = TimeBudget.of(cfg, started)
     model = build_model(cfg, rt, data, net, loaders, budget.deadline)
@@ -81,6 +89,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             say(f"stopped after epoch {state['epoch']}: {stopped}")
         run = run_record(cfg, started, resume_ck is not None, first_epoch, state, stopped)
         summary = finish(cfg, rt, data, loaders, state, started, run)
+        if cfg.init_from and summary:
+            summary["init_comparison"] = compare_with_init(cfg, data.entries, data.root)
+            (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     distributed.stop(rt)
     return summary
 
@@ -127,6 +138,8 @@ def run_epoch(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders, 
     """Train and validate ``epoch``, update ``state``; rank 0 logs the row, saves ``last.pt``
     (and ``best.pt`` when it improved; ``info``: :func:`checkpoint_info`) and prints the line."""
     t0 = time.time()
+    if cfg.head_epochs:
+        model.head_only(epoch <= cfg.head_epochs)
     losses = train_epoch(cfg, rt, loaders, model, epoch, budget)
     row, select, nod_auc = validate(cfg, rt, data, loaders, model, epoch, losses, t0)
     left_s = budget.left_s()

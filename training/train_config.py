@@ -66,6 +66,12 @@ class TrainConfig:
     cache_dir: str = ""                 # default: <out>/cache
     max_minutes: float = 0.0            # >0: wall-clock budget of the epochs, in minutes
     test_report: bool = True            # score the test split at the end (test_report.json/.html)
+    init_from: str = ""                 # fine-tune: the model file the weights start from (ONNX of this
+                                        # project or a model.pt; training/finetune.py); "": ImageNet/random
+    members: int = 1                    # >1: an ensemble of that many networks (a fine-tuned ensemble)
+    head_epochs: int = 0                # the first n epochs train the output layers only (trunk frozen)
+    mix_bundled: int = 0                # >0: that many training films of the bundled model's split mixed
+                                        # into the training split (training/finetune.py, mix_bundled)
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(size=self.image_size, harmonise_size=self.harmonise_size)

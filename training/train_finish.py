@@ -50,12 +50,11 @@ def finish(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders, sta
     summary (also written to ``<out>/train_summary.json``)."""
     import torch  # torch only once training runs
 
-    # network imports torch at module level: only once training runs
-    from cxr_triage.training.network import build_network
+    # finetune's network structures import torch: only once training runs
+    from cxr_triage.training.finetune import network_for
 
     out = Path(cfg.out)
-    net = build_network(cfg.architecture, pretrained=False, image_size=cfg.image_size,
-                        n_outputs=data.n_out).to(rt.device)
+    net = network_for(cfg, data.n_out).to(rt.device)
     ck = torch.load(out / "best.pt", map_location=rt.device, weights_only=False)
     net.load_state_dict(ck["model"])
     idx, logits = predict(upper_model(net, cfg.freeze_blocks) if loaders.use_trunk else net, loaders.val, rt.device)

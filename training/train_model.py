@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cxr_triage.training.distributed import Runtime
@@ -40,6 +40,12 @@ class Model:
     sched: Any
     loss_fn: Callable[..., Any]
     multitask_loss: Callable[..., Any]
+    trunk: list[Any] = field(default_factory=list)  # the trainable parameters outside the output layers
+
+    def head_only(self, on: bool) -> None:
+        """Train the output layers alone (``on``: the trunk's gradients off) or everything trainable."""
+        for p in self.trunk:
+            p.requires_grad_(not on)
 
     def step(self, loss: Any) -> None:
         """One optimiser and schedule step on ``loss``, then the weight average's update."""
@@ -51,11 +57,18 @@ class Model:
             self.ema.update_parameters(self.net)
 
 
-def build_net(cfg: TrainConfig, rt: Runtime, n_out: int) -> Any:
-    """The network of ``cfg.architecture`` with ``n_out`` outputs, on the run's device."""
+def build_net(cfg: TrainConfig, rt: Runtime, n_out: int, init: Any = None, check_inputs: Any = None) -> Any:
+    """The network of ``cfg.architecture`` with ``n_out`` outputs, on the run's device; a
+    fine-tune's (``cfg.init_from``): ``init``'s network checked on ``check_inputs`` (N, 1, S, S),
+    or its bare structure on --resume (:func:`cxr_triage.training.finetune.init_network`)."""
     # network imports torch at module level: only once training runs
     from cxr_triage.training.network import build_network
 
+    if cfg.init_from:
+        # finetune imports ONNX tooling: only for a fine-tune
+        from cxr_triage.training.finetune import init_network
+
+        return init_network(cfg, init, n_out, check_inputs).to(rt.device)
     return build_network(cfg.architecture, pretrained=cfg.pretrained, image_size=cfg.image_size,
                          freeze_blocks=cfg.freeze_blocks, n_outputs=n_out).to(rt.device)
 
@@ -69,8 +82,8 @@ def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any, loader
     import torch  # torch only once training runs
 
     model = torch.nn.parallel.DistributedDataParallel(loaders.core) if rt.distributed else loaders.core
-    head = [p for p in net.fc.parameters() if p.requires_grad]
-    trunk = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("fc.")]
+    head = [p for n, p in net.named_parameters() if p.requires_grad and is_head(n)]
+    trunk = [p for n, p in net.named_parameters() if p.requires_grad and not is_head(n)]
     opt = torch.optim.AdamW([{"params": trunk, "lr": cfg.lr * cfg.backbone_lr}, {"params": head, "lr": cfg.lr}],
                             weight_decay=cfg.weight_decay)
     # The weights that are validated and saved: an exponential moving average of the trained
@@ -87,7 +100,12 @@ def build_model(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any, loader
         [(e.source, e.label) for e in data.train_e], rt.device)
     return Model(net=net, model=model, ema=ema, eval_net=eval_net,
                  eval_core=upper_model(eval_net, cfg.freeze_blocks) if loaders.use_trunk else eval_net,
-                 opt=opt, sched=sched, loss_fn=loss_fn, multitask_loss=multitask_loss)
+                 opt=opt, sched=sched, loss_fn=loss_fn, multitask_loss=multitask_loss, trunk=trunk)
+
+
+def is_head(name: str) -> bool:
+    """Whether parameter ``name`` belongs to an output layer (``fc.*``, or ``members.K.fc.*`` of an ensemble)."""
+    return name.startswith("fc.") or ".fc." in name
 
 
 def schedule_fraction(total_steps: int, start: float, deadline: float | None) -> Callable[[int], float]:
