@@ -30,7 +30,13 @@ from pydicom import dcmread
 
 from cxr_triage.config import DICOMWEB_PREFIX, Config, parse_destination
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, is_sr_class
-from cxr_triage.dicom_node.delivery.dicom_send import Outcome, elapsed_ms, send_c_store, tls_client_context
+from cxr_triage.dicom_node.delivery.dicom_send import (
+    Outcome,
+    elapsed_ms,
+    expected_contexts,
+    send_c_store,
+    tls_client_context,
+)
 from cxr_triage.dicom_node.delivery.lanes import InFlight, Lanes
 from cxr_triage.dicom_node.delivery.stow_send import send_stow
 from cxr_triage.dicom_node.store import audit as A
@@ -129,6 +135,9 @@ class Deliverer(PollingThread):
         self.audit = audit
         self.tls = tls_client_context(cfg)
         self._lanes: Lanes | None = None
+        # what a result's summary image will need: proposed with its SR already
+        self._expected = expected_contexts(cfg.delivery.summary_image,
+                                           cfg.delivery.summary_image_compression)
         # passes that found nothing due, and batches sent: what the worker waits on before
         # making a result's summary images (:meth:`wait_for_progress`)
         self._progress = threading.Condition()
@@ -234,6 +243,8 @@ class Deliverer(PollingThread):
         elif dest.startswith(DICOMWEB_PREFIX):        # STOW-RS (delivery/stow_send.py)
             outcome = send_stow(batch, dest, self.cfg)
         else:
+            if in_flight.held is not None:
+                in_flight.held.expected = self._expected
             outcome = send_c_store(batch, dest, self.cfg.node.ae_title,
                                    self.cfg.node.network_timeout_s, self.tls,
                                    on_fallback=self._fallback_written, track=in_flight.track,

@@ -37,8 +37,10 @@ from pynetdicom.status import (
 )
 
 from cxr_triage.config import Config, parse_destination, resolve_path
+from cxr_triage.contract.sop_classes import SECONDARY_CAPTURE
 from cxr_triage.dicom_node.delivery.scu import associate, not_established_reason
 from cxr_triage.dicom_node.results.sr_classes import FALLBACKS, SR_CLASS_NAMES, as_sr_class, fits
+from cxr_triage.dicom_node.results.summary_compression import compression_syntax
 from cxr_triage.dicom_node.store.jobs import DueDelivery, ResultObject
 from cxr_triage.dicom_node.store.spool import safe_name, write_atomic
 
@@ -107,6 +109,14 @@ _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 Contexts = dict[str, set[str]]      # {SOP class: transfer syntaxes proposed for it}
 
 
+def expected_contexts(summary_image: bool, compression: str) -> Contexts:
+    """The contexts a result's summary image needs (``[delivery] summary_image`` and
+    ``summary_image_compression``), or none."""
+    if not summary_image:
+        return {}
+    return {SECONDARY_CAPTURE: {compression_syntax(compression)[0], *_UNCOMPRESSED}}
+
+
 def _needed_contexts(objects: list[ResultObject]) -> Contexts:
     """Per SOP class of the batch (and the fallback SR classes of a Comprehensive 3D SR): each
     transfer syntax the files are in, and the uncompressed ones."""
@@ -130,12 +140,16 @@ class HeldAssociation:
     """A destination's association kept open between batches by its lane
     (``delivery/lanes.py``), so that the objects of a result, committed one after another
     (the SR, then its summary image), go over one association. A new association proposes
-    what the held one proposed as well. Not thread-safe: one lane's."""
+    what the held one proposed as well, and the ``expected`` contexts. Not thread-safe: one
+    lane's."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: Contexts | None = None) -> None:
         self.assoc: Any = None
         self.key: tuple[str, str, bool] = ("", "", False)   # destination, calling AE, TLS
         self.contexts: Contexts = {}
+        #: proposed in every new association too: what a result's later objects will need
+        #: (the summary image's class and syntax), so a result's first batch proposes them
+        self.expected: Contexts = expected or {}
 
     def usable(self, key: tuple[str, str, bool], needed: Contexts) -> bool:
         """Still established, to the same peer, and proposing every context ``needed``."""
@@ -145,7 +159,8 @@ class HeldAssociation:
     def proposal(self, key: tuple[str, str, bool], needed: Contexts) -> Contexts:
         """``needed`` plus what the held association to the same peer proposed."""
         old = self.contexts if key == self.key else {}
-        return {c: needed.get(c, set()) | old.get(c, set()) for c in {*needed, *old}}
+        return {c: needed.get(c, set()) | old.get(c, set()) | self.expected.get(c, set())
+                for c in {*needed, *old, *self.expected}}
 
     def hold(self, assoc: Any, key: tuple[str, str, bool], contexts: Contexts) -> None:
         self.assoc, self.key, self.contexts = assoc, key, contexts

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 from pynetdicom import AE, evt
 from support.node_peers import NODE_AET, wait_for
@@ -45,6 +45,13 @@ def _states(node: Node, study_uid: str) -> dict[str, str]:
     """{SOP class of the object: its delivery state} of the study's current result."""
     detail = node.queries.get_study(study_uid) or {}
     return {d["sop_class_uid"]: d["state"] for d in detail.get("deliveries", [])}
+
+
+def _send_until(node: Node, path: Path, states: dict[str, str]) -> str:
+    """Send the film; wait until its result's deliveries are in ``states`` (by SOP class)."""
+    study_uid = _send(node, path)
+    wait_for(lambda: _states(node, study_uid) == states, 90, what=f"deliveries {states}")
+    return study_uid
 
 
 def _send(node: Node, path: Path) -> str:
@@ -108,10 +115,8 @@ def test_permanent_refusal_is_reported_and_not_retried_at_the_backoff_rate(
                           status=status) as dest:
         node = _node(tmp_path, tiny_model, dest.destination)
         try:
-            study_uid = _send(node, sample_dicoms[FILM])
-            wait_for(lambda: _states(node, study_uid) == {COMPREHENSIVE_3D_SR: "delivered",
-                                                          SECONDARY_CAPTURE: "refused"}, 90,
-                     what="the SR delivered, the image refused")
+            study_uid = _send_until(node, sample_dicoms[FILM], {COMPREHENSIVE_3D_SR: "delivered",
+                                                                 SECONDARY_CAPTURE: "refused"})
             time.sleep(2.0)            # 5+ back-off periods: a transient failure would retry
             detail = node.queries.get_study(study_uid)
             failures = node.queries.delivery_failures()
@@ -202,3 +207,28 @@ def test_a_batch_goes_over_one_association_per_destination(
                   if item.objects[0].sop_class_uid == COMPREHENSIVE_3D_SR) == ["sent as Comprehensive SR"] * 2
     assert sorted(str(ds.SOPClassUID) for ds in dest.received_datasets()) == sorted(
         [COMPREHENSIVE_SR, SECONDARY_CAPTURE] * 2)
+
+
+def test_sr_is_sent_before_the_summary_image_is_made_over_one_association(
+        tmp_path: Path, tiny_model: Path, sample_dicoms: dict[str, Path]) -> None:
+    """Issue 21: the SR goes out as soon as the result is committed; the summary image is
+    rendered after it was sent and follows over the same (held) association."""
+    accepted: list[object] = []
+    arrived: dict[str, float] = {}
+
+    def stored(ds: Dataset, attempt: int) -> int:
+        arrived.setdefault(str(ds.SOPClassUID), time.time())
+        return 0x0000
+
+    with StoreDestination(tmp_path / "pacs", [COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE], status=stored) as dest:
+        dest._server.bind(evt.EVT_ACCEPTED, lambda event: accepted.append(event.assoc))
+        node = _node(tmp_path, tiny_model, dest.destination)
+        try:
+            study_uid = _send_until(node, sample_dicoms[FILM], {COMPREHENSIVE_3D_SR: "delivered",
+                                                                 SECONDARY_CAPTURE: "delivered"})
+            objects = {o["sop_class_uid"]: o for o in node.queries.get_study(study_uid)["objects"]}
+        finally:
+            node.stop(timeout_s=10)
+    assert [a[0] for a in dest.answers] == [COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE]
+    assert len(accepted) == 1
+    assert arrived[COMPREHENSIVE_3D_SR] <= Path(objects[SECONDARY_CAPTURE]["path"]).stat().st_mtime

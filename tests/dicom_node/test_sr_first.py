@@ -5,24 +5,52 @@ exists; a lane keeps its association open, so both objects still go over one ass
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
+from support.postgres_server import PostgresServer, skip_reason, started_server
 from support.store_destination import StoreDestination
 
 from cxr_triage.contract.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
 from cxr_triage.dicom_node.compat import share_supported_contexts
-from cxr_triage.dicom_node.delivery.dicom_send import HeldAssociation, send_c_store
+from cxr_triage.dicom_node.delivery.dicom_send import HeldAssociation, expected_contexts, send_c_store
 from cxr_triage.dicom_node.store import jobs as Q
+from cxr_triage.dicom_node.store.db import StoreOptions
 from cxr_triage.dicom_node.store.jobs import DueDelivery, InstanceRecord, JobStore, ResultObject
 from cxr_triage.dicom_node.store.queries import StudyQueries
 from cxr_triage.dicom_node.worker.result_files import save_result_objects
 
 SR_OBJ = ResultObject("9.1", "9", COMPREHENSIVE_3D_SR, "/r/9.1.dcm")
 SC_OBJ = ResultObject("9.2", "8", SECONDARY_CAPTURE, "/r/9.2.dcm")
+
+
+_DB_IDS = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PostgresServer]:
+    srv = started_server()
+    yield srv
+    srv.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    """The job store on SQLite, and on a fresh PostgreSQL database (where one can run)."""
+    if request.param == "sqlite":
+        return JobStore(tmp_path / "q.sqlite3")
+    if skip_reason() is not None:
+        pytest.skip(skip_reason() or "")
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    name = f"later{next(_DB_IDS)}"
+    server.psql(f"CREATE DATABASE {name}")
+    return JobStore(Path("/nonexistent/queue.sqlite3"), options=StoreOptions(
+        "postgresql", server.dsn.replace("dbname=cxr", f"dbname={name}"), "n1", 30.0, connect_timeout_s=2.0))
 
 
 def _triaged(store: JobStore, later: tuple[str, ...]) -> int:
@@ -38,8 +66,7 @@ def _status(store: JobStore) -> str:
     return str(StudyQueries(store).list_studies()[0]["delivery_status"])
 
 
-def test_later_object_is_held_until_added_then_due(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "q.sqlite3")
+def test_later_object_is_held_until_added_then_due(store: JobStore) -> None:
     rid = _triaged(store, later=(SC_OBJ.sop_instance_uid,))
     due = store.due_deliveries(now=200.0)                    # the SR (and the RIS message) only
     assert sorted((d.destination, [o.sop_instance_uid for o in d.objects]) for d in due) == [
@@ -54,8 +81,7 @@ def test_later_object_is_held_until_added_then_due(tmp_path: Path) -> None:
     assert _status(store) == "delivered"
 
 
-def test_later_object_not_made_loses_its_deliveries(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "q.sqlite3")
+def test_later_object_not_made_loses_its_deliveries(store: JobStore) -> None:
     rid = _triaged(store, later=("9.2",))
     for d in store.due_deliveries(now=200.0):
         store.delivery_succeeded(d.id, now=201.0)
@@ -64,10 +90,9 @@ def test_later_object_not_made_loses_its_deliveries(tmp_path: Path) -> None:
     assert store.due_deliveries(now=200.0 + Q.LATER_HOLD_S + 1) == []
 
 
-def test_node_stopped_before_the_later_object_leaves_a_delivery_without_object(tmp_path: Path) -> None:
+def test_node_stopped_before_the_later_object_leaves_a_delivery_without_object(store: JobStore) -> None:
     """After the hold the delivery comes due with no object: the deliverer reports it
     refused (``Deliverer._send``), it is never counted as delivered."""
-    store = JobStore(tmp_path / "q.sqlite3")
     _triaged(store, later=("9.2",))
     for d in store.due_deliveries(now=200.0):
         store.delivery_succeeded(d.id, now=201.0)
@@ -110,6 +135,10 @@ def test_held_association_carries_consecutive_batches(tmp_path: Path) -> None:
         held.release()
         assert held.assoc is None
         assert send(6, sc, None) == 3
+        # a lane whose results have summary images proposes their class with the first SR
+        expecting = HeldAssociation(expected_contexts(True, "none"))
+        assert [send(i, obj, expecting) for i, obj in enumerate((sr, sc), start=7)] == [4, 4]
+        expecting.release()
     assert sorted(str(ds.SOPClassUID) for ds in dest.received_datasets()) == sorted(
         [COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE])
 
