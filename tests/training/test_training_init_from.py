@@ -3,7 +3,9 @@ round trip, float16 storage included), refusals, and a tiny fine-tune run from a
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -100,13 +102,22 @@ def _manifest(root: Path) -> Path:
     return root / "m.csv"
 
 
-def test_init_from_fine_tunes_and_compares_with_the_init_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    init, _ = _tiny_file(tmp_path / "init.onnx", 2)
-    out = tmp_path / "run"
-    args = ["train", "--manifest", str(_manifest(tmp_path / "films")), "--out", str(out), "--init-from", str(init),
-            "--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-progress", "--pipeline-augment", "0"]
-    assert cli_main(args) == 0
-    err = capsys.readouterr().err
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(run folder, stderr) of a 1-epoch fine-tune of a tiny two-member ensemble exported by the project."""
+    tmp = tmp_path_factory.mktemp("ft")
+    init, _ = _tiny_file(tmp / "init.onnx", 2)
+    out = tmp / "run"
+    args = ["train", "--manifest", str(_manifest(tmp / "films")), "--out", str(out), "--init-from", str(init),
+            "--epochs", "1", "--batch-size", "8", "--threads", "1", "--no-progress", "--pipeline-augment", "0"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli_main(args) == 0
+    return out, err.getvalue()
+
+
+def test_init_from_fine_tunes_and_compares_with_the_init_model(fine_tuned: tuple[Path, str]) -> None:
+    out, err = fine_tuned
     assert "agrees with ONNX Runtime" in err and "cxr-triage report --model" in err
     summary = json.loads((out / "train_summary.json").read_text())
     cfg, comparison = summary["config"], summary["init_comparison"]
@@ -114,8 +125,15 @@ def test_init_from_fine_tunes_and_compares_with_the_init_model(tmp_path: Path, c
     assert comparison["films"] > 0 and "init model" in comparison["verdict"]
     ck = torch.load(out / "model.pt", weights_only=False)
     assert ck["architecture"] == "ensemble" and len(ck["members"]) == 2
+
+
+def test_a_fine_tuned_ensemble_exports_and_resumes(fine_tuned: tuple[Path, str], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    out, _ = fine_tuned
     assert cli_main(["export", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "site.onnx")]) == 0
     assert network_from_onnx(tmp_path / "site.onnx").members == 2
+    assert cli_main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert "init comparison on this run's" in capsys.readouterr().err
 
 
 def test_mix_bundled_adds_shared_training_films_to_the_training_split_only(tmp_path: Path, shared_data: Path) -> None:
