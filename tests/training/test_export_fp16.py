@@ -1,0 +1,50 @@
+"""Float16 weight storage of a shipped file (training/export_fp16.py, issue 22): the check holds
+both AUROCs (abnormal, nodule/mass) to the limit, and the stored file says what it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from cxr_triage.contract.files import file_sha256
+from cxr_triage.contract.model_file import METADATA_KEY, ModelMetadata
+from cxr_triage.inference.scorer import Scorer
+from cxr_triage.training.export import ExportCheckError
+from cxr_triage.training.export_fp16 import MAX_AUROC_CHANGE, _judge, compare_outputs, halve_weights, stamp_half
+
+
+def _outputs(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    return {"score": rng.uniform(0, 1, n), "nodule_score": rng.uniform(0, 1, n)}
+
+
+def test_the_nodule_mass_auroc_is_held_to_the_limit_too(tiny_nodule_model: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = _outputs(rng, 400)
+    labels = (a["score"] + rng.normal(0, 0.3, 400) > 0.5).astype(int)
+    pos = a["nodule_score"] + rng.normal(0, 0.3, 400) > 0.7
+    neg = ~pos & (labels == 0)
+    same = _judge(compare_outputs(tiny_nodule_model, a, dict(a), labels, pos, neg), 400, 0.995, MAX_AUROC_CHANGE)
+    assert same["decision_agreement"] == same["nodule_flag_agreement"] == 1.0
+    assert same["auroc_change"] == same["nodule_auroc_change"] == 0.0
+    moved = {"score": a["score"], "nodule_score": np.where(pos, a["nodule_score"] * 0.9, a["nodule_score"])}
+    res = compare_outputs(tiny_nodule_model, a, moved, labels, pos, neg)
+    assert res["decision_agreement"] == 1.0 and abs(res["nodule_auroc_fp32"] - res["nodule_auroc_fp16"]) > 0.002
+    with pytest.raises(ExportCheckError):
+        _judge(res, 400, 0.995, MAX_AUROC_CHANGE)
+
+
+def test_the_stored_file_names_itself_and_scores_the_same(tiny_nodule_model: Path, tmp_path: Path) -> None:
+    half = halve_weights(tiny_nodule_model, tmp_path / "half.onnx", min_elements=1)
+    x = np.random.default_rng(1).normal(0, 0.3, size=(4, 1, 224, 224)).astype(np.float32)
+    before = Scorer(half, threads=1).score(x)
+    stamp_half(tiny_nodule_model, half, {"val": {"films": 4}})
+    stamp_half(tiny_nodule_model, half, {"val": {"films": 4}})
+    meta = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(half)).metadata_props}[METADATA_KEY])
+    full = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(tiny_nodule_model)).metadata_props}[METADATA_KEY])
+    assert meta.version == full.version + "-fp16"
+    assert meta.extra["float16_storage"] == {"from_sha256": file_sha256(tiny_nodule_model), "checks": {"val": {"films": 4}}}
+    after = Scorer(half, threads=1).score(x)
+    assert np.array_equal(before.scores, after.scores) and np.array_equal(before.nodule_scores, after.nodule_scores)
