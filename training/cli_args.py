@@ -80,9 +80,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
                         "(an ensemble is fine-tuned as one), BatchNorm statistics are frozen, and the run ends by "
                         "pairing the site model with it on the test films. Defaults become: --lr "
                         f"{FINETUNE['lr']:g}, --epochs {FINETUNE['epochs']}, --patience {FINETUNE['patience']}, "
-                        f"--head-epochs {FINETUNE['head_epochs']}")
+                        f"--head-epochs {FINETUNE['head_epochs']} (default: none, ImageNet's weights)")
     g.add_argument("--mix-bundled", type=int, default=d.mix_bundled, metavar="N",
-                   help="add N training films of the bundled model's split (model/default_split.csv, from the "
+                   help="add N training films of the project's split (model/default_split.csv, from the "
                         "shared data: ../shared/data or $CXR_TRIAGE_DATA) to the training split only, so the model "
                         "keeps seeing what it learnt from; validation and test stay the site's films (0: none)")
     g.add_argument("--head-epochs", type=int, default=None,
