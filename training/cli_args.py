@@ -43,7 +43,8 @@ DESCRIPTIONS = {
              "the start and one line per epoch with the time left. A stopped run continues with --resume "
              "(same --out; the recipe comes from <out>/last.pt, only --epochs, --max-minutes, --patience, "
              "--threads... may change; the summary keeps every run). Defaults marked [training] come from "
-             "the config file's [training] section.",
+             "the config file's [training] section. A site with a few hundred films: start from the shipped "
+             "model (--init-from bundled); the run ends by saying whether the site model beats it.",
     "export": "Export a checkpoint to the ONNX file the node runs (calibrated score + heatmap + metadata: "
               "name, version, preprocessing, thresholds), checked against PyTorch on real films; nothing is "
               "written when the check fails.",
