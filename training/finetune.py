@@ -202,7 +202,7 @@ def abnormal_scores(model: Path, x: np.ndarray) -> np.ndarray:
 
 def mix_bundled(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` training on ``<out>/mixed_manifest.csv``: the site's manifest rows plus up to
-    ``cfg.mix_bundled`` training films of the bundled model's split (``model/default_split.csv``,
+    ``cfg.mix_bundled`` training films of the project's split (``model/default_split.csv``,
     sources with both classes, drawn with ``cfg.seed``) from the shared data, each fixed to the
     training split, so validation, calibration and the test comparison stay on the site's films.
     Paths are rewritten relative to the new manifest. FileNotFoundError without the shared data."""
@@ -224,6 +224,6 @@ def mix_bundled(cfg: TrainConfig) -> TrainConfig:
         e.file = os.path.relpath((root / e.file).resolve(), out)
         e.extra.pop("twin", None)
     path = write_manifest([*site, *pick], out / "mixed_manifest.csv")
-    say(f"mixed in {len(pick)} training films of the bundled model's split from {shared} (training split only; "
+    say(f"mixed in {len(pick)} training films of the project's split from {shared} (training split only; "
         f"validation and test stay the site's): {path}")
     return dataclasses.replace(cfg, manifest=str(path), data_root=str(out))
