@@ -105,3 +105,30 @@ def test_truncated_dicom_is_left_out_by_manifest_and_named_by_train(pacs: Path, 
     # a manifest made otherwise: train's reader names the file in one line (a ValueError: exit 2)
     with pytest.raises(FilmReadError, match=r"A2\.dcm: undecodable: .*cxr-triage manifest"):
         load_inputs([Entry(file="A2.dcm", label=1)], pacs, PreprocessSpec(size=64), progress=False)
+
+
+@pytest.mark.parametrize("dataset", ["dicom", "folder"])
+def test_truncated_deflated_dicom_is_left_out_by_name(dataset: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Issue 24 re-run: a deflated film cut in half made pydicom's header read raise zlib.error
+    (a traceback naming no file); it is an undecodable film like any other."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from cxr_triage.dicom_node.tools.film_to_dicom import png_to_dicom, write_dicom
+
+    png, root = _png(tmp_path / "src.png"), tmp_path / "films"
+    for acc, ts in (("A1", None), ("A2", DeflatedExplicitVRLittleEndian)):
+        kw = {"transfer_syntax_uid": ts} if ts else {}
+        write_dicom(png_to_dicom(png, accession_number=acc, **kw), root / f"{acc}.dcm")
+    whole = (root / "A2.dcm").read_bytes()
+    (root / "A2.dcm").write_bytes(whole[: len(whole) // 2])
+    key = "accession_number" if dataset == "dicom" else "file"
+    labels = _csv(tmp_path / "reads.csv", [key, "label"],
+                  [["A1" if dataset == "dicom" else "A1.dcm", "normal"],
+                   ["A2" if dataset == "dicom" else "A2.dcm", "abnormal"]])
+    assert cli_main(["manifest", "--dataset", dataset, "--root", str(root), "--labels", str(labels),
+                     "--out", str(tmp_path / "m.csv")]) == 0
+    left = json.loads(capsys.readouterr().out)["left_out"]
+    bad = left["film(s) that cannot be decoded (truncated or corrupt), left out"]
+    assert bad["count"] == 1 and bad["examples"][0].startswith("A2.dcm (undecodable: ")
+    assert "truncated stream" in bad["examples"][0]

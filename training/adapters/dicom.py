@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cxr_triage.contract.manifest import ManifestError
+from cxr_triage.contract.result import NotAssessable
 from cxr_triage.training.adapters.common import FRONTAL_VIEWS, DatasetError, ImportProblems
 from cxr_triage.training.adapters.site import (
     UNDECODABLE,
@@ -66,7 +67,11 @@ def dicom_folder(root: Path, labels: Path | None = None, key: str = "accession_n
         if not p.is_file() or p.resolve() == labels.resolve() or p.suffix.lower() in (".csv", ".txt", ".json", ".md"):
             continue
         rel = str(p.relative_to(root))
-        ds = dicom_header(p)
+        try:
+            ds = dicom_header(p)
+        except NotAssessable as exc:
+            problems.add(UNDECODABLE, f"{rel} ({exc})")
+            continue
         if ds is None:
             problems.add("file(s) that are not DICOM, not read", rel)
             continue

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cxr_triage.contract.manifest import ManifestError, parse_age
+from cxr_triage.contract.result import NotAssessable
 from cxr_triage.training.adapters.common import FRONTAL_VIEWS, IMAGE_SUFFIXES, DatasetError, ImportProblems
 from cxr_triage.training.adapters.site import (
     UNDECODABLE,
@@ -82,7 +83,11 @@ def folder(root: Path, labels: Path | None = None, columns: Columns | None = Non
                     problems.add("film(s) not readable as PNG/JPEG", rel)
                     continue
             else:
-                ds = dicom_header(path)
+                try:
+                    ds = dicom_header(path)
+                except NotAssessable as exc:
+                    problems.add(UNDECODABLE, f"{rel} ({exc})")
+                    continue
                 if ds is None:
                     problems.add("film(s) neither PNG/JPEG nor DICOM", rel)
                     continue

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from cxr_triage.contract.manifest import ManifestError
 from cxr_triage.contract.patient import parse_age_years
-from cxr_triage.contract.result import NotAssessable
+from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 from cxr_triage.training.adapters.common import DatasetError, ImportProblems
 from cxr_triage.training.manifest import parse_label
 
@@ -62,14 +62,27 @@ def label_reader(abnormal_values: Sequence[str], normal_values: Sequence[str]) -
 
 
 def dicom_header(path: Path):  # -> pydicom Dataset | None
-    """The header of a DICOM file (no pixels), or None when it is not DICOM."""
+    """The header of a DICOM file (no pixels), or None when it is not DICOM.
+
+    Raises NotAssessable (undecodable, with the reason) for a Part 10 file (``DICM`` at byte
+    128) whose header does not read, e.g. a truncated deflated data set (zlib's "incomplete or
+    truncated stream") or a deflate bomb (refused before pydicom inflates it whole)."""
     from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
+
+    # the worker's reader and deflate bound, imported here like read_film (manifest's start-up)
+    from cxr_triage.inference.deflated import DeflateBomb, check_inflated_size
+    from cxr_triage.inference.reader import sniff_kind
 
     try:
+        check_inflated_size(path)
         return dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError):
-        return None
+    except DeflateBomb as exc:
+        raise NotAssessable(NotAssessableReason.UNDECODABLE, str(exc)) from exc
+    except Exception as exc:  # any parser failure (struct, EOF, zlib, VR...) is the same
+        if sniff_kind(path) != "dicom":
+            return None
+        raise NotAssessable(NotAssessableReason.UNDECODABLE,
+                            f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
 
 
 #: the kind under which films that do not decode are left out (``manifest`` prints it)
