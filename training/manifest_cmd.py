@@ -35,6 +35,11 @@ def _adapter_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def _unreadable_labels(problems: ImportProblems) -> bool:
+    """Whether rows were left out for a label no spelling reads (then the LABEL_HINT is printed)."""
+    return any("unreadable label" in kind for kind in problems.counts)
+
+
 def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
     if args.combine:
         return _combine(args.combine, Path(args.out))
@@ -55,13 +60,13 @@ def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
             entries = drop_missing(entries, root, problems)
         if not entries:
             raise DatasetError(f"{root}: no films found for --dataset {args.dataset}"
-                               + (f" ({'; '.join(problems.lines())})" if problems else "")
-                               + (f"; {LABEL_HINT}" if any("unreadable label" in k for k in problems.counts) else ""))
+                               + (f" ({'; '.join(problems.lines())})" if problems else ""))
         if args.split:
             assign_splits(entries, args.val_fraction, args.test_fraction, seed=args.seed)
     except (DatasetError, ManifestError, ValueError, OSError, KeyError) as exc:
         what = f"missing column {exc}" if isinstance(exc, KeyError) else str(exc)
-        print(f"cxr-triage manifest: {what}", file=sys.stderr)
+        print(f"cxr-triage manifest: {what}" + (f"; hint: {LABEL_HINT}" if _unreadable_labels(problems) else ""),
+              file=sys.stderr)
         return 2
     out = Path(args.out)
     base = out.resolve().parent
@@ -81,7 +86,7 @@ def run_manifest(args: argparse.Namespace, cfg: Any = None) -> int:
     write_manifest(entries, out)
     for line in problems.lines():
         print(f"cxr-triage manifest: left out {line}", file=sys.stderr)
-    if any("unreadable label" in kind for kind in problems.counts):
+    if _unreadable_labels(problems):
         print(f"cxr-triage manifest: hint: {LABEL_HINT}", file=sys.stderr)
     by_source: dict[str, dict[str, int]] = {}
     for e in entries:

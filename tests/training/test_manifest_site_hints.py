@@ -132,3 +132,15 @@ def test_truncated_deflated_dicom_is_left_out_by_name(dataset: str, tmp_path: Pa
     bad = left["film(s) that cannot be decoded (truncated or corrupt), left out"]
     assert bad["count"] == 1 and bad["examples"][0].startswith("A2.dcm (undecodable: ")
     assert "truncated stream" in bad["examples"][0]
+
+
+def test_every_label_unreadable_exit_2_names_the_spelling_options(pacs: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Issue 24 re-run: when no label reads, the exit-2 line itself gives the hint the docs promise."""
+    labels = _csv(tmp_path / "reads.csv", ["accession_number", "label"],
+                  [["A1", "Finding"], ["A2", "No Finding"], ["A3", "Finding"]])
+    assert cli_main(["manifest", "--dataset", "dicom", "--root", str(pacs), "--labels", str(labels),
+                     "--out", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no usable DICOM film (3 film(s) whose row has an unreadable label" in err
+    assert "--abnormal-values / --normal-values" in err and len(err.strip().splitlines()) == 1
