@@ -56,10 +56,19 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
                         "accession number, with label) with the node's results; report live sensitivity, specificity and "
                         "workload saved with Wilson CIs, daily drift, and export the discordant films.")
         p.add_argument("--outcomes", type=Path,
-                       help="CSV: study_instance_uid, sop_instance_uid or accession_number, and label")
+                       help="CSV: study_instance_uid, sop_instance_uid or accession_number, and label "
+                            "(--accession-column, --label-column and --abnormal-values/--normal-values "
+                            "name the site's own)")
         p.add_argument("--accession-column", default="accession_number", metavar="NAME",
                        help="the outcomes CSV's accession number column (default accession_number); used when "
                             "it has no study_instance_uid / sop_instance_uid column")
+        p.add_argument("--label-column", default="label", metavar="NAME",
+                       help="the outcomes CSV's label column (default label)")
+        p.add_argument("--abnormal-values", nargs="*", default=[], metavar="VALUE",
+                       help="the site's spellings of abnormal in --label-column, as `manifest` reads them "
+                            "(default: abnormal/1/true/yes/positive/suspicious)")
+        p.add_argument("--normal-values", nargs="*", default=[], metavar="VALUE",
+                       help="the site's spellings of normal (default: normal/0/false/no/negative)")
         p.add_argument("--feedback", action="store_true",
                        help="use the radiologists' accept/reject feedback kept by the worklist (job store) as "
                             "study outcomes (a rejection is discordant); --outcomes rows win where both exist")
@@ -184,7 +193,8 @@ def run_reconcile(args: argparse.Namespace, cfg: Any) -> int:
     outcomes: dict[str, rc.Outcome] = {}
     if args.outcomes:
         try:
-            key, outcomes = rc.read_outcomes(args.outcomes, args.accession_column)
+            key, outcomes = rc.read_outcomes(args.outcomes, args.accession_column, args.label_column,
+                                              args.abnormal_values, args.normal_values)
         except (ValueError, FileNotFoundError) as exc:
             print(f"cxr-triage reconcile: {exc}", file=sys.stderr)
             return 2

@@ -25,17 +25,15 @@ import csv
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+from cxr_triage.contract.manifest import label_reader  # the manifest's label spellings
 from cxr_triage.dicom_node.monitoring.drift import LiveResult as LiveResult
 from cxr_triage.dicom_node.monitoring.drift import live_from_store as live_from_store
 from cxr_triage.dicom_node.monitoring.drift import utc_day_bounds as utc_day_bounds
 from cxr_triage.evaluation import metrics
 from cxr_triage.evaluation.reconcile_keys import ACCESSION_COLUMN
-from cxr_triage.evaluation.sources import (
-    parse_label,  # the harness's label spellings
-    read_sr_folder,
-)
+from cxr_triage.evaluation.sources import read_sr_folder
 
 KEYS = ("study_instance_uid", "sop_instance_uid")
 
@@ -51,42 +49,60 @@ class Outcome:
 
 # ---------------------------------------------------------------- inputs
 
-def read_outcomes(path: str | Path, accession_column: str = ACCESSION_COLUMN) -> tuple[str, dict[str, Outcome]]:
+def read_outcomes(path: str | Path, accession_column: str = ACCESSION_COLUMN, label_column: str = "label",
+                  abnormal_values: Sequence[str] = (), normal_values: Sequence[str] = ()
+                  ) -> tuple[str, dict[str, Outcome]]:
     """(key column, outcomes by key). The key is ``sop_instance_uid`` when the CSV has it
     filled, else ``study_instance_uid`` when it has that column, else the accession number
-    (column ``accession_column``; the key returned is then ``accession_number``). ValueError
-    naming the file (and line) for a missing column, an empty or repeated key, a bad label."""
+    (column ``accession_column``; the key returned is then ``accession_number``). The label is
+    column ``label_column``, read by :func:`~cxr_triage.contract.manifest.label_reader` (the
+    shared spellings, or the site's ``abnormal_values`` / ``normal_values``, as ``manifest``).
+    ValueError naming the file (and line) and the option for a missing column, an empty or
+    repeated key, a bad label."""
     path = Path(path)
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         cols = set(reader.fieldnames or [])
         rows = list(reader)
-    if "label" not in cols or not cols & {*KEYS, accession_column}:
-        raise ValueError(f"{path}: outcomes need a label column and study_instance_uid or sop_instance_uid "
-                         f"(or the accession number: column {accession_column}, --accession-column to name "
-                         f"another); it has {', '.join(sorted(cols))}")
+    missing = ([f"no label column {label_column!r} (--label-column to name another)"]
+               if label_column not in cols else []) + (
+        [f"no study_instance_uid or sop_instance_uid column, nor the accession number's {accession_column!r} "
+         "(--accession-column to name another)"] if not cols & {*KEYS, accession_column} else [])
+    if missing:
+        raise ValueError(f"{path}: outcomes need a label column and study_instance_uid, sop_instance_uid or "
+                         f"the accession number: {'; '.join(missing)}; it has {', '.join(sorted(cols))}")
+    read = _OutcomeRows(path, label_column, label_reader(abnormal_values, normal_values))
     key = "sop_instance_uid" if "sop_instance_uid" in cols and all(
         (r.get("sop_instance_uid") or "").strip() for r in rows) else "study_instance_uid"
     if key not in cols and accession_column in cols:
-        by_accession = _keyed_rows(path, rows, accession_column)
+        by_accession = read.keyed(rows, accession_column)
         for o in by_accession.values():
             o.row[ACCESSION_COLUMN] = o.key
         return ACCESSION_COLUMN, by_accession
     if key not in cols:
         raise ValueError(f"{path}: every row needs a {key}")
-    return key, _keyed_rows(path, rows, key)
+    return key, read.keyed(rows, key)
 
 
-def _keyed_rows(path: Path, rows: list[dict[str, str]], key: str) -> dict[str, Outcome]:
-    out: dict[str, Outcome] = {}
-    for line, row in enumerate(rows, start=2):
-        uid = (row.get(key) or "").strip()
-        if not uid:
-            raise ValueError(f"{path}:{line}: empty {key}")
-        if uid in out:
-            raise ValueError(f"{path}:{line}: {key} {uid} listed twice")
-        out[uid] = Outcome(uid, parse_label(row["label"], f"{path}:{line}"), {k: v or "" for k, v in row.items() if k})
-    return out
+@dataclass
+class _OutcomeRows:
+    """Rows of an outcomes CSV -> Outcome by key (the file, its label column and reader)."""
+
+    path: Path
+    label_column: str
+    label_of: Callable[[str, str], int]
+
+    def keyed(self, rows: list[dict[str, str]], key: str) -> dict[str, Outcome]:
+        out: dict[str, Outcome] = {}
+        for line, row in enumerate(rows, start=2):
+            uid = (row.get(key) or "").strip()
+            if not uid:
+                raise ValueError(f"{self.path}:{line}: empty {key}")
+            if uid in out:
+                raise ValueError(f"{self.path}:{line}: {key} {uid} listed twice")
+            label = self.label_of(row.get(self.label_column) or "", f"{self.path}:{line}")
+            out[uid] = Outcome(uid, label, {k: v or "" for k, v in row.items() if k})
+        return out
 
 
 def live_from_srs(folder: str | Path) -> list[LiveResult]:

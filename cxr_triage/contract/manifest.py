@@ -23,6 +23,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 from cxr_triage.contract.patient import parse_age_years
 
@@ -48,6 +49,32 @@ def parse_label(value: object, where: str = "") -> int:
         return 0
     prefix = f"{where}: " if where else ""
     raise ManifestError(f"{prefix}label {value!r} is neither normal nor abnormal")
+
+
+def label_reader(abnormal_values: Sequence[str], normal_values: Sequence[str]) -> Callable[[str, str], int]:
+    """A reader of label text (value, where) -> 1 (abnormal) / 0 (normal): the one definition of
+    the site spellings behind ``manifest`` and ``reconcile``'s ``--abnormal-values`` /
+    ``--normal-values``. ManifestError naming ``where`` for an empty or unread label.
+
+    Without site spellings: the manifest's shared ones (normal/abnormal, 0/1, ...). With
+    ``abnormal_values`` only: those are abnormal, any other non-empty value normal; with
+    ``normal_values`` only: the reverse; with both: a value in neither is an error."""
+    abn = {v.strip().lower() for v in abnormal_values if v.strip()}
+    nor = {v.strip().lower() for v in normal_values if v.strip()}
+
+    def read(value: str, where: str) -> int:
+        v = (value or "").strip().lower()
+        if not v:
+            raise ManifestError(f"{where}: empty label")
+        if not abn and not nor:
+            return parse_label(value, where)
+        if v in abn or (nor and not abn and v not in nor):
+            return 1
+        if v in nor or (abn and not nor):
+            return 0
+        raise ManifestError(f"{where}: label {value!r} is in neither --abnormal-values nor --normal-values")
+
+    return read
 
 
 def label_text(label: int) -> str:
@@ -131,5 +158,5 @@ def read_manifest_rows(path: str | Path) -> list[ManifestRow]:
 
 
 __all__ = ["COLUMNS", "REQUIRED", "POSITIVE_LABELS", "NEGATIVE_LABELS", "ManifestError", "ManifestRow",
-           "parse_label", "label_text", "parse_age", "age_text", "parse_flag", "parse_row",
+           "parse_label", "label_reader", "label_text", "parse_age", "age_text", "parse_flag", "parse_row",
            "read_manifest_rows"]

@@ -99,3 +99,22 @@ def test_missing_key_column_names_the_option(tmp_path: Path) -> None:
         rc.read_outcomes(bad)
     key, outcomes = rc.read_outcomes(bad, "acc_no")
     assert key == "accession_number" and outcomes["1"].row["accession_number"] == "1"
+
+
+def test_site_label_column_and_spellings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 24 re-run: outcomes `Accession,Result` were refused; --accession-column,
+    --label-column and the manifest's --abnormal-values/--normal-values read them."""
+    from cxr_triage.cli import main as cli_main
+
+    path = write_csv(tmp_path / "outcomes.csv", ["Accession", "Result"],
+                     [["A1", "Finding"], ["A2", "No Finding"]])
+    with pytest.raises(ValueError, match=r"no label column 'label' \(--label-column.*--accession-column"):
+        rc.read_outcomes(path)
+    with pytest.raises(ValueError, match=r"outcomes\.csv:2: label 'Finding' is neither normal nor abnormal"):
+        rc.read_outcomes(path, "Accession", "Result")
+    key, outcomes = rc.read_outcomes(path, "Accession", "Result", ["Finding"], ["No Finding"])
+    assert key == "accession_number" and {k: o.label for k, o in outcomes.items()} == {"A1": 1, "A2": 0}
+
+    assert cli_main(["reconcile", "--outcomes", str(path), "--srs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cxr-triage reconcile: ") and "--label-column" in err and "Traceback" not in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cxr_triage.contract.manifest import ManifestError
+from cxr_triage.contract.manifest import ManifestError, label_reader
 from cxr_triage.contract.result import NotAssessable
 from cxr_triage.training.adapters.common import FRONTAL_VIEWS, DatasetError, ImportProblems
 from cxr_triage.training.adapters.site import (
@@ -14,7 +14,6 @@ from cxr_triage.training.adapters.site import (
     dicom_header,
     film_problem,
     header_fields,
-    label_reader,
     read_labels,
 )
 from cxr_triage.training.manifest import Entry

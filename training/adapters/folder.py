@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cxr_triage.contract.manifest import ManifestError, parse_age
+from cxr_triage.contract.manifest import ManifestError, label_reader, parse_age
 from cxr_triage.contract.result import NotAssessable
 from cxr_triage.training.adapters.common import FRONTAL_VIEWS, IMAGE_SUFFIXES, DatasetError, ImportProblems
 from cxr_triage.training.adapters.site import (
@@ -15,7 +15,6 @@ from cxr_triage.training.adapters.site import (
     film_problem,
     header_fields,
     image_readable,
-    label_reader,
     read_labels,
 )
 from cxr_triage.training.manifest import Entry

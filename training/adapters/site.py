@@ -8,13 +8,10 @@ import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-from cxr_triage.contract.manifest import ManifestError
 from cxr_triage.contract.patient import parse_age_years
 from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 from cxr_triage.training.adapters.common import DatasetError, ImportProblems
-from cxr_triage.training.manifest import parse_label
 
 
 @dataclass
@@ -35,30 +32,6 @@ class Columns:
 def hash_id(value: str) -> str:
     """A stable pseudonym for a patient id read from a DICOM header (no PHI in the manifest)."""
     return "pid-" + hashlib.sha256(value.encode()).hexdigest()[:16]
-
-
-def label_reader(abnormal_values: Sequence[str], normal_values: Sequence[str]) -> Callable[[str, str], int]:
-    """label text -> 1 (abnormal) / 0 (normal).
-
-    Without site spellings: the manifest's shared ones (normal/abnormal, 0/1, ...). With
-    ``abnormal_values`` only: those are abnormal, any other non-empty value normal; with
-    ``normal_values`` only: the reverse; with both: a value in neither is an error."""
-    abn = {v.strip().lower() for v in abnormal_values if v.strip()}
-    nor = {v.strip().lower() for v in normal_values if v.strip()}
-
-    def read(value: str, where: str) -> int:
-        v = (value or "").strip().lower()
-        if not v:
-            raise ManifestError(f"{where}: empty label")
-        if not abn and not nor:
-            return parse_label(value)
-        if v in abn or (nor and not abn and v not in nor):
-            return 1
-        if v in nor or (abn and not nor):
-            return 0
-        raise ManifestError(f"{where}: label {value!r} is in neither --abnormal-values nor --normal-values")
-
-    return read
 
 
 def dicom_header(path: Path):  # -> pydicom Dataset | None
