@@ -8,6 +8,7 @@ The command-line face of :func:`film_to_dicom.png_to_dicom` (also
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,6 +51,22 @@ def _manifest_info(path: Path) -> dict[Path, dict[str, str]]:
                 p = Path(name)
                 rows[(p if p.is_absolute() else path.parent / p).resolve()] = {k: (v or "") for k, v in row.items() if k}
     return rows
+
+
+def _unmatched_lines(manifest: Path, films: Sequence[Path], info: dict[Path, dict[str, str]]) -> list[str]:
+    """What ``--manifest`` did not cover, for stderr: none when every film has a row; else the
+    count, a few films and the path rule (a row's ``file`` is relative to the manifest's folder,
+    or absolute), and the manifest's first rows for comparison."""
+    missing = [f for f in films if f.resolve() not in info]
+    if not missing:
+        return []
+    folder = manifest.resolve().parent
+    some = ", ".join(str(f) for f in missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+    rows = ", ".join(os.path.relpath(p, folder) for p in list(info)[:2]) or "none"
+    what = ("no film matches a row: nothing wrapped" if len(missing) == len(films) else
+            "they are wrapped without its values (Patient's Name Anonymous, no Accession Number)")
+    return [f"--manifest {manifest}: {len(missing)} of {len(films)} film(s) have no row: {some}; its file "
+            f"column is read relative to the manifest's folder {folder} (or absolute), e.g. rows {rows}; {what}"]
 
 
 def _view_position(text: str) -> str:
@@ -106,7 +123,9 @@ def add_arguments(p: Any) -> None:
                    help="8..16 (default: 8 for JPEG Baseline, else 12)")
     p.add_argument("--monochrome1", action="store_true", help="write MONOCHROME1 (inverted) pixels")
     p.add_argument("--manifest", help="manifest CSV (file, patient_id, patient_name, accession_number, age, sex, "
-                                      "view): per-film header values; an option given on the command line wins")
+                                      "view): per-film header values; an option given on the command line wins. "
+                                      "A row's file is a path relative to the manifest's folder (or absolute); "
+                                      "films without a row are named on stderr, and none matching is exit 2")
     p.add_argument("--patient-id", default="", help="Patient ID of every film (default: the manifest's, else a "
                    "pseudonym made from the file name)")
     p.add_argument("--patient-name", default="", help="Patient's Name of every film, DICOM PN (Doe^Jane) "
@@ -121,7 +140,8 @@ def add_arguments(p: Any) -> None:
 
 
 def run(args: Any, cfg: Any = None) -> int:
-    """Wrap every film; one line per unreadable film; exit 0, 1 (some failed) or 2 (bad options)."""
+    """Wrap every film; one line per unreadable film; exit 0, 1 (some failed) or 2 (bad options, or a
+    --manifest that matches none of the films: nothing written)."""
     import csv
     import hashlib
     import logging
@@ -150,6 +170,12 @@ def run(args: Any, cfg: Any = None) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         print(f"cxr-triage wrap: manifest not readable: {exc}", file=sys.stderr)
         return 2
+    if args.manifest:
+        unmatched = _unmatched_lines(Path(args.manifest), films, info)
+        for line in unmatched:
+            print(f"cxr-triage wrap: {line}", file=sys.stderr)
+        if all(f.resolve() not in info for f in films):
+            return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     study = generate_uid() if args.one_study else None

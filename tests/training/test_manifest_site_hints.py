@@ -144,3 +144,25 @@ def test_every_label_unreadable_exit_2_names_the_spelling_options(pacs: Path, tm
     err = capsys.readouterr().err
     assert "no usable DICOM film (3 film(s) whose row has an unreadable label" in err
     assert "--abnormal-values / --normal-values" in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrap_names_films_its_manifest_does_not_match(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 24 re-run: rows are matched by paths relative to the manifest's folder; films without
+    a row were wrapped as Anonymous silently (exit 0). Now named on stderr; none matching: exit 2."""
+    films = tmp_path / "films"
+    for n in ("a", "b", "c"):
+        _png(films / f"{n}.png")
+    (tmp_path / "lists").mkdir()
+    wrong = _csv(tmp_path / "lists" / "films.csv", ["file", "accession_number"],
+                 [["films/a.png", "RIS-1"], ["films/b.png", "RIS-2"]])   # relative to the wrong folder
+    out = tmp_path / "dcm"
+    assert cli_main(["wrap", str(films), "--out", str(out), "--manifest", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert "3 of 3 film(s) have no row" in err and "relative to the manifest's folder" in err
+    assert str(tmp_path / "lists") in err and not out.exists()
+
+    some = _csv(tmp_path / "films.csv", ["file", "accession_number"], [["films/a.png", "RIS-1"]])
+    assert cli_main(["wrap", str(films), "--out", str(out), "--manifest", str(some)]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 3 film(s) have no row" in err and "b.png" in err and "Anonymous" in err
+    assert pydicom.dcmread(out / "a.dcm").AccessionNumber == "RIS-1"
