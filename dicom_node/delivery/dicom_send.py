@@ -129,11 +129,15 @@ def _needed_contexts(objects: list[ResultObject]) -> Contexts:
 
 
 def _request_contexts(ae: AE, contexts: Contexts) -> None:
-    """One context for each compressed transfer syntax of a class, and one uncompressed."""
+    """One context for each transfer syntax of a class, uncompressed ones included: an
+    acceptor given one context with both uncompressed syntaxes may pick Implicit VR (pynetdicom
+    does), and the SR file (Explicit VR) was then converted on the way: ~40 ms for the 9 KB
+    SR's nested content tree, against ~1 ms to send it in its own syntax."""
     for sop_class in sorted(contexts):
         for ts in sorted(contexts[sop_class] - set(_UNCOMPRESSED)):
             ae.add_requested_context(sop_class, [ts])
-        ae.add_requested_context(sop_class, _UNCOMPRESSED)
+        for ts in _UNCOMPRESSED:
+            ae.add_requested_context(sop_class, [ts])
 
 
 class HeldAssociation:
