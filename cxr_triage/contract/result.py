@@ -171,6 +171,11 @@ class StudyResult:
     priors: list[PriorStudy] = field(default_factory=list)
     #: set when a prior result raised a likely-normal call to suspicious
     escalation: Escalation | None = None
+    #: the point the node decides at (a site threshold's under ``--site-threshold``), set by the
+    #: worker so that a study no film was scored in states it too; None: a scored film's, else
+    #: the model's default
+    operating_point: str | None = None
+    threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -312,10 +312,13 @@ def _observer(meta: ModelMetadata) -> hd.sr.ObserverContext:
 
 
 def _operating_point(study: StudyResult, meta: ModelMetadata) -> tuple[str, float | None]:
-    """The operating point the films were decided at (the model's default if none says)."""
+    """The operating point the films were decided at: a scored film's, else the study's (the
+    served point, also for a study none of whose films was scored), else the model's default."""
     for film in study.films:
         if film.operating_point and film.threshold is not None:
             return film.operating_point, float(film.threshold)
+    if study.operating_point and study.threshold is not None:
+        return study.operating_point, float(study.threshold)
     try:
         return meta.threshold(None)
     except KeyError:

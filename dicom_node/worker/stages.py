@@ -72,6 +72,8 @@ class FilmTriager(Protocol):
     scoring model's own metadata (for the SR's algorithm identification)."""
 
     meta: ModelMetadata
+    operating_point: str   # the served point and its threshold (stated by every result)
+    threshold: float
 
     def triage_dataset(self, ds: Dataset, source: str) -> FilmResult: ...
 
@@ -175,7 +177,8 @@ def score_instances(ctx: StudyContext, job: StudyJob) -> None:
 
 def aggregate(ctx: StudyContext, job: StudyJob) -> None:
     """One result per study (``cxr_triage.contract.result.aggregate_study``)."""
-    job.result = aggregate_study(job.study_uid, job.films)
+    job.result = replace(aggregate_study(job.study_uid, job.films), operating_point=ctx.triager.operating_point,
+                         threshold=ctx.triager.threshold)
 
 
 def look_at_priors(ctx: StudyContext, job: StudyJob) -> None:

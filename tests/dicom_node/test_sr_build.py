@@ -440,3 +440,23 @@ def test_reader_refuses_a_nodule_flag_that_is_not_present_or_absent(meta):
             item.ConceptCodeSequence[0].CodeValue = "CXRT999"
     with pytest.raises(ValueError, match="not a readable"):
         read_result_sr(sr)
+
+
+def test_not_assessable_study_states_the_served_operating_point(meta, tmp_path):
+    """Issue 24 re-run: under --site-threshold a study no film was scored in said the model's
+    stored point (sens_0.98) in its SR and HL7; the worker's aggregate stage gives it the served one."""
+    from types import SimpleNamespace
+
+    from cxr_triage.dicom_node.delivery.hl7 import build_oru
+    from cxr_triage.dicom_node.worker.stages import StudyJob, aggregate
+
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    job = StudyJob(study_uid, [], films=[film_result(source, D.NOT_ASSESSABLE, None, R.LATERAL_VIEW, meta)])
+    served = SimpleNamespace(meta=meta, operating_point="site:s24:sens_0.98_lb95", threshold=0.1234)
+    aggregate(SimpleNamespace(triager=served), job)  # type: ignore[arg-type]
+    back = reread(save(build_result_sr(job.study_result(), [source], meta), tmp_path / "sr.dcm"))
+    parsed = read_result_sr(back)
+    assert (parsed.operating_point, parsed.threshold) == ("site:s24:sens_0.98_lb95", pytest.approx(0.1234))
+    oru = build_oru(back, control_id="1", sending_application="CXRTRIAGE", receiving_application="RIS")
+    assert "site:s24:sens_0.98_lb95" in oru and "|sens_0.98|" not in oru and "0.2875" not in oru
