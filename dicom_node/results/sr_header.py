@@ -150,10 +150,14 @@ def short_reason(reason: NotAssessableReason) -> str:
 
 
 def header_description(prefix: str, decision: Decision,
-                       reasons: Sequence[NotAssessableReason] = ()) -> str:
+                       reasons: Sequence[NotAssessableReason] = (), fallback_prefix: str = "") -> str:
     """A Series Description (LO, at most 64 characters) that carries the decision, e.g.
     "AI triage: SUSPICIOUS - research, not for diagnosis", so that PACS lists, routing
-    rules and viewers that never open the content tree still show it."""
+    rules and viewers that never open the content tree still show it.
+
+    A not-assessable reason that does not fit after ``prefix`` is shown after
+    ``fallback_prefix`` (the summary image's "AI triage summary" falls back to the SR's "AI
+    triage"), so the summary image states the same reason as the SR, word for word."""
     label = _HEADER_LABELS[decision]
     tails = (" - research, not for diagnosis", " - not for diagnosis")
     shown: list[str] = []
@@ -161,8 +165,8 @@ def header_description(prefix: str, decision: Decision,
         shown += [", ".join(names)] if names else []
         if len(names) > 1:
             shown.append(f"{names[0]}, +{len(names) - 1}")
-    # the reason matters more than the word "research"; the decision most of all
-    candidates = [f"{prefix}: {label} ({r}){t}" for r in shown for t in tails]
+    # the reason matters more than the word "research" or the prefix's own word; the decision most of all
+    candidates = [f"{p}: {label} ({r}){t}" for p in (prefix, fallback_prefix) if p for r in shown for t in tails]
     candidates += [f"{prefix}: {label}{t}" for t in tails]
     for text in candidates:
         if len(text) <= _LO_MAX:

@@ -27,6 +27,7 @@ from pydicom import Dataset
 from cxr_triage.contract.model_file import ModelMetadata
 from cxr_triage.contract.result import FilmResult, StudyResult
 from cxr_triage.dicom_node.results.sr import AMENDED_SUFFIX, Amendment
+from cxr_triage.dicom_node.results.sr import SERIES_PREFIX as SR_SERIES_PREFIX
 from cxr_triage.dicom_node.results.sr_content import study_reasons
 from cxr_triage.dicom_node.results.sr_header import (
     SOFTWARE_NAME,
@@ -64,14 +65,13 @@ def build_summary_images(
     (``amends``) continue the replaced result's series after its last Instance Number, say
     "amended" in the Series Description and carry an AMENDED line."""
     by_uid = {str(s.SOPInstanceUID): s for s in sources}
-    prefix, first = SERIES_PREFIX, 1
+    prefix, first, suffix = SERIES_PREFIX, 1, AMENDED_SUFFIX if amends is not None else ""
     if amends is not None and amends.sc_series_uid:
         series_uid, first = amends.sc_series_uid, amends.sc_last_instance_number + 1
-    if amends is not None:
-        prefix = SERIES_PREFIX + AMENDED_SUFFIX
     series_uid = series_uid or hd.UID()
-    # one series per study: its description carries the study's decision
-    description = header_description(prefix, study.decision, study_reasons(study))
+    # one series per study: its description carries the study's decision and, as the SR's, its reason
+    description = header_description(prefix + suffix, study.decision, study_reasons(study),
+                                     fallback_prefix=SR_SERIES_PREFIX + suffix)
     images = []
     for number, film in enumerate(study.films, start=first):
         source = by_uid.get(str(film.sop_instance_uid))
@@ -144,7 +144,7 @@ def build_summary_image(
             manufacturer=meta.manufacturer or SOFTWARE_NAME,
             patient_orientation=orientation or ("L", "F"),
             series_description=series_description or header_description(
-                SERIES_PREFIX, film.decision, [film.reason] if film.reason else []),
+                SERIES_PREFIX, film.decision, [film.reason] if film.reason else [], fallback_prefix=SR_SERIES_PREFIX),
             manufacturer_model_name=SOFTWARE_NAME,
             software_versions=f"{meta.name} {meta.version}",
         )

@@ -73,7 +73,7 @@ def test_storescu_to_node_to_storescp(tmp_path: Path, model_path: Path, sample_d
         srs = [ds for ds in dest.received() if str(ds.SOPClassUID).startswith(SR_PREFIX)]
         assert all(ds.Modality == "SR" for ds in srs)
         # summary images (one per triaged film) also land in the source study
-        scs = [ds for ds in dest.received() if ds.get("SeriesDescription", "").startswith("AI triage summary")]
+        scs = [ds for ds in dest.received() if str(ds.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.7"]  # Secondary Capture
         assert {str(ds.StudyInstanceUID) for ds in scs} <= studies and scs
         # one delivery per object: each SR and each summary image
         objects = len(srs) + len(scs)

@@ -76,7 +76,8 @@ def test_real_samples_valid_and_in_source_study(name, decision, reason, sample_d
         assert str(back.get(keyword, "")) == str(source.get(keyword, "")), keyword
     assert back.BurnedInAnnotation == "YES"
     label = decision.value.replace("_", " ").upper()
-    assert back.SeriesDescription.startswith(f"{SERIES_PREFIX}: {label}")
+    # a not-assessable reason is stated as in the SR ("AI triage: NOT ASSESSABLE (not human) ...")
+    assert back.SeriesDescription.startswith((f"{SERIES_PREFIX}: {label}", f"AI triage: {label} ("))
     assert "not for diagnosis" in back.SeriesDescription and len(back.SeriesDescription) <= 64
     assert back.SeriesDate and back.SeriesTime
     # no empty Laterality: the source's when it has one, else none (the chest is unpaired)
@@ -264,3 +265,19 @@ def test_triager_keeps_pixels_only_when_asked(sample_dicoms, tiny_model):
     assert Triager(cfg).triage_dataset(ds, "a").pixels is None
     kept = Triager(cfg, keep_pixels=True).triage_dataset(ds, "b").pixels
     assert kept is not None and kept.dtype == np.float32 and kept.shape == (int(ds.Rows), int(ds.Columns))
+
+
+@pytest.mark.parametrize("reason", list(NotAssessableReason))
+def test_not_assessable_summary_states_the_srs_reason(reason, meta):
+    """Issue 24 re-run: the SR said "AI triage: NOT ASSESSABLE (lateral view) - not for diagnosis",
+    the summary image no reason ("AI triage summary" left no room): both now say the same."""
+    from cxr_triage.dicom_node.results.sr import SERIES_PREFIX as SR_PREFIX
+    from cxr_triage.dicom_node.results.sr_content import study_reasons
+    from cxr_triage.dicom_node.results.sr_header import header_description
+
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    study = aggregate_study(study_uid, [result(source, Decision.NOT_ASSESSABLE, meta, reason=reason)])
+    [image] = build_summary_images(study, [source], meta)
+    sr_text = header_description(SR_PREFIX, study.decision, study_reasons(study))
+    assert image.SeriesDescription == sr_text and sr_text.startswith("AI triage: NOT ASSESSABLE (")
