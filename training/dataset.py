@@ -24,21 +24,34 @@ from cxr_triage.training.manifest import Entry, resolve
 log = logging.getLogger(__name__)
 
 
+#: how many undecodable films a FilmReadError names before "and N more"
+SHOWN_BAD_FILMS = 5
+
+
 class FilmReadError(ValueError):
-    """A manifest film that cannot be decoded: one line naming the file (``train`` prints it,
-    exit 2, no traceback)."""
+    """Manifest films that cannot be decoded: one message naming them (the first
+    :data:`SHOWN_BAD_FILMS`, then a count; ``train`` prints it, exit 2, no traceback).
+    ``bad``: (resolved path, the reader's reason) of every one."""
+
+    def __init__(self, bad: Sequence[tuple[str, str]]):
+        self.bad = list(bad)
+        shown = "; ".join(f"{path}: {why}" for path, why in self.bad[:SHOWN_BAD_FILMS])
+        more = f"; and {len(self.bad) - SHOWN_BAD_FILMS} more" if len(self.bad) > SHOWN_BAD_FILMS else ""
+        many = len(self.bad) > 1
+        super().__init__(f"{f'{len(self.bad)} films cannot be decoded: ' if many else ''}{shown}{more}; leave "
+                         f"{'them' if many else 'it'} out of the manifest (`cxr-triage manifest` decodes every "
+                         "film and leaves broken ones out)")
 
 
 def read_pixels(path: Path) -> np.ndarray:
     """Decode a film to float32 (H, W) in [0, 1], MONOCHROME2, with the worker's reader.
 
-    Raises :class:`FilmReadError` naming ``path`` when it cannot be decoded (truncated, not a
-    film, missing)."""
+    Raises :class:`FilmReadError` naming ``path`` (resolved) when it cannot be decoded
+    (truncated, not a film, missing)."""
     try:
         return np.asarray(read_film(path).pixels, dtype=np.float32)
     except NotAssessable as exc:
-        raise FilmReadError(f"{path}: {exc}; leave it out of the manifest (`cxr-triage manifest` decodes "
-                            "every film and leaves broken ones out)") from None
+        raise FilmReadError([(str(Path(path).resolve()), str(exc))]) from None
 
 
 def cache_key(entries: Sequence[Entry], root: Path, spec: PreprocessSpec) -> str:
@@ -55,7 +68,8 @@ def cache_key(entries: Sequence[Entry], root: Path, spec: PreprocessSpec) -> str
 
 def load_inputs(entries: Sequence[Entry], root: Path, spec: PreprocessSpec,
                 cache_dir: Path | None = None, progress: bool = True) -> np.ndarray:
-    """(N, 1, S, S) float16 preprocessed films, from the cache when it matches."""
+    """(N, 1, S, S) float16 preprocessed films, from the cache when it matches. FilmReadError
+    naming every film that does not decode (after reading them all)."""
     cache = None
     if cache_dir is not None:
         cache = Path(cache_dir) / f"inputs_{cache_key(entries, root, spec)}.npy"
@@ -70,8 +84,14 @@ def load_inputs(entries: Sequence[Entry], root: Path, spec: PreprocessSpec,
         from tqdm import tqdm
 
         it = tqdm(it, total=len(entries), desc="preprocess", unit="film", mininterval=5)
+    bad: list[tuple[str, str]] = []
     for i, e in it:
-        out[i] = preprocess(read_pixels(resolve(e, root)), spec)
+        try:
+            out[i] = preprocess(read_pixels(resolve(e, root)), spec)
+        except FilmReadError as exc:  # every broken film is named, not just the first
+            bad += exc.bad
+    if bad:
+        raise FilmReadError(bad)
     if cache is not None:
         save_npy_atomic(cache, out)
     return out

@@ -18,6 +18,7 @@ import numpy as np
 from cxr_triage.training.augment import PipelineAugment
 from cxr_triage.training.dataset import (
     FilmDataset,
+    FilmReadError,
     cache_key,
     eval_transforms,
     load_films,
@@ -155,8 +156,19 @@ def _load_inputs(cfg: TrainConfig, rt: Runtime, train_e: list[Entry], val_e: lis
                  cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(training, validation) preprocessed films; rank 0 fills the cache first, the others then read it."""
     spec = cfg.spec()
-    return rt.rank0_first(lambda main: (load_inputs(train_e, root, spec, cache_dir, cfg.progress and main),
-                                        load_inputs(val_e, root, spec, cache_dir, cfg.progress and main)))
+
+    def both(main: bool) -> tuple[np.ndarray, np.ndarray]:
+        arrays, bad = [], []
+        for part in (train_e, val_e):
+            try:
+                arrays.append(load_inputs(part, root, spec, cache_dir, cfg.progress and main))
+            except FilmReadError as exc:  # name the validation films' too, in one message
+                bad += exc.bad
+        if bad:
+            raise FilmReadError(bad)
+        return arrays[0], arrays[1]
+
+    return rt.rank0_first(both)
 
 
 @dataclass

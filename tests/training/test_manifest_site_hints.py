@@ -166,3 +166,23 @@ def test_wrap_names_films_its_manifest_does_not_match(tmp_path: Path, capsys: py
     err = capsys.readouterr().err
     assert "2 of 3 film(s) have no row" in err and "b.png" in err and "Anonymous" in err
     assert pydicom.dcmread(out / "a.dcm").AccessionNumber == "RIS-1"
+
+
+def test_train_names_every_undecodable_film_with_clean_paths(pacs: Path) -> None:
+    """Issue 24 re-run: train stopped at the first broken film, named as runs/bad/../../x.dcm;
+    every one is named now (the first few, then a count), by its resolved path."""
+    from cxr_triage.contract.preprocessing import PreprocessSpec
+    from cxr_triage.training.dataset import SHOWN_BAD_FILMS, FilmReadError, load_inputs
+    from cxr_triage.training.manifest import Entry
+
+    whole = (pacs / "A1.dcm").read_bytes()
+    names = [f"B{i}.dcm" for i in range(SHOWN_BAD_FILMS + 2)]
+    for name in names:
+        (pacs / name).write_bytes(whole[: len(whole) // 2])
+    entries = [Entry(file="A2.dcm", label=0)] + [Entry(file=f"../{pacs.name}/{n}", label=1) for n in names]
+    with pytest.raises(FilmReadError) as err:
+        load_inputs(entries, pacs, PreprocessSpec(size=64), progress=False)
+    text = str(err.value)
+    assert text.startswith(f"{len(names)} films cannot be decoded: {pacs.resolve() / 'B0.dcm'}: undecodable")
+    assert "/../" not in text and "; and 2 more; leave them out of the manifest" in text
+    assert [Path(p).name for p, _ in err.value.bad] == names
