@@ -151,6 +151,7 @@ def compare_with_init(cfg: TrainConfig, entries: list[Any], root: Path) -> dict[
     # metrics imports SciPy; dataset and checkpoints torch: only once a run has finished
     from cxr_triage.evaluation.metrics import compare_models
     from cxr_triage.training.dataset import load_inputs
+    from cxr_triage.training.report_figures import paired_verdict
 
     out = Path(cfg.out)
     test_e = [e for e in entries if e.split == "test"]
@@ -162,11 +163,7 @@ def compare_with_init(cfg: TrainConfig, entries: list[Any], root: Path) -> dict[
     a, b = abnormal_scores(out / "model.pt", x), abnormal_scores(Path(cfg.init_from), x)
     res = compare_models(y, a, b, [e.patient_id or e.file for e in test_e], targets=(), n_boot=1000)
     d, boot = res["auroc_delong"], res["auroc_bootstrap"]
-    verdict = ("better than the init model on these films (the CI lies above 0)" if boot["low"] > 0 else
-               "NOT better than the init model (the difference is not above 0): keep serving the init model"
-               if boot["difference"] <= 0 else
-               "not shown to be better (the CI includes 0): keep serving the init model unless separate films "
-               "show a gain")
+    verdict = paired_verdict(boot["difference"], boot["low"], "the init model")
     summary = {"films": int(y.size), "abnormal": int(y.sum()), "auroc_site": round(d["auroc_a"], 4),
                "auroc_init": round(d["auroc_b"], 4), "difference": round(boot["difference"], 4),
                "paired_bootstrap_ci95": [round(boot["low"], 4), round(boot["high"], 4)],

@@ -162,6 +162,18 @@ def build_report(scores: np.ndarray, entries: Sequence[Entry], thresholds: dict[
     return rep
 
 
+def paired_verdict(difference: float, low: float, other: str) -> str:
+    """The plain verdict on a paired AUROC comparison (this model minus ``other``, e.g. "the init
+    model"): better only when the paired bootstrap 95% CI's ``low`` end lies above 0. The one
+    wording of ``train --init-from`` and ``report --compare``."""
+    if low > 0:
+        return f"better than {other} on these films (the CI lies above 0)"
+    if difference <= 0:
+        return f"NOT better than {other} (the difference is not above 0): keep serving {other}"
+    return (f"not shown to be better (the CI includes 0): keep serving {other} unless separate films "
+            "show a gain")
+
+
 def _comparison(entries: list[Entry], a: np.ndarray, b: np.ndarray, head: list[int], name_b: str,
                 thresholds_b: dict[str, float], n_boot: int, seed: int) -> dict[str, Any]:
     """Paired comparison on the same films: this model (a) minus the compared one (b)."""
@@ -183,12 +195,16 @@ def _comparison(entries: list[Entry], a: np.ndarray, b: np.ndarray, head: list[i
                 "delong_p_value": round(out["auroc_delong"]["p_value"], 4),
                 "workload_at_equal_sensitivity": out["workload_at_equal_sensitivity"]}
 
+    headline = paired(head, (0.95, 0.98, 0.99))
+    if headline is not None:
+        headline["verdict"] = paired_verdict(headline["difference"], headline["paired_bootstrap_ci95"][0],
+                                             "the compared model")
     return {
         "model_b": name_b,
         "note": "difference = this model minus the compared model, on the same films; CI: patient-level "
                 "paired bootstrap; workload = share of films called likely normal with each model's "
                 "threshold set to reach the target sensitivity on these films",
-        "headline": paired(head, (0.95, 0.98, 0.99)),
+        "headline": headline,
         "by_source": {src: paired(idx, ()) for src, idx in group_by(entries, _source).items()},
         "model_b_headline": figures(b[head], [entries[i] for i in head], thresholds_b, n_boot, seed),
         "model_b_by_source": {src: figures(b[idx], [entries[i] for i in idx], thresholds_b, n_boot, seed)

@@ -72,6 +72,8 @@ def terminal_summary(rep: dict[str, Any]) -> str:
     if cmp_:
         lines.append(f"paired comparison with {cmp_['model_b']} (this model minus it):")
         lines += _comparison_rows(cmp_, _COMPARISON_TEXT, "source ")
+        if (cmp_["headline"] or {}).get("verdict"):
+            lines.append(f"    verdict: this model is {cmp_['headline']['verdict']}")
         for w in (cmp_["headline"] or {}).get("workload_at_equal_sensitivity", []):
             lines.append(f"    all films called likely normal with each model's threshold re-chosen on these films for "
                          f"sensitivity {w['target_sensitivity']:g}: {w['workload_a']:.1%} vs "
@@ -176,6 +178,8 @@ def render_html(rep: dict[str, Any]) -> str:
                      "<th>difference (paired bootstrap 95% CI)</th><th>DeLong p</th></tr>")
         parts += _comparison_rows(cmp_, _COMPARISON_HTML, "", html.escape)
         parts.append("</table>")
+        if (cmp_["headline"] or {}).get("verdict"):
+            parts.append(f"<p><b>Verdict:</b> this model is {e(cmp_['headline']['verdict'])}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

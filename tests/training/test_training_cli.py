@@ -253,6 +253,7 @@ def test_report_command_per_source_view_and_paired_comparison(site_manifest: Pat
     lo, hi = head["paired_bootstrap_ci95"]
     assert lo <= head["difference"] <= hi
     assert "paired comparison with site-b" in out and "view AP" in out
+    assert f"verdict: this model is {head['verdict']}" in out and "the compared model" in head["verdict"]
     # the report says it scores without the intended-use gate, and what the gate would refuse
     gate = rep["intended_use_gate"]
     assert gate["applied"] is False and "scored without the intended-use gate" in out
@@ -260,11 +261,23 @@ def test_report_command_per_source_view_and_paired_comparison(site_manifest: Pat
     assert gate["films"] == len(_split_paths(run / "split.csv"))
     assert gate["the_gate_would_refuse"].get("too_small", 0) == small
     html = (tmp_path / "rep" / "test_report.html").read_text()
-    assert "Paired comparison" in html and "site-a 2" in html
+    assert "Paired comparison" in html and "site-a 2" in html and "<b>Verdict:</b> this model is" in html
     # missing films: named, exit 2, one line
     rc = cli_main(["report", "--model", str(a), "--manifest", str(run / "split.csv"), "--data-root", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "not found" in err and err.count("\n") == 1
+
+
+def test_paired_verdict_is_one_wording_for_report_and_init_from() -> None:
+    """Issue 24 re-run: `report --compare` printed no verdict; `train --init-from` did. One wording."""
+    from cxr_triage.training.report_figures import paired_verdict
+
+    assert paired_verdict(0.02, 0.005, "the init model") == \
+        "better than the init model on these films (the CI lies above 0)"
+    assert paired_verdict(-0.009, -0.023, "the init model") == \
+        "NOT better than the init model (the difference is not above 0): keep serving the init model"
+    assert paired_verdict(0.01, -0.004, "the compared model").startswith(
+        "not shown to be better (the CI includes 0): keep serving the compared model")
 
 
 def test_wrap_command_and_module_help(site: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
