@@ -14,9 +14,12 @@ the node stopped (:meth:`Node.recover`).
       read -> score         each film: gate -> decode -> preprocess -> ONNX Runtime -> decision
                             (``inference/pipeline.Triager``: one ONNX session per process)
       aggregate             one result per study (``cxr_triage.contract.result.aggregate_study``)
-      heatmaps, sr,         the result SR (``results/sr.build_result_sr``; amended when the
-      summary_image, save   study had one), the summary images, each file written once
+      heatmaps, sr, save    the result SR (``results/sr.build_result_sr``; amended when the
+                            study had one), written once
       commit                result + one delivery per object and destination, one transaction
+                            (the summary images' held); the SR goes out at once
+      summary_image         after the SR was sent: the summary images, written once, their
+                            deliveries made due (``store/jobs.JobStore.add_later_objects``)
     deliver          the deliverer thread (``delivery/deliverer.Deliverer``), woken by each
                      result: everything due, per destination: C-STORE over one association
                      (``delivery/dicom_send.py``), HL7 ORU^R01 to the RIS (``delivery/hl7.py``)
