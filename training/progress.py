@@ -1,7 +1,8 @@
 """What the person running a training sees and what each epoch leaves behind.
 
 Progress lines go to stderr (the command's JSON result is stdout): the split per source at
-the start, a bar over the whole run with its ETA (epochs, or minutes of the time budget), one
+the start, a bar over the whole run with its ETA (epochs, or minutes when a time budget is
+given: then its total follows whichever of the epochs and the budget ends the run first), one
 line per epoch with the validation AUROC and the time left. JSON log lines and library warnings
 (torch, MONAI) go to ``<out>/train_log.jsonl`` (:func:`log_to_file`), not between them. Each
 epoch's row is appended to ``metrics.jsonl`` and ``metrics.csv`` in the run folder.
@@ -56,22 +57,34 @@ def plan_line(first_epoch: int, epochs: int, max_minutes: float, patience: int) 
 
 
 def run_bar(enabled: bool, first_epoch: int, epochs: int, max_minutes: float) -> Any:
-    """A tqdm bar over the whole run (epochs, or minutes of the budget when it rules) with its
-    ETA; None when progress bars are off. Advance it with :func:`advance`."""
+    """A tqdm bar over the whole run with its ETA; None when progress bars are off. Advance it
+    with :func:`advance`. Given a time budget (``max_minutes`` > 0) it counts minutes, its total
+    the budget until the first epoch tells which limit ends the run first, then the minutes done
+    plus the epoch line's ETA (the epochs left or the budget left, whichever is less); given
+    only ``epochs``, it counts epochs."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    if epochs >= EPOCHS_UNDER_BUDGET:
+    if max_minutes > 0:
         return tqdm(total=max_minutes, desc="training", unit="min", file=sys.stderr, mininterval=5,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}]")
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}]")
     return tqdm(total=epochs - first_epoch + 1, desc="training", unit="epoch", file=sys.stderr, mininterval=5)
 
 
-def advance(bar: Any, seconds: float) -> None:
-    """One epoch done that took ``seconds``: a minute bar moves by its minutes, an epoch bar by one."""
-    if bar is not None:
-        bar.update(min(seconds / 60, bar.total - bar.n) if bar.unit == "min" else 1)
+def advance(bar: Any, seconds: float, eta_min: float = float("nan")) -> None:
+    """One epoch done that took ``seconds``: an epoch bar moves by one; a minute bar by its
+    minutes, and its total becomes the minutes done plus ``eta_min`` (the epoch line's ETA,
+    :func:`eta_minutes`), so its ETA follows whichever limit ends the run first."""
+    if bar is None:
+        return
+    if bar.unit != "min":
+        bar.update(1)
+        return
+    bar.update(min(seconds / 60, bar.total - bar.n))
+    if not math.isnan(eta_min):
+        bar.total = bar.n + max(0.0, eta_min)
+        bar.refresh()
 
 
 def log_to_file(path: Path, level: str = "INFO") -> None:

@@ -113,9 +113,10 @@ def run_epochs(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders,
     info = checkpoint_info(cfg, data)
     bar = None
     if rt.main:
-        say(plan_line(first_epoch, cfg.epochs, cfg.max_minutes if budget.deadline is not None else 0.0, cfg.patience)
+        minutes = cfg.max_minutes if budget.deadline is not None else 0.0
+        say(plan_line(first_epoch, cfg.epochs, minutes, cfg.patience)
             + f"; {loaders.steps_per_epoch} batches of {cfg.batch_size} an epoch (on {rt.device})")
-        bar = run_bar(cfg.progress, first_epoch, cfg.epochs, cfg.max_minutes)
+        bar = run_bar(cfg.progress, first_epoch, cfg.epochs, minutes)
     try:
         for epoch in range(first_epoch, cfg.epochs + 1):
             if state["bad_epochs"] >= cfg.patience:
@@ -124,7 +125,7 @@ def run_epochs(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders,
                 return "time budget"
             t0 = time.time()
             run_epoch(cfg, rt, data, loaders, model, state, budget, epoch, info)
-            advance(bar, time.time() - t0)
+            advance(bar, time.time() - t0, state["history"][-1]["eta_min"] if state["history"] else float("nan"))
             if epoch < cfg.epochs and budget.over():
                 return "time budget"
         return "epochs"

@@ -15,7 +15,15 @@ import pytest
 
 from cxr_triage.config import load_config
 from cxr_triage.training.cli import config_from_args, register
-from cxr_triage.training.progress import EPOCHS_UNDER_BUDGET, advance, epoch_of, log_to_file, plan_line, run_bar
+from cxr_triage.training.progress import (
+    EPOCHS_UNDER_BUDGET,
+    advance,
+    epoch_of,
+    eta_minutes,
+    log_to_file,
+    plan_line,
+    run_bar,
+)
 
 
 def _config(*argv: str):
@@ -57,6 +65,31 @@ def test_run_bar_counts_minutes_under_a_budget_and_epochs_otherwise() -> None:
     assert (epochs.total, epochs.n) == (10, 1)
     epochs.close()
     assert run_bar(False, 1, 12, 0.0) is None
+
+
+def test_run_bar_follows_whichever_limit_ends_first() -> None:
+    """Issue 24 re-run: --epochs 50 --max-minutes 4 counted epochs (ETA 28:39) while the epoch
+    line said 0.8 min of the budget left; the bar now follows the epoch line's ETA."""
+    both = run_bar(True, 1, 50, 4.0)
+    advance(both, 48.0, eta_minutes([{"seconds": 48.0}], 49, 4 * 60 - 48.0))   # the budget ends first
+    assert (both.unit, both.n, both.total) == ("min", 0.8, 4.0)
+    both.close()
+    few = run_bar(True, 1, 3, 4.0)
+    advance(few, 30.0, eta_minutes([{"seconds": 30.0}], 2, 4 * 60 - 30.0))       # the epochs end first
+    assert (few.n, few.total) == (0.5, 1.5)
+    few.close()
+
+
+def test_pretrained_trunk_prints_nothing_on_stdout(capsys: pytest.CaptureFixture,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 24 re-run: efficientnet's "Loaded pretrained weights for efficientnet-lite0" went to
+    stdout (the command's JSON) in every ImageNet run: it goes to the log now."""
+    from cxr_triage.training.network import _EffNetLite0Features
+
+    with caplog.at_level(logging.INFO, logger="cxr_triage.training.network"):
+        _EffNetLite0Features(pretrained=True, image_size=64)
+    assert capsys.readouterr().out == ""
+    assert any("Loaded pretrained weights" in r.getMessage() for r in caplog.records)
 
 
 def test_json_log_lines_go_to_the_file_not_between_the_progress(tmp_path: Path,
