@@ -80,7 +80,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
                         "file or a run's model.pt. Its architecture, input size, preprocessing and outputs are kept "
                         "(an ensemble is fine-tuned as one), BatchNorm statistics are frozen, and the run ends by "
                         "pairing the site model with it on the test films. Defaults become: --lr "
-                        f"{FINETUNE['lr']:g}, --epochs {FINETUNE['epochs']}, --patience {FINETUNE['patience']}, "
+                        f"{FINETUNE['lr']:g}, --epochs {FINETUNE['epochs']} (none when only --max-minutes is given: "
+                        f"the budget ends the run), --patience {FINETUNE['patience']}, "
                         f"--head-epochs {FINETUNE['head_epochs']} (default: none, ImageNet's weights)")
     g.add_argument("--mix-bundled", type=int, default=d.mix_bundled, metavar="N",
                    help="add N training films of the project's split (model/default_split.csv, from the "

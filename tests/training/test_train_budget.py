@@ -44,6 +44,17 @@ def test_the_rule_the_user_gave_ends_the_run() -> None:
     assert epoch_of(3, EPOCHS_UNDER_BUDGET) == "epoch 3" and epoch_of(3, 12) == "epoch 3/12"
 
 
+def test_init_from_help_states_the_epoch_rule_it_follows() -> None:
+    """Issue 24 re-run: --init-from's help said --epochs 8 while --max-minutes alone ran 9 epochs
+    ("no epoch limit given"); the help states the rule the code follows."""
+    assert _config("--init-from", "bundled").epochs == 8
+    assert _config("--init-from", "bundled", "--max-minutes", "4").epochs == EPOCHS_UNDER_BUDGET
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub, "train", "train")
+    text = " ".join(sub.choices["train"].format_help().split())
+    assert "--epochs 8 (none when only --max-minutes is given: the budget ends the run)" in text
+
+
 def test_resume_gets_a_fresh_patience_however_the_last_run_stopped() -> None:
     from cxr_triage.training.train_model import restore
 
