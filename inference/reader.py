@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from cxr_triage.contract.result import NotAssessable, NotAssessableReason
 from cxr_triage.inference.decoders import CorruptPixelStream, decode_pixels
-from cxr_triage.inference.deflated import DeflateBomb, check_inflated_size
+from cxr_triage.inference.deflated import DeflateBomb, dcmread_bounded
 from cxr_triage.inference.dicom_values import (
     LookupTable,
     Window,
@@ -90,12 +90,11 @@ def sniff_kind(path: str | Path) -> str:
 
 def load_dataset(path: str | Path) -> Dataset:
     """Read a DICOM file (Part 10, or a bare dataset without preamble) without decoding pixels.
-    A deflated data set is first inflated in bounded pieces and refused (undecodable) past
+    A deflated data set is inflated once, in bounded pieces, and refused (undecodable) past
     :data:`~cxr_triage.inference.deflated.DEFAULT_MAX_INFLATED_BYTES` (a deflate bomb)."""
     path = Path(path)
     try:
-        check_inflated_size(path)
-        ds = dcmread(path, force=sniff_kind(path) != "dicom")
+        ds = dcmread_bounded(path, force=sniff_kind(path) != "dicom")
     except DeflateBomb as exc:
         raise _undecodable(str(exc)) from exc
     except Exception as exc:  # any parser failure (struct, EOF, VR...) is the same

@@ -36,7 +36,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from pydicom import dcmread
 from pynetdicom import evt
 
 from cxr_triage.contract.patient import PatientKey
@@ -55,7 +54,7 @@ from cxr_triage.dicom_node.receive.statuses import (
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
 from cxr_triage.dicom_node.store.spool import Quarantine, Spool, dataset_sha256
-from cxr_triage.inference.deflated import check_inflated_size
+from cxr_triage.inference.deflated import dcmread_bounded
 
 __all__ = ["CANNOT_UNDERSTAND", "DATASET_MISMATCH", "OUT_OF_RESOURCES", "SUCCESS", "StoreHandler"]
 
@@ -207,8 +206,8 @@ class StoreHandler(AssociationPolicy):
         if over_limit:
             return self._refuse_too_large(received, ctx)
         try:
-            check_inflated_size(src)  # a deflate bomb is refused before pydicom inflates it whole
-            hdr = dcmread(src, stop_before_pixels=True, defer_size="256 KB", specific_tags=_HEADER_TAGS)
+            # a deflate bomb is refused before pydicom inflates it whole; a deflated file is inflated once
+            hdr = dcmread_bounded(src, stop_before_pixels=True, defer_size="256 KB", specific_tags=_HEADER_TAGS)
             study_uid = str(hdr.get("StudyInstanceUID", "") or "").strip()
             series_uid = str(hdr.get("SeriesInstanceUID", "") or "").strip()
             ds_sop_uid = str(hdr.get("SOPInstanceUID", "") or "").strip()

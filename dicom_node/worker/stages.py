@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.uid import UID, generate_uid
 
 from cxr_triage.config import Config
@@ -60,7 +60,7 @@ from cxr_triage.dicom_node.store.jobs import InstanceRecord, ResultObject
 from cxr_triage.dicom_node.store.spool import Quarantine, StateDirs
 from cxr_triage.dicom_node.worker.prior_results import with_priors
 from cxr_triage.dicom_node.worker.result_files import save_result_objects
-from cxr_triage.inference.deflated import DeflateBomb, check_inflated_size
+from cxr_triage.inference.deflated import DeflateBomb, dcmread_bounded
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ def read_instances(ctx: StudyContext, job: StudyJob) -> None:
     that does not parse is recorded (not raised)."""
     for inst in job.instances:
         try:
-            check_inflated_size(inst.path)
-            job.read.append((inst, dcmread(inst.path), None))
+            job.read.append((inst, dcmread_bounded(inst.path), None))
         except DeflateBomb as exc:  # refused before pydicom inflates it whole
             job.read.append((inst, None, str(exc)))
         except Exception as exc:  # noqa: BLE001 - any parser error is "cannot parse"

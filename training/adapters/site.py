@@ -40,15 +40,12 @@ def dicom_header(path: Path):  # -> pydicom Dataset | None
     Raises NotAssessable (undecodable, with the reason) for a Part 10 file (``DICM`` at byte
     128) whose header does not read, e.g. a truncated deflated data set (zlib's "incomplete or
     truncated stream") or a deflate bomb (refused before pydicom inflates it whole)."""
-    from pydicom import dcmread
-
     # the worker's reader and deflate bound, imported here like read_film (manifest's start-up)
-    from cxr_triage.inference.deflated import DeflateBomb, check_inflated_size
+    from cxr_triage.inference.deflated import DeflateBomb, dcmread_bounded
     from cxr_triage.inference.reader import sniff_kind
 
     try:
-        check_inflated_size(path)
-        return dcmread(path, stop_before_pixels=True)
+        return dcmread_bounded(path, stop_before_pixels=True)
     except DeflateBomb as exc:
         raise NotAssessable(NotAssessableReason.UNDECODABLE, str(exc)) from exc
     except Exception as exc:  # any parser failure (struct, EOF, zlib, VR...) is the same
