@@ -69,15 +69,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def format_table(results: list[Any], triager: Any) -> str:
-    """Fixed-width table: file, decision, score vs threshold, the nodule/mass flag (models
-    with that output only), reason."""
+    """Fixed-width table: file, decision, score vs threshold, the nodule/mass flag and score
+    (models with that output only; the score alone from a model that gives no flag), reason;
+    then the operating points, the nodule/mass one in words (why no flag, where none)."""
     nodule = getattr(triager, "nodule_threshold", None) is not None
     rows = [("FILE", "DECISION", "SCORE") + (("NODULE/MASS",) if nodule else ()) + ("REASON",)]
     for r in results:
         score = f"{r.score:.3f}" if r.score is not None else "-"
         reason = f"{r.reason.value}: {r.reason_detail}" if r.reason else ""
-        flag = (("-" if r.nodule_flag is None else
-                 f"{'FLAGGED' if r.nodule_flag else 'no'} {r.nodule_score:.3f}"),) if nodule else ()
+        flag = (nodule_cell(r),) if nodule else ()
         rows.append((Path(r.source).name or r.source, r.decision.value, score) + flag + (reason,))
     n = len(rows[0]) - 1
     widths = [max(len(row[i]) for row in rows) for i in range(n)]
@@ -87,10 +87,23 @@ def format_table(results: list[Any], triager: Any) -> str:
         f"\nmodel {meta.name} {meta.version}; operating point {triager.operating_point} "
         f"(suspicious when score >= {triager.threshold:.4f})"
     )
-    if nodule:
+    point = getattr(triager, "nodule_point", None)
+    if point is not None:
+        lines.append(f"nodule/mass {point.statement()}; an added finding, it does not change the decision")
+    elif nodule:
         lines.append(
             f"nodule/mass flag: operating point {triager.nodule_operating_point} (flagged when "
             f"nodule/mass score >= {triager.nodule_threshold:.4f}); an added finding, it does not "
             "change the decision"
         )
     return "\n".join(line.rstrip() for line in lines)
+
+
+def nodule_cell(r: Any) -> str:
+    """The NODULE/MASS cell of a film: "FLAGGED 0.712" / "no 0.041", "0.082 (no flag)" from a
+    model that gives the score without a flag, "-" when the film was not scored."""
+    if r.nodule_score is None:
+        return "-"
+    if r.nodule_flag is None:
+        return f"{r.nodule_score:.3f} (no flag)"
+    return f"{'FLAGGED' if r.nodule_flag else 'no'} {r.nodule_score:.3f}"

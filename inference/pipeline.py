@@ -25,6 +25,7 @@ from pydicom import Dataset
 
 from cxr_triage.config import Config, load_config, resolve_path
 from cxr_triage.contract.decision import decide
+from cxr_triage.contract.nodule_point import nodule_point
 from cxr_triage.contract.preprocessing import preprocess
 from cxr_triage.contract.result import Decision, FilmResult, NotAssessable, NotAssessableReason
 from cxr_triage.inference import gate
@@ -135,6 +136,9 @@ class Triager:
                 raise ModelError(str(exc.args[0])) from None
             if nodule is not None:
                 self.nodule_operating_point, self.nodule_threshold = nodule
+        #: the served nodule/mass point with its validation figures (None: no such output)
+        self.nodule_point = (nodule_point(self.meta, self.nodule_operating_point)
+                             if self.nodule_operating_point is not None else None)
         self.gate_settings = gate.GateSettings(
             min_age_years=float(inf.min_age_years), min_image_size=int(inf.min_image_size)
         )
@@ -269,6 +273,7 @@ class Triager:
                     # no flag at all from a model whose flag is not to be shown (score only)
                     p.result.nodule_flag = ((math.isnan(nodule) or nodule >= self.nodule_threshold)
                                             if self.meta.nodule_flag_shown else None)
+                    p.result.nodule_point = self.nodule_point.statement() if self.nodule_point else None
                     extra.update(nodule_score=round(nodule, 4), nodule_flag=p.result.nodule_flag)
                 p.timings["model"] = round(per_film, 3)
                 log.info("film triaged", extra=extra)

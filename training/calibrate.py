@@ -17,6 +17,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 
 from cxr_triage.contract.decision import decide_many
+from cxr_triage.contract.nodule_point import MIN_FLAG_SENSITIVITY  # the flag rule, one definition (consumers state it)
 from cxr_triage.contract.operating_points import operating_point_name, threshold_for_sensitivity
 
 TARGET_SENSITIVITIES = (0.95, 0.98, 0.99)
@@ -27,7 +28,6 @@ NODULE_SENSITIVITIES = (0.8, 0.9, 0.95)
 #: validation Nodule/Mass films (otherwise the score is shown without a flag)
 NODULE_FLAG_RATES = (0.1, 0.15, 0.2)
 DEFAULT_FLAG_RATE = 0.15
-MIN_FLAG_SENSITIVITY = 0.6
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -66,7 +66,10 @@ class FilmResult:
     operating_point: str | None = None
     nodule_score: float | None = None         # calibrated P(nodule or mass); None: model has no such output
     nodule_threshold: float | None = None
-    nodule_flag: bool | None = None           # nodule_score >= nodule_threshold (an added finding)
+    nodule_flag: bool | None = None           # nodule_score >= nodule_threshold (an added finding); None: no flag given
+    #: the nodule/mass point in words (``contract.nodule_point.NodulePoint.statement``): its
+    #: validation figures, and why no flag is given when the model shows none
+    nodule_point: str | None = None
     model_name: str | None = None
     model_version: str | None = None
     reason: NotAssessableReason | None = None

@@ -56,7 +56,9 @@ class Outcome:
     (:func:`~cxr_triage.contract.decision.decide`) at ``operating_point``; ``reasons``: why it is
     not assessable (a film has one, a study the distinct reasons of its films, in film order);
     ``nodule_*``: the nodule/mass output, an added finding that never changes the decision
-    (None when the model has no such output or nothing was scored)."""
+    (None when the model has no such output or nothing was scored; ``nodule_flag`` also None when
+    the model gives the score without a flag); ``nodule_point``: that point in words
+    (:meth:`~cxr_triage.contract.nodule_point.NodulePoint.statement`), why no flag included."""
 
     decision: Decision
     score: float | None = None
@@ -67,6 +69,7 @@ class Outcome:
     nodule_score: float | None = None
     nodule_threshold: float | None = None
     nodule_flag: bool | None = None
+    nodule_point: str | None = None
 
     @property
     def reason(self) -> NotAssessableReason | None:

@@ -22,7 +22,9 @@ call is not a report).
          2 not assessable, 3 likely normal: a RIS sorts on it), [escalation reason (CWE,
          "prior suspicious result", flag A) and the prior result's SR (ST)], not-assessable reasons (CWE),
          abnormality score and threshold (NM, unit 1), operating point (ST), nodule/mass flag,
-         score and threshold (models with that output), model name and version (ST),
+         score and threshold (models with that output; the score alone from a model that
+         gives no flag) and its operating point in words, or why no flag is given (ST
+         CXRT023), model name and version (ST),
          Study Instance UID (ST, DCM 110180), result SR SOP Instance UID (ST)
 
 Codes are the SR's (``sr_codes``: 99CXRT, SCT, DCM). The ACK decides: AA/CA delivered;
@@ -180,6 +182,8 @@ def _observations(result: ParsedResult, sr: Dataset) -> list[tuple[str, tuple[st
         out.append(("NM", code(C.NODULE_MASS_SCORE), _number(result.nodule_score), ""))
     if result.nodule_threshold is not None:
         out.append(("NM", code(C.NODULE_MASS_THRESHOLD), _number(result.nodule_threshold), ""))
+    if result.nodule_point:
+        out.append(("ST", code(C.NODULE_MASS_POINT), result.nodule_point, ""))
     if result.model_name:
         out.append(("ST", _ALGORITHM_NAME, result.model_name, ""))
     if result.model_version:

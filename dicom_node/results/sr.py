@@ -6,7 +6,8 @@ Built with highdicom's templates, never by hand, so the tree is conformant by co
       Qualitative Evaluations (TID 1500 row 12; first, so a reader sees the decision first)
         AI triage decision (CODE) of the study, its not-assessable reasons (CODE),
         [AI nodule/mass flag (CODE)], study score and threshold (NUM), operating point
-        (TEXT), [nodule/mass score and threshold (NUM)], Algorithm Identification
+        (TEXT), [nodule/mass score and threshold (NUM), nodule/mass operating point in
+        words (TEXT)], Algorithm Identification
         Non-image instance result (CONTAINER) per refused instance that is not an image
         {escalation reason (CODE) after the decision; Prior AI triage result used
         (CONTAINER): the prior's Study Instance UID, Study Date, result SR (UIDREF), finding}
@@ -23,7 +24,9 @@ Built with highdicom's templates, never by hand, so the tree is conformant by co
           AI nodule/mass flag = Present / Absent (CODE)]
 
 [...]: only when the model has a nodule/mass output (``FilmResult.nodule_score`` set); the
-flag is an added finding beside the decision, never a change of it.
+flag is an added finding beside the decision, never a change of it. A model that gives the
+score without a flag (``ModelMetadata.nodule_flag_shown`` false, issue 22) has no flag and no
+threshold items: the score, and the operating point in words saying why no flag is given.
 {...}: only when a prior result raised the study to suspicious (``StudyResult.escalation``,
 ``[priors]``); that prior's SR is also in the Pertinent Other Evidence Sequence.
 

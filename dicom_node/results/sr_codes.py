@@ -49,6 +49,11 @@ NODULE_MASS_THRESHOLD = _cxrt("CXRT021", "Nodule/mass threshold")
 # CODE, value Present / Absent (SCT): the flag at that threshold. Not SNOMED CT's "Nodule" or
 # "Mass of lung": a calibrated model call at an operating point, not a located diagnosis.
 NODULE_MASS_FLAG = _cxrt("CXRT022", "AI nodule/mass flag")
+# TEXT: the nodule/mass operating point in words (contract.nodule_point): its share of validation
+# normals and sensitivity on validation Nodule/Mass films; for a model that gives its score
+# without a flag (too few Nodule/Mass films caught at that point), "score only, no flag" and why.
+# Report level, beside NODULE_MASS_SCORE; the flag (CXRT022) and threshold (CXRT021) are then absent.
+NODULE_MASS_POINT = _cxrt("CXRT023", "AI nodule/mass operating point")
 
 # Observations of the HL7 ORU^R01 to the RIS only (CXRT03x; delivery/hl7.py), not in the SR.
 # NM: the reading order of the decision, 1 suspicious, 2 not assessable, 3 likely normal.
@@ -171,6 +176,8 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
         ("concept: nodule/mass score (calibrated P(nodule or mass), unit 1)", *_row(NODULE_MASS_SCORE)),
         ("concept: nodule/mass threshold (unit 1)", *_row(NODULE_MASS_THRESHOLD)),
         ("concept: nodule/mass flag (value Present / Absent)", *_row(NODULE_MASS_FLAG)),
+        ("concept: nodule/mass operating point in words, or why no flag is given (TEXT)",
+         *_row(NODULE_MASS_POINT)),
         ("HL7 OBX only: triage rank (NM: 1 suspicious, 2 not assessable, 3 likely normal)", *_row(TRIAGE_RANK)),
         ("HL7 OBX only: the result SR's SOP Instance UID (ST)", *_row(RESULT_SR)),
         ("concept: escalation reason (prior-result safety rule)", *_row(ESCALATION_REASON)),

@@ -38,18 +38,22 @@ _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 @dataclass(frozen=True)
 class Nodule:
     """The nodule/mass output of one film or of the study: score (calibrated P(nodule or
-    mass), unit 1), the threshold it was called at (None if unknown) and the flag."""
+    mass), unit 1), the threshold it was called at (None if unknown) and the flag; ``flag``
+    None (and no threshold) when the model gives the score without a flag (issue 22)."""
 
     score: float
     threshold: float | None
-    flag: bool
+    flag: bool | None
 
 
 def nodule_of(score: float | None, threshold: float | None, flag: bool | None) -> Nodule | None:
     """None when there is no nodule/mass result (a model without that output, a film not
-    scored): then the SR carries no nodule/mass item at all."""
-    if score is None or flag is None:
+    scored): then the SR carries no nodule/mass item at all. A score without a flag keeps its
+    score and drops the threshold (nothing was called at it)."""
+    if score is None:
         return None
+    if flag is None:
+        return Nodule(float(score), None, None)
     return Nodule(float(score), None if threshold is None else float(threshold), bool(flag))
 
 
@@ -125,14 +129,16 @@ def study_evaluations(
     non_image: Sequence[hd.sr.ContainerContentItem],
 ) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12, report-level Qualitative Evaluations: the study's decision first, its
-    not-assessable reasons, score, threshold and operating point, the algorithm, and the
-    results of refused non-image instances."""
+    not-assessable reasons, score, threshold and operating point, the nodule/mass flag, score,
+    threshold and operating point in words (:data:`sr_codes.NODULE_MASS_POINT`: its validation
+    figures, or why no flag is given), the algorithm, and the results of refused non-image
+    instances."""
     items: list[hd.sr.ContentItem] = [_code(C.TRIAGE_DECISION, C.DECISION_CODES[study.decision])]
     if study.escalation is not None:
         items.append(_code(C.ESCALATION_REASON, C.ESCALATION_CODES[study.escalation.reason]))
     items += [_code(C.NOT_ASSESSABLE_REASON, C.REASON_CODES[r]) for r in study_reasons(study)]
     nodule = nodule_of(study.nodule_score, _study_nodule_threshold(study), study.nodule_flag)
-    if nodule is not None:
+    if nodule is not None and nodule.flag is not None:
         items.append(_code(C.NODULE_MASS_FLAG, C.PRESENT if nodule.flag else C.ABSENT))
     if study.score is not None and math.isfinite(study.score):
         items.append(_num(C.ABNORMALITY_SCORE, study.score))
@@ -144,6 +150,9 @@ def study_evaluations(
             items.append(_num(C.NODULE_MASS_SCORE, nodule.score))
         if nodule.threshold is not None:
             items.append(_num(C.NODULE_MASS_THRESHOLD, nodule.threshold))
+        point = study_nodule_point(study)
+        if point:
+            items.append(_text(C.NODULE_MASS_POINT, point))
     items += [item for item in algorithm if isinstance(item, hd.sr.ContentItem)]
     items += list(non_image)
     if study.escalation is not None:
@@ -171,6 +180,12 @@ def prior_result(escalation: Escalation) -> hd.sr.ContainerContentItem:
     container = _container(C.PRIOR_RESULT)
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def study_nodule_point(study: StudyResult) -> str | None:
+    """The nodule/mass point in words that the study's films were scored at (one per model run;
+    ``FilmResult.nodule_point``), None when no film states one."""
+    return next((f.nodule_point for f in study.films if f.nodule_score is not None and f.nodule_point), None)
 
 
 def _study_nodule_threshold(study: StudyResult) -> float | None:
@@ -205,7 +220,8 @@ def non_image_result(film: FilmContent, source: Dataset) -> hd.sr.ContainerConte
 def film_group(film: FilmContent, image: Dataset, algorithm: hd.sr.AlgorithmIdentification,
                ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """One TID 1410 group for a film: its decision, score and threshold (and the nodule/mass
-    score, threshold and flag when the model has that output), on an image region that
+    score, threshold and flag when the model has that output; the score alone when the model
+    gives no flag: the report level says why), on an image region that
     covers the film's full image area (the model reads the whole film; OHIF attaches a group
     to its image only through such a region)."""
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -254,7 +270,7 @@ def _film_evaluations(film: FilmContent) -> list[hd.sr.QualitativeEvaluation]:
     elif film.reason is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(C.NOT_ASSESSABLE_REASON,
                                                        C.REASON_CODES[film.reason]))
-    if film.nodule is not None:
+    if film.nodule is not None and film.nodule.flag is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(
             C.NODULE_MASS_FLAG, C.PRESENT if film.nodule.flag else C.ABSENT))
     return evaluations

@@ -113,12 +113,19 @@ def sr_summary(source: str | Path | Dataset) -> list[str]:
         out.append(f"Nodule/mass flag: {'flagged' if r.nodule_flag else 'not flagged'}"
                    f" (highest nodule/mass score {_fmt(r.nodule_score)} against threshold"
                    f" {_fmt(r.nodule_threshold)}); an added finding, it does not change the decision.")
+    elif r.nodule_score is not None:
+        out.append(f"Nodule/mass: highest score {_fmt(r.nodule_score)}, no flag given; an added finding,"
+                   " it does not change the decision.")
+    if r.nodule_point:
+        out.append(f"Nodule/mass {r.nodule_point}.")
     for i, g in enumerate(r.films, 1):
         text = f"Image {i}: {PLAIN_DECISION[g.decision.value].lower()}"
         if g.score is not None:
             text += f", score {_fmt(g.score)}"
         if g.nodule_flag is not None:
             text += f", nodule/mass {'flagged' if g.nodule_flag else 'not flagged'} ({_fmt(g.nodule_score)})"
+        elif g.nodule_score is not None:
+            text += f", nodule/mass score {_fmt(g.nodule_score)} (no flag)"
         if g.reason is not None:
             text += f" ({PLAIN_REASON.get(g.reason.value, g.reason.value)}"
             text += f": {g.reason_detail})" if g.reason_detail else ")"

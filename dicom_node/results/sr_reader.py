@@ -70,6 +70,7 @@ class ParsedResult(ResultPart):
     nodule_score = property(lambda self: self.outcome.nodule_score)
     nodule_threshold = property(lambda self: self.outcome.nodule_threshold)
     nodule_flag = property(lambda self: self.outcome.nodule_flag)
+    nodule_point = property(lambda self: self.outcome.nodule_point)
 
     def film(self, sop_instance_uid: str) -> ParsedGroup:
         """The film group referencing this SOP Instance UID (KeyError if none)."""
@@ -185,7 +186,8 @@ def _index(identifier: str) -> int:
 def _parse(item: Dataset, referenced: list[str]) -> ParsedGroup:
     """Decision, score, threshold, operating point, reason and nodule/mass result of one
     container: a film's measurement group, a non-image result, or the report-level
-    evaluations (the study)."""
+    evaluations (the study; it alone states the nodule/mass point in words). A nodule/mass
+    score without a flag item reads back as ``nodule_flag`` None: the model gives no flag."""
     decision_code = _code(item, C.TRIAGE_DECISION)
     if decision_code is None:
         raise ValueError("result without a triage decision")
@@ -201,6 +203,7 @@ def _parse(item: Dataset, referenced: list[str]) -> ParsedGroup:
         nodule_score=_num(item, C.NODULE_MASS_SCORE),
         nodule_threshold=_num(item, C.NODULE_MASS_THRESHOLD),
         nodule_flag=_present(nodule_code) if nodule_code is not None else None,
+        nodule_point=_text(item, C.NODULE_MASS_POINT),
     )
 
 

@@ -117,11 +117,14 @@ def render_summary(film: FilmResult, pixels: np.ndarray | None,
 
 
 def nodule_text(film: FilmResult) -> str | None:
-    """The nodule/mass line of the summary, e.g. "Nodule/mass: FLAGGED (score 0.712 >= 0.310)";
-    None when the film has no nodule/mass result (a model without that output)."""
-    if film.nodule_flag is None or film.nodule_score is None:
+    """The nodule/mass line of the summary, e.g. "Nodule/mass: FLAGGED (score 0.712 >= 0.310)",
+    or "Nodule/mass score 0.082 (score only, no flag)" from a model that gives no flag; None when
+    the film has no nodule/mass result (a model without that output)."""
+    if film.nodule_score is None:
         return None
     score = f"{film.nodule_score:.3f}"
+    if film.nodule_flag is None:
+        return f"Nodule/mass score {score} (score only, no flag)"
     threshold = f"{film.nodule_threshold:.3f}" if film.nodule_threshold is not None else "n/a"
     if film.nodule_flag:
         return f"Nodule/mass: FLAGGED (score {score} >= {threshold})"

@@ -111,7 +111,8 @@ def _result_part(row: dict[str, Any], films: list[dict[str, Any]],
         operating_point=by.get("operating_point"),
         reasons=tuple(NotAssessableReason(r) for r in row.get("reasons") or ()),
         nodule_score=row.get("nodule_score"), nodule_threshold=by.get("nodule_threshold"),
-        nodule_flag=None if row.get("nodule_flag") is None else bool(row["nodule_flag"]))
+        nodule_flag=None if row.get("nodule_flag") is None else bool(row["nodule_flag"]),
+        nodule_point=next((f["nodule_point"] for f in films if f.get("nodule_point")), None))
     srs = _srs(objects)
     escalation = row.get("escalation")
     return ResultPart(outcome=outcome, model_name=named.get("model_name"),
@@ -155,7 +156,8 @@ def _film_outcome(f: dict[str, Any]) -> Outcome | None:
     return Outcome(decision=Decision(f["decision"]), score=f.get("score"), threshold=f.get("threshold"),
                    operating_point=f.get("operating_point"), reasons=_reasons([f]),
                    reason_detail=f.get("reason_detail"), nodule_score=f.get("nodule_score"),
-                   nodule_threshold=f.get("nodule_threshold"), nodule_flag=f.get("nodule_flag"))
+                   nodule_threshold=f.get("nodule_threshold"), nodule_flag=f.get("nodule_flag"),
+                   nodule_point=f.get("nodule_point"))
 
 
 def _film(f: dict[str, Any], inst: dict[str, Any]) -> FilmRecord:

@@ -26,7 +26,11 @@ class FilmOut(BaseModel):
     nodule_threshold: float | None = None
     nodule_flag: bool | None = Field(
         None, description="nodule/mass flag (nodule_score >= nodule_threshold), an added finding that does not "
-        "change the decision; null when the model has no nodule/mass output or the film was not scored")
+        "change the decision; null when the model has no nodule/mass output, the film was not scored, or "
+        "the model gives the score without a flag (nodule_point says why)")
+    nodule_point: str | None = Field(
+        None, description="the nodule/mass operating point in words: its share of validation normals and "
+        "sensitivity on validation Nodule/Mass films, or why no flag is given ('score only, no flag: ...')")
     heatmap_available: bool = False
     image_url: str | None = None
     heatmap_url: str | None = None
@@ -100,6 +104,9 @@ class StudySummaryOut(BaseModel):
         None, description="any film flagged for a nodule or mass (an added finding, not the decision); "
         "null when the model has no nodule/mass output or the study is not triaged")
     nodule_score: float | None = Field(None, description="the highest film nodule/mass score")
+    nodule_point: str | None = Field(
+        None, description="the nodule/mass operating point in words, or why no flag is given (study detail "
+        "only; null on worklist rows)")
     received_at: dt.datetime
     triaged_at: dt.datetime | None = None
     wait_minutes: float = Field(description="minutes since the first instance was received")

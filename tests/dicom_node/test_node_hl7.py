@@ -168,3 +168,42 @@ def test_patient_values_with_hl7_delimiters_are_escaped(tmp_path: Path) -> None:
     assert len(pid) == 9                                          # no field split by the values
     assert pid[3].split("^")[0] == "ID\\S\\1\\T\\2" and pid[5] == "O'Brien\\F\\X^Ann"
     assert seg["OBR"][0][3] == "A\\R\\B"
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_nodule_mass_score_without_flag_and_the_point_in_words(shown: bool) -> None:
+    """Issue 22: from a model whose nodule/mass flag is not shown, the ORU carries the score
+    (NM CXRT020) with no flag and no threshold OBX, and says why (ST CXRT023); from one whose
+    flag is shown, the flag, threshold and its point in words."""
+    from pydicom.uid import generate_uid as uid
+    from support.sr_checks import make_film
+
+    from cxr_triage.contract.model_file import ModelMetadata
+    from cxr_triage.contract.nodule_point import nodule_point
+    from cxr_triage.contract.result import Decision, FilmResult, aggregate_study
+    from cxr_triage.dicom_node.results.sr import build_result_sr
+
+    meta = ModelMetadata(name="m", version="1.2", thresholds={"sens_0.98": 0.3},
+                         nodule_thresholds={"normals_0.15": 0.0874}, nodule_default_operating_point="normals_0.15",
+                         nodule_flag_shown=shown, validation_metrics={"nodule": {"flag_rate_points": {
+                             "normals_0.15": {"normals_flagged": 0.149, "sensitivity": 0.72 if shown else 0.42}}}})
+    point = nodule_point(meta)
+    assert point is not None
+    src = make_film(uid(), uid(), 1)
+    film = FilmResult(Decision.LIKELY_NORMAL, sop_instance_uid=str(src.SOPInstanceUID),
+                      series_instance_uid=str(src.SeriesInstanceUID), study_instance_uid=str(src.StudyInstanceUID),
+                      sop_class_uid=str(src.SOPClassUID), score=0.1, threshold=0.3, operating_point="sens_0.98",
+                      nodule_score=0.0815, nodule_threshold=0.0874, nodule_flag=False if shown else None,
+                      nodule_point=point.statement(), model_name="m", model_version="1.2")
+    sr = build_result_sr(aggregate_study(str(src.StudyInstanceUID), [film]), [src], meta)
+    obx = {o[3].split("^")[0]: o for o in _segments(build_oru(
+        sr, control_id="C1", sending_application="CXRTRIAGE", receiving_application="RIS"))["OBX"]}
+    assert obx["CXRT020"][5] == "0.0815"
+    assert ("CXRT022" in obx, "CXRT021" in obx) == (shown, shown)
+    words = obx["CXRT023"][5]
+    if shown:
+        assert words.startswith("flag at operating point normals_0.15: flagged when score >= 0.0874 (15% ")
+        assert words.endswith("it caught 72% of validation Nodule/Mass films")
+    else:
+        assert words == ("score only, no flag: at its operating point normals_0.15 (15% of validation normals at "
+                         "or above it) it caught 42% of validation Nodule/Mass films, below the 60% a flag needs")

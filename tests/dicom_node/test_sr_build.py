@@ -460,3 +460,52 @@ def test_not_assessable_study_states_the_served_operating_point(meta, tmp_path):
     assert (parsed.operating_point, parsed.threshold) == ("site:s24:sens_0.98_lb95", pytest.approx(0.1234))
     oru = build_oru(back, control_id="1", sending_application="CXRTRIAGE", receiving_application="RIS")
     assert "site:s24:sens_0.98_lb95" in oru and "|sens_0.98|" not in oru and "0.2875" not in oru
+
+
+SCORE_ONLY = ("score only, no flag: at its operating point normals_0.15 (15% of validation normals at or "
+              "above it) it caught 42% of validation Nodule/Mass films, below the 60% a flag needs")
+
+
+def score_only(film: FilmResult, score: float) -> FilmResult:
+    """The film as the worker scores it with a model whose nodule/mass flag is not shown."""
+    film.nodule_score, film.nodule_threshold, film.nodule_flag = score, 0.0874, None
+    film.nodule_point = SCORE_ONLY
+    return film
+
+
+def test_nodule_score_without_flag_states_why(meta, tmp_path):
+    """Issue 22: a model whose nodule/mass flag is not shown still gives its score, per film and
+    for the study (NUM CXRT020), with no flag and no threshold item, and the report level says
+    plainly that no flag is given and why (TEXT CXRT023); valid, and read back."""
+    study_uid = generate_uid()
+    sources = [make_film(study_uid, generate_uid(), i + 1) for i in range(2)]
+    films = [score_only(film_result(sources[0], D.SUSPICIOUS, 0.81, None, meta), 0.0815),
+             score_only(film_result(sources[1], D.LIKELY_NORMAL, 0.07, None, meta), 0.1234)]
+    study = aggregate_study(study_uid, films)
+    assert (study.nodule_flag, study.nodule_score) == (None, 0.1234)
+    path = save(build_result_sr(study, sources, meta), tmp_path / "sr.dcm")
+    tree = assert_valid(path)
+    # dsrdump shortens long text: the start says it, the read-back below has it whole
+    assert '(CXRT023,99CXRT,"AI nodule/mass operating point")="score only, no flag' in tree
+    back = reread(path)
+    concepts = _concepts(back)
+    assert sr_codes.NODULE_MASS_SCORE.value in concepts
+    assert not concepts & {sr_codes.NODULE_MASS_FLAG.value, sr_codes.NODULE_MASS_THRESHOLD.value}
+    parsed = read_result_sr(back)
+    assert (parsed.nodule_score, parsed.nodule_threshold, parsed.nodule_flag) == (0.1234, None, None)
+    assert parsed.nodule_point == SCORE_ONLY
+    assert [(g.nodule_score, g.nodule_flag) for g in parsed.films] == [(0.0815, None), (0.1234, None)]
+
+
+def test_shown_nodule_flag_states_its_point(meta, tmp_path):
+    """A model whose flag is shown: the flag and threshold as before, and the point's share of
+    validation normals and sensitivity in words beside them."""
+    study_uid = generate_uid()
+    source = make_film(study_uid, generate_uid(), 1)
+    film = with_nodule(film_result(source, D.SUSPICIOUS, 0.9, None, meta), 0.5, 0.0874)
+    film.nodule_point = ("flag at operating point normals_0.15: flagged when score >= 0.0874 (15% of validation "
+                         "normals at or above it); it caught 72% of validation Nodule/Mass films")
+    path = save(build_result_sr(aggregate_study(study_uid, [film]), [source], meta), tmp_path / "sr.dcm")
+    assert '(CXRT023,99CXRT,"AI nodule/mass operating point")="flag at operating point' in assert_valid(path)
+    parsed = read_result_sr(reread(path))
+    assert (parsed.nodule_flag, parsed.nodule_threshold, parsed.nodule_point) == (True, 0.0874, film.nodule_point)

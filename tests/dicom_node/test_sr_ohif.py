@@ -80,6 +80,13 @@ def _by_score(ds: Dataset, score: float) -> FilmResult:
     return _film(ds, D.SUSPICIOUS if score >= 0.2875 else D.LIKELY_NORMAL, score)
 
 
+def _score_only(film: FilmResult, score: float) -> FilmResult:
+    """The film as a model whose nodule/mass flag is not shown sees it (issue 22): score, no flag."""
+    film.nodule_score, film.nodule_threshold, film.nodule_flag = score, 0.0874, None
+    film.nodule_point = "score only, no flag: at its operating point normals_0.15 it caught 42%, below the 60%"
+    return film
+
+
 def _with_nodule(film: FilmResult, score: float) -> FilmResult:
     """The film as a model with a nodule/mass output sees it (threshold 0.31)."""
     film.nodule_score, film.nodule_threshold, film.nodule_flag = score, 0.31, score >= 0.31
@@ -130,6 +137,10 @@ def _edge_studies() -> dict[str, tuple[StudyResult, list[Dataset]]]:
     out["nodule_mass"] = (aggregate_study(study_uid, [
         _with_nodule(_by_score(films[0], 0.81), 0.1234), _with_nodule(_by_score(films[1], 0.07), 0.7123),
         _film(films[2], D.NOT_ASSESSABLE, reason=R.LATERAL_VIEW)]), films)
+    study_uid = generate_uid()
+    films = [make_film(study_uid, generate_uid(), i) for i in (1, 2)]
+    out["nodule_score_only"] = (aggregate_study(study_uid, [
+        _score_only(_by_score(films[0], 0.81), 0.0815), _score_only(_by_score(films[1], 0.07), 0.1234)]), films)
     return out
 
 
@@ -253,9 +264,10 @@ def test_ohif_loads_every_sr_and_shows_the_decision(node_srs, tmp_path):
             labels = {lab["label"]: lab["value"] for lab in m["labels"]}
             if film.score is not None and labels.get("AI abnormality score") != f"{film.score:.2f} 1":
                 problems.append(f"{name}: score label {labels}")
-            nodule = ({"AI nodule/mass score": f"{film.nodule_score:.2f} 1",
-                       "Nodule/mass threshold": f"{film.nodule_threshold:.2f} 1"}
-                      if film.nodule_score is not None and film.nodule_threshold is not None else {})
+            nodule = ({"AI nodule/mass score": f"{film.nodule_score:.2f} 1"}
+                      if film.nodule_score is not None else {})
+            if film.nodule_flag is not None and film.nodule_threshold is not None:  # no flag: no threshold
+                nodule["Nodule/mass threshold"] = f"{film.nodule_threshold:.2f} 1"
             if {k: v for k, v in labels.items() if "odule" in k} != nodule:
                 problems.append(f"{name}: nodule/mass labels {labels}")
     assert not problems, "\n".join(problems)

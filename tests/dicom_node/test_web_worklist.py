@@ -324,3 +324,47 @@ def test_start_web_serves_on_a_real_socket_and_stops(node):
     time.sleep(0.1)
     with pytest.raises(httpx.HTTPError):
         httpx.get(server.url + "/healthz", timeout=2)
+
+
+class _OneStudy:
+    """A worklist source holding one study scored by a model whose nodule/mass flag is not
+    shown (issue 22): nodule/mass score, no flag, and the point in words."""
+
+    WORDS = ("score only, no flag: at its operating point normals_0.15 (15% of validation normals at or above "
+             "it) it caught 42% of validation Nodule/Mass films, below the 60% a flag needs")
+
+    def __init__(self, now: float):
+        from cxr_triage.contract.study import FilmRecord
+
+        film = Outcome(decision=Decision.SUSPICIOUS, score=0.8, threshold=0.31, operating_point="sens_0.98",
+                       nodule_score=0.0815, nodule_threshold=0.0874, nodule_point=self.WORDS)
+        study = Outcome(decision=Decision.SUSPICIOUS, score=0.8, threshold=0.31, operating_point="sens_0.98",
+                        nodule_score=0.0815, nodule_point=self.WORDS)
+        self.record = StudyRecord(study_uid="1.2.3", state="triaged", received_at=now - 60.0,
+                                  result=ResultPart(outcome=study), films=(FilmRecord(sop_instance_uid="1.2.3.4",
+                                                                                      outcome=film),))
+
+    def list_studies(self, since=None, until=None):
+        return [self.record]
+
+    def get_study(self, uid):
+        return self.record if uid == self.record.study_uid else None
+
+    def stats(self):
+        raise NotImplementedError
+
+
+def test_a_nodule_score_without_flag_is_shown_with_the_reason():
+    """The worklist row shows the score marked "(no flag)", never a badge; the study API and
+    page give the score per film and the point in words, which says why no flag is given."""
+    source = _OneStudy(time.time())
+    client = TestClient(create_app(source, settings=WebSettings(max_wait_s=0.0)))
+    row = client.get("/api/studies").json()["studies"][0]
+    assert (row["nodule_flag"], row["nodule_score"]) == (None, 0.0815)
+    html = client.get("/").text
+    assert "0.082 (no flag)" in html and '<span class="badge nodule"' not in html
+    detail = client.get("/api/studies/1.2.3").json()
+    assert detail["nodule_point"] == _OneStudy.WORDS and detail["films"][0]["nodule_point"] == _OneStudy.WORDS
+    page = client.get("/studies/1.2.3").text
+    assert 'id="study-nodule-point"' in page and "below the 60% a flag needs" in page
+    assert "Nodule/mass score 0.082 (score only, no flag)" in page and 'id="study-nodule"' not in page

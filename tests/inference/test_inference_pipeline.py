@@ -291,7 +291,7 @@ def test_predict_json_and_table_carry_the_nodule_flag(tiny_nodule_model, tiny_mo
     assert sum(d["nodule_score"] is not None for d in lines) == 3
     assert main(["predict", *files, "--model", str(tiny_nodule_model), "--nodule-operating-point", "sens_0.8"]) == 0
     table = capsys.readouterr().out
-    assert "NODULE/MASS" in table and "nodule/mass flag: operating point sens_0.8" in table
+    assert "NODULE/MASS" in table and "nodule/mass flag at operating point sens_0.8: flagged when score >= 0.6000" in table
     flagged = [d for d in lines if d["nodule_score"] is not None and d["nodule_score"] >= 0.6]
     assert table.count("FLAGGED") == len(flagged)
     # a model without the output: no nodule/mass column, and null fields in the JSON
