@@ -28,19 +28,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cxr_triage.contract.preprocessing import preprocess
+from cxr_triage.contract.files import file_sha256
 from cxr_triage.paths import repo_root
 from cxr_triage.training.adapters import shared_data
-from cxr_triage.training.dataset import read_pixels
 from cxr_triage.training.ensemble import ensemble_runs
 from cxr_triage.training.export import export_checkpoint
-from cxr_triage.training.export_fp16 import check_half, halve_weights
-from cxr_triage.training.manifest import read_manifest, resolve, write_manifest
+from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
+from cxr_triage.training.manifest import read_manifest, write_manifest
 from cxr_triage.training.report import terminal_summary, test_report
 from cxr_triage.training.report_domain import film_domain_check, synthetic_lesion_check
-from cxr_triage.training.report_scoring import model_session
 from cxr_triage.training.split import SPLITS, assign_splits, keep_previous_splits
 from cxr_triage.training.train import train
 from cxr_triage.training.train_config import TrainConfig
@@ -92,30 +88,28 @@ def build_split(data: Path, path: Path, seed: int = 0, previous: Path | None = N
 def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     """Export ``out/model.pt`` (float32, checked against PyTorch), store its weights as float16
     and check that file against the float32 one on every validation film
-    (:mod:`cxr_triage.training.export_fp16`); then the film-domain and synthetic-lesion checks
-    on the validation films of the training sources. Writes ``out/export_checks.json``;
-    returns the float16 file, the one to ship. Raises ExportCheckError when a check fails."""
+    (:func:`cxr_triage.training.export_fp16.check_half_films`: decisions and nodule/mass flags
+    agree on >= 99.5% of the films, abnormal and nodule/mass AUROC within 0.002); then the
+    film-domain and synthetic-lesion checks on the validation films of the training sources.
+    The float16 file is stamped as the shipped one is (``export_fp16.stamp_half``: version
+    ``-fp16``, the float32 file's SHA-256 and the check in ``extra["float16_storage"]``).
+    Writes ``out/export_checks.json``; returns the float16 file, the one to ship. Raises ExportCheckError when a check fails."""
     full = out / "cxr_triage_effnet_lite0_fp32.onnx"
     half = out / "cxr_triage_effnet_lite0.onnx"
     checks: dict[str, Any] = {"fp32": export_checkpoint(out / "model.pt", full, data_root=data,
                                                         check_manifest=manifest, name="cxr-triage-effnet-lite0")}
     halve_weights(full, half)
     val = [e for e in read_manifest(manifest) if e.split == "val"]
-    meta_spec = default_spec(full)
-    inputs = np.stack([preprocess(read_pixels(resolve(e, data)), meta_spec) for e in val])
-    checks["fp16"] = {**check_half(full, half, inputs, np.array([e.label for e in val])),
+    # scored as the report scores them, nodule/mass AUROC (Nodule/Mass films vs normals) held too
+    checks["fp16"] = {**check_half_films(full, half, val, data),
                       "bytes_fp32": full.stat().st_size, "bytes_fp16": half.stat().st_size}
+    stamp_half(full, half, {"val": checks["fp16"], "manifest_sha256": file_sha256(manifest)})  # as the shipped file
     trained = [e for e in val if e.source in TRAIN_SOURCES]
     checks["film_domain_val"] = film_domain_check(half, trained, data)
     checks["synthetic_lesions_val"] = synthetic_lesion_check(half, trained, data)
     (out / "export_checks.json").write_text(json.dumps(checks, indent=2, default=float))
     print(json.dumps(checks, indent=2, default=float))
     return half
-
-
-def default_spec(model: Path) -> Any:
-    """The PreprocessSpec stored in a model file."""
-    return model_session(model, threads=1)[1].preprocessing
 
 
 def main(argv: list[str] | None = None) -> int:

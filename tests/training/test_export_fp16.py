@@ -3,6 +3,7 @@ both AUROCs (abnormal, nodule/mass) to the limit, and the stored file says what 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,36 @@ def test_the_stored_file_names_itself_and_scores_the_same(tiny_nodule_model: Pat
     assert meta.extra["float16_storage"] == {"from_sha256": file_sha256(tiny_nodule_model), "checks": {"val": {"films": 4}}}
     after = Scorer(half, threads=1).score(x)
     assert np.array_equal(before.scores, after.scores) and np.array_equal(before.nodule_scores, after.nodule_scores)
+
+
+def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
+        tiny_nodule_model: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make train``'s export (``make_default.export_half_checked``) checks the float16 file
+    with ``check_half_films`` (real films scored as the report scores them, the nodule/mass
+    AUROC held too) and stamps it as the shipped file is stamped."""
+    import shutil
+
+    from cxr_triage.contract.preprocessing import preprocess
+    from cxr_triage.training import export_fp16, make_default
+    from cxr_triage.training.dataset import read_pixels
+    from cxr_triage.training.manifest import Entry, write_manifest
+    from cxr_triage.training.report_scoring import model_session
+
+    def outputs(model: Path, paths: list[Path]) -> dict[str, np.ndarray]:
+        """The report's scoring without the class-activation map (the tiny model has none)."""
+        spec = model_session(model, threads=1)[1].preprocessing
+        return export_fp16._outputs(Path(model), np.stack([preprocess(read_pixels(p), spec) for p in paths]))
+
+    pngs = sorted((shared_data / "nih-cxr14" / "images").glob("*.png"))[:6]
+    entries = [Entry(file=str(p.relative_to(shared_data)), label=i % 2, patient_id=f"p{i}", source="nih-cxr14",
+                     findings="Nodule" if i % 2 else "No Finding", split="val") for i, p in enumerate(pngs)]
+    manifest = write_manifest(entries, tmp_path / "split.csv")
+    monkeypatch.setattr(make_default, "export_checkpoint", lambda ck, out, **kw: shutil.copy(tiny_nodule_model, out) and {})
+    monkeypatch.setattr(export_fp16, "model_outputs", outputs)
+    monkeypatch.setattr(make_default, "film_domain_check", lambda *a: {})
+    monkeypatch.setattr(make_default, "synthetic_lesion_check", lambda *a: {})
+    half = make_default.export_half_checked(tmp_path, shared_data, manifest)
+    checks = json.loads((tmp_path / "export_checks.json").read_text())["fp16"]
+    assert checks["films"] == 6 and "nodule_auroc_change" in checks and checks["nodule_auroc_change"] <= MAX_AUROC_CHANGE
+    meta = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(half)).metadata_props}[METADATA_KEY])
+    assert meta.version.endswith("-fp16") and meta.extra["float16_storage"]["checks"]["val"]["films"] == 6
