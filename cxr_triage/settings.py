@@ -145,6 +145,7 @@ class InferenceSettings(_Section):
     min_age_years: Count
     min_image_size: Positive
     max_pixels: Positive
+    j2k_reduced_resolution: bool
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from cxr_triage.inference.reader import (
     read_film,
     sniff_kind,
 )
+from cxr_triage.inference.resolution import WORKER_FLOOR
 from cxr_triage.inference.scorer import ModelError, get_scorer
 from cxr_triage.inference.site_threshold import site_threshold_from_config
 from cxr_triage.paths import bundled_model_path
@@ -143,6 +144,9 @@ class Triager:
             min_age_years=float(inf.min_age_years), min_image_size=int(inf.min_image_size)
         )
         self.max_pixels = int(inf.max_pixels)
+        #: JPEG 2000 decoded at a reduced resolution keeping these sides (None: full resolution)
+        self.floor = (max(WORKER_FLOOR[0], int(inf.min_image_size)), WORKER_FLOOR[1]) \
+            if inf.j2k_reduced_resolution else None
         self.spec = self.meta.preprocessing
 
     # ------------------------------------------------------------------ public entry points
@@ -214,7 +218,7 @@ class Triager:
         timings["gate"] = _ms(start)
         start = time.perf_counter()
         try:
-            film = read_film(ds, max_pixels=self.max_pixels)
+            film = read_film(ds, max_pixels=self.max_pixels, floor=self.floor)
         except NotAssessable as exc:
             timings["decode"] += _ms(start)
             return self._refused(result, exc, timings)

@@ -127,3 +127,27 @@ def test_pillows_stored_values_are_pydicoms(png, bits):
     shifted back from Pillow's 16-bit mode)."""
     ds = png_to_dicom(png, transfer_syntax_uid=U.JPEG2000Lossless, bits_stored=bits)
     np.testing.assert_array_equal(resolution._pillow_decode(_frame(ds), 0, bits), ds.pixel_array)
+
+
+def test_the_worker_decodes_jpeg_2000_reduced_only_when_configured(png, tiny_model):
+    """``[inference] j2k_reduced_resolution``: off (the default) the Triager decodes the whole
+    film; on, a 2048 px JPEG 2000 film is decoded one level down (1024 px, the worker floor's
+    longer side) and scored from that."""
+    from cxr_triage.config import load_config
+    from cxr_triage.inference.pipeline import Triager
+
+    base = png_to_dicom(png, transfer_syntax_uid=U.JPEG2000Lossless, bits_stored=12).pixel_array
+    big = np.kron(base[:512, :512], np.ones((4, 4), dtype=base.dtype))        # 2048 x 2048
+    ds = png_to_dicom(big, transfer_syntax_uid=U.JPEG2000Lossless, bits_stored=12)
+    cfg = load_config(None, environ={})
+    assert cfg.inference.j2k_reduced_resolution is False
+    shapes, scores = [], []
+    for on in (False, True):
+        triager = Triager(cfg.replace(inference={"model_path": str(tiny_model), "threads": 1,
+                                                 "j2k_reduced_resolution": on}), keep_pixels=True)
+        result = triager.triage_dataset(ds)
+        assert result.pixels is not None and result.score is not None
+        shapes.append(result.pixels.shape)
+        scores.append(result.score)
+    assert shapes == [(2048, 2048), (1024, 1024)]
+    assert abs(scores[0] - scores[1]) < 0.05
