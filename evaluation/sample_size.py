@@ -108,7 +108,9 @@ def abnormal_for_commissioning(true_sensitivity: float, power: float = 0.8, targ
 
 def test_split_warning(n_abnormal: int, n_normal: int, auc: float = 0.85, wanted: float = 0.05) -> str | None:
     """A line for ``train`` when its test split cannot find an AUROC gain of ``wanted`` over a
-    model near ``auc`` (80% power, paired, two-sided 0.05); None when it can."""
+    model near ``auc`` (80% power, paired, two-sided 0.05); None when it can. The gain it finds
+    is :func:`detectable_difference`'s, which stops at ``1 - auc`` (a gain to AUROC 1): a split
+    that cannot find even that is said so. The separate set's size keeps the split's class mix."""
     if n_abnormal < 2 or n_normal < 2:
         return (f"the test split ({n_abnormal} abnormal, {n_normal} normal films) cannot compare models: "
                 "compare on a separate labelled set (docs/training.md, how many films)")
@@ -116,10 +118,13 @@ def test_split_warning(n_abnormal: int, n_normal: int, auc: float = 0.85, wanted
     if found <= wanted:
         return None
     a, n = films_for_difference(auc, wanted, n_abnormal / (n_abnormal + n_normal))
-    return (f"the test split ({n_abnormal} abnormal, {n_normal} normal films) finds only AUROC differences of "
-            f"{found:.2f} or more (80% power, AUROC near {auc}): its comparison with another model decides "
-            f"little; compare on a separate set of about {a + n} films ({a} abnormal) for a difference of "
-            f"{wanted} (docs/training.md; python -m cxr_triage.evaluation.sample_size)")
+    finds = (f"cannot find even the largest possible AUROC gain over a model near {auc} ({1 - auc:.2f}, to "
+             "AUROC 1) with 80% power" if found >= 1 - auc - 1e-6 else
+             f"finds only AUROC differences of {found:.2f} or more over a model near {auc} (80% power)")
+    return (f"the test split ({n_abnormal} abnormal, {n_normal} normal films, paired) {finds}: its "
+            f"comparison with another model decides little; compare on a separate set of about {a + n} films "
+            f"({a} abnormal, at this run's class mix) for a difference of {wanted} (docs/training.md; "
+            "python -m cxr_triage.evaluation.sample_size)")
 
 
 def auroc_table(aucs: Sequence[float] = (0.80, 0.85, 0.90), deltas: Sequence[float] = (0.03, 0.05, 0.08)) -> list[str]:

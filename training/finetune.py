@@ -174,7 +174,7 @@ def compare_with_init(cfg: TrainConfig, entries: list[Any], root: Path) -> dict[
         f"{d['p_value']:.3f}): {verdict}")
     say(f"too few films to decide? export it (cxr-triage export --checkpoint {out / 'model.pt'} --out site.onnx), "
         f"then pair it with the init model on the site's separate films: cxr-triage report --model site.onnx "
-        f"--manifest SEPARATE.csv --compare {cfg.init_from}")
+        f"--manifest SEPARATE.csv --split all --compare {cfg.init_from}")
     return summary
 
 

@@ -67,7 +67,11 @@ def label_reader(abnormal_values: Sequence[str], normal_values: Sequence[str]) -
         if not v:
             raise ManifestError(f"{where}: empty label")
         if not abn and not nor:
-            return parse_label(value, where)
+            try:
+                return parse_label(value, where)
+            except ManifestError as exc:
+                raise ManifestError(f"{exc}; give the site's spellings with --abnormal-values / "
+                                    "--normal-values (space-separated)") from None
         if v in abn or (nor and not abn and v not in nor):
             return 1
         if v in nor or (abn and not nor):

@@ -110,7 +110,9 @@ def test_site_label_column_and_spellings(tmp_path: Path, capsys: pytest.CaptureF
                      [["A1", "Finding"], ["A2", "No Finding"]])
     with pytest.raises(ValueError, match=r"no label column 'label' \(--label-column.*--accession-column"):
         rc.read_outcomes(path)
-    with pytest.raises(ValueError, match=r"outcomes\.csv:2: label 'Finding' is neither normal nor abnormal"):
+    # issue 24 re-run 2: the error names the options that read a site's spellings, as manifest's hint does
+    with pytest.raises(ValueError, match=r"outcomes\.csv:2: label 'Finding' is neither normal nor abnormal; "
+                                         r"give the site's spellings with --abnormal-values / --normal-values"):
         rc.read_outcomes(path, "Accession", "Result")
     key, outcomes = rc.read_outcomes(path, "Accession", "Result", ["Finding"], ["No Finding"])
     assert key == "accession_number" and {k: o.label for k, o in outcomes.items()} == {"A1": 1, "A2": 0}
