@@ -118,7 +118,8 @@ def commission(
     if not accept_no_savings and not advice.saves_work(choice.tn, n_normal, min_set_aside):
         raise NoWorkSaved("\n".join([
             f"refusing to write threshold {choice.threshold:.6f}: it sets aside {choice.tn} of {n_normal} "
-            f"normal films (less than {min_set_aside:.0%})", *advice.refusal_lines(demands, y, s, (choice.tn, n_normal))]))
+            f"normal films (less than {min_set_aside:.0%})",
+            *advice.refusal_lines(demands, y, s, (choice.tn, n_normal), min_set_aside)]))
     t = float(choice.threshold)
     at = metrics.operating_point(y, s, t, na_counts, confidence)
     model = _model_identity(model_path)

@@ -99,16 +99,28 @@ def other_target_lines(y: np.ndarray, s: np.ndarray, confidence: float, method: 
     return out
 
 
-def refusal_lines(d: RuleDemands, y: np.ndarray, s: np.ndarray, set_aside: tuple[int, int] | None) -> list[str]:
+def no_savings_words(tn: int, n_normal: int, min_set_aside: float = MIN_SET_ASIDE) -> str:
+    """Why setting aside ``tn`` of ``n_normal`` normal films (fewer than ``min_set_aside`` of
+    them) is refused, and what it means for the node, by the numbers: "(nearly) every study
+    suspicious" only below :data:`MIN_SET_ASIDE`."""
+    share = tn / max(n_normal, 1)
+    what = f"less than the {min_set_aside:.0%} asked (--min-set-aside)"
+    if share < MIN_SET_ASIDE:
+        return f"{what}: the node would call (nearly) every study suspicious and save (nearly) no work"
+    return f"{what}: the node would still call {n_normal - tn} of {n_normal} normal studies suspicious"
+
+
+def refusal_lines(d: RuleDemands, y: np.ndarray, s: np.ndarray, set_aside: tuple[int, int] | None,
+                  min_set_aside: float = MIN_SET_ASIDE) -> list[str]:
     """Why the result would mislead and the site's options, one sentence a line.
 
     ``set_aside`` = (normal films called likely normal, normal films) at the chosen threshold,
-    or None when no threshold meets the rule."""
+    or None when no threshold meets the rule; ``min_set_aside``: the share asked for."""
     lines = d.lines()
     if set_aside is not None:
         tn, n = set_aside
         lines.append(f"at the only threshold that meets it, {tn} of {n} normal films ({tn / max(n, 1):.0%}) are "
-                     "called likely normal: the node would call (nearly) every study suspicious and save no work")
+                     f"called likely normal, {no_savings_words(tn, n, min_set_aside)}")
     lines.append("options:")
     lines.append(f"  more abnormal films: from {d.needed_for_one_miss} on, one may be missed (from "
                  f"{d.needed_for_none_missed}, none); add them to the manifest and re-run")
@@ -116,7 +128,8 @@ def refusal_lines(d: RuleDemands, y: np.ndarray, s: np.ndarray, set_aside: tuple
     lines.append("  shadow mode first: serve with [node] shadow_mode = true, collect the final reads, and "
                  "commission on the shadow run's SRs (--srs) with the films it adds (docs/commissioning.md)")
     if set_aside is not None:
-        lines.append("  --accept-no-savings writes this threshold anyway (every study will be flagged)")
+        lines.append(f"  --accept-no-savings writes this threshold anyway (it sets aside {set_aside[0]} of "
+                     f"{set_aside[1]} normal films)")
     return lines
 
 

@@ -176,8 +176,8 @@ def _result_lines(site: Any) -> list[str]:
         f"{sp['low']:.4f}-{sp['high']:.4f}); workload saved {wl['value']:.1%} of films ({wl['k']}/{wl['n']})",
     ]
     if not site.evidence["saves_work"]:
-        lines.append("  WARNING: written because of --accept-no-savings: this threshold flags (nearly) every "
-                     "study and saves no work")
+        lines.append(f"  WARNING: written because of --accept-no-savings: this threshold sets aside only {at['tn']} "
+                     f"of {at['tn'] + at['fp']} normal films, fewer than --min-set-aside asks")
     return lines
 
 

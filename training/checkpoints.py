@@ -43,6 +43,10 @@ def load_resume(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict[str, 
             cfg, ignored = resumed_config(resume_ck["config"], cfg)
             for line in ignored:
                 say(f"resume: ignored {line}")
+            saved_out = str(resume_ck["config"].get("out") or "")
+            if saved_out and Path(saved_out) != Path(cfg.out):
+                say(f"resume: the run continues in {cfg.out!r} (it was saved as {saved_out!r}; the stored out "
+                    "path is updated)")
     elif resume:
         say(f"resume: no {last} yet, starting a new run")
     if not cfg.manifest:

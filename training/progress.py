@@ -67,24 +67,32 @@ def run_bar(enabled: bool, first_epoch: int, epochs: int, max_minutes: float) ->
     from tqdm import tqdm
 
     if max_minutes > 0:
-        return tqdm(total=max_minutes, desc="training", unit="min", file=sys.stderr, mininterval=5,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}]")
+        bar = tqdm(total=max_minutes, desc="training", unit="min", file=sys.stderr, mininterval=5,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}]")
+        bar.budget_min = max_minutes  # the total while the budget ends the run first (advance)
+        return bar
     return tqdm(total=epochs - first_epoch + 1, desc="training", unit="epoch", file=sys.stderr, mininterval=5)
 
 
-def advance(bar: Any, seconds: float, eta_min: float = float("nan")) -> None:
+def advance(bar: Any, seconds: float, eta_min: float = float("nan"), left_s: float | None = None) -> None:
     """One epoch done that took ``seconds``: an epoch bar moves by one; a minute bar by its
     minutes, and its total becomes the minutes done plus ``eta_min`` (the epoch line's ETA,
-    :func:`eta_minutes`), so its ETA follows whichever limit ends the run first."""
+    :func:`eta_minutes`), so its ETA follows whichever limit ends the run first. Given
+    ``left_s`` (seconds of the time budget left), the minute bar counts the budget used (setup
+    included) and its total stays the budget while the budget ends the run first."""
     if bar is None:
         return
     if bar.unit != "min":
         bar.update(1)
         return
-    bar.update(min(seconds / 60, bar.total - bar.n))
-    if not math.isnan(eta_min):
-        bar.total = bar.n + max(0.0, eta_min)
-        bar.refresh()
+    budget = float(getattr(bar, "budget_min", bar.total))
+    done = budget - max(0.0, left_s) / 60 if left_s is not None else bar.n + seconds / 60
+    bar.update(max(0.0, min(done, budget) - bar.n))
+    if math.isnan(eta_min):
+        return
+    budget_first = left_s is not None and eta_min * 60 >= left_s - 1.0  # eta_min is rounded to 0.01 min
+    bar.total = budget if budget_first else min(budget, bar.n + max(0.0, eta_min))
+    bar.refresh()
 
 
 def log_to_file(path: Path, level: str = "INFO") -> None:
@@ -150,13 +158,15 @@ def epoch_line(row: dict[str, Any], epochs: int, state: dict[str, Any], select: 
                left_s: float | None) -> str:
     """The one line printed after an epoch: losses, validation AUROC (overall, per source, of
     the nodule/mass output ``nod_auc``), the selection metric ``select`` and the best so far,
-    seconds and ETA (``left_s``: seconds of the time budget left, None without one)."""
+    seconds and ETA (``left_s``: seconds of the time budget left, None without one; the ETA is
+    never more than it)."""
+    eta = row["eta_min"] if left_s is None else min(row["eta_min"], max(0.0, left_s) / 60)
     return (f"{epoch_of(row['epoch'], epochs)}: train loss {row['train_loss']:.4f}, validation AUROC "
             f"{row['val_auroc']:.4f} (by source: "
             + ", ".join(f"{k} {v:.3f}" for k, v in row["val_auroc_by_source"].items() if not math.isnan(v))
             + (f"; nodule/mass {nod_auc:.3f}" if not math.isnan(nod_auc) else "")
             + f"; selection {select:.4f}, best {state['best_auroc']:.4f} at epoch {state['best_epoch']}), "
-            f"{row['seconds']:.0f} s; ETA {row['eta_min']:.1f} min"
+            f"{row['seconds']:.0f} s; ETA {eta:.1f} min"
             + (f", {max(0.0, left_s) / 60:.1f} min of the budget left" if left_s is not None else ""))
 
 

@@ -44,9 +44,9 @@ from cxr_triage.training.report_checks import model_checks
 from cxr_triage.training.report_figures import build_report, nodule_block
 from cxr_triage.training.report_render import markdown, terminal_summary, write_report
 from cxr_triage.training.report_scoring import (
-    GATE_BYPASS,
     ReportError,
     check_films,
+    gate_bypass,
     model_identity,
     model_outputs,
     model_session,
@@ -94,7 +94,7 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
                        compare_model=f"{ident_b['name']} {ident_b['version']} ({compare})" if ident_b else "",
                        compare_thresholds=ident_b["thresholds"] if ident_b else None, n_boot=n_boot, seed=seed)
     rep["model_file"] = {k: ident[k] for k in ("path", "sha256", "name", "version")}
-    rep["intended_use_gate"] = {"applied": False, "why": GATE_BYPASS, "films": len(paths),
+    rep["intended_use_gate"] = {"applied": False, "why": gate_bypass(e.source for e in entries), "films": len(paths),
                                 "the_gate_would_refuse": dict(sorted(gate_refusals.items()))}
     _, meta = model_session(model_path, threads=1)
     box_map = read_boxes(boxes) if boxes else None

@@ -8,7 +8,7 @@ stored in the model; the session comes from the one factory,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from cxr_triage.evaluation.model_checks import onnx_feature_model
 from cxr_triage.inference.gate import GateSettings, check_film
 from cxr_triage.inference.reader import read_film
 from cxr_triage.inference.scorer import ModelError, onnx_session
+from cxr_triage.training.adapters.shared import SHARED_FOLDERS
 from cxr_triage.training.manifest import Entry, resolve
 
 MAX_NAMED = 5
@@ -62,9 +63,19 @@ def model_identity(model_path: str | Path) -> dict[str, Any]:
 
 
 #: why the report scores every film of the split, and the node would not (``intended_use_gate``)
-GATE_BYPASS = ("scored without the intended-use gate: the shared development films are downsampled "
-               "copies (224-512 px) that the gate's pixel checks would refuse, while the figures are meant "
-               "for the films' content; `cxr-triage evaluate` applies the gate as the node does")
+GATE_BYPASS = ("scored without the intended-use gate: the figures are meant for the films' content, so every "
+               "film of the split is scored, including any the gate's pixel and header checks would refuse; "
+               "`cxr-triage evaluate` applies the gate as the node does")
+#: added when the films are the project's shared development films
+_SHARED_CLAUSE = ("; the shared development films are downsampled copies (224-512 px) that the gate's pixel "
+                  "checks would refuse")
+
+
+def gate_bypass(sources: Iterable[str]) -> str:
+    """:data:`GATE_BYPASS`, with why the shared development films in particular would be refused
+    when any of ``sources`` (the films' manifest ``source``) is a shared folder
+    (:data:`~cxr_triage.training.adapters.shared.SHARED_FOLDERS`)."""
+    return GATE_BYPASS + (_SHARED_CLAUSE if set(sources) & set(SHARED_FOLDERS) else "")
 
 
 def _input_batches(paths: Sequence[Path], spec: PreprocessSpec, batch: int,

@@ -125,7 +125,8 @@ def run_epochs(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders,
                 return "time budget"
             t0 = time.time()
             run_epoch(cfg, rt, data, loaders, model, state, budget, epoch, info)
-            advance(bar, time.time() - t0, state["history"][-1]["eta_min"] if state["history"] else float("nan"))
+            advance(bar, time.time() - t0, state["history"][-1]["eta_min"] if state["history"] else float("nan"),
+                    budget.left_s())
             if epoch < cfg.epochs and budget.over():
                 return "time budget"
         return "epochs"

@@ -92,8 +92,8 @@ def resumed_config(saved: dict[str, Any], given: TrainConfig) -> tuple[TrainConf
     for k in fields:
         if k in RUN_CONTROL:
             values[k] = getattr(given, k)
-        elif k in ("manifest", "out", "data_root") and not getattr(given, k):
-            continue
+        elif k == "out" or (k in ("manifest", "data_root") and not getattr(given, k)):
+            continue  # the run continues in the folder given (a copied or moved run folder)
         elif k in values and getattr(given, k) != values[k] and getattr(given, k) != getattr(_DEFAULTS, k):
             ignored.append(f"{k}={getattr(given, k)!r} (the run keeps {values[k]!r})")
     values["out"] = given.out or values.get("out", "")

@@ -70,6 +70,22 @@ def test_threshold_below_every_film_is_refused_with_the_options() -> None:
     assert site.evidence["saves_work"] is False and site.evidence["at_threshold"]["tn"] == 0
 
 
+def test_a_set_aside_short_of_min_set_aside_is_worded_by_the_numbers() -> None:
+    """Issue 24 site re-run 2: --min-set-aside 0.2 with 15% set aside said the node "would call
+    (nearly) every study suspicious and save no work"; it says the numbers now."""
+    films, scored = films_and_scores()
+    scored[0] = Scored(score=0.5)        # the lowest abnormal film now scores among the normals
+    with pytest.raises(NoWorkSaved) as err:
+        commission(films, scored, Path(__file__), "site", also_targets=(), min_set_aside=0.8)
+    msg = str(err.value)
+    tn = int(msg.split("it sets aside ")[1].split(" of")[0])
+    assert tn >= 0.05 * N_NORMAL and "(nearly) every study" not in msg
+    assert (f"less than the 80% asked (--min-set-aside): the node would still call {N_NORMAL - tn} of "
+            f"{N_NORMAL} normal studies suspicious") in msg
+    assert f"--accept-no-savings writes this threshold anyway (it sets aside {tn} of {N_NORMAL} normal films)" in msg
+    assert "(nearly) every study suspicious" in advice.no_savings_words(0, N_NORMAL)
+
+
 def write_inputs(tmp: Path) -> tuple[Path, Path]:
     labels, scores = site_scores()
     manifest, scores_csv = tmp / "site.csv", tmp / "scores.csv"

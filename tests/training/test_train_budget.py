@@ -18,6 +18,7 @@ from cxr_triage.training.cli import config_from_args, register
 from cxr_triage.training.progress import (
     EPOCHS_UNDER_BUDGET,
     advance,
+    epoch_line,
     epoch_of,
     eta_minutes,
     log_to_file,
@@ -89,6 +90,38 @@ def test_run_bar_follows_whichever_limit_ends_first() -> None:
     advance(few, 30.0, eta_minutes([{"seconds": 30.0}], 2, 4 * 60 - 30.0))       # the epochs end first
     assert (few.n, few.total) == (0.5, 1.5)
     few.close()
+
+
+def test_the_bar_keeps_the_budget_and_the_eta_never_passes_it() -> None:
+    """Issue 24 site re-run 2: with setup time before the first epoch the bar's total went
+    0.0/2.0 -> 0.1/0.9 -> 0.2/1.8 min, and epoch 2 said "ETA 1.4 min, 1.3 min of the budget left"."""
+    bar = run_bar(True, 1, 50, 2.0)
+    for seconds, left_s in ((19.0, 90.0), (8.0, 80.9), (11.0, 69.0)):   # the budget ends first
+        advance(bar, seconds, round(eta_minutes([{"seconds": seconds}], 48, left_s) , 2), left_s - 0.5)
+        assert bar.total == 2.0 and bar.n == pytest.approx(2.0 - (left_s - 0.5) / 60)
+    bar.close()
+    few = run_bar(True, 1, 3, 4.0)   # the epochs end first: minutes used plus their ETA
+    advance(few, 30.0, eta_minutes([{"seconds": 30.0}], 2, 200.0), 200.0)
+    assert few.total == pytest.approx(4.0 - 200 / 60 + 1.0)
+    few.close()
+    row = {"epoch": 2, "train_loss": 0.93, "val_auroc": 0.4, "val_auroc_by_source": {"site": 0.4},
+           "seconds": 8.0, "eta_min": round(80.9 / 60, 2)}           # 1.35 rounded; 1.348 min left
+    state = {"best_auroc": 0.75, "best_epoch": 1}
+    line = epoch_line(row, 50, state, 0.4, float("nan"), 80.9)
+    assert line.endswith("ETA 1.3 min, 1.3 min of the budget left")
+
+
+def test_a_resumed_copy_continues_in_the_folder_given() -> None:
+    """Issue 24 site re-run 2: --resume --out runs/budget_resume (a copied run folder) said
+    "ignored out=..." yet wrote there; the run continues in the folder given (docs/training.md)."""
+    from dataclasses import asdict
+
+    from cxr_triage.training.train_config import resumed_config
+
+    saved = asdict(_config("--max-minutes", "2"))
+    saved["out"] = "runs/budget"
+    cfg, ignored = resumed_config(saved, _config("--max-minutes", "2"))
+    assert cfg.out == "o" and not any(line.startswith("out=") for line in ignored)
 
 
 def test_pretrained_trunk_prints_nothing_on_stdout(capsys: pytest.CaptureFixture,
