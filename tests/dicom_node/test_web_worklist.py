@@ -178,6 +178,10 @@ def test_worklist_rows_say_why_a_study_is_not_assessable(node, client):
     row = html[html.index(f'data-uid="{canine}"'):]
     assert '<span class="reason meta">patient is not human</span>' in row[:row.index("</tr>")]
     assert html.count('class="reason meta"') == 1
+    # issue 24 site re-run 2: the study page said "Why not assessable: lateral_view", the code;
+    # it gives the same words as the worklist (the code kept as the tooltip)
+    page = client.get(f"/studies/{canine}").text
+    assert '<dd id="study-reason" title="non_human">patient is not human</dd>' in page
 
 
 def test_api_and_pages_expose_the_nodule_mass_flag(node, client):
