@@ -42,8 +42,7 @@ it to the fallback SR classes.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -150,33 +149,33 @@ def build_result_sr(
         # that would put PHI into the logs.
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
         content = measurement_report(study, headers, meta)
-        with _handed_over(content[0]):
-            sr = hd.sr.Comprehensive3DSR(
-                evidence=headers,
-                content=content,
-                series_instance_uid=series_uid or hd.UID(),
-                series_number=series_number,
-                sop_instance_uid=sop_instance_uid or hd.UID(),
-                instance_number=instance_number,
-                manufacturer=meta.manufacturer or SOFTWARE_NAME,
-                is_complete=True,
-                is_final=False,
-                is_verified=False,
-                institution_name=institution_name,
-                institutional_department_name=institutional_department_name,
-                series_description=header_description(prefix, study.decision, study_reasons(study)),
-                previous_versions=previous,
-                manufacturer_model_name=SOFTWARE_NAME,
-                software_versions=software_versions(meta)[0],  # all values: mark_equipment
-                coding_schemes=[
-                    CodingSchemeIdentificationItem(
-                        designator=C.SCHEME,
-                        name=C.SCHEME_NAME,
-                        version=C.SCHEME_VERSION,
-                        responsible_organization=C.SCHEME_ORGANIZATION,
-                    )
-                ],
-            )
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=headers,
+            content=_hollow(content[0]),
+            series_instance_uid=series_uid or hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid or hd.UID(),
+            instance_number=instance_number,
+            manufacturer=meta.manufacturer or SOFTWARE_NAME,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            institution_name=institution_name,
+            institutional_department_name=institutional_department_name,
+            series_description=header_description(prefix, study.decision, study_reasons(study)),
+            previous_versions=previous,
+            manufacturer_model_name=SOFTWARE_NAME,
+            software_versions=software_versions(meta)[0],  # all values: mark_equipment
+            coding_schemes=[
+                CodingSchemeIdentificationItem(
+                    designator=C.SCHEME,
+                    name=C.SCHEME_NAME,
+                    version=C.SCHEME_VERSION,
+                    responsible_organization=C.SCHEME_ORGANIZATION,
+                )
+            ],
+        )
+    _hand_over(sr, content, headers)
     if amends is not None:
         sr.CompletionFlagDescription = AMENDED_COMPLETION
     mark_equipment(sr, meta)
@@ -184,18 +183,43 @@ def build_result_sr(
     return sr
 
 
-@contextmanager
-def _handed_over(root: Dataset) -> Iterator[None]:
-    """Let highdicom's SR take the content tree as it is. ``_SR.__init__`` deep-copies the
-    content it is given and then converts the copy in place (``ContentItem.
-    _from_dataset_derived``), about a quarter of the SR's build time (issue 21: no needless
-    deep copies); the tree is made for this one SR (``measurement_report``), so the copy
-    protects nothing. The root item's deep copy is itself while the SR is built."""
-    root.__dict__["__deepcopy__"] = lambda memo: root
-    try:
-        yield
-    finally:
-        root.__dict__.pop("__deepcopy__", None)
+def _hollow(root: Dataset) -> Dataset:
+    """The root container's own attributes (concept name, template, continuity) with an empty
+    Content Sequence: what highdicom's SR is built from (:func:`_hand_over` then gives it the
+    tree). ``_SR.__init__`` deep-copies the content it is given, converts the copy item by item
+    (``ContentItem._from_dataset_derived``) and searches it twice for references, making a
+    CodedConcept per item (``collect_evidence``): most of the SR's build time (issue 21), all of
+    it for a tree made for this one SR from highdicom's own items (``measurement_report``)."""
+    hollow = Dataset()
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            hollow.add(elem)
+    hollow.ContentSequence = []
+    return hollow
+
+
+def _hand_over(sr: hd.sr.Comprehensive3DSR, content: hd.sr.MeasurementReport,
+               headers: Sequence[Dataset]) -> None:
+    """The report's tree into the SR built over its :func:`_hollow` root (the same data element,
+    as highdicom copies the root's), after highdicom's check that every instance an IMAGE or
+    COMPOSITE item references is evidence (ValueError otherwise; the evidence sequences come
+    from ``headers`` alone, so they are the same)."""
+    root = content[0]
+    missing = _referenced_uids(root) - {str(h.SOPInstanceUID) for h in headers}
+    if missing:
+        raise ValueError(f"no evidence for the instances the content references: {sorted(missing)}")
+    sr["ContentSequence"] = root["ContentSequence"]
+    sr._content = content  # what ``sr.content`` returns: the tree as built, not a converted copy
+
+
+def _referenced_uids(item: Dataset) -> set[str]:
+    """SOP Instance UIDs the IMAGE and COMPOSITE items under ``item`` reference (PS3.3 C.17.3)."""
+    found: set[str] = set()
+    for child in item.get("ContentSequence", []):
+        if child.ValueType in ("IMAGE", "COMPOSITE"):
+            found.add(str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        found |= _referenced_uids(child)
+    return found
 
 
 def cite_prior(sr: Dataset, study: StudyResult) -> None:
