@@ -81,6 +81,25 @@ def operating_points(scores: np.ndarray, labels: np.ndarray,
             for t in targets}
 
 
+def coinciding_points(thresholds: dict[str, float], n_abnormal: int,
+                      targets: tuple[float, ...] = TARGET_SENSITIVITIES) -> str | None:
+    """A warning line when operating points of ``targets`` got the same threshold on
+    ``n_abnormal`` abnormal validation films (the abnormal film at rank ceil(target x n) sets
+    each: with few films the ranks coincide, or tied scores do); None when all differ."""
+    by_t: dict[float, list[float]] = {}
+    for t in targets:
+        if operating_point_name(t) in thresholds:
+            by_t.setdefault(thresholds[operating_point_name(t)], []).append(t)
+    same = [(thr, ts) for thr, ts in by_t.items() if len(ts) > 1]
+    if not same:
+        return None
+    parts = [f"{', '.join(operating_point_name(t) for t in ts)} share threshold {thr:.4f} (the abnormal film "
+             f"ranked {', '.join(str(max(1, math.ceil(t * n_abnormal - 1e-9))) for t in ts)} of {n_abnormal} "
+             "sets it)" for thr, ts in same]
+    return (f"{'; '.join(parts)}: with {n_abnormal} abnormal validation films these operating points coincide; "
+            "more abnormal validation films separate them")
+
+
 def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Sensitivity, specificity (= share of normals called likely normal) at a threshold."""
     y = np.asarray(labels)
@@ -94,5 +113,5 @@ def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
 
 
 __all__ = ["fit_temperature", "fit_temperature_and_shift", "calibrated", "stored_threshold", "operating_points",
-           "rates", "TARGET_SENSITIVITIES", "NODULE_SENSITIVITIES", "NODULE_FLAG_RATES", "DEFAULT_FLAG_RATE",
+           "coinciding_points", "rates", "TARGET_SENSITIVITIES", "NODULE_SENSITIVITIES", "NODULE_FLAG_RATES", "DEFAULT_FLAG_RATE",
            "MIN_FLAG_SENSITIVITY", "expit"]

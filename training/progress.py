@@ -27,6 +27,8 @@ import numpy as np
 from cxr_triage.logs import JsonFormatter, RedactValues
 from cxr_triage.training.manifest import Entry
 
+log = logging.getLogger(__name__)
+
 #: ``epochs`` of a run given only a time budget: the budget ends it (or patience), never the count.
 EPOCHS_UNDER_BUDGET = 10_000
 
@@ -170,9 +172,19 @@ def epoch_line(row: dict[str, Any], epochs: int, state: dict[str, Any], select: 
             + (f", {max(0.0, left_s) / 60:.1f} min of the budget left" if left_s is not None else ""))
 
 
+def _null_nan(value: Any) -> Any:
+    """``value`` with NaN as None (a flat mapping without its NaN entries), so a log line stays
+    strict JSON."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if not (isinstance(v, float) and math.isnan(v))}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def log_epoch(out: Path, row: dict[str, Any]) -> None:
     """Append the epoch's row to ``<out>/metrics.jsonl`` and ``<out>/metrics.csv`` (per-source
-    AUROCs flattened into ``val_auroc_<source>`` columns)."""
+    AUROCs flattened into ``val_auroc_<source>`` columns), and log it (one JSON log line:
+    ``<out>/train_log.jsonl``, or stderr with ``--log-json``; NaN as null or left out)."""
+    log.info("epoch done", extra={k: _null_nan(v) for k, v in row.items()})
     with (out / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(row) + "\n")
     flat = {k: v for k, v in row.items() if not isinstance(v, dict)}

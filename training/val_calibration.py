@@ -15,6 +15,7 @@ from cxr_triage.contract.operating_points import flag_rate_point_name, operating
 from cxr_triage.evaluation.metrics import expected_calibration_error
 from cxr_triage.training import calibrate
 from cxr_triage.training.manifest import Entry
+from cxr_triage.training.progress import say
 from cxr_triage.training.targets import nodule_known, nodule_truth
 from cxr_triage.training.train_config import TrainConfig
 from cxr_triage.training.train_metrics import auroc, per_source
@@ -37,6 +38,9 @@ def calibration(cfg: TrainConfig, val_e: list[Entry], val_logits_all: np.ndarray
     shifted = val_logits + logit_shift
     scores = calibrate.calibrated(shifted[sel], temperature)
     thresholds = calibrate.operating_points(scores, y)
+    same = calibrate.coinciding_points(thresholds, int(y.sum()))
+    if same:
+        say(f"WARNING: {same}")
     all_scores = calibrate.calibrated(shifted, temperature)
     metrics = {
         "split": "val",

@@ -155,6 +155,27 @@ def test_json_log_lines_go_to_the_file_not_between_the_progress(tmp_path: Path,
 
 
 
+def test_each_epoch_is_a_json_log_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 24 site re-run 2: `train --log-json` on a tiny run printed no JSON line (nothing
+    was logged but a cache hit); each epoch's row is one now (NaN as null), on stderr with
+    --log-json (the root handler setup_logging installs), else in train_log.jsonl."""
+    from cxr_triage.logs import setup_logging
+    from cxr_triage.training.progress import log_epoch
+
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", "json")
+        log_epoch(tmp_path, {"epoch": 1, "train_loss": 1.27, "val_auroc": float("nan"),
+                             "val_auroc_by_source": {"a": 0.5, "b": float("nan")}, "seconds": 2.0})
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert line["msg"] == "epoch done" and line["epoch"] == 1 and line["val_auroc"] is None
+        assert line["val_auroc_by_source"] == {"a": 0.5}
+    finally:
+        root.handlers[:], _ = before
+        root.setLevel(before[1])
+
+
 def test_the_learning_rate_schedule_ends_with_the_rule_that_ends_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from cxr_triage.training import train_model
 

@@ -82,3 +82,22 @@ def test_temperature_and_shift_fix_a_prior_shift() -> None:
     y = (rng.random(true_logit.size) < calibrate.expit(true_logit)).astype(int)
     t, shift = calibrate.fit_temperature_and_shift(2.0 * (true_logit - 0.7), y)  # scaled and centred
     assert t == pytest.approx(2.0, rel=0.1) and shift / t == pytest.approx(0.7, abs=0.1)
+
+
+def test_operating_points_that_coincide_are_said_so(capsys: pytest.CaptureFixture) -> None:
+    """Issue 24 site re-run 2: a fine-tuned model got one threshold for sens_0.95/0.98/0.99 on
+    12 abnormal validation films and nothing said why; calibration warns, naming the count."""
+    from types import SimpleNamespace
+
+    from cxr_triage.training.val_calibration import calibration
+
+    rng = np.random.default_rng(9)
+    y = np.array([1] * 12 + [0] * 20)
+    logits = np.where(y == 1, rng.normal(1.0, 1.0, y.size), rng.normal(-1.0, 1.0, y.size))
+    entries = [Entry(file=f"f{i}.png", label=int(v), patient_id=f"p{i}", source="site") for i, v in enumerate(y)]
+    out = calibration(SimpleNamespace(), entries, logits, np.ones(y.size, bool), 3)
+    assert len(set(out["thresholds"].values())) == 1                  # the math is unchanged: ranks 12, 12, 12
+    err = capsys.readouterr().err
+    assert "WARNING: sens_0.95, sens_0.98, sens_0.99 share threshold" in err
+    assert "ranked 12, 12, 12 of 12" in err and "with 12 abnormal validation films" in err
+    assert calibrate.coinciding_points({"sens_0.95": 0.3, "sens_0.98": 0.2, "sens_0.99": 0.1}, 200) is None
