@@ -20,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from cxr_triage.training.init_from import InitModel, InitModelError, check_against_onnx, empty_network
+from cxr_triage.contract.model_file import INPUT_NAME, SCORE_OUTPUT
+from cxr_triage.paths import bundled_model_path, repo_root, shared_data_dir
+from cxr_triage.training.init_from import (
+    InitModel,
+    InitModelError,
+    check_against_onnx,
+    empty_network,
+    network_from_onnx,
+)
+from cxr_triage.training.manifest import read_manifest, resolve, write_manifest
 from cxr_triage.training.progress import say
 from cxr_triage.training.targets import n_outputs
 from cxr_triage.training.train_config import TrainConfig
@@ -33,8 +42,6 @@ CHECK_FILMS = 4
 
 def resolve_init(text: str) -> Path:
     """``bundled`` -> the shipped ONNX file; anything else a path. FileNotFoundError when missing."""
-    # paths imports the model package's location: only when an init model is named
-    from cxr_triage.paths import bundled_model_path
 
     path = bundled_model_path() if text == "bundled" else Path(text)
     if not path.is_file():
@@ -48,8 +55,7 @@ def load_init(text: str) -> InitModel:
     :func:`init_network`) or a training checkpoint (``model.pt``). Raises InitModelError."""
     import torch  # torch only once training runs
 
-    # network and init_from import torch at module level: only once an init model is loaded
-    from cxr_triage.training.init_from import network_from_onnx
+    # network imports torch at module level: only once an init model is loaded
     from cxr_triage.training.network import network_from_checkpoint
 
     path = resolve_init(text)
@@ -136,7 +142,6 @@ def check_inputs(cfg: TrainConfig, entries: list[Any], root: Path) -> np.ndarray
     """(n, 1, S, S) preprocessed inputs of the first :data:`CHECK_FILMS` training films."""
     # export imports ONNX Runtime: only when an ONNX init model is checked
     from cxr_triage.training.export import check_films
-    from cxr_triage.training.manifest import resolve
 
     pick = [e for e in entries if e.split == "train"][:CHECK_FILMS] or entries[:CHECK_FILMS]
     return check_films([resolve(e, root) for e in pick], cfg.spec())
@@ -184,7 +189,6 @@ def abnormal_scores(model: Path, x: np.ndarray) -> np.ndarray:
     import torch  # torch only once a run has finished
 
     # scorer makes ONNX Runtime sessions; checkpoints and network import torch: only once a run has finished
-    from cxr_triage.contract.model_file import INPUT_NAME, SCORE_OUTPUT
     from cxr_triage.inference.scorer import onnx_session
     from cxr_triage.training.checkpoints import batch_logits
     from cxr_triage.training.network import network_from_checkpoint
@@ -205,9 +209,6 @@ def mix_bundled(cfg: TrainConfig) -> TrainConfig:
     Paths are rewritten relative to the new manifest. FileNotFoundError without the shared data."""
     import os
 
-    # paths and the manifest reader: only when bundled films are mixed in
-    from cxr_triage.paths import repo_root, shared_data_dir
-    from cxr_triage.training.manifest import read_manifest, write_manifest
 
     shared = shared_data_dir(required=True)
     out = Path(cfg.out).resolve()
