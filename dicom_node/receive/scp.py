@@ -50,6 +50,7 @@ from cxr_triage.dicom_node.receive.statuses import (
     OUT_OF_RESOURCES,
     SUCCESS,
     hex_status,
+    unreadable_reason,
 )
 from cxr_triage.dicom_node.store import audit as A
 from cxr_triage.dicom_node.store.jobs import InstanceRecord, JobStore
@@ -145,7 +146,7 @@ class StoreHandler(AssociationPolicy):
             except _StorageError as exc:          # disk full while receiving
                 return self.out_of_resources(exc.error, ctx)
             except Exception as exc:  # noqa: BLE001 - anything odd from the peer
-                return self.reject(None, CANNOT_UNDERSTAND, f"unreadable dataset: {exc}", ctx)
+                return self.reject(None, CANNOT_UNDERSTAND, unreadable_reason("unreadable dataset", exc), ctx)
             return self.store_file(src, received, over_limit, digest, sop_uid, sop_class, calling,
                                    ctx)
         finally:
@@ -216,7 +217,7 @@ class StoreHandler(AssociationPolicy):
             sop_uid = ds_sop_uid if sop_uid is None else sop_uid
             sop_class = str(hdr.get("SOPClassUID", "") or "").strip() if sop_class is None else sop_class
         except Exception as exc:  # noqa: BLE001 - malformed header of any kind
-            return self.reject(src, CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}", ctx)
+            return self.reject(src, CANNOT_UNDERSTAND, unreadable_reason("cannot parse dataset", exc), ctx)
         ctx.update(sop_instance_uid=sop_uid, sop_class_uid=sop_class)
         if not _valid_uid(study_uid) or not _valid_uid(sop_uid):
             return self.reject(src, DATASET_MISMATCH, "missing or invalid Study/SOP Instance UID", ctx)
