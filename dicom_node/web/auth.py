@@ -86,6 +86,11 @@ def current_user(request: Request) -> str | None:
     return _login(request, get_settings(request))[1]
 
 
+# what a client that is not a person (a STOW-RS sender, a script, Prometheus) must send
+AUTH_REQUIRED = ("authentication required: send an 'Authorization: Bearer <token>' header with a"
+                 " [web] token or user_tokens token (docs/operations.md, Worklist and metrics)")
+
+
 def require_login(request: Request) -> None:
     if authorised(request, get_settings(request)):
         return
@@ -93,7 +98,7 @@ def require_login(request: Request) -> None:
     if wants_html:
         target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
         raise HTTPException(status_code=303, headers={"Location": f"/login?next={target}"})
-    raise HTTPException(status_code=401, detail="login required", headers={"WWW-Authenticate": "Bearer"})
+    raise HTTPException(status_code=401, detail=AUTH_REQUIRED, headers={"WWW-Authenticate": "Bearer"})
 
 
 LOGIN_REQUIRED = [Depends(require_login)]
