@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -130,7 +131,15 @@ def _stale(heartbeat: float | None, lease_s: float) -> str:
     return f"  STALE: no heartbeat for {age:.0f} s (lease {lease_s:.0f} s): stopped or cut off"
 
 
+def quiet_logs() -> None:
+    """A report for a person on stdout: the node's own INFO lines (e.g. "job store on
+    postgresql") are left out; warnings and errors still reach stderr."""
+    root = logging.getLogger()
+    root.setLevel(max(logging.WARNING, root.level))
+
+
 def run_status(args: argparse.Namespace, cfg: Config) -> int:
+    quiet_logs()
     cfg = _override(cfg, args)
     if args.retry_dead:
         n = JobStore(StateDirs(resolve_path(cfg, cfg.node.state_dir)).queue_db,
