@@ -103,11 +103,24 @@ def test_dicomweb_client_stores_a_study_durably_and_audited(node: Node, tmp_path
 
 def test_login_and_media_type_are_required(node: Node, tmp_path: Path) -> None:
     body = _body(("application/dicom", _instance(tmp_path, "a").read_bytes()))
-    assert _post(node, body, token="wrong-token-0123456789").status_code == 401
+    refused = _post(node, body, token="wrong-token-0123456789")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in refused.json()["detail"]   # what a sending PACS must add
     assert _post(node, body, ctype="application/dicom").status_code == 415
     assert _post(node, body, ctype=f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}'
                  ).status_code == 415
     assert _post(node, body, ctype='multipart/related; type="application/dicom"').status_code == 400
+
+
+def test_unreadable_reason_keeps_library_advice_out() -> None:
+    from pydicom.errors import InvalidDicomError
+
+    from cxr_triage.dicom_node.receive.statuses import NOT_DICOM, unreadable_reason
+
+    assert unreadable_reason("cannot parse dataset", InvalidDicomError("no header. Use force=True to force reading.")
+                             ) == NOT_DICOM
+    assert unreadable_reason("cannot parse dataset", ValueError("bad tag. Use force=True to force reading.")
+                             ) == "cannot parse dataset: bad tag."
 
 
 def test_wrong_boundary_is_a_bad_request_with_nothing_stored(node: Node, tmp_path: Path) -> None:
@@ -128,7 +141,10 @@ def test_a_non_dicom_part_fails_0xC000_beside_a_stored_one(node: Node, tmp_path:
     reply = got.json()
     assert _stored_uids(reply) == [str(dcmread(good, stop_before_pixels=True).SOPInstanceUID)]
     assert _reasons(reply) == [0xC000, 0xC000]
-    assert len(node.quarantine.entries()) == 2
+    entries = node.quarantine.entries()
+    assert len(entries) == 2
+    assert not [e for e in entries if "force=True" in str(e)]      # our words, not pydicom's advice
+    assert any(str(e.get("reason", "")).startswith("not a DICOM data set") for e in entries)
     _nothing_left(node)
 
 
