@@ -66,8 +66,10 @@ def send_stow(batch: list[DueDelivery], destination: str, cfg: Config,
 
 
 def no_answer_cause(exc: BaseException) -> str:
-    """The cause of a request that got no answer, as the DIMSE side names it ("connection
-    refused", "timed out", ...), for the one WARNING line and ``cxr-triage status``."""
+    """The cause of a request that got no answer, in a few fixed words ("connection refused",
+    "timed out", "name not resolved", "TLS handshake failed", "connection reset"; else the
+    exception's text), for the one WARNING line and ``cxr-triage status``. The DIMSE side
+    (:func:`cxr_triage.dicom_node.compat.connection_failure`) gives the system's own text."""
     text = f"{type(exc).__name__}: {exc}"
     for cause, needles in (("connection refused", ("Connection refused", "ConnectionRefusedError")),
                            ("timed out", ("timed out", "Timeout")),
