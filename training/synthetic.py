@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from cxr_triage.training.adapters import FIELD_MM, NIH_FINDINGS
-from cxr_triage.training.lesions import insert_lesion, lung_mask
+from cxr_triage.training.lesions import insert_lesion, lung_fields
 from cxr_triage.training.manifest import Entry
 from cxr_triage.training.targets import ABNORMAL, NODULE, conflicting
 
@@ -32,7 +32,7 @@ class LesionDraws:
     p: float
     eligible: np.ndarray
     field_mm: np.ndarray
-    _masks: dict[int, np.ndarray] = field(default_factory=dict)
+    _masks: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, entries: Sequence[Entry], p: float) -> "LesionDraws":
@@ -50,10 +50,10 @@ class LesionDraws:
         rng = np.random.default_rng([seed[0], seed[1], int(i), _STREAM])
         if rng.random() >= self.p:
             return film, label, known
-        if i not in self._masks:  # the film's lung field, once per film
-            self._masks[i] = lung_mask(film)
+        if i not in self._masks:  # the film's lung field and room inside the body, once per film
+            self._masks[i] = lung_fields(film)
         fmm = self.field_mm[i]
-        out, lesion = insert_lesion(film, rng, None if np.isnan(fmm) else float(fmm), self._masks[i])
+        out, lesion = insert_lesion(film, rng, None if np.isnan(fmm) else float(fmm), *self._masks[i])
         if lesion is None:
             return film, label, known
         return out, *lesion_targets(label, known, lesion.kind)

@@ -24,7 +24,8 @@ NODULE_READ_NORMAL = "nodule_read_normal"
 
 
 def _teacher(folder: Path) -> dict[str, dict[str, str]]:
-    """``teacher_chexnet_repro.csv`` of a shared NIH folder: file -> {teacher_<finding>: prob}."""
+    """``teacher_chexnet_repro.csv`` of a shared folder (NIH folders, rsna-pneumonia/):
+    file -> {teacher_<finding>: prob}; {} when the folder has none."""
     path = folder / "teacher_chexnet_repro.csv"
     if not path.exists():
         return {}
@@ -40,7 +41,8 @@ def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | No
       ``findings`` are the NIH labels; a folder's ``teacher_chexnet_repro.csv`` (the CheXNet
       reproduction's 14 finding probabilities) becomes ``teacher_<finding>`` columns.
     * ``rsna-pneumonia/``: radiologist labels (``rsna_class`` column), see
-      :func:`_rsna_pneumonia_entry` (NIH patient ids, NIH findings, the label conflict).
+      :func:`_rsna_pneumonia_entry` (NIH patient ids, NIH findings, the label conflict); its
+      ``teacher_chexnet_repro.csv`` (207 films) becomes ``teacher_<finding>`` columns as above.
     * ``rsna-normals/``: radiologist-read normals through another pipeline. A film that is the
       twin of an rsna-pneumonia film (``twin`` column: the twin's manifest path) takes the twin's
       patient id, so both copies of one film always share a split.
@@ -81,8 +83,10 @@ def shared_data(root: Path, min_age: float = 16.0, problems: ImportProblems | No
     twins: dict[str, Entry] = {}  # rsna-normals file -> its rsna-pneumonia twin
     pneumonia = root / "rsna-pneumonia" / "labels.csv"
     if pneumonia.exists():
+        teacher = _teacher(root / "rsna-pneumonia")
         for row in open_csv(pneumonia):
             entries.append(_rsna_pneumonia_entry(row))
+            entries[-1].extra.update(teacher.get(row["file"], {}))
             if row.get("twin_in_rsna_normals"):
                 twins[row["twin_in_rsna_normals"]] = entries[-1]
     rsna = root / "rsna-normals" / "labels.csv"
