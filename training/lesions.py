@@ -13,11 +13,9 @@ percent). That peak is the grey level *added* at the centre (the dome times a +-
 not scaled down by the local grey level (issue 22: the first version multiplied it by
 ``1 - grey``, leaving a median 63 % of the design on real films). The peak is kept in
 [:data:`MIN_PEAK`, tissue - lung]: at most mediastinal density, and at least 3 % of the film's
-grey range. That floor is our choice, of the order of the threshold contrast of small solid
-nodules in chest radiography (contrast-detail studies with simulated nodules on real chest
-films, e.g. Samei, Flynn & Eyler, Radiology 1999;213:727-734, where anatomical noise sets the
-threshold at a few per cent of the local signal): a fainter lesion is one the film does not
-show, i.e. a label without a finding. Its size in pixels comes from the film's pixel spacing
+grey range. That floor is our own choice, not taken from a measured threshold: a lesion much
+fainter than the anatomical noise of the lung field (ribs, vessels: several per cent of the grey
+range) is one the film does not show, i.e. a label without a finding. Its size in pixels comes from the film's pixel spacing
 (the film's long side in mm, ``field_mm``; 400 mm when unknown, a typical chest field).
 
 The lung-field mask is deliberately simple: the central chest region (rows 15-85 %, columns
