@@ -127,7 +127,9 @@ def test_results_delivered_over_tls(tmp_path: Path, tiny_model: Path, sample_dic
         assoc.release()
         (sr,) = wait_for(lambda: [p for p in out.iterdir() if p.name.startswith("SR")], 60, 0.3, "SR over TLS")
         assert dcmread(sr).Modality == "SR"
-        assert node.queries.list_studies()[0]["delivery_status"] == "delivered"
+        # storescp writes the file before it answers; the node records the delivery on the answer
+        wait_for(lambda: node.queries.list_studies()[0]["delivery_status"] == "delivered", 30, 0.1,
+                 "the SR's delivery recorded")
     finally:
         if node:
             node.stop(timeout_s=5)
