@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_triage.config import resolve_path
+from cxr_triage.contract.manifest import NEGATIVE_SPELLINGS, POSITIVE_SPELLINGS
 from cxr_triage.paths import bundled_model_path
 
 EXIT_INSUFFICIENT = 3
@@ -66,9 +67,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
                        help="the outcomes CSV's label column (default label)")
         p.add_argument("--abnormal-values", nargs="*", default=[], metavar="VALUE",
                        help="the site's spellings of abnormal in --label-column, as `manifest` reads them "
-                            "(default: abnormal/1/true/yes/positive/suspicious)")
+                            f"(default: {'/'.join(POSITIVE_SPELLINGS)})")
         p.add_argument("--normal-values", nargs="*", default=[], metavar="VALUE",
-                       help="the site's spellings of normal (default: normal/0/false/no/negative)")
+                       help=f"the site's spellings of normal (default: {'/'.join(NEGATIVE_SPELLINGS)})")
         p.add_argument("--feedback", action="store_true",
                        help="use the radiologists' accept/reject feedback kept by the worklist (job store) as "
                             "study outcomes (a rejection is discordant); --outcomes rows win where both exist")

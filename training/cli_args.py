@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from cxr_triage.config import load_config
+from cxr_triage.contract.manifest import NEGATIVE_SPELLINGS, POSITIVE_SPELLINGS
 from cxr_triage.training.adapters import ADAPTERS
 from cxr_triage.training.train_config import TrainConfig
 
@@ -217,9 +218,9 @@ def manifest_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source", default="", help="source name of every film (default: the column, else the "
                    "--root folder's name)")
     g.add_argument("--abnormal-values", nargs="*", default=[], metavar="VALUE",
-                   help="the site's spellings of abnormal (default: abnormal/1/true/yes/positive/suspicious)")
+                   help=f"the site's spellings of abnormal (default: {'/'.join(POSITIVE_SPELLINGS)})")
     g.add_argument("--normal-values", nargs="*", default=[], metavar="VALUE",
-                   help="the site's spellings of normal (default: normal/0/false/no/negative)")
+                   help=f"the site's spellings of normal (default: {'/'.join(NEGATIVE_SPELLINGS)})")
     g.add_argument("--key", default="accession_number", choices=["accession_number", "sop_instance_uid",
                                                                   "study_instance_uid"],
                    help="dicom: what the labels CSV is keyed by")

@@ -31,8 +31,11 @@ from cxr_triage.contract.patient import parse_age_years
 COLUMNS: tuple[str, ...] = ("file", "label", "patient_id", "site", "source", "age", "sex", "view",
                             "findings", "nodule_or_mass", "split")
 REQUIRED: tuple[str, ...] = ("file", "label")
-POSITIVE_LABELS = frozenset({"abnormal", "1", "true", "yes", "positive", "suspicious"})
-NEGATIVE_LABELS = frozenset({"normal", "0", "false", "no", "negative"})
+#: the shared spellings of a label (in the order the commands' --help lists them)
+POSITIVE_SPELLINGS: tuple[str, ...] = ("abnormal", "1", "true", "yes", "positive", "suspicious")
+NEGATIVE_SPELLINGS: tuple[str, ...] = ("normal", "0", "false", "no", "negative")
+POSITIVE_LABELS = frozenset(POSITIVE_SPELLINGS)
+NEGATIVE_LABELS = frozenset(NEGATIVE_SPELLINGS)
 _TRUE = frozenset({"1", "1.0", "true", "yes"})
 
 
