@@ -2,7 +2,7 @@
 
 Steps: the committed patient-level split (``model/default_split.csv``; ``--rebuild-split``
 remakes it keeping every film's split) -> train the recipe once per seed -> their ensemble,
-calibrated on validation -> export + ONNX Runtime check -> the test-split report (per source,
+calibrated on validation -> export + ONNX Runtime check -> the nodule/mass probe -> the test-split report (per source,
 nodule/mass output, twin test, source probe, heatmap pointing game).
 
 The recipe (each choice measured on the validation split: model/MODEL_CARD.md):
@@ -16,6 +16,8 @@ The recipe (each choice measured on the validation split: model/MODEL_CARD.md):
   soft targets (CheXNet reproduction) at weight 0.5; pipeline randomisation 0.5 before
   preprocessing; class-balanced loss; trunk at 0.3 x the learning rate; weight EMA 0.98; early
   stopping on the mean of the per-source AUROCs and the nodule/mass AUROC; 2 seeds, ensembled.
+- The ensemble's nodule/mass output refitted as a linear probe (Nodule/Mass films against normal
+  films) on its own pooled features, chosen and calibrated on validation (training/nodule_head.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cxr_triage.training.ensemble import ensemble_runs
 from cxr_triage.training.export import export_checkpoint
 from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
 from cxr_triage.training.manifest import read_manifest, write_manifest
+from cxr_triage.training.nodule_head import refit
 from cxr_triage.training.report import terminal_summary, test_report
 from cxr_triage.training.report_domain import film_domain_check, synthetic_lesion_check
 from cxr_triage.training.split import SPLITS, assign_splits, keep_previous_splits
@@ -90,7 +93,10 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     and check that file against the float32 one on every validation film
     (:func:`cxr_triage.training.export_fp16.check_half_films`: decisions and nodule/mass flags
     agree on >= 99.5% of the films, abnormal and nodule/mass AUROC within 0.002); then the
-    film-domain and synthetic-lesion checks on the validation films of the training sources.
+    nodule/mass output refitted as a linear probe on the file's own pooled features
+    (:func:`cxr_triage.training.nodule_head.refit`, chosen and calibrated on validation; version
+    ``-nh``); then the film-domain and synthetic-lesion checks on the validation films of the
+    training sources, on that final file.
     The float16 file is stamped as the shipped one is (``export_fp16.stamp_half``: version
     ``-fp16``, the float32 file's SHA-256 and the check in ``extra["float16_storage"]``).
     Writes ``out/export_checks.json``; returns the float16 file, the one to ship. Raises ExportCheckError when a check fails."""
@@ -104,6 +110,7 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     checks["fp16"] = {**check_half_films(full, half, val, data),
                       "bytes_fp32": full.stat().st_size, "bytes_fp16": half.stat().st_size}
     stamp_half(full, half, {"val": checks["fp16"], "manifest_sha256": file_sha256(manifest)})  # as the shipped file
+    checks["nodule_head"] = refit(half, manifest, data, half, TRAIN_SOURCES)
     trained = [e for e in val if e.source in TRAIN_SOURCES]
     checks["film_domain_val"] = film_domain_check(half, trained, data)
     checks["synthetic_lesions_val"] = synthetic_lesion_check(half, trained, data)

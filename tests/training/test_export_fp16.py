@@ -55,7 +55,7 @@ def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
         tiny_nodule_model: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``make train``'s export (``make_default.export_half_checked``) checks the float16 file
     with ``check_half_films`` (real films scored as the report scores them, the nodule/mass
-    AUROC held too) and stamps it as the shipped file is stamped."""
+    AUROC held too), stamps it as the shipped file is stamped and refits its nodule/mass probe."""
     import shutil
 
     from cxr_triage.contract.preprocessing import preprocess
@@ -77,7 +77,11 @@ def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
     monkeypatch.setattr(export_fp16, "model_outputs", outputs)
     monkeypatch.setattr(make_default, "film_domain_check", lambda *a: {})
     monkeypatch.setattr(make_default, "synthetic_lesion_check", lambda *a: {})
+    refits: list[tuple[object, ...]] = []
+    monkeypatch.setattr(make_default, "refit", lambda *a: refits.append(a) or {"C": 1.0})
     half = make_default.export_half_checked(tmp_path, shared_data, manifest)
+    # the nodule/mass probe is refitted on the float16 file itself, in place (training/nodule_head.py)
+    assert refits == [(half, manifest, shared_data, half, make_default.TRAIN_SOURCES)]
     checks = json.loads((tmp_path / "export_checks.json").read_text())["fp16"]
     assert checks["films"] == 6 and "nodule_auroc_change" in checks and checks["nodule_auroc_change"] <= MAX_AUROC_CHANGE
     meta = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(half)).metadata_props}[METADATA_KEY])
