@@ -41,7 +41,7 @@ from cxr_triage.inference.site_threshold import SiteThresholdError, check_matche
 from cxr_triage.paths import bundled_model_path, repo_root, shared_data_dir
 from cxr_triage.training.manifest import Entry, read_manifest, resolve
 from cxr_triage.training.report_checks import model_checks
-from cxr_triage.training.report_figures import build_report, nodule_block
+from cxr_triage.training.report_figures import build_report, nodule_block, nodule_comparison
 from cxr_triage.training.report_render import markdown, terminal_summary, write_report
 from cxr_triage.training.report_scoring import (
     ReportError,
@@ -113,6 +113,9 @@ def test_report(model_path: str | Path, manifest: str | Path, data_root: str | P
         if "nodule_score" in out_b:
             rep["compare_nodule"] = nodule_block(out_b["nodule_score"], entries, dict(meta_b.nodule_thresholds),
                                                  rep["headline_sources"], n_boot, seed)
+            if "nodule_score" in outputs:
+                rep["nodule_comparison"] = nodule_comparison(outputs["nodule_score"], out_b["nodule_score"], entries,
+                                                             rep["headline_sources"], n_boot, seed)
     if out:
         write_report(rep, out, entries, scores, b)
     return rep

@@ -168,10 +168,31 @@ def paired_verdict(difference: float, low: float, other: str) -> str:
     wording of ``train --init-from`` and ``report --compare``."""
     if low > 0:
         return f"better than {other} on these films (the CI lies above 0)"
+    if difference == 0 and low == 0:
+        return f"level with {other} on these films (the same AUROC in every resample)"
     if difference <= 0:
         return f"NOT better than {other} (the difference is not above 0): keep serving {other}"
     return (f"not shown to be better (the CI includes 0): keep serving {other} unless separate films "
             "show a gain")
+
+
+def _paired(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: Sequence[str], idx: Sequence[int],
+            targets: Sequence[float], n_boot: int, seed: int) -> dict[str, Any] | None:
+    """Paired AUROC of scores ``a`` minus ``b`` over the films ``idx`` (labels ``y`` (N,)):
+    DeLong and patient-level paired bootstrap; None unless both classes are present."""
+    idx = list(idx)
+    yy = y[idx]
+    if yy.size == 0 or yy.min() == yy.max():
+        return None
+    out = metrics.compare_models(yy, a[idx], b[idx], [groups[i] for i in idx], targets=targets,
+                                 n_boot=n_boot, seed=seed)
+    boot = out["auroc_bootstrap"]
+    return {"films": len(idx), "auroc_a": round(out["auroc_delong"]["auroc_a"], 4),
+            "auroc_b": round(out["auroc_delong"]["auroc_b"], 4),
+            "difference": round(boot["difference"], 4),
+            "paired_bootstrap_ci95": [round(boot["low"], 4), round(boot["high"], 4)],
+            "delong_p_value": round(out["auroc_delong"]["p_value"], 4),
+            "workload_at_equal_sensitivity": out["workload_at_equal_sensitivity"]}
 
 
 def _comparison(entries: list[Entry], a: np.ndarray, b: np.ndarray, head: list[int], name_b: str,
@@ -181,19 +202,7 @@ def _comparison(entries: list[Entry], a: np.ndarray, b: np.ndarray, head: list[i
     groups = [e.patient_id or e.file for e in entries]
 
     def paired(idx: Sequence[int], targets: Sequence[float]) -> dict[str, Any] | None:
-        idx = list(idx)
-        yy = y[idx]
-        if yy.size == 0 or yy.min() == yy.max():
-            return None
-        out = metrics.compare_models(yy, a[idx], b[idx], [groups[i] for i in idx], targets=targets,
-                                     n_boot=n_boot, seed=seed)
-        boot = out["auroc_bootstrap"]
-        return {"films": len(idx), "auroc_a": round(out["auroc_delong"]["auroc_a"], 4),
-                "auroc_b": round(out["auroc_delong"]["auroc_b"], 4),
-                "difference": round(boot["difference"], 4),
-                "paired_bootstrap_ci95": [round(boot["low"], 4), round(boot["high"], 4)],
-                "delong_p_value": round(out["auroc_delong"]["p_value"], 4),
-                "workload_at_equal_sensitivity": out["workload_at_equal_sensitivity"]}
+        return _paired(y, a, b, groups, idx, targets, n_boot, seed)
 
     headline = paired(head, (0.95, 0.98, 0.99))
     if headline is not None:
@@ -224,3 +233,23 @@ def nodule_block(nodule: np.ndarray, entries: Sequence[Entry], thresholds: dict[
         if f["nodule_or_mass_films"]:
             block["by_source"][src] = f
     return block
+
+
+def nodule_comparison(a: np.ndarray, b: np.ndarray, entries: Sequence[Entry], headline_sources: Sequence[str],
+                      n_boot: int, seed: int) -> dict[str, Any]:
+    """Paired comparison of two models' nodule/mass scores (N,) on the same films, this model (a)
+    minus the compared one (b): AUROC of Nodule/Mass films against normal films (status known,
+    label conflicts left out), the headline sources pooled and per source."""
+    truth, known = nodule_truth(entries), nodule_known(entries)
+    use = [i for i, e in enumerate(entries) if known[i] and (truth[i] == 1 or e.label == 0)]
+    groups = [e.patient_id or e.file for e in entries]
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    by_source: dict[str, list[int]] = {}
+    for i in use:
+        by_source.setdefault(entries[i].source or "unknown", []).append(i)
+    return {"note": "nodule/mass AUROC, Nodule/Mass films against normals; difference = this model minus the "
+                    "compared model; CI: patient-level paired bootstrap",
+            "headline": _paired(truth, a, b, groups, [i for i in use if (entries[i].source or "unknown")
+                                                      in headline_sources], (), n_boot, seed),
+            "by_source": {src: _paired(truth, a, b, groups, idx, (), n_boot, seed)
+                          for src, idx in sorted(by_source.items())}}

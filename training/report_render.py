@@ -78,6 +78,11 @@ def terminal_summary(rep: dict[str, Any]) -> str:
             lines.append(f"    all films called likely normal with each model's threshold re-chosen on these films for "
                          f"sensitivity {w['target_sensitivity']:g}: {w['workload_a']:.1%} vs "
                          f"{w['workload_b']:.1%} (difference {w['difference']:+.1%}, CI {w['low']:+.1%} to {w['high']:+.1%})")
+    nod = rep.get("nodule_comparison")
+    if nod:
+        lines.append("paired nodule/mass comparison (Nodule/Mass films vs normals; this model minus it):")
+        lines += _comparison_rows(nod, ("    {label}: n/a (needs Nodule/Mass and normal films)", _COMPARISON_TEXT[1]),
+                                  "source ")
     return "\n".join(lines)
 
 

@@ -122,3 +122,41 @@ def test_no_validation_nodule_films_is_refused_and_nothing_written(ensemble_file
 def test_a_file_without_fc_layers_is_refused(tiny_nodule_model: Path, tmp_path: Path) -> None:
     with pytest.raises(nodule_head.HeadError, match="no fc layer"):
         nodule_head.pooled_features(tiny_nodule_model, [], 1)
+
+
+def test_report_compares_nodule_mass_outputs_paired_on_nodule_mass_films_against_normals() -> None:
+    """``report --compare``'s paired nodule/mass block (training/report_figures.py): Nodule/Mass
+    films against normals only (other abnormal films and label conflicts left out), pooled over the
+    headline sources and per source; rendered in the terminal summary."""
+    from cxr_triage.training.report_figures import build_report, nodule_comparison
+    from cxr_triage.training.report_render import terminal_summary
+
+    rng = np.random.default_rng(0)
+    entries, a, b = [], [], []
+    for src in ("nih-cxr14", "rsna-pneumonia"):
+        for i in range(30):
+            kind = ("pos", "norm", "other")[i % 3]
+            entries.append(Entry(file=f"{src}{i}.png", label=int(kind != "norm"), source=src, patient_id=f"{src}-{i}",
+                                 findings={"pos": "Mass", "norm": "No Finding", "other": "Effusion"}[kind],
+                                 nodule_or_mass=int(kind == "pos")))
+            truth = kind == "pos"
+            a.append(float(truth) + rng.normal(0, 0.3))   # separates
+            b.append(rng.normal(0, 1))                    # does not
+    entries.append(Entry(file="conflict.png", label=0, source="nih-cxr14", findings="No Finding", nodule_or_mass=1,
+                         extra={"label_conflict": "1"}))
+    a.append(-5.0)
+    b.append(5.0)
+    entries.append(Entry(file="extra.png", label=0, source="nih-extra", findings="No Finding"))
+    a.append(0.0)
+    b.append(0.0)
+    cmp_ = nodule_comparison(np.array(a), np.array(b), entries, ["nih-cxr14", "rsna-pneumonia"], 200, 0)
+    head = cmp_["headline"]
+    assert head["films"] == 40 and head["auroc_a"] > 0.9 > head["auroc_b"] + 0.2
+    lo, hi = head["paired_bootstrap_ci95"]
+    assert 0 < lo <= head["difference"] <= hi
+    assert set(cmp_["by_source"]) == {"nih-cxr14", "rsna-pneumonia", "nih-extra"}
+    assert cmp_["by_source"]["nih-cxr14"]["films"] == 20 and cmp_["by_source"]["nih-extra"] is None
+    rep = build_report(np.array(a), entries, {"sens_0.98": 0.5}, model="m", split="test", manifest="m.csv",
+                       headline_sources=["nih-cxr14", "rsna-pneumonia"], n_boot=50, seed=0)
+    text = terminal_summary({**rep, "nodule_comparison": cmp_})
+    assert "paired nodule/mass comparison" in text and "source nih-extra: n/a (needs Nodule/Mass and normal films)" in text

@@ -278,6 +278,9 @@ def test_paired_verdict_is_one_wording_for_report_and_init_from() -> None:
         "NOT better than the init model (the difference is not above 0): keep serving the init model"
     assert paired_verdict(0.01, -0.004, "the compared model").startswith(
         "not shown to be better (the CI includes 0): keep serving the compared model")
+    # the same abnormality output (e.g. only the nodule/mass head refitted): level, not "NOT better"
+    assert paired_verdict(0.0, 0.0, "the compared model") == \
+        "level with the compared model on these films (the same AUROC in every resample)"
 
 
 def test_wrap_command_and_module_help(site: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
