@@ -49,7 +49,7 @@ from cxr_triage.contract.model_file import INPUT_NAME, NODULE_OUTPUT
 from cxr_triage.inference.scorer import onnx_session
 from cxr_triage.training.manifest import Entry, ManifestError, read_manifest, resolve
 from cxr_triage.training.nodule_point import SOURCES, write_metadata
-from cxr_triage.training.report_scoring import _input_batches, model_session
+from cxr_triage.training.report_scoring import input_batches, model_session
 from cxr_triage.training.targets import nodule_known, nodule_truth
 from cxr_triage.training.train_metrics import auroc
 from cxr_triage.training.val_calibration import nodule_calibration
@@ -96,7 +96,7 @@ def pooled_features(model_path: Path, paths: Sequence[Path], threads: int = 2) -
     sess = onnx_session(model.SerializeToString(), threads)
     _, meta = model_session(model_path, threads=1)
     out = [np.concatenate(sess.run(names, {INPUT_NAME: x}), axis=1)
-           for x in _input_batches(paths, meta.preprocessing, 32)]
+           for x in input_batches(paths, meta.preprocessing, 32)]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -181,7 +181,7 @@ def refit(model: Path, manifest: Path, data_root: Path, out: Path, sources: Sequ
     sess = onnx_session(out, threads)
     _, meta = model_session(out, threads=1)
     got = np.concatenate([sess.run([NODULE_OUTPUT], {INPUT_NAME: xb})[0] for xb in
-                          _input_batches([resolve(e, data_root) for e in val_all], meta.preprocessing, 32)])
+                          input_batches([resolve(e, data_root) for e in val_all], meta.preprocessing, 32)])
     p = np.clip(got.astype(np.float64), 1e-7, 1 - 1e-7)
     written = np.log(p / (1 - p)) * cal["nodule_temperature"] - cal["nodule_shift"]
     worst = float(np.max(np.abs(written - z_all)[(p > 1e-6) & (p < 1 - 1e-6)], initial=0.0))

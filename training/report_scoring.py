@@ -78,7 +78,7 @@ def gate_bypass(sources: Iterable[str]) -> str:
     return GATE_BYPASS + (_SHARED_CLAUSE if set(sources) & set(SHARED_FOLDERS) else "")
 
 
-def _input_batches(paths: Sequence[Path], spec: PreprocessSpec, batch: int,
+def input_batches(paths: Sequence[Path], spec: PreprocessSpec, batch: int,
                    gate_refusals: dict[str, int] | None = None) -> Iterator[np.ndarray]:
     """(n, 1, S, S) preprocessed films, ``batch`` at a time. Once a film cannot be read the
     rest are only read (to name them all): ReportError naming them (the first few, then a
@@ -111,7 +111,7 @@ def score_films(model_path: str | Path, paths: Sequence[Path], batch: int = 32, 
 
     Raises ReportError naming the films that cannot be read (the first few, then a count)."""
     sess, meta = model_session(model_path, threads)
-    out = [sess.run([SCORE_OUTPUT], {INPUT_NAME: x})[0] for x in _input_batches(paths, meta.preprocessing, batch)]
+    out = [sess.run([SCORE_OUTPUT], {INPUT_NAME: x})[0] for x in input_batches(paths, meta.preprocessing, batch)]
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
@@ -120,14 +120,14 @@ def model_outputs(model_path: str | Path, paths: Sequence[Path], batch: int = 32
     """One ONNX Runtime pass over the films: ``score`` (N,), ``nodule_score`` (N,) when the
     model has that output, ``heatmap`` (N, h, w) and ``features`` (N, C) (the pooled last
     feature map, :func:`cxr_triage.evaluation.model_checks.onnx_feature_model`).
-    ``gate_refusals``: see :func:`_input_batches`.
+    ``gate_refusals``: see :func:`input_batches`.
 
     Raises ReportError naming the films that cannot be read."""
     _, meta = model_session(model_path, threads=1)
     sess = onnx_session(onnx_feature_model(model_path), threads)
     names = [o.name for o in sess.get_outputs()]
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for x in _input_batches(paths, meta.preprocessing, batch, gate_refusals):
+    for x in input_batches(paths, meta.preprocessing, batch, gate_refusals):
         for n, v in zip(names, sess.run(names, {INPUT_NAME: x})):
             out[n].append(np.asarray(v))
     return {n: (np.concatenate(v) if v else np.zeros(0)).astype(np.float64) for n, v in out.items()}

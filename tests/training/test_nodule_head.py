@@ -20,7 +20,7 @@ from cxr_triage.training.export import build_metadata, export_onnx
 from cxr_triage.training.export_fp16 import halve_weights
 from cxr_triage.training.manifest import Entry, read_manifest, resolve, write_manifest
 from cxr_triage.training.network import EnsembleNet, ExportWrapper, build_network
-from cxr_triage.training.report_scoring import _input_batches
+from cxr_triage.training.report_scoring import input_batches
 
 SIZE = 32
 
@@ -71,7 +71,7 @@ def _films(root: Path, val_positives: int = 8) -> Path:
 def _outputs(model: Path, paths: list[Path]) -> dict[str, np.ndarray]:
     sess = onnx_session(model, 1)
     spec = _meta(model).preprocessing
-    got = [sess.run([SCORE_OUTPUT, NODULE_OUTPUT], {INPUT_NAME: x}) for x in _input_batches(paths, spec, 16)]
+    got = [sess.run([SCORE_OUTPUT, NODULE_OUTPUT], {INPUT_NAME: x}) for x in input_batches(paths, spec, 16)]
     return {SCORE_OUTPUT: np.concatenate([g[0] for g in got]), NODULE_OUTPUT: np.concatenate([g[1] for g in got])}
 
 
