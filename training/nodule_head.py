@@ -10,11 +10,12 @@ Steps:
 
 1. the pooled last feature map of each member (the input of its ``fc`` layer, (N, C) with C =
    1280 for EfficientNet-Lite0), through the report's pipeline (the worker's reader and the
-   model's own preprocessing), for the training and validation films of ``sources`` whose
-   nodule/mass status is known (:func:`cxr_triage.training.targets.nodule_known`);
+   model's own preprocessing), for the training part's Nodule/Mass and normal films (step 2) and
+   every validation film of ``sources`` (each film read once);
 2. an L2 logistic regression (scikit-learn, ``class_weight="balanced"``, features standardised
-   on the training films): Nodule/Mass films (:func:`~cxr_triage.training.targets.nodule_truth`)
-   against normal films, the other abnormal films left out. ``C`` from :data:`C_GRID` by the
+   on the training films): Nodule/Mass films against normal films
+   (:func:`~cxr_triage.training.targets.nodule_vs_normal`: status known, the other abnormal films
+   left out). ``C`` from :data:`C_GRID` by the
    validation AUROC against normals (all ``sources`` pooled);
 3. folded into the file: member k's ``fc`` row 1 (the nodule/mass logit) becomes
    ``K * w_k / scale_k`` and its bias shares the intercept, so the mean over the K members'
@@ -50,7 +51,7 @@ from cxr_triage.inference.scorer import onnx_session
 from cxr_triage.training.manifest import Entry, ManifestError, read_manifest, resolve
 from cxr_triage.training.nodule_point import SOURCES, write_metadata
 from cxr_triage.training.report_scoring import input_batches, model_session
-from cxr_triage.training.targets import nodule_known, nodule_truth
+from cxr_triage.training.targets import nodule_truth, nodule_vs_normal
 from cxr_triage.training.train_metrics import auroc
 from cxr_triage.training.val_calibration import nodule_calibration
 
@@ -72,9 +73,8 @@ def probe_films(entries: Sequence[Entry], split: str, sources: Sequence[str]) ->
     """(films, truth (N,) int): ``split`` films of ``sources`` that are Nodule/Mass films or
     normal films, status known (label conflicts left out)."""
     picked = [e for e in entries if e.split == split and e.source in sources]
-    known, truth = nodule_known(picked), nodule_truth(picked)
-    keep = [i for i, e in enumerate(picked) if known[i] and (truth[i] == 1 or e.label == 0)]
-    return [picked[i] for i in keep], truth[keep]
+    keep = np.flatnonzero(nodule_vs_normal(picked))
+    return [picked[i] for i in keep], nodule_truth(picked)[keep]
 
 
 def _fc_layers(model: Any) -> list[Any]:
@@ -85,19 +85,39 @@ def _fc_layers(model: Any) -> list[Any]:
     return sorted(gemms, key=lambda n: n.input[1])
 
 
-def pooled_features(model_path: Path, paths: Sequence[Path], threads: int = 2) -> np.ndarray:
-    """(N, K*C) float64: the K members' fc inputs side by side, for the films at ``paths``."""
+def model_inputs(model_path: Path, paths: Sequence[Path]) -> np.ndarray:
+    """(N, 1, S, S) float32: the films at ``paths`` read and preprocessed with the model's own spec
+    (:func:`cxr_triage.training.report_scoring.input_batches`)."""
+    _, meta = model_session(model_path, threads=1)
+    return np.concatenate(list(input_batches(paths, meta.preprocessing, 32)))
+
+
+def feature_session(model_path: Path, threads: int = 2) -> tuple[Any, list[str]]:
+    """(ONNX Runtime session, output names): the model with its K members' fc inputs as outputs.
+
+    Raises HeadError when the file has no fc layer."""
     import onnx
     from onnx import TensorProto, helper
 
     model = onnx.load(str(model_path))
     names = [g.input[0] for g in _fc_layers(model)]
     model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    sess = onnx_session(model.SerializeToString(), threads)
-    _, meta = model_session(model_path, threads=1)
-    out = [np.concatenate(sess.run(names, {INPUT_NAME: x}), axis=1)
-           for x in input_batches(paths, meta.preprocessing, 32)]
+    return onnx_session(model.SerializeToString(), threads), names
+
+
+def features_of(session: tuple[Any, list[str]], inputs: np.ndarray) -> np.ndarray:
+    """(N, K*C) float64: the K members' fc inputs side by side, for preprocessed ``inputs``
+    (N, 1, S, S), from a :func:`feature_session`."""
+    sess, names = session
+    out = [np.concatenate(sess.run(names, {INPUT_NAME: inputs[i:i + 32]}), axis=1) for i in range(0, len(inputs), 32)]
     return np.concatenate(out).astype(np.float64)
+
+
+def pooled_features(model_path: Path, paths: Sequence[Path], threads: int = 2) -> np.ndarray:
+    """(N, K*C) float64: :func:`features_of` the films at ``paths``. Raises HeadError when the
+    file has no fc layer (before any film is read)."""
+    session = feature_session(model_path, threads)
+    return features_of(session, model_inputs(model_path, paths))
 
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -169,19 +189,22 @@ def refit(model: Path, manifest: Path, data_root: Path, out: Path, sources: Sequ
     for s, (es, _) in films.items():
         if not es:
             raise ManifestError(f"no {s} films of {', '.join(sources)} with a known nodule/mass status")
-    x = {s: pooled_features(model, [resolve(e, data_root) for e in es], threads) for s, (es, _) in films.items()}
-    probe = fit_probe(x["train"], films["train"][1], x["val"], films["val"][1])
-    # calibrated on every validation film of the sources (as the export calibrates), status known
+    session = feature_session(model, threads)
+    x_train = features_of(session, model_inputs(model, [resolve(e, data_root) for e in films["train"][0]]))
+    # every validation film of the sources, read once: the probe's choice of C (its Nodule/Mass
+    # and normal films), the calibration (all of them, as the export calibrates) and the check
     val_all = [e for e in entries if e.split == "val" and e.source in sources]
-    z_all = probe_logits(probe, pooled_features(model, [resolve(e, data_root) for e in val_all], threads))
+    inputs_val = model_inputs(model, [resolve(e, data_root) for e in val_all])
+    x_val = features_of(session, inputs_val)
+    probe = fit_probe(x_train, films["train"][1], x_val[nodule_vs_normal(val_all)], films["val"][1])
+    z_all = probe_logits(probe, x_val)
     cal = nodule_calibration(val_all, z_all, np.ones(len(val_all), dtype=bool))
     if not cal["nodule_thresholds"]:
         raise HeadError("validation holds no Nodule/Mass film or no normal film: cannot calibrate")
     write_probe(model, probe, cal, out)
-    sess = onnx_session(out, threads)
-    _, meta = model_session(out, threads=1)
-    got = np.concatenate([sess.run([NODULE_OUTPUT], {INPUT_NAME: xb})[0] for xb in
-                          input_batches([resolve(e, data_root) for e in val_all], meta.preprocessing, 32)])
+    sess, meta = model_session(out, threads)
+    got = np.concatenate([sess.run([NODULE_OUTPUT], {INPUT_NAME: inputs_val[i:i + 32]})[0]
+                          for i in range(0, len(inputs_val), 32)])
     p = np.clip(got.astype(np.float64), 1e-7, 1 - 1e-7)
     written = np.log(p / (1 - p)) * cal["nodule_temperature"] - cal["nodule_shift"]
     worst = float(np.max(np.abs(written - z_all)[(p > 1e-6) & (p < 1 - 1e-6)], initial=0.0))

@@ -28,7 +28,7 @@ from cxr_triage.training.film_look import screen_film
 from cxr_triage.training.lesions import insert_lesion
 from cxr_triage.training.manifest import Entry, resolve
 from cxr_triage.training.report_scoring import model_session
-from cxr_triage.training.targets import nodule_known, nodule_truth
+from cxr_triage.training.targets import nodule_truth, nodule_vs_normal
 from cxr_triage.training.train_metrics import auroc
 
 Alter = Callable[[np.ndarray, int], np.ndarray]
@@ -58,9 +58,8 @@ def _figures(scores: dict[str, np.ndarray], entries: Sequence[Entry]) -> dict[st
         if len(set(y[idx])) == 2:
             res["by_source"][src] = auroc(scores[SCORE_OUTPUT][idx], y[idx])
     if NODULE_OUTPUT in scores:
-        truth = nodule_truth(entries).astype(bool)
-        use = nodule_known(entries) & (truth | (y == 0))
-        res["nodule_auroc_vs_normals"] = auroc(scores[NODULE_OUTPUT][use], truth[use].astype(int))
+        use = nodule_vs_normal(entries)
+        res["nodule_auroc_vs_normals"] = auroc(scores[NODULE_OUTPUT][use], nodule_truth(entries)[use])
     return res
 
 

@@ -17,7 +17,7 @@ from cxr_triage.contract.decision import decide_many
 from cxr_triage.evaluation import metrics
 from cxr_triage.training.manifest import Entry
 from cxr_triage.training.report_scoring import ReportError
-from cxr_triage.training.targets import nodule_known, nodule_truth
+from cxr_triage.training.targets import nodule_known, nodule_truth, nodule_vs_normal
 
 SCHEMA = "cxr-triage-test-report/2"
 
@@ -240,16 +240,13 @@ def nodule_comparison(a: np.ndarray, b: np.ndarray, entries: Sequence[Entry], he
     """Paired comparison of two models' nodule/mass scores (N,) on the same films, this model (a)
     minus the compared one (b): AUROC of Nodule/Mass films against normal films (status known,
     label conflicts left out), the headline sources pooled and per source."""
-    truth, known = nodule_truth(entries), nodule_known(entries)
-    use = [i for i, e in enumerate(entries) if known[i] and (truth[i] == 1 or e.label == 0)]
+    truth = nodule_truth(entries)
+    use = [int(i) for i in np.flatnonzero(nodule_vs_normal(entries))]
     groups = [e.patient_id or e.file for e in entries]
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    by_source: dict[str, list[int]] = {}
-    for i in use:
-        by_source.setdefault(entries[i].source or "unknown", []).append(i)
+    by_source = {src: [use[j] for j in idx] for src, idx in group_by([entries[i] for i in use], _source).items()}
     return {"note": "nodule/mass AUROC, Nodule/Mass films against normals; difference = this model minus the "
                     "compared model; CI: patient-level paired bootstrap",
-            "headline": _paired(truth, a, b, groups, [i for i in use if (entries[i].source or "unknown")
-                                                      in headline_sources], (), n_boot, seed),
-            "by_source": {src: _paired(truth, a, b, groups, idx, (), n_boot, seed)
-                          for src, idx in sorted(by_source.items())}}
+            "headline": _paired(truth, a, b, groups, [i for i in use if _source(entries[i]) in headline_sources],
+                                (), n_boot, seed),
+            "by_source": {src: _paired(truth, a, b, groups, idx, (), n_boot, seed) for src, idx in by_source.items()}}

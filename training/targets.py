@@ -110,3 +110,11 @@ def nodule_truth(entries: Sequence[Entry]) -> np.ndarray:
     """(N,) int: 1 for a Nodule/Mass film (hard labels)."""
     return np.array([int(bool(e.nodule_or_mass) or bool(_finding_set(e.findings) & {"Nodule", "Mass"}))
                      for e in entries])
+
+
+def nodule_vs_normal(entries: Sequence[Entry]) -> np.ndarray:
+    """(N,) bool: the films of the lung-cancer question, Nodule/Mass films (:func:`nodule_truth`)
+    and normal films, status known (:func:`nodule_known`: label conflicts left out); the other
+    abnormal films are not in it."""
+    labels = np.array([e.label for e in entries])
+    return nodule_known(entries) & ((nodule_truth(entries) == 1) | (labels == 0))
