@@ -2,8 +2,8 @@
 
 Steps: the committed patient-level split (``model/default_split.csv``; ``--rebuild-split``
 remakes it keeping every film's split) -> train the recipe once per seed -> their ensemble,
-calibrated on validation -> export + ONNX Runtime check -> the nodule/mass probe -> the test-split report (per source,
-nodule/mass output, twin test, source probe, heatmap pointing game).
+calibrated on validation -> export + ONNX Runtime check -> the nodule/mass probe -> the
+test-split report (per source, nodule/mass output, twin test, source probe, heatmap pointing game).
 
 The recipe (each choice measured on the validation split: model/MODEL_CARD.md):
 - Training and validation sources: nih-cxr14, nih-extra and rsna-pneumonia (radiologist labels,

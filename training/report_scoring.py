@@ -79,7 +79,7 @@ def gate_bypass(sources: Iterable[str]) -> str:
 
 
 def input_batches(paths: Sequence[Path], spec: PreprocessSpec, batch: int,
-                   gate_refusals: dict[str, int] | None = None) -> Iterator[np.ndarray]:
+                  gate_refusals: dict[str, int] | None = None) -> Iterator[np.ndarray]:
     """(n, 1, S, S) preprocessed films, ``batch`` at a time. Once a film cannot be read the
     rest are only read (to name them all): ReportError naming them (the first few, then a
     count) at the end. ``gate_refusals``, when given, counts per reason code the films the
