@@ -220,7 +220,9 @@ def refit(model: Path, manifest: Path, data_root: Path, out: Path, sources: Sequ
     meta.validation_metrics = {**meta.validation_metrics, "nodule": cal["nodule_metrics"]}
     if not meta.version.endswith(VERSION_SUFFIX):
         meta.version += VERSION_SUFFIX
-    meta.extra = {**meta.extra, "nodule_head": {
+    # the graph's nodule/mass calibration is recorded in the metadata too (training/export.py)
+    meta.extra = {**meta.extra, "nodule_temperature": float(cal["nodule_temperature"]),
+                  "nodule_shift": float(cal["nodule_shift"]), "nodule_head": {
         "rule": "L2 logistic regression, Nodule/Mass vs normal films, on the members' pooled features",
         "C": probe["C"], "sources": list(sources), "from_sha256": file_sha256(model),
         "manifest_sha256": file_sha256(manifest), "train_films": figures["train_films"],

@@ -98,6 +98,8 @@ def test_the_written_nodule_output_is_the_probe_and_the_rest_is_unchanged(ensemb
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
     t, shift = float(inits["nodule_temperature"]), float(inits["nodule_shift"])
     np.testing.assert_allclose(new[NODULE_OUTPUT], 1 / (1 + np.exp(-(z + shift) / t)), atol=2e-3)
+    # the metadata's record of the calibration is the graph's
+    assert meta.extra["nodule_temperature"] == pytest.approx(t) and meta.extra["nodule_shift"] == pytest.approx(shift)
     # float16 storage kept; the points are the new rule's, chosen on validation; provenance and version
     assert inits["net.members.0.fc.weight__fp16"].dtype == np.float16
     assert set(meta.nodule_thresholds) >= {"normals_0.1", "normals_0.15", "normals_0.2"}
