@@ -219,7 +219,7 @@ class MonitoringSettings(_Section):
 
 @dataclass(frozen=True)
 class TrainingSettings(_Section):
-    architecture: Literal["effnet_lite0", "densenet121", "tiny"]
+    architecture: Literal["effnet_lite0", "effnet_lite1", "effnet_lite2", "densenet121", "tiny"]
     image_size: Annotated[int, _at_least(32)]
     epochs: Positive
     batch_size: Positive

@@ -71,9 +71,10 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: split.csv, metrics, checkpoints, model.pt, reports")
     p.add_argument("--data-root", default="", help="folder the manifest's file paths are relative to "
                    "(default: the manifest's folder)")
-    p.add_argument("--architecture", default=None, choices=["effnet_lite0", "densenet121", "tiny"],
-                   help="network: EfficientNet-Lite0 (ImageNet weights), DenseNet-121, or a tiny CNN for smoke "
-                        "runs " + cfg_default("architecture"))
+    p.add_argument("--architecture", default=None,
+                   choices=["effnet_lite0", "effnet_lite1", "effnet_lite2", "densenet121", "tiny"],
+                   help="network: EfficientNet-Lite0/1/2 (ImageNet weights), DenseNet-121, or a tiny CNN for "
+                        "smoke runs " + cfg_default("architecture"))
     p.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet's")
     g = p.add_argument_group("fine-tuning a model that works (docs/training.md, 'Fine-tuning the shipped model')")
     g.add_argument("--init-from", default="", metavar="MODEL",

@@ -30,7 +30,7 @@ from cxr_triage.contract.model_file import INPUT_NAME, METADATA_KEY
 #: buffers of ExportWrapper stored as initializers (the calibration baked into the file)
 CALIBRATION = ("temperature", "logit_shift", "nodule_temperature", "nodule_shift")
 #: architectures whose export folds a BatchNorm after each convolution (DenseNet's comes before)
-FOLDABLE = ("effnet_lite0", "tiny")
+FOLDABLE = ("effnet_lite0", "effnet_lite1", "effnet_lite2", "tiny")
 
 
 class InitModelError(ValueError):

@@ -37,6 +37,7 @@ from cxr_triage.training.ensemble import ensemble_runs
 from cxr_triage.training.export import export_checkpoint
 from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
 from cxr_triage.training.manifest import read_manifest, write_manifest
+from cxr_triage.training.network import EFFNET_FROZEN_BLOCKS, EFFNET_LITE
 from cxr_triage.training.nodule_head import refit
 from cxr_triage.training.report import terminal_summary, test_report
 from cxr_triage.training.report_domain import film_domain_check, synthetic_lesion_check
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="remake --split from the data folder, keeping the splits of the films it already lists")
     ap.add_argument("--epochs", type=int, default=None, help="most epochs (default: the recipe's)")
     ap.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget of the epochs (0: none)")
-    ap.add_argument("--architecture", default="effnet_lite0")
+    ap.add_argument("--architecture", default="effnet_lite0", choices=[*EFFNET_LITE, "densenet121", "tiny"],
+                    help="network; an EfficientNet-Lite freezes its stem and blocks up to the fourth stage's first")
     ap.add_argument("--image-size", type=int, default=RECIPE["image_size"], help="network input side")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     ap.add_argument("--seed", type=int, default=0)
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill", type=float, default=RECIPE["distill"], help="teacher soft-target weight")
     ap.add_argument("--aux-weight", type=float, default=0.3)
     ap.add_argument("--nodule-weight", type=float, default=1.0)
-    ap.add_argument("--freeze-blocks", type=int, default=6)
+    ap.add_argument("--freeze-blocks", type=int, default=None,
+                    help="frozen MBConv blocks (default: 6 for Lite0, 8 for Lite1/2: the same stages)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--backbone-lr", type=float, default=RECIPE["backbone_lr"],
                     help="trunk learning rate as a multiple of --lr")
@@ -185,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         "select_metric": args.select_metric, "image_size": args.image_size,
         "harmonise_size": args.harmonise_size or args.image_size, "pipeline_augment": args.pipeline_augment,
         "multitask": not args.no_multitask, "distill": args.distill, "aux_weight": args.aux_weight,
-        "nodule_weight": args.nodule_weight, "freeze_blocks": args.freeze_blocks, "lr": args.lr,
+        "nodule_weight": args.nodule_weight, "lr": args.lr,
+        "freeze_blocks": EFFNET_FROZEN_BLOCKS.get(args.architecture, 0) if args.freeze_blocks is None
+        else args.freeze_blocks,
         "max_minutes": args.max_minutes, "backbone_lr": args.backbone_lr, "ema": args.ema,
         "synthetic_lesions": args.synthetic_lesions, "film_look": args.film_look}
     if args.patience:
@@ -194,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         overrides["epochs"] = args.epochs
     if args.train_sources:
         overrides["train_sources"] = list(args.train_sources)
-    if args.architecture != "effnet_lite0":
-        overrides["freeze_blocks"] = 0
     if args.seeds <= 1:
         summary = train(default_recipe(manifest, data, out, **overrides), resume=args.resume)
         print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_auroc", "temperature", "thresholds",

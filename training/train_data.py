@@ -212,7 +212,7 @@ def build_loaders(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any) -> L
 
     tf_train = train_transforms(cfg.augment, spatial_only=cfg.pipeline_augment > 0)
     use_films = cfg.pipeline_augment > 0
-    use_trunk = (cfg.trunk_views > 0 and cfg.architecture == "effnet_lite0" and cfg.freeze_blocks > 0
+    use_trunk = (cfg.trunk_views > 0 and cfg.architecture.startswith("effnet_lite") and cfg.freeze_blocks > 0
                  and not use_films)
     if use_trunk:
         ds_train, ds_val = _trunk_datasets(cfg, rt, data, net, tf_train)

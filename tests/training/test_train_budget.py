@@ -128,10 +128,10 @@ def test_pretrained_trunk_prints_nothing_on_stdout(capsys: pytest.CaptureFixture
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Issue 24 re-run: efficientnet's "Loaded pretrained weights for efficientnet-lite0" went to
     stdout (the command's JSON) in every ImageNet run: it goes to the log now."""
-    from cxr_triage.training.network import _EffNetLite0Features
+    from cxr_triage.training.network import _EffNetLiteFeatures
 
     with caplog.at_level(logging.INFO, logger="cxr_triage.training.network"):
-        _EffNetLite0Features(pretrained=True, image_size=64)
+        _EffNetLiteFeatures(pretrained=True, image_size=64)
     assert capsys.readouterr().out == ""
     assert any("Loaded pretrained weights" in r.getMessage() for r in caplog.records)
 

