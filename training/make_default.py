@@ -34,7 +34,7 @@ from cxr_triage.contract.files import file_sha256
 from cxr_triage.paths import repo_root
 from cxr_triage.training.adapters import shared_data
 from cxr_triage.training.ensemble import ensemble_runs
-from cxr_triage.training.export import export_checkpoint
+from cxr_triage.training.export import MAX_BYTES, ExportCheckError, export_checkpoint
 from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
 from cxr_triage.training.manifest import read_manifest, write_manifest
 from cxr_triage.training.network import EFFNET_FROZEN_BLOCKS, EFFNET_LITE
@@ -92,6 +92,16 @@ def build_split(data: Path, path: Path, seed: int = 0, previous: Path | None = N
     return write_manifest(assign_splits(entries, 0.2, 0.2, seed), path)
 
 
+def network_label(checkpoint: Path) -> str:
+    """The members' architecture for file and model names: ``effnet_lite0`` (the shipped one),
+    or the distinct member architectures joined by ``_`` when an ensemble mixes them."""
+    import torch
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    archs = [m["architecture"] for m in ck["members"]] if ck.get("architecture") == "ensemble" else [ck["architecture"]]
+    return "_".join(dict.fromkeys(archs))
+
+
 def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     """Export ``out/model.pt`` (float32, checked against PyTorch), store its weights as float16
     and check that file against the float32 one on every validation film
@@ -104,11 +114,16 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     The float16 file is stamped as the shipped one is (``export_fp16.stamp_half``: version
     ``-fp16``, the float32 file's SHA-256 and the check in ``extra["float16_storage"]``).
     Writes ``out/export_checks.json``; returns the float16 file, the one to ship. Raises ExportCheckError when a check fails."""
-    full = out / "cxr_triage_effnet_lite0_fp32.onnx"
-    half = out / "cxr_triage_effnet_lite0.onnx"
-    checks: dict[str, Any] = {"fp32": export_checkpoint(out / "model.pt", full, data_root=data,
-                                                        check_manifest=manifest, name="cxr-triage-effnet-lite0")}
+    label = network_label(out / "model.pt")
+    full = out / f"cxr_triage_{label}_fp32.onnx"
+    half = out / f"cxr_triage_{label}.onnx"
+    checks: dict[str, Any] = {"fp32": export_checkpoint(out / "model.pt", full, data_root=data, check_manifest=manifest,
+                                                        name=f"cxr-triage-{label.replace('_', '-')}",
+                                                        max_bytes=2 * MAX_BYTES)}
     halve_weights(full, half)
+    if half.stat().st_size > MAX_BYTES:
+        raise ExportCheckError(f"{half} is {half.stat().st_size / 2**20:.1f} MiB stored as float16, "
+                               f"over the {MAX_BYTES / 2**20:.0f} MiB limit")
     val = [e for e in read_manifest(manifest) if e.split == "val"]
     # scored as the report scores them, nodule/mass AUROC (Nodule/Mass films vs normals) held too
     checks["fp16"] = {**check_half_films(full, half, val, data),

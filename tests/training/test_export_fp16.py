@@ -74,6 +74,7 @@ def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
                      findings="Nodule" if i % 2 else "No Finding", split="val") for i, p in enumerate(pngs)]
     manifest = write_manifest(entries, tmp_path / "split.csv")
     monkeypatch.setattr(make_default, "export_checkpoint", lambda ck, out, **kw: shutil.copy(tiny_nodule_model, out) and {})
+    monkeypatch.setattr(make_default, "network_label", lambda ck: "effnet_lite0")
     monkeypatch.setattr(export_fp16, "model_outputs", outputs)
     monkeypatch.setattr(make_default, "film_domain_check", lambda *a: {})
     monkeypatch.setattr(make_default, "synthetic_lesion_check", lambda *a: {})
@@ -86,3 +87,39 @@ def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
     assert checks["films"] == 6 and "nodule_auroc_change" in checks and checks["nodule_auroc_change"] <= MAX_AUROC_CHANGE
     meta = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(half)).metadata_props}[METADATA_KEY])
     assert meta.version.endswith("-fp16") and meta.extra["float16_storage"]["checks"]["val"]["films"] == 6
+
+
+def test_make_default_names_the_file_after_its_networks(tmp_path: Path) -> None:
+    """The run's file and model name say which EfficientNet-Lite it holds (issue 22, round 4):
+    one architecture, an ensemble of one, or the distinct members of a mixed ensemble in order."""
+    import torch
+
+    from cxr_triage.training.make_default import network_label
+
+    def saved(ck: dict[str, object]) -> Path:
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.pt"
+        torch.save(ck, path)
+        return path
+
+    assert network_label(saved({"architecture": "effnet_lite1"})) == "effnet_lite1"
+    same = [{"architecture": "effnet_lite0"}, {"architecture": "effnet_lite0"}]
+    assert network_label(saved({"architecture": "ensemble", "members": same})) == "effnet_lite0"
+    mixed = [*same, {"architecture": "effnet_lite1"}]
+    assert network_label(saved({"architecture": "ensemble", "members": mixed})) == "effnet_lite0_effnet_lite1"
+
+
+def test_make_default_refuses_a_float16_file_over_the_size_limit(
+        tiny_nodule_model: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32 intermediate may reach twice the limit; the float16 file it ships may not."""
+    import shutil
+
+    from cxr_triage.training import make_default
+
+    sizes: list[int] = []
+    monkeypatch.setattr(make_default, "network_label", lambda ck: "effnet_lite0")
+    monkeypatch.setattr(make_default, "export_checkpoint",
+                        lambda ck, out, **kw: sizes.append(kw["max_bytes"]) or shutil.copy(tiny_nodule_model, out) and {})
+    monkeypatch.setattr(make_default, "MAX_BYTES", 1000)  # the tiny float16 file is larger than this
+    with pytest.raises(ExportCheckError, match="stored as float16, over the"):
+        make_default.export_half_checked(tmp_path, shared_data, tmp_path / "unused.csv")
+    assert sizes == [2000]
