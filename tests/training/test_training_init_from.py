@@ -148,3 +148,21 @@ def test_mix_bundled_adds_shared_training_films_to_the_training_split_only(tmp_p
     added = [e for e in rows if e.source != "site"]
     assert len(added) == 5 and {e.split for e in added} == {"train"} and all(e.split == "" for e in rows[:40])
     assert all((Path(cfg.data_root) / e.file).is_file() for e in rows)
+
+
+@pytest.mark.parametrize("architecture", ["effnet_lite0", "effnet_lite1"])
+def test_an_effnet_lite_file_loads_back(tmp_path: Path, architecture: str) -> None:
+    """``--init-from`` rebuilds Lite0 and the larger Lite1 tried for issue 22 from their ONNX files
+    (BatchNorm folded into each convolution by the export)."""
+    size = 64
+    torch.manual_seed(0)
+    net = build_network(architecture, pretrained=False, image_size=size, n_outputs=16)
+    wrapper = ExportWrapper(net, temperature=1.3).eval()
+    ck = {"architecture": architecture, "preprocessing": PreprocessSpec(size=size, harmonise_size=size).to_dict(),
+          "thresholds": {"sens_0.98": 0.3}, "nodule_thresholds": {"sens_0.9": 0.2}, "nodule_temperature": 1.0,
+          "nodule_shift": 0.0}
+    path = export_onnx(wrapper, build_metadata(ck, "lite-init", "1"), tmp_path / "m.onnx")
+    init = network_from_onnx(path)
+    assert (init.architecture, init.members, init.image_size) == (architecture, 1, size)
+    x = np.random.default_rng(1).normal(0, 1, (2, 1, size, size)).astype(np.float32)
+    assert check_against_onnx(init, x) < 1e-4
