@@ -32,7 +32,7 @@ from cxr_triage.training.cli_args import (
     train_args,
 )
 from cxr_triage.training.progress import EPOCHS_UNDER_BUDGET, log_to_file
-from cxr_triage.training.train_config import TrainConfig
+from cxr_triage.training.train_config import EFFNET_FROZEN_BLOCKS, TrainConfig
 
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
@@ -72,6 +72,8 @@ def config_from_args(args: argparse.Namespace, cfg: Any = None):
     for key in CONFIG_KEYS:
         if values.get(key) is None:
             values[key] = section.get(key, getattr(d, key))
+    if values.get("freeze_blocks") is None:  # the same stages of each EfficientNet-Lite
+        values["freeze_blocks"] = EFFNET_FROZEN_BLOCKS.get(str(values["architecture"]), d.freeze_blocks)
     values["manifest"] = args.manifest or ""
     if args.max_minutes and args.epochs is None:  # the budget the user gave rules, not a default count
         values["epochs"] = EPOCHS_UNDER_BUDGET
@@ -129,7 +131,8 @@ def run_export(args: argparse.Namespace, cfg: Any = None) -> int:
         name = args.name or default_model_name(ck, checkpoint)
         report = export_checkpoint(checkpoint, args.out, films=[Path(f) for f in args.films],
                                    data_root=args.data_root, check_manifest=manifest,
-                                   tolerance=args.tolerance, name=name, version=args.version, ck=ck)
+                                   tolerance=args.tolerance, name=name, version=args.version, ck=ck,
+                                   max_bytes=int(args.max_mib * 2**20))
     except ExportCheckError as exc:
         print(f"cxr-triage export: check failed, nothing written: {exc}", file=sys.stderr)
         return 1

@@ -115,8 +115,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
                    help="label: both classes weigh equally; source_label: every (source, label) group does, so a "
                         "source's look cannot stand in for the label")
     p.add_argument("--augment", type=float, default=d.augment, help="augmentation strength (0: none)")
-    p.add_argument("--freeze-blocks", type=int, default=d.freeze_blocks,
-                   help="EfficientNet: stem + first N blocks frozen (0: train everything)")
+    p.add_argument("--freeze-blocks", type=int, default=None,
+                   help="EfficientNet: stem + first N blocks frozen (0: train everything; default: the same stages "
+                        "for each EfficientNet-Lite, 6 blocks of Lite0, 8 of Lite1/2)")
     p.add_argument("--trunk-views", type=int, default=d.trunk_views,
                    help="EfficientNet: cache the frozen trunk's output for N augmented views per film (0: off)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
@@ -188,6 +189,9 @@ def export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="films' root for the check manifest (default: the run's)")
     p.add_argument("--films", nargs="*", default=[], help="real films to check on instead")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest |ONNX Runtime - PyTorch| allowed")
+    p.add_argument("--max-mib", type=float, default=40.0,
+                   help="largest file written, in MiB (float32 weights: a two-member Lite0 ensemble is ~26 MiB; "
+                        "`make train` ships float16 copies, half the size)")
 
 
 def manifest_args(p: argparse.ArgumentParser) -> None:

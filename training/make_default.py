@@ -37,13 +37,13 @@ from cxr_triage.training.ensemble import ensemble_runs
 from cxr_triage.training.export import MAX_BYTES, ExportCheckError, export_checkpoint
 from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
 from cxr_triage.training.manifest import read_manifest, write_manifest
-from cxr_triage.training.network import EFFNET_FROZEN_BLOCKS, EFFNET_LITE
+from cxr_triage.training.network import EFFNET_LITE
 from cxr_triage.training.nodule_head import refit
 from cxr_triage.training.report import terminal_summary, test_report
 from cxr_triage.training.report_domain import film_domain_check, synthetic_lesion_check
 from cxr_triage.training.split import SPLITS, assign_splits, keep_previous_splits
 from cxr_triage.training.train import train
-from cxr_triage.training.train_config import TrainConfig
+from cxr_triage.training.train_config import EFFNET_FROZEN_BLOCKS, TrainConfig
 
 NIH_SOURCES = ["nih-cxr14", "nih-extra"]
 #: the sources with both classes: training, validation selection and the per-source headline
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                          "training-split twins)")
     ap.add_argument("--seeds", type=int, default=RECIPE["seeds"],
                     help="train this many seeds (--seed, --seed+1, ...) in <out>/seed<k> and ship their ensemble "
-                         "(mean logits), calibrated on validation like one run")
+                         "(mean logits), calibrated on validation like one run; 1: one run, in <out> itself")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args(argv)

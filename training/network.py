@@ -27,13 +27,12 @@ from typing import Any, Sequence, cast
 import torch
 from torch import nn
 
+from cxr_triage.training.train_config import EFFNET_FROZEN_BLOCKS
+
 log = logging.getLogger(__name__)
 
-EFFNET_LITE = ("effnet_lite0", "effnet_lite1", "effnet_lite2")
+EFFNET_LITE = tuple(EFFNET_FROZEN_BLOCKS)
 ARCHITECTURES = (*EFFNET_LITE, "densenet121", "tiny")
-#: MBConv blocks before the fourth stage's first (stride-2) block plus that block: what
-#: ``make train``'s recipe freezes (6 of Lite0's 16 blocks; Lite1/2 repeat stages 2-3 three times)
-EFFNET_FROZEN_BLOCKS = {"effnet_lite0": 6, "effnet_lite1": 8, "effnet_lite2": 8}
 
 
 class _Features(nn.Module):

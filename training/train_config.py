@@ -11,6 +11,11 @@ from typing import Any
 
 from cxr_triage.contract.preprocessing import PreprocessSpec
 
+#: MBConv blocks before the fourth stage's first (stride-2) block plus that block: what
+#: ``make train``'s recipe and ``cxr-triage train`` freeze by default (6 of Lite0's 16 blocks;
+#: Lite1/2 repeat stages 2-3 three times: 8 of their 21)
+EFFNET_FROZEN_BLOCKS = {"effnet_lite0": 6, "effnet_lite1": 8, "effnet_lite2": 8}
+
 
 @dataclass
 class TrainConfig:

@@ -198,6 +198,20 @@ def test_training_config_section_sets_the_defaults() -> None:
     assert (tc.epochs, tc.max_minutes, tc.batch_size, tc.architecture) == (3, 1.5, 4, "effnet_lite0")
 
 
+@pytest.mark.parametrize(("given", "frozen"), [([], 6), (["--architecture", "effnet_lite1"], 8),
+                                              (["--architecture", "effnet_lite2", "--freeze-blocks", "0"], 0)])
+def test_each_effnet_lite_freezes_the_same_stages_unless_told(given: list[str], frozen: int) -> None:
+    """``cxr-triage train`` freezes what ``make train`` does for each EfficientNet-Lite (issue 22
+    round 4 re-run: Lite1 kept Lite0's 6 blocks); ``--freeze-blocks`` wins."""
+    from cxr_triage.config import load_config
+    from cxr_triage.training.cli import config_from_args, register
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub, "train", "train")
+    args = sub.choices["train"].parse_args(["--manifest", "m.csv", "--out", "o", *given])
+    assert config_from_args(args, load_config(None, environ={})).freeze_blocks == frozen
+
+
 def test_budget_resume_history_and_every_checkpoint_exports(site_manifest: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"

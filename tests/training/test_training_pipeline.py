@@ -129,6 +129,13 @@ def test_export_fails_and_writes_nothing_when_check_fails(trained_run: Path, tmp
     assert rc == 1 and not out.exists()
 
 
+def test_export_refuses_a_file_over_its_size_limit(trained_run: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "big.onnx"
+    rc = cli_main(["export", "--checkpoint", str(trained_run / "model.pt"), "--out", str(out), "--max-mib", "0.001"])
+    assert rc == 1 and not out.exists() and "over the 0 MiB limit" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("architecture", ["effnet_lite0", "effnet_lite1", "effnet_lite2"])
 def test_effnet_lite_export_matches_torch_on_real_films(architecture: str, shared_data: Path,
                                                         tmp_path: Path) -> None:
