@@ -124,10 +124,10 @@ def run_epochs(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders,
             if epoch > first_epoch and budget.over():
                 return "time budget"
             t0 = time.time()
-            run_epoch(cfg, rt, data, loaders, model, state, budget, epoch, info)
+            cut = run_epoch(cfg, rt, data, loaders, model, state, budget, epoch, info)
             advance(bar, time.time() - t0, state["history"][-1]["eta_min"] if state["history"] else float("nan"),
                     budget.left_s())
-            if epoch < cfg.epochs and budget.over():
+            if (epoch < cfg.epochs or cut) and budget.over():  # the last epoch cut short: the budget ended it
                 return "time budget"
         return "epochs"
     finally:
@@ -136,9 +136,10 @@ def run_epochs(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders,
 
 
 def run_epoch(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders, model: Model,
-              state: dict[str, Any], budget: TimeBudget, epoch: int, info: dict[str, Any]) -> None:
+              state: dict[str, Any], budget: TimeBudget, epoch: int, info: dict[str, Any]) -> bool:
     """Train and validate ``epoch``, update ``state``; rank 0 logs the row, saves ``last.pt``
-    (and ``best.pt`` when it improved; ``info``: :func:`checkpoint_info`) and prints the line."""
+    (and ``best.pt`` when it improved; ``info``: :func:`checkpoint_info`) and prints the line.
+    Returns True when the time budget cut the epoch's batches short."""
     t0 = time.time()
     if cfg.head_epochs:
         model.head_only(epoch <= cfg.head_epochs)
@@ -151,3 +152,4 @@ def run_epoch(cfg: TrainConfig, rt: Runtime, data: TrainData, loaders: Loaders, 
         log_epoch(out, row)
         save_epoch(out, model, state, select, improved, info)
         say(epoch_line(row, cfg.epochs, state, select, nod_auc, left_s))
+    return len(losses) < loaders.steps_per_epoch

@@ -212,6 +212,15 @@ def test_each_effnet_lite_freezes_the_same_stages_unless_told(given: list[str], 
     assert config_from_args(args, load_config(None, environ={})).freeze_blocks == frozen
 
 
+def test_a_last_epoch_the_budget_cut_short_is_stopped_by_the_budget(site_manifest: Path, tmp_path: Path) -> None:
+    """Issue 22 round 4 re-run: ``--epochs 1 --max-minutes`` said ``stopped_by: epochs`` when the
+    budget had cut the one epoch's batches short."""
+    run = tmp_path / "run"
+    assert cli_main(_train(site_manifest, run, "--epochs", "1", "--max-minutes", "0.0001", "--no-test-report")) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["stopped_by"] == "time budget" and summary["epochs_run"] == 1
+
+
 def test_budget_resume_history_and_every_checkpoint_exports(site_manifest: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
