@@ -10,7 +10,7 @@ import argparse
 from cxr_triage.config import load_config
 from cxr_triage.contract.manifest import NEGATIVE_SPELLINGS, POSITIVE_SPELLINGS
 from cxr_triage.training.adapters import ADAPTERS
-from cxr_triage.training.train_config import TrainConfig
+from cxr_triage.training.train_config import ARCHITECTURES, TrainConfig
 
 #: train options whose default comes from the [training] config section (option -> key)
 CONFIG_KEYS = ("architecture", "image_size", "epochs", "batch_size", "patience", "max_minutes", "threads",
@@ -72,7 +72,7 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default="", help="folder the manifest's file paths are relative to "
                    "(default: the manifest's folder)")
     p.add_argument("--architecture", default=None,
-                   choices=["effnet_lite0", "effnet_lite1", "effnet_lite2", "densenet121", "tiny"],
+                   choices=ARCHITECTURES,
                    help="network: EfficientNet-Lite0/1/2 (ImageNet weights), DenseNet-121, or a tiny CNN for "
                         "smoke runs " + cfg_default("architecture"))
     p.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet's")

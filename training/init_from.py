@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from cxr_triage.contract.model_file import INPUT_NAME, METADATA_KEY
+from cxr_triage.training.train_config import EFFNET_LITE
 
 #: buffers of ExportWrapper stored as initializers (the calibration baked into the file)
 CALIBRATION = ("temperature", "logit_shift", "nodule_temperature", "nodule_shift")
 #: architectures whose export folds a BatchNorm after each convolution (DenseNet's comes before)
-FOLDABLE = ("effnet_lite0", "effnet_lite1", "effnet_lite2", "tiny")
+FOLDABLE = (*EFFNET_LITE, "tiny")
 
 
 class InitModelError(ValueError):

@@ -37,13 +37,12 @@ from cxr_triage.training.ensemble import ensemble_runs
 from cxr_triage.training.export import MAX_BYTES, ExportCheckError, export_checkpoint
 from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
 from cxr_triage.training.manifest import read_manifest, write_manifest
-from cxr_triage.training.network import EFFNET_LITE
 from cxr_triage.training.nodule_head import refit
 from cxr_triage.training.report import terminal_summary, test_report
 from cxr_triage.training.report_domain import film_domain_check, synthetic_lesion_check
 from cxr_triage.training.split import SPLITS, assign_splits, keep_previous_splits
 from cxr_triage.training.train import train
-from cxr_triage.training.train_config import EFFNET_FROZEN_BLOCKS, TrainConfig
+from cxr_triage.training.train_config import ARCHITECTURES, EFFNET_FROZEN_BLOCKS, TrainConfig
 
 NIH_SOURCES = ["nih-cxr14", "nih-extra"]
 #: the sources with both classes: training, validation selection and the per-source headline
@@ -92,12 +91,10 @@ def build_split(data: Path, path: Path, seed: int = 0, previous: Path | None = N
     return write_manifest(assign_splits(entries, 0.2, 0.2, seed), path)
 
 
-def network_label(checkpoint: Path) -> str:
-    """The members' architecture for file and model names: ``effnet_lite0`` (the shipped one),
-    or the distinct member architectures joined by ``_`` when an ensemble mixes them."""
-    import torch
-
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+def network_label(ck: dict[str, Any]) -> str:
+    """The members' architecture of a training checkpoint dict, for file and model names:
+    ``effnet_lite0`` (the shipped one), or the distinct member architectures joined by ``_`` when
+    an ensemble mixes them."""
     archs = [m["architecture"] for m in ck["members"]] if ck.get("architecture") == "ensemble" else [ck["architecture"]]
     return "_".join(dict.fromkeys(archs))
 
@@ -114,12 +111,15 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     The float16 file is stamped as the shipped one is (``export_fp16.stamp_half``: version
     ``-fp16``, the float32 file's SHA-256 and the check in ``extra["float16_storage"]``).
     Writes ``out/export_checks.json``; returns the float16 file, the one to ship. Raises ExportCheckError when a check fails."""
-    label = network_label(out / "model.pt")
+    import torch  # torch only once a run is exported
+
+    ck = torch.load(out / "model.pt", map_location="cpu", weights_only=False)  # read once: named, then exported
+    label = network_label(ck)
     full = out / f"cxr_triage_{label}_fp32.onnx"
     half = out / f"cxr_triage_{label}.onnx"
     checks: dict[str, Any] = {"fp32": export_checkpoint(out / "model.pt", full, data_root=data, check_manifest=manifest,
                                                         name=f"cxr-triage-{label.replace('_', '-')}",
-                                                        max_bytes=2 * MAX_BYTES)}
+                                                        max_bytes=2 * MAX_BYTES, ck=ck)}
     halve_weights(full, half)
     if half.stat().st_size > MAX_BYTES:
         raise ExportCheckError(f"{half} is {half.stat().st_size / 2**20:.1f} MiB stored as float16, "
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="remake --split from the data folder, keeping the splits of the films it already lists")
     ap.add_argument("--epochs", type=int, default=None, help="most epochs (default: the recipe's)")
     ap.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget of the epochs (0: none)")
-    ap.add_argument("--architecture", default="effnet_lite0", choices=[*EFFNET_LITE, "densenet121", "tiny"],
+    ap.add_argument("--architecture", default="effnet_lite0", choices=ARCHITECTURES,
                     help="network; an EfficientNet-Lite freezes its stem and blocks up to the fourth stage's first")
     ap.add_argument("--image-size", type=int, default=RECIPE["image_size"], help="network input side")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")

@@ -27,12 +27,9 @@ from typing import Any, Sequence, cast
 import torch
 from torch import nn
 
-from cxr_triage.training.train_config import EFFNET_FROZEN_BLOCKS
+from cxr_triage.training.train_config import ARCHITECTURES, EFFNET_LITE
 
 log = logging.getLogger(__name__)
-
-EFFNET_LITE = tuple(EFFNET_FROZEN_BLOCKS)
-ARCHITECTURES = (*EFFNET_LITE, "densenet121", "tiny")
 
 
 class _Features(nn.Module):
@@ -67,7 +64,6 @@ class _EffNetLiteFeatures(_Features):
             grey.weight.copy_(stem.weight.sum(dim=1, keepdim=True))
         net._conv_stem = grey
         self.net = net
-        self.variant = variant
         self.out_channels = net._fc.in_features
         self.n_blocks = len(net._blocks)
 

@@ -15,6 +15,9 @@ from cxr_triage.contract.preprocessing import PreprocessSpec
 #: ``make train``'s recipe and ``cxr-triage train`` freeze by default (6 of Lite0's 16 blocks;
 #: Lite1/2 repeat stages 2-3 three times: 8 of their 21)
 EFFNET_FROZEN_BLOCKS = {"effnet_lite0": 6, "effnet_lite1": 8, "effnet_lite2": 8}
+EFFNET_LITE = tuple(EFFNET_FROZEN_BLOCKS)
+#: the networks of training/network.py
+ARCHITECTURES = (*EFFNET_LITE, "densenet121", "tiny")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from cxr_triage.training.progress import say, split_table
 from cxr_triage.training.split import assign_splits, check_no_leakage
 from cxr_triage.training.synthetic import LesionDraws
 from cxr_triage.training.targets import n_outputs, nodule_known, nodule_truth, targets
-from cxr_triage.training.train_config import TrainConfig
+from cxr_triage.training.train_config import EFFNET_LITE, TrainConfig
 from cxr_triage.training.trunk import ViewDataset, trunk_features, upper_model
 
 
@@ -212,7 +212,7 @@ def build_loaders(cfg: TrainConfig, rt: Runtime, data: TrainData, net: Any) -> L
 
     tf_train = train_transforms(cfg.augment, spatial_only=cfg.pipeline_augment > 0)
     use_films = cfg.pipeline_augment > 0
-    use_trunk = (cfg.trunk_views > 0 and cfg.architecture.startswith("effnet_lite") and cfg.freeze_blocks > 0
+    use_trunk = (cfg.trunk_views > 0 and cfg.architecture in EFFNET_LITE and cfg.freeze_blocks > 0
                  and not use_films)
     if use_trunk:
         ds_train, ds_val = _trunk_datasets(cfg, rt, data, net, tf_train)

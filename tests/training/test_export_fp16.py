@@ -58,6 +58,8 @@ def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
     AUROC held too), stamps it as the shipped file is stamped and refits its nodule/mass probe."""
     import shutil
 
+    import torch
+
     from cxr_triage.contract.preprocessing import preprocess
     from cxr_triage.training import export_fp16, make_default
     from cxr_triage.training.dataset import read_pixels
@@ -73,8 +75,8 @@ def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
     entries = [Entry(file=str(p.relative_to(shared_data)), label=i % 2, patient_id=f"p{i}", source="nih-cxr14",
                      findings="Nodule" if i % 2 else "No Finding", split="val") for i, p in enumerate(pngs)]
     manifest = write_manifest(entries, tmp_path / "split.csv")
-    monkeypatch.setattr(make_default, "export_checkpoint", lambda ck, out, **kw: shutil.copy(tiny_nodule_model, out) and {})
-    monkeypatch.setattr(make_default, "network_label", lambda ck: "effnet_lite0")
+    torch.save({"architecture": "effnet_lite0"}, tmp_path / "model.pt")  # read once for the file's name
+    monkeypatch.setattr(make_default, "export_checkpoint", lambda checkpoint, out, **kw: shutil.copy(tiny_nodule_model, out) and {})
     monkeypatch.setattr(export_fp16, "model_outputs", outputs)
     monkeypatch.setattr(make_default, "film_domain_check", lambda *a: {})
     monkeypatch.setattr(make_default, "synthetic_lesion_check", lambda *a: {})
@@ -89,23 +91,16 @@ def test_make_default_checks_the_float16_file_with_the_nodule_mass_auroc(
     assert meta.version.endswith("-fp16") and meta.extra["float16_storage"]["checks"]["val"]["films"] == 6
 
 
-def test_make_default_names_the_file_after_its_networks(tmp_path: Path) -> None:
+def test_make_default_names_the_file_after_its_networks() -> None:
     """The run's file and model name say which EfficientNet-Lite it holds (issue 22, round 4):
     one architecture, an ensemble of one, or the distinct members of a mixed ensemble in order."""
-    import torch
-
     from cxr_triage.training.make_default import network_label
 
-    def saved(ck: dict[str, object]) -> Path:
-        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.pt"
-        torch.save(ck, path)
-        return path
-
-    assert network_label(saved({"architecture": "effnet_lite1"})) == "effnet_lite1"
+    assert network_label({"architecture": "effnet_lite1"}) == "effnet_lite1"
     same = [{"architecture": "effnet_lite0"}, {"architecture": "effnet_lite0"}]
-    assert network_label(saved({"architecture": "ensemble", "members": same})) == "effnet_lite0"
+    assert network_label({"architecture": "ensemble", "members": same}) == "effnet_lite0"
     mixed = [*same, {"architecture": "effnet_lite1"}]
-    assert network_label(saved({"architecture": "ensemble", "members": mixed})) == "effnet_lite0_effnet_lite1"
+    assert network_label({"architecture": "ensemble", "members": mixed}) == "effnet_lite0_effnet_lite1"
 
 
 def test_make_default_refuses_a_float16_file_over_the_size_limit(
@@ -113,12 +108,14 @@ def test_make_default_refuses_a_float16_file_over_the_size_limit(
     """The float32 intermediate may reach twice the limit; the float16 file it ships may not."""
     import shutil
 
+    import torch
+
     from cxr_triage.training import make_default
 
     sizes: list[int] = []
-    monkeypatch.setattr(make_default, "network_label", lambda ck: "effnet_lite0")
+    torch.save({"architecture": "effnet_lite0"}, tmp_path / "model.pt")
     monkeypatch.setattr(make_default, "export_checkpoint",
-                        lambda ck, out, **kw: sizes.append(kw["max_bytes"]) or shutil.copy(tiny_nodule_model, out) and {})
+                        lambda checkpoint, out, **kw: sizes.append(kw["max_bytes"]) or shutil.copy(tiny_nodule_model, out) and {})
     monkeypatch.setattr(make_default, "MAX_BYTES", 1000)  # the tiny float16 file is larger than this
     with pytest.raises(ExportCheckError, match="stored as float16, over the"):
         make_default.export_half_checked(tmp_path, shared_data, tmp_path / "unused.csv")

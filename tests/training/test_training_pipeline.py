@@ -167,7 +167,8 @@ def test_effnet_lite_weights_and_frozen_stages(architecture: str) -> None:
     stride-2 MBConv block (Tan & Le 2019, table 1)."""
     import torch
 
-    from cxr_triage.training.network import EFFNET_FROZEN_BLOCKS, build_network
+    from cxr_triage.training.network import build_network
+    from cxr_triage.training.train_config import EFFNET_FROZEN_BLOCKS
 
     torch.manual_seed(0)
     trained = build_network(architecture, pretrained=True, freeze_blocks=EFFNET_FROZEN_BLOCKS[architecture])
