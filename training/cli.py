@@ -119,15 +119,20 @@ def run_export(args: argparse.Namespace, cfg: Any = None) -> int:
     if not checkpoint.is_file():
         print(f"cxr-triage export: checkpoint not found: {checkpoint}", file=sys.stderr)
         return 2
+    run_split = not args.films and not args.check_manifest
+    if run_split and args.data_root is not None:
+        # a run's split.csv names its films relative to the run folder, not to a data folder
+        print(f"cxr-triage export: --data-root {args.data_root} ignored: it goes with --check-manifest; the run's "
+              "split.csv is read with its own film paths", file=sys.stderr)
+        args.data_root = None
     try:
-        ck = calibrate_checkpoint(checkpoint, args.data_root)
+        ck = calibrate_checkpoint(checkpoint)
         manifest = args.check_manifest
-        if not args.films and not manifest:
+        if run_split:
             manifest = Path(ck.get("split_csv") or checkpoint.parent / "split.csv")
             if not Path(manifest).is_file():
                 manifest = checkpoint.parent / "split.csv"
-            if args.data_root is None:
-                args.data_root = ck.get("films_root") or ck.get("config", {}).get("data_root") or None
+            args.data_root = ck.get("films_root") or ck.get("config", {}).get("data_root") or None
         name = args.name or default_model_name(ck, checkpoint)
         report = export_checkpoint(checkpoint, args.out, films=[Path(f) for f in args.films],
                                    data_root=args.data_root, check_manifest=manifest,

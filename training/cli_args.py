@@ -186,7 +186,8 @@ def export_args(p: argparse.ArgumentParser) -> None:
                    "<date>-<manifest sha256[:8]>-<checkpoint sha256[:6]>)")
     p.add_argument("--check-manifest", help="manifest whose validation films check the export "
                    "(default: the split.csv beside the checkpoint)")
-    p.add_argument("--data-root", help="films' root for the check manifest (default: the run's)")
+    p.add_argument("--data-root", help="films' root for --check-manifest's paths (the run's own split.csv "
+                   "is always read with its film paths)")
     p.add_argument("--films", nargs="*", default=[], help="real films to check on instead")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest |ONNX Runtime - PyTorch| allowed")
     p.add_argument("--max-mib", type=float, default=40.0,

@@ -261,8 +261,10 @@ def test_report_command_per_source_view_and_paired_comparison(site_manifest: Pat
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     assert cli_main(["export", "--checkpoint", str(run / "model.pt"), "--out", str(a), "--name", "site-a",
                      "--version", "2"]) == 0
-    assert cli_main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(b), "--name", "site-b"]) == 0
-    capsys.readouterr()
+    # --data-root (the site's data folder) beside the run's own split.csv: noted, the run's paths still used
+    assert cli_main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(b), "--name", "site-b",
+                     "--data-root", str(site_manifest.parent)]) == 0
+    assert "--data-root" in capsys.readouterr().err and b.is_file()
     rc = cli_main(["report", "--model", str(a), "--manifest", str(run / "split.csv"), "--compare", str(b),
                    "--split", "all", "--n-boot", "100", "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
