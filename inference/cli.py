@@ -22,7 +22,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         help=help_text,
         description="Triage chest films (DICOM CR/DX/SC, PNG, JPEG; files or folders searched "
         "recursively) with the configured ONNX model and print likely normal / suspicious / "
-        "not assessable (with the reason) for each film.",
+        "not assessable (with the reason) for each film. The last lines name the model (name and "
+        "version, as the SR records them), its operating point and threshold, and what the "
+        "nodule/mass output means; with --json each line also carries model_name and model_version.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM/PNG/JPEG files or folders")
     p.add_argument("--json", action="store_true", help="one JSON object per film (JSON lines)")
