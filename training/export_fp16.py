@@ -35,7 +35,7 @@ from cxr_triage.training.export import ExportCheckError
 from cxr_triage.training.manifest import Entry, read_manifest, resolve
 from cxr_triage.training.nodule_point import write_metadata
 from cxr_triage.training.report_scoring import model_outputs, model_session
-from cxr_triage.training.targets import nodule_known, nodule_truth
+from cxr_triage.training.targets import nodule_known, nodule_normals, nodule_truth
 from cxr_triage.training.train_metrics import auroc
 
 MIN_AGREEMENT = 0.995
@@ -139,8 +139,8 @@ def check_half_films(full: str | Path, half: str | Path, entries: Sequence[Entry
     paths = [resolve(e, root) for e in entries]
     a, b = model_outputs(full, paths), model_outputs(half, paths)
     labels = np.array([e.label for e in entries])
-    known, truth = nodule_known(entries), nodule_truth(entries).astype(bool)
-    res = compare_outputs(full, a, b, labels, known & truth, known & ~truth & (labels == 0))
+    positive = nodule_known(entries) & nodule_truth(entries).astype(bool)
+    res = compare_outputs(full, a, b, labels, positive, nodule_normals(entries))
     return _judge(res, len(entries), min_agreement, max_auroc_change)
 
 

@@ -39,7 +39,7 @@ from cxr_triage.paths import bundled_model_path, repo_root
 from cxr_triage.training import calibrate
 from cxr_triage.training.manifest import Entry, ManifestError, read_manifest, resolve, write_manifest
 from cxr_triage.training.report_scoring import model_outputs, model_session
-from cxr_triage.training.targets import nodule_known, nodule_truth
+from cxr_triage.training.targets import nodule_known, nodule_normals, nodule_truth
 from cxr_triage.training.train_metrics import auroc
 from cxr_triage.training.val_calibration import flag_rate_points
 
@@ -71,7 +71,7 @@ def flag_points(nodule_scores: np.ndarray, entries: Sequence[Entry]) -> dict[str
     """The new-rule nodule/mass points of scores (N,) on ``entries`` (known status): thresholds,
     the default point, whether the flag is shown, and the figures behind them."""
     truth = nodule_truth(entries)
-    normal = np.array([e.label == 0 for e in entries]) & (truth == 0)
+    normal = nodule_normals(entries)
     use = normal | (truth == 1)
     points = flag_rate_points(nodule_scores, truth, normal)
     default = flag_rate_point_name(calibrate.DEFAULT_FLAG_RATE)

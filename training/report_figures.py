@@ -17,7 +17,7 @@ from cxr_triage.contract.decision import decide_many
 from cxr_triage.evaluation import metrics
 from cxr_triage.training.manifest import Entry
 from cxr_triage.training.report_scoring import ReportError
-from cxr_triage.training.targets import nodule_known, nodule_truth, nodule_vs_normal
+from cxr_triage.training.targets import nodule_known, nodule_normals, nodule_truth, nodule_vs_normal
 
 SCHEMA = "cxr-triage-test-report/2"
 
@@ -72,9 +72,8 @@ def nodule_figures(nodule_scores: np.ndarray, entries: Sequence[Entry], threshol
     s = np.asarray(nodule_scores, dtype=np.float64)
     known = nodule_known(entries)
     truth = nodule_truth(entries).astype(bool)
-    label = np.array([e.label for e in entries])
     pos = known & truth
-    normal = known & (label == 0)
+    normal = nodule_normals(entries)
     other = known & ~truth
     groups = [e.patient_id or e.file for e in entries]
 

@@ -112,9 +112,15 @@ def nodule_truth(entries: Sequence[Entry]) -> np.ndarray:
                      for e in entries])
 
 
+def nodule_normals(entries: Sequence[Entry]) -> np.ndarray:
+    """(N,) bool: the negatives of the lung-cancer question: normal films whose nodule/mass
+    status is known (:func:`nodule_known`: label conflicts left out) and not Nodule/Mass."""
+    labels = np.array([e.label for e in entries])
+    return nodule_known(entries) & (nodule_truth(entries) == 0) & (labels == 0)
+
+
 def nodule_vs_normal(entries: Sequence[Entry]) -> np.ndarray:
     """(N,) bool: the films of the lung-cancer question, Nodule/Mass films (:func:`nodule_truth`)
-    and normal films, status known (:func:`nodule_known`: label conflicts left out); the other
-    abnormal films are not in it."""
-    labels = np.array([e.label for e in entries])
-    return nodule_known(entries) & ((nodule_truth(entries) == 1) | (labels == 0))
+    and normal films (:func:`nodule_normals`), status known (:func:`nodule_known`: label
+    conflicts left out); the other abnormal films are not in it."""
+    return (nodule_known(entries) & (nodule_truth(entries) == 1)) | nodule_normals(entries)

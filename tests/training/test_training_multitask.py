@@ -13,7 +13,15 @@ from PIL import Image
 
 from cxr_triage.training.augment import PipelineAugment
 from cxr_triage.training.manifest import Entry
-from cxr_triage.training.targets import NODULE, TASKS, nodule_known, nodule_truth, targets
+from cxr_triage.training.targets import (
+    NODULE,
+    TASKS,
+    nodule_known,
+    nodule_normals,
+    nodule_truth,
+    nodule_vs_normal,
+    targets,
+)
 
 SIZE = 64
 
@@ -38,6 +46,13 @@ def test_targets_masks_and_teacher_mix() -> None:
     assert only.shape == k1.shape == (1, 1)
     assert nodule_known([nih_nodule, rsna_opacity]).tolist() == [True, False]
     assert nodule_truth([nih_nodule, nih_normal]).tolist() == [1, 0]
+    # the lung-cancer question's negatives, one rule for the report, the flag and the float16 check:
+    # a normal film, status known, not Nodule/Mass (a conflicting or self-contradicting row is neither)
+    conflict = Entry("e.jpg", 0, nodule_or_mass=1, extra={"label_conflict": "rsna Normal vs NIH Nodule"})
+    odd = Entry("f.png", 0, findings="Nodule")
+    films = [nih_nodule, nih_normal, rsna_opacity, site_normal, conflict, odd]
+    assert nodule_normals(films).tolist() == [False, True, False, True, False, False]
+    assert nodule_vs_normal(films).tolist() == [True, True, False, True, False, True]
 
 
 def test_pipeline_augment_is_seeded_and_varies_the_pipeline() -> None:
