@@ -276,27 +276,32 @@ def decode_dicom(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise _undecodable(f"Modality/VOI LUT not applicable ({type(exc).__name__}: {exc})") from exc
     if not np.isfinite(unit).all():
         raise _undecodable("non-finite values after the Modality/VOI LUT")
-    inverted = photometric == "MONOCHROME1" or coded_attribute(ds, "PresentationLUTShape") == "INVERSE"
-    if inverted:
-        unit = 1.0 - unit
     if mask is not None:
         unit[mask] = 0.0
-    return Film(unit.astype(np.float32), "", ds, mask, reduced[1] if reduced else 0)
+    return Film(unit, "", ds, mask, reduced[1] if reduced else 0)
 
 
 def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
-    """Modality LUT then VOI, rescaled to [0, 1] over the VOI's output range.
+    """Modality LUT then VOI, rescaled to [0, 1] over the VOI's output range, turned round for
+    MONOCHROME1 or an INVERSE Presentation LUT Shape (PS3.3 C.11.6): (float32 (H, W), padding
+    mask or None).
 
     Without any VOI (e.g. DX For Processing), the range of the non-padding pixels is used, as
     viewers do; the model's preprocessing is invariant to that affine choice anyway.
 
     Every step is a function of the stored value alone, so integer films (at most 65,536
-    values) are mapped through a table built once over their stored range: the same numbers
-    as applying the steps to every pixel, at a fraction of the time on detector-sized films
-    (float64 passes over millions of pixels were most of the decode time; see bench/).
+    values) are mapped through a float32 table built once over their stored range: the same
+    numbers as applying the steps (in float64) to every pixel, at a fraction of the time on
+    detector-sized films (passes over millions of pixels were most of the decode time; see
+    bench/decode.py). Without a Modality LUT Sequence the modality step is monotonic (Rescale
+    Slope/Intercept of either sign, or none), so the range of the occurring values is that of
+    the body's smallest and largest stored value; a Modality LUT Sequence needs every
+    occurring value (one counting pass).
     """
     mask = padding_mask(stored, ds)
     voi = _voi(ds)
+    inverted = (coded_attribute(ds, "PhotometricInterpretation") == "MONOCHROME1"
+                or coded_attribute(ds, "PresentationLUTShape") == "INVERSE")
     if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.size >= 4096:
         first = int(stored.min())
         domain = np.arange(first, int(stored.max()) + 1).astype(stored.dtype)
@@ -306,11 +311,18 @@ def _display_values(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.nda
             if voi is None:
                 # the min-max window may only use values that occur on non-padding pixels
                 body = stored[~mask] if mask is not None and not mask.all() else stored
-                offsets = body.ravel() if first == 0 else body.ravel().astype(np.int32) - first
-                unused = np.bincount(offsets, minlength=domain.size) == 0
+                if modality_lut(ds) is None:
+                    unused = np.ones(domain.size, dtype=bool)
+                    unused[[int(body.min()) - first, int(body.max()) - first]] = False
+                else:
+                    offsets = body.ravel() if first == 0 else body.ravel().astype(np.int32) - first
+                    unused = np.bincount(offsets, minlength=domain.size) == 0
             table = _display_transform(domain, ds, voi, unused)
-            return table[index], mask
-    return _display_transform(stored, ds, voi, mask), mask
+            if inverted:
+                table = 1.0 - table
+            return table.astype(np.float32)[index], mask
+    unit = _display_transform(stored, ds, voi, mask)
+    return (1.0 - unit if inverted else unit).astype(np.float32), mask
 
 
 def _voi(ds: Dataset) -> LookupTable | Window | None:
