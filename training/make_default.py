@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ema", type=float, default=RECIPE["ema"], help="weight moving-average decay (0: off)")
     ap.add_argument("--patience", type=int, default=None)
     ap.add_argument("--train-sources", nargs="*", default=None, metavar="SOURCE",
-                    help=f"training sources (default: {' '.join(TRAIN_SOURCES)}; add rsna-normals for its "
-                         "training-split twins)")
+                    help=f"training sources (default: {' '.join(TRAIN_SOURCES)}). rsna-normals, a pipeline holding only "
+                         "normals, teaches the model that pipeline (model card, round 5): measure the twin test "
+                         "before adding it")
     ap.add_argument("--seeds", type=int, default=RECIPE["seeds"],
                     help="train this many seeds (--seed, --seed+1, ...) in <out>/seed<k> and ship their ensemble "
                          "(mean logits), calibrated on validation like one run; 1: one run, in <out> itself")
