@@ -125,7 +125,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of patients in the test split")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the weights and the augmentation")
     p.add_argument("--train-sources", nargs="*", default=[], metavar="SOURCE",
-                   help="train and validate on these sources only (default: all)")
+                   help="train and validate on these sources only (default: all; a source holding one class "
+                   "beside others is warned about: its pipeline can become the label, e.g. the shared "
+                   "data's rsna-normals, model/MODEL_CARD.md round 5)")
     p.add_argument("--select-sources", nargs="*", default=[], metavar="SOURCE",
                    help="validation sources for AUROC, early stopping and calibration (default: all)")
     p.add_argument("--select-metric", default=d.select_metric,
@@ -186,8 +188,8 @@ def export_args(p: argparse.ArgumentParser) -> None:
                    "<date>-<manifest sha256[:8]>-<checkpoint sha256[:6]>)")
     p.add_argument("--check-manifest", help="manifest whose validation films check the export "
                    "(default: the split.csv beside the checkpoint)")
-    p.add_argument("--data-root", help="films' root for --check-manifest's paths (the run's own split.csv "
-                   "is always read with its film paths)")
+    p.add_argument("--data-root", help="films' root for --check-manifest's paths (default: that manifest's "
+                   "folder; the run's own split.csv is always read with its film paths)")
     p.add_argument("--films", nargs="*", default=[], help="real films to check on instead")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest |ONNX Runtime - PyTorch| allowed")
     p.add_argument("--max-mib", type=float, default=40.0,

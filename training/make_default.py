@@ -138,9 +138,16 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     return half
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except None (those options' help says what they fall back to)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=_DefaultsHelp)
     ap.add_argument("--data", default="../shared/data", help="the shared data folder")
     ap.add_argument("--out", default="runs/default", help="run folder")
     ap.add_argument("--split", default=str(DEFAULT_SPLIT), help="split CSV (made when missing)")
@@ -176,9 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ema", type=float, default=RECIPE["ema"], help="weight moving-average decay (0: off)")
     ap.add_argument("--patience", type=int, default=None)
     ap.add_argument("--train-sources", nargs="*", default=None, metavar="SOURCE",
-                    help=f"training sources (default: {' '.join(TRAIN_SOURCES)}). rsna-normals, a pipeline holding only "
-                         "normals, teaches the model that pipeline (model card, round 5): measure the twin test "
-                         "before adding it")
+                    help=f"training sources (default: {' '.join(TRAIN_SOURCES)}). rsna-normals stays out: a pipeline "
+                         "holding only normals, trained on, became the label (model card, round 5: not adopted)")
     ap.add_argument("--seeds", type=int, default=RECIPE["seeds"],
                     help="train this many seeds (--seed, --seed+1, ...) in <out>/seed<k> and ship their ensemble "
                          "(mean logits), calibrated on validation like one run; 1: one run, in <out> itself")

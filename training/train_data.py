@@ -125,6 +125,8 @@ def load_data(cfg: TrainConfig, rt: Runtime, resumed: bool) -> TrainData:
         say(f"split ({split_csv}{', reused' if resumed else ''}):\n{split_table(entries)}")
         if cfg.train_sources:
             say(f"training and validating on source(s) {', '.join(cfg.train_sources)} only")
+        for warning in one_class_source_warnings(train_e):
+            say(warning)
     _check_usable(train_e, val_e, cfg)
     check_films(train_e + val_e, root)
     sel = selected(val_e, cfg)
@@ -141,6 +143,21 @@ def load_data(cfg: TrainConfig, rt: Runtime, resumed: bool) -> TrainData:
                      y_val=np.array([e.label for e in val_e], dtype=np.float32),
                      t_train=t_train, k_train=k_train, t_val=t_val, k_val=k_val, n_out=n_outputs(cfg.multitask),
                      nod_val=nodule_known(val_e) & sel, nod_truth=nodule_truth(val_e))
+
+
+def one_class_source_warnings(train_e: list[Entry]) -> list[str]:
+    """One warning per training source that holds a single class beside other sources: a
+    network can learn that source's pipeline as the label (the shortcut of the shared data's
+    224 px rsna-normals, measured in model/MODEL_CARD.md, issue 22 round 5). [] for one source."""
+    labels: dict[str, set[int]] = {}
+    for e in train_e:
+        labels.setdefault(e.source, set()).add(e.label)
+    if len(labels) < 2:
+        return []
+    return [f"warning: training source {source} holds only {'abnormal' if 1 in seen else 'normal'} films: the "
+            f"model can learn its pipeline as that label (model/MODEL_CARD.md, issue 22 round 5); leave it out "
+            f"with --train-sources unless another source comes through the same pipeline"
+            for source, seen in sorted(labels.items()) if len(seen) == 1]
 
 
 def _check_usable(train_e: list[Entry], val_e: list[Entry], cfg: TrainConfig) -> None:

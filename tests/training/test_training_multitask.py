@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_triage.paths import repo_root
 from cxr_triage.training.augment import PipelineAugment
 from cxr_triage.training.manifest import Entry
 from cxr_triage.training.targets import (
@@ -179,3 +180,17 @@ def test_ensemble_of_two_seeds_exports_like_one_run(multitask_data: Path, tmp_pa
     export_checkpoint(tmp_path / "ens" / "model.pt", onnx_path, check_manifest=runs[0] / "split.csv",
                       data_root=runs[0])
     assert NODULE_OUTPUT in {o.name for o in ort.InferenceSession(str(onnx_path)).get_outputs()}
+
+
+def test_a_one_class_training_source_beside_others_is_warned_about() -> None:
+    from cxr_triage.training.manifest import read_manifest
+    from cxr_triage.training.train_data import one_class_source_warnings
+
+    site = [Entry("a.png", 1, source="site"), Entry("b.png", 0, source="site")]
+    assert one_class_source_warnings(site) == []                                  # one source: nothing
+    assert one_class_source_warnings(site + [Entry("c.png", 1, source="extra")])[0].startswith(
+        "warning: training source extra holds only abnormal films")
+    # the committed split's training rows: the rsna-normals (224 px, normals only) are the one
+    rows = [e for e in read_manifest(repo_root() / "model" / "default_split.csv") if e.split == "train"]
+    warnings = one_class_source_warnings(rows)
+    assert len(warnings) == 1 and "rsna-normals holds only normal films" in warnings[0]
