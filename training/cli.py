@@ -32,7 +32,7 @@ from cxr_triage.training.cli_args import (
     train_args,
 )
 from cxr_triage.training.progress import EPOCHS_UNDER_BUDGET, log_to_file
-from cxr_triage.training.train_config import EFFNET_FROZEN_BLOCKS, TrainConfig
+from cxr_triage.training.train_config import TrainConfig, frozen_blocks
 
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
@@ -73,7 +73,7 @@ def config_from_args(args: argparse.Namespace, cfg: Any = None):
         if values.get(key) is None:
             values[key] = section.get(key, getattr(d, key))
     if values.get("freeze_blocks") is None:  # the same stages of each EfficientNet-Lite
-        values["freeze_blocks"] = EFFNET_FROZEN_BLOCKS.get(str(values["architecture"]), d.freeze_blocks)
+        values["freeze_blocks"] = frozen_blocks(str(values["architecture"]))
     values["manifest"] = args.manifest or ""
     if args.max_minutes and args.epochs is None:  # the budget the user gave rules, not a default count
         values["epochs"] = EPOCHS_UNDER_BUDGET

@@ -42,7 +42,7 @@ from cxr_triage.training.report import terminal_summary, test_report
 from cxr_triage.training.report_domain import film_domain_check, synthetic_lesion_check
 from cxr_triage.training.split import SPLITS, assign_splits, keep_previous_splits
 from cxr_triage.training.train import train
-from cxr_triage.training.train_config import ARCHITECTURES, EFFNET_FROZEN_BLOCKS, TrainConfig
+from cxr_triage.training.train_config import ARCHITECTURES, TrainConfig, frozen_blocks
 
 NIH_SOURCES = ["nih-cxr14", "nih-extra"]
 #: the sources with both classes: training, validation selection and the per-source headline
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "harmonise_size": args.harmonise_size or args.image_size, "pipeline_augment": args.pipeline_augment,
         "multitask": not args.no_multitask, "distill": args.distill, "aux_weight": args.aux_weight,
         "nodule_weight": args.nodule_weight, "lr": args.lr,
-        "freeze_blocks": EFFNET_FROZEN_BLOCKS.get(args.architecture, 0) if args.freeze_blocks is None
+        "freeze_blocks": frozen_blocks(args.architecture) if args.freeze_blocks is None
         else args.freeze_blocks,
         "max_minutes": args.max_minutes, "backbone_lr": args.backbone_lr, "ema": args.ema,
         "synthetic_lesions": args.synthetic_lesions, "film_look": args.film_look}

@@ -199,7 +199,8 @@ def test_training_config_section_sets_the_defaults() -> None:
 
 
 @pytest.mark.parametrize(("given", "frozen"), [([], 6), (["--architecture", "effnet_lite1"], 8),
-                                              (["--architecture", "effnet_lite2", "--freeze-blocks", "0"], 0)])
+                                              (["--architecture", "effnet_lite2", "--freeze-blocks", "0"], 0),
+                                              (["--architecture", "densenet121"], 0)])
 def test_each_effnet_lite_freezes_the_same_stages_unless_told(given: list[str], frozen: int) -> None:
     """``cxr-triage train`` freezes what ``make train`` does for each EfficientNet-Lite (issue 22
     round 4 re-run: Lite1 kept Lite0's 6 blocks); ``--freeze-blocks`` wins."""
