@@ -106,7 +106,7 @@ class Node:
         self.worker = TriageWorker(cfg, self.store, self.dirs, self.quarantine, self.audit,
                                    triager, destinations=lambda: destinations_for(cfg))
         self.worker.on_result = self.deliverer.wake.set            # send without waiting a poll
-        self.worker.delivery_progress = (self.deliverer.progress, self.deliverer.wait_for_progress)
+        self.worker.delivery_progress = self.deliverer
         self.deliverer.start()
         self.worker.start()
         self.handler = StoreHandler(self.store, self.spool, self.quarantine, self.audit,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from pydicom import dcmread
 
@@ -88,6 +88,16 @@ def find_amendment(store: JobStore, study_uid: str) -> Amendment | None:
 
 
 # -- the thread ---------------------------------------------------------------------------------
+
+class DeliveryProgress(Protocol):
+    """What the worker needs of the deliverer (:class:`~cxr_triage.dicom_node.delivery.deliverer.Deliverer`)."""
+
+    def progress(self) -> int:
+        """A counter that moves when a batch was sent or a pass found nothing due."""
+
+    def wait_for_progress(self, mark: int, timeout_s: float) -> bool:
+        """Until :meth:`progress` moved past ``mark``, at most ``timeout_s`` seconds; False on time-out."""
+
 class TriageWorker(PollingThread):
     """Claims quiet studies, runs :data:`STUDY_STAGES`, stores result + the SR's deliveries in
     one transaction, then adds the summary images (:data:`AFTER_RESULT_STAGES`)."""
@@ -106,9 +116,8 @@ class TriageWorker(PollingThread):
         # self.wake: set by the SCP when an instance is stored (look for due studies now)
         # called after each result is committed (the node kicks the deliverer with it)
         self.on_result: Callable[[], None] | None = None
-        # the deliverer's progress counter and its wait (``Deliverer.progress`` and
-        # ``wait_for_progress``): the summary images are made once the SR was sent
-        self.delivery_progress: tuple[Callable[[], int], Callable[[int, float], bool]] | None = None
+        # the deliverer (its progress counter and wait): the summary images are made once the SR was sent
+        self.delivery_progress: DeliveryProgress | None = None
 
     def recover(self) -> None:
         self.store.recover(studies=True, deliveries=False)
@@ -142,11 +151,11 @@ class TriageWorker(PollingThread):
             log.exception("study triage failed", extra={"study_uid": study_uid, "state": state})
             return True
         committed_at = time.time()
-        mark = self.delivery_progress[0]() if self.delivery_progress else 0
+        mark = self.delivery_progress.progress() if self.delivery_progress else 0
         if self.on_result is not None:
             self.on_result()
         if job.summary_uids and self.delivery_progress is not None:
-            self.delivery_progress[1](mark, SR_SEND_WAIT_S)
+            self.delivery_progress.wait_for_progress(mark, SR_SEND_WAIT_S)
         self._add_summaries(job, rid)
         log.info("study triaged", extra={
             "study_uid": study_uid, "result_id": rid, "decision": result.decision.value,
