@@ -16,6 +16,8 @@ from cxr_triage.contract.preprocessing import PreprocessSpec
 #: Lite1/2 repeat stages 2-3 three times: 8 of their 21)
 EFFNET_FROZEN_BLOCKS = {"effnet_lite0": 6, "effnet_lite1": 8, "effnet_lite2": 8}
 EFFNET_LITE = tuple(EFFNET_FROZEN_BLOCKS)
+#: the networks of training/network.py
+ARCHITECTURES = (*EFFNET_LITE, "densenet121", "tiny")
 
 
 def frozen_blocks(architecture: str) -> int:
@@ -23,8 +25,6 @@ def frozen_blocks(architecture: str) -> int:
     ``--freeze-blocks`` is given): :data:`EFFNET_FROZEN_BLOCKS` of an EfficientNet-Lite, 0 for
     any other network (it has none to freeze)."""
     return EFFNET_FROZEN_BLOCKS.get(architecture, 0)
-#: the networks of training/network.py
-ARCHITECTURES = (*EFFNET_LITE, "densenet121", "tiny")
 
 
 @dataclass
