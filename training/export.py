@@ -150,6 +150,15 @@ def check_export(wrapper, onnx_path: str | Path, inputs: np.ndarray, tolerance: 
     return diffs
 
 
+def check_size(path: Path, max_bytes: int = MAX_BYTES, stored: str = "") -> int:
+    """``path``'s size in bytes; ExportCheckError when it is over ``max_bytes`` (``stored``: how
+    its weights are stored, for the message, e.g. " stored as float16")."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ExportCheckError(f"{path} is {size / 2**20:.1f} MiB{stored}, over the {max_bytes / 2**20:.0f} MiB limit")
+    return size
+
+
 def check_films(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
     """Real films through the worker's reader and the shared preprocess()."""
     return np.stack([preprocess(read_pixels(Path(p)), spec) for p in paths])
@@ -189,9 +198,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, films: Sequence[P
     export_onnx(wrapper, meta, out)
     try:
         diffs = check_export(wrapper, out, check_films(paths, meta.preprocessing), tolerance)
-        size = out.stat().st_size
-        if size > max_bytes:
-            raise ExportCheckError(f"{out} is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+        size = check_size(out, max_bytes)
     except Exception:
         out.unlink(missing_ok=True)
         raise

@@ -34,7 +34,7 @@ from cxr_triage.contract.files import file_sha256
 from cxr_triage.paths import repo_root
 from cxr_triage.training.adapters import shared_data
 from cxr_triage.training.ensemble import ensemble_runs
-from cxr_triage.training.export import MAX_BYTES, ExportCheckError, export_checkpoint
+from cxr_triage.training.export import MAX_BYTES, check_size, export_checkpoint
 from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
 from cxr_triage.training.manifest import read_manifest, write_manifest
 from cxr_triage.training.nodule_head import refit
@@ -121,9 +121,7 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
                                                         name=f"cxr-triage-{label.replace('_', '-')}",
                                                         max_bytes=2 * MAX_BYTES, ck=ck)}
     halve_weights(full, half)
-    if half.stat().st_size > MAX_BYTES:
-        raise ExportCheckError(f"{half} is {half.stat().st_size / 2**20:.1f} MiB stored as float16, "
-                               f"over the {MAX_BYTES / 2**20:.0f} MiB limit")
+    check_size(half, MAX_BYTES, " stored as float16")
     val = [e for e in read_manifest(manifest) if e.split == "val"]
     # scored as the report scores them, nodule/mass AUROC (Nodule/Mass films vs normals) held too
     checks["fp16"] = {**check_half_films(full, half, val, data),
