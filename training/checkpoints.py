@@ -123,6 +123,13 @@ def batch_logits(net: Any, x: np.ndarray, device: Any = "cpu") -> np.ndarray:
                                .float().cpu().numpy() for i in range(0, len(x), 64)])
 
 
+def run_split_csv(ck: dict[str, Any], path: Path) -> Path:
+    """The run's ``split.csv`` of checkpoint ``ck`` read from ``path``: the one it records, else
+    (moved, or not recorded) the one beside the checkpoint (which may not exist)."""
+    recorded = Path(ck.get("split_csv") or path.parent / "split.csv")
+    return recorded if recorded.is_file() else path.parent / "split.csv"
+
+
 def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) -> dict[str, Any]:
     """A ``best.pt`` / ``last.pt`` (weights + config) -> the ``model.pt`` dict ``export`` needs:
     the weights scored on the run's validation split (its ``split.csv``), temperature, shift and
@@ -143,9 +150,7 @@ def calibrate_checkpoint(path: str | Path, data_root: str | Path | None = None) 
         raise ValueError(f"{path}: checkpoint has no config (written by an older version): export the run's "
                          "model.pt, or retrain")
     cfg = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})
-    split_csv = Path(ck.get("split_csv") or path.parent / "split.csv")
-    if not split_csv.is_file():
-        split_csv = path.parent / "split.csv"
+    split_csv = run_split_csv(ck, path)
     if not split_csv.is_file():
         raise FileNotFoundError(f"{path}: the run's split.csv is not found (looked beside the checkpoint)")
     root = Path(data_root or ck.get("films_root") or cfg.data_root or Path(cfg.manifest).resolve().parent)

@@ -112,7 +112,7 @@ def run_train(args: argparse.Namespace, cfg: Any = None) -> int:
 
 def run_export(args: argparse.Namespace, cfg: Any = None) -> int:
     # export and checkpoints import ONNX Runtime and SciPy: only when an export runs
-    from cxr_triage.training.checkpoints import calibrate_checkpoint
+    from cxr_triage.training.checkpoints import calibrate_checkpoint, run_split_csv
     from cxr_triage.training.export import ExportCheckError, export_checkpoint
 
     checkpoint = Path(args.checkpoint)
@@ -129,9 +129,7 @@ def run_export(args: argparse.Namespace, cfg: Any = None) -> int:
         ck = calibrate_checkpoint(checkpoint)
         manifest = args.check_manifest
         if run_split:
-            manifest = Path(ck.get("split_csv") or checkpoint.parent / "split.csv")
-            if not Path(manifest).is_file():
-                manifest = checkpoint.parent / "split.csv"
+            manifest = run_split_csv(ck, checkpoint)
             args.data_root = ck.get("films_root") or ck.get("config", {}).get("data_root") or None
         name = args.name or default_model_name(ck, checkpoint)
         report = export_checkpoint(checkpoint, args.out, films=[Path(f) for f in args.films],
