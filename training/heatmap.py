@@ -21,7 +21,7 @@ from cxr_triage.training.progress import say
 from cxr_triage.training.train_config import TrainConfig
 
 
-def _film_side(path: Path) -> float:
+def film_side(path: Path) -> float:
     """A square film's side in pixels (the boxes' coordinate frame)."""
     from PIL import Image
 
@@ -58,11 +58,11 @@ def heatmap_validation(cfg: TrainConfig, entries: list[Entry], root: Path, net: 
         cams = np.concatenate([net.logit_and_cam(torch.from_numpy(np.asarray(x[i:i + 32], dtype=np.float32))
                                                  .to(device))[1].float().cpu().numpy() for i in range(0, len(x), 32)])
     grid = cams.shape[1]
-    prior = mc.box_prior([boxes[key(e)] for e in tr], [_film_side(resolve(e, root)) for e in tr], grid)
+    prior = mc.box_prior([boxes[key(e)] for e in tr], [film_side(resolve(e, root)) for e in tr], grid)
     mask = mc.lung_field_mask(prior)
     guess = mc.best_fixed_point(prior)
     heat = calibrate.expit((cams + cal["logit_shift"]) / cal["temperature"])
-    sides = [_film_side(resolve(e, root)) for e in va]
+    sides = [film_side(resolve(e, root)) for e in va]
     vboxes = [boxes[key(e)] for e in va]
     masked = mc.pointing_game(heat * mask, vboxes, sides, guess)
     out.update({"mask": mask.tolist(), "guess_point": list(guess), "training_films_with_boxes": len(tr),

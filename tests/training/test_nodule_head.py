@@ -8,18 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from PIL import Image
 
 from cxr_triage.contract.files import file_sha256
 from cxr_triage.contract.model_file import INPUT_NAME, METADATA_KEY, NODULE_OUTPUT, SCORE_OUTPUT, ModelMetadata
-from cxr_triage.contract.preprocessing import PreprocessSpec
 from cxr_triage.inference.scorer import onnx_session
 from cxr_triage.training import nodule_head
-from cxr_triage.training.export import build_metadata, export_onnx
-from cxr_triage.training.export_fp16 import halve_weights
 from cxr_triage.training.manifest import Entry, read_manifest, resolve, write_manifest
-from cxr_triage.training.network import EnsembleNet, ExportWrapper, build_network
 from cxr_triage.training.report_scoring import input_batches
 
 SIZE = 32
@@ -28,21 +23,6 @@ SIZE = 32
 def _meta(path: Path) -> ModelMetadata:
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     return ModelMetadata.from_json(props[METADATA_KEY])
-
-
-@pytest.fixture(scope="module")
-def ensemble_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-member tiny ensemble exported by the project, weights stored as float16."""
-    out = tmp_path_factory.mktemp("nh")
-    torch.manual_seed(0)
-    net = EnsembleNet([build_network("tiny", pretrained=False, image_size=SIZE, n_outputs=16) for _ in range(2)])
-    wrapper = ExportWrapper(net, temperature=1.5, logit_shift=0.2, nodule_temperature=2.0, nodule_shift=-1.0).eval()
-    ck = {"architecture": "ensemble", "config": {"architecture": "tiny"},
-          "preprocessing": PreprocessSpec(size=SIZE, harmonise_size=SIZE).to_dict(),
-          "thresholds": {"sens_0.98": 0.3}, "nodule_thresholds": {"sens_0.9": 0.2}, "nodule_temperature": 2.0,
-          "nodule_shift": -1.0}
-    full = export_onnx(wrapper, build_metadata(ck, "tiny-nh", "1"), out / "full.onnx")
-    return halve_weights(full, out / "half.onnx", min_elements=64)
 
 
 def _films(root: Path, val_positives: int = 8) -> Path:
