@@ -1,10 +1,12 @@
 """Model runtime: the ONNX model in ONNX Runtime (the worker's Scorer) vs the same network in
 PyTorch eager, batch 1 and 8, the same preprocessed real films, the same thread count.
 
-The PyTorch side is the training checkpoint the ONNX file was exported from when one is found
-(``--checkpoint``, ``$CXR_TRIAGE_BENCH_CHECKPOINT`` or the newest ``runs/*/model.pt`` of the same
-architecture) and its outputs are checked against ONNX Runtime; otherwise the same architecture
-built from training/network.py (ImageNet weights) — the JSON says which. Calls alternate between
+The PyTorch side is the ONNX file's own network rebuilt in PyTorch with its weights
+(``training/init_from.network_from_onnx``, as ``cxr-triage train --init-from`` does); else the
+training checkpoint the file was exported from (``--checkpoint``, ``$CXR_TRIAGE_BENCH_CHECKPOINT``
+or the newest ``runs/*/model.pt`` of the same architecture); else the same architecture built from
+training/network.py (ImageNet weights). The first whose outputs match ONNX Runtime's is used; the
+JSON says which. Calls alternate between
 the two runtimes so both see the same machine load; films/s come from the median call time.
 Prints one JSON object.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -46,13 +49,19 @@ def checkpoints(arg: str | None, architecture: str) -> list[Path]:
     return found
 
 
-def torch_models(meta, arg: str | None):
-    """(ExportWrapper in eval mode, description) candidates, checkpoints first."""
+def torch_models(meta, arg: str | None, model_path: Path):
+    """(ExportWrapper in eval mode, description) candidates: the file's own weights, checkpoints,
+    then ImageNet weights."""
     import torch
 
     from cxr_triage.training.export import load_checkpoint
+    from cxr_triage.training.init_from import InitModelError, network_from_onnx
     from cxr_triage.training.network import EnsembleNet, ExportWrapper, build_network
 
+    try:
+        yield network_from_onnx(model_path).wrapper(), "the ONNX file's weights rebuilt in PyTorch (init_from)"
+    except InitModelError as exc:  # a layout init_from cannot rebuild (e.g. DenseNet): the next
+        print(f"model_runtime: cannot rebuild the file in PyTorch: {exc}", file=sys.stderr)
     arch = meta.architecture or "effnet_lite0"
     for path in checkpoints(arg, arch):
         wrapper, _ = load_checkpoint(path)
@@ -81,7 +90,7 @@ def pick_torch_model(meta, arg: str | None, model_path: Path, inputs: np.ndarray
     torch.set_num_threads(1)
     got = Scorer(model_path, threads=1).score(inputs)
     first = None
-    for wrapper, kind in torch_models(meta, arg):
+    for wrapper, kind in torch_models(meta, arg, model_path):
         with torch.inference_mode():
             outs = [t.numpy() for t in wrapper(torch.from_numpy(inputs))]
         # ExportWrapper: (score, [nodule_score,] heatmap)
