@@ -110,7 +110,8 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     training sources, on that final file.
     The float16 file is stamped as the shipped one is (``export_fp16.stamp_half``: version
     ``-fp16``, the float32 file's SHA-256 and the check in ``extra["float16_storage"]``).
-    Writes ``out/export_checks.json``; returns the float16 file, the one to ship. Raises ExportCheckError when a check fails."""
+    Writes ``out/export_checks.json``; returns the float16 file, the one to ship. Raises ExportCheckError when a check fails
+    (a float16 file refused by the size or film check is removed)."""
     import torch  # torch only once a run is exported
 
     ck = torch.load(out / "model.pt", map_location="cpu", weights_only=False)  # read once: named, then exported
@@ -121,11 +122,15 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
                                                         name=f"cxr-triage-{label.replace('_', '-')}",
                                                         max_bytes=2 * MAX_BYTES, ck=ck)}
     halve_weights(full, half)
-    check_size(half, MAX_BYTES, " stored as float16")
-    val = [e for e in read_manifest(manifest) if e.split == "val"]
-    # scored as the report scores them, nodule/mass AUROC (Nodule/Mass films vs normals) held too
-    checks["fp16"] = {**check_half_films(full, half, val, data),
-                      "bytes_fp32": full.stat().st_size, "bytes_fp16": half.stat().st_size}
+    try:  # a refused float16 file is removed, as export_checkpoint removes its own
+        check_size(half, MAX_BYTES, " stored as float16")
+        val = [e for e in read_manifest(manifest) if e.split == "val"]
+        # scored as the report scores them, nodule/mass AUROC (Nodule/Mass films vs normals) held too
+        checks["fp16"] = {**check_half_films(full, half, val, data),
+                          "bytes_fp32": full.stat().st_size, "bytes_fp16": half.stat().st_size}
+    except Exception:
+        half.unlink(missing_ok=True)
+        raise
     stamp_half(full, half, {"val": checks["fp16"], "manifest_sha256": file_sha256(manifest)})  # as the shipped file
     checks["nodule_head"] = refit(half, manifest, data, half, TRAIN_SOURCES)
     trained = [e for e in val if e.source in TRAIN_SOURCES]

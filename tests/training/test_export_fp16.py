@@ -120,3 +120,6 @@ def test_make_default_refuses_a_float16_file_over_the_size_limit(
     with pytest.raises(ExportCheckError, match="stored as float16, over the"):
         make_default.export_half_checked(tmp_path, shared_data, tmp_path / "unused.csv")
     assert sizes == [2000]
+    # the refused float16 file is not left beside the run (the float32 intermediate is)
+    assert not (tmp_path / "cxr_triage_effnet_lite0.onnx").exists()
+    assert (tmp_path / "cxr_triage_effnet_lite0_fp32.onnx").exists()
