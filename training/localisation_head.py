@@ -3,8 +3,9 @@
 Why (issue 22, *Localisation*): the shipped heatmap, the abnormality output's class-activation
 map, never beat a fixed guess on the RSNA opacity boxes (``model/MODEL_CARD.md``), so it is not
 shown. This asks whether a head *trained to point* does, on the same model's features. Synthetic
-lesions are not used as targets: the network does not see them (the card's synthetic-lesion
-checks, AUROC 0.51-0.55), so a head trained on their masks would learn the masks' positions.
+lesions are not used as targets: the network hardly sees them (the card's synthetic-lesion
+checks: nodules AUROC 0.51-0.53 against the same films plain, masses 0.57-0.66), so a head
+trained on their masks would learn where they were put.
 
 Steps (nothing is written into the model file; the JSON says whether the head would be shown):
 
@@ -53,7 +54,7 @@ from cxr_triage.training.nodule_head import model_inputs
 C_GRID = (1e-4, 1e-3, 1e-2)
 #: folds of the training films' cross-validation that chooses the variant
 FOLDS = 5
-#: the smallest log prior added to a cell (a cell no training box covered)
+#: the box prior's floor before its log is added (a cell no training box covered)
 PRIOR_FLOOR = 1e-3
 
 
