@@ -51,7 +51,7 @@ from cxr_triage.training.manifest import Entry, ManifestError, read_manifest, re
 from cxr_triage.training.nodule_head import model_inputs
 
 #: inverse L2 strengths tried (standardised cell features)
-C_GRID = (1e-4, 1e-3, 1e-2)
+C_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 #: folds of the training films' cross-validation that chooses the variant
 FOLDS = 5
 #: the box prior's floor before its log is added (a cell no training box covered)
@@ -69,7 +69,12 @@ def map_session(model_path: Path, threads: int = 2) -> tuple[Any, list[str]]:
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(model_path))
+    try:
+        model = onnx.load(str(model_path))
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure is "not an ONNX file"
+        raise LocalisationError(f"{model_path}: not an ONNX model ({type(exc).__name__})") from None
     names = [n.input[0] for n in model.graph.node if n.op_type == "Einsum"]
     if not names:
         raise LocalisationError(f"{model_path}: no class-activation Einsum: no feature map to localise from")
@@ -153,11 +158,22 @@ def choose_variant(maps: np.ndarray, targets: np.ndarray, boxes: Sequence[Sequen
 
 def evaluate(model: Path, manifest: Path, data_root: Path, box_csvs: Sequence[Path], test: bool = False,
              threads: int = 2) -> dict[str, Any]:
-    """Steps 1-4 of the module docstring; returns the figures (JSON-ready)."""
+    """Steps 1-4 of the module docstring; returns the figures (JSON-ready): ``films_with_boxes``
+    per part, ``grid``, ``chosen_by_training_cv`` (C, prior, hits and the guess's hits of the
+    cross-validation, every variant's hits), per evaluated part (``val``, ``test``) the pointing
+    game of the ``trained_head`` and of the file's own ``model_heatmap``
+    (:func:`cxr_triage.evaluation.model_checks.pointing_game`; ``heatmap_hit_rate`` is the map's,
+    ``fixed_guess_hit_rate`` the guess's), and ``shown`` (the trained head beats the guess on
+    validation). Raises LocalisationError (too few films with boxes, a CSV that is not a boxes
+    CSV, a file that is not a model of this project) and ManifestError."""
     boxes: dict[str, list[mc.Box]] = {}
     for csv_path in box_csvs:
-        for film, in_csv in mc.read_boxes(csv_path).items():
-            boxes.setdefault(film, []).extend(in_csv)
+        try:
+            in_csv = mc.read_boxes(csv_path)
+        except (KeyError, ValueError) as exc:
+            raise LocalisationError(f"{csv_path}: not a boxes CSV (file,x,y,width,height): {exc!r}") from None
+        for film, listed in in_csv.items():
+            boxes.setdefault(film, []).extend(listed)
     entries = read_manifest(manifest)
 
     def boxed(split: str) -> list[Entry]:
@@ -165,8 +181,10 @@ def evaluate(model: Path, manifest: Path, data_root: Path, box_csvs: Sequence[Pa
 
     parts = {s: boxed(s) for s in ("train", "val") + (("test",) if test else ())}
     if len(parts["train"]) < 2 * FOLDS or not parts["val"]:
+        hint = (f": no film of the manifest, resolved under --data-root {data_root}, has a box in the CSVs"
+                f" (check --data-root and --boxes)" if not parts["train"] and not parts["val"] else "")
         raise LocalisationError(f"films with boxes: {len(parts['train'])} training (at least {2 * FOLDS} needed),"
-                                f" {len(parts['val'])} validation")
+                                f" {len(parts['val'])} validation{hint}")
     data: dict[str, dict[str, Any]] = {}
     for split, films in parts.items():
         paths = [resolve(e, data_root) for e in films]
@@ -189,25 +207,25 @@ def evaluate(model: Path, manifest: Path, data_root: Path, box_csvs: Sequence[Pa
             continue
         d = data[split]
         z = head_maps(clf, d["maps"], prior if choice["prior"] else None)
-        out[split] = mc.pointing_game(z, d["boxes"], d["sides"], guess)
-        out[f"{split}_model_heatmap"] = mc.pointing_game(d["heatmap"], d["boxes"], d["sides"], guess)
-    out["shown"] = bool(out["val"]["beats_guess"])
+        out[split] = {"trained_head": mc.pointing_game(z, d["boxes"], d["sides"], guess),
+                      "model_heatmap": mc.pointing_game(d["heatmap"], d["boxes"], d["sides"], guess)}
+    out["shown"] = bool(out["val"]["trained_head"]["beats_guess"])
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="cxr_triage.training.localisation_head",
-                                 description=__doc__.splitlines()[0] if __doc__ else None,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--model", required=True, help="ONNX model file of this project")
     ap.add_argument("--manifest", required=True, help="manifest with the split (patient_id groups the folds)")
-    ap.add_argument("--data-root", default="../shared/data", help="folder the manifest's files are relative to")
+    ap.add_argument("--data-root", default="../shared/data",
+                    help="folder the manifest's files are relative to (default: ../shared/data)")
     ap.add_argument("--boxes", nargs="+", required=True, type=Path,
-                    help="file,x,y,width,height CSVs (files relative to each CSV's folder), e.g. "
-                         "rsna-pneumonia/boxes.csv")
+                    help="one or more file,x,y,width,height CSVs, each film path relative to its CSV's folder, "
+                         "e.g. ../shared/data/rsna-pneumonia/boxes.csv (the boxes of one film are pooled)")
     ap.add_argument("--test", action="store_true", help="also the test part's pointing game (after the choice)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default: 2)")
+    ap.add_argument("--out", type=Path, help="also write the JSON here (its folder is made)")
     args = ap.parse_args(argv)
     try:
         figures = evaluate(Path(args.model), Path(args.manifest), Path(args.data_root), args.boxes,
@@ -216,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localisation_head: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(figures, indent=1, default=float)
-    if args.out:
-        args.out.write_text(text + "\n")
     print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     return 0
 
 

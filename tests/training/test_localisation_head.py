@@ -86,7 +86,7 @@ def _films_with_boxes(root: Path, n_train: int = 12, n_val: int = 6) -> tuple[Pa
 
 def test_the_command_reports_the_pointing_game_of_the_chosen_head(ensemble_file: Path, tmp_path: Path) -> None:
     manifest, boxes = _films_with_boxes(tmp_path)
-    out = tmp_path / "loc.json"
+    out = tmp_path / "new" / "loc.json"   # its folder is made
     rc = lh.main(["--model", str(ensemble_file), "--manifest", str(manifest), "--data-root", str(tmp_path),
                   "--boxes", str(boxes), "--test", "--threads", "1", "--out", str(out)])
     assert rc == 0
@@ -97,12 +97,11 @@ def test_the_command_reports_the_pointing_game_of_the_chosen_head(ensemble_file:
     assert heat.shape == (1, *maps.shape[-2:])  # the file's own heatmap, on the same grid
     assert maps.shape[1] % 2 == 0  # the two members' channels side by side
     for split, n in (("val", 6), ("test", 4)):
-        game = got[split]
-        assert game["films"] == n and 0 <= game["heatmap_hit_rate"]["k"] <= n
+        head, own = got[split]["trained_head"], got[split]["model_heatmap"]
+        assert head["films"] == n and 0 <= head["heatmap_hit_rate"]["k"] <= n
         # the file's own heatmap on the same films, against the same guess
-        own = got[f"{split}_model_heatmap"]
-        assert own["films"] == n and own["fixed_guess_hit_rate"] == game["fixed_guess_hit_rate"]
-    assert got["shown"] == got["val"]["beats_guess"]
+        assert own["films"] == n and own["fixed_guess_hit_rate"] == head["fixed_guess_hit_rate"]
+    assert got["shown"] == got["val"]["trained_head"]["beats_guess"]
     assert got["chosen_by_training_cv"]["films"] == 12
 
 
@@ -115,3 +114,10 @@ def test_too_few_films_with_boxes_and_a_model_without_a_map_are_refused(
     assert "films with boxes: 4 training (at least 10 needed), 6 validation" in capsys.readouterr().err
     with pytest.raises(lh.LocalisationError, match="no class-activation Einsum"):
         lh.map_session(tiny_nodule_model, 1)
+    with pytest.raises(lh.LocalisationError, match="not an ONNX model"):
+        lh.map_session(manifest, 1)
+    common = ["--model", str(ensemble_file), "--manifest", str(manifest), "--threads", "1"]
+    assert lh.main([*common, "--data-root", str(tmp_path), "--boxes", str(manifest)]) == 2
+    assert "not a boxes CSV (file,x,y,width,height)" in capsys.readouterr().err
+    assert lh.main([*common, "--data-root", str(tmp_path / "elsewhere"), "--boxes", str(boxes)]) == 2
+    assert "0 training (at least 10 needed), 0 validation: no film of the manifest" in capsys.readouterr().err
