@@ -33,6 +33,7 @@ from typing import Any
 from cxr_triage.contract.files import file_sha256
 from cxr_triage.paths import repo_root
 from cxr_triage.training.adapters import shared_data
+from cxr_triage.training.cli_args import Help
 from cxr_triage.training.ensemble import ensemble_runs
 from cxr_triage.training.export import MAX_BYTES, check_size, export_checkpoint
 from cxr_triage.training.export_fp16 import check_half_films, halve_weights, stamp_half
@@ -141,16 +142,9 @@ def export_half_checked(out: Path, data: Path, manifest: Path) -> Path:
     return half
 
 
-class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except None (those options' help says what they fall back to)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=_DefaultsHelp)
+                                 formatter_class=Help)
     ap.add_argument("--data", default="../shared/data", help="the shared data folder")
     ap.add_argument("--out", default="runs/default", help="run folder")
     ap.add_argument("--split", default=str(DEFAULT_SPLIT), help="split CSV (made when missing)")
