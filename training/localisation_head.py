@@ -45,10 +45,9 @@ import numpy as np
 
 from cxr_triage.contract.model_file import HEATMAP_OUTPUT, INPUT_NAME
 from cxr_triage.evaluation import model_checks as mc
-from cxr_triage.inference.scorer import onnx_session
 from cxr_triage.training.heatmap import film_side
 from cxr_triage.training.manifest import Entry, ManifestError, read_manifest, resolve
-from cxr_triage.training.nodule_head import model_inputs
+from cxr_triage.training.nodule_head import model_inputs, session_with_outputs
 
 #: inverse L2 strengths tried (standardised cell features)
 C_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -67,7 +66,6 @@ def map_session(model_path: Path, threads: int = 2) -> tuple[Any, list[str]]:
     first input of its class-activation ``Einsum``) as an output. Raises LocalisationError when
     the file has no ``Einsum``."""
     import onnx
-    from onnx import TensorProto, helper
 
     try:
         model = onnx.load(str(model_path))
@@ -78,15 +76,14 @@ def map_session(model_path: Path, threads: int = 2) -> tuple[Any, list[str]]:
     names = [n.input[0] for n in model.graph.node if n.op_type == "Einsum"]
     if not names:
         raise LocalisationError(f"{model_path}: no class-activation Einsum: no feature map to localise from")
-    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    return onnx_session(model.SerializeToString(), threads), names
+    return session_with_outputs(model, names, threads)
 
 
-def feature_maps(model_path: Path, paths: Sequence[Path], threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """((N, K*C, h, w) float32, (N, h, w) float32): the K members' last feature maps of the films
-    at ``paths``, and the file's own ``heatmap`` output for the same films."""
-    sess, names = map_session(model_path, threads)
-    inputs = model_inputs(model_path, paths)
+def feature_maps(session: tuple[Any, list[str]], inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((N, K*C, h, w) float32, (N, h, w) float32): the K members' last feature maps of the
+    preprocessed ``inputs`` (N, 1, S, S) from a :func:`map_session`, and the file's own
+    ``heatmap`` output for the same films."""
+    sess, names = session
     maps, heat = [], []
     for i in range(0, len(inputs), 32):
         got = sess.run([*names, HEATMAP_OUTPUT], {INPUT_NAME: inputs[i:i + 32]})
@@ -133,22 +130,23 @@ def choose_variant(maps: np.ndarray, targets: np.ndarray, boxes: Sequence[Sequen
     from sklearn.model_selection import GroupKFold
 
     n_grid = maps.shape[-1]
-    splits = list(GroupKFold(min(folds, len(set(groups)))).split(maps, groups=list(groups)))
-    by_variant: dict[str, dict[str, int]] = {}
+    splits = []   # (fitted films, held-out films, the fitted films' box prior), the same for every C
     guess_hits = 0
+    for fit_ix, held_ix in GroupKFold(min(folds, len(set(groups)))).split(maps, groups=list(groups)):
+        prior = mc.box_prior([boxes[i] for i in fit_ix], [sides[i] for i in fit_ix], n_grid)
+        held_boxes, held_sides = [boxes[i] for i in held_ix], [sides[i] for i in held_ix]
+        guess_hits += int(mc.fixed_point_hits(mc.best_fixed_point(prior), held_boxes, held_sides).sum())
+        splits.append((fit_ix, held_ix, prior))
+    by_variant: dict[str, dict[str, int]] = {}
     best: dict[str, Any] = {}
     for c in grid:
         hits = {False: 0, True: 0}
-        guess_hits = 0
-        for fit_ix, held_ix in splits:
-            clf = fit_head(maps[fit_ix], targets[fit_ix], c)
-            prior = mc.box_prior([boxes[i] for i in fit_ix], [sides[i] for i in fit_ix], n_grid)
+        for fit_ix, held_ix, prior in splits:
+            z = head_maps(fit_head(maps[fit_ix], targets[fit_ix], c), maps[held_ix])
             held_boxes, held_sides = [boxes[i] for i in held_ix], [sides[i] for i in held_ix]
-            z = head_maps(clf, maps[held_ix])
             for with_prior in (False, True):
                 zz = z + np.log(np.clip(prior, PRIOR_FLOOR, None)) if with_prior else z
                 hits[with_prior] += int(mc.pointing_hits(zz, held_boxes, held_sides).sum())
-            guess_hits += int(mc.fixed_point_hits(mc.best_fixed_point(prior), held_boxes, held_sides).sum())
         for with_prior in (False, True):
             by_variant[f"C={c:g}{' + prior' if with_prior else ''}"] = {"hits": hits[with_prior]}
             if not best or hits[with_prior] > best["hits"]:
@@ -185,12 +183,13 @@ def evaluate(model: Path, manifest: Path, data_root: Path, box_csvs: Sequence[Pa
                 f" (check --data-root and --boxes)" if not parts["train"] and not parts["val"] else "")
         raise LocalisationError(f"films with boxes: {len(parts['train'])} training (at least {2 * FOLDS} needed),"
                                 f" {len(parts['val'])} validation{hint}")
+    session = map_session(model, threads)
     data: dict[str, dict[str, Any]] = {}
     for split, films in parts.items():
         paths = [resolve(e, data_root) for e in films]
         film_boxes = [boxes[str(p.resolve())] for p in paths]
         sides = [film_side(p) for p in paths]
-        maps, heat = feature_maps(model, paths, threads)
+        maps, heat = feature_maps(session, model_inputs(model, paths))
         data[split] = {"maps": maps, "heatmap": heat, "boxes": film_boxes, "sides": sides,
                        "targets": cell_targets(film_boxes, sides, maps.shape[-1]),
                        "groups": [e.patient_id or e.file for e in films]}

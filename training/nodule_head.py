@@ -92,17 +92,23 @@ def model_inputs(model_path: Path, paths: Sequence[Path]) -> np.ndarray:
     return np.concatenate(list(input_batches(paths, meta.preprocessing, 32)))
 
 
+def session_with_outputs(model: Any, names: Sequence[str], threads: int = 2) -> tuple[Any, list[str]]:
+    """(ONNX Runtime session, ``names``): the loaded ONNX ``model`` (a ModelProto, changed in
+    place) with the intermediate float tensors ``names`` added as outputs."""
+    from onnx import TensorProto, helper
+
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return onnx_session(model.SerializeToString(), threads), list(names)
+
+
 def feature_session(model_path: Path, threads: int = 2) -> tuple[Any, list[str]]:
     """(ONNX Runtime session, output names): the model with its K members' fc inputs as outputs.
 
     Raises HeadError when the file has no fc layer."""
     import onnx
-    from onnx import TensorProto, helper
 
     model = onnx.load(str(model_path))
-    names = [g.input[0] for g in _fc_layers(model)]
-    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    return onnx_session(model.SerializeToString(), threads), names
+    return session_with_outputs(model, [g.input[0] for g in _fc_layers(model)], threads)
 
 
 def features_of(session: tuple[Any, list[str]], inputs: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from PIL import Image
 from cxr_triage.evaluation import model_checks as mc
 from cxr_triage.training import localisation_head as lh
 from cxr_triage.training.manifest import Entry, write_manifest
+from cxr_triage.training.nodule_head import model_inputs
 
 
 def _maps_with_boxes(n: int, seed: int) -> tuple[np.ndarray, list[list[mc.Box]], list[float]]:
@@ -92,7 +93,7 @@ def test_the_command_reports_the_pointing_game_of_the_chosen_head(ensemble_file:
     assert rc == 0
     got = json.loads(out.read_text())
     assert got["films_with_boxes"] == {"train": 12, "val": 6, "test": 4}
-    maps, heat = lh.feature_maps(ensemble_file, [tmp_path / "val0.png"], 1)
+    maps, heat = lh.feature_maps(lh.map_session(ensemble_file, 1), model_inputs(ensemble_file, [tmp_path / "val0.png"]))
     assert maps.ndim == 4 and got["grid"] == maps.shape[-1] == maps.shape[-2]
     assert heat.shape == (1, *maps.shape[-2:])  # the file's own heatmap, on the same grid
     assert maps.shape[1] % 2 == 0  # the two members' channels side by side
